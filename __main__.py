@@ -1,0 +1,39 @@
+"""The dev stack: the seed's Ridge regression, registered, built, deployed and exported.
+
+Only wiring lives here; each component has its own module under components/.
+"""
+
+import pulumi
+
+from components import ContainerInstanceService, InferenceImage, RegisteredModel
+
+config = pulumi.Config()
+
+model = RegisteredModel(
+    "ridge",
+    model_name="sklearn_regression_model",
+    model_path=config.get("modelPath") or "sample/models/sklearn_regression_model.pkl",
+    tags={"area": "demo", "type": "regression"},
+    description="Ridge regression over 10 features",
+)
+image = InferenceImage(
+    "scoring",
+    entry_script="score.py",
+    source_directory="sample/src",
+    conda_file="sample/env/myenv.yml",
+)
+service = ContainerInstanceService(
+    "aciservice",
+    models=[model],
+    image=image,
+    cpu_cores=config.get_float("cpuCores") or 1,
+    memory_gb=config.get_float("memoryGb") or 1,
+    auth_enabled=True,
+)
+
+pulumi.export("model_name", model.model_name)
+pulumi.export("model_version", model.version)
+pulumi.export("image_name", image.image_name)
+pulumi.export("scoring_uri", service.scoring_uri)
+pulumi.export("swagger_uri", service.swagger_uri)
+pulumi.export("primary_key", service.primary_key)

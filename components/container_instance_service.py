@@ -1,0 +1,186 @@
+"""ContainerInstanceService: a scoring web service on the stack's compute target."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import pulumi
+from pulumi.dynamic import Resource
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from components._common import PACKAGE, ArgsError, Settings, validate
+from components.inference_image import InferenceImage
+from components.registered_model import RegisteredModel
+from providers.service import ServiceProvider
+from providers.targets import TARGETS
+
+PORT_RANGE = (20000, 29999)
+# Ports claimed by services of this program run, so two services never share one.
+_claims: tuple[int, dict[int, str]] = (0, {})
+
+
+def _claimed_ports() -> dict[int, str]:
+    """Claims of the current run; a new run (Automation API reuses the process) starts empty."""
+    global _claims
+    run = id(pulumi.runtime.settings.SETTINGS)
+    if _claims[0] != run:
+        _claims = (run, {})
+    return _claims[1]
+
+
+class ContainerInstanceServiceArgs(BaseModel):
+    """Arguments of `ContainerInstanceService`, as Azure ML's deployment configuration takes them."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    service_name: str = Field(pattern=r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
+    """3 to 32 characters: lowercase letters, digits and dashes; it is part of the scoring URI."""
+    models: list[Any] = Field(min_length=1)
+    image: Any
+    cpu_cores: float = Field(default=1, gt=0)
+    memory_gb: float = Field(default=1, gt=0)
+    auth_enabled: bool = False
+    port: int | None = Field(default=None, ge=1024, le=65535)
+    """The service's stable port on 127.0.0.1; derived from the names when omitted."""
+    target: Literal[TARGETS] = "local"  # type: ignore[valid-type]
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    primary_key_version: int = Field(default=1, ge=1)
+    """Bump to rotate the primary key alone (clients keep using the secondary meanwhile)."""
+    secondary_key_version: int = Field(default=1, ge=1)
+    max_request_bytes: int = Field(default=1_048_576, gt=0)
+    startup_timeout_seconds: float = Field(default=180, gt=0)
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[Any]) -> list[Any]:
+        for m in value:
+            if not isinstance(m, RegisteredModel):
+                raise ValueError(f"models must be RegisteredModel resources, got {type(m).__name__}")
+        names = [m.args.model_name for m in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models must have distinct model names, got {names}")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: Any) -> Any:
+        if not isinstance(value, InferenceImage):
+            raise ValueError(f"image must be an InferenceImage, got {type(value).__name__}")
+        return value
+
+
+def default_port(project: str, stack: str, service_name: str) -> int:
+    """Stable across runs and machines, so the scoring URI does not move."""
+    digest = int(hashlib.sha256(f"{project}/{stack}/{service_name}".encode()).hexdigest(), 16)
+    lo, hi = PORT_RANGE
+    port = lo + digest % (hi - lo + 1)
+    while port in _claimed_ports():
+        port = lo + (port - lo + 1) % (hi - lo + 1)
+    return port
+
+
+class Service(Resource, module=PACKAGE, name="Service"):
+    """A running scoring service (dynamic resource)."""
+
+    scoring_uri: pulumi.Output[str]
+    swagger_uri: pulumi.Output[str]
+    primary_key: pulumi.Output[str]
+    secondary_key: pulumi.Output[str]
+    state: pulumi.Output[str]
+    model_versions: pulumi.Output[dict[str, int]]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        outs = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "state", "model_versions", "container_id", "backend_port")
+        super().__init__(ServiceProvider(), name, {**props, **{k: None for k in outs}}, opts)
+
+
+class ContainerInstanceService(pulumi.ComponentResource):
+    """Deploys models with an image; a new model version rolls it with no downtime."""
+
+    scoring_uri: pulumi.Output[str]
+    swagger_uri: pulumi.Output[str]
+    primary_key: pulumi.Output[str]
+    secondary_key: pulumi.Output[str]
+    state: pulumi.Output[str]
+    model_versions: pulumi.Output[dict[str, int]]
+
+    def __init__(
+        self,
+        resource_name: str,
+        models: list[RegisteredModel],
+        image: InferenceImage,
+        cpu_cores: float = 1,
+        memory_gb: float = 1,
+        auth_enabled: bool = False,
+        port: int | None = None,
+        service_name: str | None = None,
+        target: str | None = None,
+        environment_variables: dict[str, str] | None = None,
+        primary_key_version: int = 1,
+        secondary_key_version: int = 1,
+        max_request_bytes: int = 1_048_576,
+        startup_timeout_seconds: float = 180,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__(f"{PACKAGE}:index:ContainerInstanceService", resource_name, None, opts)
+        settings = Settings.load()
+        args = validate(
+            ContainerInstanceServiceArgs,
+            "ContainerInstanceService",
+            resource_name,
+            {
+                "service_name": service_name or resource_name,
+                "models": list(models or []),
+                "image": image,
+                "cpu_cores": cpu_cores,
+                "memory_gb": memory_gb,
+                "auth_enabled": auth_enabled,
+                "port": port,
+                "target": target or settings.target,
+                "environment_variables": environment_variables or {},
+                "primary_key_version": primary_key_version,
+                "secondary_key_version": secondary_key_version,
+                "max_request_bytes": max_request_bytes,
+                "startup_timeout_seconds": startup_timeout_seconds,
+            },
+        )
+        chosen = args.port or default_port(settings.project, settings.stack, args.service_name)
+        claimed = _claimed_ports()
+        if chosen in claimed:
+            raise ArgsError(
+                f"ContainerInstanceService '{resource_name}': invalid arguments: port: {chosen} is already "
+                f"used by service '{claimed[chosen]}'"
+            )
+        claimed[chosen] = resource_name
+        self._service = Service(
+            f"{resource_name}-service",
+            {
+                "service_name": args.service_name,
+                "target": args.target,
+                "project": settings.project,
+                "stack": settings.stack,
+                "state_dir": settings.state_dir,
+                "gateway_image": settings.gateway_image,
+                "image_name": image.image_name,
+                "image_id": image.image_id,
+                "models": [m.service_entry() for m in args.models],
+                "cpu_cores": args.cpu_cores,
+                "memory_gb": args.memory_gb,
+                "auth_enabled": args.auth_enabled,
+                "port": chosen,
+                "environment_variables": args.environment_variables,
+                "primary_key_version": args.primary_key_version,
+                "secondary_key_version": args.secondary_key_version,
+                "max_request_bytes": args.max_request_bytes,
+                "startup_timeout_seconds": args.startup_timeout_seconds,
+            },
+            pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[m._version for m in args.models] + [image._image],
+                additional_secret_outputs=["primary_key", "secondary_key"],
+            ),
+        )
+        for key in ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "state", "model_versions"):
+            setattr(self, key, getattr(self._service, key))
+        self.register_outputs({k: getattr(self, k) for k in ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "state", "model_versions")})

@@ -1,0 +1,163 @@
+"""InferenceImage: entry script + dependencies + serving runtime, as one Docker image."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.dynamic import Resource
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+
+from components._common import PACKAGE, Settings, resolve, slug, validate
+from providers.clients.registry import content_hash
+from providers.image import ImageProvider
+
+RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
+
+
+class InferenceImageArgs(BaseModel):
+    """Arguments of `InferenceImage`, as Azure ML's InferenceConfig takes them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entry_script: str
+    """Relative to `source_directory`, which must contain it."""
+    source_directory: str
+    conda_file: str | None = None
+    """A conda environment YAML, or a pip requirements file (.txt)."""
+    base_image: str | None = None
+
+    @field_validator("source_directory")
+    @classmethod
+    def _source_dir(cls, value: str, info: ValidationInfo) -> str:
+        path = resolve(value, info.context["root"] if info.context else None)
+        if not path.is_dir():
+            raise ValueError(f"source directory does not exist: {path}")
+        return str(path)
+
+    @field_validator("conda_file")
+    @classmethod
+    def _conda_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = resolve(value, info.context["root"] if info.context else None)
+        if not path.is_file():
+            raise ValueError(f"dependency file does not exist: {path}")
+        if path.suffix in (".yml", ".yaml"):
+            try:
+                doc = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("dependencies", []), list):
+                raise ValueError(f"{path} is not a conda environment file (a mapping with a `dependencies` list)")
+        return str(path)
+
+    @model_validator(mode="after")
+    def _entry_script(self) -> "InferenceImageArgs":
+        src = Path(self.source_directory)
+        script = (src / self.entry_script).resolve()
+        if not script.is_relative_to(src):
+            raise ValueError(f"entry_script {self.entry_script!r} must be inside source_directory {src}")
+        if not script.is_file():
+            raise ValueError(f"entry_script {self.entry_script!r} is not in source_directory {src}")
+        try:
+            tree = ast.parse(script.read_text(), filename=str(script))
+        except SyntaxError as exc:
+            raise ValueError(f"entry_script {script} does not parse: {exc}") from None
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        missing = [f for f in ("init", "run") if f not in defined]
+        if missing:
+            raise ValueError(f"entry_script {script} must define init() and run(); missing: {', '.join(missing)}")
+        return self
+
+
+def build_hash(args: InferenceImageArgs, base_image: str) -> str:
+    """Everything that goes into the image; the model is not part of it."""
+    h = hashlib.sha256()
+    for part in (
+        base_image,
+        _image_id(base_image),
+        args.entry_script,
+        content_hash(args.source_directory),
+        content_hash(args.conda_file) if args.conda_file else "",
+        content_hash(RUNTIME_DIR / "Dockerfile.inference"),
+        content_hash(RUNTIME_DIR / "requirements.txt"),
+    ):
+        h.update(part.encode() + b"\0")
+    return "sha256:" + h.hexdigest()
+
+
+def _image_id(ref: str) -> str:
+    """The base image's id when Docker answers, so a rebuilt base rebuilds its images."""
+    try:
+        import docker
+
+        return docker.from_env().images.get(ref).id
+    except Exception:  # noqa: BLE001 - preview must not need Docker
+        return ""
+
+
+class Image(Resource, module=PACKAGE, name="Image"):
+    """A built image (dynamic resource)."""
+
+    image_name: pulumi.Output[str]
+    image_id: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(ImageProvider(), name, {**props, "image_name": None, "image_id": None, "present": None}, opts)
+
+
+class InferenceImage(pulumi.ComponentResource):
+    """Rebuilt only when its base, dependencies or source change, never for a new model."""
+
+    image_name: pulumi.Output[str]
+    image_id: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        entry_script: str,
+        source_directory: str,
+        conda_file: str | None = None,
+        base_image: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__(f"{PACKAGE}:index:InferenceImage", resource_name, None, opts)
+        args = validate(
+            InferenceImageArgs,
+            "InferenceImage",
+            resource_name,
+            {
+                "entry_script": entry_script,
+                "source_directory": source_directory,
+                "conda_file": conda_file,
+                "base_image": base_image,
+            },
+        )
+        settings = Settings.load()
+        base = args.base_image or settings.base_image
+        self._image = Image(
+            f"{resource_name}-image",
+            {
+                "image_repo": f"mldeploy-{slug(settings.project)}-{slug(settings.stack)}/{slug(resource_name)}",
+                "base_image": base,
+                "source_directory": args.source_directory,
+                "entry_script": args.entry_script,
+                "dependency_file": args.conda_file or "",
+                "build_hash": build_hash(args, base),
+                "labels": {
+                    "mldeploy.managed": "true",
+                    "mldeploy.project": settings.project,
+                    "mldeploy.stack": settings.stack,
+                    "mldeploy.resource": resource_name,
+                },
+            },
+            pulumi.ResourceOptions(parent=self),
+        )
+        self.image_name = self._image.image_name
+        self.image_id = self._image.image_id
+        self.register_outputs({"image_name": self.image_name, "image_id": self.image_id})

@@ -1,0 +1,121 @@
+"""RegisteredModel: a file or folder registered as a versioned model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import Resource
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from components._common import PACKAGE, Settings, resolve, validate
+from providers.clients.registry import ModelRegistry, content_hash
+from providers.model import ModelVersionProvider
+
+
+class RegisteredModelArgs(BaseModel):
+    """Arguments of `RegisteredModel`, as `Model.register` takes them in Azure ML."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+    model_path: str
+    """A file or a folder; relative to the Pulumi project."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    description: str = ""
+
+    @field_validator("model_path")
+    @classmethod
+    def _exists(cls, value: str, info: ValidationInfo) -> str:
+        path = resolve(value, info.context["root"] if info.context else None)
+        if not path.exists():
+            raise ValueError(f"model path does not exist: {path}")
+        if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+            raise ValueError(f"model folder is empty: {path}")
+        return str(path)
+
+
+class ModelVersion(Resource, module=PACKAGE, name="ModelVersion"):
+    """One registered version in the local registry (dynamic resource)."""
+
+    version: pulumi.Output[int]
+    model_dir: pulumi.Output[str]
+    content_hash: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(
+            ModelVersionProvider(),
+            name,
+            {**props, "model_dir": None, "model_id": None, "present": None},
+            opts,
+        )
+
+
+class RegisteredModel(pulumi.ComponentResource):
+    """A model in the registry; new content becomes version N+1, shown in preview."""
+
+    model_name: pulumi.Output[str]
+    version: pulumi.Output[int]
+    content_hash: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        model_name: str,
+        model_path: str,
+        tags: dict[str, str] | None = None,
+        description: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__(f"{PACKAGE}:index:RegisteredModel", resource_name, None, opts)
+        args = validate(
+            RegisteredModelArgs,
+            "RegisteredModel",
+            resource_name,
+            {"model_name": model_name, "model_path": model_path, "tags": tags or {}, "description": description or ""},
+        )
+        settings = Settings.load()
+        registry = ModelRegistry(settings.registry_root)
+        digest = content_hash(args.model_path)
+        owner = f"{settings.project}/{settings.stack}/{resource_name}"
+        # Planned here, from the registry, so that preview shows "version N => N+1".
+        self.planned_version = registry.planned_version(args.model_name, digest, owner)
+        self.args = args
+        self.registry_root = settings.registry_root
+        self._version = ModelVersion(
+            f"{resource_name}-version",
+            {
+                "model_name": args.model_name,
+                "model_path": args.model_path,
+                "content_hash": digest,
+                "version": self.planned_version,
+                "tags": args.tags,
+                "description": args.description,
+                "registry_root": settings.registry_root,
+                "owner": owner,
+            },
+            pulumi.ResourceOptions(parent=self),
+        )
+        self.model_name = pulumi.Output.from_input(args.model_name)
+        self.version = self._version.version
+        self.content_hash = self._version.content_hash
+        self.register_outputs(
+            {"model_name": self.model_name, "version": self.version, "content_hash": self.content_hash}
+        )
+
+    def service_entry(self) -> pulumi.Input[dict[str, Any]]:
+        """What a service needs of this model: name, version and the registry folder.
+
+        In preview the planned version is used, so a service's diff names the version
+        change; in an update the registered one, which carries the dependency.
+        """
+        if pulumi.runtime.is_dry_run():
+            return {
+                "name": self.args.model_name,
+                "version": self.planned_version,
+                "model_dir": str(Path(self.registry_root) / self.args.model_name / str(self.planned_version)),
+            }
+        return pulumi.Output.all(self._version.version, self._version.model_dir).apply(
+            lambda vd: {"name": self.args.model_name, "version": int(vd[0]), "model_dir": vd[1]}
+        )

@@ -1,0 +1,5 @@
+"""Dynamic providers: a pure `diff` per resource, side effects in `providers.clients`.
+
+Providers are pickled into the state by reference, so they live here, in an
+importable package, and hold no clients, sockets or secrets.
+"""

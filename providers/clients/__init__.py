@@ -1,0 +1,1 @@
+"""Thin clients for the side effects: the model registry, Docker images, the gateway."""

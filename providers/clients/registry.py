@@ -1,0 +1,204 @@
+"""A model registry on local disk, shaped like Azure ML's: names, immutable versions.
+
+Each version is a copy of the registered file or folder, so later edits to the
+source cannot change what a running service loads. A version is kept while
+some owner (a stack's resource) still references it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+
+
+class RegistryError(Exception):
+    """A registration or lookup failed; the message names the model and path."""
+
+
+@dataclass
+class ModelVersion:
+    """One immutable version of a registered model."""
+
+    name: str
+    version: int
+    content_hash: str
+    tags: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    owners: list[str] = field(default_factory=list)
+    created: float = 0.0
+    path: str = ""
+    """Directory holding the copy; what AZUREML_MODEL_DIR points at for this model."""
+
+
+def content_hash(path: str | os.PathLike[str]) -> str:
+    """Hash of every file under `path` (names and bytes), stable across machines."""
+    src = Path(path)
+    if not src.exists():
+        raise RegistryError(f"model path does not exist: {src}")
+    digest = hashlib.sha256()
+    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    if not files:
+        raise RegistryError(f"model folder is empty: {src}")
+    for f in files:
+        rel = f.name if src.is_file() else f"{src.name}/{f.relative_to(src).as_posix()}"
+        digest.update(rel.encode() + b"\0")
+        with open(f, "rb") as fh:
+            digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return "sha256:" + digest.hexdigest()
+
+
+class ModelRegistry:
+    """Thin client over the registry folder; safe across threads and processes."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _meta_path(self, name: str, version: int) -> Path:
+        return self.root / name / f"{version}.json"
+
+    def _load(self, name: str, version: int) -> ModelVersion | None:
+        meta = self._meta_path(name, version)
+        data_dir = self.root / name / str(version)
+        if not meta.is_file() or not data_dir.is_dir():
+            return None
+        data = json.loads(meta.read_text())
+        data["path"] = str(data_dir)
+        return ModelVersion(**data)
+
+    def _save(self, mv: ModelVersion) -> None:
+        data = asdict(mv)
+        data.pop("path")
+        meta = self._meta_path(mv.name, mv.version)
+        tmp = meta.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(tmp, meta)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """All complete versions of a model, oldest first."""
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        numbers = sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit())
+        found = (self._load(name, n) for n in numbers)
+        return [mv for mv in found if mv is not None]
+
+    def get(self, name: str, version: int) -> ModelVersion | None:
+        return self._load(name, version)
+
+    def planned_version(self, name: str, digest: str, owner: str) -> int:
+        """The version `register` would give this content now, without writing anything."""
+        existing = self.versions(name)
+        for mv in reversed(existing):
+            if mv.content_hash == digest and owner in mv.owners:
+                return mv.version
+        if existing and existing[-1].content_hash == digest:
+            return existing[-1].version
+        return (existing[-1].version + 1) if existing else 1
+
+    def register(
+        self,
+        name: str,
+        model_path: str | os.PathLike[str],
+        owner: str,
+        tags: dict[str, str] | None = None,
+        description: str = "",
+    ) -> ModelVersion:
+        """Register content; a new version only when it differs from the latest one."""
+        if not NAME_RE.match(name):
+            raise RegistryError(f"invalid model name {name!r}: letters, digits, '_', '.', '-'")
+        src = Path(model_path)
+        digest = content_hash(src)
+        with self._locked():
+            existing = self.versions(name)
+            same = [mv for mv in existing if mv.content_hash == digest and owner in mv.owners]
+            if not same and existing and existing[-1].content_hash == digest:
+                same = [existing[-1]]
+            if same:
+                mv = same[-1]
+                if owner not in mv.owners:
+                    mv.owners.append(owner)
+                mv.tags, mv.description = dict(tags or {}), description
+                self._save(mv)
+                return mv
+            version = (existing[-1].version + 1) if existing else 1
+            folder = self.root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            # Copy into a temp dir then rename, so a crash never leaves a half version.
+            staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=folder))
+            try:
+                if src.is_file():
+                    shutil.copy2(src, staging / src.name)
+                else:
+                    shutil.copytree(src, staging / src.name)
+                if content_hash(staging / src.name) != digest:
+                    raise RegistryError(f"model {name}: {src} changed while it was being copied")
+                final = folder / str(version)
+                if final.exists():
+                    shutil.rmtree(final)
+                os.rename(staging, final)
+                os.chmod(final, 0o755)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            mv = ModelVersion(
+                name=name,
+                version=version,
+                content_hash=digest,
+                tags=dict(tags or {}),
+                description=description,
+                owners=[owner],
+                created=time.time(),
+                path=str(final),
+            )
+            self._save(mv)
+            return mv
+
+    def update_metadata(self, name: str, version: int, tags: dict[str, str], description: str) -> ModelVersion:
+        with self._locked():
+            mv = self._load(name, version)
+            if mv is None:
+                raise RegistryError(f"model {name} version {version} is not in the registry at {self.root}")
+            mv.tags, mv.description = dict(tags), description
+            self._save(mv)
+            return mv
+
+    def release(self, name: str, owner: str) -> list[int]:
+        """Drop `owner` from every version of `name`; delete versions nobody owns. Idempotent."""
+        deleted: list[int] = []
+        with self._locked():
+            for mv in self.versions(name):
+                if owner not in mv.owners:
+                    continue
+                mv.owners.remove(owner)
+                if mv.owners:
+                    self._save(mv)
+                    continue
+                self._meta_path(name, mv.version).unlink(missing_ok=True)
+                shutil.rmtree(mv.path, ignore_errors=True)
+                deleted.append(mv.version)
+            folder = self.root / name
+            if folder.is_dir() and not any(p for p in folder.iterdir() if not p.name.startswith(".")):
+                shutil.rmtree(folder, ignore_errors=True)
+        return deleted

@@ -1,0 +1,191 @@
+"""Thin client over the host's pip for a wheel cache shared by all image builds.
+
+No image can reach a package index at build time (and none should: builds
+must be repeatable offline), so every wheel an inference image installs is
+fetched once on the host into ${MLDEPLOY_CACHE}/wheelhouse/cp3XX, and each
+build context carries only the wheels its requirement set resolves to.
+
+Resolution is tried against the wheelhouse alone first (`--no-index`), so a
+warm cache needs no registry at all; only when that fails is pip allowed to
+fetch, and then only what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+from urllib.parse import unquote, urlparse
+
+TAIL_LINES = 25
+
+
+class WheelhouseError(Exception):
+    """pip could not resolve or fetch a requirement set; carries pip's output tail."""
+
+    def __init__(self, message: str, requirement: str | None = None, output: str = ""):
+        self.requirement = requirement
+        self.output = output
+        super().__init__(message)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MLDEPLOY_CACHE") or Path.home() / ".cache" / "mldeploy")
+
+
+def wheelhouse_dir(python_version: str = "3.11") -> Path:
+    """Keyed by the target interpreter: cp311 wheels are no use to a 3.12 image."""
+    return cache_root() / "wheelhouse" / ("cp" + python_version.replace(".", ""))
+
+
+def clean_requirements(lines: Sequence[str]) -> list[str]:
+    """Drop blanks and comments, keep order, drop exact duplicates."""
+    out: list[str] = []
+    for line in lines:
+        line = re.sub(r"(^|\s)#.*$", "", line).strip()
+        if line and line not in out:
+            out.append(line)
+    return out
+
+
+def ensure_wheels(
+    requirements: Sequence[str],
+    python_version: str = "3.11",
+    on_log: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Return the wheel files (in the wheelhouse) that install exactly `requirements`.
+
+    Fetches into the wheelhouse with the host pip only when the offline
+    resolution fails. Raises WheelhouseError naming the requirement pip
+    could not satisfy.
+    """
+    log = on_log or (lambda _line: None)
+    reqs = clean_requirements(requirements)
+    if not reqs:
+        return []
+    house = wheelhouse_dir(python_version)
+    house.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mldeploy-wh-") as tmp:
+        req_file = Path(tmp) / "requirements.txt"
+        req_file.write_text("\n".join(reqs) + "\n")
+        with _locked(house):
+            ok, wheels, out = _resolve(req_file, house, python_version, Path(tmp))
+            if ok:
+                log(f"wheelhouse: {len(wheels)} wheels resolved offline from {house}")
+                return wheels
+            log("wheelhouse: not every requirement is cached; fetching the missing wheels")
+            _fetch(req_file, house, python_version, reqs, log)
+            ok, wheels, out = _resolve(req_file, house, python_version, Path(tmp))
+            if ok:
+                log(f"wheelhouse: {len(wheels)} wheels resolved from {house}")
+                return wheels
+    raise _error("cannot resolve the requirements from the wheelhouse after fetching", reqs, out)
+
+
+def _pip(python_version: str) -> list[str]:
+    return [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+
+
+def _same_python(python_version: str) -> bool:
+    return f"{sys.version_info[0]}.{sys.version_info[1]}" == python_version
+
+
+def _target_flags(python_version: str) -> list[str]:
+    """Flags making pip pick wheels for another interpreter than the host's."""
+    if _same_python(python_version):
+        return []
+    abi = "cp" + python_version.replace(".", "")
+    return ["--python-version", python_version, "--implementation", "cp", "--abi", abi,
+            "--only-binary=:all:"]
+
+
+def _resolve(req_file: Path, house: Path, python_version: str, tmp: Path) -> tuple[bool, list[Path], str]:
+    """Offline resolution against the wheelhouse; returns (ok, wheels, pip output)."""
+    report = tmp / "report.json"
+    cmd = [*_pip(python_version), "install", "--dry-run", "--ignore-installed", "--quiet",
+           "--no-index", "--find-links", str(house), "--report", str(report), "-r", str(req_file)]
+    if not _same_python(python_version):
+        cmd += [*_target_flags(python_version), "--target", str(tmp / "target")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        return False, [], out
+    wheels: list[Path] = []
+    for item in json.loads(report.read_text()).get("install", []):
+        url = item.get("download_info", {}).get("url", "")
+        path = Path(unquote(urlparse(url).path))
+        if not path.name.endswith(".whl") or not path.is_file():
+            # An sdist slipped in (cannot happen with `pip wheel`, but a file
+            # dropped in by hand could): force a fetch that builds the wheel.
+            return False, [], out + f"\nnot a wheel in the wheelhouse: {url}"
+        wheels.append(path)
+    return True, sorted(wheels), out
+
+
+def _fetch(req_file: Path, house: Path, python_version: str, reqs: list[str], log: Callable[[str], None]) -> None:
+    """Fill the wheelhouse: `pip wheel` builds sdists too; cross-version can only download wheels."""
+    if _same_python(python_version):
+        cmd = [*_pip(python_version), "wheel", "--wheel-dir", str(house), "--find-links", str(house),
+               "-r", str(req_file)]
+    else:
+        cmd = [*_pip(python_version), "download", "--dest", str(house), "--find-links", str(house),
+               *_target_flags(python_version), "-r", str(req_file)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    lines: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        lines.append(line)
+        if line.startswith(("Collecting", "Saved", "Building wheel", "ERROR")):
+            log(f"pip: {line.strip()}")
+    if proc.wait() != 0:
+        raise _error("pip could not fetch the requirements into the wheelhouse", reqs, "\n".join(lines))
+    # pip wheel leaves nothing but wheels; drop stray sdists a download may leave.
+    for p in house.iterdir():
+        if p.is_file() and not p.name.endswith(".whl") and p.name != ".lock":
+            p.unlink()
+
+
+_FAILED_REQ = [
+    re.compile(r"No matching distribution found for ([^\s]+)"),
+    re.compile(r"Could not find a version that satisfies the requirement ([^\s]+)"),
+    re.compile(r"Cannot install ([^\s]+)"),
+    re.compile(r"Invalid requirement: '?([^'\n]+)'?"),
+]
+
+
+def _error(message: str, reqs: list[str], output: str) -> WheelhouseError:
+    requirement = None
+    for pattern in _FAILED_REQ:
+        m = pattern.search(output)
+        if m:
+            requirement = m.group(1).rstrip(",'\"")
+            break
+    tail = "\n".join(output.strip().splitlines()[-TAIL_LINES:])
+    named = f"requirement {requirement!r}" if requirement else "requirements " + ", ".join(map(repr, reqs))
+    return WheelhouseError(f"{message}: {named}\n--- pip output (tail) ---\n{tail}", requirement, output)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PIP_NO_INPUT"] = "1"
+    env.pop("PIP_REQUIRE_VIRTUALENV", None)
+    return env
+
+
+@contextlib.contextmanager
+def _locked(house: Path) -> Iterator[None]:
+    """Two builds filling the same wheelhouse at once would race on partial files."""
+    with open(house / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,191 @@
+"""The local target: scoring containers on this machine behind the stack's gateway.
+
+The gateway (nginx, host network, 127.0.0.1 only) owns each service's stable
+port and checks its keys; backends come and go on ephemeral ports. A roll starts
+the new backend, waits until it is healthy, switches the route with a graceful
+reload, and only then stops the old one, so the scoring URI never breaks.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from providers.clients import containers
+from providers.clients.gateway import Gateway
+
+MODELS_ROOT = "/var/azureml-app/azureml-models"
+DRAIN_SECONDS = 1.0
+
+
+def _progress(message: str) -> None:
+    # The dynamic provider's stderr ends up in the engine's log (-v / --logflow).
+    print(f"[mldeploy] {message}", file=sys.stderr, flush=True)
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def model_mounts(models: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
+    """Host dirs to mount and the AZUREML_MODEL_DIR value, as Azure ML lays them out."""
+    mounts = {m["model_dir"]: f"{MODELS_ROOT}/{m['name']}/{int(m['version'])}" for m in models}
+    if len(models) == 1:
+        return mounts, f"{MODELS_ROOT}/{models[0]['name']}/{int(models[0]['version'])}"
+    return mounts, MODELS_ROOT
+
+
+def uris(props: dict[str, Any]) -> dict[str, str]:
+    base = f"http://127.0.0.1:{int(props['port'])}/api/v1/service/{props['service_name']}"
+    return {"scoring_uri": f"{base}/score", "swagger_uri": f"{base}/swagger.json"}
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class LocalBackend:
+    """Docker containers plus one nginx gateway per stack."""
+
+    def _gateway(self, props: dict[str, Any]) -> Gateway:
+        conf_dir = Path(props["state_dir"]) / "gateway" / f"{props['project']}-{props['stack']}"
+        return Gateway(props["project"], props["stack"], str(conf_dir), props["gateway_image"])
+
+    def _labels(self, props: dict[str, Any]) -> dict[str, str]:
+        return containers.labels_for(props["project"], props["stack"], props["service_name"], kind="service")
+
+    def _keys(self, olds: dict[str, Any] | None, news: dict[str, Any]) -> tuple[str | None, str | None]:
+        """Keys are made once and kept; bumping a key's version rotates that key alone."""
+        if not news.get("auth_enabled"):
+            return None, None
+        olds = olds or {}
+        keys = []
+        for which in ("primary", "secondary"):
+            old_key = olds.get(f"{which}_key")
+            same_version = olds.get(f"{which}_key_version") == news.get(f"{which}_key_version")
+            keys.append(old_key if old_key and same_version else new_key())
+        return keys[0], keys[1]
+
+    def _start_backend(self, props: dict[str, Any]) -> containers.RunningContainer:
+        mounts, model_dir = model_mounts(props["models"])
+        for host_dir in mounts:
+            if not os.path.isdir(host_dir):
+                raise containers.ServiceStartError(f"model directory {host_dir} is missing from the registry")
+        env = {**(props.get("environment_variables") or {}), "AZUREML_MODEL_DIR": model_dir}
+        name = f"mldeploy-{props['project']}-{props['stack']}-{props['service_name']}-{uuid.uuid4().hex[:8]}"
+        _progress(f"{props['service_name']}: starting {name} from {props['image_name']}")
+        rc = containers.run_scoring_container(
+            name,
+            props["image_name"],
+            self._labels(props),
+            env,
+            mounts,
+            float(props["cpu_cores"]),
+            float(props["memory_gb"]),
+        )
+        try:
+            containers.wait_healthy(rc, timeout=float(props.get("startup_timeout_seconds") or 180))
+        except BaseException:
+            containers.remove(rc.id, stop_timeout=2)
+            raise
+        _progress(f"{props['service_name']}: {name} is healthy on 127.0.0.1:{rc.host_port}")
+        return rc
+
+    def _route(self, gw: Gateway, props: dict[str, Any], backend_port: int, keys: tuple[str | None, str | None]) -> None:
+        gw.put_route(
+            props["service_name"],
+            int(props["port"]),
+            backend_port,
+            [k for k in keys if k] if props.get("auth_enabled") else None,
+            int(props.get("max_request_bytes") or 1_048_576),
+        )
+
+    def _outs(self, props: dict[str, Any], rc_id: str, backend_port: int, keys: tuple[str | None, str | None]) -> dict[str, Any]:
+        return {
+            **props,
+            **uris(props),
+            "container_id": rc_id,
+            "backend_port": backend_port,
+            "primary_key": keys[0] or "",
+            "secondary_key": keys[1] or "",
+            "state": "Healthy",
+            "model_versions": {m["name"]: int(m["version"]) for m in props["models"]},
+        }
+
+    def _remove_orphans(self, props: dict[str, Any], keep: set[str]) -> None:
+        for cid in containers.find(self._labels(props)):
+            if cid not in keep:
+                _progress(f"{props['service_name']}: removing leftover container {cid[:12]}")
+                containers.remove(cid, stop_timeout=2)
+
+    def create(self, props: dict[str, Any]) -> dict[str, Any]:
+        gw = self._gateway(props)
+        port = int(props["port"])
+        if props["service_name"] not in gw.routes() and not port_is_free(port):
+            raise containers.ServiceStartError(f"port {port} on 127.0.0.1 is already in use; choose another `port`")
+        self._remove_orphans(props, keep=set())
+        keys = self._keys(None, props)
+        gw.ensure()
+        rc = self._start_backend(props)
+        try:
+            self._route(gw, props, rc.host_port, keys)
+        except BaseException:
+            containers.remove(rc.id, stop_timeout=2)
+            raise
+        return self._outs(props, rc.id, rc.host_port, keys)
+
+    def update(self, olds: dict[str, Any], news: dict[str, Any], roll: bool) -> dict[str, Any]:
+        gw = self._gateway(news)
+        keys = self._keys(olds, news)
+        gw.ensure()
+        old_id = olds.get("container_id") or ""
+        if not roll and containers.status(old_id) == "running":
+            self._route(gw, news, int(olds["backend_port"]), keys)
+            return self._outs(news, old_id, int(olds["backend_port"]), keys)
+        rc = self._start_backend(news)  # on failure the old backend keeps serving
+        try:
+            self._route(gw, news, rc.host_port, keys)
+        except BaseException:
+            containers.remove(rc.id, stop_timeout=2)
+            raise
+        time.sleep(DRAIN_SECONDS)  # let in-flight requests on the old backend finish
+        if old_id:
+            containers.remove(old_id)
+        self._remove_orphans(news, keep={rc.id})
+        if olds.get("image_name") and olds["image_name"] != news["image_name"]:
+            from providers.clients.images import remove_image
+
+            remove_image(olds["image_name"])  # kept when something still uses it
+        return self._outs(news, rc.id, rc.host_port, keys)
+
+    def read(self, props: dict[str, Any]) -> dict[str, Any]:
+        status = containers.status(props.get("container_id") or "")
+        routed = props["service_name"] in self._gateway(props).routes()
+        if status == "running" and routed:
+            state = "Healthy"
+        elif status is None:
+            state = "Missing"
+        else:
+            state = "Unhealthy" if status == "running" else "Stopped"
+        return {**props, "state": state}
+
+    def delete(self, props: dict[str, Any]) -> None:
+        gw = self._gateway(props)
+        gw.remove_route(props["service_name"])
+        if props.get("container_id"):
+            containers.remove(props["container_id"])
+        self._remove_orphans(props, keep=set())
+        if not gw.routes():
+            gw.remove()

@@ -1,0 +1,23 @@
+# Sourced by the project's scripts: where the engine, the Python environment,
+# the state backend and the caches live. Every value can be overridden.
+MLDEPLOY_ROOT="${MLDEPLOY_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+export MLDEPLOY_ROOT
+export MLDEPLOY_CACHE="${MLDEPLOY_CACHE:-$HOME/.cache/mldeploy}"
+export PULUMI_VERSION="${PULUMI_VERSION:-3.259.0}"
+export MLDEPLOY_ENGINE_BIN="${MLDEPLOY_ENGINE_BIN:-$MLDEPLOY_CACHE/engine/v$PULUMI_VERSION/bin}"
+# State: a local file backend inside the git-ignored .pulumi-state folder.
+export MLDEPLOY_STATE_DIR="${MLDEPLOY_STATE_DIR:-$MLDEPLOY_ROOT/.pulumi-state}"
+export PULUMI_BACKEND_URL="${PULUMI_BACKEND_URL:-file://$MLDEPLOY_STATE_DIR/backend}"
+# The dev stack's secrets passphrase. Documented, not secret: override it for
+# any stack that holds real keys.
+export PULUMI_CONFIG_PASSPHRASE="${PULUMI_CONFIG_PASSPHRASE-mldeploy-dev-passphrase}"
+export PULUMI_HOME="${PULUMI_HOME:-$MLDEPLOY_CACHE/pulumi-home}"
+export PULUMI_SKIP_UPDATE_CHECK=true
+export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
+export PULUMI_SKIP_CONFIRMATIONS=true
+if [ -x "$MLDEPLOY_ENGINE_BIN/pulumi" ]; then
+  export PATH="$MLDEPLOY_ENGINE_BIN:$PATH"
+fi
+if [ -d "$MLDEPLOY_ROOT/.venv/bin" ]; then
+  export PATH="$MLDEPLOY_ROOT/.venv/bin:$PATH"
+fi

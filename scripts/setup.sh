@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Set up everything the project needs on this machine, idempotently:
+# Python environment, Pulumi engine, state folder, Docker engine, base image.
+# Caches live outside the repo (MLDEPLOY_CACHE, default ~/.cache/mldeploy).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/env.sh"
+cd "$MLDEPLOY_ROOT"
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# 1. Python environment, keyed by the lock file and the interpreter.
+PY="${MLDEPLOY_PYTHON:-python3}"
+command -v "$PY" >/dev/null || { log "python3 (3.11) is required"; exit 1; }
+key="$( (cat requirements.lock; "$PY" -c 'import sys; print(sys.version)') | sha256sum | cut -c1-16)"
+venv="$MLDEPLOY_CACHE/venv/$key"
+if [ ! -f "$venv/.complete" ]; then
+  log "creating Python environment $venv"
+  rm -rf "$venv"; "$PY" -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip >/dev/null
+  "$venv/bin/pip" install -q -r requirements.lock
+  touch "$venv/.complete"
+fi
+ln -sfn "$venv" .venv
+
+# 2. The Pulumi engine: one on PATH at the right version, or built from Go modules.
+found="$(command -v pulumi 2>/dev/null || true)"
+if [ -n "$found" ] && [ "$("$found" version 2>/dev/null)" = "v$PULUMI_VERSION" ] && [ "$(dirname "$found")" != "$MLDEPLOY_ENGINE_BIN" ]; then
+  log "using pulumi v$PULUMI_VERSION at $found"
+  mkdir -p "$MLDEPLOY_ENGINE_BIN"
+  for f in pulumi pulumi-language-python pulumi-language-python-exec pulumi-resource-pulumi-python; do
+    src="$(command -v "$f" 2>/dev/null || true)"; [ -n "$src" ] && ln -sfn "$src" "$MLDEPLOY_ENGINE_BIN/$f"
+  done
+  touch "$MLDEPLOY_CACHE/engine/v$PULUMI_VERSION/.complete"
+else
+  PULUMI_VERSION="$PULUMI_VERSION" "$HERE/engine/build.sh" >/dev/null
+fi
+export PATH="$MLDEPLOY_ENGINE_BIN:$MLDEPLOY_ROOT/.venv/bin:$PATH"
+
+# 3. State folder (git-ignored) for the file backend and the model registry.
+mkdir -p "$MLDEPLOY_STATE_DIR/backend"
+
+# 4. Docker engine, and 5. the base image.
+"$HERE/docker.sh"
+"$HERE/base-image.sh"
+
+log "ready: pulumi $(pulumi version), $(python --version 2>&1), docker $(docker version -f '{{.Server.Version}}')"

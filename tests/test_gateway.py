@@ -1,0 +1,477 @@
+"""Tests of the per-stack nginx gateway.
+
+Unit tests check the renderers (auth, validation, no keys in logs) and, when
+the host has nginx, that the output passes ``nginx -t``. Integration tests
+(marked ``docker``) run the real gateway container against tiny HTTP backends
+on host loopback; they fail, never skip, when Docker or the image is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from providers.clients import gateway as gw_mod
+from providers.clients.gateway import (
+    DEFAULT_IMAGE,
+    Gateway,
+    GatewayError,
+    parse_route_meta,
+    render_nginx_conf,
+    render_service_conf,
+)
+
+KEY1 = "k1_" + "A" * 20 + "-x"
+KEY2 = "k2_" + "b" * 30
+
+
+# ------------------------------------------------------------------ renderers
+
+
+def test_service_conf_with_keys_has_exact_bearer_check():
+    conf = render_service_conf("iris", 18080, 18081, [KEY1, KEY2], max_body_bytes=4096)
+    assert "listen 127.0.0.1:18080;" in conf
+    assert "server 127.0.0.1:18081" in conf
+    assert f'"~^Bearer (?:{KEY1}|{KEY2})$" 1;' in conf
+    assert "return 401" in conf and "WWW-Authenticate 'Bearer" in conf
+    assert "client_max_body_size 4096;" in conf
+    assert "proxy_pass http://mldeploy_backend_iris/score;" in conf
+    assert "proxy_pass http://mldeploy_backend_iris/swagger.json;" in conf
+    assert "proxy_http_version 1.1;" in conf and "keepalive 16;" in conf
+    assert "proxy_read_timeout 60s;" in conf
+    assert "proxy_next_upstream error" in conf
+    assert 'proxy_set_header Authorization "";' in conf
+    # The auth check sits in the score location only: swagger stays open.
+    score = conf.split("location = /api/v1/service/iris/score {")[1].split("\n    }")[0]
+    swagger = conf.split("location = /api/v1/service/iris/swagger.json {")[1].split("\n    }")[0]
+    assert "mldeploy_authorized_iris" in score
+    assert "mldeploy_authorized_iris" not in swagger
+
+
+def test_service_conf_without_keys_has_no_auth():
+    conf = render_service_conf("my-model-2", 20000, 20001, None)
+    assert "map $http_authorization" not in conf
+    assert "return 401" not in conf
+    assert "WWW-Authenticate" not in conf
+    assert "client_max_body_size 1048576;" in conf
+    # Dashes become underscores in nginx identifiers.
+    assert "upstream mldeploy_backend_my_model_2 {" in conf
+
+
+def test_route_meta_roundtrip_carries_no_keys():
+    conf = render_service_conf("iris", 18080, 18081, [KEY1, KEY2])
+    meta = parse_route_meta(conf)
+    assert meta == {"service": "iris", "port": 18080, "backend_port": 18081, "auth": True, "max_body_bytes": 1048576}
+    header = conf.splitlines()[0]
+    assert KEY1 not in header and KEY2 not in header
+
+
+@pytest.mark.parametrize("name", ["", "A", "Iris", "-a", "a-", "a_b", "a.b", "a" * 33, "a b", None, 7])
+def test_bad_service_name_is_named(name):
+    with pytest.raises(ValueError, match=r"^service_name:"):
+        render_service_conf(name, 18080, 18081, None)
+
+
+@pytest.mark.parametrize("name", ["a", "0", "a-b", "a" * 32, "x1-y2-z3"])
+def test_good_service_names(name):
+    assert f"/api/v1/service/{name}/score" in render_service_conf(name, 18080, 18081, None)
+
+
+@pytest.mark.parametrize(
+    "field,kwargs",
+    [
+        ("port", {"port": 80}),
+        ("port", {"port": 1023}),
+        ("port", {"port": 65536}),
+        ("port", {"port": "18080"}),
+        ("port", {"port": True}),
+        ("backend_port", {"backend_port": 0}),
+        ("backend_port", {"backend_port": 70000}),
+        ("backend_port", {"backend_port": 18081.0}),
+        ("port", {"port": 18081, "backend_port": 18081}),
+        ("max_body_bytes", {"max_body_bytes": 0}),
+        ("max_body_bytes", {"max_body_bytes": -1}),
+        ("max_body_bytes", {"max_body_bytes": "1m"}),
+    ],
+)
+def test_bad_ports_and_limits_are_named(field, kwargs):
+    args = {"service_name": "iris", "port": 18080, "backend_port": 18081, "keys": None} | kwargs
+    with pytest.raises(ValueError, match=rf"^{field}:"):
+        render_service_conf(**args)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [],
+        "a-single-string-key-0123",
+        ["short"],
+        ["x" * 129],
+        ["has spaces in it 0123"],
+        ['quote"inside0123456'],
+        ["semi;colon012345678"],
+        ["dollar$var012345678"],
+        ["ok_key_0123456789", "bad key!"],
+        [None],
+    ],
+)
+def test_bad_keys_are_named(keys):
+    with pytest.raises(ValueError, match=r"^keys(\[\d+\])?:") as err:
+        render_service_conf("iris", 18080, 18081, keys)
+    for k in keys if isinstance(keys, list) else []:
+        if isinstance(k, str) and len(k) > 5:
+            assert k not in str(err.value), "the key itself must not be echoed"
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_no_log_directive_can_carry_a_key(access_log):
+    main = render_nginx_conf(access_log=access_log)
+    service = render_service_conf("iris", 18080, 18081, [KEY1, KEY2])
+    # Services never define their own logs.
+    assert not re.search(r"^\s*(access_log|error_log|log_format)\b", service, re.M)
+    logs = [line for line in main.splitlines() if re.match(r"\s*(access_log|error_log|log_format)\b", line)]
+    assert logs
+    for line in logs:
+        assert "$http_" not in line and "$args" not in line and "$query_string" not in line
+        assert "$request_uri" not in line and "$request " not in line and "$request'" not in line
+        assert "$request_body" not in line
+    assert "error_log stderr" in main
+    if not access_log:
+        assert "access_log off;" in main
+    # Keys appear exactly once, in the map.
+    assert service.count(KEY1) == 1 and service.count(KEY2) == 1
+
+
+def test_main_conf_paths_and_include():
+    main = render_nginx_conf(include_dir="/x/services", runtime_dir="/run/gw", worker_processes="auto")
+    assert "include /x/services/*.conf;" in main
+    assert "pid /run/gw/nginx.pid;" in main
+    assert "client_body_temp_path /run/gw/client_body;" in main
+    assert "worker_processes auto;" in main
+    with pytest.raises(ValueError, match="^worker_processes:"):
+        render_nginx_conf(worker_processes=0)
+    with pytest.raises(ValueError, match="^include_dir:"):
+        render_nginx_conf(include_dir="relative/dir")
+    with pytest.raises(ValueError, match="^runtime_dir:"):
+        render_nginx_conf(runtime_dir="/tmp/x; evil")
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="no nginx binary on the host to run nginx -t")
+def test_rendered_configs_pass_nginx_t(tmp_path):
+    """``nginx -t`` parses and checks but binds nothing: safe on the host."""
+    services = tmp_path / "services"
+    services.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "nginx.conf").write_text(
+        render_nginx_conf(include_dir=str(services), runtime_dir=str(run), access_log=True, user=None)
+    )
+    (services / "a.conf").write_text(render_service_conf("a", 18080, 18081, [KEY1, KEY2]))
+    (services / "b-2.conf").write_text(render_service_conf("b-2", 18082, 18083, None, max_body_bytes=10))
+    res = subprocess.run(
+        ["nginx", "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "warn" not in res.stderr, res.stderr
+
+
+def test_atomic_write_is_0600_and_routes_listing(tmp_path):
+    g = Gateway("p", "s", str(tmp_path / "gw"))
+    assert g.container_name == "mldeploy-gw-p-s"
+    assert g.routes() == []
+    g._prepare_dirs()
+    path = g.routes_dir / "iris.conf"
+    gw_mod._write_atomic(path, render_service_conf("iris", 18080, 18081, [KEY1]))
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "gw").stat().st_mode & 0o777 == 0o700
+    assert g.routes() == ["iris"]
+    assert g.route_info("iris")["backend_port"] == 18081
+    assert not [p for p in g.routes_dir.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(ValueError, match="^project:"):
+        Gateway("bad/name", "s", str(tmp_path))
+
+
+# ---------------------------------------------------------------- integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Backend:
+    """A stand-in scoring server on host loopback that says who it is."""
+
+    def __init__(self, tag: str):
+        outer = self
+        self.tag = tag
+        self.seen_auth: list[str] = []
+        self.conns: set[socket.socket] = set()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else 40 ms delayed-ACK stalls per response
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def setup(self):
+                super().setup()
+                outer.conns.add(self.connection)
+
+            def _send(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path == "/":
+                    self._send(200, {"status": "Healthy", "backend": outer.tag})
+                elif self.path == "/swagger.json":
+                    self._send(200, {"swagger": "2.0", "backend": outer.tag})
+                else:
+                    self._send(404, {"message": "nope"})
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n)
+                if self.headers.get("Authorization"):
+                    outer.seen_auth.append(self.headers["Authorization"])
+                if self.path == "/score":
+                    self._send(200, {"backend": outer.tag, "bytes": len(body)})
+                else:
+                    self._send(404, {"message": "nope"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Like a stopped container: no listener and no open keepalive connection."""
+        self.server.shutdown()
+        self.server.server_close()
+        for conn in list(self.conns):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="module")
+def docker_client():
+    try:
+        import docker
+
+        dc = docker.from_env(timeout=60)
+        dc.ping()
+    except Exception as e:  # fail, don't skip: these tests are the point
+        pytest.fail(f"Docker is required for the gateway integration tests: {e}")
+    try:
+        dc.images.get(DEFAULT_IMAGE)
+    except Exception as e:
+        pytest.fail(f"the gateway image {DEFAULT_IMAGE} is missing (scripts/base-image.sh builds it): {e}")
+    yield dc
+    dc.close()
+
+
+@pytest.fixture
+def gateway(docker_client, tmp_path):
+    g = Gateway(f"t{uuid.uuid4().hex[:8]}", f"s{uuid.uuid4().hex[:6]}", str(tmp_path / "gw"))
+    yield g
+    g.remove(purge_config=True)
+    left = docker_client.containers.list(
+        all=True, filters={"label": [f"{k}={v}" for k, v in g.labels.items()]}
+    )
+    assert not left, f"gateway containers left behind: {[c.name for c in left]}"
+
+
+@pytest.fixture
+def backends():
+    made: list[Backend] = []
+
+    def make(tag: str) -> Backend:
+        b = Backend(tag)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        try:
+            b.stop()
+        except Exception:
+            pass
+
+
+def session():
+    import requests
+
+    s = requests.Session()
+    s.trust_env = False  # loopback only, never through a proxy from the environment
+    return s
+
+
+@pytest.mark.docker
+def test_gateway_routes_auth_limits_and_switch(gateway, backends, docker_client):
+    import requests
+
+    a, b = backends("A"), backends("B")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/api/v1/service/iris"
+
+    cid = gateway.ensure()
+    assert gateway.ensure() == cid, "ensure() must be idempotent"
+    c = docker_client.containers.get(cid)
+    assert c.attrs["HostConfig"]["NetworkMode"] == "host"
+    assert c.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert c.labels["mldeploy.resource"] == "gateway" and c.labels["mldeploy.managed"] == "true"
+
+    upd = gateway.put_route("iris", port, a.port, [KEY1, KEY2], max_body_bytes=4096)
+    assert upd.changed
+    assert gateway.routes() == ["iris"]
+    route_file = Path(gateway.conf_dir) / "services" / "iris.conf"
+    assert route_file.stat().st_mode & 0o777 == 0o600
+    assert gateway.put_route("iris", port, a.port, [KEY1, KEY2], max_body_bytes=4096).changed is False
+
+    s = session()
+    payload = {"data": [[1, 2, 3, 4]]}
+    r = s.post(f"{base}/score", json=payload)
+    assert r.status_code == 401 and "Bearer" in r.headers["WWW-Authenticate"]
+    assert "message" in r.json()
+    for bad in (f"Bearer {KEY1}x", f"bearer {KEY1}", KEY1, f"Bearer  {KEY1}", f"Basic {KEY1}", "Bearer " + "z" * 20):
+        r = s.post(f"{base}/score", json=payload, headers={"Authorization": bad})
+        assert r.status_code == 401, bad
+    for key in (KEY1, KEY2):
+        r = s.post(f"{base}/score", json=payload, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200 and r.json()["backend"] == "A"
+        assert r.headers["X-Mldeploy-Backend"] == str(a.port)
+    assert a.seen_auth == [], "the key must not reach the backend"
+
+    assert s.get(f"{base}/swagger.json").json()["swagger"] == "2.0"  # open, as in Azure
+    assert s.get(f"{base}/").json()["status"] == "Healthy"
+    assert s.get(f"{base}/health").status_code == 200
+    assert s.get(f"http://127.0.0.1:{port}/elsewhere").status_code == 404
+
+    auth = {"Authorization": f"Bearer {KEY1}", "Content-Type": "application/json"}
+    r = s.post(f"{base}/score", data=b"x" * 4096, headers=auth)
+    assert r.status_code == 200 and r.json()["bytes"] == 4096
+    r = s.post(f"{base}/score", data=b"x" * 4097, headers=auth)
+    assert r.status_code == 413 and "limit is 4096 bytes" in r.json()["message"]
+
+    # The same port cannot serve two services; a busy host port is refused.
+    with pytest.raises(ValueError, match="^port:"):
+        gateway.put_route("other", port, b.port, None)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(ValueError, match="^port:"):
+            gateway.put_route("other", busy.getsockname()[1], b.port, None)
+    assert gateway.routes() == ["iris"]
+
+    # Rolling switch A -> B under load: zero failures, B after the switch.
+    results: list[tuple[float, float, object]] = []  # (start, end, backend tag or error)
+    stop = threading.Event()
+
+    def client():
+        cs = session()
+        t_end = time.monotonic() + 15
+        while not stop.is_set() and len(results) < 300 and time.monotonic() < t_end:
+            t0 = time.monotonic()
+            try:
+                resp = cs.post(f"{base}/score", json=payload, headers=auth, timeout=10)
+                out = resp.json()["backend"] if resp.status_code == 200 else f"HTTP {resp.status_code}"
+            except requests.RequestException as e:
+                out = e
+            results.append((t0, time.monotonic(), out))
+            time.sleep(0.005)
+
+    t = threading.Thread(target=client)
+    t.start()
+    while len(results) < 30 and t.is_alive():
+        time.sleep(0.01)
+    switch = gateway.put_route("iris", port, b.port, [KEY1, KEY2], max_body_bytes=4096)
+    switched_at = time.monotonic()
+    assert gateway.wait_drained(timeout=30)
+    a.stop()  # old backend gone: everything must now come from B
+    n_after = len(results)
+    while len(results) < n_after + 30 and t.is_alive():
+        time.sleep(0.01)
+    stop.set()
+    t.join(timeout=20)
+
+    failures = [r for r in results if r[2] not in ("A", "B")]
+    late_a = [r for r in results if r[0] > switched_at and r[2] == "A"]
+    print(
+        f"\nswitch live after {switch.live_after_s * 1000:.0f} ms; {len(results)} requests, "
+        f"{len(failures)} failed, {sum(1 for r in results if r[2] == 'B')} from B, {len(late_a)} from A after the switch"
+    )
+    assert switch.changed and switch.backend_port == b.port
+    assert not failures, failures[:5]
+    assert not late_a, late_a[:5]
+    assert results[-1][2] == "B" and any(r[2] == "A" for r in results)
+
+    logs = gateway.logs(tail=1000)
+    assert KEY1 not in logs and KEY2 not in logs
+
+    gateway.remove_route("iris")
+    gateway.remove_route("iris")  # idempotent
+    assert gateway.routes() == []
+    with pytest.raises(requests.ConnectionError):
+        session().get(f"{base}/", timeout=2)
+
+    gateway.remove()
+    gateway.remove()  # idempotent
+    assert not docker_client.containers.list(
+        all=True, filters={"label": [f"{k}={v}" for k, v in gateway.labels.items()]}
+    )
+
+
+@pytest.mark.docker
+def test_gateway_without_keys_and_restart(gateway, backends, docker_client):
+    b = backends("B")
+    port = free_port()
+    gateway.put_route("open-svc", port, b.port, None)  # put_route starts the gateway itself
+    s = session()
+    url = f"http://127.0.0.1:{port}/api/v1/service/open-svc/score"
+    assert s.post(url, json={}).json()["backend"] == "B"
+
+    # A stopped gateway is brought back by ensure() with its routes.
+    docker_client.containers.get(gateway.container_name).stop(timeout=5)
+    gateway.ensure()
+    assert s.post(url, json={}).json()["backend"] == "B"
+
+    # A dead backend gives a JSON 502 from the gateway, not a hang.
+    b.stop()
+    r = s.post(url, json={})
+    assert r.status_code == 502 and "not available" in r.json()["message"]
+    assert "open-svc" in gateway.logs() or r.status_code == 502
+
+
+@pytest.mark.docker
+def test_put_route_refuses_a_stranger_container(docker_client, tmp_path):
+    g = Gateway(f"t{uuid.uuid4().hex[:8]}", "s", str(tmp_path / "gw"))
+    stranger = docker_client.containers.create(DEFAULT_IMAGE, name=g.container_name, command=["true"])
+    try:
+        with pytest.raises(GatewayError, match="not this gateway"):
+            g.ensure()
+    finally:
+        stranger.remove(force=True)

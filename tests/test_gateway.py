@@ -9,9 +9,7 @@ on host loopback; they fail, never skip, when Docker or the image is missing.
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import shutil
 import socket
 import subprocess
@@ -475,3 +473,25 @@ def test_put_route_refuses_a_stranger_container(docker_client, tmp_path):
             g.ensure()
     finally:
         stranger.remove(force=True)
+
+
+@pytest.mark.docker
+def test_rejected_config_restores_previous_route(gateway, backends):
+    a, b = backends("A"), backends("B")
+    port = free_port()
+    gateway.put_route("iris", port, a.port, [KEY1])
+    before = (gateway.routes_dir / "iris.conf").read_text()
+    # A foreign, broken file in the routes dir makes `nginx -t` fail.
+    broken = gateway.routes_dir / "zz-broken.conf"
+    broken.write_text("this is not nginx config;\n")
+    with pytest.raises(GatewayError, match="nginx rejected the configuration: .*unknown directive"):
+        gateway.put_route("iris", port, b.port, [KEY1])
+    assert (gateway.routes_dir / "iris.conf").read_text() == before
+    with pytest.raises(GatewayError, match="nginx rejected"):
+        gateway.put_route("new-svc", free_port(), b.port, None)
+    assert not (gateway.routes_dir / "new-svc.conf").exists()
+    broken.unlink()
+    r = session().post(
+        f"http://127.0.0.1:{port}/api/v1/service/iris/score", json={}, headers={"Authorization": f"Bearer {KEY1}"}
+    )
+    assert r.status_code == 200 and r.json()["backend"] == "A"

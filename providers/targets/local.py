@@ -12,7 +12,6 @@ import os
 import secrets
 import socket
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from providers.clients import containers
 from providers.clients.gateway import Gateway
 
 MODELS_ROOT = "/var/azureml-app/azureml-models"
-DRAIN_SECONDS = 1.0
 
 
 def _progress(message: str) -> None:
@@ -160,7 +158,7 @@ class LocalBackend:
         except BaseException:
             containers.remove(rc.id, stop_timeout=2)
             raise
-        time.sleep(DRAIN_SECONDS)  # let in-flight requests on the old backend finish
+        gw.wait_drained()  # old nginx workers finish their requests to the old backend first
         if old_id:
             containers.remove(old_id)
         self._remove_orphans(news, keep={rc.id})
@@ -188,4 +186,4 @@ class LocalBackend:
             containers.remove(props["container_id"])
         self._remove_orphans(props, keep=set())
         if not gw.routes():
-            gw.remove()
+            gw.remove(purge_config=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 from typing import Any, Literal
 
@@ -17,16 +18,17 @@ from providers.targets import TARGETS
 
 PORT_RANGE = (20000, 29999)
 # Ports claimed by services of this program run, so two services never share one.
-_claims: tuple[int, dict[int, str]] = (0, {})
+# A context variable: the Automation API runs each program in a fresh context of
+# the same process, so a second run starts with no claims.
+_claims: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("mldeploy_port_claims", default=None)
 
 
 def _claimed_ports() -> dict[int, str]:
-    """Claims of the current run; a new run (Automation API reuses the process) starts empty."""
-    global _claims
-    run = id(pulumi.runtime.settings.SETTINGS)
-    if _claims[0] != run:
-        _claims = (run, {})
-    return _claims[1]
+    claims = _claims.get()
+    if claims is None:
+        claims = {}
+        _claims.set(claims)
+    return claims
 
 
 class ContainerInstanceServiceArgs(BaseModel):

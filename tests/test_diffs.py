@@ -1,0 +1,337 @@
+"""Unit tests of the providers' pure diff functions and their `check` methods.
+
+No Docker, no engine: these call the functions directly with property dicts
+shaped like the ones the components send.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from pulumi.dynamic import CheckFailure
+
+from providers.image import ImageProvider, diff_image, image_name
+from providers.model import ModelVersionProvider, diff_model
+from providers.service import ROLL_ON, ROUTE_ON, ServiceProvider, diff_service, needs_roll
+
+# ---------------------------------------------------------------- fixtures
+
+
+def model_props(**over: Any) -> dict[str, Any]:
+    props = {
+        "model_name": "ridge",
+        "model_path": "/proj/models/ridge.pkl",
+        "content_hash": "sha256:" + "a" * 64,
+        "version": 1,
+        "tags": {"area": "demo"},
+        "description": "Ridge regression",
+        "registry_root": "/state/registry",
+        "owner": "proj/dev/ridge",
+    }
+    props.update(over)
+    return props
+
+
+def image_props(**over: Any) -> dict[str, Any]:
+    props = {
+        "image_repo": "mldeploy-proj-dev/scoring",
+        "base_image": "mldeploy/base:bookworm-py3.11",
+        "source_directory": "/proj/src",
+        "entry_script": "score.py",
+        "dependency_file": "/proj/env/myenv.yml",
+        "build_hash": "sha256:" + "b" * 64,
+        "labels": {"mldeploy.managed": "true"},
+    }
+    props.update(over)
+    return props
+
+
+def service_props(**over: Any) -> dict[str, Any]:
+    props = {
+        "service_name": "aciservice",
+        "target": "local",
+        "project": "proj",
+        "stack": "dev",
+        "state_dir": "/proj/.pulumi-state",
+        "gateway_image": "mldeploy/base:bookworm-py3.11",
+        "image_name": "mldeploy-proj-dev/scoring:bbbbbbbbbbbb",
+        "image_id": "sha256:" + "c" * 64,
+        "models": [{"name": "ridge", "version": 1, "model_dir": "/state/registry/ridge/1"}],
+        "cpu_cores": 1,
+        "memory_gb": 1,
+        "auth_enabled": True,
+        "port": 23456,
+        "environment_variables": {},
+        "primary_key_version": 1,
+        "secondary_key_version": 1,
+        "max_request_bytes": 1_048_576,
+        "startup_timeout_seconds": 180,
+    }
+    props.update(over)
+    return props
+
+
+def service_olds(**over: Any) -> dict[str, Any]:
+    """Old state as the provider stored it after a healthy create."""
+    olds = service_props(
+        scoring_uri="http://127.0.0.1:23456/api/v1/service/aciservice/score",
+        swagger_uri="http://127.0.0.1:23456/api/v1/service/aciservice/swagger.json",
+        primary_key="pk",
+        secondary_key="sk",
+        state="Healthy",
+        model_versions={"ridge": 1},
+        container_id="abc123",
+        backend_port=40001,
+    )
+    olds.update(over)
+    return olds
+
+
+def failures_by_property(failures: list[CheckFailure]) -> dict[str, str]:
+    return {f.property: f.reason for f in failures}
+
+
+# ---------------------------------------------------------------- model
+
+
+class TestDiffModel:
+    def test_no_change(self) -> None:
+        olds = {**model_props(), "model_dir": "/state/registry/ridge/1", "model_id": "ridge:1", "present": True}
+        r = diff_model(olds, model_props())
+        assert r.changes is False
+        assert not r.replaces
+        assert r.delete_before_replace is False
+
+    def test_missing_tags_and_description_equal_empty(self) -> None:
+        olds = model_props(tags=None, description=None)
+        news = model_props(tags={}, description="")
+        assert diff_model(olds, news).changes is False
+
+    def test_content_hash_is_an_update(self) -> None:
+        r = diff_model(model_props(), model_props(content_hash="sha256:" + "f" * 64))
+        assert r.changes is True
+        assert not r.replaces
+
+    @pytest.mark.parametrize(
+        "change",
+        [{"tags": {"area": "prod"}}, {"tags": {}}, {"description": "new words"}],
+        ids=["tags", "tags-cleared", "description"],
+    )
+    def test_metadata_is_an_update(self, change: dict[str, Any]) -> None:
+        r = diff_model(model_props(), model_props(**change))
+        assert r.changes is True
+        assert not r.replaces
+
+    @pytest.mark.parametrize(
+        "key,value",
+        [("model_name", "lasso"), ("registry_root", "/elsewhere"), ("owner", "proj/prod/ridge")],
+    )
+    def test_identity_is_a_replace(self, key: str, value: str) -> None:
+        r = diff_model(model_props(), model_props(**{key: value}))
+        assert r.changes is True
+        assert list(r.replaces) == [key]
+        assert r.delete_before_replace is False
+
+    def test_gone_from_registry_is_an_update(self) -> None:
+        # refresh found the version deleted by hand: the next up registers it again
+        r = diff_model({**model_props(), "present": False}, model_props())
+        assert r.changes is True
+        assert not r.replaces
+
+    def test_present_true_is_no_change(self) -> None:
+        assert diff_model({**model_props(), "present": True}, model_props()).changes is False
+
+
+class TestModelCheck:
+    def test_ok(self) -> None:
+        news = model_props()
+        r = ModelVersionProvider().check({}, news)
+        assert r.failures == []
+        assert r.inputs == news
+
+    @pytest.mark.parametrize("key", ["model_name", "model_path", "registry_root", "owner"])
+    def test_required(self, key: str) -> None:
+        r = ModelVersionProvider().check({}, model_props(**{key: ""}))
+        assert list(failures_by_property(r.failures)) == [key]
+
+
+# ---------------------------------------------------------------- image
+
+
+class TestDiffImage:
+    def test_no_change(self) -> None:
+        olds = {**image_props(), "image_name": "x:bbbbbbbbbbbb", "image_id": "sha256:1", "present": True}
+        r = diff_image(olds, image_props())
+        assert r.changes is False
+        assert not r.replaces
+
+    def test_build_hash_is_an_update(self) -> None:
+        r = diff_image(image_props(), image_props(build_hash="sha256:" + "e" * 64))
+        assert r.changes is True
+        assert not r.replaces
+
+    def test_image_repo_is_a_replace(self) -> None:
+        r = diff_image(image_props(), image_props(image_repo="mldeploy-proj-prod/scoring"))
+        assert r.changes is True
+        assert list(r.replaces) == ["image_repo"]
+        assert r.delete_before_replace is False
+
+    def test_gone_from_docker_is_an_update(self) -> None:
+        r = diff_image({**image_props(), "present": False}, image_props())
+        assert r.changes is True
+        assert not r.replaces
+
+    def test_inputs_outside_the_build_hash_do_not_rebuild(self) -> None:
+        # labels/source paths are folded into build_hash by the component; alone they change nothing
+        r = diff_image(image_props(), image_props(labels={"other": "x"}))
+        assert r.changes is False
+
+    def test_image_name_uses_short_hash(self) -> None:
+        assert image_name(image_props()) == "mldeploy-proj-dev/scoring:" + "b" * 12
+
+
+class TestImageCheck:
+    def test_ok(self) -> None:
+        assert ImageProvider().check({}, image_props()).failures == []
+
+    @pytest.mark.parametrize("key", ["image_repo", "base_image", "source_directory", "entry_script", "build_hash"])
+    def test_required(self, key: str) -> None:
+        r = ImageProvider().check({}, image_props(**{key: ""}))
+        assert list(failures_by_property(r.failures)) == [key]
+
+    def test_dependency_file_optional(self) -> None:
+        assert ImageProvider().check({}, image_props(dependency_file="")).failures == []
+
+
+# ---------------------------------------------------------------- service
+
+
+ROLL_CHANGES = {
+    "image_id": "sha256:" + "d" * 64,
+    "models": [{"name": "ridge", "version": 2, "model_dir": "/state/registry/ridge/2"}],
+    "cpu_cores": 2,
+    "memory_gb": 0.5,
+    "environment_variables": {"LOG_LEVEL": "debug"},
+}
+ROUTE_CHANGES = {
+    "port": 23457,
+    "auth_enabled": False,
+    "primary_key_version": 2,
+    "secondary_key_version": 2,
+}
+
+
+class TestDiffService:
+    def test_no_change(self) -> None:
+        olds, news = service_olds(), service_props()
+        r = diff_service(olds, news)
+        assert r.changes is False
+        assert not r.replaces
+        assert needs_roll(olds, news) is False
+
+    def test_inputs_are_not_mutated(self) -> None:
+        olds, news = service_olds(), service_props(cpu_cores=2)
+        before = copy.deepcopy((olds, news))
+        diff_service(olds, news)
+        needs_roll(olds, news)
+        assert (olds, news) == before
+
+    @pytest.mark.parametrize("key", sorted(ROLL_CHANGES))
+    def test_roll_inputs_update_and_roll(self, key: str) -> None:
+        olds, news = service_olds(), service_props(**{key: ROLL_CHANGES[key]})
+        r = diff_service(olds, news)
+        assert r.changes is True
+        assert not r.replaces
+        assert needs_roll(olds, news) is True
+
+    def test_model_version_bump_rolls(self) -> None:
+        olds = service_olds()
+        news = service_props(models=[{**olds["models"][0], "version": 2}])
+        assert diff_service(olds, news).changes is True
+        assert needs_roll(olds, news) is True
+
+    @pytest.mark.parametrize("key", sorted(ROUTE_CHANGES))
+    def test_route_inputs_update_without_roll(self, key: str) -> None:
+        olds, news = service_olds(), service_props(**{key: ROUTE_CHANGES[key]})
+        r = diff_service(olds, news)
+        assert r.changes is True
+        assert not r.replaces
+        assert needs_roll(olds, news) is False
+
+    def test_max_request_bytes_updates_without_roll(self) -> None:
+        olds, news = service_olds(), service_props(max_request_bytes=2_000_000)
+        assert diff_service(olds, news).changes is True
+        assert needs_roll(olds, news) is False
+
+    def test_roll_and_route_keys_are_disjoint(self) -> None:
+        assert not set(ROLL_ON) & set(ROUTE_ON)
+
+    @pytest.mark.parametrize(
+        "key,value",
+        [("service_name", "other-service"), ("target", "aci"), ("project", "proj2"), ("stack", "prod")],
+    )
+    def test_identity_replaces_delete_first(self, key: str, value: str) -> None:
+        r = diff_service(service_olds(), service_props(**{key: value}))
+        assert r.changes is True
+        assert list(r.replaces) == [key]
+        assert r.delete_before_replace is True
+
+    @pytest.mark.parametrize("state", ["Missing", "Stopped", "Unhealthy"])
+    def test_broken_state_updates_and_rolls(self, state: str) -> None:
+        olds, news = service_olds(state=state), service_props()
+        r = diff_service(olds, news)
+        assert r.changes is True
+        assert not r.replaces
+        assert needs_roll(olds, news) is True
+
+    def test_outputs_in_olds_are_not_changes(self) -> None:
+        # olds carry outputs (uris, keys, container id) the news never have
+        r = diff_service(service_olds(container_id="zzz", backend_port=40999), service_props())
+        assert r.changes is False
+
+
+class TestServiceCheck:
+    def check(self, **over: Any) -> dict[str, str]:
+        news = service_props(**over)
+        result = ServiceProvider().check({}, news)
+        assert result.inputs == news
+        return failures_by_property(result.failures)
+
+    def test_ok(self) -> None:
+        assert self.check() == {}
+
+    @pytest.mark.parametrize("key", ["cpu_cores", "memory_gb"])
+    @pytest.mark.parametrize("value", [0, -1, -0.5, None, "1"])
+    def test_resources_must_be_positive_numbers(self, key: str, value: Any) -> None:
+        failures = self.check(**{key: value})
+        assert list(failures) == [key]
+        assert key in failures[key]
+
+    def test_fractional_resources_ok(self) -> None:
+        assert self.check(cpu_cores=0.5, memory_gb=0.25) == {}
+
+    def test_unknown_target(self) -> None:
+        failures = self.check(target="gpu-cluster")
+        assert list(failures) == ["target"]
+        assert "gpu-cluster" in failures["target"]
+        assert "local" in failures["target"]
+
+    @pytest.mark.parametrize("port", [0, 80, 1023, 65536, 100000, None, "8080"])
+    def test_port_out_of_range(self, port: Any) -> None:
+        failures = self.check(port=port)
+        assert list(failures) == ["port"]
+
+    @pytest.mark.parametrize("port", [1024, 65535, 20000])
+    def test_port_bounds_ok(self, port: int) -> None:
+        assert self.check(port=port) == {}
+
+    @pytest.mark.parametrize("models", [[], None])
+    def test_models_empty(self, models: Any) -> None:
+        failures = self.check(models=models)
+        assert list(failures) == ["models"]
+
+    def test_several_failures_reported_together(self) -> None:
+        failures = self.check(cpu_cores=0, memory_gb=-1, target="gpu-cluster", port=1, models=[])
+        assert set(failures) == {"cpu_cores", "memory_gb", "target", "port", "models"}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pulumi
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PACKAGE = "mldeploy"
 DEFAULT_BASE_IMAGE = "mldeploy/base:bookworm-py3.11"
@@ -32,6 +32,27 @@ def resolve(path: str, root: Path | None = None) -> Path:
     return (p if p.is_absolute() else (root or project_root()) / p).resolve()
 
 
+class StackConfig(BaseModel):
+    """The `mldeploy:` keys of a stack file, checked before anything is declared."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    target: str = "local"
+    baseImage: str = Field(default=DEFAULT_BASE_IMAGE, min_length=1)
+    gatewayImage: str = Field(default=DEFAULT_BASE_IMAGE, min_length=1)
+    stateDir: str = Field(default=".pulumi-state", min_length=1)
+    registryPath: str = ""
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, value: str) -> str:
+        from providers.targets import TARGETS
+
+        if value not in TARGETS:
+            raise ValueError(f"unknown target {value!r}; known: {', '.join(TARGETS)}")
+        return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Per-stack settings from the `mldeploy:` config namespace."""
@@ -49,16 +70,26 @@ class Settings:
     def load() -> "Settings":
         cfg = pulumi.Config(PACKAGE)
         root = project_root()
-        state_dir = resolve(os.environ.get("MLDEPLOY_STATE_DIR") or cfg.get("stateDir") or ".pulumi-state", root)
-        registry = cfg.get("registryPath") or os.environ.get("MLDEPLOY_REGISTRY_PATH") or ""
+        stack = pulumi.get_stack()
+        raw = {k: cfg.get(k) for k in StackConfig.model_fields if cfg.get(k) is not None}
+        try:
+            conf = StackConfig.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{PACKAGE}:{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise ArgsError(f"stack config stacks/Pulumi.{stack}.yaml: {problems}") from None
+        state_dir = resolve(os.environ.get("MLDEPLOY_STATE_DIR") or conf.stateDir, root)
+        registry = os.environ.get("MLDEPLOY_REGISTRY_PATH") or conf.registryPath
         return Settings(
             project=pulumi.get_project(),
-            stack=pulumi.get_stack(),
+            stack=stack,
             state_dir=str(state_dir),
             registry_root=str(resolve(registry, root) if registry else state_dir / "registry"),
-            base_image=os.environ.get("MLDEPLOY_BASE_IMAGE") or cfg.get("baseImage") or DEFAULT_BASE_IMAGE,
-            gateway_image=os.environ.get("MLDEPLOY_GATEWAY_IMAGE") or cfg.get("gatewayImage") or DEFAULT_BASE_IMAGE,
-            target=cfg.get("target") or "local",
+            base_image=os.environ.get("MLDEPLOY_BASE_IMAGE") or conf.baseImage,
+            gateway_image=os.environ.get("MLDEPLOY_GATEWAY_IMAGE") or conf.gatewayImage,
+            target=conf.target,
         )
 
 

@@ -460,6 +460,11 @@ class Gateway:
             return None
         return c
 
+    def is_running(self) -> bool:
+        """Whether the gateway container runs (refresh uses it to find drift)."""
+        with self._docker() as dc:
+            return self._running(dc) is not None
+
     def remove(self, purge_config: bool = False) -> None:
         """Stop and remove the gateway (idempotent). purge_config also deletes
         conf_dir, i.e. the route files holding the keys."""

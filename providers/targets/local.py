@@ -170,7 +170,8 @@ class LocalBackend:
 
     def read(self, props: dict[str, Any]) -> dict[str, Any]:
         status = containers.status(props.get("container_id") or "")
-        routed = props["service_name"] in self._gateway(props).routes()
+        gw = self._gateway(props)
+        routed = props["service_name"] in gw.routes() and gw.is_running()
         if status == "running" and routed:
             state = "Healthy"
         elif status is None:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Benchmarks, in one run on this machine: deploy, roll and serve, next to the
+# bare scoring server. Writes bench/results/<UTC timestamp>.md and
+# bench/results/latest.md, and prints the table.
+#
+#   bash bench/run.sh              # the full run (3 runs of each timing)
+#   bash bench/run.sh --quick      # 1 run each, scale up to 5 services: checks the harness
+#   bash bench/run.sh --help       # every option
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+case " $* " in
+  *" -h "*|*" --help "*) ;;
+  *) bash "$ROOT/scripts/setup.sh" ;;  # idempotent: a few seconds when all is there
+esac
+source "$ROOT/scripts/env.sh"
+cd "$ROOT"
+exec python "$HERE/bench.py" "$@"

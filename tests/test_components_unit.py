@@ -1,0 +1,723 @@
+"""Unit tests of the components under Pulumi mocks: no engine, no Docker needed.
+
+The mocks echo each resource's inputs and add plausible outputs for the three
+dynamic resources, so the tests check the wiring between components (what
+each one sends to its resource, what it exposes) and the argument validation
+that runs at preview, before anything changes.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pulumi
+import pytest
+from pulumi.runtime.mocks import MockMonitor
+
+import components
+from components import ContainerInstanceService, InferenceImage, RegisteredModel
+from components import inference_image
+from components._common import ArgsError
+from components.container_instance_service import PORT_RANGE, default_port
+from providers.clients.registry import ModelRegistry, content_hash
+from providers.targets.local import uris
+
+PROJECT = "proj"
+STACK = "dev"
+
+SCORE_PY = """\
+import json
+
+def init():
+    global model
+    model = object()
+
+def run(raw_data):
+    return json.loads(raw_data)
+"""
+
+CONDA_YML = """\
+name: project_environment
+dependencies:
+  - python=3.11
+  - pip:
+    - scikit-learn
+"""
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Echoes inputs; adds the outputs the real providers would return."""
+
+    def __init__(self) -> None:
+        self.resources: dict[str, dict[str, Any]] = {}
+        self.types: dict[str, str] = {}
+        self.monitor: RecordingMonitor | None = None
+        self._lock = threading.Lock()
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        inputs = {k: v for k, v in args.inputs.items() if k != "__provider"}
+        outs = dict(inputs)
+        rid = f"{args.name}-id"
+        if args.typ.endswith("mldeploy:ModelVersion"):
+            version = int(inputs["version"])
+            outs.update(
+                version=version,
+                model_dir=str(Path(inputs["registry_root"]) / inputs["model_name"] / str(version)),
+                model_id=f"{inputs['model_name']}:{version}",
+                present=True,
+            )
+            rid = outs["model_id"]
+        elif args.typ.endswith("mldeploy:Image"):
+            name = f"{inputs['image_repo']}:{inputs['build_hash'].split(':')[-1][:12]}"
+            outs.update(image_name=name, image_id="sha256:" + "1" * 64, present=True)
+            rid = name
+        elif args.typ.endswith("mldeploy:Service"):
+            auth = bool(inputs.get("auth_enabled"))
+            outs.update(
+                **uris(inputs),
+                primary_key=f"pk-{inputs['service_name']}" if auth else "",
+                secondary_key=f"sk-{inputs['service_name']}" if auth else "",
+                state="Healthy",
+                model_versions={m["name"]: int(m["version"]) for m in inputs["models"]},
+                container_id="c0ffee",
+                backend_port=40000,
+            )
+            rid = f"{inputs['stack']}/{inputs['service_name']}"
+        with self._lock:
+            self.resources[args.name] = inputs
+            self.types[args.name] = args.typ
+        return rid, outs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None]:
+        return {}, None
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder with a model, a source dir with an entry script, and a conda file."""
+    proj = tmp_path / "project"
+    (proj / "models" / "bert" / "tokenizer").mkdir(parents=True)
+    (proj / "models" / "ridge.pkl").write_bytes(b"ridge-weights")
+    (proj / "models" / "bert" / "weights.bin").write_bytes(b"\x00\x01")
+    (proj / "models" / "bert" / "tokenizer" / "vocab.txt").write_text("a\n")
+    (proj / "src").mkdir()
+    (proj / "src" / "score.py").write_text(SCORE_PY)
+    (proj / "env").mkdir()
+    (proj / "env" / "myenv.yml").write_text(CONDA_YML)
+    monkeypatch.setenv("MLDEPLOY_PROJECT_DIR", str(proj))
+    monkeypatch.setenv("MLDEPLOY_STATE_DIR", str(tmp_path / "state"))
+    for var in ("MLDEPLOY_REGISTRY_PATH", "MLDEPLOY_BASE_IMAGE", "MLDEPLOY_GATEWAY_IMAGE", "PULUMI_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    pulumi.runtime.set_all_config({})  # no stack config unless a test sets some
+    return proj
+
+
+class RecordingMonitor(MockMonitor):
+    """Also keeps the options each resource was registered with (the engine applies them, mocks do not)."""
+
+    def __init__(self, mocks: RecordingMocks):
+        super().__init__(mocks)
+        self.requests: dict[str, Any] = {}
+
+    def RegisterResource(self, request: Any) -> Any:
+        self.requests[request.name] = request
+        return super().RegisterResource(request)
+
+
+BASE_IMAGE_ID = "sha256:" + "ba5e" * 16
+REAL_IMAGE_ID = inference_image._image_id
+
+
+@pytest.fixture(autouse=True)
+def no_docker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never ask Docker for the base image's id: the tests give the same answer with or without it.
+
+    (Without a daemon, docker-py leaks the socket of its failed connect, which the
+    warnings-as-errors setting turns into a failure; see test_image_id_without_docker.)
+    """
+    monkeypatch.setattr(inference_image, "_image_id", lambda ref: BASE_IMAGE_ID)
+
+
+def _set_mocks(preview: bool) -> RecordingMocks:
+    mocks = RecordingMocks()
+    mocks.monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=preview, monitor=mocks.monitor)
+    return mocks
+
+
+@pytest.fixture
+def mocks(project: Path) -> Iterator[RecordingMocks]:
+    yield _set_mocks(preview=False)
+
+
+@pytest.fixture
+def preview_mocks(project: Path) -> Iterator[RecordingMocks]:
+    yield _set_mocks(preview=True)
+
+
+def state_dir(project: Path) -> Path:
+    return project.parent / "state"
+
+
+def make_model(name: str = "ridge", model_name: str = "ridge", path: str = "models/ridge.pkl", **kw: Any) -> RegisteredModel:
+    return RegisteredModel(name, model_name=model_name, model_path=path, **kw)
+
+
+def make_image(name: str = "scoring", **kw: Any) -> InferenceImage:
+    kw.setdefault("entry_script", "score.py")
+    kw.setdefault("source_directory", "src")
+    kw.setdefault("conda_file", "env/myenv.yml")
+    return InferenceImage(name, **kw)
+
+
+def make_service(name: str = "aciservice", models: list[Any] | None = None, image: Any = None, **kw: Any) -> ContainerInstanceService:
+    return ContainerInstanceService(name, models=models if models is not None else [make_model()], image=image or make_image(), **kw)
+
+
+# ---------------------------------------------------------------- public surface
+
+
+def test_public_surface() -> None:
+    assert sorted(components.__all__) == [
+        "ContainerInstanceService",
+        "ContainerInstanceServiceArgs",
+        "InferenceImage",
+        "InferenceImageArgs",
+        "RegisteredModel",
+        "RegisteredModelArgs",
+    ]
+    for name in components.__all__:
+        assert getattr(components, name) is not None
+
+
+def test_args_error_is_a_run_error() -> None:
+    # RunError: the engine prints the message without a Python traceback
+    assert issubclass(ArgsError, pulumi.RunError)
+
+
+# ---------------------------------------------------------------- RegisteredModel
+
+
+@pulumi.runtime.test
+def test_registered_model_first_version(mocks: RecordingMocks, project: Path) -> Any:
+    model = make_model(tags={"area": "demo"}, description="Ridge")
+    assert model.planned_version == 1
+
+    def check(args: list[Any]) -> None:
+        name, version, digest = args
+        assert name == "ridge"
+        assert version == 1
+        assert digest == content_hash(project / "models" / "ridge.pkl")
+        props = mocks.resources["ridge-version"]
+        assert mocks.types["ridge-version"].endswith("mldeploy:ModelVersion")
+        assert props["model_name"] == "ridge"
+        assert props["model_path"] == str(project / "models" / "ridge.pkl")  # resolved against the project
+        assert props["owner"] == f"{PROJECT}/{STACK}/ridge"
+        assert props["registry_root"] == str(state_dir(project) / "registry")
+        assert props["tags"] == {"area": "demo"}
+        assert props["description"] == "Ridge"
+        assert props["version"] == 1
+
+    return pulumi.Output.all(model.model_name, model.version, model.content_hash).apply(check)
+
+
+@pulumi.runtime.test
+def test_registered_model_plans_next_version(mocks: RecordingMocks, project: Path) -> Any:
+    registry = ModelRegistry(state_dir(project) / "registry")
+    registry.register("ridge", project / "models" / "ridge.pkl", f"{PROJECT}/{STACK}/ridge")
+    (project / "models" / "ridge.pkl").write_bytes(b"retrained")
+    model = make_model()
+    assert model.planned_version == 2
+    # planning wrote nothing
+    assert [v.version for v in registry.versions("ridge")] == [1]
+
+    def check(version: int) -> None:
+        assert version == 2
+        assert mocks.resources["ridge-version"]["content_hash"] == content_hash(project / "models" / "ridge.pkl")
+
+    return model.version.apply(check)
+
+
+@pulumi.runtime.test
+def test_registered_model_folder(mocks: RecordingMocks, project: Path) -> Any:
+    model = make_model("bert", model_name="bert", path=str(project / "models" / "bert"))
+
+    def check(args: list[Any]) -> None:
+        version, digest = args
+        assert version == 1
+        assert digest == content_hash(project / "models" / "bert")
+
+    return pulumi.Output.all(model.version, model.content_hash).apply(check)
+
+
+@pulumi.runtime.test
+def test_registry_path_from_env(mocks: RecordingMocks, project: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("MLDEPLOY_REGISTRY_PATH", "shared-registry")
+    model = make_model()
+
+    def check(_: Any) -> None:
+        assert mocks.resources["ridge-version"]["registry_root"] == str(project / "shared-registry")
+
+    return model.version.apply(check)
+
+
+@pulumi.runtime.test
+def test_settings_from_stack_config(mocks: RecordingMocks, project: Path) -> Any:
+    pulumi.runtime.set_all_config(
+        {"mldeploy:registryPath": "reg", "mldeploy:baseImage": "python:3.11-slim", "mldeploy:gatewayImage": "nginx:1"}
+    )
+    model, image = make_model(), make_image()
+    service = make_service(models=[model], image=image)
+
+    def check(_: Any) -> None:
+        assert mocks.resources["ridge-version"]["registry_root"] == str(project / "reg")
+        assert mocks.resources["scoring-image"]["base_image"] == "python:3.11-slim"
+        assert mocks.resources["aciservice-service"]["gateway_image"] == "nginx:1"
+
+    return service.scoring_uri.apply(check)
+
+
+# ---------------------------------------------------------------- InferenceImage
+
+
+@pulumi.runtime.test
+def test_inference_image_wiring(mocks: RecordingMocks, project: Path) -> Any:
+    image = make_image()
+
+    def check(args: list[Any]) -> None:
+        name, image_id = args
+        props = mocks.resources["scoring-image"]
+        assert mocks.types["scoring-image"].endswith("mldeploy:Image")
+        assert props["image_repo"] == f"mldeploy-{PROJECT}-{STACK}/scoring"
+        assert re.fullmatch(rf"mldeploy-{PROJECT}-{STACK}/scoring:[0-9a-f]{{12}}", name)
+        assert name.endswith(props["build_hash"].split(":")[-1][:12])
+        assert image_id.startswith("sha256:")
+        assert props["build_hash"] == inference_image.build_hash(
+            inference_image.InferenceImageArgs(
+                entry_script="score.py",
+                source_directory=str(project / "src"),
+                conda_file=str(project / "env" / "myenv.yml"),
+            ),
+            "mldeploy/base:bookworm-py3.11",
+        )
+        assert props["source_directory"] == str(project / "src")
+        assert props["entry_script"] == "score.py"
+        assert props["dependency_file"] == str(project / "env" / "myenv.yml")
+        assert props["base_image"] == "mldeploy/base:bookworm-py3.11"
+        assert props["labels"] == {
+            "mldeploy.managed": "true",
+            "mldeploy.project": PROJECT,
+            "mldeploy.stack": STACK,
+            "mldeploy.resource": "scoring",
+        }
+
+    return pulumi.Output.all(image.image_name, image.image_id).apply(check)
+
+
+@pulumi.runtime.test
+def test_inference_image_build_hash_follows_source(mocks: RecordingMocks, project: Path) -> Any:
+    first = make_image("first")
+    (project / "src" / "helper.py").write_text("X = 1\n")
+    second = make_image("second")
+    no_conda = make_image("third", conda_file=None)
+
+    def check(_: Any) -> None:
+        hashes = [mocks.resources[f"{n}-image"]["build_hash"] for n in ("first", "second", "third")]
+        assert len(set(hashes)) == 3
+        assert mocks.resources["third-image"]["dependency_file"] == ""
+
+    return pulumi.Output.all(first.image_name, second.image_name, no_conda.image_name).apply(check)
+
+
+@pulumi.runtime.test
+def test_inference_image_build_hash_follows_base_image(mocks: RecordingMocks, monkeypatch: pytest.MonkeyPatch) -> Any:
+    first = make_image("first")
+    monkeypatch.setattr(inference_image, "_image_id", lambda ref: "sha256:" + "0" * 64)  # base rebuilt
+    second = make_image("second")
+    other_base = make_image("third", base_image="python:3.11-slim")
+
+    def check(_: Any) -> None:
+        hashes = [mocks.resources[f"{n}-image"]["build_hash"] for n in ("first", "second", "third")]
+        assert len(set(hashes)) == 3
+        assert mocks.resources["third-image"]["base_image"] == "python:3.11-slim"
+
+    return pulumi.Output.all(first.image_name, second.image_name, other_base.image_name).apply(check)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_image_id_without_docker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Preview must not need Docker: with no daemon the base image's id is just empty."""
+    monkeypatch.setattr(inference_image, "_image_id", REAL_IMAGE_ID)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-docker.sock'}")
+    for var in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"):
+        monkeypatch.delenv(var, raising=False)
+    assert inference_image._image_id("mldeploy/base:bookworm-py3.11") == ""
+    gc.collect()  # docker-py's leaked socket is reported here, not in a later test
+
+
+# ---------------------------------------------------------------- ContainerInstanceService
+
+
+@pulumi.runtime.test
+def test_service_wiring(mocks: RecordingMocks, project: Path) -> Any:
+    expected_port = default_port(PROJECT, STACK, "aciservice")  # before it is claimed
+    model = make_model(tags={"area": "demo"})
+    image = make_image()
+    service = ContainerInstanceService("aciservice", models=[model], image=image, cpu_cores=0.5, memory_gb=2, auth_enabled=True)
+    assert PORT_RANGE[0] <= expected_port <= PORT_RANGE[1]
+
+    def check(args: list[Any]) -> None:
+        scoring_uri, swagger_uri, primary, secondary, state, versions, image_name, image_id = args
+        m = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/api/v1/service/aciservice/score", scoring_uri)
+        assert m, scoring_uri
+        assert int(m.group(1)) == expected_port
+        assert swagger_uri == scoring_uri.removesuffix("/score") + "/swagger.json"
+        assert primary and secondary and primary != secondary
+        assert state == "Healthy"
+        assert versions == {"ridge": 1}
+
+        props = mocks.resources["aciservice-service"]
+        assert mocks.types["aciservice-service"].endswith("mldeploy:Service")
+        assert props["service_name"] == "aciservice"
+        assert props["target"] == "local"
+        assert (props["project"], props["stack"]) == (PROJECT, STACK)
+        assert props["state_dir"] == str(state_dir(project))
+        assert props["port"] == expected_port
+        assert props["cpu_cores"] == 0.5
+        assert props["memory_gb"] == 2
+        assert props["auth_enabled"] is True
+        # the image's outputs flow into the service
+        assert props["image_name"] == image_name
+        assert props["image_id"] == image_id
+        # the model's registered version and folder flow into the service
+        assert props["models"] == [
+            {"name": "ridge", "version": 1, "model_dir": str(state_dir(project) / "registry" / "ridge" / "1")}
+        ]
+        assert props["environment_variables"] == {}
+        assert (props["primary_key_version"], props["secondary_key_version"]) == (1, 1)
+
+    return pulumi.Output.all(
+        service.scoring_uri,
+        service.swagger_uri,
+        service.primary_key,
+        service.secondary_key,
+        service.state,
+        service.model_versions,
+        image.image_name,
+        image.image_id,
+    ).apply(check)
+
+
+@pulumi.runtime.test
+def test_service_keys_requested_secret(mocks: RecordingMocks) -> Any:
+    service = make_service(auth_enabled=True)
+
+    def check(_: Any) -> None:
+        assert mocks.monitor is not None
+        request = mocks.monitor.requests["aciservice-service"]
+        assert sorted(request.additionalSecretOutputs) == ["primary_key", "secondary_key"]
+
+    return service.primary_key.apply(check)
+
+
+@pulumi.runtime.test
+def test_resource_graph(mocks: RecordingMocks) -> Any:
+    """Each dynamic resource is a child of its component; the service waits for the model and image."""
+    model, image = make_model(), make_image()
+    service = make_service(models=[model], image=image)
+
+    def check(_: Any) -> None:
+        assert mocks.monitor is not None
+        req = mocks.monitor.requests
+        assert req["ridge"].type == "mldeploy:index:RegisteredModel"
+        assert req["scoring"].type == "mldeploy:index:InferenceImage"
+        assert req["aciservice"].type == "mldeploy:index:ContainerInstanceService"
+        for child, parent in (("ridge-version", "ridge"), ("scoring-image", "scoring"), ("aciservice-service", "aciservice")):
+            assert req[child].parent.endswith("::" + parent), (child, req[child].parent)
+            assert req[child].custom is True
+        deps = list(req["aciservice-service"].dependencies)
+        assert any(d.endswith("::ridge-version") for d in deps), deps
+        assert any(d.endswith("::scoring-image") for d in deps), deps
+
+    return service.scoring_uri.apply(check)
+
+
+@pulumi.runtime.test
+def test_service_without_auth_has_no_keys(mocks: RecordingMocks) -> Any:
+    service = make_service(auth_enabled=False)
+
+    def check(args: list[Any]) -> None:
+        primary, secondary = args
+        assert primary == "" and secondary == ""  # the local backend's outputs without auth
+        assert mocks.resources["aciservice-service"]["auth_enabled"] is False
+
+    return pulumi.Output.all(service.primary_key, service.secondary_key).apply(check)
+
+
+@pulumi.runtime.test
+def test_service_two_models_explicit_port_and_name(mocks: RecordingMocks, project: Path) -> Any:
+    ridge = make_model()
+    bert = make_model("bert", model_name="bert", path="models/bert")
+    service = make_service(
+        "multi",
+        models=[ridge, bert],
+        port=24680,
+        service_name="multi-svc",
+        environment_variables={"LOG_LEVEL": "debug"},
+        primary_key_version=3,
+    )
+
+    def check(args: list[Any]) -> None:
+        uri, versions = args
+        assert uri == "http://127.0.0.1:24680/api/v1/service/multi-svc/score"
+        assert versions == {"ridge": 1, "bert": 1}
+        props = mocks.resources["multi-service"]
+        assert [m["name"] for m in props["models"]] == ["ridge", "bert"]
+        assert props["environment_variables"] == {"LOG_LEVEL": "debug"}
+        assert props["primary_key_version"] == 3
+
+    return pulumi.Output.all(service.scoring_uri, service.model_versions).apply(check)
+
+
+@pulumi.runtime.test
+def test_services_get_distinct_default_ports(mocks: RecordingMocks) -> Any:
+    image = make_image()
+    model = make_model()
+    a = make_service("svc-a", models=[model], image=image)
+    b = make_service("svc-b", models=[model], image=image)
+
+    def check(args: list[Any]) -> None:
+        ua, ub = args
+        assert ua != ub
+        assert mocks.resources["svc-a-service"]["port"] != mocks.resources["svc-b-service"]["port"]
+
+    return pulumi.Output.all(a.scoring_uri, b.scoring_uri).apply(check)
+
+
+@pulumi.runtime.test
+def test_service_preview_uses_planned_version(preview_mocks: RecordingMocks, project: Path) -> Any:
+    registry = ModelRegistry(state_dir(project) / "registry")
+    registry.register("ridge", project / "models" / "ridge.pkl", f"{PROJECT}/{STACK}/ridge")
+    (project / "models" / "ridge.pkl").write_bytes(b"retrained")
+    model = make_model()
+    service = make_service(models=[model])
+    assert model.service_entry() == {
+        "name": "ridge",
+        "version": 2,
+        "model_dir": str(state_dir(project) / "registry" / "ridge" / "2"),
+    }
+
+    def check(_: Any) -> None:
+        # preview shows the service's diff naming the new version
+        assert preview_mocks.resources["aciservice-service"]["models"] == [
+            {"name": "ridge", "version": 2, "model_dir": str(state_dir(project) / "registry" / "ridge" / "2")}
+        ]
+
+    return service.scoring_uri.apply(check)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _raises(fn: Any, *fragments: str) -> str:
+    with pytest.raises(ArgsError) as exc:
+        fn()
+    message = str(exc.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+@pulumi.runtime.test
+def test_model_path_missing(mocks: RecordingMocks, project: Path) -> None:
+    _raises(
+        lambda: make_model("m1", path="models/nope.pkl"),
+        "RegisteredModel 'm1'",
+        "model_path",
+        str(project / "models" / "nope.pkl"),
+    )
+
+
+@pulumi.runtime.test
+def test_model_folder_empty(mocks: RecordingMocks, project: Path) -> None:
+    (project / "models" / "empty" / "sub").mkdir(parents=True)
+    _raises(lambda: make_model("m2", path="models/empty"), "RegisteredModel 'm2'", "model_path", "empty")
+
+
+@pulumi.runtime.test
+def test_model_name_invalid(mocks: RecordingMocks) -> None:
+    _raises(lambda: make_model("m3", model_name="has space"), "RegisteredModel 'm3'", "model_name")
+
+
+@pulumi.runtime.test
+def test_entry_script_not_in_source_directory(mocks: RecordingMocks) -> None:
+    _raises(
+        lambda: make_image("img1", entry_script="missing.py"),
+        "InferenceImage 'img1'",
+        "entry_script",
+        "missing.py",
+    )
+
+
+@pulumi.runtime.test
+def test_entry_script_outside_source_directory(mocks: RecordingMocks, project: Path) -> None:
+    (project / "outside.py").write_text(SCORE_PY)
+    _raises(lambda: make_image("img2", entry_script="../outside.py"), "InferenceImage 'img2'", "entry_script")
+
+
+@pytest.mark.parametrize(
+    "body,missing",
+    [
+        ("def init():\n    pass\n", "run"),
+        ("def run(data):\n    return data\n", "init"),
+        ("run = lambda data: data\ninit = None\n", "init, run"),
+    ],
+    ids=["no-run", "no-init", "no-functions"],
+)
+@pulumi.runtime.test
+def test_entry_script_without_init_or_run(mocks: RecordingMocks, project: Path, body: str, missing: str) -> None:
+    (project / "src" / "bad.py").write_text(body)
+    _raises(
+        lambda: make_image("img3", entry_script="bad.py"),
+        "InferenceImage 'img3'",
+        "entry_script",
+        f"missing: {missing}",
+    )
+
+
+@pulumi.runtime.test
+def test_entry_script_syntax_error(mocks: RecordingMocks, project: Path) -> None:
+    (project / "src" / "broken.py").write_text("def init(:\n")
+    _raises(lambda: make_image("img4", entry_script="broken.py"), "InferenceImage 'img4'", "entry_script", "parse")
+
+
+@pulumi.runtime.test
+def test_source_directory_missing(mocks: RecordingMocks) -> None:
+    _raises(lambda: make_image("img5", source_directory="nosuchdir"), "InferenceImage 'img5'", "source_directory")
+
+
+@pulumi.runtime.test
+def test_conda_file_not_yaml(mocks: RecordingMocks, project: Path) -> None:
+    (project / "env" / "broken.yml").write_text("name: x\ndependencies: [python\n  - : :\n")
+    _raises(
+        lambda: make_image("img6", conda_file="env/broken.yml"),
+        "InferenceImage 'img6'",
+        "conda_file",
+        "not valid YAML",
+    )
+
+
+@pulumi.runtime.test
+def test_conda_file_not_an_environment(mocks: RecordingMocks, project: Path) -> None:
+    (project / "env" / "list.yml").write_text("- just\n- a list\n")
+    _raises(lambda: make_image("img7", conda_file="env/list.yml"), "InferenceImage 'img7'", "conda_file")
+
+
+@pulumi.runtime.test
+def test_conda_file_missing(mocks: RecordingMocks) -> None:
+    _raises(lambda: make_image("img8", conda_file="env/nope.yml"), "InferenceImage 'img8'", "conda_file")
+
+
+@pytest.mark.parametrize("field,value", [("cpu_cores", 0), ("memory_gb", -1)])
+@pulumi.runtime.test
+def test_service_resources_must_be_positive(mocks: RecordingMocks, field: str, value: float) -> None:
+    _raises(lambda: make_service("svc1", **{field: value}), "ContainerInstanceService 'svc1'", field)
+
+
+@pulumi.runtime.test
+def test_service_unknown_target(mocks: RecordingMocks) -> None:
+    _raises(lambda: make_service("svc2", target="gpu-cluster"), "ContainerInstanceService 'svc2'", "target")
+
+
+@pulumi.runtime.test
+def test_service_unknown_target_from_config(mocks: RecordingMocks) -> None:
+    pulumi.runtime.set_all_config({"mldeploy:target": "gpu-cluster"})
+    # a bad stack setting fails whichever resource reads it first, naming the config key
+    _raises(lambda: make_service("svc2"), "mldeploy:target", "gpu-cluster")
+
+
+@pytest.mark.parametrize("bad", ["MyService", "ab", "svc_1", "-svc", "svc-", "x" * 33])
+@pulumi.runtime.test
+def test_service_name_invalid(mocks: RecordingMocks, bad: str) -> None:
+    _raises(lambda: make_service("svc3", service_name=bad), "ContainerInstanceService 'svc3'", "service_name")
+
+
+@pulumi.runtime.test
+def test_resource_name_used_as_service_name_is_validated(mocks: RecordingMocks) -> None:
+    _raises(lambda: make_service("AciService"), "ContainerInstanceService 'AciService'", "service_name")
+
+
+@pytest.mark.parametrize("port", [80, 70000])
+@pulumi.runtime.test
+def test_service_port_out_of_range(mocks: RecordingMocks, port: int) -> None:
+    _raises(lambda: make_service("svc4", port=port), "ContainerInstanceService 'svc4'", "port")
+
+
+@pulumi.runtime.test
+def test_service_duplicate_port(mocks: RecordingMocks) -> None:
+    model, image = make_model(), make_image()
+    make_service("first-svc", models=[model], image=image, port=25000)
+    _raises(
+        lambda: make_service("second-svc", models=[model], image=image, port=25000),
+        "ContainerInstanceService 'second-svc'",
+        "port",
+        "25000",
+        "first-svc",
+    )
+
+
+@pulumi.runtime.test
+def test_service_explicit_port_equal_to_a_default_port(mocks: RecordingMocks) -> None:
+    model, image = make_model(), make_image()
+    taken = default_port(PROJECT, STACK, "svc-a")  # before it is claimed
+    make_service("svc-a", models=[model], image=image)
+    _raises(lambda: make_service("svc-b", models=[model], image=image, port=taken), "'svc-b'", "port", str(taken), "svc-a")
+
+
+@pulumi.runtime.test
+def test_service_needs_models(mocks: RecordingMocks) -> None:
+    _raises(lambda: make_service("svc5", models=[]), "ContainerInstanceService 'svc5'", "models")
+
+
+@pulumi.runtime.test
+def test_service_models_must_be_registered_models(mocks: RecordingMocks) -> None:
+    _raises(lambda: make_service("svc6", models=["ridge"]), "ContainerInstanceService 'svc6'", "models", "RegisteredModel")
+
+
+@pulumi.runtime.test
+def test_service_models_distinct_names(mocks: RecordingMocks) -> None:
+    a = make_model("a", model_name="ridge")
+    b = make_model("b", model_name="ridge")
+    _raises(lambda: make_service("svc7", models=[a, b]), "ContainerInstanceService 'svc7'", "models", "distinct")
+
+
+@pulumi.runtime.test
+def test_service_image_must_be_inference_image(mocks: RecordingMocks) -> None:
+    _raises(lambda: make_service("svc8", image="myrepo/img:1"), "ContainerInstanceService 'svc8'", "image", "InferenceImage")
+
+
+@pulumi.runtime.test
+def test_service_unknown_argument(mocks: RecordingMocks) -> None:
+    with pytest.raises(TypeError):
+        make_service("svc9", gpu_count=1)
+
+
+def test_several_problems_reported_together(project: Path) -> None:
+    from components.inference_image import InferenceImageArgs
+    from components._common import validate
+
+    message = _raises(
+        lambda: validate(
+            InferenceImageArgs,
+            "InferenceImage",
+            "img",
+            {"entry_script": "score.py", "source_directory": "nowhere", "conda_file": "env/none.yml"},
+        ),
+        "source_directory",
+        "conda_file",
+    )
+    assert message.startswith("InferenceImage 'img': invalid arguments: ")

@@ -1,0 +1,254 @@
+"""Trustworthy operations, with the real engine and Docker: bad input, failed and
+interrupted deployments, drift, secrets and key rotation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+from pulumi import automation as auto
+
+from conftest import train_model
+from test_deploy_e2e import SEED_REQUEST, ScoringLoop, stack_leftovers
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def score(uri: str, key: str | None, body: dict = SEED_REQUEST) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return requests.post(uri, json=body, headers=headers, timeout=30)
+
+
+def sample_program(knobs: dict):
+    """The sample service, with knobs a test can turn between runs."""
+
+    def program() -> None:
+        import pulumi
+
+        from components import ContainerInstanceService, InferenceImage, RegisteredModel
+
+        model = RegisteredModel("ridge", model_name="sklearn_regression_model",
+                                model_path="sample/models/sklearn_regression_model.pkl")
+        image = InferenceImage("scoring", entry_script="score.py", source_directory="sample/src",
+                               conda_file=knobs.get("conda_file", "sample/env/myenv.yml"))
+        svc = ContainerInstanceService("svc", models=[model], image=image, auth_enabled=True,
+                                       cpu_cores=knobs.get("cpu_cores", 1),
+                                       primary_key_version=knobs.get("primary", 1),
+                                       secondary_key_version=knobs.get("secondary", 1))
+        pulumi.export("scoring_uri", svc.scoring_uri)
+        pulumi.export("primary_key", svc.primary_key)
+        pulumi.export("secondary_key", svc.secondary_key)
+        pulumi.export("state", svc.state)
+
+    return program
+
+
+def outputs(result) -> dict:
+    return {k: v.value for k, v in result.outputs.items()}
+
+
+def assert_nothing_created(st) -> None:
+    assert not (st.stack.export_stack().deployment.get("resources") or [])[1:], "no resource may be created"
+    assert stack_leftovers(st.name) == {"containers": [], "images": []}
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def test_bad_stack_config_fails_at_preview_naming_the_file_and_key(workdir: Path, engine_stack) -> None:
+    train_model(workdir / "sample" / "models" / "sklearn_regression_model.pkl")
+    st = engine_stack(sample_program({}))
+    st.stack.set_config("mldeploy:target", auto.ConfigValue("gpu-cluster"))
+    with pytest.raises(auto.CommandError) as err:
+        st.preview()
+    text = str(err.value)
+    assert f"stacks/Pulumi.{st.name}.yaml" in text and "mldeploy:target" in text and "gpu-cluster" in text
+    with pytest.raises(auto.CommandError):
+        st.up()
+    assert_nothing_created(st)
+
+
+@pytest.mark.parametrize(
+    ("knobs", "expected"),
+    [
+        ({"cpu_cores": 0}, ["ContainerInstanceService 'svc'", "cpu_cores", "greater than 0"]),
+        ({"conda_file": "missing/env.yml"}, ["InferenceImage 'scoring'", "conda_file", "does not exist"]),
+    ],
+)
+def test_bad_args_fail_at_preview_naming_resource_and_field(workdir: Path, engine_stack, knobs, expected) -> None:
+    train_model(workdir / "sample" / "models" / "sklearn_regression_model.pkl")
+    st = engine_stack(sample_program(knobs))
+    with pytest.raises(auto.CommandError) as err:
+        st.preview()
+    for fragment in expected:
+        assert fragment in str(err.value)
+    with pytest.raises(auto.CommandError):
+        st.up()
+    assert_nothing_created(st)
+
+
+# --- failed builds -------------------------------------------------------------------------
+
+
+def test_failed_image_build_leaves_nothing_and_a_fixed_input_succeeds(workdir: Path, engine_stack) -> None:
+    train_model(workdir / "sample" / "models" / "sklearn_regression_model.pkl")
+    bad = workdir / "bad-requirements.txt"
+    bad.write_text("scikit-learn==1.9.1\nmldeploy-no-such-package-4f2a==1.0\n")
+    knobs = {"conda_file": str(bad)}
+    st = engine_stack(sample_program(knobs))
+    with pytest.raises(auto.CommandError) as err:
+        st.up()
+    assert "mldeploy-no-such-package-4f2a" in str(err.value)
+    leftovers = stack_leftovers(st.name)
+    assert leftovers["images"] == [] and not any("svc" in c for c in leftovers["containers"])
+    dangling = docker.from_env().containers.list(all=True, filters={"status": "exited", "ancestor": "mldeploy/base:bookworm-py3.11"})
+    assert not [c for c in dangling if "mldeploy" not in (c.name or "")], "no build container may stay behind"
+
+    knobs["conda_file"] = "sample/env/myenv.yml"
+    up = st.up()
+    assert up.summary.result == "succeeded"
+    out = outputs(up)
+    assert score(out["scoring_uri"], out["primary_key"]).status_code == 200
+
+
+# --- interruption --------------------------------------------------------------------------
+
+
+def _stack_process(workdir: Path, stack_name: str, op: str, slow_init: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(FIXTURES / "run_stack.py"), str(workdir), stack_name, op, slow_init],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+
+
+def _multi_inputs(workdir: Path) -> None:
+    train_model(workdir / "models" / "ridge" / "sklearn_regression_model.pkl")
+    (workdir / "models" / "calibration").mkdir(parents=True)
+    (workdir / "models" / "calibration" / "offset.json").write_text(json.dumps({"offset": 1000.0}))
+    (workdir / "multi_src").mkdir()
+    (workdir / "multi_src" / "score.py").write_text((FIXTURES / "multi" / "score.py").read_text())
+
+
+def _service_containers(stack_name: str) -> list[str]:
+    flt = {"label": [f"mldeploy.stack={stack_name}", "mldeploy.kind=service"]}
+    return [c.name for c in docker.from_env().containers.list(all=True, filters=flt)]
+
+
+def test_interrupted_up_converges_and_destroy_cleans(workdir: Path) -> None:
+    _multi_inputs(workdir)
+    name = f"intr{os.getpid() % 10000}{int(time.time()) % 1000}"
+    try:
+        first = _stack_process(workdir, name, "up", "0")
+        log, _ = first.communicate(timeout=540)
+        assert first.returncode == 0, log[-3000:]
+
+        # A roll to a slow-starting container, interrupted twice (terminate at once) mid-way.
+        proc = _stack_process(workdir, name, "up", "30")
+        deadline = time.monotonic() + 120
+        while len(_service_containers(name)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(_service_containers(name)) == 2, "the new backend should be starting"
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)
+        log, _ = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        assert "terminating" in log or "cancel" in log
+
+        # The next up converges: one backend, the declared version, no orphans.
+        again = _stack_process(workdir, name, "up", "0")
+        log, _ = again.communicate(timeout=300)
+        assert again.returncode == 0, log[-3000:]
+        assert len(_service_containers(name)) == 1, _service_containers(name)
+    finally:
+        down = _stack_process(workdir, name, "destroy", "0")
+        log, _ = down.communicate(timeout=300)
+    assert down.returncode == 0, log[-3000:]
+    assert stack_leftovers(name) == {"containers": [], "images": []}
+    assert not any((workdir / ".pulumi-state" / "registry").glob("*/*.json"))
+
+
+# --- drift ----------------------------------------------------------------------------------
+
+
+def test_drift_found_by_refresh_and_restored_by_up(workdir: Path, engine_stack) -> None:
+    train_model(workdir / "sample" / "models" / "sklearn_regression_model.pkl")
+    st = engine_stack(sample_program({}))
+    out = outputs(st.up())
+    uri, key = out["scoring_uri"], out["primary_key"]
+    dc = docker.from_env()
+
+    for how in ("stop", "remove", "gateway"):
+        if how == "gateway":
+            dc.containers.get(f"mldeploy-gw-mldeploy-{st.name}").remove(force=True)
+        else:
+            (backend,) = _service_containers(st.name)
+            c = dc.containers.get(backend)
+            c.stop(timeout=2) if how == "stop" else c.remove(force=True)
+        st.refresh()
+        state = outputs(st.up(expect_no_changes=False))["state"]
+        assert state == "Healthy", how
+        r = score(uri, key)
+        assert r.status_code == 200, (how, r.text)
+        assert len(_service_containers(st.name)) == 1
+        # Refresh now finds nothing to change.
+        st.refresh()
+        assert st.preview().change_summary.get("update") is None, how
+
+
+# --- secrets and rotation --------------------------------------------------------------------
+
+
+def test_keys_never_in_plaintext_and_rotate_one_at_a_time(workdir: Path, engine_stack) -> None:
+    train_model(workdir / "sample" / "models" / "sklearn_regression_model.pkl")
+    knobs: dict = {}
+    st = engine_stack(sample_program(knobs))
+    out = outputs(st.up())
+    uri, primary, secondary = out["scoring_uri"], out["primary_key"], out["secondary_key"]
+    assert primary and secondary and primary != secondary
+    assert score(uri, primary).status_code == 200 and score(uri, secondary).status_code == 200
+
+    # Rotate the primary while a client uses the secondary, then the other way round.
+    loop = ScoringLoop(uri, secondary)
+    loop.start()
+    knobs["primary"] = 2
+    pre = st.preview(diff=True)
+    assert pre.change_summary.get("update") == 1 and "primary_key_version" in pre.text
+    out2 = outputs(st.up())
+    loop.finish()
+    assert not loop.failures, loop.failures[:3]
+    assert out2["secondary_key"] == secondary and out2["primary_key"] != primary
+    assert score(uri, primary).status_code == 401
+    assert score(uri, out2["primary_key"]).status_code == 200
+
+    loop = ScoringLoop(uri, out2["primary_key"])
+    loop.start()
+    knobs["secondary"] = 2
+    out3 = outputs(st.up())
+    loop.finish()
+    assert not loop.failures, loop.failures[:3]
+    assert out3["primary_key"] == out2["primary_key"] and out3["secondary_key"] != secondary
+    assert score(uri, secondary).status_code == 401
+
+    keys = {primary, secondary, out2["primary_key"], out3["secondary_key"]}
+    places = {
+        "state": json.dumps(st.stack.export_stack().deployment),
+        "state files": "\n".join(p.read_text() for p in (workdir / ".pulumi-state" / "backend").rglob("*.json")),
+        "engine output": "\n".join(st.log),
+    }
+    for name in _service_containers(st.name) + [f"mldeploy-gw-mldeploy-{st.name}"]:
+        c = docker.from_env().containers.get(name)
+        places[f"logs of {name}"] = c.logs().decode(errors="replace")
+        places[f"config of {name}"] = json.dumps(c.attrs["Config"])
+    for where, text in places.items():
+        for k in keys:
+            assert k not in text, f"a key appears in plaintext in the {where}"

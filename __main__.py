@@ -8,6 +8,8 @@ import pulumi
 from components import ContainerInstanceService, InferenceImage, RegisteredModel
 
 config = pulumi.Config()
+cpu_cores = config.get_float("cpuCores")
+memory_gb = config.get_float("memoryGb")
 
 model = RegisteredModel(
     "ridge",
@@ -26,8 +28,8 @@ service = ContainerInstanceService(
     "aciservice",
     models=[model],
     image=image,
-    cpu_cores=config.get_float("cpuCores") or 1,
-    memory_gb=config.get_float("memoryGb") or 1,
+    cpu_cores=1 if cpu_cores is None else cpu_cores,
+    memory_gb=1 if memory_gb is None else memory_gb,
     auth_enabled=True,
 )
 

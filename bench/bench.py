@@ -331,6 +331,18 @@ class BenchStack:
         return {k: v.value for k, v in self.stack.outputs().items()}
 
 
+def error_summary(exc: BaseException) -> str:
+    """The engine's own error lines (diagnostics), else the exception's last lines."""
+    text = str(exc)
+    errs: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("error:") and line != "error: update failed" and line not in errs:
+            errs.append(line)
+    picked = errs[:3] or [ln.strip() for ln in text.strip().splitlines()[-6:] if ln.strip()]
+    return f"{type(exc).__name__}: " + " / ".join(picked)[:1500]
+
+
 def changes(summary: dict[str, int] | None) -> dict[str, int]:
     return {str(getattr(k, "value", k)): v for k, v in (summary or {}).items() if str(getattr(k, "value", k)) != "same" and v}
 
@@ -430,11 +442,7 @@ class Bench:
         R, S = self.results, "deploy (dev program: 1 model, 1 image, 1 service)"
         self.dev = BenchStack(self, f"bench-dev-{self.run_id}", stack_cli.project_program(self.work))
         pip_cache = Path(os.environ.get("PIP_CACHE_DIR") or Path.home() / ".cache" / "pip")
-        if not self.args.fresh_pip_cache:
-            R.note(f"Cold deploy: pip's own HTTP cache ({pip_cache}) is left as the machine has it "
-                   f"({dir_size(pip_cache) / 1e6:.0f} MB before the first cold run), so wheels are downloaded "
-                   "from the package index only when that cache lacks them. `--fresh-pip-cache` gives pip an "
-                   "empty cache on every cold run instead (then the figure includes the download).")
+        pip_before = dir_size(pip_cache)
         for i in range(self.args.runs):
             cache = self.tmp / f"cache-{i}"
             cache.mkdir()
@@ -448,8 +456,16 @@ class Bench:
             out = self.dev.outputs()
             self.score_once(out["scoring_uri"], out["primary_key"])
             wheels = list((cache / "wheelhouse").rglob("*.whl"))
-            R.note(f"Cold deploy run {i + 1}: the wheelhouse was filled with {len(wheels)} wheels "
+            R.note(f"Cold deploy run {i + 1}: the empty wheelhouse was filled with {len(wheels)} wheels "
                    f"({sum(w.stat().st_size for w in wheels) / 1e6:.0f} MB).")
+            if not self.args.fresh_pip_cache:
+                pip_after = dir_size(pip_cache)
+                R.note(f"Cold deploy run {i + 1}: pip's own HTTP cache ({pip_cache}, left as the machine has it; "
+                       f"`--fresh-pip-cache` empties it for every cold run) held {pip_before / 1e6:.0f} MB before "
+                       f"and {pip_after / 1e6:.0f} MB after"
+                       + (": pip kept nothing, so the wheels were downloaded from the package index."
+                          if pip_after == 0 else "."))
+                pip_before = pip_after
             if self.args.fresh_pip_cache:
                 os.environ.pop("PIP_CACHE_DIR", None)
             log(f"deploy run {i + 1}: destroy")
@@ -629,31 +645,48 @@ class Bench:
 
     def phase_scale(self) -> None:
         R, a = self.results, self.args
-        os.environ.setdefault("MLDEPLOY_BASE_IMAGE", self.bench_base_image())
+        self.ensure_dev_up()  # its image keeps the Docker layer cache warm for the scale stacks' builds
         scale_model = self.work / "bench_models" / "scale" / MODEL_FILE
         self.train(0.1, scale_model)
         for n in a.scale:
             st = BenchStack(self, f"bench-s{n}-{self.run_id}", scale_program(n, scale_model))
-            S = f"scale: {n} service{'s' if n > 1 else ''} (1 model, 1 image)"
-            for i in range(a.scale_runs):
-                log(f"scale {n} run {i + 1}/{a.scale_runs}: preview, up, no-op preview, no-op up, destroy")
-                _, dt, _ = st.run("preview")
-                R.add(S, "`pulumi preview` (empty stack)", "s", dt)
-                _, dt, _ = st.run("up")
-                R.add(S, "`pulumi up` (create all)", "s", dt)
-                out = st.outputs()
-                for uri, key in zip(out["scoring_uris"], out["keys"]):
-                    self.score_once(uri, key)
-                res, dt, _ = st.run("preview")
-                R.add(S, "no-op `pulumi preview`", "s", dt)
-                if changes(res.change_summary):
-                    R.note(f"scale {n}: no-op preview planned changes: {changes(res.change_summary)}")
-                res, dt, _ = st.run("up")
-                R.add(S, "no-op `pulumi up`", "s", dt)
-                _, dt, _ = st.run("destroy")
-                R.add(S, "`pulumi destroy`", "s", dt)
-        R.note("Scale stacks build their own image, but the dev stack's image (same base, wheels and source) "
-               "is still present then, so that build reuses Docker's layer cache.")
+            try:
+                self.scale_step(st, n)
+            except Exception as exc:  # noqa: BLE001 - report it, clean the stack, go on with the next size
+                R.errors.append(f"phase `scale`, {n} services: {error_summary(exc)}")
+                log(f"scale {n} failed: {error_summary(exc)}")
+                with contextlib.suppress(Exception):
+                    st.run("destroy")
+        R.note("Scale stacks build their own image, but the dev stack is up then and its image has the same "
+               "base, wheels and source, so that build reuses Docker's layer cache: the scale figures are about "
+               "services, not image builds.")
+
+    def scale_step(self, st: BenchStack, n: int) -> None:
+        R, a = self.results, self.args
+        S = f"scale: {n} service{'s' if n > 1 else ''} (1 model, 1 image)"
+        kw: dict[str, Any] = {}
+        if a.scale_parallel:
+            kw["parallel"] = a.scale_parallel
+            S += f", `parallel={a.scale_parallel}`"
+        for i in range(a.scale_runs):
+            log(f"scale {n} run {i + 1}/{a.scale_runs}: preview, up, no-op preview, no-op up, destroy")
+            _, dt, _ = st.run("preview", **kw)
+            R.add(S, "`pulumi preview` (empty stack)", "s", dt)
+            _, dt, _ = st.run("up", **kw)
+            R.add(S, "`pulumi up` (create all)", "s", dt)
+            out = st.outputs()
+            for uri, key in zip(out["scoring_uris"], out["keys"]):
+                self.score_once(uri, key)
+            res, dt, _ = st.run("preview", **kw)
+            R.add(S, "no-op `pulumi preview`", "s", dt)
+            if changes(res.change_summary):
+                R.note(f"scale {n}: no-op preview planned changes: {changes(res.change_summary)}")
+            res, dt, _ = st.run("up", **kw)
+            R.add(S, "no-op `pulumi up`", "s", dt)
+            if changes(res.summary.resource_changes):
+                R.note(f"scale {n}: no-op up changed something: {changes(res.summary.resource_changes)}")
+            _, dt, _ = st.run("destroy", **kw)
+            R.add(S, "`pulumi destroy`", "s", dt)
 
     # -- clean-up -------------------------------------------------------------
 
@@ -807,6 +840,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="runs of each deploy/no-op/update/serving figure (default 3)")
     p.add_argument("--scale", default="1,5,10", help="service counts of the scale stacks (default 1,5,10)")
     p.add_argument("--scale-runs", type=int, default=2, help="runs of each scale step (default 2)")
+    p.add_argument("--scale-parallel", type=int, default=0,
+                   help="limit the engine's parallelism (`parallel=N`) in the scale stacks; default: the engine's")
     p.add_argument("--concurrency", type=int, default=4, help="serving clients (default 4)")
     p.add_argument("--serve-seconds", type=float, default=15, help="measured seconds per serving run (default 15)")
     p.add_argument("--serve-warmup", type=float, default=2, help="warm-up seconds before each serving run (default 2)")
@@ -858,8 +893,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             except Exception as exc:  # noqa: BLE001 - report it, go on with the next phase
                 failed = True
-                msg = str(exc).strip().splitlines()
-                bench.results.errors.append(f"phase `{phase}`: {type(exc).__name__}: " + " / ".join(msg[-6:])[:1500])
+                bench.results.errors.append(f"phase `{phase}`: {error_summary(exc)}")
                 log(f"phase {phase} failed:\n{traceback.format_exc()[-3000:]}")
     except KeyboardInterrupt:
         failed = True
@@ -881,11 +915,11 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copyfile(path, out_dir / "latest.md")
     print(text)
     log(f"wrote {path} and {out_dir / 'latest.md'}")
-    if failed or args.keep_workdir:
+    if failed or bench.results.errors or args.keep_workdir:
         log(f"kept {bench.tmp} (engine log: {bench.log_path})")
     else:
         shutil.rmtree(bench.tmp, ignore_errors=True)
-    return 1 if failed else 0
+    return 1 if failed or bench.results.errors else 0
 
 
 if __name__ == "__main__":

@@ -125,7 +125,6 @@ class ContainerInstanceService(pulumi.ComponentResource):
         startup_timeout_seconds: float = 180,
         opts: pulumi.ResourceOptions | None = None,
     ):
-        super().__init__(f"{PACKAGE}:index:ContainerInstanceService", resource_name, None, opts)
         settings = Settings.load()
         args = validate(
             ContainerInstanceServiceArgs,
@@ -155,6 +154,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
                 f"used by service '{claimed[chosen]}'"
             )
         claimed[chosen] = resource_name
+        super().__init__(f"{PACKAGE}:index:ContainerInstanceService", resource_name, None, opts)
         self._service = Service(
             f"{resource_name}-service",
             {

@@ -10,7 +10,7 @@ from typing import Any
 import pulumi
 import yaml
 from pulumi.dynamic import Resource
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from components._common import PACKAGE, Settings, resolve, slug, validate
 from providers.clients.registry import content_hash
@@ -24,9 +24,9 @@ class InferenceImageArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    source_directory: str
     entry_script: str
     """Relative to `source_directory`, which must contain it."""
-    source_directory: str
     conda_file: str | None = None
     """A conda environment YAML, or a pip requirements file (.txt)."""
     base_image: str | None = None
@@ -56,23 +56,26 @@ class InferenceImageArgs(BaseModel):
                 raise ValueError(f"{path} is not a conda environment file (a mapping with a `dependencies` list)")
         return str(path)
 
-    @model_validator(mode="after")
-    def _entry_script(self) -> "InferenceImageArgs":
-        src = Path(self.source_directory)
-        script = (src / self.entry_script).resolve()
+    @field_validator("entry_script")
+    @classmethod
+    def _entry_script(cls, value: str, info: ValidationInfo) -> str:
+        if "source_directory" not in info.data:
+            return value  # the source directory's own error says what is wrong
+        src = Path(info.data["source_directory"])
+        script = (src / value).resolve()
         if not script.is_relative_to(src):
-            raise ValueError(f"entry_script {self.entry_script!r} must be inside source_directory {src}")
+            raise ValueError(f"{value!r} must be inside source_directory {src}")
         if not script.is_file():
-            raise ValueError(f"entry_script {self.entry_script!r} is not in source_directory {src}")
+            raise ValueError(f"{value!r} is not in source_directory {src}")
         try:
             tree = ast.parse(script.read_text(), filename=str(script))
         except SyntaxError as exc:
-            raise ValueError(f"entry_script {script} does not parse: {exc}") from None
+            raise ValueError(f"{script} does not parse: {exc}") from None
         defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
         missing = [f for f in ("init", "run") if f not in defined]
         if missing:
-            raise ValueError(f"entry_script {script} must define init() and run(); missing: {', '.join(missing)}")
-        return self
+            raise ValueError(f"{script} must define init() and run(); missing: {', '.join(missing)}")
+        return value
 
 
 def build_hash(args: InferenceImageArgs, base_image: str) -> str:
@@ -96,9 +99,15 @@ def _image_id(ref: str) -> str:
     try:
         import docker
 
-        return docker.from_env().images.get(ref).id
+        client = docker.from_env(timeout=5)
     except Exception:  # noqa: BLE001 - preview must not need Docker
         return ""
+    try:
+        return client.images.get(ref).id
+    except Exception:  # noqa: BLE001
+        return ""
+    finally:
+        client.close()
 
 
 class Image(Resource, module=PACKAGE, name="Image"):
@@ -126,7 +135,7 @@ class InferenceImage(pulumi.ComponentResource):
         base_image: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
-        super().__init__(f"{PACKAGE}:index:InferenceImage", resource_name, None, opts)
+        settings = Settings.load()
         args = validate(
             InferenceImageArgs,
             "InferenceImage",
@@ -138,7 +147,7 @@ class InferenceImage(pulumi.ComponentResource):
                 "base_image": base_image,
             },
         )
-        settings = Settings.load()
+        super().__init__(f"{PACKAGE}:index:InferenceImage", resource_name, None, opts)
         base = args.base_image or settings.base_image
         self._image = Image(
             f"{resource_name}-image",

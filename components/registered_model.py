@@ -68,14 +68,15 @@ class RegisteredModel(pulumi.ComponentResource):
         description: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
-        super().__init__(f"{PACKAGE}:index:RegisteredModel", resource_name, None, opts)
+        # Validate before registering anything, so bad input creates nothing.
+        settings = Settings.load()
         args = validate(
             RegisteredModelArgs,
             "RegisteredModel",
             resource_name,
             {"model_name": model_name, "model_path": model_path, "tags": tags or {}, "description": description or ""},
         )
-        settings = Settings.load()
+        super().__init__(f"{PACKAGE}:index:RegisteredModel", resource_name, None, opts)
         registry = ModelRegistry(settings.registry_root)
         digest = content_hash(args.model_path)
         owner = f"{settings.project}/{settings.stack}/{resource_name}"

@@ -13,7 +13,7 @@ REPLACE_ON = ("service_name", "target", "project", "stack")
 # Inputs that need a new container (a rolling update).
 ROLL_ON = ("image_id", "models", "cpu_cores", "memory_gb", "environment_variables", "state_dir")
 # Inputs that only touch the front end (port, keys).
-ROUTE_ON = ("port", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes")
+ROUTE_ON = ("port", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes", "gateway_image")
 
 
 def diff_service(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -25,8 +25,13 @@ def diff_service(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
     return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
 
 
+# States found by refresh that need a new backend; "Orphaned" (leftovers of an
+# interrupted roll next to a healthy backend) only needs the leftovers removed.
+BROKEN_STATES = ("Missing", "Stopped", "Unhealthy")
+
+
 def needs_roll(olds: dict[str, Any], news: dict[str, Any]) -> bool:
-    return olds.get("state") != "Healthy" or any(olds.get(k) != news.get(k) for k in ROLL_ON)
+    return olds.get("state") in BROKEN_STATES or any(olds.get(k) != news.get(k) for k in ROLL_ON)
 
 
 class ServiceProvider(ResourceProvider):
@@ -40,7 +45,7 @@ class ServiceProvider(ResourceProvider):
             failures.append(CheckFailure("target", f"unknown target {news.get('target')!r}; known: {', '.join(TARGETS)}"))
         for key in ("cpu_cores", "memory_gb"):
             value = news.get(key)
-            if not isinstance(value, (int, float)) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 failures.append(CheckFailure(key, f"{key} must be greater than 0, got {value!r}"))
         port = news.get("port")
         if not isinstance(port, (int, float)) or not 1024 <= int(port) <= 65535:

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import runpy
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,39 @@ def project_program(root: Path = ROOT) -> Callable[[], None]:
     return program
 
 
+def clear_stale_locks(project_name: str, stack_name: str) -> list[Path]:
+    """Remove locks of the local file backend left by a `pulumi` process that no longer exists.
+
+    A CLI killed mid-update (Ctrl-C twice) cannot release its lock; the next run would
+    otherwise stop with "the stack is currently locked". Locks held by live processes,
+    or taken on another host, are left alone.
+    """
+    url = os.environ.get("PULUMI_BACKEND_URL", "")
+    if not url.startswith("file://"):
+        return []
+    locks = Path(url.removeprefix("file://").split("?")[0]) / ".pulumi" / "locks"
+    removed = []
+    for lock in locks.glob(f"*/{project_name}/{stack_name}/*.json"):
+        try:
+            info = json.loads(lock.read_text())
+            pid, host = int(info.get("pid", 0)), info.get("hostname", "")
+        except (OSError, ValueError):
+            continue
+        if host != socket.gethostname() or pid <= 0:
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running: a real lock
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        lock.unlink(missing_ok=True)
+        removed.append(lock)
+        print(f"[mldeploy] removed the stale lock of stack {stack_name} left by pid {pid}", file=sys.stderr)
+    return removed
+
+
 def select_stack(stack_name: str, program: Callable[[], None] | None = None, root: Path = ROOT, env: dict[str, str] | None = None):
     """Create or select a stack whose program runs in this process."""
     from pulumi import automation as auto
@@ -47,7 +81,24 @@ def select_stack(stack_name: str, program: Callable[[], None] | None = None, roo
     import yaml
 
     project_name = yaml.safe_load((root / "Pulumi.yaml").read_text())["name"]
-    return auto.create_or_select_stack(stack_name, project_name=project_name, program=program or project_program(root), opts=opts)
+    stale = clear_stale_locks(project_name, stack_name)
+    stack = auto.create_or_select_stack(stack_name, project_name=project_name, program=program or project_program(root), opts=opts)
+    recover_if_interrupted(stack, force=bool(stale))
+    return stack
+
+
+def recover_if_interrupted(stack, force: bool = False) -> bool:
+    """After an interrupted update, refresh first so the next up converges.
+
+    The refresh drops pending creates (their containers carry labels, so the
+    next create removes them) and finds leftover containers of interrupted rolls.
+    """
+    pending = (stack.export_stack().deployment or {}).get("pending_operations") or []
+    if not (force or pending):
+        return False
+    print(f"[mldeploy] the last update of {stack.name} was interrupted; refreshing before going on", file=sys.stderr)
+    stack.refresh(clear_pending_creates=True, on_output=lambda line: print(line, file=sys.stderr, flush=True))
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diff", action="store_true", help="show a detailed diff (preview, up)")
     parser.add_argument("--show-secrets", action="store_true", help="print secret outputs in plain text (outputs)")
     parser.add_argument("--expect-no-changes", action="store_true")
+    parser.add_argument("--skip-preview", action="store_true", help="up without the preview that otherwise comes first")
     args = parser.parse_args(argv)
 
     version = subprocess.run(["pulumi", "version"], capture_output=True, text=True, check=True).stdout.strip()
@@ -66,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "preview":
         stack.preview(on_output=out, diff=args.diff, expect_no_changes=args.expect_no_changes)
     elif args.command == "up":
+        if not args.skip_preview:
+            # As the CLI does: bad input fails here, before anything changes.
+            stack.preview(on_output=out, diff=args.diff)
         stack.up(on_output=out, diff=args.diff, expect_no_changes=args.expect_no_changes)
     elif args.command == "refresh":
         stack.refresh(on_output=out)

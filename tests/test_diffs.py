@@ -335,3 +335,14 @@ class TestServiceCheck:
     def test_several_failures_reported_together(self) -> None:
         failures = self.check(cpu_cores=0, memory_gb=-1, target="gpu-cluster", port=1, models=[])
         assert set(failures) == {"cpu_cores", "memory_gb", "target", "port", "models"}
+
+
+def test_orphaned_state_updates_without_a_roll() -> None:
+    """Leftovers of an interrupted roll beside a healthy backend: remove them, keep serving."""
+    from providers.service import diff_service, needs_roll
+
+    olds = {"service_name": "svc", "target": "local", "project": "p", "stack": "s", "state": "Orphaned", "image_id": "i"}
+    news = {k: v for k, v in olds.items() if k != "state"}
+    assert diff_service(olds, news).changes is True
+    assert diff_service(olds, news).replaces == []
+    assert needs_roll(olds, news) is False

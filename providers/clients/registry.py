@@ -125,7 +125,10 @@ class ModelRegistry:
         tags: dict[str, str] | None = None,
         description: str = "",
     ) -> ModelVersion:
-        """Register content; a new version only when it differs from the latest one."""
+        """Register content; a new version only when it is new to this owner and differs from the latest.
+
+        Content this owner already registered (a revert) gets its earlier version back.
+        """
         if not NAME_RE.match(name):
             raise RegistryError(f"invalid model name {name!r}: letters, digits, '_', '.', '-'")
         src = Path(model_path)

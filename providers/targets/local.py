@@ -151,6 +151,7 @@ class LocalBackend:
         old_id = olds.get("container_id") or ""
         if not roll and containers.status(old_id) == "running":
             self._route(gw, news, int(olds["backend_port"]), keys)
+            self._remove_orphans(news, keep={old_id})
             return self._outs(news, old_id, int(olds["backend_port"]), keys)
         rc = self._start_backend(news)  # on failure the old backend keeps serving
         try:
@@ -169,11 +170,14 @@ class LocalBackend:
         return self._outs(news, rc.id, rc.host_port, keys)
 
     def read(self, props: dict[str, Any]) -> dict[str, Any]:
-        status = containers.status(props.get("container_id") or "")
+        current = props.get("container_id") or ""
+        status = containers.status(current)
         gw = self._gateway(props)
         routed = props["service_name"] in gw.routes() and gw.is_running()
+        leftovers = [c for c in containers.find(self._labels(props)) if c != current]
         if status == "running" and routed:
-            state = "Healthy"
+            # Containers of an interrupted roll: the next up removes them, no roll needed.
+            state = "Orphaned" if leftovers else "Healthy"
         elif status is None:
             state = "Missing"
         else:

@@ -158,6 +158,9 @@ class InferenceImage(pulumi.ComponentResource):
                 "entry_script": args.entry_script,
                 "dependency_file": args.conda_file or "",
                 "build_hash": build_hash(args, base),
+                # Not diffed (build_hash covers them); they tell a reviewer what changed.
+                "source_hash": content_hash(args.source_directory),
+                "dependency_hash": content_hash(args.conda_file) if args.conda_file else "",
                 "labels": {
                     "mldeploy.managed": "true",
                     "mldeploy.project": settings.project,

@@ -102,6 +102,13 @@ def test_sample_model_deploy_score_roll_destroy(workdir: Path, engine_stack) -> 
     assert "version" in pre.text and "1 => 2" in pre.text
     assert pre.change_summary.get("update") == 2  # the model version and the service
     assert "replace" not in pre.change_summary
+    import preview_markdown
+
+    steps, summary = preview_markdown.preview_steps(st.stack)
+    review = preview_markdown.render(st.name, steps, summary)
+    assert "| ✏️ update | RegisteredModel `ridge` | model `sklearn_regression_model` version 1 → 2 (new content) |" in review
+    assert "rolls to model `sklearn_regression_model` version 1 → 2" in review
+    assert "InferenceImage" not in review, "the image is not rebuilt for a new model"
 
     # Roll with traffic flowing: no request may fail.
     loop = ScoringLoop(uri, key)

@@ -41,6 +41,7 @@ def sample_program(knobs: dict):
         image = InferenceImage("scoring", entry_script="score.py", source_directory="sample/src",
                                conda_file=knobs.get("conda_file", "sample/env/myenv.yml"))
         svc = ContainerInstanceService("svc", models=[model], image=image, auth_enabled=True,
+                                       service_name=knobs.get("service_name"),
                                        cpu_cores=knobs.get("cpu_cores", 1),
                                        primary_key_version=knobs.get("primary", 1),
                                        secondary_key_version=knobs.get("secondary", 1))
@@ -248,6 +249,11 @@ def test_keys_never_in_plaintext_and_rotate_one_at_a_time(workdir: Path, engine_
     assert not loop.failures, loop.failures[:3]
     assert out3["primary_key"] == out2["primary_key"] and out3["secondary_key"] != secondary
     assert score(uri, secondary).status_code == 401
+
+    # Only inputs that cannot change in place force a replace: a new service name does.
+    knobs["service_name"] = "svc-renamed"
+    pre = st.preview(diff=True)
+    assert pre.change_summary.get("replace") == 1 and pre.change_summary.get("update") is None
 
     keys = {primary, secondary, out2["primary_key"], out3["secondary_key"]}
     places = {

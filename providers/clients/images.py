@@ -206,7 +206,7 @@ def _write_context(ctx: Path, base_image: str, src: Path, entry_script: str, req
 
 def _build(api: docker.APIClient, ctx: Path, tag: str, labels: dict[str, str], log: Callable[[str], None]) -> str:
     tail: deque[str] = deque(maxlen=LOG_TAIL)
-    created: list[str] = []  # intermediate images this build made (not cache hits)
+    created: list[str] = []  # intermediate images this build made (not the base, not cache hits)
     image_id: str | None = None
     error: str | None = None
     cached_next = False
@@ -220,7 +220,9 @@ def _build(api: docker.APIClient, ctx: Path, tag: str, labels: dict[str, str], l
                     tail.append(line)
                     log(line)
                     s = line.strip()
-                    if s == "---> Using cache":
+                    if re.match(r"^Step \d+/\d+ : FROM ", s, re.I):
+                        cached_next = True  # the base image: never ours to remove
+                    elif s == "---> Using cache":
                         cached_next = True
                     elif s.startswith("---> ") and re.fullmatch(r"---> [0-9a-f]{12,}", s):
                         if not cached_next:

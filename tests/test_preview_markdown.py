@@ -1,0 +1,66 @@
+"""The pull-request renderer says what changes in words, and update versus replace."""
+
+from __future__ import annotations
+
+from preview_markdown import describe_image, describe_model, describe_service, render
+
+MODEL_URN = "urn:pulumi:dev::mldeploy::mldeploy:index:RegisteredModel$pulumi-python:dynamic/mldeploy:ModelVersion::ridge-version"
+SERVICE_URN = "urn:pulumi:dev::mldeploy::mldeploy:index:ContainerInstanceService$pulumi-python:dynamic/mldeploy:Service::aciservice-service"
+
+
+def model(version: int, digest: str, **kw) -> dict:
+    return {"model_name": "sklearn_regression_model", "version": version, "content_hash": digest, "tags": {}, **kw}
+
+
+def service(**kw) -> dict:
+    base = {
+        "service_name": "aciservice", "target": "local", "cpu_cores": 1, "memory_gb": 1, "port": 26847,
+        "auth_enabled": True, "image_id": "sha256:a", "primary_key_version": 1, "secondary_key_version": 1,
+        "models": [{"name": "sklearn_regression_model", "version": 3, "model_dir": "/r/3"}], "state": "Healthy",
+    }
+    return {**base, **kw}
+
+
+def test_model_version_bump_in_words() -> None:
+    assert describe_model(model(3, "a"), model(4, "b")) == ["model `sklearn_regression_model` version 3 → 4 (new content)"]
+    assert describe_model(model(3, "a"), model(3, "a", tags={"x": "1"})) == ["tags {} → {'x': '1'}"]
+
+
+def test_service_changes_in_words() -> None:
+    new = service(cpu_cores=2, models=[{"name": "sklearn_regression_model", "version": 4, "model_dir": "/r/4"}])
+    new.pop("state")
+    assert describe_service(service(), new) == [
+        "rolls to model `sklearn_regression_model` version 3 → 4",
+        "cpu_cores 1 → 2",
+    ]
+    rotated = service(primary_key_version=2)
+    assert describe_service(service(), rotated) == ["rotates the primary key (version 1 → 2)"]
+    renamed = service(service_name="other")
+    assert "replaced" in describe_service(service(), renamed)[0]
+    env = describe_service(service(environment_variables={"A": "secret-value"}), service(environment_variables={"A": "x"}))
+    assert env == ["environment variables changed: `A`"], "values are not shown, only names"
+
+
+def test_image_rebuild_names_the_cause() -> None:
+    old = {"base_image": "b", "source_hash": "s1", "dependency_hash": "d", "entry_script": "score.py", "build_hash": "h1"}
+    new = {**old, "source_hash": "s2", "build_hash": "h2"}
+    assert describe_image(old, new) == ["source directory changed", "image is rebuilt"]
+
+
+def test_render_marks_update_and_replace_and_skips_unchanged() -> None:
+    steps = [
+        {"op": "update", "type": "pulumi-python:dynamic/mldeploy:ModelVersion", "urn": MODEL_URN, "old": model(3, "a"), "new": model(4, "b")},
+        {"op": "replace", "type": "pulumi-python:dynamic/mldeploy:Service", "urn": SERVICE_URN, "old": service(), "new": service(service_name="svc2")},
+        {"op": "delete-replaced", "type": "pulumi-python:dynamic/mldeploy:Service", "urn": SERVICE_URN, "old": service(), "new": {}},
+        {"op": "same", "type": "pulumi-python:dynamic/mldeploy:Image", "urn": "urn:x::scoring-image", "old": {}, "new": {}},
+        {"op": "update", "type": "mldeploy:index:RegisteredModel", "urn": "urn:x::ridge", "old": {}, "new": {}},
+    ]
+    md = render("dev", steps, {"update": 1, "replace": 1, "same": 5})
+    assert "| ✏️ update | RegisteredModel `ridge` | model `sklearn_regression_model` version 3 → 4 (new content) |" in md
+    assert "| ♻️ replace | ContainerInstanceService `aciservice` |" in md
+    assert md.count("ContainerInstanceService") == 1
+    assert "**1 to replace, 1 to update**; 5 unchanged." in md
+
+
+def test_render_without_changes() -> None:
+    assert "No changes." in render("dev", [], {"same": 7})

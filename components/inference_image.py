@@ -89,6 +89,7 @@ def build_hash(args: InferenceImageArgs, base_image: str) -> str:
         content_hash(args.conda_file) if args.conda_file else "",
         content_hash(RUNTIME_DIR / "Dockerfile.inference"),
         content_hash(RUNTIME_DIR / "requirements.txt"),
+        content_hash(RUNTIME_DIR / "mldeploy_serving.py"),
     ):
         h.update(part.encode() + b"\0")
     return "sha256:" + h.hexdigest()

@@ -202,6 +202,8 @@ def _write_context(ctx: Path, base_image: str, src: Path, entry_script: str, req
     # Sorted so the same set gives the same layer checksum (cache hit).
     (wdir / "requirements.txt").write_text("\n".join(reqs) + "\n")
     shutil.copytree(src, ctx / "app", ignore=_COPY_IGNORE, symlinks=True)
+    (ctx / "mldeploy").mkdir()
+    shutil.copy2(RUNTIME_DIR / "mldeploy_serving.py", ctx / "mldeploy" / "mldeploy_serving.py")
 
 
 def _build(api: docker.APIClient, ctx: Path, tag: str, labels: dict[str, str], log: Callable[[str], None]) -> str:

@@ -317,6 +317,7 @@ class BenchStack:
             if pre is not None and pre.metadata is not None:
                 events.append((str(getattr(pre.metadata.op, "value", pre.metadata.op)), pre.metadata.type))
 
+        self.bench.last_op = f"`{op}` of {self.name}"
         t = time.perf_counter()
         try:
             res = getattr(self.stack, op)(on_output=lines.append, on_event=on_event, color="never", **kw)
@@ -359,6 +360,7 @@ class Bench:
         self.baseline: subprocess.Popen[bytes] | None = None
         self.log_path = self.tmp / "engine.log"
         self.dev: BenchStack | None = None
+        self.last_op = ""
         self.model_path = self.work / "sample" / "models" / MODEL_FILE
 
     # -- set-up ---------------------------------------------------------------
@@ -514,6 +516,7 @@ class Bench:
         R, S = self.results, f"model-only update (client at {self.args.update_rate:g} req/s)"
         out = self.dev.outputs()
         uri, key = out["scoring_uri"], out["primary_key"]
+        same_image = 0
         for i in range(self.args.runs):
             old_expected = self.score_once(uri, key)
             alpha = 50.0 * 4**i
@@ -558,11 +561,15 @@ class Bench:
                 R.note(f"update run {i + 1}: the model version did not change ({out2.get('model_version')})")
             if image_after != image_before or out2["image_name"] != out["image_name"]:
                 R.note(f"update run {i + 1}: the image changed ({out['image_name']} -> {out2['image_name']})")
+            else:
+                same_image += 1
             for r in failed[:3]:
                 R.note(f"update run {i + 1}: a failed request at +{r[0] - t0:.2f}s: {r[4]}")
             if not new_at:
                 R.note(f"update run {i + 1}: the new version was not seen answering within 30 s after `up`")
             out = out2
+        R.note(f"Model-only update: the service's image (name and id) was the same before and after "
+               f"{same_image} of {self.args.runs} update(s).")
 
     def start_baseline(self, model_dir: Path) -> tuple[str, float]:
         """azmlinfsrv on the host, same entry script and model file, 127.0.0.1 only."""
@@ -653,7 +660,7 @@ class Bench:
             try:
                 self.scale_step(st, n)
             except Exception as exc:  # noqa: BLE001 - report it, clean the stack, go on with the next size
-                R.errors.append(f"phase `scale`, {n} services: {error_summary(exc)}")
+                R.errors.append(f"phase `scale`, {n} services, during {self.last_op}: {error_summary(exc)}")
                 log(f"scale {n} failed: {error_summary(exc)}")
                 with contextlib.suppress(Exception):
                     st.run("destroy")
@@ -893,7 +900,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             except Exception as exc:  # noqa: BLE001 - report it, go on with the next phase
                 failed = True
-                bench.results.errors.append(f"phase `{phase}`: {error_summary(exc)}")
+                bench.results.errors.append(f"phase `{phase}`, last engine operation {bench.last_op or '(none)'}: "
+                                            f"{error_summary(exc)}")
                 log(f"phase {phase} failed:\n{traceback.format_exc()[-3000:]}")
     except KeyboardInterrupt:
         failed = True

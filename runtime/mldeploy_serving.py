@@ -12,14 +12,18 @@ import os
 import sys
 
 
-def _entered(exc: BaseException, script: str) -> bool:
-    """Whether the traceback reached the entry script's own code."""
+def rejected_input(exc: BaseException, script: str) -> bool:
+    """True when inference-schema failed to decode the input, before the script's code ran."""
+    decoding = False
     tb = exc.__traceback__
     while tb is not None:
-        if os.path.realpath(tb.tb_frame.f_code.co_filename) == script:
-            return True
+        code = tb.tb_frame.f_code
+        if os.path.realpath(code.co_filename) == script:
+            return False
+        if code.co_name == "_deserialize_input_argument" and "inference_schema" in code.co_filename:
+            decoding = True
         tb = tb.tb_next
-    return False
+    return decoding
 
 
 def install() -> None:
@@ -31,10 +35,12 @@ def install() -> None:
     def invoke_run(self, request, *, timeout_ms):  # noqa: ANN001 - the server's own signature
         try:
             return original(self, request, timeout_ms=timeout_ms)
+        except UnicodeDecodeError as ex:  # the server's JSON parser, before any user code
+            raise BadInput(f"POST body is not valid UTF-8: {ex.reason} at byte {ex.start}") from ex
         except UserScriptException as ex:
             cause = ex.__cause__
             script = os.path.realpath(os.environ.get("AZUREML_ENTRY_SCRIPT", ""))
-            if isinstance(cause, (ValueError, TypeError, KeyError)) and not _entered(cause, script):
+            if isinstance(cause, Exception) and rejected_input(cause, script):
                 raise BadInput(f"Invalid input: {cause}") from cause
             raise
 

@@ -81,7 +81,13 @@ class LocalBackend:
         for host_dir in mounts:
             if not os.path.isdir(host_dir):
                 raise containers.ServiceStartError(f"model directory {host_dir} is missing from the registry")
-        env = {**(props.get("environment_variables") or {}), "AZUREML_MODEL_DIR": model_dir}
+        env = {
+            **(props.get("environment_variables") or {}),
+            "AZUREML_MODEL_DIR": model_dir,
+            # The Swagger document then names the paths clients call through the gateway.
+            "SERVICE_NAME": props["service_name"],
+            "SERVICE_PATH_PREFIX": f"api/v1/service/{props['service_name']}",
+        }
         name = f"mldeploy-{props['project']}-{props['stack']}-{props['service_name']}-{uuid.uuid4().hex[:8]}"
         _progress(f"{props['service_name']}: starting {name} from {props['image_name']}")
         rc = containers.run_scoring_container(

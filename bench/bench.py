@@ -30,7 +30,6 @@ import io
 import math
 import os
 import platform
-import re
 import shutil
 import signal
 import socket

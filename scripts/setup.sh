@@ -34,6 +34,13 @@ if [ -n "$found" ] && [ "$("$found" version 2>/dev/null)" = "v$PULUMI_VERSION" ]
 else
   PULUMI_VERSION="$PULUMI_VERSION" "$HERE/engine/build.sh" >/dev/null
 fi
+# The Go language host cannot be fetched here: a stand-in built on the Python
+# SDK's own language server lets the plain CLI run the project (kept in sync).
+if [ ! -x "$MLDEPLOY_ENGINE_BIN/pulumi-language-python" ] || [ -f "$MLDEPLOY_ENGINE_BIN/language_host.py" ]; then
+  for f in pulumi-language-python language_host.py; do
+    cmp -s "$HERE/engine/$f" "$MLDEPLOY_ENGINE_BIN/$f" || install -m 0755 "$HERE/engine/$f" "$MLDEPLOY_ENGINE_BIN/$f"
+  done
+fi
 export PATH="$MLDEPLOY_ENGINE_BIN:$MLDEPLOY_ROOT/.venv/bin:$PATH"
 
 # 3. State folder (git-ignored) for the file backend and the model registry.

@@ -122,7 +122,9 @@ def test_image_has_runtime_layout(dc: docker.DockerClient, sample_image) -> None
     assert env["AZUREML_SOURCE_DIRECTORY"] == "/var/azureml-app"
     assert env["PATH"].startswith("/opt/azureml-env/bin:")
     assert "AZUREML_MODEL_DIR" not in env  # set by whoever runs it
-    assert cfg["Cmd"][:3] == ["azmlinfsrv", "--entry_script", "/var/azureml-app/score.py"]
+    # azmlinfsrv, started through our launcher (schema-rejected input is a 400).
+    assert cfg["Cmd"][:5] == ["python", "-m", "mldeploy_serving", "--entry_script", "/var/azureml-app/score.py"]
+    assert env["PYTHONPATH"] == "/opt/mldeploy"
 
 
 def test_score_matches_local_model(service: str, model_dir: Path) -> None:

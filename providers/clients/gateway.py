@@ -54,7 +54,7 @@ _PLACEHOLDER_RE = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 # ones, and old ones that finish their requests after a reload.
 _COUNT_WORKERS = (
     "a=0; s=0; for f in /proc/[0-9]*/cmdline; do "
-    "t=$(tr '\\0' '\\n' < \"$f\" 2>/dev/null | head -n1); "
+    "t=$(tr '\\0' '\\n' 2>/dev/null < \"$f\" | head -n1); "
     "case \"$t\" in "
     "'nginx: worker process') a=$((a+1));; "
     "'nginx: worker process is shutting down') s=$((s+1));; "
@@ -465,6 +465,15 @@ class Gateway:
         with self._docker() as dc:
             return self._running(dc) is not None
 
+    def remove_if_unused(self) -> bool:
+        """Remove the gateway and its files when no route is left; one decision under the lock,
+        so services deleted in parallel agree on who removes it."""
+        with self._lock():
+            if self.routes():
+                return False
+            self.remove(purge_config=True)
+            return True
+
     def remove(self, purge_config: bool = False) -> None:
         """Stop and remove the gateway (idempotent). purge_config also deletes
         conf_dir, i.e. the route files holding the keys."""
@@ -481,8 +490,13 @@ class Gateway:
                 seen.add(c.id)
                 with contextlib.suppress(docker.errors.NotFound):
                     c.stop(timeout=10)
-                with contextlib.suppress(docker.errors.NotFound):
+                try:
                     c.remove(force=True)
+                except docker.errors.NotFound:
+                    pass
+                except docker.errors.APIError as e:
+                    if e.status_code != 409:  # "removal already in progress": someone else is on it
+                        raise
         if purge_config and self.conf_dir.exists():
             import shutil
 

@@ -196,5 +196,4 @@ class LocalBackend:
         if props.get("container_id"):
             containers.remove(props["container_id"])
         self._remove_orphans(props, keep=set())
-        if not gw.routes():
-            gw.remove(purge_config=True)
+        gw.remove_if_unused()

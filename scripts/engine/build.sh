@@ -64,8 +64,8 @@ if ( cd "$WORK/lang" && go get github.com/pulumi/pulumi/sdk/python/cmd/pulumi-la
       >"$DEST/langhost.log" 2>&1; then
   log "built pulumi-language-python"
 else
-  log "pulumi-language-python could not be built; see $DEST/langhost.log"
-  tail -5 "$DEST/langhost.log" >&2
+  log "pulumi-language-python could not be built (see $DEST/langhost.log); scripts/setup.sh installs the stand-in"
+  tail -2 "$DEST/langhost.log" >&2
 fi
 
 # Scripts shipped inside the sdk module: the exec shim the language host

@@ -66,3 +66,48 @@ def test_engine_lifecycle_of_a_registered_model(workdir: Path, engine_stack) -> 
     assert down.summary.resource_changes.get("delete") == 3
     assert not registry.exists(), "destroy must leave no registry entry of the stack"
     assert st.stack.export_stack().deployment.get("resources") in (None, [])
+
+
+def test_plain_cli_runs_a_project_through_the_language_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pulumi preview/up/destroy` straight from the CLI, with the project's language host."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    project = tmp_path / "cliproject"
+    (project / "weights").mkdir(parents=True)
+    (project / "weights" / "w.bin").write_bytes(b"v1")
+    (project / "Pulumi.yaml").write_text("name: clitest\nruntime: python\n")
+    (project / "__main__.py").write_text(
+        "import pulumi\n"
+        "from components import RegisteredModel\n"
+        "m = RegisteredModel('m', model_name='cli_model', model_path='weights')\n"
+        "pulumi.export('version', m.version)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLDEPLOY_PROJECT_DIR")}
+    env.update({
+        "PULUMI_BACKEND_URL": f"file://{tmp_path / 'backend'}",
+        "PYTHONPATH": str(root),
+        "MLDEPLOY_STATE_DIR": str(project / ".pulumi-state"),
+    })
+    (tmp_path / "backend").mkdir()
+
+    def pulumi(*args: str) -> str:
+        run = subprocess.run(["pulumi", *args, "--non-interactive"], cwd=project, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        return run.stdout
+
+    pulumi("stack", "init", "cli")
+    assert "+ 3 to create" in pulumi("preview")
+    pulumi("up", "--yes")
+    assert pulumi("stack", "output", "version").strip() == "1"
+    registry = project / ".pulumi-state" / "registry" / "cli_model"
+    assert (registry / "1" / "weights" / "w.bin").read_bytes() == b"v1"
+    (project / "weights" / "w.bin").write_bytes(b"v2")
+    assert "1 => 2" in pulumi("preview", "--diff")
+    pulumi("up", "--yes")
+    assert pulumi("stack", "output", "version").strip() == "2"
+    pulumi("destroy", "--yes")
+    assert not registry.exists()
+    pulumi("stack", "rm", "cli", "--yes")

@@ -17,6 +17,7 @@ from providers.service import ServiceProvider
 from providers.targets import TARGETS
 
 PORT_RANGE = (20000, 29999)
+OUTPUTS = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "state", "model_versions")
 # Ports claimed by services of this program run, so two services never share one.
 # A context variable: the Automation API runs each program in a fresh context of
 # the same process, so a second run starts with no claims.
@@ -93,7 +94,7 @@ class Service(Resource, module=PACKAGE, name="Service"):
     model_versions: pulumi.Output[dict[str, int]]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
-        outs = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "state", "model_versions", "container_id", "backend_port")
+        outs = (*OUTPUTS, "container_id", "backend_port")
         super().__init__(ServiceProvider(), name, {**props, **{k: None for k in outs}}, opts)
 
 
@@ -183,6 +184,6 @@ class ContainerInstanceService(pulumi.ComponentResource):
                 additional_secret_outputs=["primary_key", "secondary_key"],
             ),
         )
-        for key in ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "state", "model_versions"):
+        for key in OUTPUTS:
             setattr(self, key, getattr(self._service, key))
-        self.register_outputs({k: getattr(self, k) for k in ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "state", "model_versions")})
+        self.register_outputs({k: getattr(self, k) for k in OUTPUTS})

@@ -245,7 +245,7 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     """Whether 127.0.0.1:<port> can be bound (the gateway shares the host network)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -554,7 +554,7 @@ class Gateway:
                 meta = self.route_info(other) if other != service_name else None
                 if meta and meta.get("port") == port:
                     raise ValueError(f"port: {port} is already the port of service {other!r} on this gateway")
-            if (prev_meta is None or prev_meta.get("port") != port) and not _port_free(port):
+            if (prev_meta is None or prev_meta.get("port") != port) and not port_free(port):
                 raise ValueError(f"port: 127.0.0.1:{port} is already in use by another process")
 
             with self._docker() as dc:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 from providers.clients import containers
-from providers.clients.gateway import Gateway
+from providers.clients.gateway import Gateway, port_free
 
 MODELS_ROOT = "/var/azureml-app/azureml-models"
 
@@ -42,16 +41,6 @@ def model_mounts(models: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
 def uris(props: dict[str, Any]) -> dict[str, str]:
     base = f"http://127.0.0.1:{int(props['port'])}/api/v1/service/{props['service_name']}"
     return {"scoring_uri": f"{base}/score", "swagger_uri": f"{base}/swagger.json"}
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class LocalBackend:
@@ -137,7 +126,7 @@ class LocalBackend:
     def create(self, props: dict[str, Any]) -> dict[str, Any]:
         gw = self._gateway(props)
         port = int(props["port"])
-        if props["service_name"] not in gw.routes() and not port_is_free(port):
+        if props["service_name"] not in gw.routes() and not port_free(port):
             raise containers.ServiceStartError(f"port {port} on 127.0.0.1 is already in use; choose another `port`")
         self._remove_orphans(props, keep=set())
         keys = self._keys(None, props)

@@ -1,7 +1,13 @@
 # Sourced by the project's scripts: where the engine, the Python environment,
 # the state backend and the caches live. Every value can be overridden.
-MLDEPLOY_ROOT="${MLDEPLOY_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
-export MLDEPLOY_ROOT
+_mldeploy_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -n "${MLDEPLOY_ROOT:-}" ] && [ "$MLDEPLOY_ROOT" != "$_mldeploy_root" ]; then
+  # Sourced before for another checkout: its derived defaults must not carry over.
+  [ "${MLDEPLOY_STATE_DIR:-}" = "$MLDEPLOY_ROOT/.pulumi-state" ] && unset MLDEPLOY_STATE_DIR
+  [ "${PULUMI_BACKEND_URL:-}" = "file://$MLDEPLOY_ROOT/.pulumi-state/backend" ] && unset PULUMI_BACKEND_URL
+fi
+export MLDEPLOY_ROOT="$_mldeploy_root"
+unset _mldeploy_root
 export MLDEPLOY_CACHE="${MLDEPLOY_CACHE:-$HOME/.cache/mldeploy}"
 export PULUMI_VERSION="${PULUMI_VERSION:-3.259.0}"
 export MLDEPLOY_ENGINE_BIN="${MLDEPLOY_ENGINE_BIN:-$MLDEPLOY_CACHE/engine/v$PULUMI_VERSION/bin}"

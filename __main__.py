@@ -1,13 +1,16 @@
-"""The dev stack: the seed's Ridge regression, registered, built, deployed and exported.
+"""The seed's Ridge regression, registered, built, deployed and exported.
 
+`dev` deploys it on the local target (Docker); `prod` on the Kubernetes
+target (the local single-node cluster unless the stack names a kubeconfig).
 Only wiring lives here; each component has its own module under components/.
 """
 
 import pulumi
 
-from components import ContainerInstanceService, InferenceImage, RegisteredModel
+from components import AksCluster, AksService, ContainerInstanceService, InferenceImage, RegisteredModel
 
 config = pulumi.Config()
+target = config.get("target") or "local"
 cpu_cores = config.get_float("cpuCores")
 memory_gb = config.get_float("memoryGb")
 
@@ -24,14 +27,33 @@ image = InferenceImage(
     source_directory="sample/src",
     conda_file="sample/env/myenv.yml",
 )
-service = ContainerInstanceService(
-    "aciservice",
-    models=[model],
-    image=image,
-    cpu_cores=1 if cpu_cores is None else cpu_cores,
-    memory_gb=1 if memory_gb is None else memory_gb,
-    auth_enabled=True,
-)
+if target == "kubernetes":
+    replicas = config.get("numReplicas")
+    cluster = AksCluster(
+        "aks",
+        cluster_purpose=config.get("clusterPurpose") or "FastProd",
+        kubeconfig=config.get_secret("kubeconfig") if config.get("kubeconfig") else None,
+    )
+    service = AksService(
+        "aksservice",
+        cluster=cluster,
+        models=[model],
+        image=image,
+        num_replicas=int(replicas) if replicas else None,
+        cpu_cores=0.1 if cpu_cores is None else cpu_cores,
+        memory_gb=0.5 if memory_gb is None else memory_gb,
+        auth_enabled=True,
+    )
+    pulumi.export("kubernetes_version", cluster.kubernetes_version)
+else:
+    service = ContainerInstanceService(
+        "aciservice",
+        models=[model],
+        image=image,
+        cpu_cores=1 if cpu_cores is None else cpu_cores,
+        memory_gb=1 if memory_gb is None else memory_gb,
+        auth_enabled=True,
+    )
 
 pulumi.export("model_name", model.model_name)
 pulumi.export("model_version", model.version)

@@ -42,6 +42,7 @@ class StackConfig(BaseModel):
     gatewayImage: str = Field(default=DEFAULT_BASE_IMAGE, min_length=1)
     stateDir: str = Field(default=".pulumi-state", min_length=1)
     registryPath: str = ""
+    imageRegistry: str = Field(default="127.0.0.1:5000", pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$")
 
     @field_validator("target")
     @classmethod
@@ -65,6 +66,8 @@ class Settings:
     gateway_image: str
     """The gateway runs nginx from our own base image, whatever base users pick for models."""
     target: str
+    image_registry: str = "127.0.0.1:5000"
+    """Where targets that pull (Kubernetes, IoT Edge, ACI) get their images: ACR's stand-in locally."""
 
     @staticmethod
     def load() -> "Settings":
@@ -90,6 +93,7 @@ class Settings:
             base_image=os.environ.get("MLDEPLOY_BASE_IMAGE") or conf.baseImage,
             gateway_image=os.environ.get("MLDEPLOY_GATEWAY_IMAGE") or conf.gatewayImage,
             target=conf.target,
+            image_registry=conf.imageRegistry,
         )
 
 

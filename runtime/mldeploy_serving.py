@@ -50,7 +50,12 @@ def install() -> None:
 def main() -> None:
     # Patched in the master before gunicorn forks its workers, so every worker has it.
     install()
+    from azureml_inference_server_http import amlserver
     from azureml_inference_server_http.amlserver import run
+
+    # The server always binds 0.0.0.0; in a pod only the front end beside it
+    # may reach it, so it can be told to bind loopback instead.
+    amlserver.DEFAULT_HOST = os.environ.get("MLDEPLOY_BIND_HOST") or amlserver.DEFAULT_HOST
 
     sys.argv[0] = "azmlinfsrv"
     run()

@@ -27,3 +27,11 @@ fi
 if [ -d "$MLDEPLOY_ROOT/.venv/bin" ]; then
   export PATH="$MLDEPLOY_ROOT/.venv/bin:$PATH"
 fi
+# The local Kubernetes cluster and the pulumi-kubernetes provider plugin, both
+# built from Go modules by scripts/k8s/build.sh and cached by version.
+export K8S_VERSION="${K8S_VERSION:-1.37.2}"
+export ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
+export K8S_PROVIDER_VERSION="${K8S_PROVIDER_VERSION:-4.25.0}"
+export K8S_PROVIDER_MODULE="${K8S_PROVIDER_MODULE:-v4.0.0-20260115033456-f47bc2d6f199}"
+export MLDEPLOY_K8S_HOME="${MLDEPLOY_K8S_HOME:-$MLDEPLOY_CACHE/kubernetes/v$K8S_VERSION}"
+export MLDEPLOY_K8S_PROVIDER_HOME="${MLDEPLOY_K8S_PROVIDER_HOME:-$MLDEPLOY_CACHE/engine/plugins/kubernetes-v$K8S_PROVIDER_VERSION}"

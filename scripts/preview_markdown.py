@@ -34,7 +34,13 @@ KIND = {
     "pulumi-python:dynamic/mldeploy:ModelVersion": "RegisteredModel",
     "pulumi-python:dynamic/mldeploy:Image": "InferenceImage",
     "pulumi-python:dynamic/mldeploy:Service": "ContainerInstanceService",
+    "pulumi-python:dynamic/mldeploy:Cluster": "AksCluster",
+    "pulumi-python:dynamic/mldeploy:RegistryImage": "Image in registry",
+    "pulumi-python:dynamic/mldeploy:ServiceKeys": "Service keys",
+    "kubernetes:apps/v1:Deployment": "AksService",
+    "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": "AksService autoscaler",
 }
+MODEL_ANNOTATION = "mldeploy.azureml.net/model."
 SERVICE_WORDS = {
     "cpu_cores": "cpu_cores",
     "memory_gb": "memory_gb",
@@ -52,7 +58,7 @@ def _arrow(old: Any, new: Any) -> str:
 def _component_name(urn: str) -> str:
     """`…::aciservice-service` → `aciservice` (the component that owns the dynamic resource)."""
     name = urn.rsplit("::", 1)[-1]
-    for suffix in ("-version", "-image", "-service"):
+    for suffix in ("-version", "-image", "-service", "-deployment", "-hpa", "-keys", "-cluster", "-front-image"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -129,7 +135,99 @@ def describe_service(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
     return out
 
 
-DESCRIBE = {"RegisteredModel": describe_model, "InferenceImage": describe_image, "ContainerInstanceService": describe_service}
+def describe_cluster(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    where = "the local cluster" if new.get("source") == "local" else "the cluster its kubeconfig names"
+    if not old:
+        return [f"attaches {where} as `{new.get('cluster_purpose')}`"]
+    out = []
+    if old.get("kubeconfig_sha") != new.get("kubeconfig_sha"):
+        out.append("its kubeconfig changed (new credentials or a new cluster)")
+    if old.get("cluster_purpose") != new.get("cluster_purpose"):
+        out.append(f"cluster_purpose {_arrow(old.get('cluster_purpose'), new.get('cluster_purpose'))}")
+    return out
+
+
+def describe_registry_image(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    new_models = {m.get("name"): m.get("version") for m in new.get("models") or [] if isinstance(m, Mapping)}
+    old_models = {m.get("name"): m.get("version") for m in old.get("models") or [] if isinstance(m, Mapping)}
+    repo = new.get("repository") or old.get("repository")
+    if not old:
+        layer = ", ".join(f"`{n}` v{v}" for n, v in sorted(new_models.items()))
+        return [f"pushes `{repo}`" + (f" with a model layer ({layer})" if layer else "")]
+    out = [f"model layer: `{n}` version {_arrow(old_models.get(n), v)}" for n, v in sorted(new_models.items()) if old_models.get(n) != v]
+    if old.get("source_image_id") != new.get("source_image_id"):
+        out.append("new inference image")
+    if out:
+        out.append(f"pushes a new digest of `{repo}`")
+    return out
+
+
+def _template(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+    spec = inputs.get("spec") if isinstance(inputs.get("spec"), Mapping) else {}
+    tmpl = spec.get("template") if isinstance(spec.get("template"), Mapping) else {}
+    return tmpl
+
+
+def _annotations(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = _template(inputs).get("metadata")
+    ann = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return ann if isinstance(ann, Mapping) else {}
+
+
+def describe_deployment(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    spec = new.get("spec") if isinstance(new.get("spec"), Mapping) else {}
+    meta = new.get("metadata") if isinstance(new.get("metadata"), Mapping) else {}
+    where = f"`{meta.get('namespace', 'default')}/{meta.get('name', '?')}`"
+    if not old:
+        replicas = spec.get("replicas")
+        return [f"Deployment {where} with {replicas} replica(s), rolling with maxUnavailable 0"]
+    out = []
+    old_ann, new_ann = _annotations(old), _annotations(new)
+    for key in sorted(k for k in set(old_ann) | set(new_ann) if str(k).startswith(MODEL_ANNOTATION)):
+        if old_ann.get(key) != new_ann.get(key):
+            out.append(f"model `{key[len(MODEL_ANNOTATION):]}` version {_arrow(old_ann.get(key), new_ann.get(key))}")
+    if old_ann.get("mldeploy.azureml.net/config-checksum") != new_ann.get("mldeploy.azureml.net/config-checksum"):
+        out.append("front end configuration (keys or limits) changed")
+    if _template(old) != _template(new):
+        out.insert(0, f"rolls {where}: a new ReplicaSet, pods replaced one at a time (maxUnavailable 0); the scoring URI stays")
+    old_spec = old.get("spec") if isinstance(old.get("spec"), Mapping) else {}
+    if old_spec.get("replicas") != spec.get("replicas"):
+        out.append(f"replicas {_arrow(old_spec.get('replicas'), spec.get('replicas'))}")
+    return out
+
+
+def describe_hpa(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    def facts(inputs: Mapping[str, Any]) -> str:
+        spec = inputs.get("spec") if isinstance(inputs.get("spec"), Mapping) else {}
+        metrics = spec.get("metrics") or [{}]
+        target = ((metrics[0].get("resource") or {}).get("target") or {}).get("averageUtilization") if isinstance(metrics[0], Mapping) else None
+        return f"{spec.get('minReplicas')}–{spec.get('maxReplicas')} replicas at {target}% CPU"
+
+    if not old:
+        return [f"autoscale {facts(new)}"]
+    return [f"autoscale {_arrow(facts(old), facts(new))}"] if facts(old) != facts(new) else []
+
+
+def describe_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    if not old:
+        return ["makes a primary and a secondary key"]
+    return [
+        f"rotates the {w} key (version {_arrow(old.get(f'{w}_key_version'), new.get(f'{w}_key_version'))})"
+        for w in ("primary", "secondary")
+        if old.get(f"{w}_key_version") != new.get(f"{w}_key_version")
+    ]
+
+
+DESCRIBE = {
+    "RegisteredModel": describe_model,
+    "InferenceImage": describe_image,
+    "ContainerInstanceService": describe_service,
+    "AksCluster": describe_cluster,
+    "Image in registry": describe_registry_image,
+    "Service keys": describe_keys,
+    "AksService": describe_deployment,
+    "AksService autoscaler": describe_hpa,
+}
 
 
 def render(stack_name: str, steps: list[dict[str, Any]], summary: Mapping[str, int]) -> str:

@@ -175,6 +175,8 @@ def render_service_conf(
     backend_port: int,
     keys: list[str] | None,
     max_body_bytes: int = 1_048_576,
+    listen_host: str = "127.0.0.1",
+    read_timeout_s: int = 60,
 ) -> str:
     """One service's upstream + server block. Keys (if any) are matched
     exactly against ``Authorization: Bearer <key>`` on the score route only."""
@@ -184,6 +186,11 @@ def render_service_conf(
     if port == backend_port:
         raise ValueError("port: must differ from backend_port (both are 127.0.0.1 ports)")
     checked_keys = _check_keys(keys)
+    if listen_host not in ("127.0.0.1", "0.0.0.0"):
+        # 0.0.0.0 only inside a pod, whose one port is this front end.
+        raise ValueError(f"listen_host: must be 127.0.0.1 or 0.0.0.0, got {listen_host!r}")
+    if isinstance(read_timeout_s, bool) or not isinstance(read_timeout_s, int) or not 1 <= read_timeout_s <= 86_400:
+        raise ValueError(f"read_timeout_s: must be an integer in 1-86400, got {read_timeout_s!r}")
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or not 1 <= max_body_bytes <= MAX_BODY_LIMIT:
         # 0 would mean "unlimited" to nginx: refuse it.
         raise ValueError(f"max_body_bytes: must be an integer in 1-{MAX_BODY_LIMIT}, got {max_body_bytes!r}")
@@ -212,6 +219,8 @@ def render_service_conf(
         name=service_name,
         ident=ident,
         port=port,
+        listen_host=listen_host,
+        read_timeout_s=read_timeout_s,
         backend_port=backend_port,
         max_body_bytes=max_body_bytes,
         auth_map=auth_map,

@@ -1,0 +1,168 @@
+"""AksService: a scoring web service on an `AksCluster`, as Azure ML's `AksWebservice`.
+
+Built from pulumi-kubernetes resources, so the engine's own await logic waits for
+each rollout and `preview` asks the API server. What the target knows (the
+arguments and Azure ML's rules for them, the object specs) lives in
+`providers.targets.kubernetes`; this module only wires the resources.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+from pulumi.dynamic import Resource
+
+from components._common import PACKAGE, ArgsError, validate
+from components.aks_cluster import AksCluster, RegistryImage
+from components.inference_image import InferenceImage
+from components.registered_model import RegisteredModel
+from providers.keys import ServiceKeysProvider
+from providers.targets import kubernetes as target
+
+OUTPUTS = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "model_versions", "node_port")
+
+
+class ServiceKeys(Resource, module=PACKAGE, name="ServiceKeys"):
+    """A service's primary and secondary keys (dynamic resource, secret outputs)."""
+
+    primary_key: pulumi.Output[str]
+    secondary_key: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(ServiceKeysProvider(), name, {**props, "primary_key": None, "secondary_key": None}, opts)
+
+
+class AksService(pulumi.ComponentResource):
+    """Deploys models with an image on a cluster; a new model version rolls its pods, one at a time."""
+
+    scoring_uri: pulumi.Output[str]
+    swagger_uri: pulumi.Output[str]
+    primary_key: pulumi.Output[str]
+    secondary_key: pulumi.Output[str]
+    model_versions: pulumi.Output[dict[str, int]]
+    node_port: pulumi.Output[int]
+
+    def __init__(
+        self,
+        resource_name: str,
+        cluster: AksCluster,
+        models: list[RegisteredModel],
+        image: InferenceImage,
+        service_name: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+        **deploy_configuration: Any,
+    ):
+        """`deploy_configuration` takes `AksWebservice.deploy_configuration`'s parameters."""
+        args = validate(
+            target.KubernetesServiceArgs,
+            "AksService",
+            resource_name,
+            {"service_name": service_name or resource_name, **deploy_configuration},
+        )
+        failures = target.check(args)
+        if failures:
+            raise ArgsError(f"AksService '{resource_name}': invalid arguments: " + "; ".join(f"{f}: {m}" for f, m in failures))
+        if not isinstance(cluster, AksCluster):
+            raise ArgsError(f"AksService '{resource_name}': invalid arguments: cluster: must be an AksCluster, got {type(cluster).__name__}")
+        if not models or not all(isinstance(m, RegisteredModel) for m in models):
+            raise ArgsError(f"AksService '{resource_name}': invalid arguments: models: must be one or more RegisteredModel resources")
+        names = [m.args.model_name for m in models]
+        if len(set(names)) != len(names):
+            raise ArgsError(f"AksService '{resource_name}': invalid arguments: models: distinct model names needed, got {names}")
+        if not isinstance(image, InferenceImage):
+            raise ArgsError(f"AksService '{resource_name}': invalid arguments: image: must be an InferenceImage, got {type(image).__name__}")
+        super().__init__(f"{PACKAGE}:index:AksService", resource_name, None, opts)
+        self.args = args
+        settings = cluster._settings
+        name, ns = args.service_name, args.namespace
+        child = pulumi.ResourceOptions(parent=self)
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=cluster.provider)
+        namespace = cluster.namespace(ns)
+        ns_deps = [namespace] if namespace is not None else []
+
+        keys = ServiceKeys(
+            f"{resource_name}-keys",
+            {"primary_key_version": args.primary_key_version, "secondary_key_version": args.secondary_key_version},
+            pulumi.ResourceOptions(parent=self, additional_secret_outputs=["primary_key", "secondary_key"]),
+        )
+        entries = [m.service_entry() for m in models]
+        model_image = RegistryImage(
+            f"{resource_name}-image",
+            {
+                "source_image": image.image_name,
+                "source_image_id": image.image_id,
+                "repository": f"{cluster.image_registry}/{name}",
+                "models": entries,
+                "labels": {"mldeploy.managed": "true", "mldeploy.project": settings.project, "mldeploy.stack": settings.stack},
+            },
+            child.merge(pulumi.ResourceOptions(depends_on=[m._version for m in models] + [image._image])),
+        )
+        front_image = cluster.front_image()
+
+        key_list = pulumi.Output.all(keys.primary_key, keys.secondary_key)
+        front_files = pulumi.Output.secret(key_list.apply(lambda ks: target.front_config(args, [k for k in ks if k])))
+        meta = {"namespace": ns, "labels": target.labels(settings.project, settings.stack, name)}
+        secret = k8s.core.v1.Secret(
+            f"{resource_name}-front-config",
+            metadata={**meta, "name": f"{name}-front"},
+            string_data=front_files,
+            opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps, delete_before_replace=True)),
+        )
+        # Planned versions at preview (as the local target shows them), registered ones at up.
+        planned = [pulumi.Output.from_input(e).apply(lambda e: int(e["version"])) for e in entries]
+        versions = {n: v.apply(str) for n, v in zip(names, planned)}
+        spec = target.deployment_spec(
+            args,
+            project=settings.project,
+            stack=settings.stack,
+            image_ref=model_image.image_ref,
+            front_image_ref=front_image.image_ref,
+            model_versions=versions,
+            config_secret=f"{name}-front",
+            # A digest of two random 256-bit keys reveals nothing, and a secret here would hide the whole spec from review.
+            config_checksum=pulumi.Output.unsecret(front_files.apply(target.checksum)),
+        )
+        deployment = k8s.apps.v1.Deployment(
+            f"{resource_name}-deployment",
+            metadata={
+                **meta,
+                "name": name,
+                # Pulumi's await logic fails the rollout after this long, with the pods' state.
+                "annotations": {"pulumi.com/timeoutSeconds": str(args.startup_timeout_seconds)},
+            },
+            spec=spec,
+            opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=[secret, *ns_deps], delete_before_replace=True)),
+        )
+        service = k8s.core.v1.Service(
+            f"{resource_name}-service",
+            metadata={**meta, "name": name},
+            spec=target.service_spec(name),
+            opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps, delete_before_replace=True)),
+        )
+        if args.autoscale:
+            k8s.autoscaling.v2.HorizontalPodAutoscaler(
+                f"{resource_name}-hpa",
+                metadata={**meta, "name": name},
+                spec=target.hpa_spec(args, name),
+                opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=[deployment], delete_before_replace=True)),
+            )
+        if target.needs_pdb(args):
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{resource_name}-pdb",
+                metadata={**meta, "name": name},
+                spec=target.pdb_spec(name),
+                opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps, delete_before_replace=True)),
+            )
+        self.node_port = service.spec.apply(lambda s: int(s.ports[0].node_port))
+        uris = self.node_port.apply(lambda p: target.uris(p, name))
+        # The URI is known only once the rollout is done, so it is a promise that the service answers.
+        self.scoring_uri = pulumi.Output.all(uris, deployment.status).apply(lambda a: a[0]["scoring_uri"])
+        self.swagger_uri = uris.apply(lambda u: u["swagger_uri"])
+        self.primary_key = pulumi.Output.secret(keys.primary_key)
+        self.secondary_key = pulumi.Output.secret(keys.secondary_key)
+        self.model_versions = pulumi.Output.all(*planned).apply(
+            lambda vs: {n: int(v) for n, v in zip(names, vs)}
+        )
+        self.register_outputs({k: getattr(self, k) for k in OUTPUTS})

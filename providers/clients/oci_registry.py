@@ -1,0 +1,129 @@
+"""Images for targets that pull from a registry: Kubernetes today, IoT Edge and ACI next.
+
+A cluster node or an edge device has no model store to mount, so a model
+version travels as one small image layer on top of the inference image, at the
+paths Azure ML uses. Only that layer is new for a new version; the inference
+image's layers are already in the registry. The local registry (Debian's
+`docker-registry` on 127.0.0.1) stands in for Azure Container Registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import docker
+import requests
+
+from providers.clients import images
+
+MODELS_ROOT = "/var/azureml-app/azureml-models"
+
+
+class RegistryError(RuntimeError):
+    """A push or a registry call failed; the message is the registry's own."""
+
+
+def model_layer_tag(source_image_id: str, models: list[dict[str, Any]]) -> str:
+    """Same inference image and same model versions, same tag: a rebuild is a cache hit."""
+    key = source_image_id + "|" + "|".join(f"{m['name']}={int(m['version'])}" for m in sorted(models, key=lambda m: m["name"]))
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def model_dir_env(models: list[dict[str, Any]]) -> str:
+    if len(models) == 1:
+        return f"{MODELS_ROOT}/{models[0]['name']}/{int(models[0]['version'])}"
+    return MODELS_ROOT
+
+
+def render_model_dockerfile(from_image: str, models: list[dict[str, Any]]) -> str:
+    return (
+        f"FROM {from_image}\n"
+        "# The model versions, where Azure ML puts them.\n"
+        f"COPY models/ {MODELS_ROOT}/\n"
+        f"ENV AZUREML_MODEL_DIR={model_dir_env(models)}\n"
+    )
+
+
+def build_model_image(
+    tag: str,
+    from_image: str,
+    models: list[dict[str, Any]],
+    labels: dict[str, str],
+    on_log: Callable[[str], None] | None = None,
+) -> str:
+    """Build the inference image plus the model layer; returns the image id."""
+    with tempfile.TemporaryDirectory(prefix="mldeploy-model-image-") as tmp:
+        ctx = Path(tmp)
+        for m in models:
+            src = Path(m["model_dir"])
+            if not src.is_dir():
+                raise images.ImageBuildError(f"model {m['name']} version {m['version']}: {src} is missing from the registry")
+            dest = ctx / "models" / m["name"] / str(int(m["version"]))
+            shutil.copytree(src, dest, copy_function=_link_or_copy)
+        (ctx / "Dockerfile").write_text(render_model_dockerfile(from_image, models))
+        return images._build(images.client(), ctx, tag, labels, on_log or (lambda _l: None))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def push(image: str, repository: str, tag: str, on_log: Callable[[str], None] | None = None) -> str:
+    """Tag `image` as repository:tag, push it, return the manifest digest."""
+    api = images.client()
+    log = on_log or (lambda _l: None)
+    api.tag(image, repository, tag)
+    digest = None
+    try:
+        for chunk in api.push(repository, tag=tag, stream=True, decode=True):
+            if "error" in chunk:
+                raise RegistryError(f"push of {repository}:{tag} failed: {chunk['error'].strip()}")
+            if chunk.get("aux", {}).get("Digest"):
+                digest = chunk["aux"]["Digest"]
+            elif chunk.get("status") and chunk.get("id") is None:
+                log(chunk["status"])
+    except docker.errors.APIError as exc:
+        raise RegistryError(f"push of {repository}:{tag} failed: {exc}") from None
+    if not digest:
+        raise RegistryError(f"push of {repository}:{tag} reported no digest")
+    return digest
+
+
+def split(repository: str) -> tuple[str, str]:
+    """"127.0.0.1:5000/a/b" -> ("127.0.0.1:5000", "a/b")."""
+    host, _, path = repository.partition("/")
+    return host, path
+
+
+def manifest_exists(repository: str, digest: str, session: requests.Session | None = None) -> bool:
+    host, path = split(repository)
+    s = session or requests.Session()
+    try:
+        r = s.head(
+            f"http://{host}/v2/{path}/manifests/{digest}",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+            timeout=10,
+        )
+    except requests.RequestException as exc:
+        raise RegistryError(f"registry {host} did not answer: {exc}") from None
+    return r.status_code == 200
+
+
+def delete_manifest(repository: str, digest: str, session: requests.Session | None = None) -> None:
+    """Idempotent: a manifest already gone counts as deleted."""
+    host, path = split(repository)
+    s = session or requests.Session()
+    try:
+        r = s.delete(f"http://{host}/v2/{path}/manifests/{digest}", timeout=10)
+    except requests.RequestException as exc:
+        raise RegistryError(f"registry {host} did not answer: {exc}") from None
+    if r.status_code not in (200, 202, 404):
+        raise RegistryError(f"DELETE {path}@{digest}: {r.status_code} {r.text.strip()[:200]}")

@@ -1,0 +1,109 @@
+"""Provider for an image in the stack's registry, optionally with model versions as a layer.
+
+Targets that pull (Kubernetes nodes, edge devices, ACI) get images by digest, so
+a pod template changes exactly when the bits change, and a new model version is
+a new digest that rolls only the services using it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+
+REPLACE_ON = ("repository",)
+
+
+def model_key(models: list[dict[str, Any]] | None) -> list[tuple[str, int]]:
+    """What identifies the model layer: names and versions, never where a checkout keeps them."""
+    return sorted((str(m["name"]), int(m["version"])) for m in models or [])
+
+
+def diff_registry_image(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+    replaces = [k for k in REPLACE_ON if olds.get(k) != news.get(k)]
+    changed = list(replaces)
+    if olds.get("source_image_id") != news.get("source_image_id"):
+        changed.append("source_image_id")
+    if model_key(olds.get("models")) != model_key(news.get("models")):
+        changed.append("models")
+    if olds.get("present") is False:
+        changed.append("present")  # deleted from the registry behind our back: push again
+    return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
+
+
+def _progress(message: str) -> None:
+    print(f"[mldeploy] {message}", file=sys.stderr, flush=True)
+
+
+class RegistryImageProvider(ResourceProvider):
+    serialize_as_secret_always = False
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = [CheckFailure(k, f"{k} is required") for k in ("source_image", "repository") if not news.get(k)]
+        repo = str(news.get("repository") or "")
+        if repo and "/" not in repo:
+            failures.append(CheckFailure("repository", f"must be <registry host>/<path>, got {repo!r}"))
+        if news.get("source_image") and not news.get("source_image_id"):
+            # Named by tag only (the front end's nginx image): its id decides whether to push again.
+            from providers.clients import images
+
+            info = images.image_info(news["source_image"])
+            if info is None:
+                failures.append(CheckFailure("source_image", f"image {news['source_image']!r} is not present locally"))
+            else:
+                news = {**news, "source_image_id": info["Id"]}
+        for i, m in enumerate(news.get("models") or []):
+            if not m.get("name") or int(m.get("version") or 0) < 1:
+                failures.append(CheckFailure(f"models[{i}]", "needs a name and a version >= 1"))
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return diff_registry_image(olds, news)
+
+    def _push(self, props: dict[str, Any]) -> dict[str, Any]:
+        from providers.clients import oci_registry
+
+        models = props.get("models") or []
+        source = props.get("source_image_id") or props["source_image"]
+        tag = oci_registry.model_layer_tag(source, models)
+        image = source
+        if models:
+            versions = ", ".join(f"{m['name']} v{int(m['version'])}" for m in models)
+            _progress(f"{props['repository']}: adding model layer ({versions}) on {props['source_image']}")
+            image = oci_registry.build_model_image(
+                f"{props['repository']}:{tag}", source, models, props.get("labels") or {}
+            )
+        _progress(f"{props['repository']}:{tag}: pushing")
+        digest = oci_registry.push(image, props["repository"], tag)
+        return {**props, "tag": tag, "digest": digest, "image_ref": f"{props['repository']}@{digest}", "present": True}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        outs = self._push(props)
+        return CreateResult(outs["image_ref"], outs)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(self._push(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        from providers.clients import oci_registry
+
+        if not props.get("digest"):
+            return ReadResult(id_, props)
+        try:
+            present = oci_registry.manifest_exists(props["repository"], props["digest"])
+        except oci_registry.RegistryError:
+            return ReadResult(id_, props)  # registry down: not drift of ours
+        return ReadResult(id_, {**props, "present": present})
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        from providers.clients import images, oci_registry
+
+        if props.get("models") and props.get("tag"):
+            images.remove_image(f"{props['repository']}:{props['tag']}")
+        # Older digests stay: the Deployment's revision history may still name them.
+        if props.get("digest"):
+            try:
+                oci_registry.delete_manifest(props["repository"], props["digest"])
+            except oci_registry.RegistryError as exc:
+                _progress(f"{props['repository']}: could not delete {props['digest']}: {exc}")

@@ -1,0 +1,373 @@
+"""The Kubernetes target: Azure ML's AKS web service on any cluster, through pulumi-kubernetes.
+
+Unlike the local target, no dynamic provider runs the service: the component
+declares pulumi-kubernetes resources (Namespace, Secret, Deployment, Service,
+HorizontalPodAutoscaler, PodDisruptionBudget) and the engine's own await logic
+waits for each rollout. This module keeps what the target knows and nothing
+that does I/O: its arguments with Azure ML's own validation rules, the rules for
+what rolls and what replaces, and pure renderers of the objects.
+
+Pod layout, as Azure ML's front end does it on AKS: a `front` container (nginx,
+the same renderer as the local gateway) owns the pod's only port, checks the
+Bearer keys and proxies to the `scoring` container on 127.0.0.1 inside the pod,
+so nothing reaches the scoring server without a key. The model travels as an
+image layer on top of the inference image, pulled from the stack's registry, so
+it works on a cluster of any size (no hostPath).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAMESPACE_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+SERVICE_NAME_RE = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
+FRONT_PORT = 8080
+SCORING_PORT = 5001
+MAX_REPLICAS = 100
+FRONT_CONF_DIR = "/etc/mldeploy-fe"
+FRONT_RUNTIME_DIR = "/tmp/mldeploy-fe"
+LABEL_APP = "mldeploy.azureml.net/service"
+
+
+class KubernetesServiceArgs(BaseModel):
+    """`AksWebservice.deploy_configuration`'s parameters, with its defaults (azureml-core 1.61)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service_name: str = Field(pattern=SERVICE_NAME_RE)
+    namespace: str = Field(default="default", pattern=NAMESPACE_RE)
+    autoscale_enabled: bool | None = None
+    """None means: on unless `num_replicas` is set, as in Azure ML."""
+    autoscale_min_replicas: int = Field(default=1, gt=0, le=MAX_REPLICAS)
+    autoscale_max_replicas: int = Field(default=10, gt=0, le=MAX_REPLICAS)
+    autoscale_refresh_seconds: int = Field(default=1, gt=0)
+    autoscale_target_utilization: int = Field(default=70, gt=0, le=100)
+    num_replicas: int | None = Field(default=None, gt=0, le=MAX_REPLICAS)
+    cpu_cores: float = Field(default=0.1, gt=0)
+    memory_gb: float = Field(default=0.5, gt=0)
+    cpu_cores_limit: float | None = Field(default=None, gt=0)
+    memory_gb_limit: float | None = Field(default=None, gt=0)
+    scoring_timeout_ms: int = Field(default=60_000, gt=0)
+    replica_max_concurrent_requests: int = Field(default=1, gt=0, le=64)
+    max_request_wait_time: int = Field(default=500, gt=0)
+    """Milliseconds a request may wait for a free worker; added to the front end's timeout."""
+    period_seconds: int = Field(default=10, gt=0)
+    initial_delay_seconds: int = Field(default=310, gt=0)
+    timeout_seconds: int = Field(default=2, gt=0)
+    success_threshold: int = Field(default=1, gt=0)
+    failure_threshold: int = Field(default=3, gt=0)
+    auth_enabled: bool = True
+    token_auth_enabled: bool = False
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+    primary_key_version: int = Field(default=1, ge=1)
+    secondary_key_version: int = Field(default=1, ge=1)
+    max_request_bytes: int = Field(default=1_048_576, gt=0)
+    startup_timeout_seconds: int = Field(default=600, gt=0)
+    """How long `up` waits for a rollout before it fails with the pods' state and log."""
+
+    @property
+    def autoscale(self) -> bool:
+        return self.num_replicas is None if self.autoscale_enabled is None else self.autoscale_enabled
+
+
+AUTOSCALE_FIELDS = (
+    "autoscale_min_replicas",
+    "autoscale_max_replicas",
+    "autoscale_refresh_seconds",
+    "autoscale_target_utilization",
+)
+
+
+def check(args: KubernetesServiceArgs) -> list[tuple[str, str]]:
+    """Azure ML's `validate_configuration` rules across fields, as (field, message) pairs."""
+    failures: list[tuple[str, str]] = []
+    if args.autoscale_enabled and args.num_replicas is not None:
+        failures.append(("num_replicas", "cannot be set when autoscale_enabled is true; set one or the other"))
+    if args.autoscale_enabled is False and args.num_replicas is None:
+        failures.append(("num_replicas", "is required when autoscale_enabled is false"))
+    if not args.autoscale:
+        for field in AUTOSCALE_FIELDS:
+            if field in args.model_fields_set:
+                failures.append((field, "is only valid when autoscale is enabled"))
+    if args.autoscale and args.autoscale_min_replicas > args.autoscale_max_replicas:
+        failures.append(
+            (
+                "autoscale_min_replicas",
+                f"{args.autoscale_min_replicas} is greater than autoscale_max_replicas {args.autoscale_max_replicas}",
+            )
+        )
+    if args.cpu_cores_limit is not None and args.cpu_cores_limit < args.cpu_cores:
+        failures.append(("cpu_cores_limit", f"{args.cpu_cores_limit} is below cpu_cores {args.cpu_cores}"))
+    if args.memory_gb_limit is not None and args.memory_gb_limit < args.memory_gb:
+        failures.append(("memory_gb_limit", f"{args.memory_gb_limit} is below memory_gb {args.memory_gb}"))
+    if args.timeout_seconds > args.period_seconds:
+        failures.append(
+            ("timeout_seconds", f"the probe timeout {args.timeout_seconds}s is longer than period_seconds {args.period_seconds}s")
+        )
+    if args.token_auth_enabled:
+        failures.append(("token_auth_enabled", "token auth needs Azure AD and is not available on this target; use auth_enabled"))
+    return failures
+
+
+# What a change does on this target. Kubernetes itself applies these rules (a
+# changed pod template rolls, a changed immutable field replaces); they are
+# written down here so the preview can say it in words and tests can pin them.
+REPLACE_ON = ("service_name", "namespace")
+ROLL_ON = (
+    "image",
+    "models",
+    "cpu_cores",
+    "memory_gb",
+    "cpu_cores_limit",
+    "memory_gb_limit",
+    "environment_variables",
+    "scoring_timeout_ms",
+    "replica_max_concurrent_requests",
+    "max_request_wait_time",
+    "period_seconds",
+    "initial_delay_seconds",
+    "timeout_seconds",
+    "success_threshold",
+    "failure_threshold",
+    "auth_enabled",
+    "primary_key_version",
+    "secondary_key_version",
+    "max_request_bytes",
+)
+IN_PLACE_ON = AUTOSCALE_FIELDS + ("autoscale_enabled", "num_replicas", "startup_timeout_seconds")
+
+
+def plan(olds: dict[str, Any], news: dict[str, Any]) -> dict[str, list[str]]:
+    """Which changed inputs replace the service, roll its pods, or change it in place."""
+    changed = [k for k in sorted(set(olds) | set(news)) if olds.get(k) != news.get(k)]
+    return {
+        "replace": [k for k in changed if k in REPLACE_ON],
+        "roll": [k for k in changed if k in ROLL_ON],
+        "in_place": [k for k in changed if k in IN_PLACE_ON],
+    }
+
+
+# ------------------------------------------------------------------ renderers
+
+
+def _quantity_cpu(cores: float) -> str:
+    return f"{int(round(cores * 1000))}m"
+
+
+def _quantity_memory(gb: float) -> str:
+    return f"{int(round(gb * 1024))}Mi"
+
+
+def labels(project: str, stack: str, service_name: str) -> dict[str, str]:
+    return {
+        LABEL_APP: service_name,
+        "mldeploy.azureml.net/project": project,
+        "mldeploy.azureml.net/stack": stack,
+        "app.kubernetes.io/managed-by": "mldeploy",
+    }
+
+
+def selector(service_name: str) -> dict[str, str]:
+    return {LABEL_APP: service_name}
+
+
+def scoring_path(service_name: str) -> str:
+    return f"/api/v1/service/{service_name}"
+
+
+def deployment_spec(
+    args: KubernetesServiceArgs,
+    *,
+    project: str,
+    stack: str,
+    image_ref: Any,
+    front_image_ref: Any,
+    model_versions: dict[str, Any],
+    config_secret: str,
+    config_checksum: Any,
+) -> dict[str, Any]:
+    """The Deployment's spec: rolls with no replica down, probes from the Azure ML parameters.
+
+    Values typed Any may be Pulumi outputs: they are only placed, never read,
+    so the spec's shape stays known at preview.
+    """
+    name = args.service_name
+    resources: dict[str, Any] = {
+        "requests": {"cpu": _quantity_cpu(args.cpu_cores), "memory": _quantity_memory(args.memory_gb)}
+    }
+    limits = {}
+    if args.cpu_cores_limit is not None:
+        limits["cpu"] = _quantity_cpu(args.cpu_cores_limit)
+    if args.memory_gb_limit is not None:
+        limits["memory"] = _quantity_memory(args.memory_gb_limit)
+    if limits:
+        resources["limits"] = limits
+    health = {"path": f"{scoring_path(name)}/health", "port": FRONT_PORT}
+    env = [{"name": k, "value": v} for k, v in sorted(args.environment_variables.items())]
+    env += [
+        {"name": "SERVICE_NAME", "value": name},
+        {"name": "SERVICE_PATH_PREFIX", "value": scoring_path(name).lstrip("/")},
+        # Only the front container in the same pod can reach the scoring server.
+        {"name": "MLDEPLOY_BIND_HOST", "value": "127.0.0.1"},
+        {"name": "WORKER_COUNT", "value": str(args.replica_max_concurrent_requests)},
+        {"name": "SCORING_TIMEOUT_MS", "value": str(args.scoring_timeout_ms)},
+    ]
+    # AZUREML_MODEL_DIR comes with the model layer of the image.
+    model_annotations = {f"mldeploy.azureml.net/model.{n}": v for n, v in sorted(model_versions.items())}
+    template_labels = labels(project, stack, name)
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector(name)},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "minReadySeconds": 0,
+        "revisionHistoryLimit": 3,
+        "progressDeadlineSeconds": max(args.startup_timeout_seconds, 60),
+        "template": {
+            "metadata": {
+                "labels": template_labels,
+                # A new model version or a new key changes the template, so the pods roll.
+                "annotations": {**model_annotations, "mldeploy.azureml.net/config-checksum": config_checksum},
+            },
+            "spec": {
+                "terminationGracePeriodSeconds": 20,
+                "enableServiceLinks": False,
+                "automountServiceAccountToken": False,
+                "containers": [
+                    {
+                        "name": "scoring",
+                        "image": image_ref,
+                        "imagePullPolicy": "IfNotPresent",
+                        "env": env,
+                        "resources": resources,
+                        # The last log lines become the termination message, so a
+                        # crashing init() shows in `pulumi up`'s error.
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "3"]}}},
+                        "securityContext": {"allowPrivilegeEscalation": False},
+                    },
+                    {
+                        "name": "front",
+                        "image": front_image_ref,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["nginx", "-c", f"{FRONT_CONF_DIR}/nginx.main", "-g", "daemon off;"],
+                        "ports": [{"name": "http", "containerPort": FRONT_PORT}],
+                        "resources": {"requests": {"cpu": "20m", "memory": "16Mi"}},
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                        # Endpoints drop the pod first, then nginx finishes what it has.
+                        "lifecycle": {
+                            "preStop": {
+                                "exec": {"command": ["sh", "-c", f"sleep 4; nginx -c {FRONT_CONF_DIR}/nginx.main -s quit; sleep 2"]}
+                            }
+                        },
+                        "readinessProbe": {
+                            "httpGet": health,
+                            "periodSeconds": 1,
+                            "timeoutSeconds": args.timeout_seconds,
+                            "failureThreshold": 2,
+                            "successThreshold": 1,
+                        },
+                        "livenessProbe": {
+                            "httpGet": health,
+                            "periodSeconds": args.period_seconds,
+                            "initialDelaySeconds": args.initial_delay_seconds,
+                            "timeoutSeconds": args.timeout_seconds,
+                            "successThreshold": args.success_threshold,
+                            "failureThreshold": args.failure_threshold,
+                        },
+                        "volumeMounts": [
+                            {"name": "front-conf", "mountPath": FRONT_CONF_DIR, "readOnly": True},
+                            {"name": "front-run", "mountPath": FRONT_RUNTIME_DIR},
+                        ],
+                        "securityContext": {"allowPrivilegeEscalation": False},
+                    },
+                ],
+                "volumes": [
+                    {"name": "front-conf", "secret": {"secretName": config_secret, "defaultMode": 0o400}},
+                    {"name": "front-run", "emptyDir": {}},
+                ],
+            },
+        },
+    }
+    if not args.autoscale:
+        spec["replicas"] = args.num_replicas
+    else:
+        spec["replicas"] = args.autoscale_min_replicas
+    return spec
+
+
+def service_spec(service_name: str) -> dict[str, Any]:
+    """A NodePort: on the local cluster kube-proxy binds node ports on 127.0.0.1 only."""
+    return {
+        "type": "NodePort",
+        "selector": selector(service_name),
+        "ports": [{"name": "http", "port": 80, "targetPort": FRONT_PORT, "protocol": "TCP"}],
+    }
+
+
+def hpa_spec(args: KubernetesServiceArgs, deployment_name: str) -> dict[str, Any]:
+    """autoscaling/v2 on CPU, with the refresh period as the scaling policies' period."""
+    policy = {"type": "Percent", "value": 100, "periodSeconds": args.autoscale_refresh_seconds}
+    return {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name},
+        "minReplicas": args.autoscale_min_replicas,
+        "maxReplicas": args.autoscale_max_replicas,
+        "metrics": [
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": args.autoscale_target_utilization},
+                },
+            }
+        ],
+        "behavior": {"scaleUp": {"policies": [policy]}, "scaleDown": {"policies": [policy]}},
+    }
+
+
+def replicas_floor(args: KubernetesServiceArgs) -> int:
+    return args.autoscale_min_replicas if args.autoscale else int(args.num_replicas or 1)
+
+
+def needs_pdb(args: KubernetesServiceArgs) -> bool:
+    return replicas_floor(args) > 1 or (args.autoscale and args.autoscale_max_replicas > 1 and replicas_floor(args) > 1)
+
+
+def pdb_spec(service_name: str) -> dict[str, Any]:
+    """Voluntary disruptions (node drains) take at most one replica at a time."""
+    return {"maxUnavailable": 1, "selector": {"matchLabels": selector(service_name)}}
+
+
+def front_config(args: KubernetesServiceArgs, keys: list[str] | None) -> dict[str, str]:
+    """The front container's nginx files (they hold the keys: they go into a Secret)."""
+    from providers.clients.gateway import render_nginx_conf, render_service_conf
+
+    # nginx includes every *.conf of the folder, so the main file is named otherwise.
+    main = render_nginx_conf(
+        include_dir=f"{FRONT_CONF_DIR}",
+        runtime_dir=FRONT_RUNTIME_DIR,
+        worker_processes=1,
+        user=None,
+        worker_shutdown_timeout=max(5, args.scoring_timeout_ms // 1000 + 5),
+    )
+    service = render_service_conf(
+        args.service_name,
+        FRONT_PORT,
+        SCORING_PORT,
+        keys if args.auth_enabled else None,
+        args.max_request_bytes,
+        listen_host="0.0.0.0",
+        read_timeout_s=max(1, -(-(args.scoring_timeout_ms + args.max_request_wait_time) // 1000)),
+    )
+    return {"nginx.main": main, "service.conf": service}
+
+
+def checksum(data: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def uris(node_port: int, service_name: str, host: str = "127.0.0.1") -> dict[str, str]:
+    base = f"http://{host}:{int(node_port)}{scoring_path(service_name)}"
+    return {"scoring_uri": f"{base}/score", "swagger_uri": f"{base}/swagger.json"}

@@ -141,15 +141,18 @@ class AksService(pulumi.ComponentResource):
             spec=target.service_spec(name),
             opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps, delete_before_replace=True)),
         )
+        self.deployment, self.service = deployment, service
+        self.autoscaler: k8s.autoscaling.v2.HorizontalPodAutoscaler | None = None
+        self.disruption_budget: k8s.policy.v1.PodDisruptionBudget | None = None
         if args.autoscale:
-            k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            self.autoscaler = k8s.autoscaling.v2.HorizontalPodAutoscaler(
                 f"{resource_name}-hpa",
                 metadata={**meta, "name": name},
                 spec=target.hpa_spec(args, name),
                 opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=[deployment], delete_before_replace=True)),
             )
         if target.needs_pdb(args):
-            k8s.policy.v1.PodDisruptionBudget(
+            self.disruption_budget = k8s.policy.v1.PodDisruptionBudget(
                 f"{resource_name}-pdb",
                 metadata={**meta, "name": name},
                 spec=target.pdb_spec(name),

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextvars
-import hashlib
-from typing import Any, Literal
+import dataclasses
+from typing import Any
 
 import pulumi
 from pulumi.dynamic import Resource
@@ -14,26 +13,17 @@ from components._common import PACKAGE, ArgsError, Settings, validate
 from components.inference_image import InferenceImage
 from components.registered_model import RegisteredModel
 from providers.service import ServiceProvider
-from providers.targets import TARGETS
+from providers.targets import TARGETS, ArgsInvalid, target_for
 
-PORT_RANGE = (20000, 29999)
 OUTPUTS = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "state", "model_versions")
-# Ports claimed by services of this program run, so two services never share one.
-# A context variable: the Automation API runs each program in a fresh context of
-# the same process, so a second run starts with no claims.
-_claims: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("mldeploy_port_claims", default=None)
-
-
-def _claimed_ports() -> dict[int, str]:
-    claims = _claims.get()
-    if claims is None:
-        claims = {}
-        _claims.set(claims)
-    return claims
 
 
 class ContainerInstanceServiceArgs(BaseModel):
-    """Arguments of `ContainerInstanceService`, as Azure ML's deployment configuration takes them."""
+    """Arguments of `ContainerInstanceService`, as Azure ML's deployment configuration takes them.
+
+    Arguments of one target only (the local target's `port`) are its own:
+    `Args` of `providers.targets.<target>`.
+    """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
@@ -44,15 +34,20 @@ class ContainerInstanceServiceArgs(BaseModel):
     cpu_cores: float = Field(default=1, gt=0)
     memory_gb: float = Field(default=1, gt=0)
     auth_enabled: bool = False
-    port: int | None = Field(default=None, ge=1024, le=65535)
-    """The service's stable port on 127.0.0.1; derived from the names when omitted."""
-    target: Literal[TARGETS] = "local"  # type: ignore[valid-type]
+    target: str = "local"
     environment_variables: dict[str, str] = Field(default_factory=dict)
     primary_key_version: int = Field(default=1, ge=1)
     """Bump to rotate the primary key alone (clients keep using the secondary meanwhile)."""
     secondary_key_version: int = Field(default=1, ge=1)
     max_request_bytes: int = Field(default=1_048_576, gt=0)
     startup_timeout_seconds: float = Field(default=180, gt=0)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if value not in TARGETS:
+            raise ValueError(f"unknown target {value!r}; known: {', '.join(TARGETS)}")
+        return value
 
     @field_validator("models")
     @classmethod
@@ -73,16 +68,6 @@ class ContainerInstanceServiceArgs(BaseModel):
         return value
 
 
-def default_port(project: str, stack: str, service_name: str) -> int:
-    """Stable across runs and machines, so the scoring URI does not move."""
-    digest = int(hashlib.sha256(f"{project}/{stack}/{service_name}".encode()).hexdigest(), 16)
-    lo, hi = PORT_RANGE
-    port = lo + digest % (hi - lo + 1)
-    while port in _claimed_ports():
-        port = lo + (port - lo + 1) % (hi - lo + 1)
-    return port
-
-
 class Service(Resource, module=PACKAGE, name="Service"):
     """A running scoring service (dynamic resource)."""
 
@@ -93,8 +78,10 @@ class Service(Resource, module=PACKAGE, name="Service"):
     state: pulumi.Output[str]
     model_versions: pulumi.Output[dict[str, int]]
 
-    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
-        outs = (*OUTPUTS, "container_id", "backend_port")
+    def __init__(
+        self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None, target_outputs: tuple[str, ...] = ()
+    ):
+        outs = (*OUTPUTS, *target_outputs)
         super().__init__(ServiceProvider(), name, {**props, **{k: None for k in outs}}, opts)
 
 
@@ -126,6 +113,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
         startup_timeout_seconds: float = 180,
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """`port` is the local target's (`providers.targets.local.LocalArgs`); other targets refuse it."""
         settings = Settings.load()
         args = validate(
             ContainerInstanceServiceArgs,
@@ -138,7 +126,6 @@ class ContainerInstanceService(pulumi.ComponentResource):
                 "cpu_cores": cpu_cores,
                 "memory_gb": memory_gb,
                 "auth_enabled": auth_enabled,
-                "port": port,
                 "target": target or settings.target,
                 "environment_variables": environment_variables or {},
                 "primary_key_version": primary_key_version,
@@ -147,31 +134,22 @@ class ContainerInstanceService(pulumi.ComponentResource):
                 "startup_timeout_seconds": startup_timeout_seconds,
             },
         )
-        chosen = args.port or default_port(settings.project, settings.stack, args.service_name)
-        claimed = _claimed_ports()
-        if chosen in claimed:
-            raise ArgsError(
-                f"ContainerInstanceService '{resource_name}': invalid arguments: port: {chosen} is already "
-                f"used by service '{claimed[chosen]}'"
-            )
-        claimed[chosen] = resource_name
+        own_inputs, target_outputs = self._target_inputs(resource_name, args, settings, {"port": port})
         super().__init__(f"{PACKAGE}:index:ContainerInstanceService", resource_name, None, opts)
         self._service = Service(
             f"{resource_name}-service",
             {
+                **own_inputs,  # the shared inputs below are not the target's to change
                 "service_name": args.service_name,
                 "target": args.target,
                 "project": settings.project,
                 "stack": settings.stack,
-                "state_dir": settings.state_dir,
-                "gateway_image": settings.gateway_image,
                 "image_name": image.image_name,
                 "image_id": image.image_id,
                 "models": [m.service_entry() for m in args.models],
                 "cpu_cores": args.cpu_cores,
                 "memory_gb": args.memory_gb,
                 "auth_enabled": args.auth_enabled,
-                "port": chosen,
                 "environment_variables": args.environment_variables,
                 "primary_key_version": args.primary_key_version,
                 "secondary_key_version": args.secondary_key_version,
@@ -183,7 +161,28 @@ class ContainerInstanceService(pulumi.ComponentResource):
                 depends_on=[m._version for m in args.models] + [image._image],
                 additional_secret_outputs=["primary_key", "secondary_key"],
             ),
+            target_outputs=target_outputs,
         )
         for key in OUTPUTS:
             setattr(self, key, getattr(self._service, key))
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})
+
+    @staticmethod
+    def _target_inputs(
+        resource_name: str, args: ContainerInstanceServiceArgs, settings: Settings, given: dict[str, Any]
+    ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The target picks (and claims) its own inputs; its errors read as this component's."""
+        target = target_for(args.target)
+        problem = f"ContainerInstanceService '{resource_name}': invalid arguments: "
+        if target.deployed_by:
+            raise ArgsError(f"{problem}target: {args.target!r} services are deployed with {target.deployed_by}")
+        try:
+            own = target.service_inputs(
+                {k: v for k, v in given.items() if v is not None},
+                service_name=args.service_name,
+                resource_name=resource_name,
+                settings=dataclasses.asdict(settings),
+            )
+        except ArgsInvalid as exc:
+            raise ArgsError(problem + str(exc)) from None
+        return own, target.OUTPUTS

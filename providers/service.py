@@ -1,37 +1,64 @@
-"""Provider for a scoring web service; the target's backend does the work."""
+"""Provider for a scoring web service: what every target shares, the rest is the target's.
+
+Shared: the service's identity, its models and image, its keys' inputs and the
+scoring and Swagger URIs it returns. Each target (`providers.targets`) adds its
+own inputs, checks, update-or-replace rules and the backend calls.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+from pydantic import BaseModel, ConfigDict, Field
 
-from providers.targets import TARGETS, backend_for
+from providers.targets import Number, UnknownTarget, check_model, target_for
 
 # A different name, target or stack is a different service: its URI changes.
 REPLACE_ON = ("service_name", "target", "project", "stack")
-# Inputs that need a new container (a rolling update).
-ROLL_ON = ("image_id", "models", "cpu_cores", "memory_gb", "environment_variables", "state_dir")
-# Inputs that only touch the front end (port, keys).
-ROUTE_ON = ("port", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes", "gateway_image")
-
-
-def diff_service(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-    """Name/target changes replace; everything else rolls or reroutes in place."""
-    replaces = [k for k in REPLACE_ON if olds.get(k) != news.get(k)]
-    changed = replaces + [k for k in ROLL_ON + ROUTE_ON if olds.get(k) != news.get(k)]
-    if olds.get("state") not in (None, "Healthy"):
-        changed.append("state")  # found broken or gone by refresh: the next up restores it
-    return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
-
-
+# New code or new models need a new process on every target.
+ROLL_ON = ("image_id", "models")
 # States found by refresh that need a new backend; "Orphaned" (leftovers of an
 # interrupted roll next to a healthy backend) only needs the leftovers removed.
 BROKEN_STATES = ("Missing", "Stopped", "Unhealthy")
 
 
+class ServiceArgs(BaseModel):
+    """The inputs every target checks the same way (a target's own: its `Args`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    cpu_cores: Number = Field(gt=0)
+    memory_gb: Number = Field(gt=0)
+    models: list[Any] = Field(min_length=1)
+
+
+def _merge(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(k for g in groups for k in g))
+
+
+def rules(news: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(replace, roll, route) inputs: the shared rules plus the new target's."""
+    try:
+        target = target_for(news.get("target"))
+    except UnknownTarget:
+        return REPLACE_ON, ROLL_ON, ()  # check has failed already; the shared rules still hold
+    return _merge(REPLACE_ON, target.REPLACE_ON), _merge(ROLL_ON, target.ROLL_ON), _merge(target.ROUTE_ON)
+
+
+def diff_service(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+    """Replace, roll or reroute, as the shared rules and the target's say."""
+    replace_on, roll_on, route_on = rules(news)
+    replaces = [k for k in replace_on if olds.get(k) != news.get(k)]
+    changed = replaces + [k for k in roll_on + route_on if olds.get(k) != news.get(k)]
+    if olds.get("state") not in (None, "Healthy"):
+        changed.append("state")  # found broken or gone by refresh: the next up restores it
+    return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
+
+
 def needs_roll(olds: dict[str, Any], news: dict[str, Any]) -> bool:
-    return olds.get("state") in BROKEN_STATES or any(olds.get(k) != news.get(k) for k in ROLL_ON)
+    _, roll_on, _ = rules(news)
+    return olds.get("state") in BROKEN_STATES or any(olds.get(k) != news.get(k) for k in roll_on)
 
 
 class ServiceProvider(ResourceProvider):
@@ -40,32 +67,30 @@ class ServiceProvider(ResourceProvider):
     serialize_as_secret_always = False
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        failures = []
-        if news.get("target") not in TARGETS:
-            failures.append(CheckFailure("target", f"unknown target {news.get('target')!r}; known: {', '.join(TARGETS)}"))
-        for key in ("cpu_cores", "memory_gb"):
-            value = news.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                failures.append(CheckFailure(key, f"{key} must be greater than 0, got {value!r}"))
-        port = news.get("port")
-        if not isinstance(port, (int, float)) or not 1024 <= int(port) <= 65535:
-            failures.append(CheckFailure("port", f"port must be between 1024 and 65535, got {port!r}"))
-        if not news.get("models"):
-            failures.append(CheckFailure("models", "a service needs at least one model"))
+        _, failures = check_model(ServiceArgs, news)
+        try:
+            target = target_for(news.get("target"))
+        except UnknownTarget as exc:
+            failures.append(CheckFailure("target", str(exc)))
+        else:
+            if target.deployed_by:
+                failures.append(CheckFailure("target", f"{target.name!r} services are deployed with {target.deployed_by}"))
+            else:
+                failures += target.check(news)
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return diff_service(olds, news)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        outs = backend_for(props["target"]).create(props)
+        outs = target_for(props["target"]).create(props)
         return CreateResult(f"{props['stack']}/{props['service_name']}", outs)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(backend_for(news["target"]).update(olds, news, roll=needs_roll(olds, news)))
+        return UpdateResult(target_for(news["target"]).update(olds, news, roll=needs_roll(olds, news)))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        return ReadResult(id_, backend_for(props["target"]).read(props))
+        return ReadResult(id_, target_for(props["target"]).read(props))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        backend_for(props["target"]).delete(props)
+        target_for(props["target"]).delete(props)

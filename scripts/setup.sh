@@ -2,7 +2,17 @@
 # Set up everything the project needs on this machine, idempotently:
 # Python environment, Pulumi engine, state folder, Docker engine, base image.
 # Caches live outside the repo (MLDEPLOY_CACHE, default ~/.cache/mldeploy).
+# With --kubernetes, also the Kubernetes target's pieces: the cluster binaries
+# and the pulumi-kubernetes plugin, both built from Go modules. The cluster
+# itself starts on demand (scripts/k8s/cluster.sh up, or an AksCluster's preview).
 set -euo pipefail
+with_k8s=""
+for arg in "$@"; do
+  case "$arg" in
+    --kubernetes) with_k8s=1 ;;
+    *) printf '[setup] unknown option %s (known: --kubernetes)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/env.sh"
 cd "$MLDEPLOY_ROOT"
@@ -49,5 +59,10 @@ mkdir -p "$MLDEPLOY_STATE_DIR/backend"
 # 4. Docker engine, and 5. the base image.
 "$HERE/docker.sh"
 "$HERE/base-image.sh"
+
+# 6. The Kubernetes target: cluster binaries and the provider plugin.
+if [ -n "$with_k8s" ]; then
+  "$HERE/k8s/build.sh" all
+fi
 
 log "ready: pulumi $(pulumi version), $(python --version 2>&1), docker $(docker version -f '{{.Server.Version}}')"

@@ -22,9 +22,11 @@ import components
 from components import ContainerInstanceService, InferenceImage, RegisteredModel
 from components import inference_image
 from components._common import ArgsError
-from components.container_instance_service import PORT_RANGE, default_port
+from components._common import StackConfig
+from fake_target import ComposedTarget, FakeTarget
+from providers import targets
 from providers.clients.registry import ModelRegistry, content_hash
-from providers.targets.local import uris
+from providers.targets.local import PORT_RANGE, _claimed_ports, default_port
 
 PROJECT = "proj"
 STACK = "dev"
@@ -78,14 +80,14 @@ class RecordingMocks(pulumi.runtime.Mocks):
         elif args.typ.endswith("mldeploy:Service"):
             auth = bool(inputs.get("auth_enabled"))
             outs.update(
-                **uris(inputs),
+                **targets.target_for(inputs["target"]).uris(inputs),
                 primary_key=f"pk-{inputs['service_name']}" if auth else "",
                 secondary_key=f"sk-{inputs['service_name']}" if auth else "",
                 state="Healthy",
                 model_versions={m["name"]: int(m["version"]) for m in inputs["models"]},
-                container_id="c0ffee",
-                backend_port=40000,
             )
+            if inputs["target"] == "local":
+                outs.update(container_id="c0ffee", backend_port=40000)
             rid = f"{inputs['stack']}/{inputs['service_name']}"
         with self._lock:
             self.resources[args.name] = inputs
@@ -183,6 +185,9 @@ def make_service(name: str = "aciservice", models: list[Any] | None = None, imag
 
 def test_public_surface() -> None:
     assert sorted(components.__all__) == [
+        "AksCluster",
+        "AksClusterArgs",
+        "AksService",
         "ContainerInstanceService",
         "ContainerInstanceServiceArgs",
         "InferenceImage",
@@ -496,6 +501,72 @@ def test_services_get_distinct_default_ports(mocks: RecordingMocks) -> Any:
         assert mocks.resources["svc-a-service"]["port"] != mocks.resources["svc-b-service"]["port"]
 
     return pulumi.Output.all(a.scoring_uri, b.scoring_uri).apply(check)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTarget:
+    """Registers a target without ports, and one deployed by another component."""
+    target = FakeTarget()
+    monkeypatch.setitem(targets.TARGETS, "fake", target)
+    monkeypatch.setitem(targets.TARGETS, "composed", ComposedTarget())
+    return target
+
+
+@pulumi.runtime.test
+def test_service_on_a_target_without_ports(mocks: RecordingMocks, fake: FakeTarget) -> Any:
+    """Only the local target picks and claims ports; its inputs stay out of other targets' services."""
+    model, image = make_model(), make_image()
+    claims_before = dict(_claimed_ports())
+    a = make_service("svc-a", models=[model], image=image, target="fake")
+    b = make_service("svc-b", models=[model], image=image, target="fake")
+    assert _claimed_ports() == claims_before
+    local_port = default_port(PROJECT, STACK, "svc-c")
+    make_service("svc-c", models=[model], image=image)  # the local target claims one
+    assert _claimed_ports() == {**claims_before, local_port: "svc-c"}
+
+    def check(args: list[Any]) -> None:
+        ua, ub = args
+        assert ua == "https://default.fake.example/api/v1/service/svc-a/score"
+        assert ub == "https://default.fake.example/api/v1/service/svc-b/score"
+        for name in ("svc-a-service", "svc-b-service"):
+            props = mocks.resources[name]
+            assert props["target"] == "fake"
+            assert props["namespace"] == "default"
+            assert not {"port", "gateway_image", "state_dir"} & {k for k, v in props.items() if v is not None}
+        assert mocks.resources["svc-c-service"]["port"] == local_port
+
+    return pulumi.Output.all(a.scoring_uri, b.scoring_uri).apply(check)
+
+
+@pulumi.runtime.test
+def test_port_belongs_to_the_local_target(mocks: RecordingMocks, fake: FakeTarget) -> None:
+    message = _raises(lambda: make_service("svc-p", target="fake", port=25000), "ContainerInstanceService 'svc-p'", "port")
+    assert "extra inputs are not permitted" in message.lower()
+
+
+@pulumi.runtime.test
+def test_target_deployed_by_another_component(mocks: RecordingMocks, fake: FakeTarget) -> None:
+    _raises(lambda: make_service("svc-k", target="composed"), "ContainerInstanceService 'svc-k'", "target", "ComposedService")
+
+
+@pulumi.runtime.test
+def test_stack_target_from_the_registry(mocks: RecordingMocks, fake: FakeTarget) -> Any:
+    pulumi.runtime.set_all_config({"mldeploy:target": "fake"})
+    service = make_service("svc-s")
+
+    def check(uri: str) -> None:
+        assert uri == "https://default.fake.example/api/v1/service/svc-s/score"
+        assert mocks.resources["svc-s-service"]["target"] == "fake"
+
+    return service.scoring_uri.apply(check)
+
+
+def test_stack_config_knows_registered_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert StackConfig.model_validate({"target": "local"}).target == "local"
+    with pytest.raises(ValueError, match="unknown target 'fake'; known: local"):
+        StackConfig.model_validate({"target": "fake"})
+    monkeypatch.setitem(targets.TARGETS, "fake", FakeTarget())
+    assert StackConfig.model_validate({"target": "fake"}).target == "fake"
 
 
 @pulumi.runtime.test

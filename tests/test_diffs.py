@@ -14,7 +14,8 @@ from pulumi.dynamic import CheckFailure
 
 from providers.image import ImageProvider, diff_image, image_name
 from providers.model import ModelVersionProvider, diff_model
-from providers.service import ROLL_ON, ROUTE_ON, ServiceProvider, diff_service, needs_roll
+from providers.service import REPLACE_ON, ROLL_ON, ServiceProvider, diff_service, needs_roll, rules
+from providers.targets.local import TARGET as LOCAL
 
 # ---------------------------------------------------------------- fixtures
 
@@ -205,7 +206,7 @@ class TestImageCheck:
         assert ImageProvider().check({}, image_props(dependency_file="")).failures == []
 
 
-# ---------------------------------------------------------------- service
+# ---------------------------------------------------------------- service (shared rules + the local target's)
 
 
 ROLL_CHANGES = {
@@ -214,13 +215,19 @@ ROLL_CHANGES = {
     "cpu_cores": 2,
     "memory_gb": 0.5,
     "environment_variables": {"LOG_LEVEL": "debug"},
+    "state_dir": "/elsewhere/.pulumi-state",
 }
 ROUTE_CHANGES = {
     "port": 23457,
     "auth_enabled": False,
     "primary_key_version": 2,
     "secondary_key_version": 2,
+    "max_request_bytes": 2_000_000,
+    "gateway_image": "nginx:1",
 }
+# Inputs whose change alone does nothing: the image's name moves with its id,
+# and the start-up timeout only matters to the next roll.
+NO_CHANGE_ALONE = ("image_name", "startup_timeout_seconds")
 
 
 class TestDiffService:
@@ -260,13 +267,31 @@ class TestDiffService:
         assert not r.replaces
         assert needs_roll(olds, news) is False
 
-    def test_max_request_bytes_updates_without_roll(self) -> None:
-        olds, news = service_olds(), service_props(max_request_bytes=2_000_000)
-        assert diff_service(olds, news).changes is True
-        assert needs_roll(olds, news) is False
+    @pytest.mark.parametrize("key", NO_CHANGE_ALONE)
+    def test_inputs_that_change_nothing_alone(self, key: str) -> None:
+        r = diff_service(service_olds(), service_props(**{key: "x"}))
+        assert r.changes is False
+
+    def test_every_local_input_has_a_rule(self) -> None:
+        """A new input that no rule names would never reach a running service."""
+        replace_on, roll_on, route_on = rules(service_props())
+        ruled = set(replace_on) | set(roll_on) | set(route_on)
+        assert set(service_props()) - ruled == set(NO_CHANGE_ALONE)
+        assert set(ROLL_CHANGES) == set(roll_on)
+        assert set(ROUTE_CHANGES) == set(route_on)
+
+    def test_local_rules_are_the_shared_ones_plus_the_targets(self) -> None:
+        replace_on, roll_on, route_on = rules(service_props())
+        assert replace_on == REPLACE_ON + LOCAL.REPLACE_ON
+        assert roll_on == ROLL_ON + LOCAL.ROLL_ON
+        assert route_on == LOCAL.ROUTE_ON
+        # what only the local target has stays out of the shared rules
+        assert not {"port", "gateway_image", "state_dir"} & set(REPLACE_ON + ROLL_ON)
 
     def test_roll_and_route_keys_are_disjoint(self) -> None:
-        assert not set(ROLL_ON) & set(ROUTE_ON)
+        replace_on, roll_on, route_on = rules(service_props())
+        assert not set(roll_on) & set(route_on)
+        assert not set(replace_on) & (set(roll_on) | set(route_on))
 
     @pytest.mark.parametrize(
         "key,value",
@@ -291,6 +316,11 @@ class TestDiffService:
         r = diff_service(service_olds(container_id="zzz", backend_port=40999), service_props())
         assert r.changes is False
 
+    def test_numbers_as_the_engine_sends_them_are_no_change(self) -> None:
+        # the engine hands providers every number as a float
+        news = service_props(port=23456.0, cpu_cores=1.0, memory_gb=1.0, max_request_bytes=1_048_576.0)
+        assert diff_service(service_olds(), news).changes is False
+
 
 class TestServiceCheck:
     def check(self, **over: Any) -> dict[str, str]:
@@ -302,12 +332,16 @@ class TestServiceCheck:
     def test_ok(self) -> None:
         assert self.check() == {}
 
+    def test_ok_as_the_engine_sends_numbers(self) -> None:
+        assert self.check(port=23456.0, cpu_cores=1.0, memory_gb=0.5) == {}
+
     @pytest.mark.parametrize("key", ["cpu_cores", "memory_gb"])
-    @pytest.mark.parametrize("value", [0, -1, -0.5, None, "1"])
+    @pytest.mark.parametrize("value", [0, -1, -0.5, None, "1", True])
     def test_resources_must_be_positive_numbers(self, key: str, value: Any) -> None:
         failures = self.check(**{key: value})
         assert list(failures) == [key]
-        assert key in failures[key]
+        assert "greater than 0" in failures[key] or "must be a number" in failures[key]
+        assert repr(value) in failures[key]
 
     def test_fractional_resources_ok(self) -> None:
         assert self.check(cpu_cores=0.5, memory_gb=0.25) == {}
@@ -318,7 +352,7 @@ class TestServiceCheck:
         assert "gpu-cluster" in failures["target"]
         assert "local" in failures["target"]
 
-    @pytest.mark.parametrize("port", [0, 80, 1023, 65536, 100000, None, "8080"])
+    @pytest.mark.parametrize("port", [0, 80, 1023, 65536, 100000, None, "8080", 8080.5, True])
     def test_port_out_of_range(self, port: Any) -> None:
         failures = self.check(port=port)
         assert list(failures) == ["port"]
@@ -327,20 +361,34 @@ class TestServiceCheck:
     def test_port_bounds_ok(self, port: int) -> None:
         assert self.check(port=port) == {}
 
+    @pytest.mark.parametrize("key", ["port", "gateway_image", "state_dir"])
+    def test_local_target_needs_its_inputs(self, key: str) -> None:
+        news = {k: v for k, v in service_props().items() if k != key}
+        failures = failures_by_property(ServiceProvider().check({}, news).failures)
+        assert list(failures) == [key]
+
     @pytest.mark.parametrize("models", [[], None])
     def test_models_empty(self, models: Any) -> None:
         failures = self.check(models=models)
         assert list(failures) == ["models"]
 
     def test_several_failures_reported_together(self) -> None:
-        failures = self.check(cpu_cores=0, memory_gb=-1, target="gpu-cluster", port=1, models=[])
-        assert set(failures) == {"cpu_cores", "memory_gb", "target", "port", "models"}
+        failures = self.check(cpu_cores=0, memory_gb=-1, port=1, models=[], gateway_image="")
+        assert set(failures) == {"cpu_cores", "memory_gb", "port", "models", "gateway_image"}
+
+    def test_unknown_target_judges_only_the_shared_inputs(self) -> None:
+        # whose port it would be is unknown: only the target is named, besides shared inputs
+        failures = self.check(target="gpu-cluster", port=1, cpu_cores=0)
+        assert set(failures) == {"target", "cpu_cores"}
+
+    def test_values_unknown_at_preview_are_not_judged(self) -> None:
+        from pulumi.runtime import rpc
+
+        assert self.check(port=rpc.UNKNOWN, models=rpc.UNKNOWN) == {}
 
 
 def test_orphaned_state_updates_without_a_roll() -> None:
     """Leftovers of an interrupted roll beside a healthy backend: remove them, keep serving."""
-    from providers.service import diff_service, needs_roll
-
     olds = {"service_name": "svc", "target": "local", "project": "p", "stack": "s", "state": "Orphaned", "image_id": "i"}
     news = {k: v for k, v in olds.items() if k != "state"}
     assert diff_service(olds, news).changes is True

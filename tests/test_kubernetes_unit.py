@@ -360,7 +360,8 @@ def test_aks_service_declares_the_azure_ml_objects(k8s_mocks: K8sMocks):
         assert data.get(SECRET_SIG) == SECRET_VALUE, "the keys' config must travel as a secret"
         assert "p" * 43 in data["value"]["service.conf"]
 
-    return pulumi.Output.all(svc.scoring_uri, svc.primary_key).apply(check)
+    assert svc.autoscaler is None and svc.disruption_budget is not None
+    return pulumi.Output.all(svc.scoring_uri, svc.primary_key, svc.disruption_budget.id, svc.deployment.id).apply(lambda a: check(a[:2]))
 
 @pulumi.runtime.test
 def test_aks_service_autoscales_by_default(k8s_mocks: K8sMocks):
@@ -372,7 +373,8 @@ def test_aks_service_autoscales_by_default(k8s_mocks: K8sMocks):
         assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
         assert "scorer-pdb" not in k8s_mocks.resources
 
-    return svc.scoring_uri.apply(check)
+    assert svc.autoscaler is not None and svc.disruption_budget is None
+    return pulumi.Output.all(svc.scoring_uri, svc.autoscaler.id).apply(check)
 
 @pytest.mark.parametrize(
     "kw, words",

@@ -1,26 +1,166 @@
-"""Compute targets. Each backend turns the same service inputs into a running service.
+"""Compute targets: what each one takes, checks, and does with a change.
 
-Only `local` (Docker on this machine, as Azure ML's local web service) exists
-today; ACI, AKS and IoT Edge backends slot in here with the same four calls.
+A target is one module here that exports `TARGET`, an instance of a `Target`
+subclass, and one line in `TARGETS`. The Service provider (`providers.service`)
+keeps what every target shares and hands everything else to the target named
+in its inputs. How to add one: README.md beside this file.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import importlib
+from typing import Annotated, Any, ClassVar, Mapping, TypeVar
 
-TARGETS = ("local",)
+from pulumi.dynamic import CheckFailure
+from pulumi.runtime import rpc
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+# Name -> the module that exports its TARGET. Modules load on first use, so
+# validating stack config does not import a target's clients.
+TARGETS: dict[str, str | Target] = {
+    "local": "providers.targets.local",
+    "kubernetes": "providers.targets.kubernetes",
+}
 
 
-class Backend(Protocol):
-    def create(self, props: dict[str, Any]) -> dict[str, Any]: ...
-    def update(self, olds: dict[str, Any], news: dict[str, Any], roll: bool) -> dict[str, Any]: ...
-    def read(self, props: dict[str, Any]) -> dict[str, Any]: ...
-    def delete(self, props: dict[str, Any]) -> None: ...
+M = TypeVar("M", bound=BaseModel)
 
 
-def backend_for(target: str) -> Backend:
-    if target == "local":
-        from providers.targets.local import LocalBackend
+class UnknownTarget(ValueError):
+    """A target name that is not in `TARGETS`."""
 
-        return LocalBackend()
-    raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
+
+class ArgsInvalid(ValueError):
+    """Bad target arguments at program time; the component reports them as its own."""
+
+    def __init__(self, failures: list[CheckFailure]):
+        self.failures = failures
+        super().__init__("; ".join(f"{f.property}: {f.reason}" for f in failures))
+
+
+def _json_number(value: Any) -> Any:
+    # Providers get every number as a float; a string or a bool is a mistake upstream.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a number, got {value!r}")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_json_number)]
+"""A number as providers receive it (no strings, no bools)."""
+WholeNumber = Annotated[int, BeforeValidator(_json_number)]
+"""An integer as providers receive it: 8080.0 is 8080, 8080.5 is an error."""
+
+
+def failures_from(exc: ValidationError) -> list[CheckFailure]:
+    """pydantic's errors as Pulumi check failures, one per field."""
+    failures = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(args)"
+        reason = err["msg"].removeprefix("Value error, ")
+        if err["type"] != "missing" and "got " not in reason:
+            reason += f", got {err['input']!r}"
+        failures.append(CheckFailure(field, reason))
+    return failures
+
+
+def check_model(model: type[M], news: Mapping[str, Any]) -> tuple[M | None, list[CheckFailure]]:
+    """Validate the inputs `model` names; inputs still unknown at preview are not judged.
+
+    The model comes back only when every one of its inputs is known and valid.
+    """
+    unknown = {k for k in model.model_fields if news.get(k) == rpc.UNKNOWN}
+    data = {k: news[k] for k in model.model_fields if k in news and k not in unknown}
+    try:
+        args = model.model_validate(data)
+    except ValidationError as exc:
+        return None, [f for f in failures_from(exc) if f.property.split(".")[0] not in unknown]
+    return (None if unknown else args), []
+
+
+def validate_args(model: type[M], data: Mapping[str, Any]) -> M:
+    """`model` built from `data`, or `ArgsInvalid` naming each bad field."""
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ArgsInvalid(failures_from(exc)) from None
+
+
+def service_uris(origin: str, service_name: str) -> dict[str, str]:
+    """Every target serves Azure ML's paths; only the origin (scheme, host, port) is its own."""
+    base = f"{origin}/api/v1/service/{service_name}"
+    return {"scoring_uri": f"{base}/score", "swagger_uri": f"{base}/swagger.json"}
+
+
+class NoArgs(BaseModel):
+    """A target that takes nothing beyond the shared inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Target:
+    """What one compute target knows. Subclass it in `providers/targets/<name>.py`.
+
+    The rule tuples name Service inputs; the shared ones (`providers.service`)
+    are added to them. An input in none of them changes nothing when it changes.
+    """
+
+    name: ClassVar[str]
+    Args: ClassVar[type[BaseModel]] = NoArgs
+    """The target's own inputs; `check` validates them and names the bad field."""
+    REPLACE_ON: ClassVar[tuple[str, ...]] = ()
+    """A change makes a new service (deleted first: same name, same URI)."""
+    ROLL_ON: ClassVar[tuple[str, ...]] = ()
+    """A change needs new backends (a rolling update)."""
+    ROUTE_ON: ClassVar[tuple[str, ...]] = ()
+    """A change only touches the route or front end, in place."""
+    OUTPUTS: ClassVar[tuple[str, ...]] = ()
+    """Outputs beyond the shared ones that the state keeps (what `read` and `delete` need)."""
+    deployed_by: ClassVar[str | None] = None
+    """None: the Service resource runs it. Otherwise the component that composes the
+    target's own Pulumi resources (Kubernetes: `AksService`), named in errors."""
+
+    def check(self, news: Mapping[str, Any]) -> list[CheckFailure]:
+        """The target's inputs, as the provider got them; never raises."""
+        args, failures = check_model(self.Args, news)
+        return failures if args is None else failures + self.check_args(args)
+
+    def check_args(self, args: Any) -> list[CheckFailure]:
+        """Rules across fields that the model alone does not say."""
+        return []
+
+    def service_inputs(
+        self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The target's own Service inputs at program time, from the user's target
+        arguments and the stack's settings. No I/O; raises `ArgsInvalid`."""
+        return validate_args(self.Args, given).model_dump()
+
+    def uris(self, props: Mapping[str, Any]) -> dict[str, str]:
+        raise NotImplementedError(f"target {self.name!r} does not say its URIs")
+
+    def _not_here(self) -> NotImplementedError:
+        return NotImplementedError(f"target {self.name!r} is deployed by {self.deployed_by}, not by the Service resource")
+
+    # The backend: the only I/O. Each returns the outputs to store (inputs included).
+    def create(self, props: dict[str, Any]) -> dict[str, Any]:
+        raise self._not_here()
+
+    def update(self, olds: dict[str, Any], news: dict[str, Any], roll: bool) -> dict[str, Any]:
+        raise self._not_here()
+
+    def read(self, props: dict[str, Any]) -> dict[str, Any]:
+        raise self._not_here()
+
+    def delete(self, props: dict[str, Any]) -> None:
+        raise self._not_here()
+
+
+def target_for(name: Any) -> Target:
+    """The registered target; `UnknownTarget` names the known ones."""
+    entry = TARGETS.get(name) if isinstance(name, str) else None
+    if entry is None:
+        raise UnknownTarget(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+    target = entry if isinstance(entry, Target) else importlib.import_module(entry).TARGET
+    if not isinstance(target, Target) or target.name != name:
+        raise TypeError(f"{entry}.TARGET must be a Target named {name!r}")
+    return target

@@ -21,7 +21,10 @@ import hashlib
 import json
 from typing import Any
 
+from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field
+
+from providers.targets import Target
 
 NAMESPACE_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 SERVICE_NAME_RE = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
@@ -151,6 +154,23 @@ def plan(olds: dict[str, Any], news: dict[str, Any]) -> dict[str, list[str]]:
     }
 
 
+class KubernetesTarget(Target):
+    """Deployed by `AksService` from pulumi-kubernetes resources, never by the Service provider."""
+
+    name = "kubernetes"
+    Args = KubernetesServiceArgs
+    deployed_by = "AksService"
+    REPLACE_ON = REPLACE_ON
+    ROLL_ON = ROLL_ON
+    ROUTE_ON = IN_PLACE_ON
+
+    def check_args(self, args: KubernetesServiceArgs) -> list[CheckFailure]:  # type: ignore[override]
+        return [CheckFailure(f, m) for f, m in check(args)]
+
+
+TARGET = KubernetesTarget()
+
+
 # ------------------------------------------------------------------ renderers
 
 
@@ -245,7 +265,8 @@ def deployment_spec(
                         # The last log lines become the termination message, so a
                         # crashing init() shows in `pulumi up`'s error.
                         "terminationMessagePolicy": "FallbackToLogsOnError",
-                        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "3"]}}},
+                        # Outlives the front end's drain below, so no request meets a stopping server.
+                        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "8"]}}},
                         "securityContext": {"allowPrivilegeEscalation": False},
                     },
                     {

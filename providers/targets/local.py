@@ -8,17 +8,28 @@ reload, and only then stops the old one, so the scoring URI never breaks.
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
 import os
 import secrets
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+from pulumi.dynamic import CheckFailure
+from pydantic import BaseModel, ConfigDict, Field
 
 from providers.clients import containers
 from providers.clients.gateway import Gateway, port_free
+from providers.targets import ArgsInvalid, Target, WholeNumber, service_uris, validate_args
 
 MODELS_ROOT = "/var/azureml-app/azureml-models"
+PORT_RANGE = (20000, 29999)
+# Ports claimed by services of this program run, so two services never share one.
+# A context variable: the Automation API runs each program in a fresh context of
+# the same process, so a second run starts with no claims.
+_claims: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("mldeploy_port_claims", default=None)
 
 
 def _progress(message: str) -> None:
@@ -38,13 +49,69 @@ def model_mounts(models: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
     return mounts, MODELS_ROOT
 
 
-def uris(props: dict[str, Any]) -> dict[str, str]:
-    base = f"http://127.0.0.1:{int(props['port'])}/api/v1/service/{props['service_name']}"
-    return {"scoring_uri": f"{base}/score", "swagger_uri": f"{base}/swagger.json"}
+def uris(props: Mapping[str, Any]) -> dict[str, str]:
+    return service_uris(f"http://127.0.0.1:{int(props['port'])}", props["service_name"])
 
 
-class LocalBackend:
+def _claimed_ports() -> dict[int, str]:
+    claims = _claims.get()
+    if claims is None:
+        claims = {}
+        _claims.set(claims)
+    return claims
+
+
+def default_port(project: str, stack: str, service_name: str) -> int:
+    """Stable across runs and machines, so the scoring URI does not move."""
+    digest = int(hashlib.sha256(f"{project}/{stack}/{service_name}".encode()).hexdigest(), 16)
+    lo, hi = PORT_RANGE
+    port = lo + digest % (hi - lo + 1)
+    while port in _claimed_ports():
+        port = lo + (port - lo + 1) % (hi - lo + 1)
+    return port
+
+
+class LocalArgs(BaseModel):
+    """What only the local target takes: its front end and where it keeps files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: WholeNumber = Field(ge=1024, le=65535)
+    """The service's stable port on 127.0.0.1; `service_inputs` derives it from the names when not given."""
+    gateway_image: str = Field(min_length=1)
+    """The stack's nginx gateway runs from it (`mldeploy:gatewayImage`)."""
+    state_dir: str = Field(min_length=1)
+    """The gateway's config lives under it (`mldeploy:stateDir`)."""
+
+
+class LocalTarget(Target):
     """Docker containers plus one nginx gateway per stack."""
+
+    name = "local"
+    Args = LocalArgs
+    # Limits, environment and the state folder (a mount) are fixed when a container starts.
+    ROLL_ON = ("cpu_cores", "memory_gb", "environment_variables", "state_dir")
+    # The gateway holds the port and the keys: the backend keeps running.
+    ROUTE_ON = ("port", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes", "gateway_image")
+    OUTPUTS = ("container_id", "backend_port")
+
+    def service_inputs(
+        self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Picks and claims the port, so two services of one program never share it."""
+        port = given.get("port")
+        if port is None:
+            port = default_port(settings["project"], settings["stack"], service_name)
+        data = {**given, "port": port, "gateway_image": settings["gateway_image"], "state_dir": settings["state_dir"]}
+        args = validate_args(LocalArgs, data)
+        claimed = _claimed_ports()
+        if args.port in claimed:
+            raise ArgsInvalid([CheckFailure("port", f"{args.port} is already used by service '{claimed[args.port]}'")])
+        claimed[args.port] = resource_name
+        return args.model_dump()
+
+    def uris(self, props: Mapping[str, Any]) -> dict[str, str]:
+        return uris(props)
 
     def _gateway(self, props: dict[str, Any]) -> Gateway:
         conf_dir = Path(props["state_dir"]) / "gateway" / f"{props['project']}-{props['stack']}"
@@ -186,3 +253,6 @@ class LocalBackend:
             containers.remove(props["container_id"])
         self._remove_orphans(props, keep=set())
         gw.remove_if_unused()
+
+
+TARGET = LocalTarget()

@@ -1,0 +1,297 @@
+"""Unit tests of the target seam: the registry, the dispatch, each target's own rules.
+
+No Docker, no engine. `fake_target` stands in for a target that is not local
+(no host port, rules of its own), so the generic code is tested on more than one.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextvars
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from pydantic import BaseModel
+
+from fake_target import ComposedTarget, FakeTarget
+from providers import targets
+from providers.service import REPLACE_ON, ROLL_ON, ServiceProvider, diff_service, needs_roll, rules
+from providers.targets import ArgsInvalid, Target, UnknownTarget, target_for
+from providers.targets import local
+
+TARGETS_DIR = Path(targets.__file__).parent
+SETTINGS = {"project": "proj", "stack": "dev", "gateway_image": "mldeploy/base:bookworm-py3.11", "state_dir": "/proj/.pulumi-state"}
+
+
+def shared_props(**over: Any) -> dict[str, Any]:
+    props = {
+        "service_name": "svc",
+        "target": "fake",
+        "project": "proj",
+        "stack": "dev",
+        "image_name": "mldeploy-proj-dev/scoring:bbbbbbbbbbbb",
+        "image_id": "sha256:" + "c" * 64,
+        "models": [{"name": "ridge", "version": 1, "model_dir": "/state/registry/ridge/1"}],
+        "cpu_cores": 1,
+        "memory_gb": 1,
+        "auth_enabled": True,
+        "environment_variables": {},
+        "primary_key_version": 1,
+        "secondary_key_version": 1,
+        "max_request_bytes": 1_048_576,
+        "startup_timeout_seconds": 180,
+    }
+    props.update(over)
+    return props
+
+
+def fake_props(**over: Any) -> dict[str, Any]:
+    return shared_props(**{"namespace": "default", **over})
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTarget:
+    target = FakeTarget()
+    monkeypatch.setitem(targets.TARGETS, "fake", target)
+    monkeypatch.setitem(targets.TARGETS, "composed", ComposedTarget())
+    return target
+
+
+def in_fresh_context(fn: Callable[[], Any]) -> Any:
+    """As the Automation API runs each program: port claims start empty."""
+    return contextvars.Context().run(fn)
+
+
+def failures_of(news: dict[str, Any]) -> dict[str, str]:
+    return {f.property: f.reason for f in ServiceProvider().check({}, news).failures}
+
+
+# ---------------------------------------------------------------- registry
+
+
+def test_local_is_registered() -> None:
+    assert "local" in targets.TARGETS
+    assert target_for("local") is local.TARGET
+    assert isinstance(local.TARGET, Target)
+
+
+@pytest.mark.parametrize("name", ["gpu-cluster", "", None, 3])
+def test_unknown_target_names_the_known_ones(name: Any) -> None:
+    with pytest.raises(UnknownTarget, match=r"unknown target .*; known: local"):
+        target_for(name)
+
+
+def test_registered_module_must_export_a_target_of_that_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(targets.TARGETS, "other", "providers.targets.local")
+    with pytest.raises(TypeError, match="must be a Target named 'other'"):
+        target_for("other")
+
+
+@pytest.mark.parametrize("name", sorted(targets.TARGETS))
+def test_every_registered_target_keeps_the_contract(name: str) -> None:
+    target = target_for(name)
+    assert isinstance(target, Target) and target.name == name
+    assert issubclass(target.Args, BaseModel)
+    groups = {"replace": set(target.REPLACE_ON), "roll": set(target.ROLL_ON), "route": set(target.ROUTE_ON)}
+    for group in groups.values():
+        assert all(isinstance(k, str) for k in group)
+    assert not groups["roll"] & groups["route"]
+    assert not groups["replace"] & (groups["roll"] | groups["route"])
+    if target.deployed_by is None:
+        # the Service resource runs it: it must do the four calls and say its URIs
+        for op in ("create", "update", "read", "delete", "uris"):
+            assert getattr(type(target), op) is not getattr(Target, op), f"{name} does not implement {op}"
+
+
+def test_targets_never_import_each_other() -> None:
+    names = {p.stem for p in TARGETS_DIR.glob("*.py") if p.stem != "__init__"}
+    assert "local" in names
+    for path in TARGETS_DIR.glob("*.py"):
+        if path.stem == "__init__":
+            continue
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                imported.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+        others = {f"providers.targets.{n}" for n in names - {path.stem}}
+        assert not imported & others, f"{path.name} imports {sorted(imported & others)}"
+
+
+def test_shared_rules_name_no_target_input() -> None:
+    assert not set(REPLACE_ON + ROLL_ON) & set(local.LocalArgs.model_fields)
+    assert not set(REPLACE_ON + ROLL_ON) & set(FakeTarget.Args.model_fields)
+
+
+# ---------------------------------------------------------------- dispatch (a target without ports)
+
+
+class TestDispatch:
+    def test_check_needs_no_port(self, fake: FakeTarget) -> None:
+        news = fake_props()
+        assert "port" not in news
+        assert failures_of(news) == {}
+
+    def test_check_is_the_targets(self, fake: FakeTarget) -> None:
+        assert list(failures_of(fake_props(namespace="Not Valid"))) == ["namespace"]
+        assert failures_of(fake_props(namespace="kube-system")) == {"namespace": "is reserved"}
+        # shared inputs are still checked, besides the target's
+        assert set(failures_of(fake_props(namespace="Bad!", cpu_cores=0))) == {"namespace", "cpu_cores"}
+
+    def test_cross_field_rules_wait_for_unknown_inputs(self, fake: FakeTarget) -> None:
+        from pulumi.runtime import rpc
+
+        assert failures_of(fake_props(namespace=rpc.UNKNOWN)) == {}
+        assert fake.checked == []  # not judged on a default standing in for the unknown value
+        assert failures_of(fake_props()) == {}
+        assert [a.namespace for a in fake.checked] == ["default"]
+
+    def test_local_check_would_demand_a_port(self) -> None:
+        # the same inputs on the local target: its own inputs are missing
+        assert set(failures_of(shared_props(target="local"))) == {"port", "gateway_image", "state_dir"}
+
+    def test_target_deployed_by_a_component_is_refused(self, fake: FakeTarget) -> None:
+        failures = failures_of(shared_props(target="composed"))
+        assert list(failures) == ["target"]
+        assert "ComposedService" in failures["target"]
+        with pytest.raises(NotImplementedError, match="ComposedService"):
+            target_for("composed").create(shared_props(target="composed"))
+
+    def test_rules_are_the_shared_ones_plus_the_targets(self, fake: FakeTarget) -> None:
+        replace_on, roll_on, route_on = rules(fake_props())
+        assert replace_on == REPLACE_ON + FakeTarget.REPLACE_ON
+        assert roll_on == ROLL_ON + FakeTarget.ROLL_ON
+        assert route_on == FakeTarget.ROUTE_ON
+
+    @pytest.mark.parametrize("key,value", [("cpu_cores", 2), ("memory_gb", 4), ("namespace", "team-b")])
+    def test_target_replace_rules(self, fake: FakeTarget, key: str, value: Any) -> None:
+        r = diff_service(fake_props(), fake_props(**{key: value}))
+        assert r.changes is True
+        assert list(r.replaces) == [key]
+        assert r.delete_before_replace is True
+
+    def test_same_change_other_rule_on_local(self, fake: FakeTarget) -> None:
+        # cpu_cores replaces on the fake target and rolls on the local one
+        olds = shared_props(target="local", port=23456, gateway_image="g", state_dir="/s")
+        r = diff_service(olds, {**olds, "cpu_cores": 2})
+        assert r.changes is True and not r.replaces
+        assert needs_roll(olds, {**olds, "cpu_cores": 2}) is True
+
+    def test_target_roll_and_route_rules(self, fake: FakeTarget) -> None:
+        olds = fake_props()
+        env = fake_props(environment_variables={"A": "1"})
+        auth = fake_props(auth_enabled=False)
+        assert diff_service(olds, env).changes is True and needs_roll(olds, env) is True
+        assert diff_service(olds, auth).changes is True and needs_roll(olds, auth) is False
+
+    @pytest.mark.parametrize("key,value", [("port", 23457), ("gateway_image", "nginx:1"), ("max_request_bytes", 5)])
+    def test_inputs_the_target_does_not_name_change_nothing(self, fake: FakeTarget, key: str, value: Any) -> None:
+        assert diff_service(fake_props(), fake_props(**{key: value})).changes is False
+
+    def test_shared_rules_hold_for_every_target(self, fake: FakeTarget) -> None:
+        olds = fake_props()
+        news = fake_props(image_id="sha256:" + "d" * 64)
+        assert diff_service(olds, news).changes is True and needs_roll(olds, news) is True
+        r = diff_service(olds, fake_props(service_name="other"))
+        assert list(r.replaces) == ["service_name"]
+
+    def test_backend_calls_go_to_the_target(self, fake: FakeTarget) -> None:
+        provider = ServiceProvider()
+        created = provider.create(fake_props())
+        assert created.id == "dev/svc"
+        assert created.outs["scoring_uri"] == "https://default.fake.example/api/v1/service/svc/score"
+        assert created.outs["group_id"] == "g-1"
+        olds = created.outs
+        provider.update(created.id, olds, fake_props(environment_variables={"A": "1"}))
+        provider.update(created.id, olds, fake_props(auth_enabled=False))
+        assert provider.read(created.id, olds).outs["state"] == "Missing"
+        provider.delete(created.id, olds)
+        assert fake.calls == [
+            ("create", "svc"),
+            ("update", "svc", True),
+            ("update", "svc", False),
+            ("read", "svc"),
+            ("delete", "svc"),
+        ]
+
+    def test_service_inputs_default_to_the_args_model(self, fake: FakeTarget) -> None:
+        kw = {"service_name": "svc", "resource_name": "svc", "settings": SETTINGS}
+        assert fake.service_inputs({}, **kw) == {"namespace": "default"}
+        with pytest.raises(ArgsInvalid) as exc:
+            fake.service_inputs({"port": 25000}, **kw)
+        assert [f.property for f in exc.value.failures] == ["port"]
+
+
+# ---------------------------------------------------------------- the local target
+
+
+class TestLocalTarget:
+    def inputs(self, given: dict[str, Any], service_name: str = "svc", resource_name: str = "svc", **settings: Any) -> dict[str, Any]:
+        return local.TARGET.service_inputs(
+            given, service_name=service_name, resource_name=resource_name, settings={**SETTINGS, **settings}
+        )
+
+    def test_default_port_from_the_names(self) -> None:
+        def run() -> None:
+            expected = local.default_port("proj", "dev", "svc")  # before it is claimed
+            own = self.inputs({})
+            assert own == {"port": expected, "gateway_image": SETTINGS["gateway_image"], "state_dir": SETTINGS["state_dir"]}
+            assert local.PORT_RANGE[0] <= own["port"] <= local.PORT_RANGE[1]
+            assert local._claimed_ports() == {own["port"]: "svc"}
+
+        in_fresh_context(run)
+
+    def test_default_port_is_stable_and_skips_claimed_ones(self) -> None:
+        def run() -> tuple[int, int]:
+            first = self.inputs({}, service_name="a", resource_name="a")["port"]
+            local._claimed_ports()[local.default_port("proj", "dev", "b")] = "someone"
+            return first, self.inputs({}, service_name="b", resource_name="b")["port"]
+
+        first, second = in_fresh_context(run)
+        assert first == in_fresh_context(lambda: local.default_port("proj", "dev", "a"))
+        assert second != in_fresh_context(lambda: local.default_port("proj", "dev", "b"))
+
+    def test_explicit_port_is_claimed_once(self) -> None:
+        def run() -> None:
+            assert self.inputs({"port": 25000}, resource_name="first")["port"] == 25000
+            with pytest.raises(ArgsInvalid) as exc:
+                self.inputs({"port": 25000}, resource_name="second")
+            assert [f.property for f in exc.value.failures] == ["port"]
+            assert "25000 is already used by service 'first'" in str(exc.value)
+
+        in_fresh_context(run)
+
+    @pytest.mark.parametrize("port", [80, 70000, "8080", 25000.5])
+    def test_bad_port_is_named_and_not_claimed(self, port: Any) -> None:
+        def run() -> None:
+            with pytest.raises(ArgsInvalid) as exc:
+                self.inputs({"port": port})
+            assert [f.property for f in exc.value.failures] == ["port"]
+            assert local._claimed_ports() == {}
+
+        in_fresh_context(run)
+
+    def test_settings_are_checked_by_field(self) -> None:
+        with pytest.raises(ArgsInvalid) as exc:
+            in_fresh_context(lambda: self.inputs({}, gateway_image="", state_dir=""))
+        assert sorted(f.property for f in exc.value.failures) == ["gateway_image", "state_dir"]
+
+    def test_unknown_local_argument(self) -> None:
+        with pytest.raises(ArgsInvalid) as exc:
+            in_fresh_context(lambda: self.inputs({"replicas": 2}))
+        assert [f.property for f in exc.value.failures] == ["replicas"]
+
+    def test_check_takes_numbers_as_the_engine_sends_them(self) -> None:
+        assert local.TARGET.check({"port": 23456.0, "gateway_image": "g", "state_dir": "/s"}) == []
+
+    def test_uris(self) -> None:
+        assert local.TARGET.uris({"port": 23456.0, "service_name": "svc"}) == {
+            "scoring_uri": "http://127.0.0.1:23456/api/v1/service/svc/score",
+            "swagger_uri": "http://127.0.0.1:23456/api/v1/service/svc/swagger.json",
+        }
+
+    def test_outputs_kept_in_state(self) -> None:
+        assert local.TARGET.OUTPUTS == ("container_id", "backend_port")

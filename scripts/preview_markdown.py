@@ -180,7 +180,8 @@ def describe_deployment(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
     where = f"`{meta.get('namespace', 'default')}/{meta.get('name', '?')}`"
     if not old:
         replicas = spec.get("replicas")
-        return [f"Deployment {where} with {replicas} replica(s), rolling with maxUnavailable 0"]
+        count = f"{replicas} replica(s)" if replicas is not None else "autoscaled replicas"
+        return [f"Deployment {where} with {count}, rolling with maxUnavailable 0"]
     out = []
     old_ann, new_ann = _annotations(old), _annotations(new)
     for key in sorted(k for k in set(old_ann) | set(new_ann) if str(k).startswith(MODEL_ANNOTATION)):

@@ -123,7 +123,7 @@ def test_autoscale_hpa_and_pdb() -> None:
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 5)
     assert hpa["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 60}
     assert hpa["scaleTargetRef"]["name"] == "svc"
-    assert spec_for(auto)["replicas"] == 2
+    assert "replicas" not in spec_for(auto), "the HPA owns the replica count"
     assert target.needs_pdb(auto) is True
     assert target.needs_pdb(K(service_name="svc")) is False
     assert target.needs_pdb(K(service_name="svc", num_replicas=1)) is False
@@ -401,3 +401,36 @@ def test_cluster_args_are_checked(k8s_mocks: K8sMocks) -> None:
         AksCluster("aks", cluster_purpose="Huge")
     with pytest.raises(ArgsError, match="agent_count"):
         AksCluster("aks", agent_count=0)
+
+
+# ------------------------------------------------------------ preview in words
+
+
+def test_preview_words_for_a_model_roll_on_kubernetes() -> None:
+    import preview_markdown as pm
+
+    def dep(version: str, image: str) -> dict[str, Any]:
+        spec = spec_for(K(service_name="svc", num_replicas=2))
+        spec["template"]["metadata"]["annotations"]["mldeploy.azureml.net/model.ridge"] = version
+        spec["template"]["spec"]["containers"][0]["image"] = image
+        return {"metadata": {"name": "svc", "namespace": "ml"}, "spec": spec}
+
+    old, new = dep("1", "r/x@sha256:1"), dep("2", "04da6b54-80e4-46f7-96ec-b56ff0331ba9")  # unknown at preview
+    words = pm.describe_deployment(old, new)
+    assert words[0].startswith("rolls `ml/svc`: a new ReplicaSet")
+    assert "model `ridge` version 1 → 2" in words
+    assert pm.describe_deployment(old, old) == []
+    image_words = pm.describe_registry_image(
+        {"repository": "r/x", "models": [{"name": "ridge", "version": 1}], "source_image_id": "a"},
+        {"repository": "r/x", "models": [{"name": "ridge", "version": 2}], "source_image_id": "a"},
+    )
+    assert image_words == ["model layer: `ridge` version 1 → 2", "pushes a new digest of `r/x`"]
+    hpa_old = {"spec": target.hpa_spec(K(service_name="svc"), "svc")}
+    hpa_new = {"spec": target.hpa_spec(K(service_name="svc", autoscale_max_replicas=4), "svc")}
+    assert pm.describe_hpa(hpa_old, hpa_new) == ["autoscale 1–10 replicas at 70% CPU → 1–4 replicas at 70% CPU"]
+    assert pm.describe_keys({"primary_key_version": 1, "secondary_key_version": 1},
+                            {"primary_key_version": 2, "secondary_key_version": 1}) == ["rotates the primary key (version 1 → 2)"]
+    rendered = pm.render("prod", [{"op": "update", "type": "kubernetes:apps/v1:Deployment",
+                                   "urn": "urn:pulumi:prod::mldeploy::x$kubernetes:apps/v1:Deployment::svc-deployment",
+                                   "old": old, "new": new}], {"update": 1, "same": 9})
+    assert "| ✏️ update | AksService `svc` | rolls `ml/svc`: a new ReplicaSet" in rendered

@@ -314,8 +314,7 @@ def deployment_spec(
     }
     if not args.autoscale:
         spec["replicas"] = args.num_replicas
-    else:
-        spec["replicas"] = args.autoscale_min_replicas
+    # Autoscaled: the HPA owns the count; setting it here would undo its scaling on every up.
     return spec
 
 

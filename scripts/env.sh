@@ -34,4 +34,7 @@ export ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 export K8S_PROVIDER_VERSION="${K8S_PROVIDER_VERSION:-4.25.0}"
 export K8S_PROVIDER_MODULE="${K8S_PROVIDER_MODULE:-v4.0.0-20260115033456-f47bc2d6f199}"
 export MLDEPLOY_K8S_HOME="${MLDEPLOY_K8S_HOME:-$MLDEPLOY_CACHE/kubernetes/v$K8S_VERSION}"
+# The running cluster's state (certs, etcd data, containerd root, logs, PIDs):
+# scripts/k8s/cluster.sh up|down|status.
+export MLDEPLOY_K8S_RUN="${MLDEPLOY_K8S_RUN:-$MLDEPLOY_CACHE/kubernetes/run}"
 export MLDEPLOY_K8S_PROVIDER_HOME="${MLDEPLOY_K8S_PROVIDER_HOME:-$MLDEPLOY_CACHE/engine/plugins/kubernetes-v$K8S_PROVIDER_VERSION}"

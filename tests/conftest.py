@@ -93,3 +93,24 @@ def engine_stack(workdir: Path) -> Iterator[Callable[..., EngineStack]]:
     yield make
     for st in made:
         st.remove()
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster() -> Iterator[str]:
+    """The local Kubernetes cluster and image registry (scripts/k8s); yields the admin kubeconfig path.
+
+    Started when not running (the first start on a machine also builds the
+    binaries), stopped at the end of the session only if started here. A
+    cluster that cannot start fails the test, never skips it.
+    """
+    from providers.clients import cluster
+
+    registry_sh = ROOT / "scripts" / "k8s" / "registry.sh"
+    started_cluster = not cluster.is_up()
+    started_registry = subprocess.run([str(registry_sh), "status"], capture_output=True).returncode != 0
+    path = cluster.ensure_up()  # brings the registry up too
+    yield path
+    if started_cluster:
+        subprocess.run([str(ROOT / "scripts" / "k8s" / "cluster.sh"), "down"], check=False)
+    if started_registry:
+        subprocess.run([str(registry_sh), "down"], check=False)

@@ -1,0 +1,3 @@
+module mldeploy.local/pause
+
+go 1.22

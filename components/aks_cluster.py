@@ -16,8 +16,8 @@ from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field
 
 from components._common import PACKAGE, Settings, slug, validate
+from components.registry_image import RegistryImage
 from providers.cluster import ClusterProvider
-from providers.registry_image import RegistryImageProvider
 from providers.targets.kubernetes import NAMESPACE_RE
 
 OUTPUTS = ("kubeconfig", "kubernetes_version", "node_count", "allocatable_vcpus")
@@ -48,17 +48,6 @@ class Cluster(Resource, module=PACKAGE, name="Cluster"):
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         outs = ("kubeconfig_sha", "server", "kubernetes_version", "node_count", "allocatable_vcpus")
         super().__init__(ClusterProvider(), name, {"kubeconfig": None, **props, **{k: None for k in outs}}, opts)
-
-
-class RegistryImage(Resource, module=PACKAGE, name="RegistryImage"):
-    """An image pushed to the stack's registry, referenced by digest (dynamic resource)."""
-
-    image_ref: pulumi.Output[str]
-    digest: pulumi.Output[str]
-
-    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
-        outs = ("tag", "digest", "image_ref", "present")
-        super().__init__(RegistryImageProvider(), name, {**props, **{k: None for k in outs}}, opts)
 
 
 class AksCluster(pulumi.ComponentResource):

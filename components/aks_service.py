@@ -15,7 +15,8 @@ import pulumi_kubernetes as k8s
 from pulumi.dynamic import Resource
 
 from components._common import PACKAGE, ArgsError, validate
-from components.aks_cluster import AksCluster, RegistryImage
+from components.aks_cluster import AksCluster
+from components.registry_image import RegistryImage
 from components.inference_image import InferenceImage
 from components.registered_model import RegisteredModel
 from providers.keys import ServiceKeysProvider

@@ -179,6 +179,15 @@ def test_two_services_score_roll_fail_safely_and_clean_up(workdir: Path, engine_
         assert objects_in(k8s_cluster, ns) == []
     else:
         assert "NotFound" in gone.stderr
+    # No image is left in the registry (every version of each repository) or in Docker.
+    from providers.clients import oci_registry
+
+    prefix = f"127.0.0.1:5000/mldeploy-mldeploy-{st.name.lower()}"
+    for repo in ("svc-a", "svc-b", "front"):
+        assert oci_registry.tags(f"{prefix}/{repo}") == [], repo
+    import docker
+
+    assert [t for i in docker.from_env().images.list() for t in i.tags if t.startswith(prefix)] == []
 
 
 def test_bad_cluster_input_fails_at_preview(workdir: Path, engine_stack, k8s_cluster: str) -> None:

@@ -189,8 +189,8 @@ def test_model_layer_tag_and_dockerfile() -> None:
     assert "AZUREML_MODEL_DIR=/var/azureml-app/azureml-models\n" in oci_registry.render_model_dockerfile("img:1", m1)
 
 class FakeResponse:
-    def __init__(self, status: int, body: Any = None):
-        self.status_code, self._body, self.text = status, body, str(body)
+    def __init__(self, status: int, body: Any = None, headers: dict[str, str] | None = None):
+        self.status_code, self._body, self.text, self.headers = status, body, str(body), headers or {}
 
     def json(self) -> Any:
         return self._body
@@ -222,6 +222,20 @@ def test_registry_manifest_calls() -> None:
     s.table[("DELETE", "http://127.0.0.1:5000/v2/p/x/manifests/sha256:3")] = FakeResponse(405, "UNSUPPORTED")
     with pytest.raises(oci_registry.RegistryError, match="405"):
         oci_registry.delete_manifest("127.0.0.1:5000/p/x", "sha256:3", session=s)
+
+def test_delete_repository_deletes_every_tagged_manifest() -> None:
+    base = "http://127.0.0.1:5000/v2/p/x"
+    s = FakeSession({
+        ("GET", f"{base}/tags/list"): FakeResponse(200, {"name": "p/x", "tags": ["t2", "t1"]}),
+        ("HEAD", f"{base}/manifests/t1"): FakeResponse(200, headers={"Docker-Content-Digest": "sha256:1"}),
+        ("HEAD", f"{base}/manifests/t2"): FakeResponse(200, headers={"Docker-Content-Digest": "sha256:2"}),
+        ("DELETE", f"{base}/manifests/sha256:1"): FakeResponse(202),
+        ("DELETE", f"{base}/manifests/sha256:2"): FakeResponse(202),
+    })
+    assert oci_registry.delete_repository("127.0.0.1:5000/p/x", session=s) == 2
+    assert [c for c in s.calls if c[0] == "DELETE"] == [("DELETE", f"{base}/manifests/sha256:1"), ("DELETE", f"{base}/manifests/sha256:2")]
+    assert oci_registry.delete_repository("127.0.0.1:5000/p/none", session=s) == 0  # unknown repository: 404
+
 
 # --------------------------------------------------------- cluster and client
 

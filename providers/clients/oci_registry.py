@@ -127,3 +127,44 @@ def delete_manifest(repository: str, digest: str, session: requests.Session | No
         raise RegistryError(f"registry {host} did not answer: {exc}") from None
     if r.status_code not in (200, 202, 404):
         raise RegistryError(f"DELETE {path}@{digest}: {r.status_code} {r.text.strip()[:200]}")
+
+
+MANIFEST_TYPES = ", ".join(
+    (
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.index.v1+json",
+    )
+)
+
+
+def tags(repository: str, session: requests.Session | None = None) -> list[str]:
+    host, path = split(repository)
+    s = session or requests.Session()
+    try:
+        r = s.get(f"http://{host}/v2/{path}/tags/list", timeout=10)
+    except requests.RequestException as exc:
+        raise RegistryError(f"registry {host} did not answer: {exc}") from None
+    if r.status_code == 404:
+        return []
+    if r.status_code != 200:
+        raise RegistryError(f"GET {path} tags: {r.status_code} {r.text.strip()[:200]}")
+    return sorted(r.json().get("tags") or [])
+
+
+def delete_repository(repository: str, session: requests.Session | None = None) -> int:
+    """Delete every tagged manifest of a repository that one resource owns; returns how many."""
+    host, path = split(repository)
+    s = session or requests.Session()
+    deleted = 0
+    for tag in tags(repository, session=s):
+        try:
+            r = s.head(f"http://{host}/v2/{path}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES}, timeout=10)
+        except requests.RequestException as exc:
+            raise RegistryError(f"registry {host} did not answer: {exc}") from None
+        digest = r.headers.get("Docker-Content-Digest") if r.status_code == 200 else None
+        if digest:
+            delete_manifest(repository, digest, session=s)
+            deleted += 1
+    return deleted

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from providers.paths import local, portable, project_dir
+
 PACKAGE = "mldeploy"
 DEFAULT_BASE_IMAGE = "mldeploy/base:bookworm-py3.11"
 
@@ -23,13 +25,12 @@ class ArgsError(pulumi.RunError):
 
 def project_root() -> Path:
     """Relative paths in args are relative to the Pulumi project (where Pulumi.yaml is)."""
-    root = os.environ.get("MLDEPLOY_PROJECT_DIR") or pulumi.get_root_directory() or os.getcwd()
-    return Path(root).resolve()
+    return project_dir()
 
 
 def resolve(path: str, root: Path | None = None) -> Path:
-    p = Path(path).expanduser()
-    return (p if p.is_absolute() else (root or project_root()) / p).resolve()
+    """Where a path given in args is on this machine (relative ones are under the project)."""
+    return local(path, root)
 
 
 class StackConfig(BaseModel):
@@ -43,6 +44,11 @@ class StackConfig(BaseModel):
     stateDir: str = Field(default=".pulumi-state", min_length=1)
     registryPath: str = ""
     imageRegistry: str = Field(default="127.0.0.1:5000", pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$")
+    # The ACI target's place in Azure (checked by the target, naming its field).
+    azureSubscriptionId: str = ""
+    azureResourceGroup: str = ""
+    azureLocation: str = ""
+    armEndpoint: str = "https://management.azure.com"
 
     @field_validator("target")
     @classmethod
@@ -54,9 +60,24 @@ class StackConfig(BaseModel):
         return value
 
 
+# Settings that an operator's environment fills in when the stack leaves them unset.
+# One rule: the stack's own config wins; Pulumi.yaml declares these keys with an
+# empty default, so empty means "unset", then the variable, then the built-in default.
+ENV_FALLBACKS = {
+    "stateDir": "MLDEPLOY_STATE_DIR",
+    "registryPath": "MLDEPLOY_REGISTRY_PATH",
+    "baseImage": "MLDEPLOY_BASE_IMAGE",
+    "gatewayImage": "MLDEPLOY_GATEWAY_IMAGE",
+}
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Per-stack settings from the `mldeploy:` config namespace."""
+    """Per-stack settings from the `mldeploy:` config namespace.
+
+    Paths are as resource inputs hold them: relative to the project when inside
+    it (`providers.paths.portable`), so they name no checkout's location.
+    """
 
     project: str
     stack: str
@@ -68,13 +89,23 @@ class Settings:
     target: str
     image_registry: str = "127.0.0.1:5000"
     """Where targets that pull (Kubernetes, IoT Edge, ACI) get their images: ACR's stand-in locally."""
+    azure_subscription_id: str = ""
+    azure_resource_group: str = ""
+    azure_location: str = ""
+    arm_endpoint: str = "https://management.azure.com"
 
     @staticmethod
     def load() -> "Settings":
         cfg = pulumi.Config(PACKAGE)
         root = project_root()
         stack = pulumi.get_stack()
-        raw = {k: cfg.get(k) for k in StackConfig.model_fields if cfg.get(k) is not None}
+        raw: dict[str, str] = {}
+        for key in StackConfig.model_fields:
+            value = cfg.get(key)
+            if key in ENV_FALLBACKS and not value:
+                value = os.environ.get(ENV_FALLBACKS[key]) or None
+            if value is not None:
+                raw[key] = value
         try:
             conf = StackConfig.model_validate(raw)
         except ValidationError as exc:
@@ -83,17 +114,21 @@ class Settings:
                 for e in exc.errors()
             )
             raise ArgsError(f"stack config stacks/Pulumi.{stack}.yaml: {problems}") from None
-        state_dir = resolve(os.environ.get("MLDEPLOY_STATE_DIR") or conf.stateDir, root)
-        registry = os.environ.get("MLDEPLOY_REGISTRY_PATH") or conf.registryPath
+        state_dir = resolve(conf.stateDir, root)
+        registry = resolve(conf.registryPath, root) if conf.registryPath else state_dir / "registry"
         return Settings(
             project=pulumi.get_project(),
             stack=stack,
-            state_dir=str(state_dir),
-            registry_root=str(resolve(registry, root) if registry else state_dir / "registry"),
-            base_image=os.environ.get("MLDEPLOY_BASE_IMAGE") or conf.baseImage,
-            gateway_image=os.environ.get("MLDEPLOY_GATEWAY_IMAGE") or conf.gatewayImage,
+            state_dir=portable(state_dir, root),
+            registry_root=portable(registry, root),
+            base_image=conf.baseImage,
+            gateway_image=conf.gatewayImage,
             target=conf.target,
             image_registry=conf.imageRegistry,
+            azure_subscription_id=conf.azureSubscriptionId,
+            azure_resource_group=conf.azureResourceGroup,
+            azure_location=conf.azureLocation,
+            arm_endpoint=conf.armEndpoint,
         )
 
 

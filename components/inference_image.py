@@ -12,9 +12,10 @@ import yaml
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
-from components._common import PACKAGE, Settings, resolve, slug, validate
+from components._common import PACKAGE, ArgsError, Settings, resolve, slug, validate
 from providers.clients.registry import content_hash
 from providers.image import ImageProvider
+from providers.paths import portable
 
 RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
 
@@ -95,18 +96,40 @@ def build_hash(args: InferenceImageArgs, base_image: str) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _image_id(ref: str) -> str:
-    """The base image's id when Docker answers, so a rebuilt base rebuilds its images."""
-    try:
-        import docker
+DOCKER_TIMEOUT = 30
+"""Seconds to wait for Docker's answer about the base image (a busy daemon is slow, not gone)."""
 
-        client = docker.from_env(timeout=5)
-    except Exception:  # noqa: BLE001 - preview must not need Docker
-        return ""
+
+class BaseImageError(Exception):
+    """Docker could not say the base image's id; the preview stops rather than guess."""
+
+
+def _image_id(ref: str) -> str:
+    """The base image's id, so a rebuilt base rebuilds its images.
+
+    Raises `BaseImageError` when Docker does not answer or has no such image: an
+    id left out would change `build_hash`, and the image would be rebuilt (and its
+    services rolled) for nothing.
+    """
+    import docker
+    import docker.errors
+
+    try:
+        client = docker.from_env(timeout=DOCKER_TIMEOUT)
+    except docker.errors.DockerException as exc:
+        raise BaseImageError(f"cannot reach Docker to read the id of base image {ref!r}: {exc}") from None
     try:
         return client.images.get(ref).id
-    except Exception:  # noqa: BLE001
-        return ""
+    except docker.errors.ImageNotFound:
+        raise BaseImageError(
+            f"base image {ref!r} is not present in Docker; build it with scripts/base-image.sh "
+            "(scripts/setup.sh does), or name another one with mldeploy:baseImage"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any other failure: say what Docker said
+        raise BaseImageError(
+            f"Docker did not say the id of base image {ref!r} ({type(exc).__name__}: {exc}); "
+            "check that Docker runs (scripts/docker.sh) and preview again"
+        ) from None
     finally:
         client.close()
 
@@ -148,17 +171,22 @@ class InferenceImage(pulumi.ComponentResource):
                 "base_image": base_image,
             },
         )
-        super().__init__(f"{PACKAGE}:index:InferenceImage", resource_name, None, opts)
         base = args.base_image or settings.base_image
+        try:
+            digest = build_hash(args, base)
+        except BaseImageError as exc:
+            raise ArgsError(f"InferenceImage '{resource_name}': base_image: {exc}") from None
+        super().__init__(f"{PACKAGE}:index:InferenceImage", resource_name, None, opts)
         self._image = Image(
             f"{resource_name}-image",
             {
                 "image_repo": f"mldeploy-{slug(settings.project)}-{slug(settings.stack)}/{slug(resource_name)}",
                 "base_image": base,
-                "source_directory": args.source_directory,
+                # Relative to the project, so no checkout's path is part of the image's inputs.
+                "source_directory": portable(args.source_directory),
                 "entry_script": args.entry_script,
-                "dependency_file": args.conda_file or "",
-                "build_hash": build_hash(args, base),
+                "dependency_file": portable(args.conda_file) if args.conda_file else "",
+                "build_hash": digest,
                 # Not diffed (build_hash covers them); they tell a reviewer what changed.
                 "source_hash": content_hash(args.source_directory),
                 "dependency_hash": content_hash(args.conda_file) if args.conda_file else "",

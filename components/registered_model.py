@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -11,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from components._common import PACKAGE, Settings, resolve, validate
 from providers.clients.registry import ModelRegistry, content_hash
-from providers.model import ModelVersionProvider
+from providers.model import ModelVersionProvider, version_dir
+from providers.paths import local, portable
 
 
 class RegisteredModelArgs(BaseModel):
@@ -77,7 +77,7 @@ class RegisteredModel(pulumi.ComponentResource):
             {"model_name": model_name, "model_path": model_path, "tags": tags or {}, "description": description or ""},
         )
         super().__init__(f"{PACKAGE}:index:RegisteredModel", resource_name, None, opts)
-        registry = ModelRegistry(settings.registry_root)
+        registry = ModelRegistry(local(settings.registry_root))
         digest = content_hash(args.model_path)
         owner = f"{settings.project}/{settings.stack}/{resource_name}"
         # Planned here, from the registry, so that preview shows "version N => N+1".
@@ -88,7 +88,7 @@ class RegisteredModel(pulumi.ComponentResource):
             f"{resource_name}-version",
             {
                 "model_name": args.model_name,
-                "model_path": args.model_path,
+                "model_path": portable(args.model_path),  # relative to the project: no checkout's path
                 "content_hash": digest,
                 "version": self.planned_version,
                 "tags": args.tags,
@@ -106,17 +106,18 @@ class RegisteredModel(pulumi.ComponentResource):
         )
 
     def service_entry(self) -> pulumi.Input[dict[str, Any]]:
-        """What a service needs of this model: name, version and the registry folder.
+        """What a service needs of this model: name, version and the version's folder.
 
         In preview the planned version is used, so a service's diff names the version
-        change; in an update the registered one, which carries the dependency.
+        change; in an update the registered one, which carries the dependency. The
+        folder is as the registry input holds it (relative to the project when inside
+        it); providers find it with `providers.paths.local` when they apply.
         """
+        name, root = self.args.model_name, self.registry_root
+
+        def entry(version: Any) -> dict[str, Any]:
+            return {"name": name, "version": int(version), "model_dir": version_dir(root, name, int(version))}
+
         if pulumi.runtime.is_dry_run():
-            return {
-                "name": self.args.model_name,
-                "version": self.planned_version,
-                "model_dir": str(Path(self.registry_root) / self.args.model_name / str(self.planned_version)),
-            }
-        return pulumi.Output.all(self._version.version, self._version.model_dir).apply(
-            lambda vd: {"name": self.args.model_name, "version": int(vd[0]), "model_dir": vd[1]}
-        )
+            return entry(self.planned_version)
+        return self._version.version.apply(entry)

@@ -6,6 +6,8 @@ from typing import Any
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
+from providers.paths import local
+
 REPLACE_ON = ("image_repo",)
 
 
@@ -42,12 +44,13 @@ class ImageProvider(ResourceProvider):
         from providers.clients.images import build_inference_image
 
         name = image_name(props)
+        dependency_file = props.get("dependency_file")
         image_id = build_inference_image(
             name,
             props["base_image"],
-            props["source_directory"],
+            str(local(props["source_directory"])),  # relative to the project: this run's checkout
             props["entry_script"],
-            props.get("dependency_file") or None,
+            str(local(dependency_file)) if dependency_file else None,
             props.get("labels") or {},
         )
         return {**props, "image_name": name, "image_id": image_id, "present": True}

@@ -7,13 +7,27 @@ from typing import Any
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
 from providers.clients.registry import ModelRegistry
+from providers.paths import local, same_place
 
 REPLACE_ON = ("model_name", "registry_root", "owner")
+PATHS = ("registry_root",)
+"""Inputs that hold a path: compared as places (`providers.paths.same_place`)."""
+
+
+def version_dir(registry_root: str, name: str, version: int) -> str:
+    """A version's folder, written as the registry input is (relative to the project, or absolute)."""
+    return f"{registry_root.rstrip('/')}/{name}/{int(version)}"
+
+
+def _differs(key: str, olds: dict[str, Any], news: dict[str, Any]) -> bool:
+    if key in PATHS:
+        return not same_place(olds.get(key), news.get(key))
+    return olds.get(key) != news.get(key)
 
 
 def diff_model(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
     """New content means a new version (an update); a new name or registry is another model."""
-    replaces = [k for k in REPLACE_ON if olds.get(k) != news.get(k)]
+    replaces = [k for k in REPLACE_ON if _differs(k, olds, news)]
     changed = list(replaces)
     if olds.get("content_hash") != news.get("content_hash"):
         changed.append("content_hash")
@@ -31,7 +45,7 @@ def _outs(inputs: dict[str, Any], mv: Any) -> dict[str, Any]:
         **inputs,
         "version": mv.version,
         "content_hash": mv.content_hash,
-        "model_dir": mv.path,
+        "model_dir": version_dir(inputs["registry_root"], mv.name, mv.version),
         "model_id": f"{mv.name}:{mv.version}",
         "present": True,
     }
@@ -52,27 +66,32 @@ class ModelVersionProvider(ResourceProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return diff_model(olds, news)
 
-    def create(self, props: dict[str, Any]) -> CreateResult:
-        registry = ModelRegistry(props["registry_root"])
-        mv = registry.register(
-            props["model_name"], props["model_path"], props["owner"], props.get("tags") or {}, props.get("description") or ""
+    @staticmethod
+    def _register(props: dict[str, Any]) -> Any:
+        # Paths in the inputs are relative to the project: found under this run's checkout.
+        registry = ModelRegistry(local(props["registry_root"]))
+        return registry.register(
+            props["model_name"],
+            local(props["model_path"]),
+            props["owner"],
+            props.get("tags") or {},
+            props.get("description") or "",
         )
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        mv = self._register(props)
         return CreateResult(f"{mv.name}:{mv.version}", _outs(props, mv))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         # Older versions stay: a running service may still mount one until it rolls.
-        registry = ModelRegistry(news["registry_root"])
-        mv = registry.register(
-            news["model_name"], news["model_path"], news["owner"], news.get("tags") or {}, news.get("description") or ""
-        )
-        return UpdateResult(_outs(news, mv))
+        return UpdateResult(_outs(news, self._register(news)))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        registry = ModelRegistry(props["registry_root"])
+        registry = ModelRegistry(local(props["registry_root"]))
         mv = registry.get(props["model_name"], int(props["version"]))
         if mv is None or mv.content_hash != props.get("content_hash"):
             return ReadResult(id_, {**props, "present": False})
         return ReadResult(id_, _outs(props, mv))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        ModelRegistry(props["registry_root"]).release(props["model_name"], props["owner"])
+        ModelRegistry(local(props["registry_root"])).release(props["model_name"], props["owner"])

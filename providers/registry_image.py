@@ -12,6 +12,8 @@ from typing import Any
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
+from providers.paths import local
+
 REPLACE_ON = ("repository",)
 
 
@@ -64,7 +66,8 @@ class RegistryImageProvider(ResourceProvider):
     def _push(self, props: dict[str, Any]) -> dict[str, Any]:
         from providers.clients import oci_registry
 
-        models = props.get("models") or []
+        # A model's folder is relative to the project in the inputs: found under this run's checkout.
+        models = [{**m, "model_dir": str(local(m["model_dir"]))} if m.get("model_dir") else m for m in props.get("models") or []]
         source = props.get("source_image_id") or props["source_image"]
         tag = oci_registry.model_layer_tag(source, models)
         image = source
@@ -83,7 +86,13 @@ class RegistryImageProvider(ResourceProvider):
         return CreateResult(outs["image_ref"], outs)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(self._push(news))
+        outs = self._push(news)
+        if olds.get("tag") and (olds.get("repository"), olds["tag"]) != (outs["repository"], outs["tag"]):
+            from providers.clients import images
+
+            # The local copy only: the registry keeps the old digest for the Deployment's history.
+            images.remove_image(f"{olds['repository']}:{olds['tag']}")
+        return UpdateResult(outs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         from providers.clients import oci_registry
@@ -99,11 +108,13 @@ class RegistryImageProvider(ResourceProvider):
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         from providers.clients import images, oci_registry
 
-        if props.get("models") and props.get("tag"):
+        if props.get("tag"):
+            # The model layer's image, or the registry's tag on a shared one (only the tag goes).
             images.remove_image(f"{props['repository']}:{props['tag']}")
-        # Older digests stay: the Deployment's revision history may still name them.
-        if props.get("digest"):
-            try:
-                oci_registry.delete_manifest(props["repository"], props["digest"])
-            except oci_registry.RegistryError as exc:
-                _progress(f"{props['repository']}: could not delete {props['digest']}: {exc}")
+        # The repository is this resource's alone (per stack and service): every version goes,
+        # including older digests kept for the Deployment's revision history.
+        try:
+            n = oci_registry.delete_repository(props["repository"])
+            _progress(f"{props['repository']}: deleted {n} image(s) from the registry")
+        except oci_registry.RegistryError as exc:
+            _progress(f"{props['repository']}: could not delete its images: {exc}")

@@ -12,6 +12,7 @@ from typing import Any
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 from pydantic import BaseModel, ConfigDict, Field
 
+from providers.paths import same_place
 from providers.targets import Number, UnknownTarget, check_model, target_for
 
 # A different name, target or stack is a different service: its URI changes.
@@ -46,11 +47,45 @@ def rules(news: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], tuple
     return _merge(REPLACE_ON, target.REPLACE_ON), _merge(ROLL_ON, target.ROLL_ON), _merge(target.ROUTE_ON)
 
 
+def path_inputs(news: dict[str, Any]) -> tuple[str, ...]:
+    """The new target's inputs that hold a path (compared as places)."""
+    try:
+        return target_for(news.get("target")).PATHS
+    except UnknownTarget:
+        return ()
+
+
+def same_models(old: Any, new: Any) -> bool:
+    """The same models at the same versions, from the same folders (as places: see `providers.paths`)."""
+    if not isinstance(old, list) or not isinstance(new, list) or len(old) != len(new):
+        return old == new
+    for o, n in zip(old, new):
+        if not isinstance(o, dict) or not isinstance(n, dict):
+            if o != n:
+                return False
+            continue
+        if o.get("name") != n.get("name") or o.get("version") != n.get("version"):
+            return False
+        if not same_place(o.get("model_dir"), n.get("model_dir")):
+            return False
+    return True
+
+
+def _differs(key: str, olds: dict[str, Any], news: dict[str, Any], paths: tuple[str, ...]) -> bool:
+    old, new = olds.get(key), news.get(key)
+    if key == "models":
+        return not same_models(old, new)
+    if key in paths:
+        return not same_place(old, new)
+    return old != new
+
+
 def diff_service(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
     """Replace, roll or reroute, as the shared rules and the target's say."""
     replace_on, roll_on, route_on = rules(news)
-    replaces = [k for k in replace_on if olds.get(k) != news.get(k)]
-    changed = replaces + [k for k in roll_on + route_on if olds.get(k) != news.get(k)]
+    paths = path_inputs(news)
+    replaces = [k for k in replace_on if _differs(k, olds, news, paths)]
+    changed = replaces + [k for k in roll_on + route_on if _differs(k, olds, news, paths)]
     if olds.get("state") not in (None, "Healthy"):
         changed.append("state")  # found broken or gone by refresh: the next up restores it
     return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
@@ -58,7 +93,8 @@ def diff_service(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
 
 def needs_roll(olds: dict[str, Any], news: dict[str, Any]) -> bool:
     _, roll_on, _ = rules(news)
-    return olds.get("state") in BROKEN_STATES or any(olds.get(k) != news.get(k) for k in roll_on)
+    paths = path_inputs(news)
+    return olds.get("state") in BROKEN_STATES or any(_differs(k, olds, news, paths) for k in roll_on)
 
 
 class ServiceProvider(ResourceProvider):

@@ -14,9 +14,10 @@ export MLDEPLOY_ENGINE_BIN="${MLDEPLOY_ENGINE_BIN:-$MLDEPLOY_CACHE/engine/v$PULU
 # State: a local file backend inside the git-ignored .pulumi-state folder.
 export MLDEPLOY_STATE_DIR="${MLDEPLOY_STATE_DIR:-$MLDEPLOY_ROOT/.pulumi-state}"
 export PULUMI_BACKEND_URL="${PULUMI_BACKEND_URL:-file://$MLDEPLOY_STATE_DIR/backend}"
-# The dev stack's secrets passphrase. Documented, not secret: override it for
-# any stack that holds real keys.
-export PULUMI_CONFIG_PASSPHRASE="${PULUMI_CONFIG_PASSPHRASE-mldeploy-dev-passphrase}"
+# Secrets passphrases are per stack and never set here: scripts/stack.py gives
+# the dev stack its documented passphrase (mldeploy-dev-passphrase, which
+# protects nothing); any other stack stops until you set PULUMI_CONFIG_PASSPHRASE
+# (or PULUMI_CONFIG_PASSPHRASE_FILE) yourself.
 export PULUMI_HOME="${PULUMI_HOME:-$MLDEPLOY_CACHE/pulumi-home}"
 export PULUMI_SKIP_UPDATE_CHECK=true
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true

@@ -284,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import stack as stack_cli
 
-    st = stack_cli.select_stack(args.stack)
+    try:
+        st = stack_cli.select_stack(args.stack)
+    except stack_cli.PassphraseMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     steps, summary = preview_steps(st)
     markdown = render(args.stack, steps, summary)
     if args.out:

@@ -16,14 +16,63 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import runpy
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 ROOT = Path(__file__).resolve().parents[1]
+DEV_STACK = "dev"
+DEV_PASSPHRASE = "mldeploy-dev-passphrase"
+"""The dev stack's secrets passphrase. Documented, so it protects nothing: it applies to `dev` only."""
+PASSPHRASE_VARS = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
+
+
+class PassphraseMissing(RuntimeError):
+    """A stack other than dev, and no passphrase chosen for it; the message says what to set."""
+
+
+def _stack_secrets_provider(stack_name: str, root: Path) -> str:
+    """The `secretsprovider:` a stack's config file names, "" when it names none."""
+    project = (root / "Pulumi.yaml").read_text() if (root / "Pulumi.yaml").is_file() else ""
+    m = re.search(r"^stackConfigDir:\s*(\S+)", project, re.M)
+    stack_file = root / (m.group(1) if m else ".") / f"Pulumi.{stack_name}.yaml"
+    try:
+        text = stack_file.read_text()
+    except OSError:
+        return ""
+    m = re.search(r"^secretsprovider:\s*(\S+)", text, re.M)
+    return m.group(1).strip("'\"") if m else ""
+
+
+def passphrase_env(stack_name: str, root: Path = ROOT, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """What the engine needs to open the stack's secrets, beyond the environment.
+
+    A passphrase the operator set (PULUMI_CONFIG_PASSPHRASE, or a file named by
+    PULUMI_CONFIG_PASSPHRASE_FILE) is used as it is. Without one, `dev` gets the
+    documented dev passphrase and any other stack stops here, before it is created
+    or changed, so that no stack is ever encrypted with a passphrase nobody chose.
+    Stacks whose secrets are kept elsewhere (a `secretsprovider` other than
+    passphrase, or the Pulumi Cloud backend) need none.
+    """
+    if "PULUMI_CONFIG_PASSPHRASE" in environ or environ.get("PULUMI_CONFIG_PASSPHRASE_FILE"):
+        return {}
+    provider = _stack_secrets_provider(stack_name, root)
+    backend = environ.get("PULUMI_BACKEND_URL", "")
+    if (provider and not provider.startswith("passphrase")) or backend.startswith(("https://", "http://")):
+        return {}
+    if stack_name == DEV_STACK:
+        return {"PULUMI_CONFIG_PASSPHRASE": DEV_PASSPHRASE}
+    raise PassphraseMissing(
+        f"stack {stack_name!r} needs a secrets passphrase of its own: set PULUMI_CONFIG_PASSPHRASE "
+        f"(or PULUMI_CONFIG_PASSPHRASE_FILE, the path of a file that holds it) and run again. "
+        f"The documented dev passphrase is for the {DEV_STACK!r} stack only."
+    )
 
 
 def project_program(root: Path = ROOT) -> Callable[[], None]:
@@ -70,18 +119,106 @@ def clear_stale_locks(project_name: str, stack_name: str) -> list[Path]:
     return removed
 
 
+def _proc_stat(pid: int) -> tuple[str, int]:
+    """(command name, parent pid) of a process, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+    return name, int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def orphaned_providers(root: Path) -> list[int]:
+    """Dynamic provider processes of this project whose engine is gone.
+
+    An engine stopped hard (Ctrl-C twice) cannot stop the provider processes it
+    started; they would otherwise wait for it forever. Ours run in the project's
+    folder; a live engine's are its descendants and are left alone. Linux only.
+    """
+    found = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    want = str(root.resolve())
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if b"pulumi.dynamic" not in cmdline and b"pulumi-resource-pulumi-python" not in cmdline:
+            continue
+        if cwd.removesuffix(" (deleted)") != want:
+            continue
+        pid, engine_alive = int(entry.name), False
+        try:
+            parent = _proc_stat(pid)[1]
+            while parent > 1:
+                name, next_parent = _proc_stat(parent)
+                if name == "pulumi":
+                    engine_alive = True
+                    break
+                parent = next_parent
+        except (OSError, ValueError):
+            continue
+        if not engine_alive:
+            found.append(pid)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its parent counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2 :].split()[0] in ("Z", "X")
+
+
+def end_orphaned_providers(root: Path, grace: float = 5.0) -> list[int]:
+    """Stop the provider processes `orphaned_providers` finds (TERM, then KILL after `grace`)."""
+    pids = orphaned_providers(root)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in alive if not _gone(pid)]
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if pids:
+        print(f"[mldeploy] stopped {len(pids)} provider process(es) left by an interrupted run: {pids}", file=sys.stderr)
+    return pids
+
+
 def select_stack(stack_name: str, program: Callable[[], None] | None = None, root: Path = ROOT, env: dict[str, str] | None = None):
-    """Create or select a stack whose program runs in this process."""
+    """Create or select a stack whose program runs in this process.
+
+    Stops with `PassphraseMissing` before anything is created when the stack needs
+    a passphrase that nobody chose (`passphrase_env`).
+    """
     from pulumi import automation as auto
 
-    os.environ.setdefault("MLDEPLOY_PROJECT_DIR", str(root))
+    secrets_env = passphrase_env(stack_name, root)
+    # The program and the providers resolve the paths in resource inputs against this project.
+    os.environ["MLDEPLOY_PROJECT_DIR"] = str(root)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    opts = auto.LocalWorkspaceOptions(work_dir=str(root), env_vars=env or {})
+    opts = auto.LocalWorkspaceOptions(
+        work_dir=str(root), env_vars={**secrets_env, "MLDEPLOY_PROJECT_DIR": str(root), **(env or {})}
+    )
     import yaml
 
     project_name = yaml.safe_load((root / "Pulumi.yaml").read_text())["name"]
     stale = clear_stale_locks(project_name, stack_name)
+    end_orphaned_providers(root)
     stack = auto.create_or_select_stack(stack_name, project_name=project_name, program=program or project_program(root), opts=opts)
     recover_if_interrupted(stack, force=bool(stale))
     return stack
@@ -112,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     version = subprocess.run(["pulumi", "version"], capture_output=True, text=True, check=True).stdout.strip()
-    print(f"pulumi engine {version}", flush=True)
+    # On stderr: stdout is the engine's output and the outputs' JSON only (`outputs dev | jq` works).
+    print(f"pulumi engine {version}", file=sys.stderr, flush=True)
     stack = select_stack(args.stack)
     out = lambda line: print(line, flush=True)  # noqa: E731
     if args.command == "preview":
@@ -141,7 +279,7 @@ if __name__ == "__main__":
     except Exception as exc:  # the engine's own output has already been printed
         from pulumi import automation as auto
 
-        if isinstance(exc, auto.CommandError):
+        if isinstance(exc, (auto.CommandError, PassphraseMissing)):
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(1)
         raise

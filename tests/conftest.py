@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -114,3 +118,124 @@ def k8s_cluster() -> Iterator[str]:
         subprocess.run([str(ROOT / "scripts" / "k8s" / "cluster.sh"), "down"], check=False)
     if started_registry:
         subprocess.run([str(registry_sh), "down"], check=False)
+
+
+# ---------------------------------------------------------------- nothing left behind
+
+
+def _session_stacks(base: Path) -> tuple[set[str], list[str]]:
+    """(every stack name this session's backends have seen, the stacks still in them)."""
+    names: set[str] = set()
+    left: list[str] = []
+    for meta in base.glob("**/.pulumi/meta.yaml"):
+        dot = meta.parent
+        for stack_file in dot.glob("stacks/*/*.json"):
+            names.add(stack_file.stem)
+            left.append(f"{stack_file.parent.name}/{stack_file.stem} in {dot.parent}")
+        names.update(p.name for p in dot.glob("locks/*/*/*") if p.is_dir())
+    return names, left
+
+
+# What the tests start: engines, their plugins and language hosts, Python programs, and
+# the shells that wrap them. Daemons with a lifecycle of their own (the local Kubernetes
+# cluster and registry, `scripts/k8s`) are not judged here: they may outlive a session.
+SESSION_COMMANDS = re.compile(r"^(pulumi|python|sh$|bash$)")
+
+
+def _session_processes(base: Path) -> dict[int, str]:
+    """Live processes started for this session's projects: their folder or environment names `base`."""
+    found: dict[int, str] = {}
+    needle = str(base).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if stat[stat.rindex(")") + 2 :].split()[0] in ("Z", "X"):
+                continue
+            if not SESSION_COMMANDS.match(stat[stat.index("(") + 1 : stat.rindex(")")]):
+                continue
+            cwd = os.readlink(entry / "cwd")
+            environ = (entry / "environ").read_bytes()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError):
+            continue
+        if cwd.startswith(str(base)) or needle in environ:
+            found[int(entry.name)] = f"pid {entry.name} in {cwd}: {cmd[:160]}"
+    return found
+
+
+def _docker():
+    try:
+        import docker
+
+        dc = docker.from_env(timeout=60)
+        dc.ping()
+        return dc
+    except Exception:  # noqa: BLE001 - no Docker: no test of this session could have made anything there
+        return None
+
+
+def _network_ids() -> set[str]:
+    dc = _docker()
+    if dc is None:
+        return set()
+    try:
+        return {n.id for n in dc.networks.list()}
+    finally:
+        dc.close()
+
+
+def _session_docker_objects(base: Path, stacks: set[str], networks_before: set[str]) -> tuple[list, list]:
+    """(containers, networks) of this session: containers that mount its folders (every
+    service and gateway container does), networks made since it began for its stacks."""
+    dc = _docker()
+    if dc is None:
+        return [], []
+    try:
+        containers = [
+            c
+            for c in dc.containers.list(all=True)
+            if any(str(m.get("Source", "")).startswith(str(base)) for m in c.attrs.get("Mounts") or [])
+        ]
+        networks = [
+            n
+            for n in dc.networks.list()
+            if n.id not in networks_before and (n.attrs.get("Labels") or {}).get("mldeploy.stack") in stacks
+        ]
+        return containers, networks
+    finally:
+        dc.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the session: no process, container, network or temporary stack of its tests is left.
+
+    Only what this session made counts (its temporary folders, its stacks), so other
+    people's runs on the same machine are never judged, or touched. What is found is
+    reported, then removed.
+    """
+    base = tmp_path_factory.getbasetemp().resolve()
+    networks_before = _network_ids()
+    yield
+    deadline = time.monotonic() + 15  # engines that just ended may still be stopping their plugins
+    while (procs := _session_processes(base)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    stacks, left_stacks = _session_stacks(base)
+    containers, networks = _session_docker_objects(base, stacks, networks_before)
+    problems = [f"process {p}" for p in procs.values()]
+    problems += [f"container {c.name} (stack {(c.labels or {}).get('mldeploy.stack')})" for c in containers]
+    problems += [f"network {n.name}" for n in networks]
+    problems += [f"stack {s}" for s in left_stacks]
+    for pid in procs:  # started by this session: stop them, so the machine stays clean
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for c in containers:
+        with contextlib.suppress(Exception):
+            c.remove(force=True)
+    for n in networks:
+        with contextlib.suppress(Exception):
+            n.remove()
+    if problems:
+        pytest.fail("the test session left these behind (now removed):\n  " + "\n  ".join(problems), pytrace=False)

@@ -51,13 +51,25 @@ dependencies:
 """
 
 
+# What the mocked providers return where the real ones would say something of their
+# own: values no component can make up, so a test that finds them in a component's
+# outputs shows the wiring, not the mocks.
+PROVIDER_IMAGE_ID = "sha256:" + "1d" * 32
+PROVIDER_STATE = "provider-state"
+
+
 class RecordingMocks(pulumi.runtime.Mocks):
-    """Echoes inputs; adds the outputs the real providers would return."""
+    """Echoes inputs; adds the outputs the real providers would return.
+
+    `registered` maps a model name to the version the mocked registry hands out
+    (default: the planned one), so tests can tell a planned version from a registered one.
+    """
 
     def __init__(self) -> None:
         self.resources: dict[str, dict[str, Any]] = {}
         self.types: dict[str, str] = {}
         self.monitor: RecordingMonitor | None = None
+        self.registered: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
@@ -65,17 +77,18 @@ class RecordingMocks(pulumi.runtime.Mocks):
         outs = dict(inputs)
         rid = f"{args.name}-id"
         if args.typ.endswith("mldeploy:ModelVersion"):
-            version = int(inputs["version"])
+            version = self.registered.get(inputs["model_name"], int(inputs["version"]))
             outs.update(
                 version=version,
-                model_dir=str(Path(inputs["registry_root"]) / inputs["model_name"] / str(version)),
+                content_hash=f"registered:{inputs['content_hash']}",
+                model_dir=f"/provider/only/{inputs['model_name']}/{version}",
                 model_id=f"{inputs['model_name']}:{version}",
                 present=True,
             )
             rid = outs["model_id"]
         elif args.typ.endswith("mldeploy:Image"):
             name = f"{inputs['image_repo']}:{inputs['build_hash'].split(':')[-1][:12]}"
-            outs.update(image_name=name, image_id="sha256:" + "1" * 64, present=True)
+            outs.update(image_name=name, image_id=PROVIDER_IMAGE_ID, present=True)
             rid = name
         elif args.typ.endswith("mldeploy:Service"):
             auth = bool(inputs.get("auth_enabled"))
@@ -83,8 +96,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 **targets.target_for(inputs["target"]).uris(inputs),
                 primary_key=f"pk-{inputs['service_name']}" if auth else "",
                 secondary_key=f"sk-{inputs['service_name']}" if auth else "",
-                state="Healthy",
-                model_versions={m["name"]: int(m["version"]) for m in inputs["models"]},
+                state=PROVIDER_STATE,
+                model_versions={m["name"]: int(m["version"]) + 100 for m in inputs["models"]},
             )
             if inputs["target"] == "local":
                 outs.update(container_id="c0ffee", backend_port=40000)
@@ -98,10 +111,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return {}, None
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def make_project(proj: Path) -> Path:
     """A project folder with a model, a source dir with an entry script, and a conda file."""
-    proj = tmp_path / "project"
     (proj / "models" / "bert" / "tokenizer").mkdir(parents=True)
     (proj / "models" / "ridge.pkl").write_bytes(b"ridge-weights")
     (proj / "models" / "bert" / "weights.bin").write_bytes(b"\x00\x01")
@@ -110,6 +121,13 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (proj / "src" / "score.py").write_text(SCORE_PY)
     (proj / "env").mkdir()
     (proj / "env" / "myenv.yml").write_text(CONDA_YML)
+    return proj
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder (`make_project`), its state folder beside it."""
+    proj = make_project(tmp_path / "project")
     monkeypatch.setenv("MLDEPLOY_PROJECT_DIR", str(proj))
     monkeypatch.setenv("MLDEPLOY_STATE_DIR", str(tmp_path / "state"))
     for var in ("MLDEPLOY_REGISTRY_PATH", "MLDEPLOY_BASE_IMAGE", "MLDEPLOY_GATEWAY_IMAGE", "PULUMI_CONFIG"):
@@ -212,22 +230,38 @@ def test_registered_model_first_version(mocks: RecordingMocks, project: Path) ->
     model = make_model(tags={"area": "demo"}, description="Ridge")
     assert model.planned_version == 1
 
-    def check(args: list[Any]) -> None:
-        name, version, digest = args
+    def check(name: str) -> None:
         assert name == "ridge"
-        assert version == 1
-        assert digest == content_hash(project / "models" / "ridge.pkl")
         props = mocks.resources["ridge-version"]
         assert mocks.types["ridge-version"].endswith("mldeploy:ModelVersion")
         assert props["model_name"] == "ridge"
-        assert props["model_path"] == str(project / "models" / "ridge.pkl")  # resolved against the project
+        assert props["model_path"] == "models/ridge.pkl"  # relative to the project: no checkout's path
+        assert props["content_hash"] == content_hash(project / "models" / "ridge.pkl")
         assert props["owner"] == f"{PROJECT}/{STACK}/ridge"
-        assert props["registry_root"] == str(state_dir(project) / "registry")
+        assert props["registry_root"] == str(state_dir(project) / "registry")  # outside the project: absolute
         assert props["tags"] == {"area": "demo"}
         assert props["description"] == "Ridge"
         assert props["version"] == 1
 
-    return pulumi.Output.all(model.model_name, model.version, model.content_hash).apply(check)
+    return pulumi.Output.all(model.model_name, model.version).apply(lambda args: check(args[0]))
+
+
+@pulumi.runtime.test
+def test_registered_model_exposes_what_the_registry_registered(mocks: RecordingMocks, project: Path) -> Any:
+    """The component's version and hash are the provider's answer, not the plan; so is what services get."""
+    mocks.registered["ridge"] = 7  # e.g. another runner registered versions meanwhile
+    model = make_model()
+    assert model.planned_version == 1
+    entry = model.service_entry()
+
+    def check(args: list[Any]) -> None:
+        version, digest, service_entry = args
+        assert version == 7
+        assert digest == "registered:" + content_hash(project / "models" / "ridge.pkl")
+        # The folder follows the registered version, under the registry input (not a provider-side path).
+        assert service_entry == {"name": "ridge", "version": 7, "model_dir": f"{state_dir(project)}/registry/ridge/7"}
+
+    return pulumi.Output.all(model.version, model.content_hash, entry).apply(check)
 
 
 @pulumi.runtime.test
@@ -251,12 +285,13 @@ def test_registered_model_plans_next_version(mocks: RecordingMocks, project: Pat
 def test_registered_model_folder(mocks: RecordingMocks, project: Path) -> Any:
     model = make_model("bert", model_name="bert", path=str(project / "models" / "bert"))
 
-    def check(args: list[Any]) -> None:
-        version, digest = args
-        assert version == 1
-        assert digest == content_hash(project / "models" / "bert")
+    def check(_: Any) -> None:
+        props = mocks.resources["bert-version"]
+        assert props["version"] == 1
+        assert props["content_hash"] == content_hash(project / "models" / "bert")
+        assert props["model_path"] == "models/bert"  # given absolute, inside the project: stored relative
 
-    return pulumi.Output.all(model.version, model.content_hash).apply(check)
+    return model.version.apply(check)
 
 
 @pulumi.runtime.test
@@ -265,9 +300,120 @@ def test_registry_path_from_env(mocks: RecordingMocks, project: Path, monkeypatc
     model = make_model()
 
     def check(_: Any) -> None:
-        assert mocks.resources["ridge-version"]["registry_root"] == str(project / "shared-registry")
+        assert mocks.resources["ridge-version"]["registry_root"] == "shared-registry"  # in the project: relative
 
     return model.version.apply(check)
+
+
+SETTING_ENV = {
+    "mldeploy:stateDir": ("MLDEPLOY_STATE_DIR", "env-state"),
+    "mldeploy:registryPath": ("MLDEPLOY_REGISTRY_PATH", "env-registry"),
+    "mldeploy:baseImage": ("MLDEPLOY_BASE_IMAGE", "env/base:1"),
+    "mldeploy:gatewayImage": ("MLDEPLOY_GATEWAY_IMAGE", "env/gateway:1"),
+}
+
+
+def _settings_inputs(mocks: RecordingMocks) -> dict[str, Any]:
+    return {
+        "mldeploy:stateDir": mocks.resources["aciservice-service"]["state_dir"],
+        "mldeploy:registryPath": mocks.resources["ridge-version"]["registry_root"],
+        "mldeploy:baseImage": mocks.resources["scoring-image"]["base_image"],
+        "mldeploy:gatewayImage": mocks.resources["aciservice-service"]["gateway_image"],
+    }
+
+
+@pulumi.runtime.test
+def test_stack_config_wins_over_the_environment(
+    mocks: RecordingMocks, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """One rule for settings: what the stack sets wins; a variable only fills in what it leaves unset."""
+    for var, value in SETTING_ENV.values():
+        monkeypatch.setenv(var, value)
+    pulumi.runtime.set_all_config(
+        {
+            "mldeploy:stateDir": "stack-state",
+            "mldeploy:registryPath": "stack-registry",
+            "mldeploy:baseImage": "stack/base:1",
+            "mldeploy:gatewayImage": "stack/gateway:1",
+        }
+    )
+    service = make_service()
+
+    def check(_: Any) -> None:
+        assert _settings_inputs(mocks) == {
+            "mldeploy:stateDir": "stack-state",
+            "mldeploy:registryPath": "stack-registry",
+            "mldeploy:baseImage": "stack/base:1",
+            "mldeploy:gatewayImage": "stack/gateway:1",
+        }
+
+    return service.scoring_uri.apply(check)
+
+
+@pytest.mark.parametrize("unset", [None, ""], ids=["absent", "empty-default"])
+@pulumi.runtime.test
+def test_environment_fills_in_settings_the_stack_leaves_unset(
+    mocks: RecordingMocks, project: Path, monkeypatch: pytest.MonkeyPatch, unset: str | None
+) -> Any:
+    """Unset is absent or empty: Pulumi.yaml's default for these keys is the empty string."""
+    for var, value in SETTING_ENV.values():
+        monkeypatch.setenv(var, value)
+    pulumi.runtime.set_all_config({} if unset is None else {key: unset for key in SETTING_ENV})
+    service = make_service()
+
+    def check(_: Any) -> None:
+        assert _settings_inputs(mocks) == {
+            "mldeploy:stateDir": "env-state",
+            "mldeploy:registryPath": "env-registry",
+            "mldeploy:baseImage": "env/base:1",
+            "mldeploy:gatewayImage": "env/gateway:1",
+        }
+
+    return service.scoring_uri.apply(check)
+
+
+def test_project_defaults_leave_env_fillable_settings_unset() -> None:
+    """The engine hands the program Pulumi.yaml's defaults as config: for these keys they must read as unset."""
+    import yaml
+
+    from components._common import ENV_FALLBACKS
+
+    declared = yaml.safe_load((Path(__file__).resolve().parents[1] / "Pulumi.yaml").read_text())["config"]
+    assert {f"mldeploy:{k}" for k in ENV_FALLBACKS} == set(SETTING_ENV)
+    for key in SETTING_ENV:
+        assert declared[key]["default"] == "", key
+
+
+def test_two_checkouts_send_the_same_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a checkout lives is no part of any resource's inputs: two of them declare the same stack."""
+    import json
+
+    for var in ("MLDEPLOY_REGISTRY_PATH", "MLDEPLOY_BASE_IMAGE", "MLDEPLOY_GATEWAY_IMAGE", "PULUMI_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    declared = []
+    for where in ("ana/mldeploy", "ci-runner/work/42/mldeploy"):
+        proj = make_project(tmp_path / where)
+        monkeypatch.setenv("MLDEPLOY_PROJECT_DIR", str(proj))
+        monkeypatch.setenv("MLDEPLOY_STATE_DIR", str(proj / ".pulumi-state"))  # as scripts/env.sh sets it
+        pulumi.runtime.set_all_config({})
+        mocks = _set_mocks(preview=False)
+
+        @pulumi.runtime.test
+        def program() -> Any:
+            model = make_model()
+            folder = make_model("bert", model_name="bert", path=str(proj / "models" / "bert"))
+            return make_service(models=[model, folder]).scoring_uri
+
+        program()
+        declared.append(mocks.resources)
+    assert declared[0] == declared[1]
+    assert str(tmp_path) not in json.dumps(declared[0])
+    assert declared[0]["ridge-version"]["registry_root"] == ".pulumi-state/registry"
+    assert declared[0]["aciservice-service"]["state_dir"] == ".pulumi-state"
+    assert declared[0]["aciservice-service"]["models"] == [
+        {"name": "ridge", "version": 1, "model_dir": ".pulumi-state/registry/ridge/1"},
+        {"name": "bert", "version": 1, "model_dir": ".pulumi-state/registry/bert/1"},
+    ]
 
 
 @pulumi.runtime.test
@@ -279,7 +425,7 @@ def test_settings_from_stack_config(mocks: RecordingMocks, project: Path) -> Any
     service = make_service(models=[model], image=image)
 
     def check(_: Any) -> None:
-        assert mocks.resources["ridge-version"]["registry_root"] == str(project / "reg")
+        assert mocks.resources["ridge-version"]["registry_root"] == "reg"
         assert mocks.resources["scoring-image"]["base_image"] == "python:3.11-slim"
         assert mocks.resources["aciservice-service"]["gateway_image"] == "nginx:1"
 
@@ -300,7 +446,7 @@ def test_inference_image_wiring(mocks: RecordingMocks, project: Path) -> Any:
         assert props["image_repo"] == f"mldeploy-{PROJECT}-{STACK}/scoring"
         assert re.fullmatch(rf"mldeploy-{PROJECT}-{STACK}/scoring:[0-9a-f]{{12}}", name)
         assert name.endswith(props["build_hash"].split(":")[-1][:12])
-        assert image_id.startswith("sha256:")
+        assert image_id == PROVIDER_IMAGE_ID  # the built image's id, as the provider said it
         assert props["build_hash"] == inference_image.build_hash(
             inference_image.InferenceImageArgs(
                 entry_script="score.py",
@@ -309,9 +455,10 @@ def test_inference_image_wiring(mocks: RecordingMocks, project: Path) -> Any:
             ),
             "mldeploy/base:bookworm-py3.11",
         )
-        assert props["source_directory"] == str(project / "src")
+        # Relative to the project: the image's inputs name no checkout's path.
+        assert props["source_directory"] == "src"
         assert props["entry_script"] == "score.py"
-        assert props["dependency_file"] == str(project / "env" / "myenv.yml")
+        assert props["dependency_file"] == "env/myenv.yml"
         assert props["base_image"] == "mldeploy/base:bookworm-py3.11"
         assert props["labels"] == {
             "mldeploy.managed": "true",
@@ -354,14 +501,30 @@ def test_inference_image_build_hash_follows_base_image(mocks: RecordingMocks, mo
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_image_id_without_docker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Preview must not need Docker: with no daemon the base image's id is just empty."""
+def test_image_id_without_docker_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No guess when Docker does not answer: an empty id would change build_hash and rebuild for nothing."""
     monkeypatch.setattr(inference_image, "_image_id", REAL_IMAGE_ID)
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-docker.sock'}")
     for var in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"):
         monkeypatch.delenv(var, raising=False)
-    assert inference_image._image_id("mldeploy/base:bookworm-py3.11") == ""
+    with pytest.raises(inference_image.BaseImageError) as exc:
+        inference_image._image_id("mldeploy/base:bookworm-py3.11")
+    message = str(exc.value)
+    assert "'mldeploy/base:bookworm-py3.11'" in message and "Docker" in message
     gc.collect()  # docker-py's leaked socket is reported here, not in a later test
+
+
+@pulumi.runtime.test
+def test_base_image_id_unknown_fails_the_preview(preview_mocks: RecordingMocks, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow or absent Docker stops the preview, naming the resource and the field; nothing is declared."""
+
+    def slow_docker(ref: str) -> str:
+        raise inference_image.BaseImageError(f"Docker did not say the id of base image {ref!r} (ReadTimeout: timed out)")
+
+    monkeypatch.setattr(inference_image, "_image_id", slow_docker)
+    message = _raises(lambda: make_image("img9"), "InferenceImage 'img9'", "base_image", "ReadTimeout")
+    assert "mldeploy/base:bookworm-py3.11" in message
+    assert not any(name.startswith("img9") for name in preview_mocks.resources)
 
 
 # ---------------------------------------------------------------- ContainerInstanceService
@@ -381,16 +544,17 @@ def test_service_wiring(mocks: RecordingMocks, project: Path) -> Any:
         assert m, scoring_uri
         assert int(m.group(1)) == expected_port
         assert swagger_uri == scoring_uri.removesuffix("/score") + "/swagger.json"
-        assert primary and secondary and primary != secondary
-        assert state == "Healthy"
-        assert versions == {"ridge": 1}
+        # The provider's own outputs, each under its own name (none swapped, none made up).
+        assert (primary, secondary) == ("pk-aciservice", "sk-aciservice")
+        assert state == PROVIDER_STATE
+        assert versions == {"ridge": 101}
 
         props = mocks.resources["aciservice-service"]
         assert mocks.types["aciservice-service"].endswith("mldeploy:Service")
         assert props["service_name"] == "aciservice"
         assert props["target"] == "local"
         assert (props["project"], props["stack"]) == (PROJECT, STACK)
-        assert props["state_dir"] == str(state_dir(project))
+        assert props["state_dir"] == str(state_dir(project))  # outside the project: absolute
         assert props["port"] == expected_port
         assert props["cpu_cores"] == 0.5
         assert props["memory_gb"] == 2
@@ -453,14 +617,20 @@ def test_resource_graph(mocks: RecordingMocks) -> Any:
 
 @pulumi.runtime.test
 def test_service_without_auth_has_no_keys(mocks: RecordingMocks) -> Any:
+    from providers.targets.local import TARGET as LOCAL
+
     service = make_service(auth_enabled=False)
 
-    def check(args: list[Any]) -> None:
-        primary, secondary = args
-        assert primary == "" and secondary == ""  # the local backend's outputs without auth
-        assert mocks.resources["aciservice-service"]["auth_enabled"] is False
+    def check(_: Any) -> None:
+        props = mocks.resources["aciservice-service"]
+        assert props["auth_enabled"] is False
+        # What the local backend makes of it (the real code, not the mocks): no key at all.
+        keys = LOCAL._keys({"primary_key": "old-pk", "secondary_key": "old-sk"}, props)
+        assert keys == (None, None)
+        outs = LOCAL._outs({**props, "port": 23456}, "c0ffee", 40000, keys)
+        assert (outs["primary_key"], outs["secondary_key"]) == ("", "")
 
-    return pulumi.Output.all(service.primary_key, service.secondary_key).apply(check)
+    return service.scoring_uri.apply(check)
 
 
 @pulumi.runtime.test
@@ -479,9 +649,9 @@ def test_service_two_models_explicit_port_and_name(mocks: RecordingMocks, projec
     def check(args: list[Any]) -> None:
         uri, versions = args
         assert uri == "http://127.0.0.1:24680/api/v1/service/multi-svc/score"
-        assert versions == {"ridge": 1, "bert": 1}
+        assert versions == {"ridge": 101, "bert": 101}  # the provider's answer, per model
         props = mocks.resources["multi-service"]
-        assert [m["name"] for m in props["models"]] == ["ridge", "bert"]
+        assert [(m["name"], m["version"]) for m in props["models"]] == [("ridge", 1), ("bert", 1)]
         assert props["environment_variables"] == {"LOG_LEVEL": "debug"}
         assert props["primary_key_version"] == 3
 
@@ -521,11 +691,11 @@ def test_service_on_a_target_without_ports(mocks: RecordingMocks, fake: FakeTarg
     b = make_service("svc-b", models=[model], image=image, target="fake")
     assert _claimed_ports() == claims_before
     local_port = default_port(PROJECT, STACK, "svc-c")
-    make_service("svc-c", models=[model], image=image)  # the local target claims one
+    c = make_service("svc-c", models=[model], image=image)  # the local target claims one
     assert _claimed_ports() == {**claims_before, local_port: "svc-c"}
 
     def check(args: list[Any]) -> None:
-        ua, ub = args
+        ua, ub, _ = args
         assert ua == "https://default.fake.example/api/v1/service/svc-a/score"
         assert ub == "https://default.fake.example/api/v1/service/svc-b/score"
         for name in ("svc-a-service", "svc-b-service"):
@@ -535,7 +705,8 @@ def test_service_on_a_target_without_ports(mocks: RecordingMocks, fake: FakeTarg
             assert not {"port", "gateway_image", "state_dir"} & {k for k, v in props.items() if v is not None}
         assert mocks.resources["svc-c-service"]["port"] == local_port
 
-    return pulumi.Output.all(a.scoring_uri, b.scoring_uri).apply(check)
+    # svc-c's output too: the check must run after all three are registered.
+    return pulumi.Output.all(a.scoring_uri, b.scoring_uri, c.scoring_uri).apply(check)
 
 
 @pulumi.runtime.test
@@ -771,10 +942,20 @@ def test_service_image_must_be_inference_image(mocks: RecordingMocks) -> None:
     _raises(lambda: make_service("svc8", image="myrepo/img:1"), "ContainerInstanceService 'svc8'", "image", "InferenceImage")
 
 
-@pulumi.runtime.test
-def test_service_unknown_argument(mocks: RecordingMocks) -> None:
-    with pytest.raises(TypeError):
-        make_service("svc9", gpu_count=1)
+@pytest.mark.parametrize(
+    "args_model,kind,data",
+    [
+        (components.RegisteredModelArgs, "RegisteredModel", {"model_name": "m", "model_path": "models/ridge.pkl"}),
+        (components.InferenceImageArgs, "InferenceImage", {"entry_script": "score.py", "source_directory": "src"}),
+        (components.ContainerInstanceServiceArgs, "ContainerInstanceService", {"service_name": "svc9", "models": [], "image": None}),
+    ],
+)
+def test_unknown_argument_is_named(project: Path, args_model: Any, kind: str, data: dict[str, Any]) -> None:
+    """Arguments Azure ML does not take (here, `gpu_count`) are refused by name, not dropped."""
+    from components._common import validate
+
+    message = _raises(lambda: validate(args_model, kind, "x", {**data, "gpu_count": 1}), f"{kind} 'x'", "gpu_count")
+    assert "extra inputs are not permitted" in message.lower()
 
 
 def test_several_problems_reported_together(project: Path) -> None:

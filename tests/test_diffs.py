@@ -394,3 +394,106 @@ def test_orphaned_state_updates_without_a_roll() -> None:
     assert diff_service(olds, news).changes is True
     assert diff_service(olds, news).replaces == []
     assert needs_roll(olds, news) is False
+
+
+# ---------------------------------------------------------------- where the checkout lives
+
+
+# State written by an earlier release: absolute paths of the checkout that deployed it.
+EARLIER = "/home/ana/src/mldeploy"
+
+
+class TestCheckoutIndependence:
+    """Inputs hold paths relative to the project; a stack made by an earlier release
+    (absolute paths of its checkout) diffs as no change against them, so its next
+    `up`, from any checkout, neither replaces nor rolls."""
+
+    def test_model_from_an_earlier_release_is_no_change(self) -> None:
+        olds = {
+            **model_props(model_path=f"{EARLIER}/sample/models/ridge.pkl", registry_root=f"{EARLIER}/.pulumi-state/registry"),
+            "model_dir": f"{EARLIER}/.pulumi-state/registry/ridge/1",
+            "present": True,
+        }
+        news = model_props(model_path="sample/models/ridge.pkl", registry_root=".pulumi-state/registry")
+        r = diff_model(olds, news)
+        assert r.changes is False and not r.replaces
+
+    def test_model_in_another_registry_is_still_another_model(self) -> None:
+        olds = model_props(registry_root=f"{EARLIER}/shared/registry")
+        assert diff_model(olds, model_props(registry_root=".pulumi-state/registry")).replaces == ["registry_root"]
+        # A registry moved out of the project (relative to absolute) is a move, not a migration.
+        olds = model_props(registry_root=".pulumi-state/registry")
+        assert diff_model(olds, model_props(registry_root="/mnt/shared/.pulumi-state/registry")).replaces == ["registry_root"]
+
+    def test_service_from_an_earlier_release_neither_rolls_nor_changes(self) -> None:
+        olds = service_olds(
+            state_dir=f"{EARLIER}/.pulumi-state",
+            models=[{"name": "ridge", "version": 1.0, "model_dir": f"{EARLIER}/.pulumi-state/registry/ridge/1"}],
+        )
+        news = service_props(
+            state_dir=".pulumi-state",
+            models=[{"name": "ridge", "version": 1, "model_dir": ".pulumi-state/registry/ridge/1"}],
+        )
+        assert diff_service(olds, news).changes is False
+        assert needs_roll(olds, news) is False
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"state_dir": "other-state"},
+            {"models": [{"name": "ridge", "version": 1, "model_dir": "other-registry/ridge/1"}]},
+            {"models": [{"name": "ridge", "version": 2, "model_dir": ".pulumi-state/registry/ridge/2"}]},
+        ],
+        ids=["state-dir-moved", "registry-moved", "new-version"],
+    )
+    def test_a_real_move_still_rolls(self, change: dict[str, Any]) -> None:
+        olds = service_olds(
+            state_dir=".pulumi-state", models=[{"name": "ridge", "version": 1, "model_dir": ".pulumi-state/registry/ridge/1"}]
+        )
+        news = service_props(**{**{"state_dir": ".pulumi-state", "models": olds["models"]}, **change})
+        assert diff_service(olds, news).changes is True
+        assert needs_roll(olds, news) is True
+
+    @pytest.mark.parametrize(
+        "old,new,same",
+        [
+            (".pulumi-state", ".pulumi-state", True),
+            (f"{EARLIER}/.pulumi-state", ".pulumi-state", True),
+            (f"{EARLIER}/.pulumi-state/registry/m/1", ".pulumi-state/registry/m/1", True),
+            (f"{EARLIER}/state", ".pulumi-state", False),
+            (".pulumi-state", f"{EARLIER}/.pulumi-state", False),  # relative made absolute: a move
+            (f"{EARLIER}/.pulumi-state", "../.pulumi-state", False),
+            ("/.pulumi-state", ".pulumi-state", False),  # nothing before it: not a checkout's folder
+            (f"{EARLIER}/x", ".", False),
+            (None, ".pulumi-state", False),
+            ("", "", True),
+        ],
+    )
+    def test_same_place(self, old: Any, new: Any, same: bool) -> None:
+        from providers.paths import same_place
+
+        assert same_place(old, new) is same
+
+    def test_portable_and_local_round_trip(self, tmp_path: Any) -> None:
+        from providers.paths import local, portable
+
+        root = tmp_path / "checkout"
+        assert portable(root / "sample" / "src", root) == "sample/src"
+        assert portable("sample/src", root) == "sample/src"
+        assert portable(tmp_path / "shared" / "registry", root) == str(tmp_path / "shared" / "registry")
+        assert local("sample/src", root) == root / "sample" / "src"
+        assert local(str(tmp_path / "shared"), root) == tmp_path / "shared"
+
+    def test_providers_find_relative_paths_under_the_project(self, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        """At apply time the engine starts providers in the project's folder; MLDEPLOY_PROJECT_DIR wins when set."""
+        from providers.paths import project_dir
+        from providers.targets.local import model_mounts
+
+        monkeypatch.delenv("MLDEPLOY_PROJECT_DIR", raising=False)
+        monkeypatch.chdir(tmp_path)
+        assert project_dir() == tmp_path.resolve()
+        mounts, _ = model_mounts([{"name": "ridge", "version": 1, "model_dir": ".pulumi-state/registry/ridge/1"}])
+        assert list(mounts) == [str(tmp_path.resolve() / ".pulumi-state" / "registry" / "ridge" / "1")]
+        monkeypatch.setenv("MLDEPLOY_PROJECT_DIR", str(tmp_path / "elsewhere"))
+        mounts, _ = model_mounts([{"name": "ridge", "version": 1, "model_dir": ".pulumi-state/registry/ridge/1"}])
+        assert list(mounts) == [str(tmp_path.resolve() / "elsewhere" / ".pulumi-state" / "registry" / "ridge" / "1")]

@@ -87,6 +87,7 @@ def test_plain_cli_runs_a_project_through_the_language_host(tmp_path: Path, monk
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLDEPLOY_PROJECT_DIR")}
     env.update({
         "PULUMI_BACKEND_URL": f"file://{tmp_path / 'backend'}",
+        "PULUMI_CONFIG_PASSPHRASE": "mldeploy-test",  # a stack of its own: a passphrase of its own
         "PYTHONPATH": str(root),
         "MLDEPLOY_STATE_DIR": str(project / ".pulumi-state"),
     })

@@ -155,6 +155,8 @@ def _service_containers(stack_name: str) -> list[str]:
 
 
 def test_interrupted_up_converges_and_destroy_cleans(workdir: Path) -> None:
+    import stack as stack_cli
+
     _multi_inputs(workdir)
     name = f"intr{os.getpid() % 10000}{int(time.time()) % 1000}"
     try:
@@ -183,9 +185,55 @@ def test_interrupted_up_converges_and_destroy_cleans(workdir: Path) -> None:
     finally:
         down = _stack_process(workdir, name, "destroy", "0")
         log, _ = down.communicate(timeout=300)
+        rm = _stack_process(workdir, name, "rm", "0")
+        rm.communicate(timeout=120)
     assert down.returncode == 0, log[-3000:]
     assert stack_leftovers(name) == {"containers": [], "images": []}
     assert not any((workdir / ".pulumi-state" / "registry").glob("*/*.json"))
+    # The provider process of the interrupted run (its engine was stopped hard) is gone too.
+    assert stack_cli.orphaned_providers(workdir) == []
+
+
+def _descendants(pid: int) -> list[int]:
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()
+    return [d for c in map(int, children) for d in (c, *_descendants(c))]
+
+
+def test_an_engine_killed_mid_update_leaves_no_provider_process(workdir: Path) -> None:
+    """An engine that dies hard cannot stop its provider processes; the next run of the stack does."""
+    import stack as stack_cli
+
+    _multi_inputs(workdir)
+    name = f"kill{os.getpid() % 10000}{int(time.time()) % 1000}"
+    try:
+        proc = _stack_process(workdir, name, "up", "30")  # the backend takes 30 s to become healthy
+        deadline = time.monotonic() + 240
+        while not _service_containers(name) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert _service_containers(name), "the provider should be starting the backend"
+        engines = [p for p in _descendants(proc.pid) if stack_cli._proc_stat(p)[0] == "pulumi"]
+        assert engines
+        for p in engines:
+            os.kill(p, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+        time.sleep(1)
+        left = stack_cli.orphaned_providers(workdir)
+        assert left, "the killed engine's provider process is still there, waiting for it"
+
+        again = _stack_process(workdir, name, "up", "0")
+        log, _ = again.communicate(timeout=400)
+        assert again.returncode == 0, log[-3000:]
+        assert "provider process(es) left by an interrupted run" in log
+        assert not [p for p in left if not stack_cli._gone(p)], "the next run stops them"
+        assert stack_cli.orphaned_providers(workdir) == []
+        assert len(_service_containers(name)) == 1, _service_containers(name)
+    finally:
+        down = _stack_process(workdir, name, "destroy", "0")
+        log, _ = down.communicate(timeout=300)
+        _stack_process(workdir, name, "rm", "0").communicate(timeout=120)
+    assert down.returncode == 0, log[-3000:]
+    assert stack_leftovers(name) == {"containers": [], "images": []}
 
 
 # --- drift ----------------------------------------------------------------------------------

@@ -286,13 +286,27 @@ class TestPlannedVersion:
         assert planned == 1
         assert registry.register("ridge", model_file, OTHER).version == planned
 
-    def test_predicts_register_when_reverting(self, registry: ModelRegistry, model_file: Path) -> None:
+    def test_a_revert_gets_the_version_that_had_the_content(self, registry: ModelRegistry, model_file: Path) -> None:
+        """Decided: identical content reuses its version (Azure ML would count up to 3; see README)."""
         registry.register("ridge", model_file, OWNER)
         model_file.write_bytes(b"weights-v2")
         registry.register("ridge", model_file, OWNER)
         model_file.write_bytes(b"weights-v1")
-        planned = registry.planned_version("ridge", content_hash(model_file), OWNER)
-        assert registry.register("ridge", model_file, OWNER).version == planned
+        assert registry.planned_version("ridge", content_hash(model_file), OWNER) == 1
+        mv = registry.register("ridge", model_file, OWNER)
+        assert mv.version == 1
+        assert (Path(mv.path) / model_file.name).read_bytes() == b"weights-v1"
+        assert [v.version for v in registry.versions("ridge")] == [1, 2]  # no copy of known content
+
+    def test_another_owner_reverting_shares_the_version(self, registry: ModelRegistry, model_file: Path) -> None:
+        registry.register("ridge", model_file, OWNER)
+        model_file.write_bytes(b"weights-v2")
+        registry.register("ridge", model_file, OWNER)
+        model_file.write_bytes(b"weights-v1")  # content of version 1, which only OWNER holds
+        assert registry.planned_version("ridge", content_hash(model_file), OTHER) == 1
+        mv = registry.register("ridge", model_file, OTHER)
+        assert mv.version == 1 and sorted(mv.owners) == sorted([OWNER, OTHER])
+        assert [v.version for v in registry.versions("ridge")] == [1, 2]
 
 
 # ---------------------------------------------------------------- release

@@ -332,6 +332,12 @@ class Gateway:
     def routes_dir(self) -> Path:
         return self.conf_dir / ROUTES_SUBDIR
 
+    @property
+    def lock_path(self) -> Path:
+        """Beside conf_dir, never in it: removing the gateway's files must not remove the lock
+        that a waiting client holds open (it would then lock a deleted file, alone)."""
+        return self.conf_dir.parent / f".{self.conf_dir.name}.lock"
+
     def _route_file(self, service_name: str) -> Path:
         return self.routes_dir / f"{validate_service_name(service_name)}.conf"
 
@@ -372,12 +378,16 @@ class Gateway:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        """Serialise config changes (Pulumi runs resource operations in parallel):
-        a broken file of one route must not make another route's test fail."""
-        self._prepare_dirs()
-        with open(self.conf_dir / ".lock", "a+") as f:
+        """Serialise every change to the gateway and its routes (Pulumi runs resource
+        operations in parallel, in several provider processes): a broken file of one
+        route must not make another route's test fail, and a gateway that one client
+        removes must not vanish under another client's route change. Not reentrant:
+        code under it calls the `_locked` variants."""
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             try:
+                self._prepare_dirs()
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
@@ -393,24 +403,27 @@ class Gateway:
         """Start the gateway if it is missing, stopped or stale (other image or
         conf_dir); reuse it otherwise. Returns the container id once nginx runs."""
         with self._lock():
-            main = self.conf_dir / MAIN_CONF
-            wanted = render_nginx_conf(
-                worker_processes=self.worker_processes, client_keepalive_timeout=self.client_keepalive_timeout
-            )
-            main_changed = not main.exists() or main.read_text() != wanted
-            if main_changed:
-                _write_atomic(main, wanted)
-            with self._docker() as dc:
-                c = self._get(dc)
-                if c is not None and c.status == "running" and self._is_current(c):
-                    if main_changed:
-                        self._test_and_reload(c)
-                    return c.id
-                if c is not None:
-                    c.remove(force=True)
-                c = self._run(dc)
-                self._wait_running(c, timeout)
+            return self._ensure_locked(timeout)
+
+    def _ensure_locked(self, timeout: float = 30.0) -> str:
+        main = self.conf_dir / MAIN_CONF
+        wanted = render_nginx_conf(
+            worker_processes=self.worker_processes, client_keepalive_timeout=self.client_keepalive_timeout
+        )
+        main_changed = not main.exists() or main.read_text() != wanted
+        if main_changed:
+            _write_atomic(main, wanted)
+        with self._docker() as dc:
+            c = self._get(dc)
+            if c is not None and c.status == "running" and self._is_current(c):
+                if main_changed:
+                    self._test_and_reload(c)
                 return c.id
+            if c is not None:
+                c.remove(force=True)
+            c = self._run(dc)
+            self._wait_running(c, timeout)
+            return c.id
 
     def _is_current(self, c) -> bool:
         mounts = {m.get("Destination"): m.get("Source") for m in c.attrs.get("Mounts", [])}
@@ -480,12 +493,16 @@ class Gateway:
         with self._lock():
             if self.routes():
                 return False
-            self.remove(purge_config=True)
+            self._remove_locked(purge_config=True)
             return True
 
     def remove(self, purge_config: bool = False) -> None:
         """Stop and remove the gateway (idempotent). purge_config also deletes
-        conf_dir, i.e. the route files holding the keys."""
+        conf_dir, i.e. the route files holding the keys (never the lock beside it)."""
+        with self._lock():
+            self._remove_locked(purge_config)
+
+    def _remove_locked(self, purge_config: bool) -> None:
         import docker.errors
 
         with self._docker() as dc:
@@ -555,8 +572,10 @@ class Gateway:
         text = render_service_conf(service_name, port, backend_port, keys, max_body_bytes)
         health = f"/api/v1/service/{service_name}/health"
         path = self._route_file(service_name)
-        self.ensure()
+        # One hold of the lock from starting the gateway to the live route: a client
+        # removing an unused gateway in between would leave this route with none.
         with self._lock():
+            self._ensure_locked()
             previous = path.read_text() if path.exists() else None
             prev_meta = parse_route_meta(previous) if previous else None
             for other in self.routes():

@@ -107,14 +107,19 @@ class ModelRegistry:
     def get(self, name: str, version: int) -> ModelVersion | None:
         return self._load(name, version)
 
+    @staticmethod
+    def _with_content(existing: list[ModelVersion], digest: str, owner: str) -> ModelVersion | None:
+        """The version that has this content: the owner's own first, else the newest."""
+        same = [mv for mv in existing if mv.content_hash == digest]
+        mine = [mv for mv in same if owner in mv.owners]
+        return (mine or same or [None])[-1]
+
     def planned_version(self, name: str, digest: str, owner: str) -> int:
         """The version `register` would give this content now, without writing anything."""
         existing = self.versions(name)
-        for mv in reversed(existing):
-            if mv.content_hash == digest and owner in mv.owners:
-                return mv.version
-        if existing and existing[-1].content_hash == digest:
-            return existing[-1].version
+        same = self._with_content(existing, digest, owner)
+        if same is not None:
+            return same.version
         return (existing[-1].version + 1) if existing else 1
 
     def register(
@@ -125,9 +130,12 @@ class ModelRegistry:
         tags: dict[str, str] | None = None,
         description: str = "",
     ) -> ModelVersion:
-        """Register content; a new version only when it is new to this owner and differs from the latest.
+        """Register content; a new version (latest + 1) only for content no version has.
 
-        Content this owner already registered (a revert) gets its earlier version back.
+        Content a version already has gets that version back: a revert returns to
+        the version that had the content, and the same file registered by another
+        stack shares its version. (Azure ML's `Model.register` counts up on every
+        call; versions here are content-addressed, so a preview can say which.)
         """
         if not NAME_RE.match(name):
             raise RegistryError(f"invalid model name {name!r}: letters, digits, '_', '.', '-'")
@@ -135,11 +143,8 @@ class ModelRegistry:
         digest = content_hash(src)
         with self._locked():
             existing = self.versions(name)
-            same = [mv for mv in existing if mv.content_hash == digest and owner in mv.owners]
-            if not same and existing and existing[-1].content_hash == digest:
-                same = [existing[-1]]
-            if same:
-                mv = same[-1]
+            mv = self._with_content(existing, digest, owner)
+            if mv is not None:
                 if owner not in mv.owners:
                     mv.owners.append(owner)
                 mv.tags, mv.description = dict(tags or {}), description

@@ -115,6 +115,13 @@ class Target:
     """A change only touches the route or front end, in place."""
     OUTPUTS: ClassVar[tuple[str, ...]] = ()
     """Outputs beyond the shared ones that the state keeps (what `read` and `delete` need)."""
+    PATHS: ClassVar[tuple[str, ...]] = ()
+    """Inputs that hold a path, relative to the project (`providers.paths`): diffs compare
+    them as places, so where a checkout lives changes nothing; backends find them with
+    `providers.paths.local`."""
+    pulls_images: ClassVar[bool] = False
+    """True: the component pushes the scoring image (with its model layer) and the front
+    end's image to the stack's registry and passes `image_ref` and `front_image_ref`."""
     deployed_by: ClassVar[str | None] = None
     """None: the Service resource runs it. Otherwise the component that composes the
     target's own Pulumi resources (Kubernetes: `AksService`), named in errors."""

@@ -14,7 +14,6 @@ import os
 import secrets
 import sys
 import uuid
-from pathlib import Path
 from typing import Any, Mapping
 
 from pulumi.dynamic import CheckFailure
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from providers.clients import containers
 from providers.clients.gateway import Gateway, port_free
+from providers.paths import local
 from providers.targets import ArgsInvalid, Target, WholeNumber, service_uris, validate_args
 
 MODELS_ROOT = "/var/azureml-app/azureml-models"
@@ -42,8 +42,11 @@ def new_key() -> str:
 
 
 def model_mounts(models: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
-    """Host dirs to mount and the AZUREML_MODEL_DIR value, as Azure ML lays them out."""
-    mounts = {m["model_dir"]: f"{MODELS_ROOT}/{m['name']}/{int(m['version'])}" for m in models}
+    """Host dirs to mount and the AZUREML_MODEL_DIR value, as Azure ML lays them out.
+
+    A model's folder is relative to the project in the inputs; Docker needs it absolute.
+    """
+    mounts = {str(local(m["model_dir"])): f"{MODELS_ROOT}/{m['name']}/{int(m['version'])}" for m in models}
     if len(models) == 1:
         return mounts, f"{MODELS_ROOT}/{models[0]['name']}/{int(models[0]['version'])}"
     return mounts, MODELS_ROOT
@@ -81,7 +84,7 @@ class LocalArgs(BaseModel):
     gateway_image: str = Field(min_length=1)
     """The stack's nginx gateway runs from it (`mldeploy:gatewayImage`)."""
     state_dir: str = Field(min_length=1)
-    """The gateway's config lives under it (`mldeploy:stateDir`)."""
+    """The gateway's config lives under it (`mldeploy:stateDir`); relative to the project."""
 
 
 class LocalTarget(Target):
@@ -94,6 +97,7 @@ class LocalTarget(Target):
     # The gateway holds the port and the keys: the backend keeps running.
     ROUTE_ON = ("port", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes", "gateway_image")
     OUTPUTS = ("container_id", "backend_port")
+    PATHS = ("state_dir",)
 
     def service_inputs(
         self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Mapping[str, Any]
@@ -114,7 +118,7 @@ class LocalTarget(Target):
         return uris(props)
 
     def _gateway(self, props: dict[str, Any]) -> Gateway:
-        conf_dir = Path(props["state_dir"]) / "gateway" / f"{props['project']}-{props['stack']}"
+        conf_dir = local(props["state_dir"]) / "gateway" / f"{props['project']}-{props['stack']}"
         return Gateway(props["project"], props["stack"], str(conf_dir), props["gateway_image"])
 
     def _labels(self, props: dict[str, Any]) -> dict[str, str]:

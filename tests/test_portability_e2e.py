@@ -1,0 +1,114 @@
+"""A stack survives a new checkout: one made by an earlier release, from a checkout at
+one path, previews "no changes" from a checkout of this release at another path,
+and its next `up` migrates it without a replace or a roll.
+
+The earlier release is main as it was before resource inputs held paths relative
+to the project (issue 9); it runs from `git archive` of that commit, with this
+project's sample and serving runtime, so that only the code differs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from conftest import ROOT, train_model
+from test_deploy_e2e import SEED_REQUEST, stack_leftovers
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+# main before issue 9: absolute checkout paths in model_path, registry_root, state_dir,
+# model_dir, source_directory and dependency_file.
+EARLIER_RELEASE = "c1fb50aded5dabff1201b22ad0dfed48000bbe44"
+MODEL = Path("sample") / "models" / "sklearn_regression_model.pkl"
+
+
+def checkout_of(commit: str, dest: Path) -> Path:
+    """The files of `commit`, as a fresh clone at `dest` would have them."""
+    run = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit], capture_output=True, timeout=120)
+    if run.returncode != 0:
+        pytest.fail(f"this test needs the repository's history (commit {commit[:12]}): {run.stderr.decode()[-500:]}")
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(run.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def service_containers(stack_name: str) -> list[str]:
+    flt = {"label": [f"mldeploy.stack={stack_name}", "mldeploy.kind=service"]}
+    return sorted(c.id for c in docker.from_env().containers.list(all=True, filters=flt))
+
+
+def test_a_stack_of_the_earlier_release_previews_no_changes_from_another_checkout(
+    workdir: Path, engine_stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stack as stack_cli
+
+    # Checkout A, elsewhere, with the earlier release's code and this project's content.
+    first = checkout_of(EARLIER_RELEASE, tmp_path / "ana" / "src" / "mldeploy")
+    for content in ("sample", "runtime"):
+        shutil.rmtree(first / content)
+        shutil.copytree(ROOT / content, first / content, ignore=shutil.ignore_patterns("models", "__pycache__"))
+    train_model(first / MODEL)
+    (workdir / MODEL).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(first / MODEL, workdir / MODEL)  # the same model file in both checkouts
+    backend = first / ".pulumi-state" / "backend"
+    backend.mkdir(parents=True)
+    name = f"t{uuid.uuid4().hex[:8]}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLDEPLOY_")},
+        "MLDEPLOY_PROJECT_DIR": str(first),
+        "MLDEPLOY_STATE_DIR": str(first / ".pulumi-state"),  # what that release's scripts/env.sh set
+        "PULUMI_BACKEND_URL": f"file://{backend}",
+    }
+    # The engine's stack (the state and this stack's config file) belongs to the test
+    # from here on: the engine_stack fixture destroys and removes it, whatever happens.
+    monkeypatch.setenv("PULUMI_BACKEND_URL", f"file://{backend}")
+    up = subprocess.run([sys.executable, str(first / "scripts" / "stack.py"), "up", name], cwd=first, env=env,
+                        capture_output=True, text=True, timeout=900)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    state = json.loads(subprocess.run(["pulumi", "stack", "export", "--stack", name], cwd=first, env=env,
+                                      capture_output=True, text=True, check=True).stdout)
+    old_inputs = json.dumps([r.get("inputs") for r in state["deployment"]["resources"]])
+    assert str(first) in old_inputs, "the earlier release wrote its checkout's paths into the inputs"
+    before = service_containers(name)
+    assert len(before) == 1
+
+    # Checkout B (this release) at another path, with the same backend and the stack's
+    # committed config file; its own state folder, as its scripts/env.sh sets.
+    shutil.copy2(first / "stacks" / f"Pulumi.{name}.yaml", workdir / "stacks" / f"Pulumi.{name}.yaml")
+    st = engine_stack(stack_cli.project_program(workdir), name=name)
+    pre = st.preview(diff=True)
+    assert set(pre.change_summary) == {"same"}, (pre.change_summary, pre.text[-4000:])
+
+    # The next up migrates the inputs: nothing replaced, nothing rolled.
+    up = st.up()
+    assert set(up.summary.resource_changes or {}) == {"same"}, (up.summary.resource_changes, up.text[-4000:])
+    assert service_containers(name) == before, "the service must not roll"
+    resources = st.stack.export_stack().deployment["resources"]
+    new_inputs = json.dumps([r.get("inputs") for r in resources])
+    assert str(first) not in new_inputs and str(workdir) not in new_inputs, "inputs must name no checkout"
+    image = next(r for r in resources if r["type"].endswith("mldeploy:Image"))
+    assert image["inputs"]["source_directory"] == "sample/src"
+    out = {k: v.value for k, v in up.outputs.items()}
+    r = requests.post(out["scoring_uri"], json=SEED_REQUEST, headers={"Authorization": f"Bearer {out['primary_key']}"}, timeout=30)
+    assert r.status_code == 200, r.text
+
+    # And from this checkout, a second look finds nothing to do either.
+    assert set(st.preview().change_summary) == {"same"}
+
+    down = st.destroy()
+    assert down.summary.result == "succeeded"
+    assert stack_leftovers(name) == {"containers": [], "images": []}
+    assert not any((first / ".pulumi-state" / "registry").glob("*/*.json")), "the registry entries are released"

@@ -198,8 +198,8 @@ def render_chart(service: str, rows: Sequence[Row], path: Path) -> None:
     ax2.plot(cpus, [r.p99_ms for r in rows], marker="s", color="tab:red", label="p99 (ms)")
     ax2.set_ylabel("p99 latency (ms)")
     ax.set_title(f"Profile of {service}")
-    fig.legend(loc="upper center", ncol=2, fontsize=8)
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=2, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -269,6 +269,15 @@ def backend_from_state(deployment: dict[str, Any], service: str, resolve: Callab
     raise ProfileError(f"service {service!r} is not in the stack; its services: {known}")
 
 
+def stack_state_dir(st: Any) -> str | None:
+    """`mldeploy:stateDir` from the stack's config, when it sets one (stack config wins, as everywhere)."""
+    try:
+        value = st.get_config("mldeploy:stateDir").value
+    except Exception:
+        return None
+    return value or None
+
+
 def parse_cpus(text: str) -> list[float]:
     try:
         cpus = sorted({float(x) for x in text.split(",") if x.strip()})
@@ -293,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-p99-ms", type=float, default=100.0)
     parser.add_argument("--target-rps", type=float, default=20.0)
     args = parser.parse_args(argv)
+    import stack as stack_cli
+
+    if str(stack_cli.ROOT) not in sys.path:
+        sys.path.insert(0, str(stack_cli.ROOT))
     try:
         if args.duration <= 0:
             raise ProfileError(f"--duration: must be greater than 0, got {args.duration:g}")
@@ -300,8 +313,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ProfileError(f"--memory-gb: must be greater than 0, got {args.memory_gb:g}")
         cpus = parse_cpus(args.cpu)
         bodies = load_requests(args.input) if args.input else None
-        import stack as stack_cli
-
         from providers.paths import local, project_dir
 
         st = stack_cli.select_stack(args.stack)
@@ -314,14 +325,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
         cpu, memory = recommend(rows, args.target_p99_ms, args.target_rps)
         markdown = render_markdown(args.service, rows, cpu, memory, args.target_p99_ms, args.target_rps)
-        out_dir = local(os.environ.get("MLDEPLOY_STATE_DIR") or ".pulumi-state", project_dir()) / "profiles"
+        # Beside the stack's state: the stack's own mldeploy:stateDir when it sets one.
+        out_dir = local(stack_state_dir(st) or os.environ.get("MLDEPLOY_STATE_DIR") or ".pulumi-state", project_dir()) / "profiles"
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = out_dir / f"{args.stack}-{args.service}"
         stem.with_suffix(".md").write_text(markdown)
         render_chart(args.service, rows, stem.with_suffix(".png"))
         print(markdown)
         print(f"[profile] wrote {stem.with_suffix('.md')} and {stem.with_suffix('.png')}", file=sys.stderr)
-    except ProfileError as exc:
+    except (ProfileError, stack_cli.PassphraseMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -9,6 +9,7 @@ dynamic providers, secrets). Usage:
     scripts/stack.py up dev
     scripts/stack.py preview dev --diff
     scripts/stack.py refresh|destroy|outputs dev
+    scripts/stack.py profile dev aciservice [--input FILE] [--duration S]
 """
 
 from __future__ import annotations
@@ -238,7 +239,16 @@ def recover_if_interrupted(stack, force: bool = False) -> bool:
     return True
 
 
+# Operations with arguments of their own, each in its own module.
+TOOLS = {"profile": "profile_service"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        import importlib
+
+        return importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["preview", "up", "refresh", "destroy", "outputs", "rm"])
     parser.add_argument("stack", nargs="?", default="dev")

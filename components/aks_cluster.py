@@ -8,6 +8,7 @@ mirror `AksCompute.provisioning_configuration` so it can slot in here.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import pulumi
@@ -112,7 +113,7 @@ class AksCluster(pulumi.ComponentResource):
         """The cluster owns each namespace its services use, so removing one service never takes it away."""
         if name == "default":
             return None
-        if not __import__("re").match(NAMESPACE_RE, name):
+        if not re.match(NAMESPACE_RE, name):
             raise ValueError(f"namespace {name!r} does not match {NAMESPACE_RE}")
         if name not in self._namespaces:
             self._namespaces[name] = k8s.core.v1.Namespace(

@@ -9,9 +9,10 @@ import pulumi
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from components._common import PACKAGE, ArgsError, Settings, validate
+from components._common import PACKAGE, ArgsError, Settings, slug, validate
 from components.inference_image import InferenceImage
 from components.registered_model import RegisteredModel
+from components.registry_image import RegistryImage
 from providers.service import ServiceProvider
 from providers.targets import TARGETS, ArgsInvalid, target_for
 
@@ -136,6 +137,12 @@ class ContainerInstanceService(pulumi.ComponentResource):
         )
         own_inputs, target_outputs = self._target_inputs(resource_name, args, settings, {"port": port})
         super().__init__(f"{PACKAGE}:index:ContainerInstanceService", resource_name, None, opts)
+        entries = [m.service_entry() for m in args.models]
+        pulled: list[pulumi.Resource] = []
+        if target_for(args.target).pulls_images:
+            images = self._create_registry_images(resource_name, args, settings, image, entries)
+            own_inputs = {**own_inputs, "image_ref": images[0].image_ref, "front_image_ref": images[1].image_ref}
+            pulled = list(images)
         self._service = Service(
             f"{resource_name}-service",
             {
@@ -146,7 +153,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
                 "stack": settings.stack,
                 "image_name": image.image_name,
                 "image_id": image.image_id,
-                "models": [m.service_entry() for m in args.models],
+                "models": entries,
                 "cpu_cores": args.cpu_cores,
                 "memory_gb": args.memory_gb,
                 "auth_enabled": args.auth_enabled,
@@ -158,7 +165,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
             },
             pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[m._version for m in args.models] + [image._image],
+                depends_on=[m._version for m in args.models] + [image._image] + pulled,
                 additional_secret_outputs=["primary_key", "secondary_key"],
             ),
             target_outputs=target_outputs,
@@ -166,6 +173,36 @@ class ContainerInstanceService(pulumi.ComponentResource):
         for key in OUTPUTS:
             setattr(self, key, getattr(self._service, key))
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})
+
+    def _create_registry_images(
+        self, resource_name: str, args: ContainerInstanceServiceArgs, settings: Settings, image: InferenceImage, entries: list[Any]
+    ) -> tuple[RegistryImage, RegistryImage]:
+        """For targets that pull: the inference image plus a model layer, and the front end's nginx image."""
+        registry = f"{settings.image_registry}/mldeploy-{slug(settings.project)}-{slug(settings.stack)}"
+        labels = {"mldeploy.managed": "true", "mldeploy.project": settings.project, "mldeploy.stack": settings.stack}
+        model_image = RegistryImage(
+            f"{resource_name}-image",
+            {
+                "source_image": image.image_name,
+                "source_image_id": image.image_id,
+                "repository": f"{registry}/{args.service_name}",
+                "models": entries,
+                "labels": labels,
+            },
+            pulumi.ResourceOptions(parent=self, depends_on=[m._version for m in args.models] + [image._image]),
+        )
+        front_image = RegistryImage(
+            f"{resource_name}-front-image",
+            {
+                "source_image": settings.gateway_image,
+                "source_image_id": "",
+                "repository": f"{registry}/{args.service_name}-front",
+                "models": [],
+                "labels": {},
+            },
+            pulumi.ResourceOptions(parent=self),
+        )
+        return model_image, front_image
 
     @staticmethod
     def _target_inputs(

@@ -132,7 +132,19 @@ def describe_service(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
         out.append("environment variables changed: " + ", ".join(f"`{k}`" for k in changed_env))
     if old.get("state") not in (None, "Healthy"):
         out.append(f"found {old.get('state')} by refresh: restored")
+    if out and new.get("target") == "aci":
+        out.append(_aci_words(old, new))
     return out
+
+
+ACI_REPLACE_ON = ("cpu_cores", "memory_gb", "os_type", "restart_policy", "ip_address_type", "location", "resource_group", "subscription_id")
+
+
+def _aci_words(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """ACI has no rolling update: say what the change costs."""
+    if any(old.get(k) != new.get(k) for k in ACI_REPLACE_ON if k in new):
+        return "ACI cannot change this in place: the container group is deleted and created again, so the service is down meanwhile"
+    return "ACI restarts the container group in place: a short outage (the Kubernetes target rolls with no downtime)"
 
 
 def describe_cluster(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

@@ -147,6 +147,10 @@ def test_local_gateway_still_listens_on_loopback_only() -> None:
     assert "listen 127.0.0.1:20001;" in conf
     with pytest.raises(ValueError, match="listen_host"):
         render_service_conf("svc", 20001, 40001, None, listen_host="10.0.0.1")
+    # A low port only inside a namespace of its own (a pod, an ACI group), never on the host.
+    with pytest.raises(ValueError, match="port: must be an integer port in 1024-65535"):
+        render_service_conf("svc", 80, 40001, None)
+    assert "listen 0.0.0.0:80;" in render_service_conf("svc", 80, 5001, None, listen_host="0.0.0.0")
 
 def test_uris() -> None:
     assert target.uris(31000, "svc") == {

@@ -93,9 +93,9 @@ def _template(template: str, /, **values: object) -> str:
     return _PLACEHOLDER_RE.sub(sub, text)
 
 
-def _check_port(field: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= 65535:
-        raise ValueError(f"{field}: must be an integer port in 1024-65535, got {value!r}")
+def _check_port(field: str, value: object, low: int = 1024) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
+        raise ValueError(f"{field}: must be an integer port in {low}-65535, got {value!r}")
     return value
 
 
@@ -181,7 +181,9 @@ def render_service_conf(
     """One service's upstream + server block. Keys (if any) are matched
     exactly against ``Authorization: Bearer <key>`` on the score route only."""
     validate_service_name(service_name)
-    _check_port("port", port)
+    # On the shared host only unprivileged ports; a front end in its own network
+    # namespace (a pod, a container group) may take a low one such as ACI's 80.
+    _check_port("port", port, low=1 if listen_host == "0.0.0.0" else 1024)
     _check_port("backend_port", backend_port)
     if port == backend_port:
         raise ValueError("port: must differ from backend_port (both are 127.0.0.1 ports)")

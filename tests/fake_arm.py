@@ -1,0 +1,527 @@
+"""A local fake of Azure Resource Manager for container groups, for tests only.
+
+It serves HTTPS on 127.0.0.1 with a test CA made at test time (azure-core sends
+bearer tokens over HTTPS only), and follows the ContainerInstance REST API:
+
+- request bodies are checked against the model definitions of Microsoft's SDK
+  (`azure-mgmt-containerinstance`, generated from the REST specification):
+  unknown properties, missing required ones and wrong types are a 400;
+- PUT and DELETE are long-running operations: `Azure-AsyncOperation` and
+  `Retry-After` headers, `provisioningState` going Pending, Creating, then
+  Succeeded or Failed over time;
+- GET never returns a `secureValue`;
+- bearer tokens are checked: missing, unknown or expired tokens get ARM's 401s;
+- faults can be injected (429 with `Retry-After`, 409, any status) per request.
+
+The containers of a group run in Docker, published on 127.0.0.1 only: an
+"infra" container holds the group's network namespace and published ports, and
+every container of the group joins it, so they share localhost as in ACI.
+The fake reports Succeeded once the containers run and their readiness probes
+answer (a stricter wait than ACI's, so tests can score at once), and Failed when
+a container exits while the group starts, with the container's events and log.
+This is a test double: nothing here reaches or stands for a deployment in Azure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import ssl
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import docker
+import requests
+
+API_VERSION = "2025-09-01"
+GROUP_PATH = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.ContainerInstance/"
+    r"containerGroups/(?P<name>[^/]+)(?P<rest>/.*)?$"
+)
+OP_PATH = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.ContainerInstance/locations/[^/]+/operations/(?P<op>[^/]+)$")
+LABEL = "mldeploy.fakearm"
+
+
+class BodyInvalid(ValueError):
+    pass
+
+
+def _walk_required(model: Any, path: str) -> None:
+    from azure.mgmt.containerinstance import _serialization as s
+
+    for attr, rules in (getattr(model, "_validation", None) or {}).items():
+        value = getattr(model, attr, None)
+        if rules.get("required") and value is None:
+            key = model._attribute_map[attr]["key"]
+            raise BodyInvalid(f"{path}.{key}: required property missing")
+    for attr in (getattr(model, "_attribute_map", None) or {}):
+        value = getattr(model, attr, None)
+        key = model._attribute_map[attr]["key"]
+        if isinstance(value, s.Model):
+            _walk_required(value, f"{path}.{key}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, s.Model):
+                    _walk_required(item, f"{path}.{key}[{i}]")
+
+
+def _unknown_keys(sent: Any, known: Any, path: str) -> list[str]:
+    if isinstance(sent, dict):
+        if not isinstance(known, dict):
+            return [path]
+        out = []
+        for k, v in sent.items():
+            if k not in known:
+                out.append(f"{path}.{k}")
+            else:
+                out += _unknown_keys(v, known[k], f"{path}.{k}")
+        return out
+    if isinstance(sent, list) and isinstance(known, list):
+        return [p for i, (a, b) in enumerate(zip(sent, known)) for p in _unknown_keys(a, b, f"{path}[{i}]")]
+    return []
+
+
+ENUMS = {
+    ("properties", "osType"): {"Linux", "Windows"},
+    ("properties", "restartPolicy"): {"Always", "OnFailure", "Never"},
+    ("properties", "ipAddress", "type"): {"Public", "Private"},
+}
+
+
+def validate_group_body(body: Any) -> None:
+    """The PUT body against the SDK's ContainerGroup model; BodyInvalid names the path."""
+    from azure.mgmt.containerinstance.models import ContainerGroup
+
+    if not isinstance(body, dict):
+        raise BodyInvalid("body: must be a JSON object")
+    try:
+        model = ContainerGroup.deserialize(body)
+    except Exception as exc:  # the SDK's DeserializationError names the type problem
+        raise BodyInvalid(f"body: {exc}") from None
+    if not body.get("location"):
+        raise BodyInvalid("body.location: required property missing")
+    _walk_required(model, "body")
+    unknown = _unknown_keys(body, model.serialize(keep_readonly=True), "body")
+    if unknown:
+        raise BodyInvalid(f"{unknown[0]}: not a property of ContainerGroup (api-version {API_VERSION})")
+    for path, allowed in ENUMS.items():
+        value: Any = body
+        for p in path:
+            value = value.get(p) if isinstance(value, dict) else None
+        if value is not None and value not in allowed:
+            raise BodyInvalid(f"body.{'.'.join(path)}: {value!r} is not one of {sorted(allowed)}")
+    props = body["properties"]
+    cpu = sum(c["properties"]["resources"]["requests"]["cpu"] for c in props["containers"])
+    mem = sum(c["properties"]["resources"]["requests"]["memoryInGB"] for c in props["containers"])
+    if props.get("osType") == "Linux" and (cpu > 4 or mem > 16):
+        raise BodyInvalid(f"body.properties.containers: the group requests {cpu} CPU and {mem} GB; a Linux group allows 4 and 16")
+    label = (props.get("ipAddress") or {}).get("dnsNameLabel")
+    if label is not None and not re.match(r"^[a-z][a-z0-9-]{1,61}[a-z0-9]$", label):
+        raise BodyInvalid(f"body.properties.ipAddress.dnsNameLabel: {label!r} is not a valid DNS label")
+
+
+def _strip_secure(body: dict[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(body))
+    for c in out["properties"]["containers"]:
+        for env in c["properties"].get("environmentVariables") or []:
+            env.pop("secureValue", None)
+    for v in out["properties"].get("volumes") or []:
+        if "secret" in v:
+            v["secret"] = {}
+    return out
+
+
+@dataclass
+class Group:
+    sub: str
+    rg: str
+    name: str
+    body: dict[str, Any]
+    provisioning: str = "Pending"
+    stopped: bool = False
+    containers: dict[str, str] = field(default_factory=dict)  # name -> docker id
+    infra: str | None = None
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    busy: bool = False
+    generation: int = 0
+
+
+@dataclass
+class Fault:
+    method: str
+    path_contains: str
+    status: int
+    code: str
+    message: str
+    headers: dict[str, str]
+    times: int
+
+
+class FakeArm:
+    """Start with `FakeArm(tmp_path)`; `env()` is what a client needs; `close()` removes everything."""
+
+    def __init__(self, tmp_dir: Path, infra_image: str = "mldeploy/base:bookworm-py3.11", ready_timeout: float = 240.0):
+        import trustme
+
+        self.infra_image = infra_image
+        self.ready_timeout = ready_timeout
+        self.instance = uuid.uuid4().hex[:8]
+        self.tokens: dict[str, float] = {}
+        self.groups: dict[tuple[str, str, str], Group] = {}
+        self.operations: dict[str, dict[str, Any]] = {}
+        self.faults: list[Fault] = []
+        self.requests: list[tuple[str, str, int]] = []
+        self.lock = threading.RLock()
+        self.docker = docker.from_env()
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.ca_path = tmp_dir / "fake-arm-ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_path))
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(ctx)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server.daemon_threads = True
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    # -- what tests use -------------------------------------------------
+    def issue_token(self, ttl: float = 3600) -> str:
+        token = "fake-" + secrets.token_urlsafe(24)
+        self.tokens[token] = time.time() + ttl
+        return token
+
+    def env(self, token: str | None = None) -> dict[str, str]:
+        return {"MLDEPLOY_ARM_TOKEN": token or self.issue_token(), "MLDEPLOY_ARM_CA_BUNDLE": str(self.ca_path)}
+
+    def inject(self, method: str, path_contains: str, status: int, code: str = "", message: str = "",
+               headers: dict[str, str] | None = None, times: int = 1) -> None:
+        """The next `times` matching requests get this answer instead."""
+        with self.lock:
+            self.faults.append(Fault(method, path_contains, status, code or str(status), message or code, headers or {}, times))
+
+    def group(self, name: str) -> Group | None:
+        return next((g for g in self.groups.values() if g.name == name), None)
+
+    def host_port(self, name: str, port: int = 80) -> int:
+        """Where the group's public port is published on 127.0.0.1 (its fqdn is not resolvable here)."""
+        g = self.group(name)
+        assert g is not None and g.infra, f"no running group {name}"
+        c = self.docker.containers.get(g.infra)
+        return int(c.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"][0]["HostPort"])
+
+    def stop_behind_back(self, name: str) -> None:
+        g = self.group(name)
+        assert g is not None
+        self._remove_containers(g)
+        g.stopped = True
+
+    def delete_behind_back(self, name: str) -> None:
+        g = self.group(name)
+        assert g is not None
+        self._remove_containers(g)
+        with self.lock:
+            del self.groups[(g.sub, g.rg, g.name)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        for c in self.docker.containers.list(all=True, filters={"label": f"{LABEL}={self.instance}"}):
+            c.remove(force=True)
+
+    # -- behaviour ----------------------------------------------------------
+    def view(self, g: Group) -> dict[str, Any]:
+        body = _strip_secure(g.body)
+        props = body["properties"]
+        states = {}
+        for cdef in props["containers"]:
+            cname = cdef["name"]
+            cid = g.containers.get(cname)
+            state: dict[str, Any] = {"state": "Waiting", "detailStatus": ""}
+            restarts = 0
+            if cid:
+                try:
+                    c = self.docker.containers.get(cid)
+                    st = c.attrs["State"]
+                    restarts = c.attrs.get("RestartCount", 0)
+                    if st["Running"]:
+                        state = {"state": "Running", "startTime": st["StartedAt"], "detailStatus": ""}
+                    else:
+                        state = {"state": "Terminated", "exitCode": st["ExitCode"], "finishTime": st["FinishedAt"], "detailStatus": "Error" if st["ExitCode"] else "Completed"}
+                except docker.errors.NotFound:
+                    pass
+            states[cname] = state["state"]
+            cdef["properties"]["instanceView"] = {"restartCount": restarts, "currentState": state, "events": g.events.get(cname, [])}
+        if g.stopped:
+            group_state = "Stopped"
+        elif states and all(s == "Running" for s in states.values()):
+            group_state = "Running"
+        elif any(s == "Terminated" for s in states.values()):
+            group_state = "Failed" if g.provisioning == "Failed" else "Stopped"
+        else:
+            group_state = "Pending"
+        props["provisioningState"] = g.provisioning
+        props["instanceView"] = {"state": group_state, "events": []}
+        if props.get("ipAddress"):
+            props["ipAddress"]["ip"] = "127.0.0.1"
+            if props["ipAddress"].get("dnsNameLabel"):
+                props["ipAddress"]["fqdn"] = f"{props['ipAddress']['dnsNameLabel']}.{body['location']}.azurecontainer.io"
+        body.update({
+            "id": f"/subscriptions/{g.sub}/resourceGroups/{g.rg}/providers/Microsoft.ContainerInstance/containerGroups/{g.name}",
+            "name": g.name,
+            "type": "Microsoft.ContainerInstance/containerGroups",
+        })
+        return body
+
+    def _remove_containers(self, g: Group) -> None:
+        for cid in [*g.containers.values(), *([g.infra] if g.infra else [])]:
+            try:
+                self.docker.containers.get(cid).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        g.containers, g.infra = {}, None
+
+    def _event(self, g: Group, cname: str, name: str, message: str, type_: str = "Normal") -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        g.events.setdefault(cname, []).append(
+            {"count": 1, "firstTimestamp": now, "lastTimestamp": now, "name": name, "message": message, "type": type_}
+        )
+
+    def _deploy(self, g: Group, op: str, generation: int) -> None:
+        """Runs the group's containers; ACI restarts every container on an update."""
+        try:
+            self._remove_containers(g)
+            g.events = {}
+            g.provisioning = "Creating"
+            props = g.body["properties"]
+            tags = g.body.get("tags") or {}
+            labels = {LABEL: self.instance, "mldeploy.fakearm.group": g.name}
+            labels.update({k: v for k, v in tags.items() if k in ("mldeploy.project", "mldeploy.stack")})
+            ports = {f"{p['port']}/{p.get('protocol', 'TCP').lower()}": ("127.0.0.1", None) for p in (props.get("ipAddress") or {}).get("ports") or []}
+            infra = self.docker.containers.run(self.infra_image, ["sleep", "infinity"], detach=True, labels=labels,
+                                               ports=ports, name=f"fakearm-{g.name}-{uuid.uuid4().hex[:6]}")
+            g.infra = infra.id
+            for cdef in props["containers"]:
+                cp = cdef["properties"]
+                self._event(g, cdef["name"], "Pulling", f'pulling image "{cp["image"]}"')
+                self._pull(cp["image"])
+                self._event(g, cdef["name"], "Pulled", f'Successfully pulled image "{cp["image"]}"')
+                env = {e["name"]: e.get("value", e.get("secureValue", "")) for e in cp.get("environmentVariables") or []}
+                req = cp["resources"]["requests"]
+                c = self.docker.containers.run(
+                    cp["image"], detach=True, environment=env, labels=labels, network_mode=f"container:{infra.id}",
+                    entrypoint=cp.get("command") or None, nano_cpus=int(req["cpu"] * 1e9),
+                    mem_limit=int(req["memoryInGB"] * 1024**3), name=f"fakearm-{g.name}-{cdef['name']}-{uuid.uuid4().hex[:6]}",
+                )
+                g.containers[cdef["name"]] = c.id
+                self._event(g, cdef["name"], "Started", "Started container")
+            host = self.docker.containers.get(infra.id).attrs["NetworkSettings"]["Ports"]
+            deadline = time.monotonic() + self.ready_timeout
+            while time.monotonic() < deadline:
+                if g.generation != generation:
+                    return
+                failed = self._exited(g)
+                if failed:
+                    cname, code = failed
+                    self._event(g, cname, "Killing", f"container {cname} terminated with exit code {code}", "Warning")
+                    self._finish(g, op, "Failed", {"code": "ContainerGroupDeploymentFailed",
+                                                   "message": f"Container '{cname}' of group '{g.name}' terminated with exit code {code}."})
+                    return
+                if all(self._ready(cdef, host) for cdef in props["containers"]):
+                    self._finish(g, op, "Succeeded")
+                    return
+                time.sleep(0.5)
+            self._finish(g, op, "Failed", {"code": "ContainerGroupDeploymentTimeout", "message": "readiness probes never passed"})
+        except Exception as exc:  # a fake's own failure still ends the operation
+            self._finish(g, op, "Failed", {"code": "InternalServerError", "message": f"fake ARM: {exc}"})
+
+    def _pull(self, image: str) -> None:
+        try:
+            self.docker.images.get(image)
+        except docker.errors.ImageNotFound:
+            self.docker.images.pull(image)
+
+    def _exited(self, g: Group) -> tuple[str, int] | None:
+        for cname, cid in g.containers.items():
+            st = self.docker.containers.get(cid).attrs["State"]
+            if not st["Running"]:
+                return cname, st["ExitCode"]
+        return None
+
+    def _ready(self, cdef: dict[str, Any], host: dict[str, Any]) -> bool:
+        probe = cdef["properties"].get("readinessProbe")
+        if not probe or "httpGet" not in probe:
+            return True
+        get = probe["httpGet"]
+        mapping = host.get(f"{get['port']}/tcp")
+        if not mapping:
+            return False
+        try:
+            r = requests.get(f"http://127.0.0.1:{mapping[0]['HostPort']}{get.get('path', '/')}", timeout=2)
+            return 200 <= r.status_code < 400
+        except requests.RequestException:
+            return False
+
+    def _finish(self, g: Group, op: str, status: str, error: dict[str, str] | None = None) -> None:
+        with self.lock:
+            g.provisioning = status
+            g.busy = False
+            self.operations[op] = {"status": status, **({"error": error} if error else {})}
+
+    def _delete(self, key: tuple[str, str, str], op: str) -> None:
+        g = self.groups.get(key)
+        if g is not None:
+            self._remove_containers(g)
+            with self.lock:
+                self.groups.pop(key, None)
+        self.operations[op] = {"status": "Succeeded"}
+
+
+def _handler(fake: FakeArm) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+            data = b"" if body is None else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("x-ms-request-id", str(uuid.uuid4()))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+            fake.requests.append((self.command, self.path, status))
+
+        def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+            self._send(status, {"error": {"code": code, "message": message}}, headers)
+
+        def _auth(self) -> bool:
+            header = self.headers.get("Authorization") or ""
+            if not header.startswith("Bearer "):
+                self._error(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing.")
+                return False
+            token = header.removeprefix("Bearer ")
+            expiry = fake.tokens.get(token)
+            if expiry is None:
+                self._error(401, "InvalidAuthenticationToken", "The access token is invalid.")
+                return False
+            if expiry < time.time():
+                when = time.strftime("%m/%d/%Y %H:%M:%S", time.gmtime(expiry))
+                now = time.strftime("%m/%d/%Y %H:%M:%S", time.gmtime())
+                self._error(401, "ExpiredAuthenticationToken",
+                            f"The access token expiry UTC time '{when}' is earlier than current UTC time '{now}'.")
+                return False
+            return True
+
+        def _fault(self) -> bool:
+            with fake.lock:
+                for f in fake.faults:
+                    if f.times > 0 and f.method == self.command and f.path_contains in self.path:
+                        f.times -= 1
+                        self._error(f.status, f.code, f.message, f.headers)
+                        return True
+            return False
+
+        def _body(self) -> Any:
+            n = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(n) if n else b""
+            return json.loads(raw) if raw else None
+
+        def _op_url(self, sub: str, location: str, op: str) -> str:
+            return f"{fake.url}/subscriptions/{sub}/providers/Microsoft.ContainerInstance/locations/{location}/operations/{op}?api-version={API_VERSION}"
+
+        def handle_one(self) -> None:
+            url = urlparse(self.path)
+            body = self._body() if self.command in ("PUT", "POST", "PATCH") else None
+            if not self._auth() or self._fault():
+                return
+            version = (parse_qs(url.query).get("api-version") or [""])[0]
+            if version != API_VERSION:
+                self._error(400, "InvalidApiVersionParameter", f"The api-version '{version}' is invalid. The supported versions are '{API_VERSION}'.")
+                return
+            m = OP_PATH.match(url.path)
+            if m and self.command == "GET":
+                op = fake.operations.get(m["op"])
+                if op is None:
+                    self._error(404, "OperationNotFound", f"operation {m['op']} not found")
+                else:
+                    self._send(200, {"id": url.path, "name": m["op"], **op}, {"Retry-After": "1"})
+                return
+            m = GROUP_PATH.match(url.path)
+            if not m:
+                self._error(404, "InvalidResourceType", f"no route for {url.path}")
+                return
+            key = (m["sub"], m["rg"], m["name"])
+            rest = m["rest"] or ""
+            g = fake.groups.get(key)
+            not_found = (404, "ResourceNotFound",
+                         f"The Resource 'Microsoft.ContainerInstance/containerGroups/{m['name']}' under resource group '{m['rg']}' was not found.")
+            if rest == "" and self.command == "GET":
+                self._send(200, fake.view(g)) if g else self._error(*not_found)
+            elif rest == "" and self.command == "PUT":
+                try:
+                    validate_group_body(body)
+                except BodyInvalid as exc:
+                    self._error(400, "InvalidRequestContent", str(exc))
+                    return
+                with fake.lock:
+                    if g is not None and g.busy:
+                        self._error(409, "Conflict", f"The container group '{m['name']}' is being updated by another operation; retry later.")
+                        return
+                    created = g is None
+                    if g is None:
+                        g = fake.groups[key] = Group(m["sub"], m["rg"], m["name"], body)
+                    g.body, g.busy, g.stopped, g.provisioning = body, True, False, "Pending"
+                    g.generation += 1
+                    op = uuid.uuid4().hex
+                    fake.operations[op] = {"status": "InProgress"}
+                threading.Thread(target=fake._deploy, args=(g, op, g.generation), daemon=True).start()
+                self._send(201 if created else 200, fake.view(g),
+                           {"Azure-AsyncOperation": self._op_url(m["sub"], body["location"], op), "Retry-After": "1"})
+            elif rest == "" and self.command == "DELETE":
+                if g is None:
+                    self._send(204)
+                    return
+                op = uuid.uuid4().hex
+                fake.operations[op] = {"status": "InProgress"}
+                g.generation += 1
+                threading.Thread(target=fake._delete, args=(key, op), daemon=True).start()
+                loc = self._op_url(m["sub"], g.body["location"], op)
+                self._send(202, None, {"Azure-AsyncOperation": loc, "Location": loc, "Retry-After": "1"})
+            elif rest == "/stop" and self.command == "POST":
+                if g is None:
+                    self._error(*not_found)
+                    return
+                fake.stop_behind_back(m["name"])
+                self._send(204)
+            elif re.match(r"^/containers/[^/]+/logs$", rest) and self.command == "GET":
+                cname = rest.split("/")[2]
+                tail = int((parse_qs(url.query).get("tail") or ["100"])[0])
+                cid = g.containers.get(cname) if g else None
+                if not cid:
+                    self._error(*not_found)
+                    return
+                try:
+                    content = fake.docker.containers.get(cid).logs(tail=tail).decode(errors="replace")
+                except docker.errors.NotFound:
+                    content = ""
+                self._send(200, {"content": content})
+            else:
+                self._error(405, "MethodNotAllowed", f"{self.command} {rest or '/'} is not served by this fake")
+
+        do_GET = do_PUT = do_DELETE = do_POST = do_PATCH = handle_one
+
+    return Handler

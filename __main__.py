@@ -7,7 +7,7 @@ Only wiring lives here; each component has its own module under components/.
 
 import pulumi
 
-from components import AksCluster, AksService, ContainerInstanceService, InferenceImage, RegisteredModel
+from components import AksCluster, AksService, ContainerInstanceService, EdgeDevice, EdgeModule, InferenceImage, RegisteredModel
 
 config = pulumi.Config()
 target = config.get("target") or "local"
@@ -45,6 +45,12 @@ if target == "kubernetes":
         auth_enabled=True,
     )
     pulumi.export("kubernetes_version", cluster.kubernetes_version)
+elif target == "iotedge":
+    # This machine acts as the edge device; the scoring server is published on 127.0.0.1 without a key.
+    service = EdgeModule("edge", models=[model], image=image, device=EdgeDevice(config.get("edgeDevice") or "local-device"),
+                         module_name="scorer")
+    pulumi.export("module_version", service.module_version)
+    pulumi.export("image_ref", service.image_ref)
 else:
     service = ContainerInstanceService(
         "aciservice",
@@ -60,4 +66,5 @@ pulumi.export("model_version", model.version)
 pulumi.export("image_name", image.image_name)
 pulumi.export("scoring_uri", service.scoring_uri)
 pulumi.export("swagger_uri", service.swagger_uri)
-pulumi.export("primary_key", service.primary_key)
+if target != "iotedge":  # an edge module has no key, as in Azure ML
+    pulumi.export("primary_key", service.primary_key)

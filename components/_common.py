@@ -49,6 +49,7 @@ class StackConfig(BaseModel):
     azureResourceGroup: str = ""
     azureLocation: str = ""
     armEndpoint: str = "https://management.azure.com"
+    previewSmokeTest: bool = False
 
     @field_validator("target")
     @classmethod
@@ -93,6 +94,8 @@ class Settings:
     azure_resource_group: str = ""
     azure_location: str = ""
     arm_endpoint: str = "https://management.azure.com"
+    preview_smoke_test: bool = False
+    """`preview` loads a service's new model versions in a throwaway container and scores the sample."""
 
     @staticmethod
     def load() -> "Settings":
@@ -129,6 +132,7 @@ class Settings:
             azure_resource_group=conf.azureResourceGroup,
             azure_location=conf.azureLocation,
             arm_endpoint=conf.armEndpoint,
+            preview_smoke_test=conf.previewSmokeTest,
         )
 
 

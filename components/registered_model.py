@@ -84,6 +84,12 @@ class RegisteredModel(pulumi.ComponentResource):
         self.planned_version = registry.planned_version(args.model_name, digest, owner)
         self.args = args
         self.registry_root = settings.registry_root
+        # `mldeploy:previewSmokeTest`: at preview a service loads this content before it is registered.
+        self._smoke_test = (
+            {"source": portable(args.model_path), "content_hash": digest, "cache_dir": f"{settings.state_dir.rstrip('/')}/smoke-tests"}
+            if settings.preview_smoke_test
+            else None
+        )
         self._version = ModelVersion(
             f"{resource_name}-version",
             {
@@ -119,5 +125,10 @@ class RegisteredModel(pulumi.ComponentResource):
             return {"name": name, "version": int(version), "model_dir": version_dir(root, name, int(version))}
 
         if pulumi.runtime.is_dry_run():
-            return entry(self.planned_version)
+            planned = entry(self.planned_version)
+            if self._smoke_test:
+                # Preview only (not stored by an update): where the unregistered content is, for the
+                # Service's smoke test. Diffs compare name, version and folder, never this.
+                planned["preview"] = dict(self._smoke_test)
+            return planned
         return self._version.version.apply(entry)

@@ -13,6 +13,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 from pydantic import BaseModel, ConfigDict, Field
 
 from providers.paths import same_place
+from providers.smoke_test import smoke_test
 from providers.targets import Number, UnknownTarget, check_model, target_for
 
 # A different name, target or stack is a different service: its URI changes.
@@ -113,6 +114,12 @@ class ServiceProvider(ResourceProvider):
                 failures.append(CheckFailure("target", f"{target.name!r} services are deployed with {target.deployed_by}"))
             else:
                 failures += target.check(news)
+        if not failures:
+            # `mldeploy:previewSmokeTest`: at preview only (the model entries carry their content then).
+            words, smoke_failures = smoke_test(olds, news)
+            failures += smoke_failures
+            if words:
+                news = {**news, "smoke_test": words}
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:

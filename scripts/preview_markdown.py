@@ -39,6 +39,7 @@ KIND = {
     "pulumi-python:dynamic/mldeploy:ServiceKeys": "Service keys",
     "kubernetes:apps/v1:Deployment": "AksService",
     "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": "AksService autoscaler",
+    "pulumi-python:dynamic/mldeploy:EdgeDeployment": "EdgeModule",
 }
 MODEL_ANNOTATION = "mldeploy.azureml.net/model."
 SERVICE_WORDS = {
@@ -104,7 +105,8 @@ def describe_image(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 def describe_service(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     if not old:
         versions = ", ".join(f"`{m.get('name')}` v{m.get('version')}" for m in new.get("models") or [] if isinstance(m, Mapping))
-        return [f"service `{new.get('service_name')}` on target `{new.get('target')}` with {versions or 'its models'}"]
+        created = [f"service `{new.get('service_name')}` on target `{new.get('target')}` with {versions or 'its models'}"]
+        return created + ([f"preview smoke test: {new['smoke_test']}"] if new.get("smoke_test") else [])
     out = []
     for key in ("service_name", "target"):
         if old.get(key) != new.get(key):
@@ -132,6 +134,8 @@ def describe_service(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
         out.append("environment variables changed: " + ", ".join(f"`{k}`" for k in changed_env))
     if old.get("state") not in (None, "Healthy"):
         out.append(f"found {old.get('state')} by refresh: restored")
+    if new.get("smoke_test"):
+        out.append(f"preview smoke test: {new['smoke_test']}")
     if out and new.get("target") == "aci":
         out.append(_aci_words(old, new))
     return out
@@ -231,6 +235,55 @@ def describe_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def describe_edge_deployment(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """An edge device's manifest: "module `scorer` image → v4; model `x` version 3 → 4"."""
+    device = new.get("device") or old.get("device") or {}
+    where = f"device `{device.get('device_id')}` ({device.get('backend')})"
+    new_versions = new.get("module_versions") if isinstance(new.get("module_versions"), Mapping) else {}
+    old_versions = old.get("module_versions") if isinstance(old.get("module_versions"), Mapping) else {}
+    old_modules = {m.get("name"): m for m in old.get("modules") or [] if isinstance(m, Mapping)}
+    out = []
+    for m in new.get("modules") or []:
+        if not isinstance(m, Mapping):
+            continue
+        name, models = m.get("name"), m.get("models") if isinstance(m.get("models"), Mapping) else {}
+        was = old_modules.get(name)
+        if not old or was is None:
+            with_models = ", ".join(f"`{n}` v{v}" for n, v in sorted(models.items()))
+            out.append(f"module `{name}` v{new_versions.get(name, 1)} on {where}" + (f" with {with_models}" if with_models else ""))
+            continue
+        parts = []
+        if old_versions.get(name) != new_versions.get(name):
+            parts.append(f"module `{name}` image → v{new_versions.get(name)}")
+        old_models = was.get("models") if isinstance(was.get("models"), Mapping) else {}
+        parts += [f"model `{n}` version {_arrow(old_models.get(n), v)}" for n, v in sorted(models.items()) if old_models.get(n) != v]
+        for key in ("status", "restart_policy"):
+            if was.get(key) != m.get(key):
+                parts.append(f"{key} {_arrow(was.get(key), m.get(key))}")
+        old_env, new_env = was.get("env") or {}, m.get("env") or {}
+        changed_env = sorted(k for k in set(old_env) | set(new_env) if old_env.get(k) != new_env.get(k))
+        if changed_env:
+            parts.append("env changed: " + ", ".join(f"`{k}`" for k in changed_env))
+        if was.get("create_options") != m.get("create_options"):
+            parts.append("createOptions changed")
+        if parts:
+            out.append("; ".join(parts))
+    if not old:
+        return out
+    for name in sorted(set(old_modules) - {m.get("name") for m in new.get("modules") or [] if isinstance(m, Mapping)}):
+        out.append(f"module `{name}` leaves the manifest")
+    old_routes, new_routes = old.get("routes") or {}, new.get("routes") or {}
+    changed_routes = sorted(k for k in set(old_routes) | set(new_routes) if old_routes.get(k) != new_routes.get(k))
+    if changed_routes:
+        out.append("routes changed: " + ", ".join(f"`{k}`" for k in changed_routes))
+    if out:
+        out.append(f"a new manifest is applied to {where}")
+    drift = old.get("drift") if isinstance(old.get("drift"), Mapping) else {}
+    if drift:
+        out.append("found by refresh: " + ", ".join(f"module `{k}` {v}" for k, v in sorted(drift.items())) + ": restored")
+    return out
+
+
 DESCRIBE = {
     "RegisteredModel": describe_model,
     "InferenceImage": describe_image,
@@ -240,6 +293,7 @@ DESCRIBE = {
     "Service keys": describe_keys,
     "AksService": describe_deployment,
     "AksService autoscaler": describe_hpa,
+    "EdgeModule": describe_edge_deployment,
 }
 
 

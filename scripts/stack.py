@@ -10,6 +10,7 @@ dynamic providers, secrets). Usage:
     scripts/stack.py preview dev --diff
     scripts/stack.py refresh|destroy|outputs dev
     scripts/stack.py profile dev aciservice [--input FILE] [--duration S]
+    scripts/stack.py logs dev aciservice [--tail N] [--follow]
 """
 
 from __future__ import annotations
@@ -107,17 +108,28 @@ def clear_stale_locks(project_name: str, stack_name: str) -> list[Path]:
             continue
         if host != socket.gethostname() or pid <= 0:
             continue
-        try:
-            os.kill(pid, 0)
+        if _alive(pid):
             continue  # still running: a real lock
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
         lock.unlink(missing_ok=True)
         removed.append(lock)
         print(f"[mldeploy] removed the stale lock of stack {stack_name} left by pid {pid}", file=sys.stderr)
     return removed
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie: where nothing reaps orphans (a container's init), a killed
+    engine stays a zombie, and its lock must still count as stale."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
 
 
 def _proc_stat(pid: int) -> tuple[str, int]:
@@ -240,7 +252,7 @@ def recover_if_interrupted(stack, force: bool = False) -> bool:
 
 
 # Operations with arguments of their own, each in its own module.
-TOOLS = {"profile": "profile_service"}
+TOOLS = {"profile": "profile_service", "logs": "service_logs"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -208,6 +208,8 @@ def test_public_surface() -> None:
         "AksService",
         "ContainerInstanceService",
         "ContainerInstanceServiceArgs",
+        "EdgeDevice",
+        "EdgeModule",
         "InferenceImage",
         "InferenceImageArgs",
         "RegisteredModel",

@@ -6,8 +6,11 @@ crashed or interrupted run can always be found and cleaned up.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import docker
@@ -71,11 +74,35 @@ def run_scoring_container(
     return RunningContainer(container.id, name, host_port)
 
 
-def logs(container_id: str, tail: int = 60) -> str:
+# A bearer token in a log line (a user's script printing its request headers):
+# the gateway strips keys before the backend, this is the second guard.
+_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
+
+
+def redact(text: str) -> str:
+    """Bearer tokens replaced by `[redacted]`."""
+    return _BEARER.sub(r"\1[redacted]", text)
+
+
+def logs(container_id: str, tail: int | str = 60) -> str:
+    """The container's log (stdout and stderr), its last `tail` lines ("all": every line), redacted."""
     try:
-        return client().containers.get(container_id).logs(tail=tail).decode(errors="replace")
+        return redact(client().containers.get(container_id).logs(tail=tail).decode(errors="replace"))
     except docker.errors.NotFound:
         return "(container is gone)"
+
+
+def save_log(container_id: str, path: Path, header: str, tail: int = 2000) -> Path | None:
+    """Keep a container's log after it is removed: written mode 0600 (its folder 0700), redacted."""
+    text = logs(container_id, tail=tail)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(header.rstrip("\n") + "\n" + text)
+    except OSError:
+        return None  # keeping the log must never hide the failure itself
+    return path
 
 
 def wait_healthy(

@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 TARGETS: dict[str, str | Target] = {
     "local": "providers.targets.local",
     "kubernetes": "providers.targets.kubernetes",
+    "iotedge": "providers.targets.iotedge",
     "aci": "providers.targets.aci",
 }
 

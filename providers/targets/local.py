@@ -2,8 +2,11 @@
 
 The gateway (nginx, host network, 127.0.0.1 only) owns each service's stable
 port and checks its keys; backends come and go on ephemeral ports. A roll starts
-the new backend, waits until it is healthy, switches the route with a graceful
-reload, and only then stops the old one, so the scoring URI never breaks.
+the new backend, waits until it is healthy, sends it the entry script's own
+input sample (`providers.sample_check`) and needs a 200 that matches the output
+schema, then switches the route with a graceful reload, and only then stops the
+old one, so the scoring URI never breaks. A backend that fails either step is
+removed (its log kept under `<stateDir>/logs/`) and the route never moves.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ import hashlib
 import os
 import secrets
 import sys
+import time
 import uuid
+from pathlib import Path
 from typing import Any, Mapping
 
 from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field
 
-from providers.clients import containers
+from providers.clients import containers, scoring
 from providers.clients.gateway import Gateway, port_free
 from providers.paths import local
+from providers.sample_check import check_sample
 from providers.targets import ArgsInvalid, Target, WholeNumber, service_uris, validate_args
 
 MODELS_ROOT = "/var/azureml-app/azureml-models"
@@ -50,6 +56,15 @@ def model_mounts(models: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
     if len(models) == 1:
         return mounts, f"{MODELS_ROOT}/{models[0]['name']}/{int(models[0]['version'])}"
     return mounts, MODELS_ROOT
+
+
+def failed_logs_dir(props: Mapping[str, Any]) -> Path:
+    """Where the logs of a service's failed backends are kept (removed containers keep no log).
+
+    One file per failed backend, mode 0600; they stay until the service's next
+    successful create or roll, and `scripts/stack.py logs` shows them.
+    """
+    return local(props["state_dir"]) / "logs" / f"{props['project']}-{props['stack']}" / props["service_name"]
 
 
 def uris(props: Mapping[str, Any]) -> dict[str, str]:
@@ -161,11 +176,40 @@ class LocalTarget(Target):
         )
         try:
             containers.wait_healthy(rc, timeout=float(props.get("startup_timeout_seconds") or 180))
-        except BaseException:
+            _progress(f"{props['service_name']}: {name} is healthy on 127.0.0.1:{rc.host_port}")
+            self._prove(props, rc)
+        except BaseException as exc:
+            self._keep_log(props, rc, exc)
             containers.remove(rc.id, stop_timeout=2)
             raise
-        _progress(f"{props['service_name']}: {name} is healthy on 127.0.0.1:{rc.host_port}")
         return rc
+
+    def _prove(self, props: dict[str, Any], rc: containers.RunningContainer) -> None:
+        """The new backend answers the entry script's input sample as its output schema says, or fails."""
+        check = check_sample(scoring.http_transport(rc.host_port))
+        if not check.gated:
+            _progress(f"{props['service_name']}: the entry script has no input_sample: {rc.name} rolls on health alone")
+            return
+        if not check.ok:
+            time.sleep(0.3)  # the traceback of a failed run() is logged just after the answer
+            raise containers.ServiceStartError(
+                f"container {rc.name} started but failed the entry script's sample request, so no traffic "
+                f"moved to it and it was removed:\n{check.report()}\n"
+                f"the last lines of its log:\n{containers.logs(rc.id, tail=40)}"
+            )
+        _progress(f"{props['service_name']}: {rc.name} answered the input sample: {check.summary()}")
+
+    def _keep_log(self, props: dict[str, Any], rc: containers.RunningContainer, exc: BaseException) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = failed_logs_dir(props) / f"{stamp}-{rc.name}.log"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        containers.save_log(rc.id, path, f"# {rc.name} from {props['image_name']}, removed at {stamp}: {reason}")
+
+    def _forget_failures(self, props: dict[str, Any]) -> None:
+        """A successful create or roll supersedes the failed backends' logs."""
+        folder = failed_logs_dir(props)
+        for f in folder.glob("*.log") if folder.is_dir() else []:
+            f.unlink(missing_ok=True)
 
     def _route(self, gw: Gateway, props: dict[str, Any], backend_port: int, keys: tuple[str | None, str | None]) -> None:
         gw.put_route(
@@ -208,6 +252,7 @@ class LocalTarget(Target):
         except BaseException:
             containers.remove(rc.id, stop_timeout=2)
             raise
+        self._forget_failures(props)
         return self._outs(props, rc.id, rc.host_port, keys)
 
     def update(self, olds: dict[str, Any], news: dict[str, Any], roll: bool) -> dict[str, Any]:
@@ -233,6 +278,7 @@ class LocalTarget(Target):
             from providers.clients.images import remove_image
 
             remove_image(olds["image_name"])  # kept when something still uses it
+        self._forget_failures(news)
         return self._outs(news, rc.id, rc.host_port, keys)
 
     def read(self, props: dict[str, Any]) -> dict[str, Any]:
@@ -256,6 +302,7 @@ class LocalTarget(Target):
         if props.get("container_id"):
             containers.remove(props["container_id"])
         self._remove_orphans(props, keep=set())
+        self._forget_failures(props)
         gw.remove_if_unused()
 
 

@@ -1,0 +1,91 @@
+"""Requests to one scoring server, bypassing the gateway: the transports of `providers.sample_check`.
+
+- `http_transport(port)`: a backend published on 127.0.0.1 (a roll's new backend).
+- `exec_transport(container)`: a container on no network at all (the preview's
+  smoke test); each request runs `python` inside the container, against
+  127.0.0.1 of the container's own network namespace.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import requests
+
+from providers.clients.containers import CONTAINER_PORT
+from providers.sample_check import Answer, Transport
+
+# Runs inside the scoring container (its Python, standard library only).
+# argv: method path body_b64 wait_seconds. With wait_seconds > 0 it first waits
+# until GET / answers 200 (init() has run). Prints one JSON line.
+_IN_CONTAINER = r"""
+import base64, json, sys, time, urllib.request, urllib.error
+method, path, body, wait = sys.argv[1], sys.argv[2], base64.b64decode(sys.argv[3]) or None, float(sys.argv[4])
+base = "http://127.0.0.1:%d" % PORT
+def call(m, p, b, timeout):
+    req = urllib.request.Request(base + p, data=b, method=m, headers={"Content-Type": "application/json"})
+    t = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace"), (time.monotonic() - t) * 1000
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace"), (time.monotonic() - t) * 1000
+deadline = time.monotonic() + wait
+while wait > 0:
+    try:
+        if call("GET", "/", None, 2)[0] == 200:
+            break
+    except Exception:
+        pass
+    if time.monotonic() > deadline:
+        print(json.dumps({"status": 0, "body": "not healthy after %.0fs" % wait, "ms": 0}))
+        sys.exit(0)
+    time.sleep(0.2)
+try:
+    status, text, ms = call(method, path, body, 60)
+except Exception as exc:
+    status, text, ms = 0, "no answer: %r" % (exc,), 0
+print(json.dumps({"status": status, "body": text, "ms": ms}))
+""".replace("PORT", str(CONTAINER_PORT))
+
+
+def http_transport(port: int, timeout: float = 60.0) -> Transport:
+    """Requests to 127.0.0.1:<port> (never through a proxy from the environment)."""
+    session = requests.Session()
+    session.trust_env = False
+
+    def send(method: str, path: str, body: bytes | None) -> Answer:
+        start = time.monotonic()
+        try:
+            r = session.request(
+                method, f"http://127.0.0.1:{port}{path}", data=body, timeout=timeout,
+                headers={"Content-Type": "application/json"},
+            )
+        except requests.RequestException as exc:
+            return Answer(0, f"no answer: {exc!r}", (time.monotonic() - start) * 1000)
+        return Answer(r.status_code, r.text, (time.monotonic() - start) * 1000)
+
+    return send
+
+
+def exec_in(container: Any, method: str, path: str, body: bytes | None, wait_seconds: float = 0.0) -> Answer:
+    """One request from inside `container` (a docker-py Container) to its own server."""
+    argv = ["python", "-c", _IN_CONTAINER, method, path, base64.b64encode(body or b"").decode(), str(wait_seconds)]
+    code, output = container.exec_run(argv, demux=True)
+    stdout = (output[0] or b"").decode(errors="replace") if output else ""
+    stderr = (output[1] or b"").decode(errors="replace") if output else ""
+    try:
+        got = json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return Answer(0, f"the request inside the container failed (exit {code}): {(stderr or stdout)[-400:]}")
+    return Answer(int(got["status"]), str(got["body"]), float(got["ms"]))
+
+
+def exec_transport(container: Any) -> Transport:
+    def send(method: str, path: str, body: bytes | None) -> Answer:
+        return exec_in(container, method, path, body)
+
+    return send

@@ -1,0 +1,204 @@
+"""The IoT Edge target: a model as a module of an edge device's deployment manifest.
+
+Deployed by the `EdgeModule` component, never by the Service provider: the
+component pushes a module image (inference image + model layer) with
+`RegistryImage` and hands the rendered manifest to the `EdgeDeployment`
+resource (`providers.edge_device`), whose backend is this machine (`local`) or
+IoT Hub (`iothub`). This module keeps what the target knows and does no I/O:
+the arguments and their rules (each failure names its field), what a change
+does, and the module's entry for the manifest renderer (`providers.edge_manifest`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Literal, Mapping
+
+from pulumi.dynamic import CheckFailure
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from providers import edge_manifest
+from providers.targets import Target
+
+SCORING_PORT = 5001
+"""azmlinfsrv's port inside the image (azureml-core's DOCKER_IMAGE_HTTP_PORT)."""
+PORT_RANGE = (15000, 19999)
+"""Below the kernel's ephemeral range (32768-60999) and the local target's (20000-29999)."""
+DEVICE_ID_RE = r"^[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}$"
+LOCAL_DEVICE_ID_RE = r"^[A-Za-z0-9_.-]{1,64}$"
+HUB_HOST_RE = r"^[A-Za-z0-9-]{3,50}\.azure-devices\.net$"
+PREVIEW_IMAGE = "registry.invalid/preview@sha256:" + "0" * 64
+"""Stands in for the module image while its digest is not known (checks at program time)."""
+
+
+class EdgeDeviceArgs(BaseModel):
+    """The device a manifest goes to, and the backend that sends it there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(pattern=DEVICE_ID_RE)
+    backend: Literal["local", "iothub"] = "local"
+    hub_host: str | None = Field(default=None, pattern=HUB_HOST_RE)
+    """`<hub>.azure-devices.net`; what the SAS token is made for (iothub only)."""
+    policy_name: str = Field(default="iothubowner", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    endpoint: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    """Where requests go instead of `https://<hub_host>` (a test's fake hub)."""
+    api_version: str = Field(default="2021-04-12", pattern=r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> "EdgeDeviceArgs":
+        if self.backend == "iothub" and not self.hub_host:
+            raise ValueError("hub_host is required with backend 'iothub'")
+        if self.backend == "local" and not re.match(LOCAL_DEVICE_ID_RE, self.device_id):
+            raise ValueError(f"device_id of the local device matches {LOCAL_DEVICE_ID_RE}, got {self.device_id!r}")
+        return self
+
+
+class EdgeModuleArgs(BaseModel):
+    """`EdgeModule`'s own arguments, checked at preview by the manifest's rules."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    module_name: str
+    env: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    create_options: dict[str, Any] | str | None = None
+    routes: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
+    restart_policy: str = "always"
+    status: str = "running"
+    image_pull_policy: str = "on-create"
+    port: int | None = Field(default=None, ge=1024, le=65535)
+    """The scoring server's port on 127.0.0.1 (local device); derived from the names when omitted."""
+
+    @field_validator("module_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        why = edge_manifest.check_module_name(v)
+        if why:
+            raise ValueError(why)
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, Any]) -> dict[str, Any]:
+        problems = edge_manifest.check_env(v)
+        if problems:
+            raise ValueError("; ".join(f"{k}: {m}" for k, m in problems))
+        return v
+
+    @field_validator("restart_policy")
+    @classmethod
+    def _restart(cls, v: str) -> str:
+        if v not in edge_manifest.RESTART_POLICIES:
+            raise ValueError(f"must be one of {', '.join(edge_manifest.RESTART_POLICIES)}, got {v!r}")
+        return v
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, v: str) -> str:
+        if v not in edge_manifest.STATUSES:
+            raise ValueError(f"must be one of {', '.join(edge_manifest.STATUSES)}, got {v!r}")
+        return v
+
+    @field_validator("image_pull_policy")
+    @classmethod
+    def _pull(cls, v: str) -> str:
+        if v not in edge_manifest.IMAGE_PULL_POLICIES:
+            raise ValueError(f"must be one of {', '.join(edge_manifest.IMAGE_PULL_POLICIES)}, got {v!r}")
+        return v
+
+    @field_validator("create_options")
+    @classmethod
+    def _create_options(cls, v: Any) -> dict[str, Any]:
+        try:
+            opts = edge_manifest.parse_create_options(v)
+            edge_manifest.split_create_options(opts)
+        except edge_manifest.ManifestError as exc:
+            raise ValueError("; ".join(m for _, m in exc.problems)) from None
+        return opts
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, v: dict[str, Any]) -> dict[str, Any]:
+        problems = edge_manifest.check_routes(v)
+        if problems:
+            raise ValueError("; ".join(f"{k}: {m}" for k, m in problems))
+        return v
+
+
+def default_port(project: str, stack: str, module_name: str) -> int:
+    """Stable across runs and machines, so the scoring URI does not move."""
+    digest = int(hashlib.sha256(f"edge/{project}/{stack}/{module_name}".encode()).hexdigest(), 16)
+    lo, hi = PORT_RANGE
+    return lo + digest % (hi - lo + 1)
+
+
+def create_options(args: EdgeModuleArgs, port: int | None) -> dict[str, Any]:
+    """The user's createOptions plus, when a port is given, the scoring port published on 127.0.0.1."""
+    opts = dict(args.create_options or {})
+    if port is None:
+        return opts
+    key = f"{SCORING_PORT}/tcp"
+    host = dict(opts.get("HostConfig") or {})
+    bindings = dict(host.get("PortBindings") or {})
+    bindings.setdefault(key, [{"HostIp": "127.0.0.1", "HostPort": str(port)}])
+    host["PortBindings"] = bindings
+    opts["HostConfig"] = host
+    exposed = dict(opts.get("ExposedPorts") or {})
+    exposed.setdefault(key, {})
+    opts["ExposedPorts"] = exposed
+    return opts
+
+
+def check_local(args: EdgeModuleArgs, opts: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The local device publishes on 127.0.0.1 only."""
+    host = opts.get("HostConfig") or {}
+    problems = []
+    if str(host.get("NetworkMode") or "") == "host":
+        problems.append(("create_options", "HostConfig.NetworkMode 'host' is refused on the local device"))
+    for port, bindings in (host.get("PortBindings") or {}).items():
+        for b in bindings or []:
+            if ((b or {}).get("HostIp") or "") != "127.0.0.1":
+                problems.append(("create_options", f"HostConfig.PortBindings {port}: the local device publishes on 127.0.0.1 only"))
+    return problems
+
+
+def module_spec(args: EdgeModuleArgs, image: str, version: str, port: int | None) -> dict[str, Any]:
+    """The module's entry as `edge_manifest.render` takes it."""
+    return {
+        "name": args.module_name,
+        "image": image,
+        "version": version,
+        "env": dict(args.env),
+        "create_options": create_options(args, port),
+        "status": args.status,
+        "restart_policy": args.restart_policy,
+        "image_pull_policy": args.image_pull_policy,
+    }
+
+
+def trial_manifest(args: EdgeModuleArgs, port: int | None) -> dict[str, Any]:
+    """The manifest with a stand-in image: what the schemas say of it is known at program time."""
+    return edge_manifest.render([module_spec(args, PREVIEW_IMAGE, "1", port)], args.routes)
+
+
+REPLACE_ON = ("device",)
+"""Another device, or another backend: the old device loses the module."""
+ROLL_ON = ("modules", "routes")
+"""A new image, model version, env, createOptions, status or restart policy: a new manifest, applied."""
+
+
+class IotEdgeTarget(Target):
+    """Deployed by `EdgeModule` (a module image plus an `EdgeDeployment`), never by the Service provider."""
+
+    name = "iotedge"
+    Args = EdgeModuleArgs
+    deployed_by = "EdgeModule"
+    REPLACE_ON = REPLACE_ON
+    ROLL_ON = ROLL_ON
+
+    def check_args(self, args: EdgeModuleArgs) -> list[CheckFailure]:  # type: ignore[override]
+        return [CheckFailure(f, m) for f, m in edge_manifest.module_problems(module_spec(args, PREVIEW_IMAGE, "1", args.port))]
+
+
+TARGET = IotEdgeTarget()

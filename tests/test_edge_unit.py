@@ -1,0 +1,523 @@
+"""Unit tests of the IoT Edge target: the manifest renderer and its checks, bad input by field,
+the pure diff, the local agent against a fake Docker API, and the iothub backend against a
+fake hub on 127.0.0.1. No Docker, no engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import pytest
+from pulumi.runtime import rpc
+
+from fake_iothub import FakeHub
+from preview_markdown import describe_edge_deployment
+from providers import edge_device, edge_manifest
+from providers.clients import iothub
+from providers.clients.edge_agent import AgentError, LocalAgent, container_body, spec_hash
+from providers.edge_device import EdgeDeploymentProvider, diff_edge_deployment, module_versions
+from providers.targets import iotedge, target_for
+from providers.targets.iotedge import EdgeModuleArgs
+
+IMAGE = "127.0.0.1:5000/mldeploy-proj-dev/scorer@sha256:" + "a" * 64
+HUB = "fakehub.azure-devices.net"
+KEY = base64.b64encode(b"k" * 32).decode()
+
+
+def module(**over: Any) -> dict[str, Any]:
+    m = {"name": "scorer", "image": IMAGE, "version": "1", "env": {"LOG_LEVEL": "info"},
+         "create_options": iotedge.create_options(EdgeModuleArgs(module_name="scorer"), 40001),
+         "status": "running", "restart_policy": "always"}
+    m.update(over)
+    return m
+
+
+def manifest(**over: Any) -> dict[str, Any]:
+    return edge_manifest.render([module(**over)], {"upstream": "FROM /messages/modules/scorer/outputs/amlOutput INTO $upstream"})
+
+
+# ---------------------------------------------------------------- renderer and schemas
+
+
+def test_rendered_manifest_passes_the_three_schemas() -> None:
+    m = manifest()
+    assert edge_manifest.validate(m) == []
+    agent = m["modulesContent"]["$edgeAgent"]["properties.desired"]
+    assert agent["schemaVersion"] == "1.1"
+    assert set(agent["systemModules"]) == {"edgeAgent", "edgeHub"}
+    mod = agent["modules"]["scorer"]
+    assert (mod["status"], mod["restartPolicy"], mod["type"], mod["version"]) == ("running", "always", "docker", "1")
+    assert mod["env"] == {"LOG_LEVEL": {"value": "info"}}
+    opts = json.loads(mod["settings"]["createOptions"])
+    assert opts["HostConfig"]["PortBindings"]["5001/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "40001"}]
+    hub = m["modulesContent"]["$edgeHub"]["properties.desired"]
+    assert hub["storeAndForwardConfiguration"] == {"timeToLiveSecs": 7200}
+    assert m["modulesContent"]["scorer"] == {"properties.desired": {}}
+
+
+def test_registry_credentials_render_in_runtime_settings() -> None:
+    creds = {"acr": {"username": "u", "password": "p", "address": "127.0.0.1:5000"}}
+    m = edge_manifest.render([module()], {}, creds)
+    assert m["modulesContent"]["$edgeAgent"]["properties.desired"]["runtime"]["settings"]["registryCredentials"] == creds
+    assert edge_manifest.validate(m) == []
+
+
+def test_long_create_options_split_into_512_character_parts() -> None:
+    opts = {"Env": [f"VAR_{i}=" + "x" * 40 for i in range(40)]}
+    parts = edge_manifest.split_create_options(opts)
+    assert list(parts)[:3] == ["createOptions", "createOptions01", "createOptions02"]
+    assert all(len(p) <= 512 for p in parts.values()) and len(parts) <= 8
+    assert json.loads(edge_manifest.join_create_options(parts)) == opts
+    m = manifest(create_options=opts)
+    assert edge_manifest.validate(m) == []
+    settings = m["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["scorer"]["settings"]
+    assert edge_manifest.join_create_options(settings) == edge_manifest.minify(opts)
+
+
+def test_create_options_beyond_8_parts_name_the_field() -> None:
+    with pytest.raises(edge_manifest.ManifestError, match=r"create_options: is \d+ characters minified, more than 8 parts of 512"):
+        edge_manifest.split_create_options({"Env": ["x" * 5000]})
+
+
+def test_schema_failures_name_the_json_path() -> None:
+    m = manifest()
+    mod = m["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["scorer"]
+    mod["status"] = "paused"
+    mod["settings"]["createOptions01"] = "{"
+    mod["env"]["BAD.KEY"] = {"value": "1"}
+    problems = dict(edge_manifest.validate(m))
+    base = "$.modulesContent['$edgeAgent']['properties.desired'].modules.scorer"
+    assert "'paused' is not one of ['running', 'stopped']" in problems[f"{base}.status"]
+    assert "is not JSON" in problems[f"{base}.settings.createOptions"]
+    assert "BAD.KEY" in problems[f"{base}.env"]
+    assert len([p for p in edge_manifest.validate(m) if p[0] == f"{base}.status"]) == 1, "said once, not per schema"
+
+
+def test_unknown_keys_and_missing_parts_fail_the_schema() -> None:
+    m = manifest()
+    del m["modulesContent"]["$edgeHub"]
+    m["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["scorer"]["cpu"] = 1
+    paths = [p for p, _ in edge_manifest.validate(m)]
+    assert "$.modulesContent" in paths  # $edgeHub is required
+    assert "$.modulesContent['$edgeAgent']['properties.desired'].modules.scorer" in paths
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        "FROM /* INTO $upstream",
+        "FROM /messages/* INTO $upstream",
+        "from /messages/modules/tempSensor/outputs/temperatureOutput into BrokeredEndpoint(\"/modules/scorer/inputs/amlInput\")",
+        "FROM /messages/modules/scorer/outputs/* WHERE $body.temp > 25 AND is_defined(x) INTO $upstream",
+        "FROM /twinChangeNotifications INTO $upstream",
+        {"route": "FROM /* INTO $upstream", "priority": 2, "timeToLiveSecs": 60},
+    ],
+)
+def test_routes_that_parse(route: Any) -> None:
+    assert "sink" in edge_manifest.parse_route(route)
+    assert edge_manifest.check_routes({"r": route}) == []
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        "FROM /* TO $upstream",
+        "/* INTO $upstream",
+        "FROM /* WHERE INTO $upstream",
+        "FROM /* INTO upstream",
+        "FROM /messages/modules/a b/outputs/x INTO $upstream",
+        'FROM /* INTO BrokeredEndpoint("/modules/scorer/outputs/x")',
+        "FROM somewhere INTO $upstream",
+        "",
+    ],
+)
+def test_routes_that_do_not_parse_are_named(route: str) -> None:
+    problems = edge_manifest.check_routes({"toCloud": route})
+    assert problems and problems[0][0] == "routes.toCloud"
+
+
+def test_route_priority_and_name_rules() -> None:
+    assert edge_manifest.check_routes({"r": {"route": "FROM /* INTO $upstream", "priority": 10}})[0][0] == "routes.r.priority"
+    assert edge_manifest.check_routes({"a.b": "FROM /* INTO $upstream"})[0][0] == "routes.a.b"
+
+
+# ---------------------------------------------------------------- bad input by field
+
+
+@pytest.mark.parametrize(
+    ("given", "field"),
+    [
+        ({"module_name": "my module"}, "module_name"),
+        ({"module_name": "edgeHub"}, "module_name"),
+        ({"env": {"A.B": "1"}}, "env"),
+        ({"env": {"$A": "1"}}, "env"),
+        ({"env": {"A B": "1"}}, "env"),
+        ({"create_options": "{not json"}, "create_options"),
+        ({"create_options": "[1, 2]"}, "create_options"),
+        ({"create_options": {"Env": ["x" * 5000]}}, "create_options"),
+        ({"restart_policy": "sometimes"}, "restart_policy"),
+        ({"status": "paused"}, "status"),
+        ({"routes": {"r": "FROM /* TO $upstream"}}, "routes"),
+        ({"port": 80}, "port"),
+    ],
+)
+def test_bad_module_arguments_fail_by_field(given: dict[str, Any], field: str) -> None:
+    from components import EdgeDevice, EdgeModule
+    from components._common import ArgsError
+
+    with pytest.raises(ArgsError, match=rf"EdgeModule 'edge': invalid arguments: {field}"):
+        # Fails before models, image or anything else is looked at: nothing is pushed or started.
+        EdgeModule("edge", models=[], image=None, device=EdgeDevice(), **{"module_name": "scorer", **given})  # type: ignore[arg-type]
+
+
+def test_the_local_device_publishes_on_loopback_only() -> None:
+    args = EdgeModuleArgs(module_name="scorer", create_options={"HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}})
+    assert iotedge.check_local(args, iotedge.create_options(args, 40001)) == [
+        ("create_options", "HostConfig.PortBindings 80/tcp: the local device publishes on 127.0.0.1 only")
+    ]
+    args = EdgeModuleArgs(module_name="scorer", create_options={"HostConfig": {"NetworkMode": "host"}})
+    assert iotedge.check_local(args, iotedge.create_options(args, None))[0][0] == "create_options"
+
+
+@pytest.mark.parametrize(
+    ("given", "match"),
+    [
+        ({"device_id": "a device"}, "device_id"),
+        ({"backend": "mqtt"}, "backend"),
+        ({"backend": "iothub", "policy_key": KEY}, "hub_host is required"),
+        ({"backend": "iothub", "hub_host": HUB}, "policy_key"),
+    ],
+)
+def test_bad_device_arguments(given: dict[str, Any], match: str) -> None:
+    from components import EdgeDevice
+    from components._common import ArgsError
+
+    with pytest.raises(ArgsError, match=match):
+        EdgeDevice(**given)
+
+
+def test_iotedge_is_a_registered_target_deployed_by_edge_module() -> None:
+    t = target_for("iotedge")
+    assert t.deployed_by == "EdgeModule"
+    assert [f.property for f in t.check({"module_name": "scorer", "status": "paused"})] == ["status"]
+    assert t.check({"module_name": "scorer"}) == []
+
+
+def test_trial_manifest_of_defaults_passes() -> None:
+    assert edge_manifest.validate(iotedge.trial_manifest(EdgeModuleArgs(module_name="scorer"), 40001)) == []
+
+
+def test_default_port_is_stable_and_in_range() -> None:
+    p = iotedge.default_port("proj", "dev", "scorer")
+    assert p == iotedge.default_port("proj", "dev", "scorer") and iotedge.PORT_RANGE[0] <= p <= iotedge.PORT_RANGE[1]
+    assert p != iotedge.default_port("proj", "prod", "scorer")
+
+
+# ---------------------------------------------------------------- provider: check and diff
+
+
+def props(**over: Any) -> dict[str, Any]:
+    p = {
+        "device": {"device_id": "local-device", "backend": "local", "hub_host": None, "policy_name": "iothubowner",
+                   "endpoint": None, "api_version": "2021-04-12"},
+        "policy_key": "",
+        "modules": [{"name": "scorer", "image": IMAGE, "source_image_id": "sha256:" + "b" * 64, "models": {"ridge": 1},
+                     "env": {}, "create_options": {}, "status": "running", "restart_policy": "always",
+                     "image_pull_policy": "on-create"}],
+        "routes": {},
+        "registry": {"name": "mldeploy", "address": "127.0.0.1:5000", "username": None},
+        "registry_password": "",
+        "port": 40001,
+        "project": "proj", "stack": "dev", "resource": "edge",
+    }
+    p.update(over)
+    return p
+
+
+def with_module(**over: Any) -> dict[str, Any]:
+    p = props()
+    p["modules"] = [{**p["modules"][0], **over}]
+    return p
+
+
+def test_module_version_goes_up_exactly_when_the_image_changes() -> None:
+    first = {**props(), "module_versions": module_versions({}, props())}
+    assert first["module_versions"] == {"scorer": 1}
+    assert module_versions(first, with_module(env={"A": "1"})) == {"scorer": 1}, "env is not the image"
+    assert module_versions(first, with_module(models={"ridge": 2})) == {"scorer": 2}
+    assert module_versions(first, with_module(source_image_id="sha256:" + "c" * 64)) == {"scorer": 2}
+    assert module_versions(first, with_module(source_image_id=rpc.UNKNOWN)) == {"scorer": 2}, "a rebuild at preview"
+    assert module_versions({**first, "module_versions": {"scorer": 1.0}}, props()) == {"scorer": 1}, "numbers come back as floats"
+
+
+def test_check_renders_and_validates_when_known() -> None:
+    result = EdgeDeploymentProvider().check({}, props())
+    assert result.failures == []
+    assert result.inputs["module_versions"] == {"scorer": 1}
+    assert edge_manifest.modules_of(result.inputs["manifest"])["scorer"]["settings"]["image"] == IMAGE
+    unknown = EdgeDeploymentProvider().check({}, with_module(image=rpc.UNKNOWN))
+    assert unknown.failures == [] and unknown.inputs["manifest"] == rpc.UNKNOWN
+    from pulumi.output import Unknown
+
+    # As the engine hands them to a dynamic provider at preview: objects, at any depth.
+    nested = EdgeDeploymentProvider().check({}, with_module(image=Unknown()))
+    assert nested.failures == [] and nested.inputs["modules"][0]["image"] == rpc.UNKNOWN
+
+
+def test_check_names_bad_fields() -> None:
+    failures = EdgeDeploymentProvider().check({}, with_module(status="paused", env={"A.B": "x"})).failures
+    assert {f.property for f in failures} == {"modules[0].status", "modules[0].env.A.B"}
+    hub = props(device={**props()["device"], "backend": "iothub", "hub_host": HUB})
+    assert [f.property for f in EdgeDeploymentProvider().check({}, hub).failures] == ["policy_key"]
+    bad_route = EdgeDeploymentProvider().check({}, props(routes={"r": "FROM x"})).failures
+    assert [f.property for f in bad_route] == ["routes.r"]
+
+
+def checked(p: dict[str, Any], olds: dict[str, Any] | None = None) -> dict[str, Any]:
+    return EdgeDeploymentProvider().check(olds or {}, p).inputs
+
+
+def test_diff_rules() -> None:
+    old = checked(props())
+    assert not diff_edge_deployment(old, checked(props(), old)).changes
+    bump = diff_edge_deployment(old, checked(with_module(models={"ridge": 2}, image=IMAGE[:-1] + "b"), old))
+    assert bump.changes and bump.replaces == []
+    other = diff_edge_deployment(old, checked(props(device={**props()["device"], "device_id": "other"}), old))
+    assert other.replaces == ["device"] and other.delete_before_replace
+    assert diff_edge_deployment(old, checked(props(port=40002), old)).changes
+    assert diff_edge_deployment({**old, "drift": {"scorer": "exited"}}, checked(props(), old)).changes
+    assert diff_edge_deployment(old, {**checked(props(), old), "manifest": rpc.UNKNOWN}).changes
+
+
+def test_preview_words() -> None:
+    old = {**checked(props()), "drift": {}}
+    new = checked(with_module(models={"ridge": 2}, image=IMAGE[:-1] + "b"), old)
+    words = describe_edge_deployment(old, new)
+    assert words[0] == "module `scorer` image → v2; model `ridge` version 1 → 2"
+    assert words[-1] == "a new manifest is applied to device `local-device` (local)"
+    assert describe_edge_deployment({}, checked(props()))[0] == "module `scorer` v1 on device `local-device` (local) with `ridge` v1"
+    drifted = describe_edge_deployment({**old, "drift": {"scorer": "exited"}}, checked(props(), old))
+    assert drifted == ["found by refresh: module `scorer` exited: restored"]
+
+
+# ---------------------------------------------------------------- local agent (fake Docker API)
+
+
+class FakeDocker:
+    """The few Engine API calls the agent makes, in memory, with a log of them."""
+
+    def __init__(self) -> None:
+        self.containers_: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def containers(self, **kw: Any) -> list[dict[str, Any]]:
+        assert kw.get("all") is True, "stopped modules count too"
+        want = dict(f.split("=", 1) for f in (kw.get("filters") or {}).get("label", []))
+        return [{"Id": cid, "State": c["State"], "Labels": c["Labels"]} for cid, c in self.containers_.items()
+                if all(c["Labels"].get(k) == v for k, v in want.items())]
+
+    def pull(self, repo: str, tag: str, stream: bool, decode: bool) -> list[dict[str, Any]]:
+        self.calls.append(("pull", f"{repo}:{tag}" if not tag.startswith("sha256:") else f"{repo}@{tag}"))
+        return [{"status": "ok"}]
+
+    def create_container_from_config(self, body: dict[str, Any], name: str) -> dict[str, str]:
+        cid = f"c{len(self.calls)}"
+        self.containers_[cid] = {"State": "created", "Labels": body["Labels"], "body": body, "name": name}
+        self.calls.append(("create", name))
+        return {"Id": cid}
+
+    def start(self, cid: str) -> None:
+        self.containers_[cid]["State"] = "running"
+        self.calls.append(("start", cid))
+
+    def stop(self, cid: str, timeout: int = 10) -> None:
+        self.containers_[cid]["State"] = "exited"
+        self.calls.append(("stop", cid))
+
+    def remove_container(self, cid: str, force: bool = False) -> None:
+        self.containers_.pop(cid)
+        self.calls.append(("remove", cid))
+
+    def remove_image(self, ref: str) -> None:
+        self.calls.append(("remove_image", ref))
+
+
+def agent(api: FakeDocker) -> LocalAgent:
+    return LocalAgent("dev1", {"mldeploy.stack": "dev", "mldeploy.resource": "edge"}, "proj-dev-dev1-", api=api)
+
+
+def test_agent_creates_modules_as_the_iot_edge_agent_does() -> None:
+    api = FakeDocker()
+    started = agent(api).apply(manifest())
+    assert [c[0] for c in api.calls] == ["pull", "create", "start"]
+    assert api.calls[0] == ("pull", IMAGE)
+    (c,) = api.containers_.values()
+    body = c["body"]
+    assert c["name"] == "proj-dev-dev1-scorer" and started == {"scorer": next(iter(api.containers_))}
+    assert body["Image"] == IMAGE
+    assert "LOG_LEVEL=info" in body["Env"] and "IOTEDGE_MODULEID=scorer" in body["Env"]
+    assert body["HostConfig"]["PortBindings"]["5001/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "40001"}]
+    assert body["HostConfig"]["RestartPolicy"] == {"Name": "unless-stopped"}
+    assert body["Labels"]["net.azure-devices.edge.desiredStatus"] == "running"
+    assert body["Labels"]["net.azure-devices.edge.restartPolicy"] == "always"
+    assert body["Labels"]["mldeploy.edge.device"] == "dev1"
+
+
+def test_agent_keeps_what_matches_and_replaces_what_changed() -> None:
+    api = FakeDocker()
+    agent(api).apply(manifest())
+    api.calls.clear()
+    agent(api).apply(manifest())
+    assert api.calls == [], "same manifest: nothing to do"
+    agent(api).apply(manifest(image=IMAGE[:-1] + "b", version="2"))
+    assert [c[0] for c in api.calls] == ["stop", "remove", "pull", "create", "start"]
+
+
+def test_agent_applies_status_and_removes_modules_left_out() -> None:
+    api = FakeDocker()
+    agent(api).apply(manifest(status="stopped"))
+    (c,) = api.containers_.values()
+    assert c["State"] == "created", "a stopped module is created, not started"
+    agent(api).apply(edge_manifest.render([], {}))
+    assert api.containers_ == {}
+
+
+def test_agent_finds_drift() -> None:
+    api = FakeDocker()
+    m = manifest()
+    agent(api).apply(m)
+    assert agent(api).drift(m) == {}
+    cid = next(iter(api.containers_))
+    api.stop(cid)
+    assert agent(api).drift(m) == {"scorer": "exited"}
+    api.remove_container(cid)
+    assert agent(api).drift(m) == {"scorer": "missing"}
+    agent(api).apply(m)
+    assert agent(api).drift(m) == {}
+
+
+def test_agent_refuses_bindings_beyond_loopback_and_bad_manifests() -> None:
+    opts = {"HostConfig": {"PortBindings": {"5001/tcp": [{"HostIp": "0.0.0.0", "HostPort": "1"}]}}}
+    with pytest.raises(AgentError, match="127.0.0.1 only"):
+        container_body("scorer", edge_manifest.module_entry(module(create_options=opts)), {})
+    bad = manifest()
+    bad["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["scorer"]["restartPolicy"] = "sometimes"
+    api = FakeDocker()
+    with pytest.raises(edge_manifest.ManifestError, match=r"modules\.scorer\.restartPolicy"):
+        agent(api).apply(bad)
+    assert api.calls == [], "nothing is pulled or started"
+
+
+def test_spec_hash_follows_the_module() -> None:
+    entry = edge_manifest.module_entry(module())
+    assert spec_hash("scorer", entry) == spec_hash("scorer", json.loads(json.dumps(entry)))
+    assert spec_hash("scorer", entry) != spec_hash("scorer", {**entry, "restartPolicy": "never"})
+    # Options that travelled through the engine come back with their keys in another order.
+    a = edge_manifest.split_create_options({"HostConfig": {"Binds": ["/a:/a"], "PortBindings": {}}, "Env": ["A=1"]})
+    b = edge_manifest.split_create_options({"Env": ["A=1"], "HostConfig": {"PortBindings": {}, "Binds": ["/a:/a"]}})
+    assert a == b
+    reordered = {**entry, "settings": {"image": IMAGE, "createOptions": '{"HostConfig":{"PortBindings":{"5001/tcp":[{"HostPort":"40001","HostIp":"127.0.0.1"}]}},"ExposedPorts":{"5001/tcp":{}}}'}}
+    assert spec_hash("scorer", entry) == spec_hash("scorer", reordered)
+
+
+# ---------------------------------------------------------------- iothub backend (fake hub on 127.0.0.1)
+
+
+@pytest.fixture
+def hub() -> Any:
+    with FakeHub(HUB, {"iothubowner": KEY}, {"edge1": True, "leaf1": False}) as h:
+        yield h
+
+
+def client(h: FakeHub, key: str = KEY, **kw: Any) -> iothub.IoTHubClient:
+    return iothub.IoTHubClient(HUB, "iothubowner", key, base_url=h.endpoint, **kw)
+
+
+def test_sas_token_shape() -> None:
+    token = iothub.sas_token(HUB, KEY, "iothubowner", expiry=1_900_000_000)
+    assert token.startswith(f"SharedAccessSignature sr={HUB}&sig=") and token.endswith("&se=1900000000&skn=iothubowner")
+    assert FakeHub(HUB, {"iothubowner": KEY}, {}).auth_problem(token) is None
+
+
+def test_apply_configuration_content(hub: FakeHub) -> None:
+    m = manifest()
+    client(hub).apply_configuration_content("edge1", m)
+    assert hub.applied["edge1"] == m
+    req = hub.requests[-1]
+    assert req["path"] == "/devices/edge1/applyConfigurationContent" and req["query"]["api-version"] == ["2021-04-12"]
+
+
+@pytest.mark.parametrize(
+    ("device", "kw", "status", "words"),
+    [
+        ("nosuch", {}, 404, "DeviceNotFound"),
+        ("leaf1", {}, 400, "not an IoT Edge device"),
+        ("edge1", {"key": base64.b64encode(b"w" * 32).decode()}, 401, "signature does not match"),
+        ("edge1", {"api_version": "2019-01-01"}, 400, "InvalidProtocolVersion"),
+    ],
+)
+def test_hub_refusals_carry_its_answer(hub: FakeHub, device: str, kw: dict[str, Any], status: int, words: str) -> None:
+    with pytest.raises(iothub.IoTHubError, match=words) as err:
+        client(hub, **kw).apply_configuration_content(device, manifest())
+    assert err.value.status == status
+    assert device not in hub.applied
+
+
+def test_fake_hub_checks_expiry_and_body(hub: FakeHub) -> None:
+    import requests
+
+    token = iothub.sas_token(HUB, KEY, "iothubowner", expiry=int(time.time()) - 5)
+    r = requests.post(f"{hub.endpoint}/devices/edge1/applyConfigurationContent", params={"api-version": "2021-04-12"},
+                      headers={"Authorization": token}, json=manifest(), timeout=10)
+    assert r.status_code == 401 and "expired" in r.text
+    good = iothub.sas_token(HUB, KEY, "iothubowner")
+    bad = manifest()
+    bad["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["scorer"]["status"] = "paused"
+    r = requests.post(f"{hub.endpoint}/devices/edge1/applyConfigurationContent", params={"api-version": "2021-04-12"},
+                      headers={"Authorization": good}, json=bad, timeout=10)
+    assert r.status_code == 400 and "status" in r.json()["Message"]
+
+
+def test_client_checks_the_manifest_before_sending(hub: FakeHub) -> None:
+    bad = manifest()
+    bad["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["scorer"]["status"] = "paused"
+    with pytest.raises(edge_manifest.ManifestError, match="scorer.status"):
+        client(hub).apply_configuration_content("edge1", bad)
+    assert hub.requests == [], "nothing was sent"
+
+
+def iothub_props(h: FakeHub, device_id: str = "edge1") -> dict[str, Any]:
+    dev = {**props()["device"], "device_id": device_id, "backend": "iothub", "hub_host": HUB, "endpoint": h.endpoint}
+    return checked(props(device=dev, policy_key=KEY, port=None))
+
+
+def test_provider_applies_through_the_hub_and_empties_the_device_on_delete(hub: FakeHub) -> None:
+    p = EdgeDeploymentProvider()
+    created = p.create(iothub_props(hub))
+    assert created.outs["state"] == "Applied" and created.outs["scoring_uri"] == ""
+    assert edge_manifest.modules_of(hub.applied["edge1"])["scorer"]["settings"]["image"] == IMAGE
+    p.delete(created.id, created.outs)
+    assert edge_manifest.modules_of(hub.applied["edge1"]) == {}, "the device keeps only the system modules"
+
+
+def test_provider_shows_the_hubs_answer_for_an_unknown_device(hub: FakeHub) -> None:
+    with pytest.raises(iothub.IoTHubError, match=r"device 'ghost'.*404.*DeviceNotFound"):
+        EdgeDeploymentProvider().create(iothub_props(hub, "ghost"))
+    p = iothub_props(hub, "ghost")
+    EdgeDeploymentProvider().delete("ghost/edge", p)  # gone already counts as deleted
+
+
+def test_azure_iot_hub_sdk_is_accepted_by_the_fake_hub(hub: FakeHub) -> None:
+    """An independent client: the SDK signs and sends; the fake checks it as it checks ours."""
+    from azure.iot.hub import IoTHubConfigurationManager
+    from azure.iot.hub.models import ConfigurationContent
+
+    mgr = IoTHubConfigurationManager(f"HostName={HUB};SharedAccessKeyName=iothubowner;SharedAccessKey={KEY}")
+    mgr.protocol.config.base_url = hub.endpoint  # the SDK only builds https://<HostName>; point it at 127.0.0.1
+    m = manifest()
+    mgr.apply_configuration_on_edge_device("edge1", ConfigurationContent(modules_content=m["modulesContent"]))
+    assert hub.applied["edge1"] == m
+    assert hub.requests[-1]["headers"]["Authorization"].startswith("SharedAccessSignature sr=")

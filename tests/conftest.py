@@ -239,3 +239,11 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
             n.remove()
     if problems:
         pytest.fail("the test session left these behind (now removed):\n  " + "\n  ".join(problems), pytrace=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that restart the local cluster run last. Known bug (open): right after a
+    `cluster.sh down`/`up`, a Deployment rollout whose new pods crash was once reported
+    as done by the engine's await logic; until that is understood, no other test runs
+    on a cluster that has just been restarted."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)

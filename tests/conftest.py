@@ -100,8 +100,26 @@ def engine_stack(workdir: Path) -> Iterator[Callable[..., EngineStack]]:
 
 
 @pytest.fixture(scope="session")
-def k8s_cluster() -> Iterator[str]:
-    """The local Kubernetes cluster and image registry (scripts/k8s); yields the admin kubeconfig path.
+def local_registry() -> Iterator[str]:
+    """The local image registry that stands in for ACR (scripts/k8s/registry.sh); yields its address.
+
+    Started when not answering, stopped at the end of the session only if
+    started here. A registry that cannot start fails the test, never skips it.
+    """
+    from providers.clients import cluster
+
+    registry_sh = ROOT / "scripts" / "k8s" / "registry.sh"
+    started = subprocess.run([str(registry_sh), "status"], capture_output=True).returncode != 0
+    if started:
+        subprocess.run([str(registry_sh), "up"], check=True)
+    yield cluster.registry_address()
+    if started:
+        subprocess.run([str(registry_sh), "down"], check=False)
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster(local_registry: str) -> Iterator[str]:
+    """The local Kubernetes cluster (scripts/k8s), with the registry; yields the admin kubeconfig path.
 
     Started when not running (the first start on a machine also builds the
     binaries), stopped at the end of the session only if started here. A
@@ -109,15 +127,11 @@ def k8s_cluster() -> Iterator[str]:
     """
     from providers.clients import cluster
 
-    registry_sh = ROOT / "scripts" / "k8s" / "registry.sh"
     started_cluster = not cluster.is_up()
-    started_registry = subprocess.run([str(registry_sh), "status"], capture_output=True).returncode != 0
-    path = cluster.ensure_up()  # brings the registry up too
+    path = cluster.ensure_up()
     yield path
     if started_cluster:
         subprocess.run([str(ROOT / "scripts" / "k8s" / "cluster.sh"), "down"], check=False)
-    if started_registry:
-        subprocess.run([str(registry_sh), "down"], check=False)
 
 
 # ---------------------------------------------------------------- nothing left behind

@@ -43,7 +43,8 @@ def fake(tmp_path, monkeypatch):
     arm.close()
 
 
-def test_aci_target_scores_rolls_drifts_and_cleans_up(fake: FakeArm, workdir: Path, engine_stack) -> None:
+def test_aci_target_scores_rolls_drifts_and_cleans_up(fake: FakeArm, local_registry: str, workdir: Path, engine_stack) -> None:
+    """The fake ARM pulls the group's images from the local registry, as ACI pulls from ACR."""
     from components import ContainerInstanceService, InferenceImage, RegisteredModel
 
     model_path = train_model(workdir / "models" / "ridge" / "sklearn_regression_model.pkl", alpha=0.1)

@@ -8,10 +8,8 @@ manifest. Scoring goes to 127.0.0.1 only.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
 
 import docker
 import joblib
@@ -20,22 +18,10 @@ import pytest
 import requests
 from pulumi import automation as auto
 
-from conftest import ROOT, train_model
+from conftest import train_model
 from test_deploy_e2e import SEED_REQUEST
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
-
-
-@pytest.fixture(scope="module")
-def image_registry() -> Iterator[str]:
-    """The local registry; started when not running, stopped at the end only if started here."""
-    sh = ROOT / "scripts" / "k8s" / "registry.sh"
-    started = subprocess.run([str(sh), "status"], capture_output=True).returncode != 0
-    if started:
-        subprocess.run([str(sh), "up"], check=True)
-    yield "127.0.0.1:5000"
-    if started:
-        subprocess.run([str(sh), "down"], check=False)
 
 
 def modules_of(stack_name: str) -> list:
@@ -47,7 +33,7 @@ def score(uri: str) -> requests.Response:
     return requests.post(uri, json=SEED_REQUEST, timeout=30)
 
 
-def test_edge_module_deploy_score_bump_drift_destroy(workdir: Path, engine_stack, image_registry: str) -> None:
+def test_edge_module_deploy_score_bump_drift_destroy(workdir: Path, engine_stack, local_registry: str) -> None:
     import preview_markdown
     import stack as stack_cli
     from providers.clients import oci_registry
@@ -79,7 +65,7 @@ def test_edge_module_deploy_score_bump_drift_destroy(workdir: Path, engine_stack
     ports = c.attrs["HostConfig"]["PortBindings"]
     assert all(b["HostIp"] == "127.0.0.1" for bs in ports.values() for b in bs)
     ref1 = out["image_ref"]
-    assert ref1.startswith(f"{image_registry}/") and c.attrs["Config"]["Image"] == ref1
+    assert ref1.startswith(f"{local_registry}/") and c.attrs["Config"]["Image"] == ref1
     assert oci_registry.manifest_exists(*ref1.split("@"))
 
     # A new model version: a new module image and a new manifest, said in words.

@@ -121,3 +121,50 @@ def test_the_fake_refuses_bodies_outside_the_model(fake):
     r = requests.get(url, params={"api-version": "2023-05-01"}, verify=str(fake.ca_path),
                      headers={"Authorization": f"Bearer {fake.issue_token()}"}, timeout=10)
     assert r.status_code == 400 and r.json()["error"]["code"] == "InvalidApiVersionParameter"
+
+
+def test_the_fake_checks_the_sdks_wire_body_against_the_spec(fake):
+    """The PUT above went through the spec check; this one, valid for the SDK, breaks the 2025-09-01 schema."""
+    url = f"{fake.url}/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.ContainerInstance/containerGroups/web"
+    bad = body(WEB)
+    bad["properties"]["containers"][0]["properties"]["resources"]["requests"]["cpu"] = "lots"
+    r = requests.put(url, params={"api-version": "2025-09-01"}, json=bad, verify=str(fake.ca_path),
+                     headers={"Authorization": f"Bearer {fake.issue_token()}"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "InvalidRequestContent"
+    assert "requests.cpu: 'lots' is not of type 'number'" in r.json()["error"]["message"]
+    assert fake.group("web") is None
+    assert [p for m, p, s in fake.requests if m == "PUT" and s == 400]
+
+
+def test_throttled_put_fails_clearly_and_the_next_up_converges(fake):
+    fake.inject("PUT", "/containerGroups/web", 429, "TooManyRequests", "throttled", {"Retry-After": "1"}, times=10)
+    with pytest.raises(ArmError, match=r"429 TooManyRequests.*run `pulumi up` again later") as err:
+        groups(fake).put("web", body(WEB))
+    assert "Traceback" not in str(err.value) and fake.group("web") is None
+    fake.faults.clear()
+    assert groups(fake).put("web", body(WEB))["provisioning_state"] == "Succeeded"
+    groups(fake).delete("web")
+
+
+def test_an_expired_token_is_named_and_a_fresh_one_works(fake):
+    expired = fake.issue_token(ttl=-60)
+    with pytest.raises(ArmError, match="401 ExpiredAuthenticationToken: The access token expiry UTC time"):
+        groups(fake, expired).put("web", body(WEB))
+    assert fake.group("web") is None  # refused before anything was made
+    assert groups(fake, fake.issue_token()).get("web") is None
+
+
+def test_credentials_that_cannot_get_a_token_give_the_chains_own_words(fake, monkeypatch):
+    """DefaultAzureCredential limited to its environment source (no network): its message, no stack trace."""
+    from providers.clients.arm import CredentialError
+
+    monkeypatch.delenv("MLDEPLOY_ARM_TOKEN")
+    for k in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_USERNAME"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AZURE_TOKEN_CREDENTIALS", "EnvironmentCredential")
+    with pytest.raises(CredentialError) as err:
+        groups(fake).get("web")
+    text = str(err.value)
+    assert "could not get an Azure token" in text and "EnvironmentCredential" in text
+    assert "Environment variables are not fully configured" in text and "Traceback" not in text
+    assert not [r for r in fake.requests if "/containerGroups/" in r[1]]  # nothing reached ARM

@@ -20,6 +20,7 @@ from components.registry_image import RegistryImage
 from components.inference_image import InferenceImage
 from components.registered_model import RegisteredModel
 from providers.keys import ServiceKeysProvider
+from providers.rollout import RolloutProvider
 from providers.targets import kubernetes as target
 
 OUTPUTS = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "model_versions", "node_port")
@@ -33,6 +34,16 @@ class ServiceKeys(Resource, module=PACKAGE, name="ServiceKeys"):
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(ServiceKeysProvider(), name, {**props, "primary_key": None, "secondary_key": None}, opts)
+
+
+class Rollout(Resource, module=PACKAGE, name="Rollout"):
+    """The check that a Deployment's new generation rolled out (dynamic resource; see providers.rollout)."""
+
+    revision: pulumi.Output[str]
+    available_replicas: pulumi.Output[int]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(RolloutProvider(), name, {**props, "revision": None, "available_replicas": None}, opts)
 
 
 class AksService(pulumi.ComponentResource):
@@ -142,7 +153,20 @@ class AksService(pulumi.ComponentResource):
             spec=target.service_spec(name),
             opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps, delete_before_replace=True)),
         )
-        self.deployment, self.service = deployment, service
+        # pulumi-kubernetes can call an update done before the controller acts on it (providers/rollout.py).
+        rollout = Rollout(
+            f"{resource_name}-rollout",
+            {
+                "kubeconfig": cluster.kubeconfig,
+                "namespace": ns,
+                "name": name,
+                "selector": target.selector(name),
+                "generation": deployment.metadata.generation,
+                "timeout_seconds": args.startup_timeout_seconds,
+            },
+            pulumi.ResourceOptions(parent=self, depends_on=[deployment], additional_secret_outputs=["kubeconfig"]),
+        )
+        self.deployment, self.service, self.rollout = deployment, service, rollout
         self.autoscaler: k8s.autoscaling.v2.HorizontalPodAutoscaler | None = None
         self.disruption_budget: k8s.policy.v1.PodDisruptionBudget | None = None
         if args.autoscale:
@@ -162,7 +186,7 @@ class AksService(pulumi.ComponentResource):
         self.node_port = service.spec.apply(lambda s: int(s.ports[0].node_port))
         uris = self.node_port.apply(lambda p: target.uris(p, name))
         # The URI is known only once the rollout is done, so it is a promise that the service answers.
-        self.scoring_uri = pulumi.Output.all(uris, deployment.status).apply(lambda a: a[0]["scoring_uri"])
+        self.scoring_uri = pulumi.Output.all(uris, rollout.revision).apply(lambda a: a[0]["scoring_uri"])
         self.swagger_uri = uris.apply(lambda u: u["swagger_uri"])
         self.primary_key = pulumi.Output.secret(keys.primary_key)
         self.secondary_key = pulumi.Output.secret(keys.secondary_key)

@@ -18,7 +18,6 @@ or removed by hand (local) as drift, which the next `up` repairs.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any, Mapping
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
@@ -26,13 +25,10 @@ from pulumi.runtime import rpc
 from pydantic import ValidationError
 
 from providers import edge_manifest
+from providers.progress import say
 
 SECRET_PLACEHOLDER = "[secret]"
 DEVICE_IDENTITY = ("device_id", "backend", "hub_host")
-
-
-def _progress(message: str) -> None:
-    print(f"[mldeploy] {message}", file=sys.stderr, flush=True)
 
 
 def _sentinels(value: Any) -> Any:
@@ -184,7 +180,7 @@ class EdgeDeploymentProvider(ResourceProvider):
                     rc = containers.RunningContainer(cid, container_prefix(props) + name, int(port))
                     containers.wait_healthy(rc, timeout=float(props.get("startup_timeout_seconds") or 300))
         else:
-            _progress(f"IoT Hub {device['hub_host']}: applying the manifest to device {device['device_id']}")
+            say(f"IoT Hub {device['hub_host']}: applying the manifest to device {device['device_id']}")
             self._hub(props).apply_configuration_content(device["device_id"], manifest)
         return {**props, **scoring_uris(props), "state": "Applied", "drift": {}}
 
@@ -200,7 +196,7 @@ class EdgeDeploymentProvider(ResourceProvider):
             try:
                 oci_registry.delete_manifest(repo, digest)
             except oci_registry.RegistryError as exc:
-                _progress(f"{repo}: could not delete {digest}: {exc}")
+                say(f"{repo}: could not delete {digest}: {exc}")
             if (props.get("device") or {}).get("backend") == "local":
                 self._agent(props).remove_image(image)
 
@@ -232,7 +228,7 @@ class EdgeDeploymentProvider(ResourceProvider):
         device = props.get("device") or {}
         if device.get("backend") == "local":
             removed = self._agent(props).remove_all()
-            _progress(f"device {device.get('device_id')}: removed modules {', '.join(removed) or '(none)'}")
+            say(f"device {device.get('device_id')}: removed modules {', '.join(removed) or '(none)'}")
             for m in props.get("modules") or []:
                 if isinstance(m.get("image"), str):
                     self._agent(props).remove_image(m["image"])

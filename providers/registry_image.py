@@ -7,12 +7,12 @@ a new digest that rolls only the services using it.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
 from providers.paths import local
+from providers.progress import say
 
 REPLACE_ON = ("repository",)
 
@@ -32,10 +32,6 @@ def diff_registry_image(olds: dict[str, Any], news: dict[str, Any]) -> DiffResul
     if olds.get("present") is False:
         changed.append("present")  # deleted from the registry behind our back: push again
     return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
-
-
-def _progress(message: str) -> None:
-    print(f"[mldeploy] {message}", file=sys.stderr, flush=True)
 
 
 class RegistryImageProvider(ResourceProvider):
@@ -73,11 +69,11 @@ class RegistryImageProvider(ResourceProvider):
         image = source
         if models:
             versions = ", ".join(f"{m['name']} v{int(m['version'])}" for m in models)
-            _progress(f"{props['repository']}: adding model layer ({versions}) on {props['source_image']}")
+            say(f"{props['repository']}: adding model layer ({versions}) on {props['source_image']}")
             image = oci_registry.build_model_image(
                 f"{props['repository']}:{tag}", source, models, props.get("labels") or {}
             )
-        _progress(f"{props['repository']}:{tag}: pushing")
+        say(f"{props['repository']}:{tag}: pushing")
         digest = oci_registry.push(image, props["repository"], tag)
         return {**props, "tag": tag, "digest": digest, "image_ref": f"{props['repository']}@{digest}", "present": True}
 
@@ -115,6 +111,6 @@ class RegistryImageProvider(ResourceProvider):
         # including older digests kept for the Deployment's revision history.
         try:
             n = oci_registry.delete_repository(props["repository"])
-            _progress(f"{props['repository']}: deleted {n} image(s) from the registry")
+            say(f"{props['repository']}: deleted {n} image(s) from the registry")
         except oci_registry.RegistryError as exc:
-            _progress(f"{props['repository']}: could not delete its images: {exc}")
+            say(f"{props['repository']}: could not delete its images: {exc}")

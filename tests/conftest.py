@@ -61,8 +61,10 @@ class EngineStack:
 
     def _run(self, op: str, **kw):
         lines: list[str] = []
-        result = getattr(self.stack, op)(on_output=lines.append, color="never", **kw)
-        self.log.extend(lines)
+        try:
+            result = getattr(self.stack, op)(on_output=lines.append, color="never", **kw)
+        finally:
+            self.log.extend(lines)  # a failed operation's output too
         result.text = "\n".join(lines)  # type: ignore[attr-defined]
         return result
 

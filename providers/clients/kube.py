@@ -160,3 +160,34 @@ def facts(kubeconfig: str, timeout: float = 10.0, session: requests.Session | No
         return read(session)
     with session_for(ep) as s:
         return read(s)
+
+
+class Reader:
+    """GETs against one API server over one session: a poll loop reuses its connection."""
+
+    def __init__(self, kubeconfig: str, timeout: float = 10.0, session: requests.Session | None = None):
+        self._ep = endpoint(kubeconfig)
+        self._timeout = timeout
+        self._session = session
+        self._owned: Any = None
+
+    def __enter__(self) -> "Reader":
+        if self._session is None:
+            self._owned = session_for(self._ep)
+            self._session = self._owned.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._owned is not None:
+            self._owned.__exit__(*exc)
+
+    def get(self, path: str) -> Any:
+        assert self._session is not None, "use Reader as a context manager"
+        return _get(self._session, self._ep.server, path, self._timeout)
+
+    def deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+
+    def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        query = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        return self.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector={query}").get("items") or []

@@ -41,11 +41,27 @@ import docker
 import requests
 
 API_VERSION = "2025-09-01"
+AKS_API_VERSION = "2025-10-01"
+ACR_API_VERSION = "2025-11-01"
+API_VERSIONS = {
+    "Microsoft.ContainerInstance": API_VERSION,
+    "Microsoft.ContainerService": AKS_API_VERSION,
+    "Microsoft.ContainerRegistry": ACR_API_VERSION,  # no body is sent to it: nothing to check against a spec
+}
+NAMESPACE = re.compile(r"/providers/(Microsoft\.[A-Za-z]+)/")
+CLUSTER_PATH = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.ContainerService/"
+    r"managedClusters/(?P<name>[^/]+)(?P<rest>/.*)?$"
+)
+REGISTRY_PATH = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.ContainerRegistry/"
+    r"registries/(?P<name>[^/]+)(?P<rest>/.*)?$"
+)
 GROUP_PATH = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.ContainerInstance/"
     r"containerGroups/(?P<name>[^/]+)(?P<rest>/.*)?$"
 )
-OP_PATH = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.ContainerInstance/locations/[^/]+/operations/(?P<op>[^/]+)$")
+OP_PATH = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.[A-Za-z]+/locations/[^/]+/operations/(?P<op>[^/]+)$")
 LABEL = "mldeploy.fakearm"
 
 
@@ -93,6 +109,8 @@ def _strip_secure(body: dict[str, Any]) -> dict[str, Any]:
     for v in out["properties"].get("volumes") or []:
         if "secret" in v:
             v["secret"] = {}
+    for cred in out["properties"].get("imageRegistryCredentials") or []:
+        cred.pop("password", None)  # x-ms-secret: never returned
     return out
 
 
@@ -135,6 +153,10 @@ class FakeArm:
         self.groups: dict[tuple[str, str, str], Group] = {}
         self.operations: dict[str, dict[str, Any]] = {}
         self.faults: list[Fault] = []
+        self.registries: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.clusters: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.cluster_failures: dict[str, dict[str, str]] = {}
+        self.cluster_seconds = 1.0
         self.requests: list[tuple[str, str, int]] = []
         self.lock = threading.RLock()
         self.docker = docker.from_env()
@@ -166,6 +188,76 @@ class FakeArm:
         """The next `times` matching requests get this answer instead."""
         with self.lock:
             self.faults.append(Fault(method, path_contains, status, code or str(status), message or code, headers or {}, times))
+
+    def add_registry(self, sub: str, rg: str, name: str, login_server: str, username: str, password: str,
+                     location: str = "westeurope", admin: bool = True) -> None:
+        """An ACR whose listCredentials returns these (the test's own registry with token auth)."""
+        self.registries[(sub, rg, name)] = {"login_server": login_server, "username": username, "password": password,
+                                            "password2": secrets.token_urlsafe(16), "location": location, "admin": admin}
+
+    def fail_next_cluster(self, name: str, code: str = "VMSizeNotSupported", message: str = "") -> None:
+        """The next PUT of this managed cluster ends provisioningState Failed with this error."""
+        self.cluster_failures[name] = {"code": code, "message": message or f"cluster {name}: {code}"}
+
+    def cluster(self, name: str) -> dict[str, Any] | None:
+        return next((c for (_s, _r, n), c in self.clusters.items() if n == name), None)
+
+    def cluster_view(self, key: tuple[str, str, str]) -> dict[str, Any]:
+        c = self.clusters[key]
+        body = json.loads(json.dumps(c["body"]))
+        props = body.setdefault("properties", {})
+        dns = props.get("dnsPrefix") or key[2]
+        props.update({
+            "provisioningState": c["state"],
+            "powerState": {"code": "Running"},
+            "currentKubernetesVersion": props.get("kubernetesVersion") or "1.33.2",
+            "kubernetesVersion": props.get("kubernetesVersion") or "1.33.2",
+            "fqdn": f"{dns}-{abs(hash(key)) % 10**8:08d}.hcp.{body['location']}.azmk8s.io",
+            "nodeResourceGroup": f"MC_{key[1]}_{key[2]}_{body['location']}",
+            "maxAgentPools": 100,
+        })
+        for pool in props.get("agentPoolProfiles") or []:
+            pool.update({"provisioningState": c["state"], "powerState": {"code": "Running"},
+                         "currentOrchestratorVersion": props["currentKubernetesVersion"]})
+        if "identity" in body:
+            body["identity"].update({"principalId": str(uuid.UUID(int=abs(hash(key)) % 2**128)), "tenantId": "00000000-0000-0000-0000-00000000000a"})
+        body.update({"id": f"/subscriptions/{key[0]}/resourceGroups/{key[1]}/providers/Microsoft.ContainerService/managedClusters/{key[2]}",
+                     "name": key[2], "type": "Microsoft.ContainerService/ManagedClusters"})
+        return body
+
+    def kubeconfig(self, key: tuple[str, str, str]) -> str:
+        """A user kubeconfig naming the cluster's (fake, unresolvable) API server; nothing here serves it."""
+        view = self.cluster_view(key)
+        server = f"https://{view['properties']['fqdn']}:443"
+        user = f"clusterUser_{key[1]}_{key[2]}"
+        token = self.clusters[key].setdefault("token", secrets.token_hex(32))
+        return (
+            "apiVersion: v1\nkind: Config\n"
+            f"clusters:\n- cluster:\n    server: {server}\n  name: {key[2]}\n"
+            f"contexts:\n- context:\n    cluster: {key[2]}\n    user: {user}\n  name: {key[2]}\n"
+            f"current-context: {key[2]}\n"
+            f"users:\n- name: {user}\n  user:\n    token: {token}\n"
+        )
+
+    def _provision_cluster(self, key: tuple[str, str, str], op: str) -> None:
+        time.sleep(self.cluster_seconds)  # the LRO is seen in progress at least once
+        with self.lock:
+            c = self.clusters.get(key)
+            if c is None:
+                return
+            c["busy"] = False
+            if c["fail"]:
+                c["state"] = "Failed"
+                self.operations[op] = {"status": "Failed", "error": c["fail"]}
+            else:
+                c["state"] = "Succeeded"
+                self.operations[op] = {"status": "Succeeded"}
+
+    def _delete_cluster(self, key: tuple[str, str, str], op: str) -> None:
+        time.sleep(self.cluster_seconds / 2)
+        with self.lock:
+            self.clusters.pop(key, None)
+            self.operations[op] = {"status": "Succeeded"}
 
     def group(self, name: str) -> Group | None:
         return next((g for g in self.groups.values() if g.name == name), None)
@@ -271,7 +363,14 @@ class FakeArm:
             for cdef in props["containers"]:
                 cp = cdef["properties"]
                 self._event(g, cdef["name"], "Pulling", f'pulling image "{cp["image"]}"')
-                self._pull(cp["image"])
+                try:
+                    self._pull(cp["image"], props.get("imageRegistryCredentials") or [])
+                except docker.errors.APIError as exc:
+                    self._event(g, cdef["name"], "Failed", f'Failed to pull image "{cp["image"]}": {exc.explanation or exc}', "Warning")
+                    self._finish(g, op, "Failed", {"code": "InaccessibleImage", "message":
+                                                   f"The image '{cp['image']}' in container group '{g.name}' is not accessible. "
+                                                   "Please check the image and registry credential."})
+                    return
                 self._event(g, cdef["name"], "Pulled", f'Successfully pulled image "{cp["image"]}"')
                 env = {e["name"]: e.get("value", e.get("secureValue", "")) for e in cp.get("environmentVariables") or []}
                 req = cp["resources"]["requests"]
@@ -302,7 +401,14 @@ class FakeArm:
         except Exception as exc:  # a fake's own failure still ends the operation
             self._finish(g, op, "Failed", {"code": "InternalServerError", "message": f"fake ARM: {exc}"})
 
-    def _pull(self, image: str) -> None:
+    def _pull(self, image: str, credentials: list[dict[str, Any]] | None = None) -> None:
+        """As ACI: an image of a registry named in imageRegistryCredentials is pulled with them, always."""
+        server = image.split("/", 1)[0]
+        cred = next((c for c in credentials or [] if c.get("server") == server), None)
+        if cred is not None:
+            auth = {"username": cred.get("username") or "", "password": cred.get("password") or ""}
+            self.docker.images.pull(image, auth_config=auth)
+            return
         try:
             self.docker.images.get(image)
         except docker.errors.ImageNotFound:
@@ -398,8 +504,9 @@ def _handler(fake: FakeArm) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(n) if n else b""
             return json.loads(raw) if raw else None
 
-        def _op_url(self, sub: str, location: str, op: str) -> str:
-            return f"{fake.url}/subscriptions/{sub}/providers/Microsoft.ContainerInstance/locations/{location}/operations/{op}?api-version={API_VERSION}"
+        def _op_url(self, sub: str, location: str, op: str, namespace: str = "Microsoft.ContainerInstance") -> str:
+            return (f"{fake.url}/subscriptions/{sub}/providers/{namespace}/locations/{location}/operations/{op}"
+                    f"?api-version={API_VERSIONS[namespace]}")
 
         def handle_one(self) -> None:
             url = urlparse(self.path)
@@ -407,8 +514,13 @@ def _handler(fake: FakeArm) -> type[BaseHTTPRequestHandler]:
             if not self._auth() or self._fault():
                 return
             version = (parse_qs(url.query).get("api-version") or [""])[0]
-            if version != API_VERSION:
-                self._error(400, "InvalidApiVersionParameter", f"The api-version '{version}' is invalid. The supported versions are '{API_VERSION}'.")
+            ns = NAMESPACE.search(url.path)
+            expected = API_VERSIONS.get(ns.group(1)) if ns else None
+            if expected is None:
+                self._error(404, "InvalidResourceNamespace", f"no route for {url.path}")
+                return
+            if version != expected:
+                self._error(400, "InvalidApiVersionParameter", f"The api-version '{version}' is invalid. The supported versions are '{expected}'.")
                 return
             m = OP_PATH.match(url.path)
             if m and self.command == "GET":
@@ -417,6 +529,14 @@ def _handler(fake: FakeArm) -> type[BaseHTTPRequestHandler]:
                     self._error(404, "OperationNotFound", f"operation {m['op']} not found")
                 else:
                     self._send(200, {"id": url.path, "name": m["op"], **op}, {"Retry-After": "1"})
+                return
+            m = REGISTRY_PATH.match(url.path)
+            if m:
+                self._registry(m)
+                return
+            m = CLUSTER_PATH.match(url.path)
+            if m:
+                self._cluster(m, body, version)
                 return
             m = GROUP_PATH.match(url.path)
             if not m:
@@ -477,6 +597,83 @@ def _handler(fake: FakeArm) -> type[BaseHTTPRequestHandler]:
                 except docker.errors.NotFound:
                     content = ""
                 self._send(200, {"content": content})
+            else:
+                self._error(405, "MethodNotAllowed", f"{self.command} {rest or '/'} is not served by this fake")
+
+        def _registry(self, m: re.Match[str]) -> None:
+            reg = fake.registries.get((m["sub"], m["rg"], m["name"]))
+            if reg is None:
+                self._error(404, "ResourceNotFound", f"The Resource 'Microsoft.ContainerRegistry/registries/{m['name']}' "
+                                                     f"under resource group '{m['rg']}' was not found.")
+                return
+            rest = m["rest"] or ""
+            if rest == "" and self.command == "GET":
+                self._send(200, {"id": m.group(0), "name": m["name"], "type": "Microsoft.ContainerRegistry/registries",
+                                 "location": reg["location"], "sku": {"name": "Basic", "tier": "Basic"},
+                                 "properties": {"loginServer": reg["login_server"], "adminUserEnabled": reg["admin"],
+                                                "provisioningState": "Succeeded"}})
+            elif rest == "/listCredentials" and self.command == "POST":
+                if not reg["admin"]:
+                    self._error(400, "UnAuthorizedForCredentialOperations",
+                                f"Cannot perform credential operations for {m.group(0)} as admin user is disabled. "
+                                "Kindly enable admin user as per docs: https://docs.microsoft.com/en-us/azure/container-registry/container-registry-authentication#admin-account")
+                    return
+                self._send(200, {"username": reg["username"], "passwords": [{"name": "password", "value": reg["password"]},
+                                                                             {"name": "password2", "value": reg["password2"]}]})
+            else:
+                self._error(405, "MethodNotAllowed", f"{self.command} {rest or '/'} is not served by this fake")
+
+        def _cluster(self, m: re.Match[str], body: Any, version: str) -> None:
+            from arm_spec import SpecViolation, check
+
+            key = (m["sub"], m["rg"], m["name"])
+            rest = m["rest"] or ""
+            c = fake.clusters.get(key)
+            not_found = (404, "ResourceNotFound", f"The Resource 'Microsoft.ContainerService/managedClusters/{m['name']}' "
+                                                  f"under resource group '{m['rg']}' was not found.")
+            if rest == "" and self.command == "GET":
+                self._send(200, fake.cluster_view(key)) if c else self._error(*not_found)
+            elif rest == "" and self.command == "PUT":
+                try:
+                    check("Microsoft.ContainerService", version, "ManagedCluster", body)
+                except SpecViolation as exc:
+                    self._error(400, "InvalidRequestContent", str(exc))
+                    return
+                for i, pool in enumerate((body.get("properties") or {}).get("agentPoolProfiles") or []):
+                    if pool.get("mode") == "System" and int(pool.get("count") or 1) < 1:
+                        self._error(400, "InvalidParameter", f"agentPoolProfiles[{i}].count: a System pool needs 1 to 1000 nodes")
+                        return
+                with fake.lock:
+                    if c is not None and c["busy"]:
+                        self._error(409, "OperationNotAllowed", f"Operation is not allowed because there's an in progress "
+                                                                f"create managed cluster operation on {m['name']}.")
+                        return
+                    created = c is None
+                    op = uuid.uuid4().hex
+                    c = fake.clusters[key] = {"body": body, "state": "Creating" if created else "Updating", "busy": True,
+                                              "fail": fake.cluster_failures.pop(m["name"], None)}
+                    fake.operations[op] = {"status": "InProgress"}
+                threading.Thread(target=fake._provision_cluster, args=(key, op), daemon=True).start()
+                loc = self._op_url(m["sub"], body["location"], op, "Microsoft.ContainerService")
+                self._send(201 if created else 200, fake.cluster_view(key), {"Azure-AsyncOperation": loc, "Retry-After": "1"})
+            elif rest == "" and self.command == "DELETE":
+                if c is None:
+                    self._send(204)
+                    return
+                op = uuid.uuid4().hex
+                fake.operations[op] = {"status": "InProgress"}
+                c["state"] = "Deleting"
+                threading.Thread(target=fake._delete_cluster, args=(key, op), daemon=True).start()
+                loc = self._op_url(m["sub"], c["body"]["location"], op, "Microsoft.ContainerService")
+                self._send(202, None, {"Azure-AsyncOperation": loc, "Location": loc, "Retry-After": "1"})
+            elif rest == "/listClusterUserCredential" and self.command == "POST":
+                if c is None:
+                    self._error(*not_found)
+                    return
+                import base64
+
+                kubeconfig = fake.kubeconfig(key)
+                self._send(200, {"kubeconfigs": [{"name": "clusterUser", "value": base64.b64encode(kubeconfig.encode()).decode()}]})
             else:
                 self._error(405, "MethodNotAllowed", f"{self.command} {rest or '/'} is not served by this fake")
 

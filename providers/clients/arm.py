@@ -96,6 +96,20 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def call(what: str, fn: Callable[[], Any]) -> Any:
+    """Run one SDK call; its failure becomes an ArmError (or CredentialError) in ARM's words, no stack trace."""
+    from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+
+    try:
+        return fn()
+    except ClientAuthenticationError as exc:
+        if getattr(exc, "status_code", None) in (401, 403):
+            raise ArmError(f"{what}: {describe(exc)}") from None
+        raise CredentialError(f"{what}: could not get an Azure token: {describe(exc)}") from None
+    except HttpResponseError as exc:
+        raise ArmError(f"{what}: {describe(exc)}") from None
+
+
 class ContainerGroups:
     """Container groups of one subscription and resource group."""
 
@@ -108,16 +122,7 @@ class ContainerGroups:
         )
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
-
-        try:
-            return fn()
-        except ClientAuthenticationError as exc:
-            if getattr(exc, "status_code", None) in (401, 403):
-                raise ArmError(f"{what}: {describe(exc)}") from None
-            raise CredentialError(f"{what}: could not get an Azure token: {describe(exc)}") from None
-        except HttpResponseError as exc:
-            raise ArmError(f"{what}: {describe(exc)}") from None
+        return call(what, fn)
 
     def get(self, name: str) -> dict[str, Any] | None:
         """The group as ARM returns it (secure values never come back), or None when gone."""

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +28,66 @@ MODELS_ROOT = "/var/azureml-app/azureml-models"
 
 class RegistryError(RuntimeError):
     """A push or a registry call failed; the message is the registry's own."""
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for a registry that wants them (ACR, or a local registry with auth); repr hides the password."""
+
+    server: str
+    username: str
+    password: str = field(repr=False)
+
+    def docker_auth_config(self) -> dict[str, str]:
+        return {"username": self.username, "password": self.password, "serveraddress": self.server}
+
+
+def _challenge(header: str) -> tuple[str, dict[str, str]]:
+    """`Bearer realm="...",service="...",scope="..."` -> ("bearer", {...})."""
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', rest))
+
+
+class AuthSession(requests.Session):
+    """A session that answers a registry's 401 as Docker does: Basic, or a Bearer token from the realm.
+
+    The token endpoint (Docker's token protocol, which ACR's /oauth2/token also
+    speaks) gets the username and password as Basic auth; tokens are kept per scope.
+    """
+
+    def __init__(self, auth: RegistryAuth):
+        super().__init__()
+        self.registry_auth = auth
+        self._tokens: dict[str, str] = {}
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        r = super().request(method, url, *args, **kwargs)
+        if r.status_code != 401 or "WWW-Authenticate" not in r.headers:
+            return r
+        scheme, params = _challenge(r.headers["WWW-Authenticate"])
+        creds = (self.registry_auth.username, self.registry_auth.password)
+        headers = dict(kwargs.pop("headers", None) or {})
+        if scheme == "basic":
+            return super().request(method, url, *args, headers=headers, auth=creds, **kwargs)
+        if scheme != "bearer" or "realm" not in params:
+            return r
+        key = params.get("scope", "")
+        token = self._tokens.get(key)
+        if token is None:
+            query = {k: v for k, v in params.items() if k in ("service", "scope")}
+            t = super().request("GET", params["realm"], params=query, auth=creds, timeout=kwargs.get("timeout", 10))
+            if t.status_code != 200:
+                raise RegistryError(f"token from {params['realm']}: {t.status_code} {t.text.strip()[:200]}")
+            body = t.json()
+            token = self._tokens[key] = body.get("token") or body.get("access_token") or ""
+        headers["Authorization"] = f"Bearer {token}"
+        return super().request(method, url, *args, headers=headers, **kwargs)
+
+
+def session_for(auth: RegistryAuth | None, session: requests.Session | None = None) -> requests.Session:
+    if session is not None:
+        return session
+    return AuthSession(auth) if auth is not None else requests.Session()
 
 
 def model_layer_tag(source_image_id: str, models: list[dict[str, Any]]) -> str:
@@ -76,24 +138,42 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def push(image: str, repository: str, tag: str, on_log: Callable[[str], None] | None = None) -> str:
-    """Tag `image` as repository:tag, push it, return the manifest digest."""
+def push(
+    image: str,
+    repository: str,
+    tag: str,
+    on_log: Callable[[str], None] | None = None,
+    auth: RegistryAuth | None = None,
+    stats: dict[str, int] | None = None,
+) -> str:
+    """Tag `image` as repository:tag, push it, return the manifest digest.
+
+    `stats`, when given, gets how many layers were uploaded (`pushed`) and how
+    many the registry had already (`existing`): a model-only update uploads one.
+    """
     api = images.client()
     log = on_log or (lambda _l: None)
     api.tag(image, repository, tag)
     digest = None
+    layers: dict[str, str] = {}
+    extra = {"auth_config": auth.docker_auth_config()} if auth is not None else {}
     try:
-        for chunk in api.push(repository, tag=tag, stream=True, decode=True):
+        for chunk in api.push(repository, tag=tag, stream=True, decode=True, **extra):
             if "error" in chunk:
                 raise RegistryError(f"push of {repository}:{tag} failed: {chunk['error'].strip()}")
             if chunk.get("aux", {}).get("Digest"):
                 digest = chunk["aux"]["Digest"]
+            elif chunk.get("id") and chunk.get("status") in ("Pushed", "Layer already exists") or str(chunk.get("status", "")).startswith("Mounted from"):
+                layers[chunk["id"]] = "pushed" if chunk["status"] == "Pushed" else "existing"
             elif chunk.get("status") and chunk.get("id") is None:
                 log(chunk["status"])
     except docker.errors.APIError as exc:
         raise RegistryError(f"push of {repository}:{tag} failed: {exc}") from None
     if not digest:
         raise RegistryError(f"push of {repository}:{tag} reported no digest")
+    if stats is not None:
+        stats["pushed"] = sum(1 for v in layers.values() if v == "pushed")
+        stats["existing"] = sum(1 for v in layers.values() if v == "existing")
     return digest
 
 
@@ -103,9 +183,9 @@ def split(repository: str) -> tuple[str, str]:
     return host, path
 
 
-def manifest_exists(repository: str, digest: str, session: requests.Session | None = None) -> bool:
+def manifest_exists(repository: str, digest: str, session: requests.Session | None = None, auth: RegistryAuth | None = None) -> bool:
     host, path = split(repository)
-    s = session or requests.Session()
+    s = session_for(auth, session)
     try:
         r = s.head(
             f"http://{host}/v2/{path}/manifests/{digest}",
@@ -117,10 +197,10 @@ def manifest_exists(repository: str, digest: str, session: requests.Session | No
     return r.status_code == 200
 
 
-def delete_manifest(repository: str, digest: str, session: requests.Session | None = None) -> None:
+def delete_manifest(repository: str, digest: str, session: requests.Session | None = None, auth: RegistryAuth | None = None) -> None:
     """Idempotent: a manifest already gone counts as deleted."""
     host, path = split(repository)
-    s = session or requests.Session()
+    s = session_for(auth, session)
     try:
         r = s.delete(f"http://{host}/v2/{path}/manifests/{digest}", timeout=10)
     except requests.RequestException as exc:
@@ -139,9 +219,9 @@ MANIFEST_TYPES = ", ".join(
 )
 
 
-def tags(repository: str, session: requests.Session | None = None) -> list[str]:
+def tags(repository: str, session: requests.Session | None = None, auth: RegistryAuth | None = None) -> list[str]:
     host, path = split(repository)
-    s = session or requests.Session()
+    s = session_for(auth, session)
     try:
         r = s.get(f"http://{host}/v2/{path}/tags/list", timeout=10)
     except requests.RequestException as exc:
@@ -153,18 +233,18 @@ def tags(repository: str, session: requests.Session | None = None) -> list[str]:
     return sorted(r.json().get("tags") or [])
 
 
-def delete_repository(repository: str, session: requests.Session | None = None) -> int:
+def delete_repository(repository: str, session: requests.Session | None = None, auth: RegistryAuth | None = None) -> int:
     """Delete every tagged manifest of a repository that one resource owns; returns how many."""
     host, path = split(repository)
-    s = session or requests.Session()
+    s = session_for(auth, session)
     deleted = 0
-    for tag in tags(repository, session=s):
+    for tag in tags(repository, session=s, auth=auth):
         try:
             r = s.head(f"http://{host}/v2/{path}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES}, timeout=10)
         except requests.RequestException as exc:
             raise RegistryError(f"registry {host} did not answer: {exc}") from None
         digest = r.headers.get("Docker-Content-Digest") if r.status_code == 200 else None
         if digest:
-            delete_manifest(repository, digest, session=s)
+            delete_manifest(repository, digest, session=s, auth=auth)
             deleted += 1
     return deleted

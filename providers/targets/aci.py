@@ -149,10 +149,18 @@ FRONT_COMMAND = (
 )
 
 
+def registry_credentials(props: Mapping[str, Any]) -> list[dict[str, str]]:
+    """`imageRegistryCredentials` for a registry that wants them (an ACR); ARM never returns the password."""
+    if not (props.get("registry_server") and props.get("registry_username") and props.get("registry_password")):
+        return []
+    return [{"server": str(props["registry_server"]), "username": str(props["registry_username"]),
+             "password": str(props["registry_password"])}]
+
+
 def container_group_body(props: Mapping[str, Any], keys: list[str] | None) -> dict[str, Any]:
     """The PUT body of the service's container group (api-version 2025-09-01). Pure.
 
-    It holds the keys (as a `secureValue`): never log it.
+    It holds the keys (as a `secureValue`) and any registry password: never log it.
     """
     name = props["service_name"]
     files = front_files(props, keys)
@@ -164,6 +172,7 @@ def container_group_body(props: Mapping[str, Any], keys: list[str] | None) -> di
         {"name": "MLDEPLOY_BIND_HOST", "value": "127.0.0.1"},
     ]
     versions = {f"mldeploy.model.{m['name']}": str(int(m["version"])) for m in props.get("models") or []}
+    pull = registry_credentials(props)
     return {
         "location": props["location"],
         "tags": {
@@ -213,6 +222,7 @@ def container_group_body(props: Mapping[str, Any], keys: list[str] | None) -> di
                 "ports": [{"port": PUBLIC_PORT, "protocol": "TCP"}],
                 "dnsNameLabel": props["dns_name_label"],
             },
+            **({"imageRegistryCredentials": pull} if pull else {}),
         },
     }
 
@@ -243,7 +253,7 @@ class AciTarget(Target):
         "subscription_id", "resource_group", "location", "group_name", "arm_endpoint",
     )
     # A PUT of the same group; ACI restarts its containers (a short outage).
-    ROLL_ON = ("image_ref", "front_image_ref", "environment_variables")
+    ROLL_ON = ("image_ref", "front_image_ref", "environment_variables", "registry_server", "registry_username", "registry_password")
     ROUTE_ON = ("dns_name_label", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes")
     OUTPUTS = ("fqdn", "group_id")
 

@@ -1,0 +1,53 @@
+"""Azure Container Registry through ARM: the registry's login server and its credentials.
+
+`azure-mgmt-containerregistry` makes the calls (`registries.get`,
+`registries.list_credentials`); the password it returns goes straight into a
+`RegistryAuth` and from there only into Pulumi secrets, docker's push and
+ACI's `imageRegistryCredentials` (which ARM never returns). Docker's token
+protocol against the registry itself (ACR's `/oauth2/token`) is done by
+`oci_registry.AuthSession` and by dockerd.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from providers.clients.arm import DEFAULT_ENDPOINT, ArmError, call, client_kwargs, credential
+from providers.clients.oci_registry import RegistryAuth
+
+ACR_API_VERSION = "2025-11-01"
+"""The api-version azure-mgmt-containerregistry 15.0.0 sends (its default; pinned)."""
+
+
+def _client(subscription_id: str, endpoint: str, cred: Any = None) -> Any:
+    from azure.mgmt.containerregistry import ContainerRegistryManagementClient
+
+    return ContainerRegistryManagementClient(
+        cred or credential(), subscription_id, api_version=ACR_API_VERSION, **client_kwargs(endpoint)
+    )
+
+
+def pick_password(passwords: list[dict[str, Any]]) -> str:
+    """ACR returns two admin passwords (`password`, `password2`) so either can be regenerated; use the first."""
+    for name in ("password", "password2"):
+        for p in passwords:
+            if p.get("name") == name and p.get("value"):
+                return str(p["value"])
+    raise ArmError("listCredentials returned no password: enable the registry's admin user (adminUserEnabled)")
+
+
+def registry_auth(
+    subscription_id: str, resource_group: str, registry_name: str, endpoint: str = DEFAULT_ENDPOINT, cred: Any = None
+) -> RegistryAuth:
+    """The registry's login server and admin credentials (listCredentials)."""
+    client = _client(subscription_id, endpoint, cred)
+    what = f"container registry {registry_name}"
+    reg = call(f"GET {what}", lambda: client.registries.get(resource_group, registry_name))
+    server = getattr(reg, "login_server", None) or (reg.get("properties") or {}).get("loginServer")
+    creds = call(f"listCredentials of {what}", lambda: client.registries.list_credentials(resource_group, registry_name))
+    data = creds.as_dict() if hasattr(creds, "as_dict") else dict(creds)
+    return RegistryAuth(
+        server=str(server),
+        username=str(data.get("username") or registry_name),
+        password=pick_password(list(data.get("passwords") or [])),
+    )

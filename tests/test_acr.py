@@ -1,0 +1,171 @@
+"""ACR's part: a registry that wants credentials, its credentials from ARM, and what a model update pushes.
+
+The registry is a second Debian docker-registry of this test's own, with token
+auth, on a free 127.0.0.1 port (tests/fake_acr.py); the shared registry on
+:5000 is not touched. ARM is the local fake (tests/fake_arm.py). No Azure.
+"""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from fake_acr import TokenRegistry
+from fake_arm import FakeArm
+from providers.clients import oci_registry
+from providers.clients.arm import ArmError
+
+pytestmark = [pytest.mark.docker]
+
+SUB = "00000000-1111-2222-3333-444444444444"
+BASE = "mldeploy/base:bookworm-py3.11"
+
+
+@pytest.fixture
+def registry(tmp_path):
+    reg = TokenRegistry(tmp_path / "registry")
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    arm = FakeArm(tmp_path / "arm")
+    for k, v in arm.env().items():
+        monkeypatch.setenv(k, v)
+    yield arm
+    arm.close()
+
+
+def auth(reg: TokenRegistry) -> oci_registry.RegistryAuth:
+    return oci_registry.RegistryAuth(reg.address, reg.username, reg.password)
+
+
+def test_pushes_and_reads_need_credentials(registry):
+    repo = f"{registry.address}/mldeploy-test/base"
+    with pytest.raises(oci_registry.RegistryError, match="unauthorized"):
+        oci_registry.push(BASE, repo, "anon")
+    r = requests.get(f"http://{registry.address}/v2/mldeploy-test/base/tags/list", timeout=10)
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer realm=")
+    wrong = oci_registry.RegistryAuth(registry.address, registry.username, "not-the-password")
+    with pytest.raises(oci_registry.RegistryError, match="401"):
+        oci_registry.tags(repo, auth=wrong)
+    digest = oci_registry.push(BASE, repo, "v1", auth=auth(registry))
+    assert oci_registry.tags(repo, auth=auth(registry)) == ["v1"]
+    assert oci_registry.manifest_exists(repo, digest, auth=auth(registry))
+    assert "not-the-password" not in repr(wrong) and registry.password not in repr(auth(registry))
+    assert registry.tokens_issued and all(t["account"] == registry.username for t in registry.tokens_issued)
+    assert oci_registry.delete_repository(repo, auth=auth(registry)) == 1
+    assert oci_registry.tags(repo, auth=auth(registry)) == []
+    images_cleanup(repo, "anon", "v1")
+
+
+def images_cleanup(repo: str, *tags: str) -> None:
+    from providers.clients import images
+
+    for t in tags:
+        images.remove_image(f"{repo}:{t}")
+
+
+def test_a_model_only_update_pushes_only_the_model_layer(registry, tmp_path):
+    repo = f"{registry.address}/mldeploy-test/scoring"
+    made = []
+    try:
+        counts = []
+        for version in (1, 2):
+            model_dir = tmp_path / f"m{version}"
+            model_dir.mkdir()
+            (model_dir / "model.pkl").write_bytes(f"weights of version {version}".encode() * 100)
+            models = [{"name": "ridge", "version": version, "model_dir": str(model_dir)}]
+            tag = oci_registry.model_layer_tag("base-id", models)
+            image = oci_registry.build_model_image(f"{repo}:{tag}", BASE, models, {"mldeploy.test": "acr"})
+            made.append(tag)
+            stats: dict[str, int] = {}
+            oci_registry.push(image, repo, tag, auth=auth(registry), stats=stats)
+            counts.append(stats)
+        # v1 uploads the inference image's layers and its model layer; v2 only its model layer.
+        assert counts[0]["pushed"] >= 2 and counts[0]["existing"] == 0, counts
+        assert counts[1] == {"pushed": 1, "existing": counts[0]["pushed"] - 1}, counts
+    finally:
+        oci_registry.delete_repository(repo, auth=auth(registry))
+        images_cleanup(repo, *made)
+
+
+def test_acr_credentials_come_from_list_credentials(fake, registry):
+    from providers.clients import acr
+
+    fake.add_registry(SUB, "rg-ml", "mldeployacr", registry.address, registry.username, registry.password)
+    got = acr.registry_auth(SUB, "rg-ml", "mldeployacr", fake.url)
+    assert (got.server, got.username, got.password) == (registry.address, registry.username, registry.password)
+    assert [p for m, p, s in fake.requests if m == "POST" and p.split("?")[0].endswith("/listCredentials") and s == 200]
+    assert "api-version=2025-11-01" in next(p for m, p, s in fake.requests if "listCredentials" in p)
+    repo = f"{got.server}/mldeploy-test/from-arm"
+    oci_registry.push(BASE, repo, "v1", auth=got)
+    assert oci_registry.tags(repo, auth=got) == ["v1"]
+    oci_registry.delete_repository(repo, auth=got)
+    images_cleanup(repo, "v1")
+
+    fake.add_registry(SUB, "rg-ml", "noadmin1", registry.address, "x", "y", admin=False)
+    with pytest.raises(ArmError, match="400 UnAuthorizedForCredentialOperations: Cannot perform credential operations"):
+        acr.registry_auth(SUB, "rg-ml", "noadmin1", fake.url)
+    with pytest.raises(ArmError, match="404 ResourceNotFound"):
+        acr.registry_auth(SUB, "rg-ml", "missing1", fake.url)
+
+
+def test_aci_pulls_with_the_registry_credentials_and_arm_never_returns_them(fake, registry):
+    """The group's image lives only in the registry with auth: the fake pulls it with imageRegistryCredentials."""
+    from providers.clients.arm import ContainerGroups
+    from test_aci_fake_arm import WEB, body
+
+    repo = f"{registry.address}/mldeploy-test/web"
+    digest = oci_registry.push(BASE, repo, "v1", auth=auth(registry))
+    images_cleanup(repo, "v1")
+    groups = ContainerGroups(SUB, "rg", fake.url)
+    try:
+        bad = body(WEB)
+        bad["properties"]["containers"][0]["properties"]["image"] = f"{repo}@{digest}"
+        bad["properties"]["imageRegistryCredentials"] = [{"server": registry.address, "username": registry.username, "password": "wrong"}]
+        with pytest.raises(ArmError, match="InaccessibleImage.*registry credential") as err:
+            groups.put("web", bad)
+        assert "unauthorized" in str(err.value) and "wrong" not in str(err.value)  # the pull event, not the password
+        good = body(WEB)
+        good["properties"]["containers"][0]["properties"]["image"] = f"{repo}@{digest}"
+        good["properties"]["imageRegistryCredentials"] = [{"server": registry.address, "username": registry.username, "password": registry.password}]
+        got = groups.put("web", good)  # the next up converges
+        assert got["provisioning_state"] == "Succeeded"
+        assert got["image_registry_credentials"][0]["server"] == registry.address
+        assert registry.password not in str(got)  # x-ms-secret: not returned
+        assert requests.get(f"http://127.0.0.1:{fake.host_port('web', 8000)}/", timeout=5).status_code == 200
+    finally:
+        groups.delete("web")
+        oci_registry.delete_repository(repo, auth=auth(registry))
+        images_cleanup(f"{repo}@{digest}")
+
+
+def test_aci_body_carries_the_credentials_and_passes_the_spec():
+    from arm_spec import check
+    from test_aci_unit import props
+
+    from providers.service import diff_service
+    from providers.targets import aci
+
+    creds = {"registry_server": "myacr.azurecr.io", "registry_username": "myacr", "registry_password": "p4ss"}
+    body = aci.container_group_body(props(**creds), ["k" * 32])
+    assert body["properties"]["imageRegistryCredentials"] == [{"server": "myacr.azurecr.io", "username": "myacr", "password": "p4ss"}]
+    check("Microsoft.ContainerInstance", "2025-09-01", "ContainerGroup", body)
+    assert "imageRegistryCredentials" not in aci.container_group_body(props(), None)["properties"]
+    d = diff_service(props(**creds), props(**{**creds, "registry_password": "rotated"}))
+    assert d.changes and not d.replaces  # a rotated password is a PUT of the same group
+
+
+def test_registry_credentials_provider_checks_and_diffs():
+    from providers.registry_credentials import check_credentials, diff_credentials
+
+    ok = {"source": "acr", "subscription_id": SUB, "resource_group": "rg", "registry_name": "mldeployacr"}
+    assert check_credentials(ok) == []
+    assert [f.property for f in check_credentials({**ok, "subscription_id": "nope"})] == ["subscription_id"]
+    assert [f.property for f in check_credentials({**ok, "registry_name": "my-acr"})] == ["registry_name"]
+    assert [f.property for f in check_credentials({"source": "given", "server": "h", "username": "u"})] == ["password"]
+    assert diff_credentials(ok, {**ok, "registry_name": "otheracr1"}).replaces == ["registry_name"]
+    given = {"source": "given", "server": "h", "username": "u", "password": "p"}
+    assert diff_credentials(given, {**given, "password": "q"}).changes

@@ -19,7 +19,7 @@ from providers import cluster as cluster_provider
 from providers import keys as keys_provider
 from providers import registry_image
 from providers.clients import kube, oci_registry
-from providers.clients.gateway import render_service_conf
+from providers.clients.gateway_config import render_service_conf
 from providers.targets import kubernetes as target
 from test_components_unit import make_image, make_model, no_docker, project  # noqa: F401 - fixtures
 

@@ -1,17 +1,21 @@
-"""The per-stack gateway: one nginx container in front of all scoring services.
+"""The per-stack gateway's runtime client: files, the nginx container, probes, /proc.
 
 Why a gateway: a service's scoring URI must stay stable
 (``http://127.0.0.1:<port>/api/v1/service/<name>/score``) while its backend
 container is replaced, keys must be checked in front of the scoring server (as
 Azure's front end does), and a rolling update must switch traffic without a
 single failed request. nginx with ``network_mode="host"`` listens on
-``127.0.0.1:<port>`` in the host network and proxies to the backend's
-ephemeral ``127.0.0.1`` port; a route switch is a graceful ``nginx -s reload``.
+``127.0.0.1:<port>`` in the host network. Local backends have no network: each
+serves on a Unix socket in its service's folder under ``sockets_dir``, which the
+gateway mounts read-only; the route names the folder's ``current.sock`` link and
+a roll re-points that link (`switch_backend`), so no reload happens and client
+keep-alive connections stay open. Keys, ports and limits change by a graceful
+``nginx -s reload``.
 
-The renderers are pure (unit-tested without Docker); ``Gateway`` is a thin
-client that writes route files (0600, atomically) into a host directory
-bind-mounted read-only into the container, validates them with ``nginx -t``
-and reloads.
+The config is rendered by ``providers.clients.gateway_config`` (pure, tested
+without Docker); ``Gateway`` writes route files (0600, atomically) into a host
+directory bind-mounted read-only into the container, validates them with
+``nginx -t`` and reloads.
 """
 
 from __future__ import annotations
@@ -27,29 +31,33 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "runtime" / "nginx"
-DEFAULT_IMAGE = "mldeploy/base:bookworm-py3.11"
+from providers.clients.gateway_config import (  # noqa: F401 - re-exported: older callers import them from here
+    CONTAINER_BACKENDS_DIR,
+    CONTAINER_CONF_DIR,
+    CONTAINER_RUNTIME_DIR,
+    CURRENT_LINK,
+    DEFAULT_IMAGE,
+    KEY_RE,
+    LABEL_PREFIX,
+    MAIN_CONF,
+    MARKER_HEADER,
+    MAX_BODY_LIMIT,
+    MAX_KEYS,
+    ROUTES_SUBDIR,
+    RUN_SUBDIR,
+    SCOPE_RE,
+    SERVICE_NAME_RE,
+    SOCKET_GROUP,
+    TEMPLATE_DIR,
+    backend_socket,
+    parse_route_meta,
+    render_nginx_conf,
+    render_service_conf,
+    validate_service_name,
+)
 
-# Paths inside the gateway container.
-CONTAINER_CONF_DIR = "/etc/mldeploy-gw"
-CONTAINER_RUNTIME_DIR = "/tmp/mldeploy-gw"
-ROUTES_SUBDIR = "services"
-MAIN_CONF = "nginx.conf"
-
-LABEL_PREFIX = "mldeploy."
-MARKER_HEADER = "X-Mldeploy-Backend"
-
-SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
-# Keys go verbatim into a regex inside nginx config: this alphabet needs no escaping.
-KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
-# Project/stack end up in a container name and in labels.
-SCOPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-MAX_KEYS = 8
-MAX_BODY_LIMIT = 1 << 31
-_META_RE = re.compile(r"^# mldeploy-route (\{.*\})$", re.M)
-_PLACEHOLDER_RE = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 # Counts nginx workers by process title (nginx rewrites argv[0]): accepting
 # ones, and old ones that finish their requests after a reload.
 _COUNT_WORKERS = (
@@ -72,168 +80,10 @@ class RouteUpdate:
 
     service_name: str
     port: int
-    backend_port: int
+    backend_port: int | None
     changed: bool
     live_after_s: float
-
-
-# --------------------------------------------------------------------- render
-
-
-def _template(template: str, /, **values: object) -> str:
-    """Fill ``{{ name }}`` placeholders; nginx's own ``$vars`` stay untouched."""
-    text = (TEMPLATE_DIR / template).read_text()
-
-    def sub(m: re.Match[str]) -> str:
-        key = m.group(1)
-        if key not in values:
-            raise KeyError(f"template {template}: no value for {key}")
-        return str(values[key])
-
-    return _PLACEHOLDER_RE.sub(sub, text)
-
-
-def _check_port(field: str, value: object, low: int = 1024) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
-        raise ValueError(f"{field}: must be an integer port in {low}-65535, got {value!r}")
-    return value
-
-
-def validate_service_name(service_name: object) -> str:
-    """Names go into URLs, nginx identifiers and file names: keep them tame."""
-    if not isinstance(service_name, str) or not SERVICE_NAME_RE.match(service_name):
-        raise ValueError(
-            f"service_name: must match {SERVICE_NAME_RE.pattern} "
-            f"(lowercase letters, digits, inner dashes, 1-32 chars), got {service_name!r}"
-        )
-    return service_name
-
-
-def _check_keys(keys: Sequence[str] | None) -> list[str] | None:
-    if keys is None:
-        return None
-    if isinstance(keys, str) or not isinstance(keys, (list, tuple)):
-        raise ValueError("keys: must be None (auth off) or a list of key strings")
-    if not keys:
-        raise ValueError("keys: an empty list would lock everyone out; pass None to turn auth off")
-    if len(keys) > MAX_KEYS:
-        raise ValueError(f"keys: at most {MAX_KEYS} keys, got {len(keys)}")
-    for i, key in enumerate(keys):
-        # Never echo the key itself in the message.
-        if not isinstance(key, str) or not KEY_RE.match(key):
-            raise ValueError(f"keys[{i}]: must match {KEY_RE.pattern} (16-128 chars of A-Z a-z 0-9 _ -)")
-    return list(keys)
-
-
-def render_nginx_conf(
-    include_dir: str = f"{CONTAINER_CONF_DIR}/{ROUTES_SUBDIR}",
-    runtime_dir: str = CONTAINER_RUNTIME_DIR,
-    worker_processes: int | str = 1,
-    access_log: bool = False,
-    user: str | None = "www-data",
-    worker_shutdown_timeout: int = 75,
-    client_keepalive_timeout: int = 65,
-) -> str:
-    """The gateway's main config. Access log is off by default; when on, its
-    format names no header and no query string, so keys never reach a log."""
-    for field, value in (("include_dir", include_dir), ("runtime_dir", runtime_dir)):
-        if not isinstance(value, str) or not re.match(r"^/[A-Za-z0-9_./-]*$", value):
-            raise ValueError(f"{field}: must be an absolute path of [A-Za-z0-9_./-], got {value!r}")
-    if worker_processes != "auto" and (
-        isinstance(worker_processes, bool) or not isinstance(worker_processes, int) or not 1 <= worker_processes <= 64
-    ):
-        raise ValueError(f"worker_processes: must be 1-64 or 'auto', got {worker_processes!r}")
-    if user is not None and not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", user):
-        raise ValueError(f"user: not a valid user name: {user!r}")
-    if not isinstance(worker_shutdown_timeout, int) or worker_shutdown_timeout < 1:
-        raise ValueError(f"worker_shutdown_timeout: must be a positive integer, got {worker_shutdown_timeout!r}")
-    if isinstance(client_keepalive_timeout, bool) or not isinstance(client_keepalive_timeout, int) or client_keepalive_timeout < 0:
-        raise ValueError(f"client_keepalive_timeout: must be an integer >= 0, got {client_keepalive_timeout!r}")
-    if access_log:
-        log = (
-            "    log_format mldeploy_safe '$time_iso8601 $remote_addr \"$request_method $uri\" "
-            "$status $body_bytes_sent $request_time $upstream_addr';\n"
-            "    access_log /dev/stdout mldeploy_safe;"
-        )
-    else:
-        log = "    access_log off;"
-    return _template(
-        "nginx.conf.tmpl",
-        include_dir=include_dir.rstrip("/"),
-        runtime_dir=runtime_dir.rstrip("/"),
-        worker_processes=worker_processes,
-        access_log=log,
-        user_line=f"user {user};" if user else "# (no user directive: nginx runs unprivileged already)",
-        worker_shutdown_timeout=worker_shutdown_timeout,
-        client_keepalive_timeout=client_keepalive_timeout,
-    )
-
-
-def render_service_conf(
-    service_name: str,
-    port: int,
-    backend_port: int,
-    keys: list[str] | None,
-    max_body_bytes: int = 1_048_576,
-    listen_host: str = "127.0.0.1",
-    read_timeout_s: int = 60,
-) -> str:
-    """One service's upstream + server block. Keys (if any) are matched
-    exactly against ``Authorization: Bearer <key>`` on the score route only."""
-    validate_service_name(service_name)
-    # On the shared host only unprivileged ports; a front end in its own network
-    # namespace (a pod, a container group) may take a low one such as ACI's 80.
-    _check_port("port", port, low=1 if listen_host == "0.0.0.0" else 1024)
-    _check_port("backend_port", backend_port)
-    if port == backend_port:
-        raise ValueError("port: must differ from backend_port (both are 127.0.0.1 ports)")
-    checked_keys = _check_keys(keys)
-    if listen_host not in ("127.0.0.1", "0.0.0.0"):
-        # 0.0.0.0 only inside a pod, whose one port is this front end.
-        raise ValueError(f"listen_host: must be 127.0.0.1 or 0.0.0.0, got {listen_host!r}")
-    if isinstance(read_timeout_s, bool) or not isinstance(read_timeout_s, int) or not 1 <= read_timeout_s <= 86_400:
-        raise ValueError(f"read_timeout_s: must be an integer in 1-86400, got {read_timeout_s!r}")
-    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or not 1 <= max_body_bytes <= MAX_BODY_LIMIT:
-        # 0 would mean "unlimited" to nginx: refuse it.
-        raise ValueError(f"max_body_bytes: must be an integer in 1-{MAX_BODY_LIMIT}, got {max_body_bytes!r}")
-
-    ident = service_name.replace("-", "_")
-    meta = {
-        "service": service_name,
-        "port": port,
-        "backend_port": backend_port,
-        "auth": checked_keys is not None,
-        "max_body_bytes": max_body_bytes,
-    }
-    if checked_keys:
-        auth_map = _template(
-            "service-auth-map.conf.tmpl", ident=ident, key_alternatives="|".join(checked_keys)
-        )
-        auth_check = _template(
-            "service-auth-check.conf.tmpl", ident=ident, name=service_name, backend_port=backend_port
-        ).rstrip("\n")
-    else:
-        auth_map = ""
-        auth_check = "        # auth off: no key required"
-    return _template(
-        "service.conf.tmpl",
-        meta_json=json.dumps(meta, sort_keys=True),
-        name=service_name,
-        ident=ident,
-        port=port,
-        listen_host=listen_host,
-        read_timeout_s=read_timeout_s,
-        backend_port=backend_port,
-        max_body_bytes=max_body_bytes,
-        auth_map=auth_map,
-        auth_check=auth_check,
-    )
-
-
-def parse_route_meta(conf_text: str) -> dict | None:
-    """The non-secret header line of a rendered route file (no keys in it)."""
-    m = _META_RE.search(conf_text)
-    return json.loads(m.group(1)) if m else None
+    backend_socket: str | None = None
 
 
 # ---------------------------------------------------------------------- files
@@ -297,20 +147,22 @@ class Gateway:
         conf_dir: str,
         image: str = DEFAULT_IMAGE,
         *,
-        client_keepalive_timeout: int = 0,
+        client_keepalive_timeout: int = 65,
+        sockets_dir: str | None = None,
     ):
-        """client_keepalive_timeout 0 (default) answers every request with
-        ``Connection: close``: a reload then never races a client reusing a
-        keepalive connection that an old worker is closing, so a switch fails
-        no request even under tight load. >0 trades that for a little
-        throughput (measured ~0.1% failed requests per switch under a tight
-        3-client loop with 65 s)."""
+        """client_keepalive_timeout: seconds an idle client connection stays open
+        (0: ``Connection: close`` after every answer). Rolls of socket backends
+        never reload nginx, so keep-alive costs them nothing; a reload (a key,
+        port or limit change) may race a client reusing an idle connection that
+        an old worker is closing. sockets_dir: the host folder of the stack's
+        backend sockets (one folder per service), mounted read-only."""
         for field, value in (("project", project), ("stack", stack)):
             if not isinstance(value, str) or not SCOPE_RE.match(value):
                 raise ValueError(f"{field}: must match {SCOPE_RE.pattern}, got {value!r}")
         self.project = project
         self.stack = stack
         self.conf_dir = Path(conf_dir).resolve()
+        self.sockets_dir = Path(sockets_dir).resolve() if sockets_dir else None
         self.image = image
         render_nginx_conf(client_keepalive_timeout=client_keepalive_timeout)  # validate early
         self.client_keepalive_timeout = client_keepalive_timeout
@@ -342,6 +194,69 @@ class Gateway:
 
     def _route_file(self, service_name: str) -> Path:
         return self.routes_dir / f"{validate_service_name(service_name)}.conf"
+
+    # -- backend sockets (local target)
+
+    def _sockets(self) -> Path:
+        if self.sockets_dir is None:
+            raise GatewayError("this gateway has no sockets_dir: it cannot serve socket backends")
+        return self.sockets_dir
+
+    def service_dir(self, service_name: str) -> Path:
+        """`<sockets_dir>/<service>`: root's, holds the `current.sock` link and `run/`."""
+        return self._sockets() / validate_service_name(service_name)
+
+    def prepare_service(self, service_name: str, uid: int = 65534, gid: int = 65534) -> Path:
+        """The service's `run/` folder (host path), made if missing. Only its scoring
+        containers (uid) write there and only the gateway's workers (gid) enter it;
+        the link beside it is out of the containers' reach."""
+        root = self._sockets()
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o711)
+        svc = self.service_dir(service_name)
+        svc.mkdir(exist_ok=True)
+        os.chmod(svc, 0o711)
+        run = svc / RUN_SUBDIR
+        run.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(run, uid, gid)
+        os.chmod(run, 0o750)
+        return run
+
+    def switch_backend(self, service_name: str, socket_name: str) -> None:
+        """Point the service's route at `run/<socket_name>`: one atomic rename of a
+        relative link, so every new connection reaches the new backend and none
+        fails; connections made before it finish on the old one."""
+        if not re.match(r"^[A-Za-z0-9_-]{1,64}\.sock$", socket_name):
+            raise ValueError(f"socket_name: must be [A-Za-z0-9_-]+.sock, got {socket_name!r}")
+        svc = self.service_dir(service_name)
+        tmp = svc / f".{CURRENT_LINK}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(f"{RUN_SUBDIR}/{socket_name}", tmp)
+        os.replace(tmp, svc / CURRENT_LINK)
+
+    def current_backend(self, service_name: str) -> str | None:
+        """The socket name the route's link points at, None without one."""
+        try:
+            target = os.readlink(self.service_dir(service_name) / CURRENT_LINK)
+        except (FileNotFoundError, GatewayError):
+            return None
+        return os.path.basename(target)
+
+    def host_socket(self, service_name: str, socket_name: str) -> Path:
+        """Where this host sees a backend's socket."""
+        return self.service_dir(service_name) / RUN_SUBDIR / socket_name
+
+    def remove_service_dir(self, service_name: str) -> None:
+        """Drop the service's socket folder (idempotent); the last one out drops the root."""
+        import shutil
+
+        if self.sockets_dir is None:
+            return
+        shutil.rmtree(self.service_dir(service_name), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.sockets_dir.rmdir()  # only when empty
 
     # -- docker plumbing (a client per call: nothing held between calls)
 
@@ -410,8 +325,13 @@ class Gateway:
     def _ensure_locked(self, timeout: float = 30.0) -> str:
         main = self.conf_dir / MAIN_CONF
         wanted = render_nginx_conf(
-            worker_processes=self.worker_processes, client_keepalive_timeout=self.client_keepalive_timeout
+            worker_processes=self.worker_processes,
+            client_keepalive_timeout=self.client_keepalive_timeout,
+            group=SOCKET_GROUP if self.sockets_dir else None,
         )
+        if self.sockets_dir is not None:
+            self.sockets_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.sockets_dir, 0o711)
         main_changed = not main.exists() or main.read_text() != wanted
         if main_changed:
             _write_atomic(main, wanted)
@@ -432,6 +352,7 @@ class Gateway:
         return (
             c.attrs.get("Config", {}).get("Image") == self.image
             and mounts.get(CONTAINER_CONF_DIR) == str(self.conf_dir)
+            and mounts.get(CONTAINER_BACKENDS_DIR) == (str(self.sockets_dir) if self.sockets_dir else None)
             and c.attrs.get("HostConfig", {}).get("NetworkMode") == "host"
         )
 
@@ -442,6 +363,9 @@ class Gateway:
             f"mkdir -p {CONTAINER_RUNTIME_DIR} && "
             f"exec nginx -e stderr -c {CONTAINER_CONF_DIR}/{MAIN_CONF} -g 'daemon off;'"
         )
+        volumes = {str(self.conf_dir): {"bind": CONTAINER_CONF_DIR, "mode": "ro"}}
+        if self.sockets_dir is not None:
+            volumes[str(self.sockets_dir)] = {"bind": CONTAINER_BACKENDS_DIR, "mode": "ro"}
         return dc.containers.run(
             self.image,
             name=self.container_name,
@@ -449,7 +373,7 @@ class Gateway:
             detach=True,
             labels=self.labels,
             network_mode="host",
-            volumes={str(self.conf_dir): {"bind": CONTAINER_CONF_DIR, "mode": "ro"}},
+            volumes=volumes,
             restart_policy={"Name": "unless-stopped"},
             read_only=True,
             tmpfs={"/tmp": "rw,nosuid,nodev,noexec,size=64m,mode=1777"},
@@ -563,15 +487,19 @@ class Gateway:
         self,
         service_name: str,
         port: int,
-        backend_port: int,
+        backend_port: int | None,
         keys: list[str] | None,
         max_body_bytes: int = 1_048_576,
         live_timeout: float = 15.0,
+        *,
+        backend_socket: str | None = None,
     ) -> RouteUpdate:
-        """Create or switch a route and return once new connections to
-        127.0.0.1:<port> reach backend_port. On any failure the previous route
-        file is restored and GatewayError carries nginx's message."""
-        text = render_service_conf(service_name, port, backend_port, keys, max_body_bytes)
+        """Create or change a route and return once new connections to
+        127.0.0.1:<port> get it (backend_port, or the service's socket link with
+        backend_socket). On any failure the previous route file is restored and
+        GatewayError carries nginx's message."""
+        text = render_service_conf(service_name, port, backend_port, keys, max_body_bytes, backend_socket=backend_socket)
+        want = str((parse_route_meta(text) or {}).get("marker") or backend_port)
         health = f"/api/v1/service/{service_name}/health"
         path = self._route_file(service_name)
         # One hold of the lock from starting the gateway to the live route: a client
@@ -592,17 +520,17 @@ class Gateway:
                 if c is None:
                     raise GatewayError(f"gateway {self.container_name} is not running")
                 if previous == text:
-                    if _marker(port, health) == str(backend_port):
-                        return RouteUpdate(service_name, port, backend_port, False, 0.0)
+                    if _marker(port, health) == want:
+                        return RouteUpdate(service_name, port, backend_port, False, 0.0, backend_socket)
                 t0 = time.monotonic()
                 _write_atomic(path, text)
                 try:
                     self._test_and_reload(c)
-                    self._wait_marker(port, health, str(backend_port), live_timeout, c)
+                    self._wait_marker(port, health, want, live_timeout, c)
                 except Exception:
                     self._restore(c, path, previous)
                     raise
-                return RouteUpdate(service_name, port, backend_port, True, time.monotonic() - t0)
+                return RouteUpdate(service_name, port, backend_port, True, time.monotonic() - t0, backend_socket)
 
     def _test_and_reload(self, c) -> None:
         code, out = self._nginx(c, "-t", "-q")

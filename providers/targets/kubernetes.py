@@ -362,7 +362,7 @@ def pdb_spec(service_name: str) -> dict[str, Any]:
 
 def front_config(args: KubernetesServiceArgs, keys: list[str] | None) -> dict[str, str]:
     """The front container's nginx files (they hold the keys: they go into a Secret)."""
-    from providers.clients.gateway import render_nginx_conf, render_service_conf
+    from providers.clients.gateway_config import render_nginx_conf, render_service_conf
 
     # nginx includes every *.conf of the folder, so the main file is named otherwise.
     main = render_nginx_conf(

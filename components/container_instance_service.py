@@ -113,8 +113,10 @@ class ContainerInstanceService(pulumi.ComponentResource):
         max_request_bytes: int = 1_048_576,
         startup_timeout_seconds: float = 180,
         opts: pulumi.ResourceOptions | None = None,
+        worker_count: int | None = None,
     ):
-        """`port` is the local target's (`providers.targets.local.LocalArgs`); other targets refuse it."""
+        """`port` and `worker_count` are the local target's (`providers.targets.local.LocalArgs`;
+        by default one scoring worker per whole core of `cpu_cores`); other targets refuse them."""
         settings = Settings.load()
         args = validate(
             ContainerInstanceServiceArgs,
@@ -135,7 +137,9 @@ class ContainerInstanceService(pulumi.ComponentResource):
                 "startup_timeout_seconds": startup_timeout_seconds,
             },
         )
-        own_inputs, target_outputs = self._target_inputs(resource_name, args, settings, {"port": port})
+        own_inputs, target_outputs = self._target_inputs(
+            resource_name, args, settings, {"port": port, "worker_count": worker_count}
+        )
         super().__init__(f"{PACKAGE}:index:ContainerInstanceService", resource_name, None, opts)
         entries = [m.service_entry() for m in args.models]
         pulled: list[pulumi.Resource] = []
@@ -222,4 +226,10 @@ class ContainerInstanceService(pulumi.ComponentResource):
             )
         except ArgsInvalid as exc:
             raise ArgsError(problem + str(exc)) from None
+        # Before any resource is registered: a bad value creates nothing, even with `up --skip-preview`.
+        shared = target.check_shared(
+            {"cpu_cores": args.cpu_cores, "environment_variables": args.environment_variables}
+        )
+        if shared:
+            raise ArgsError(problem + "; ".join(f"{f.property}: {f.reason}" for f in shared))
         return own, target.OUTPUTS

@@ -89,13 +89,27 @@ def diff_service(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
     changed = replaces + [k for k in roll_on + route_on if _differs(k, olds, news, paths)]
     if olds.get("state") not in (None, "Healthy"):
         changed.append("state")  # found broken or gone by refresh: the next up restores it
+    elif _target_needs_roll(olds, news):
+        changed.append("state")  # a backend of an older kind: the next up rolls it
     return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
+
+
+def _target_needs_roll(olds: dict[str, Any], news: dict[str, Any]) -> bool:
+    try:
+        target = target_for(news.get("target"))
+    except UnknownTarget:
+        return False
+    return olds.get("target") == news.get("target") and target.needs_roll(olds)
 
 
 def needs_roll(olds: dict[str, Any], news: dict[str, Any]) -> bool:
     _, roll_on, _ = rules(news)
     paths = path_inputs(news)
-    return olds.get("state") in BROKEN_STATES or any(_differs(k, olds, news, paths) for k in roll_on)
+    return (
+        olds.get("state") in BROKEN_STATES
+        or _target_needs_roll(olds, news)
+        or any(_differs(k, olds, news, paths) for k in roll_on)
+    )
 
 
 class ServiceProvider(ResourceProvider):

@@ -100,7 +100,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 model_versions={m["name"]: int(m["version"]) + 100 for m in inputs["models"]},
             )
             if inputs["target"] == "local":
-                outs.update(container_id="c0ffee", backend_port=40000)
+                outs.update(container_id="c0ffee", backend_socket="c0ffee00.sock")
             rid = f"{inputs['stack']}/{inputs['service_name']}"
         with self._lock:
             self.resources[args.name] = inputs
@@ -975,3 +975,34 @@ def test_several_problems_reported_together(project: Path) -> None:
         "conda_file",
     )
     assert message.startswith("InferenceImage 'img': invalid arguments: ")
+
+
+# ---------------------------------------------------------------- the local target's bad input (issue 11)
+
+
+@pulumi.runtime.test
+def test_service_cpu_cores_above_the_machine(mocks: RecordingMocks, monkeypatch: pytest.MonkeyPatch) -> None:
+    from providers.targets import local as local_target
+
+    monkeypatch.setattr(local_target, "machine_cores", lambda: 2)
+    _raises(lambda: make_service("svc-cpu", cpu_cores=3), "ContainerInstanceService 'svc-cpu'", "cpu_cores", "2 CPU cores", "3")
+    assert not [n for n in mocks.resources if n.startswith("svc-cpu")], "nothing of the service may be registered"
+    make_service("svc-cpu-ok", cpu_cores=2)  # exactly the machine's cores is fine
+
+
+@pytest.mark.parametrize("name", ["AZUREML_MODEL_DIR", "WORKER_COUNT", "MLDEPLOY_BIND_SOCKET", "SERVER_PORT"])
+@pulumi.runtime.test
+def test_service_environment_cannot_override_server_settings(mocks: RecordingMocks, name: str) -> None:
+    _raises(
+        lambda: make_service("svc-env", environment_variables={"OK_VAR": "1", name: "x"}),
+        "ContainerInstanceService 'svc-env'",
+        "environment_variables",
+        name,
+    )
+    assert not [n for n in mocks.resources if n.startswith("svc-env")]
+
+
+@pytest.mark.parametrize("workers", [0, -1, 65])
+@pulumi.runtime.test
+def test_service_worker_count_out_of_range(mocks: RecordingMocks, workers: int) -> None:
+    _raises(lambda: make_service("svc-w", worker_count=workers), "ContainerInstanceService 'svc-w'", "worker_count")

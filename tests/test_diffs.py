@@ -84,7 +84,7 @@ def service_olds(**over: Any) -> dict[str, Any]:
         state="Healthy",
         model_versions={"ridge": 1},
         container_id="abc123",
-        backend_port=40001,
+        backend_socket="0badcafe.sock",
     )
     olds.update(over)
     return olds
@@ -216,6 +216,7 @@ ROLL_CHANGES = {
     "memory_gb": 0.5,
     "environment_variables": {"LOG_LEVEL": "debug"},
     "state_dir": "/elsewhere/.pulumi-state",
+    "worker_count": 2,
 }
 ROUTE_CHANGES = {
     "port": 23457,
@@ -313,7 +314,7 @@ class TestDiffService:
 
     def test_outputs_in_olds_are_not_changes(self) -> None:
         # olds carry outputs (uris, keys, container id) the news never have
-        r = diff_service(service_olds(container_id="zzz", backend_port=40999), service_props())
+        r = diff_service(service_olds(container_id="zzz", backend_socket="40999999.sock"), service_props())
         assert r.changes is False
 
     def test_numbers_as_the_engine_sends_them_are_no_change(self) -> None:

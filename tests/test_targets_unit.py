@@ -238,7 +238,7 @@ class TestLocalTarget:
         def run() -> None:
             expected = local.default_port("proj", "dev", "svc")  # before it is claimed
             own = self.inputs({})
-            assert own == {"port": expected, "gateway_image": SETTINGS["gateway_image"], "state_dir": SETTINGS["state_dir"]}
+            assert own == {"port": expected, "gateway_image": SETTINGS["gateway_image"], "state_dir": SETTINGS["state_dir"], "worker_count": None}
             assert local.PORT_RANGE[0] <= own["port"] <= local.PORT_RANGE[1]
             assert local._claimed_ports() == {own["port"]: "svc"}
 
@@ -294,4 +294,42 @@ class TestLocalTarget:
         }
 
     def test_outputs_kept_in_state(self) -> None:
-        assert local.TARGET.OUTPUTS == ("container_id", "backend_port")
+        assert local.TARGET.OUTPUTS == ("container_id", "backend_socket")
+
+    # -- issue 11: workers, cores, server settings, backends of an earlier release
+
+    @pytest.mark.parametrize(
+        "cpu,override,workers", [(0.1, None, 1), (0.5, None, 1), (1, None, 1), (1.5, None, 1), (2, None, 2), (2.9, None, 2), (1, 3, 3)]
+    )
+    def test_workers_follow_whole_cores_unless_given(self, cpu: float, override: int | None, workers: int) -> None:
+        assert local.workers_for(cpu, override) == workers
+
+    def test_worker_count_is_a_local_input_that_rolls(self) -> None:
+        assert "worker_count" in local.TARGET.ROLL_ON
+        own = in_fresh_context(lambda: self.inputs({"worker_count": 3}))
+        assert own["worker_count"] == 3
+
+    def test_cpu_cores_above_the_machine_is_named_with_its_cores(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(local, "machine_cores", lambda: 2)
+        base = {"port": 23456, "gateway_image": "g", "state_dir": "/s", "environment_variables": {}}
+        assert local.TARGET.check({**base, "cpu_cores": 2}) == []
+        failures = local.TARGET.check({**base, "cpu_cores": 2.5})
+        assert [f.property for f in failures] == ["cpu_cores"]
+        assert "2 CPU cores" in failures[0].reason and "2.5" in failures[0].reason
+        # Through the provider's check too, beside the shared rules.
+        assert "cpu_cores" in failures_of({**shared_props(target="local"), **base, "cpu_cores": 3})
+
+    @pytest.mark.parametrize("name", sorted(targets.SERVER_SETTINGS))
+    def test_environment_cannot_override_a_server_setting(self, name: str) -> None:
+        base = {"port": 23456, "gateway_image": "g", "state_dir": "/s", "cpu_cores": 1}
+        failures = local.TARGET.check({**base, "environment_variables": {"MY_VAR": "1", name: "x"}})
+        assert [f.property for f in failures] == ["environment_variables"]
+        assert name in failures[0].reason and "MY_VAR" not in failures[0].reason
+        assert local.TARGET.check({**base, "environment_variables": {"MY_VAR": "1"}}) == []
+
+    def test_a_tcp_backend_of_an_earlier_release_rolls(self) -> None:
+        news = {**shared_props(target="local"), "port": 23456, "gateway_image": "g", "state_dir": "/s", "worker_count": None}
+        earlier = {**news, "container_id": "c0ffee", "backend_port": 40001, "state": "Healthy"}
+        now = {**news, "container_id": "c0ffee", "backend_socket": "0badcafe.sock", "state": "Healthy"}
+        assert diff_service(earlier, news).changes is True and needs_roll(earlier, news) is True
+        assert diff_service(now, news).changes is False and needs_roll(now, news) is False

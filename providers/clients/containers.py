@@ -2,6 +2,13 @@
 
 Every container carries labels naming project, stack and resource, so a
 crashed or interrupted run can always be found and cleaned up.
+
+The local target's backends (`run_socket_container`) have no network at all
+(`network_mode: none`, no published port): the scoring server listens on a Unix
+socket in a folder that only the stack's gateway also mounts, so nothing else
+on the machine (no container, no bridge address) can reach it without the key.
+They run as an unprivileged user with every capability dropped and
+no-new-privileges, and restart by themselves once proven (`keep_running`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,11 @@ import requests
 
 CONTAINER_PORT = 5001
 LABEL_PREFIX = "mldeploy."
+SCORING_USER = "65534:65534"
+"""nobody:nogroup. The inference image declares no user; its files are world-readable,
+so the server runs unprivileged. The group is the one the gateway's workers share."""
+RESTART_POLICY = {"Name": "unless-stopped"}
+"""After an OOM kill, a crash or a dockerd restart, Docker starts the backend again."""
 
 
 class ServiceStartError(Exception):
@@ -28,8 +40,13 @@ class ServiceStartError(Exception):
 @dataclass
 class RunningContainer:
     id: str
+    """Docker's container id."""
     name: str
+    """The container's name."""
     host_port: int
+    """127.0.0.1 port it is published on; 0 for a socket backend."""
+    socket: str | None = None
+    """This host's path of its Unix socket (socket backends)."""
 
 
 def client() -> docker.DockerClient:
@@ -74,6 +91,94 @@ def run_scoring_container(
     return RunningContainer(container.id, name, host_port)
 
 
+def run_socket_container(
+    name: str,
+    image: str,
+    labels: dict[str, str],
+    environment: dict[str, str],
+    mounts: dict[str, str],
+    cpu_cores: float,
+    memory_gb: float,
+    socket_dir: str,
+    socket_name: str,
+    container_socket_dir: str,
+) -> RunningContainer:
+    """Start a scoring container with no network that serves on `<socket_dir>/<socket_name>`.
+
+    `socket_dir` (this host's) is its only writable mount, at `container_socket_dir`.
+    No restart policy yet: a backend whose init() fails must stay down; `keep_running`
+    adds it once the backend is proven.
+    """
+    dc = client()
+    volumes = {host: {"bind": inside, "mode": "ro"} for host, inside in mounts.items()}
+    volumes[socket_dir] = {"bind": container_socket_dir, "mode": "rw"}
+    container = dc.containers.run(
+        image,
+        name=name,
+        detach=True,
+        labels=labels,
+        environment={"HOME": "/tmp", **environment, "MLDEPLOY_BIND_SOCKET": f"{container_socket_dir}/{socket_name}"},
+        volumes=volumes,
+        network_mode="none",
+        user=SCORING_USER,
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        nano_cpus=int(cpu_cores * 1e9),
+        mem_limit=int(memory_gb * 1024**3),
+        memswap_limit=int(memory_gb * 1024**3),  # memory_gb is all it gets: no swap on top
+    )
+    return RunningContainer(container.id, name, 0, os.path.join(socket_dir, socket_name))
+
+
+def keep_running(container_id: str) -> None:
+    """From now on Docker restarts it after an OOM kill, a crash or a daemon restart."""
+    client().containers.get(container_id).update(restart_policy=RESTART_POLICY)
+
+
+def unix_connections(proc_net_unix: str, path: str) -> int:
+    """Connections to the socket at `path` (as the server sees it) in a /proc/net/unix text:
+    accepted ones and those still waiting in its backlog. The listener is not counted."""
+    count = 0
+    for line in proc_net_unix.splitlines()[1:]:
+        fields = line.split()
+        # Num RefCount Protocol Flags Type St Inode [Path]
+        if len(fields) < 8 or fields[7] != path:
+            continue
+        if int(fields[3], 16) & 0x10000:  # __SO_ACCEPTCON: the listening socket
+            continue
+        count += 1
+    return count
+
+
+def socket_connections(container_id: str, path: str) -> int | None:
+    """Open connections to the server's socket `path` (its own view), read from
+    /proc/net/unix inside its namespace; None when the container is not running."""
+    try:
+        code, out = client().containers.get(container_id).exec_run(["cat", "/proc/net/unix"], demux=False)
+    except (docker.errors.NotFound, docker.errors.APIError):
+        return None
+    if code != 0:
+        return None
+    return unix_connections((out or b"").decode(errors="replace"), path)
+
+
+def wait_idle(container_id: str, path: str, timeout: float = 90.0, settle: int = 2) -> bool:
+    """True once the server's socket has had no connection for `settle` reads in a row
+    (in-flight requests answered, backlog empty); False after `timeout`."""
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while True:
+        n = socket_connections(container_id, path)
+        if n is None:
+            return True
+        quiet = quiet + 1 if n == 0 else 0
+        if quiet >= settle:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 # A bearer token in a log line (a user's script printing its request headers):
 # the gateway strips keys before the backend, this is the second guard.
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
@@ -115,6 +220,8 @@ def wait_healthy(
     The scoring server runs the user's `init()` before it serves, and exits when
     `init()` raises, so a container that exits here is an init failure.
     """
+    from providers.clients.scoring import unix_request
+
     dc = client()
     deadline = time.monotonic() + timeout
     url = f"http://127.0.0.1:{rc.host_port}/"
@@ -125,11 +232,15 @@ def wait_healthy(
             raise ServiceStartError(
                 f"container {rc.name} exited with code {code} before it was healthy; its log:\n{logs(rc.id)}"
             )
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
+        if rc.socket:
+            if os.path.exists(rc.socket) and unix_request(rc.socket, "GET", "/", timeout=2).status == 200:
                 return
-        except requests.RequestException:
-            pass
+        else:
+            try:
+                if requests.get(url, timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
         if time.monotonic() > deadline:
             raise ServiceStartError(
                 f"container {rc.name} was not healthy after {timeout:.0f}s; its log:\n{logs(rc.id)}"

@@ -1,6 +1,8 @@
 """Requests to one scoring server, bypassing the gateway: the transports of `providers.sample_check`.
 
-- `http_transport(port)`: a backend published on 127.0.0.1 (a roll's new backend).
+- `unix_transport(path)`: a local backend serving on a Unix socket (a roll's new
+  backend, which has no network).
+- `http_transport(port)`: a backend published on 127.0.0.1.
 - `exec_transport(container)`: a container on no network at all (the preview's
   smoke test); each request runs `python` inside the container, against
   127.0.0.1 of the container's own network namespace.
@@ -9,8 +11,12 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import os
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -67,6 +73,57 @@ def http_transport(port: int, timeout: float = 60.0) -> Transport:
         except requests.RequestException as exc:
             return Answer(0, f"no answer: {exc!r}", (time.monotonic() - start) * 1000)
         return Answer(r.status_code, r.text, (time.monotonic() - start) * 1000)
+
+    return send
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket. Paths longer than sun_path's 107 bytes (deep temporary
+    folders) are reached through the folder's descriptor (/proc/self/fd/N/name)."""
+
+    def __init__(self, path: str | Path, timeout: float = 60.0):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        folder = None
+        try:
+            target = self.socket_path
+            if len(os.fsencode(target)) > 100:
+                folder = os.open(os.path.dirname(target), os.O_PATH)
+                target = f"/proc/self/fd/{folder}/{os.path.basename(target)}"
+            sock.connect(target)
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            if folder is not None:
+                os.close(folder)
+        self.sock = sock
+
+
+def unix_request(path: str | Path, method: str, url: str, body: bytes | None = None, timeout: float = 60.0) -> Answer:
+    """One request to the server on socket `path`; status 0 with the reason when nothing answered."""
+    start = time.monotonic()
+    conn = UnixHTTPConnection(path, timeout=timeout)
+    try:
+        conn.request(method, url, body=body, headers={"Content-Type": "application/json", "Connection": "close"})
+        resp = conn.getresponse()
+        text = resp.read().decode("utf-8", "replace")
+        return Answer(resp.status, text, (time.monotonic() - start) * 1000)
+    except (OSError, http.client.HTTPException) as exc:
+        return Answer(0, f"no answer: {exc!r}", (time.monotonic() - start) * 1000)
+    finally:
+        conn.close()
+
+
+def unix_transport(path: str | Path, timeout: float = 60.0) -> Transport:
+    """Requests to the scoring server on the Unix socket `path` (this host's view of it)."""
+
+    def send(method: str, url: str, body: bytes | None) -> Answer:
+        return unix_request(path, method, url, body, timeout)
 
     return send
 

@@ -87,6 +87,36 @@ def validate_args(model: type[M], data: Mapping[str, Any]) -> M:
         raise ArgsInvalid(failures_from(exc)) from None
 
 
+SERVER_SETTINGS: dict[str, str] = {
+    "AZUREML_MODEL_DIR": "the folder the service mounts its models in",
+    "AZUREML_ENTRY_SCRIPT": "the image's entry script",
+    "WORKER_COUNT": "the worker count (the `worker_count` argument sets it)",
+    "SERVER_PORT": "the port the scoring server listens on",
+    "HEALTH_PORT": "the scoring server's health port",
+    "SEPERATE_HEALTH_ENDPOINT": "a second listening port for health",
+    "MLDEPLOY_BIND_HOST": "the address the scoring server binds",
+    "MLDEPLOY_BIND_SOCKET": "the socket the scoring server binds",
+    "SERVICE_NAME": "the service name in the Swagger document",
+    "SERVICE_PATH_PREFIX": "the scoring paths in the Swagger document",
+}
+"""Environment variables the scoring server's own settings come from: a service sets
+them, so `environment_variables` may not (it would break or silently lose them)."""
+
+
+def check_environment(env: Any, reserved: Mapping[str, str] = SERVER_SETTINGS) -> list[CheckFailure]:
+    """One failure per `environment_variables` entry that would override a server setting."""
+    if not isinstance(env, Mapping):
+        return []
+    return [
+        CheckFailure(
+            "environment_variables",
+            f"{name} is set by the service itself ({reserved[name]}) and cannot be overridden; remove it",
+        )
+        for name in sorted(env)
+        if name in reserved
+    ]
+
+
 def service_uris(origin: str, service_name: str) -> dict[str, str]:
     """Every target serves Azure ML's paths; only the origin (scheme, host, port) is its own."""
     base = f"{origin}/api/v1/service/{service_name}"
@@ -136,6 +166,17 @@ class Target:
     def check_args(self, args: Any) -> list[CheckFailure]:
         """Rules across fields that the model alone does not say."""
         return []
+
+    def check_shared(self, inputs: Mapping[str, Any]) -> list[CheckFailure]:
+        """The target's rules on shared inputs (`cpu_cores`, `environment_variables`):
+        run by the component at program time (so a bad value creates nothing, even
+        with `up --skip-preview`) and by the target's `check`. Never raises."""
+        return []
+
+    def needs_roll(self, olds: Mapping[str, Any]) -> bool:
+        """True when the running backend is of a kind this release no longer runs
+        (the next `up` rolls it, and its preview says so)."""
+        return False
 
     def service_inputs(
         self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Mapping[str, Any]

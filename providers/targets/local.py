@@ -1,12 +1,23 @@
 """The local target: scoring containers on this machine behind the stack's gateway.
 
 The gateway (nginx, host network, 127.0.0.1 only) owns each service's stable
-port and checks its keys; backends come and go on ephemeral ports. A roll starts
-the new backend, waits until it is healthy, sends it the entry script's own
-input sample (`providers.sample_check`) and needs a 200 that matches the output
-schema, then switches the route with a graceful reload, and only then stops the
-old one, so the scoring URI never breaks. A backend that fails either step is
-removed (its log kept under `<stateDir>/logs/`) and the route never moves.
+port and checks its keys. Backends have no network: each serves on a Unix socket
+in its service's folder (`<stateDir>/sockets/<project>-<stack>/<service>/run/`),
+which only the gateway also mounts, so the key cannot be bypassed. They run as
+nobody with no capabilities and restart by themselves (OOM kill, crash, dockerd
+restart) once proven.
+
+A roll starts the new backend, waits until it is healthy, sends it the entry
+script's own input sample (`providers.sample_check`) and needs a 200 that
+matches the output schema, then re-points the route's socket link (no nginx
+reload: client keep-alive connections stay open), waits until the old backend
+has answered every request it accepted, and only then stops it, so the scoring
+URI never breaks and no request is lost or sent twice. A backend that fails
+either step is removed (its log kept under `<stateDir>/logs/`) and the route
+never moves.
+
+Workers: one per whole CPU core of `cpu_cores`, at least one
+(`worker_count` overrides it).
 """
 
 from __future__ import annotations
@@ -26,9 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from providers.clients import containers, scoring
 from providers.clients.gateway import Gateway, port_free
+from providers.clients.gateway_config import SCORING_SOCKET_DIR, backend_socket
 from providers.paths import local
 from providers.sample_check import check_sample
-from providers.targets import ArgsInvalid, Target, WholeNumber, service_uris, validate_args
+from providers.targets import ArgsInvalid, Target, WholeNumber, check_environment, service_uris, validate_args
 
 MODELS_ROOT = "/var/azureml-app/azureml-models"
 PORT_RANGE = (20000, 29999)
@@ -56,6 +68,27 @@ def model_mounts(models: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
     if len(models) == 1:
         return mounts, f"{MODELS_ROOT}/{models[0]['name']}/{int(models[0]['version'])}"
     return mounts, MODELS_ROOT
+
+
+def machine_cores() -> int:
+    """CPUs Docker can give a container here (it refuses a limit above them)."""
+    return os.cpu_count() or 1
+
+
+def workers_for(cpu_cores: float, worker_count: int | None = None) -> int:
+    """The documented rule: one scoring worker per whole core, at least one; an explicit
+    `worker_count` wins. Each worker runs init() and holds the model in its own memory."""
+    if worker_count:
+        return int(worker_count)
+    return max(1, int(cpu_cores))
+
+
+def check_cpu_cores(cpu_cores: Any, cores: int | None = None) -> list[CheckFailure]:
+    """A limit above the machine's cores would be refused by Docker when the backend starts."""
+    cores = machine_cores() if cores is None else cores
+    if isinstance(cpu_cores, (int, float)) and not isinstance(cpu_cores, bool) and cpu_cores > cores:
+        return [CheckFailure("cpu_cores", f"at most {cores} on the local target: this machine has {cores} CPU cores, got {cpu_cores!r}")]
+    return []
 
 
 def failed_logs_dir(props: Mapping[str, Any]) -> Path:
@@ -100,6 +133,8 @@ class LocalArgs(BaseModel):
     """The stack's nginx gateway runs from it (`mldeploy:gatewayImage`)."""
     state_dir: str = Field(min_length=1)
     """The gateway's config lives under it (`mldeploy:stateDir`); relative to the project."""
+    worker_count: WholeNumber | None = Field(default=None, ge=1, le=64)
+    """Scoring workers; None: one per whole core of `cpu_cores` (`workers_for`)."""
 
 
 class LocalTarget(Target):
@@ -108,10 +143,10 @@ class LocalTarget(Target):
     name = "local"
     Args = LocalArgs
     # Limits, environment and the state folder (a mount) are fixed when a container starts.
-    ROLL_ON = ("cpu_cores", "memory_gb", "environment_variables", "state_dir")
+    ROLL_ON = ("cpu_cores", "memory_gb", "environment_variables", "state_dir", "worker_count")
     # The gateway holds the port and the keys: the backend keeps running.
     ROUTE_ON = ("port", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes", "gateway_image")
-    OUTPUTS = ("container_id", "backend_port")
+    OUTPUTS = ("container_id", "backend_socket")
     PATHS = ("state_dir",)
 
     def service_inputs(
@@ -122,6 +157,7 @@ class LocalTarget(Target):
         if port is None:
             port = default_port(settings["project"], settings["stack"], service_name)
         data = {**given, "port": port, "gateway_image": settings["gateway_image"], "state_dir": settings["state_dir"]}
+        data.setdefault("worker_count", None)
         args = validate_args(LocalArgs, data)
         claimed = _claimed_ports()
         if args.port in claimed:
@@ -132,9 +168,23 @@ class LocalTarget(Target):
     def uris(self, props: Mapping[str, Any]) -> dict[str, str]:
         return uris(props)
 
+    def check_shared(self, inputs: Mapping[str, Any]) -> list[CheckFailure]:
+        return check_cpu_cores(inputs.get("cpu_cores")) + check_environment(inputs.get("environment_variables"))
+
+    def check(self, news: Mapping[str, Any]) -> list[CheckFailure]:
+        return super().check(news) + self.check_shared(news)
+
+    def needs_roll(self, olds: Mapping[str, Any]) -> bool:
+        """A backend of an earlier release: published on a TCP port on Docker's bridge."""
+        return bool(olds.get("container_id")) and not olds.get("backend_socket")
+
     def _gateway(self, props: dict[str, Any]) -> Gateway:
-        conf_dir = local(props["state_dir"]) / "gateway" / f"{props['project']}-{props['stack']}"
-        return Gateway(props["project"], props["stack"], str(conf_dir), props["gateway_image"])
+        scope = f"{props['project']}-{props['stack']}"
+        state = local(props["state_dir"])
+        return Gateway(
+            props["project"], props["stack"], str(state / "gateway" / scope), props["gateway_image"],
+            sockets_dir=str(state / "sockets" / scope),
+        )
 
     def _labels(self, props: dict[str, Any]) -> dict[str, str]:
         return containers.labels_for(props["project"], props["stack"], props["service_name"], kind="service")
@@ -151,21 +201,25 @@ class LocalTarget(Target):
             keys.append(old_key if old_key and same_version else new_key())
         return keys[0], keys[1]
 
-    def _start_backend(self, props: dict[str, Any]) -> containers.RunningContainer:
+    def _start_backend(self, gw: Gateway, props: dict[str, Any]) -> containers.RunningContainer:
         mounts, model_dir = model_mounts(props["models"])
         for host_dir in mounts:
             if not os.path.isdir(host_dir):
                 raise containers.ServiceStartError(f"model directory {host_dir} is missing from the registry")
+        workers = workers_for(float(props["cpu_cores"]), props.get("worker_count"))
         env = {
             **(props.get("environment_variables") or {}),
             "AZUREML_MODEL_DIR": model_dir,
+            "WORKER_COUNT": str(workers),
             # The Swagger document then names the paths clients call through the gateway.
             "SERVICE_NAME": props["service_name"],
             "SERVICE_PATH_PREFIX": f"api/v1/service/{props['service_name']}",
         }
-        name = f"mldeploy-{props['project']}-{props['stack']}-{props['service_name']}-{uuid.uuid4().hex[:8]}"
-        _progress(f"{props['service_name']}: starting {name} from {props['image_name']}")
-        rc = containers.run_scoring_container(
+        token = uuid.uuid4().hex[:8]
+        name = f"mldeploy-{props['project']}-{props['stack']}-{props['service_name']}-{token}"
+        _progress(f"{props['service_name']}: starting {name} from {props['image_name']} ({workers} worker(s))")
+        run_dir = gw.prepare_service(props["service_name"])
+        rc = containers.run_socket_container(
             name,
             props["image_name"],
             self._labels(props),
@@ -173,11 +227,15 @@ class LocalTarget(Target):
             mounts,
             float(props["cpu_cores"]),
             float(props["memory_gb"]),
+            str(run_dir),
+            f"{token}.sock",
+            SCORING_SOCKET_DIR,
         )
         try:
             containers.wait_healthy(rc, timeout=float(props.get("startup_timeout_seconds") or 180))
-            _progress(f"{props['service_name']}: {name} is healthy on 127.0.0.1:{rc.host_port}")
+            _progress(f"{props['service_name']}: {name} is healthy on its socket")
             self._prove(props, rc)
+            containers.keep_running(rc.id)
         except BaseException as exc:
             self._keep_log(props, rc, exc)
             containers.remove(rc.id, stop_timeout=2)
@@ -186,7 +244,7 @@ class LocalTarget(Target):
 
     def _prove(self, props: dict[str, Any], rc: containers.RunningContainer) -> None:
         """The new backend answers the entry script's input sample as its output schema says, or fails."""
-        check = check_sample(scoring.http_transport(rc.host_port))
+        check = check_sample(scoring.unix_transport(rc.socket) if rc.socket else scoring.http_transport(rc.host_port))
         if not check.gated:
             _progress(f"{props['service_name']}: the entry script has no input_sample: {rc.name} rolls on health alone")
             return
@@ -211,21 +269,24 @@ class LocalTarget(Target):
         for f in folder.glob("*.log") if folder.is_dir() else []:
             f.unlink(missing_ok=True)
 
-    def _route(self, gw: Gateway, props: dict[str, Any], backend_port: int, keys: tuple[str | None, str | None]) -> None:
+    def _route(self, gw: Gateway, props: dict[str, Any], keys: tuple[str | None, str | None]) -> None:
+        """The route names the service's socket link, whichever backend it points at."""
         gw.put_route(
             props["service_name"],
             int(props["port"]),
-            backend_port,
+            None,
             [k for k in keys if k] if props.get("auth_enabled") else None,
             int(props.get("max_request_bytes") or 1_048_576),
+            backend_socket=backend_socket(props["service_name"]),
         )
 
-    def _outs(self, props: dict[str, Any], rc_id: str, backend_port: int, keys: tuple[str | None, str | None]) -> dict[str, Any]:
+    def _outs(self, props: dict[str, Any], rc_id: str, socket_name: str, keys: tuple[str | None, str | None]) -> dict[str, Any]:
+        outs = {k: v for k, v in props.items() if k != "backend_port"}  # an earlier release's output
         return {
-            **props,
+            **outs,
             **uris(props),
             "container_id": rc_id,
-            "backend_port": backend_port,
+            "backend_socket": socket_name,
             "primary_key": keys[0] or "",
             "secondary_key": keys[1] or "",
             "state": "Healthy",
@@ -246,31 +307,45 @@ class LocalTarget(Target):
         self._remove_orphans(props, keep=set())
         keys = self._keys(None, props)
         gw.ensure()
-        rc = self._start_backend(props)
+        rc = self._start_backend(gw, props)
+        socket_name = os.path.basename(rc.socket or "")
         try:
-            self._route(gw, props, rc.host_port, keys)
+            gw.switch_backend(props["service_name"], socket_name)
+            self._route(gw, props, keys)
         except BaseException:
             containers.remove(rc.id, stop_timeout=2)
             raise
         self._forget_failures(props)
-        return self._outs(props, rc.id, rc.host_port, keys)
+        return self._outs(props, rc.id, socket_name, keys)
 
     def update(self, olds: dict[str, Any], news: dict[str, Any], roll: bool) -> dict[str, Any]:
         gw = self._gateway(news)
         keys = self._keys(olds, news)
         gw.ensure()
         old_id = olds.get("container_id") or ""
+        old_socket = olds.get("backend_socket") or ""
+        roll = roll or self.needs_roll(olds)
         if not roll and containers.status(old_id) == "running":
-            self._route(gw, news, int(olds["backend_port"]), keys)
+            self._route(gw, news, keys)
             self._remove_orphans(news, keep={old_id})
-            return self._outs(news, old_id, int(olds["backend_port"]), keys)
-        rc = self._start_backend(news)  # on failure the old backend keeps serving
+            return self._outs(news, old_id, old_socket, keys)
+        rc = self._start_backend(gw, news)  # on failure the old backend keeps serving
+        socket_name = os.path.basename(rc.socket or "")
+        previous = gw.current_backend(news["service_name"])
         try:
-            self._route(gw, news, rc.host_port, keys)
+            gw.switch_backend(news["service_name"], socket_name)
+            self._route(gw, news, keys)
         except BaseException:
+            if previous:
+                gw.switch_backend(news["service_name"], previous)
             containers.remove(rc.id, stop_timeout=2)
             raise
-        gw.wait_drained()  # old nginx workers finish their requests to the old backend first
+        if old_id and old_socket:
+            # Requests the old backend accepted before the switch are answered first.
+            if not containers.wait_idle(old_id, f"{SCORING_SOCKET_DIR}/{old_socket}"):
+                _progress(f"{news['service_name']}: the old backend still had connections after 90 s; stopping it")
+        elif old_id:
+            gw.wait_drained()  # an earlier release's TCP backend: old nginx workers finish first
         if old_id:
             containers.remove(old_id)
         self._remove_orphans(news, keep={rc.id})
@@ -279,13 +354,15 @@ class LocalTarget(Target):
 
             remove_image(olds["image_name"])  # kept when something still uses it
         self._forget_failures(news)
-        return self._outs(news, rc.id, rc.host_port, keys)
+        return self._outs(news, rc.id, socket_name, keys)
 
     def read(self, props: dict[str, Any]) -> dict[str, Any]:
         current = props.get("container_id") or ""
         status = containers.status(current)
         gw = self._gateway(props)
         routed = props["service_name"] in gw.routes() and gw.is_running()
+        if props.get("backend_socket") and gw.current_backend(props["service_name"]) != props["backend_socket"]:
+            routed = False  # the route's link points elsewhere (or is gone): the next up re-points it
         leftovers = [c for c in containers.find(self._labels(props)) if c != current]
         if status == "running" and routed:
             # Containers of an interrupted roll: the next up removes them, no roll needed.
@@ -303,6 +380,7 @@ class LocalTarget(Target):
             containers.remove(props["container_id"])
         self._remove_orphans(props, keep=set())
         self._forget_failures(props)
+        gw.remove_service_dir(props["service_name"])
         gw.remove_if_unused()
 
 

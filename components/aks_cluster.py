@@ -2,8 +2,11 @@
 
 Locally it attaches (and starts when needed) the single-node cluster that
 `scripts/k8s/cluster.sh` runs on this machine; given a kubeconfig it attaches
-that cluster. Creating a cluster on Azure is a separate backend: the arguments
-mirror `AksCompute.provisioning_configuration` so it can slot in here.
+that cluster. With `target="azure"` it creates an AKS managed cluster through
+ARM (`AksCompute.provisioning_configuration`: agent count, VM size, purpose),
+or attaches an existing one by `resource_id` (`AksCompute.attach_configuration`);
+either way its user kubeconfig (`listClusterUserCredential`, a secret) goes to
+the same Kubernetes provider and service code as the local cluster's.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ from typing import Any, Literal
 import pulumi
 import pulumi_kubernetes as k8s
 from pulumi.dynamic import Resource
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from components._common import PACKAGE, Settings, slug, validate
 from components.registry_image import RegistryImage
 from providers.cluster import ClusterProvider
+from providers.managed_cluster import ManagedClusterProvider
 from providers.targets.kubernetes import NAMESPACE_RE
 
 OUTPUTS = ("kubeconfig", "kubernetes_version", "node_count", "allocatable_vcpus")
+AKS_ID_RE = (r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[-\w._()]+/providers/"
+             r"Microsoft\.ContainerService/managedClusters/[a-zA-Z0-9][-_a-zA-Z0-9]{0,62}$")
 
 
 class AksClusterArgs(BaseModel):
@@ -31,10 +37,23 @@ class AksClusterArgs(BaseModel):
 
     cluster_purpose: Literal["FastProd", "DevTest"] = "FastProd"
     """FastProd needs at least 12 allocatable vCPUs, as Azure ML requires."""
-    agent_count: int = Field(default=3, gt=0, le=100)
+    agent_count: int | None = Field(default=None, gt=0, le=100)
+    """Nodes; by default 3, and 1 for a DevTest cluster created on Azure (as `AksCompute` does)."""
     vm_size: str = Field(default="Standard_D3_v2", min_length=1)
     kubeconfig: Any = None
     """A kubeconfig's text (a string or a secret Output) to attach that cluster; None for the local one."""
+    target: Literal["local", "azure"] = "local"
+    """`azure`: an AKS managed cluster through ARM (stack config mldeploy:azure*), created or attached."""
+    resource_id: str | None = Field(default=None, pattern=AKS_ID_RE)
+    """With target='azure': attach this existing managed cluster instead of creating one."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "AksClusterArgs":
+        if self.target == "azure" and self.kubeconfig is not None:
+            raise ValueError("kubeconfig: not with target='azure' (its kubeconfig comes from listClusterUserCredential)")
+        if self.target != "azure" and self.resource_id is not None:
+            raise ValueError("resource_id: only with target='azure'")
+        return self
 
 
 class Cluster(Resource, module=PACKAGE, name="Cluster"):
@@ -51,6 +70,44 @@ class Cluster(Resource, module=PACKAGE, name="Cluster"):
         super().__init__(ClusterProvider(), name, {"kubeconfig": None, **props, **{k: None for k in outs}}, opts)
 
 
+class ManagedCluster(Resource, module=PACKAGE, name="ManagedCluster"):
+    """An AKS managed cluster in Azure, created or attached through ARM (dynamic resource)."""
+
+    kubeconfig: pulumi.Output[str]
+    kubernetes_version: pulumi.Output[str]
+    node_count: pulumi.Output[int]
+    allocatable_vcpus: pulumi.Output[float]
+    server: pulumi.Output[str]
+    resource_id: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        outs = ("kubeconfig", "kubeconfig_sha", "server", "kubernetes_version", "node_count", "allocatable_vcpus", "fqdn", "present")
+        super().__init__(ManagedClusterProvider(), name, {"resource_id": None, **props, **{k: None for k in outs}}, opts)
+
+
+def azure_cluster_props(args: AksClusterArgs, settings: Settings, resource_name: str) -> dict[str, Any]:
+    """The managed cluster's inputs: its place from stack config, its name and DNS prefix from the names. Pure."""
+    base = re.sub(r"[^a-z0-9-]+", "-", f"{settings.project}-{settings.stack}-{resource_name}".lower()).strip("-")
+    common = {
+        "cluster_purpose": args.cluster_purpose,
+        "arm_endpoint": settings.arm_endpoint or "https://management.azure.com",
+    }
+    if args.resource_id:
+        return {**common, "mode": "attach", "resource_id": args.resource_id}
+    return {
+        **common,
+        "mode": "create",
+        "subscription_id": settings.azure_subscription_id,
+        "resource_group": settings.azure_resource_group,
+        "location": settings.azure_location,
+        "cluster_name": base[:63].strip("-"),
+        "dns_prefix": base[:54].strip("-"),
+        "agent_count": args.agent_count or (1 if args.cluster_purpose == "DevTest" else 3),
+        "vm_size": args.vm_size,
+        "tags": {"mldeploy.project": settings.project, "mldeploy.stack": settings.stack, "mldeploy.resource": resource_name},
+    }
+
+
 class AksCluster(pulumi.ComponentResource):
     """A cluster to deploy services on; checks Azure ML's size rule at preview."""
 
@@ -63,33 +120,39 @@ class AksCluster(pulumi.ComponentResource):
         self,
         resource_name: str,
         cluster_purpose: str = "FastProd",
-        agent_count: int = 3,
+        agent_count: int | None = None,
         vm_size: str = "Standard_D3_v2",
         kubeconfig: pulumi.Input[str] | None = None,
+        target: str = "local",
+        resource_id: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         args = validate(
             AksClusterArgs,
             "AksCluster",
             resource_name,
-            {"cluster_purpose": cluster_purpose, "agent_count": agent_count, "vm_size": vm_size, "kubeconfig": kubeconfig},
+            {"cluster_purpose": cluster_purpose, "agent_count": agent_count, "vm_size": vm_size, "kubeconfig": kubeconfig,
+             "target": target, "resource_id": resource_id},
         )
         super().__init__(f"{PACKAGE}:index:AksCluster", resource_name, None, opts)
         self._name = resource_name
         self._settings = Settings.load()
-        props: dict[str, Any] = {
-            "source": "kubeconfig" if args.kubeconfig is not None else "local",
-            "cluster_purpose": args.cluster_purpose,
-            "agent_count": args.agent_count,
-            "vm_size": args.vm_size,
-        }
-        if args.kubeconfig is not None:
-            props["kubeconfig"] = pulumi.Output.secret(args.kubeconfig)
-        self._cluster = Cluster(
-            f"{resource_name}-cluster",
-            props,
-            pulumi.ResourceOptions(parent=self, additional_secret_outputs=["kubeconfig"]),
-        )
+        secret_outs = pulumi.ResourceOptions(parent=self, additional_secret_outputs=["kubeconfig"])
+        self.resource_id: pulumi.Output[str] | None = None
+        if args.target == "azure":
+            managed = ManagedCluster(f"{resource_name}-managed-cluster", azure_cluster_props(args, self._settings, resource_name), secret_outs)
+            self._cluster: pulumi.Resource = managed
+            self.resource_id = managed.resource_id
+        else:
+            props: dict[str, Any] = {
+                "source": "kubeconfig" if args.kubeconfig is not None else "local",
+                "cluster_purpose": args.cluster_purpose,
+                "agent_count": args.agent_count or 3,
+                "vm_size": args.vm_size,
+            }
+            if args.kubeconfig is not None:
+                props["kubeconfig"] = pulumi.Output.secret(args.kubeconfig)
+            self._cluster = Cluster(f"{resource_name}-cluster", props, secret_outs)
         self.kubeconfig = self._cluster.kubeconfig
         self.kubernetes_version = self._cluster.kubernetes_version
         self.node_count = self._cluster.node_count

@@ -79,6 +79,8 @@ def describe(exc: BaseException) -> str:
     """ARM's error code and message (or the credential chain's message)."""
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
+    if isinstance(exc, ClientAuthenticationError) and getattr(exc, "status_code", None) is None:
+        return str(getattr(exc, "message", None) or exc).strip()  # the credential chain's own words
     if isinstance(exc, HttpResponseError):
         status = getattr(exc, "status_code", None)
         err = getattr(exc, "error", None)

@@ -22,6 +22,7 @@ from typing import Any, Literal, Mapping
 from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from providers import azure
 from providers.targets import ArgsInvalid, Target, service_uris, validate_args
 
 # ACI's limits for one Linux container group (learn.microsoft.com container-instances-
@@ -32,19 +33,12 @@ LINUX_GROUP_MAX_MEMORY_GB = 16.0
 # What the front end takes out of the group's share.
 FRONT_CPU = 0.1
 FRONT_MEMORY_GB = 0.1
-# Azure's public regions (name as ARM spells it), as of 2025.
-LOCATIONS = frozenset(
-    """eastus eastus2 westus westus2 westus3 centralus northcentralus southcentralus westcentralus
-    canadacentral canadaeast brazilsouth mexicocentral northeurope westeurope uksouth ukwest
-    francecentral germanywestcentral norwayeast switzerlandnorth swedencentral polandcentral
-    italynorth spaincentral eastasia southeastasia japaneast japanwest koreacentral koreasouth
-    australiaeast australiasoutheast australiacentral centralindia southindia westindia
-    uaenorth southafricanorth qatarcentral israelcentral newzealandnorth""".split()
-)
-SUBSCRIPTION_RE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+# Regions and the subscription pattern are shared with the AKS backend: one table, in providers/azure.py.
+LOCATIONS = azure.LOCATIONS
+SUBSCRIPTION_RE = azure.SUBSCRIPTION_RE
 DNS_LABEL_RE = r"^[a-z][a-z0-9-]{1,61}[a-z0-9]$"
 GROUP_NAME_RE = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-RESOURCE_GROUP_RE = r"^[-\w._()]{0,89}[-\w_()]$"
+RESOURCE_GROUP_RE = azure.RESOURCE_GROUP_RE
 
 PUBLIC_PORT = 80
 SCORING_PORT = 5001
@@ -85,7 +79,7 @@ class AciArgs(BaseModel):
     @classmethod
     def _known_location(cls, value: str) -> str:
         if value not in LOCATIONS:
-            raise ValueError(f"unknown Azure location {value!r}; for example westeurope, eastus (see providers/targets/aci.py LOCATIONS)")
+            raise ValueError(f"unknown Azure location {value!r}; for example westeurope, eastus (see providers/azure.py LOCATIONS)")
         return value
 
 

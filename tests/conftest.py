@@ -261,3 +261,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Tests that restart the local cluster run last, so no other test meets a cluster
     that is coming back up (pods' readiness is being re-established then)."""
     items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)
+    # Restarting dockerd stops every container, the cluster's too: after everything else.
+    items.sort(key=lambda item: item.get_closest_marker("restarts_docker") is not None)

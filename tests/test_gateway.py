@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
 import subprocess
@@ -212,6 +213,36 @@ def test_atomic_write_is_0600_and_routes_listing(tmp_path):
     assert not [p for p in g.routes_dir.iterdir() if p.name.endswith(".tmp")]
     with pytest.raises(ValueError, match="^project:"):
         Gateway("bad/name", "s", str(tmp_path))
+
+
+def test_socket_folders_and_the_switch_link(tmp_path):
+    """A service's folder: root's `current.sock` link beside the `run/` folder its backends write."""
+    g = Gateway("p", "s", str(tmp_path / "gw"), sockets_dir=str(tmp_path / "sockets"))
+    run = g.prepare_service("svc")
+    assert run == tmp_path / "sockets" / "svc" / "run"
+    assert (tmp_path / "sockets").stat().st_mode & 0o777 == 0o711
+    assert (tmp_path / "sockets" / "svc").stat().st_mode & 0o777 == 0o711
+    st = run.stat()
+    assert st.st_mode & 0o777 == 0o750
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (65534, 65534)
+    assert g.current_backend("svc") is None
+    g.switch_backend("svc", "aaaa1111.sock")
+    assert os.readlink(tmp_path / "sockets" / "svc" / "current.sock") == "run/aaaa1111.sock"  # relative: same in every mount
+    g.switch_backend("svc", "bbbb2222.sock")
+    assert g.current_backend("svc") == "bbbb2222.sock"
+    assert [p.name for p in (tmp_path / "sockets" / "svc").iterdir() if p.name.endswith(".tmp")] == []
+    assert g.host_socket("svc", "bbbb2222.sock") == run / "bbbb2222.sock"
+    for bad in ("../x.sock", "x", "a/b.sock", ""):
+        with pytest.raises(ValueError, match="^socket_name:"):
+            g.switch_backend("svc", bad)
+    g.prepare_service("svc")  # idempotent: the link stays
+    assert g.current_backend("svc") == "bbbb2222.sock"
+    g.remove_service_dir("svc")
+    g.remove_service_dir("svc")  # gone already counts as removed
+    assert not (tmp_path / "sockets").exists()
+    with pytest.raises(GatewayError, match="sockets_dir"):
+        Gateway("p", "s", str(tmp_path / "gw")).prepare_service("svc")
 
 
 # ---------------------------------------------------------------- integration

@@ -104,6 +104,12 @@ def test_body_shape_and_secrets():
     assert body["tags"]["mldeploy.model.ridge"] == "1"
 
 
+def test_environment_cannot_override_the_servers_own_settings():
+    fails = aci.TARGET.check(props(environment_variables={"A": "1", "MLDEPLOY_BIND_HOST": "0.0.0.0", "WORKER_COUNT": "4"}))
+    assert [f.property for f in fails] == ["environment_variables", "environment_variables"]
+    assert "MLDEPLOY_BIND_HOST" in fails[0].reason and "WORKER_COUNT" in fails[1].reason
+
+
 def test_body_passes_the_fake_arm_checks():
     from fake_arm import BodyInvalid, validate_group_body
 

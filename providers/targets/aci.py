@@ -23,7 +23,7 @@ from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from providers import azure
-from providers.targets import ArgsInvalid, Target, service_uris, validate_args
+from providers.targets import ArgsInvalid, Target, check_environment, service_uris, validate_args
 
 # ACI's limits for one Linux container group (learn.microsoft.com container-instances-
 # resource-and-quota-limits, 2023 version; regions may offer less). Keep them here only.
@@ -257,7 +257,11 @@ class AciTarget(Target):
 
         # The image refs are unknown at preview (the images are pushed at up): not judged.
         news = {k: rpc.UNKNOWN if isinstance(v, Unknown) else v for k, v in news.items()}
-        return super().check(news) + check_resources(news.get("cpu_cores"), news.get("memory_gb"))
+        return (
+            super().check(news)
+            + check_resources(news.get("cpu_cores"), news.get("memory_gb"))
+            + check_environment(news.get("environment_variables"))  # the group's server settings are ours
+        )
 
     def service_inputs(
         self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Mapping[str, Any]

@@ -1,10 +1,16 @@
 """A stack survives a new checkout: one made by an earlier release, from a checkout at
-one path, previews "no changes" from a checkout of this release at another path,
-and its next `up` migrates it without a replace or a roll.
+one path, previews no replacement from a checkout of this release at another path,
+and its next `up` migrates it without a replace.
 
 The earlier release is main as it was before resource inputs held paths relative
 to the project (issue 9); it runs from `git archive` of that commit, with this
-project's sample and serving runtime, so that only the code differs.
+project's sample and serving runtime (but its own gateway templates, which its own
+renderer fills), so that only the code differs.
+
+Its service rolls once: its backend was published on a TCP port on Docker's bridge,
+which anything on the machine could reach without the key; this release's backends
+have no network (issue 11), so the next `up` replaces that backend (a zero-downtime
+roll, same scoring URI) and nothing else.
 """
 
 from __future__ import annotations
@@ -62,8 +68,14 @@ def test_a_stack_of_the_earlier_release_previews_no_changes_from_another_checkou
     # Checkout A, elsewhere, with the earlier release's code and this project's content.
     first = checkout_of(EARLIER_RELEASE, tmp_path / "ana" / "src" / "mldeploy")
     for content in ("sample", "runtime"):
+        keep = first / "runtime" / "nginx" if content == "runtime" else None
+        if keep is not None:
+            shutil.move(str(keep), str(tmp_path / "earlier-nginx"))
         shutil.rmtree(first / content)
         shutil.copytree(ROOT / content, first / content, ignore=shutil.ignore_patterns("models", "__pycache__"))
+        if keep is not None:  # the earlier renderer fills its own templates
+            shutil.rmtree(keep)
+            shutil.move(str(tmp_path / "earlier-nginx"), str(keep))
     train_model(first / MODEL)
     (workdir / MODEL).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(first / MODEL, workdir / MODEL)  # the same model file in both checkouts
@@ -94,12 +106,21 @@ def test_a_stack_of_the_earlier_release_previews_no_changes_from_another_checkou
     shutil.copy2(first / "stacks" / f"Pulumi.{name}.yaml", workdir / "stacks" / f"Pulumi.{name}.yaml")
     st = engine_stack(stack_cli.project_program(workdir), name=name)
     pre = st.preview(diff=True)
-    assert set(pre.change_summary) == {"same"}, (pre.change_summary, pre.text[-4000:])
+    # Only the service changes (its exposed backend rolls); nothing is replaced.
+    assert pre.change_summary == {"same": pre.change_summary.get("same"), "update": 1}, (pre.change_summary, pre.text[-4000:])
 
-    # The next up migrates the inputs: nothing replaced, nothing rolled.
+    # The roll mounts the model from this checkout's registry, and nothing registers it there
+    # again (the model did not change, and refresh reads the registry the old inputs name):
+    # the team's registry content is shared; here, a copy of checkout A's.
+    shutil.copytree(first / ".pulumi-state" / "registry", workdir / ".pulumi-state" / "registry", dirs_exist_ok=True)
+    # The next up migrates the inputs: nothing replaced; the service rolls to a backend with no network.
     up = st.up()
-    assert set(up.summary.resource_changes or {}) == {"same"}, (up.summary.resource_changes, up.text[-4000:])
-    assert service_containers(name) == before, "the service must not roll"
+    ops = {k: v for k, v in (up.summary.resource_changes or {}).items() if k != "same"}
+    assert set(ops) == {"update"} and ops["update"] in (1, 2), (up.summary.resource_changes, up.text[-4000:])
+    after = service_containers(name)
+    assert len(after) == 1 and after != before, "the exposed backend must be rolled"
+    attrs = docker.from_env().containers.get(after[0]).attrs
+    assert attrs["HostConfig"]["NetworkMode"] == "none" and not attrs["NetworkSettings"].get("Ports")
     resources = st.stack.export_stack().deployment["resources"]
     new_inputs = json.dumps([r.get("inputs") for r in resources])
     assert str(first) not in new_inputs and str(workdir) not in new_inputs, "inputs must name no checkout"

@@ -11,8 +11,10 @@ real containers, on 127.0.0.1 only:
 - model-only update: `up` start to the new version answering, image builds
   (engine events), failed requests and latency while a client scores at a
   steady rate for the whole update;
-- serving: p50/p99 latency and throughput of the deployed service and of the
-  same model and entry script under `azmlinfsrv` on the host, same concurrency;
+- serving: p50/p99/max latency and throughput, measured by `wrk` (a C load
+  generator, so the clients are not the bottleneck), of bare single-worker
+  `azmlinfsrv` on the host and of the deployed service at `cpu_cores` 1 and 2,
+  side by side with their ratios and the load average of each run;
 - scale: preview/up/no-op/destroy of stacks with 1, 5 and 10 services.
 
 The project is copied into a temporary folder with its own state backend,
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import math
 import os
 import platform
@@ -90,7 +93,7 @@ class Results:
         self.rows: list[Row] = []
         self.notes: list[str] = []
         self.errors: list[str] = []
-        self.serving: dict[str, dict[str, list[float]]] = {"ours": {}, "bare": {}}
+        self.serving: dict[str, dict[str, list[float]]] = {}
 
     def add(self, section: str, metric: str, unit: str, value: float) -> None:
         for row in self.rows:
@@ -236,62 +239,66 @@ class PacedClient(threading.Thread):
         self.join(timeout=30)
 
 
-def closed_loop_load(uri: str, key: str | None, concurrency: int, seconds: float, warmup: float,
-                     max_requests_per_client: int, expected: float) -> dict[str, float]:
-    """`concurrency` clients, each sending the next request when the last answered.
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '%s'
+wrk.headers["Content-Type"] = "application/json"
+%s
+"""
 
-    Runs warmup + seconds (bounded also in count); only requests that start
-    after the warm-up and finish before the end are counted.
-    """
-    import requests
 
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    start_gate = threading.Barrier(concurrency + 1)
-    lat: list[list[float]] = [[] for _ in range(concurrency)]
-    errors = [0] * concurrency
-    wrong = [0] * concurrency
-    window: dict[str, float] = {}
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}[unit]
 
-    def client(i: int) -> None:
-        session = requests.Session()
-        start_gate.wait()
-        t_begin, t_end = window["begin"], window["end"]
-        for _ in range(max_requests_per_client):
-            t = time.perf_counter()
-            if t >= t_end:
-                break
-            try:
-                r = session.post(uri, json=BODY, headers=headers, timeout=10)
-                ok = r.status_code == 200
-                good = ok and close_to(float(r.json()[0]), expected)
-            except Exception:  # noqa: BLE001
-                ok = good = False
-            done = time.perf_counter()
-            if t >= t_begin and done <= t_end:
-                if not ok:
-                    errors[i] += 1
-                else:
-                    lat[i].append(done - t)
-                    if not good:
-                        wrong[i] += 1
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
-    for th in threads:
-        th.start()
-    now = time.perf_counter()
-    window["begin"], window["end"] = now + warmup, now + warmup + seconds
-    start_gate.wait()
-    for th in threads:
-        th.join(timeout=warmup + seconds + 30)
-    all_lat = [x for per in lat for x in per]
+def parse_wrk(text: str) -> dict[str, float]:
+    """p50/p99/max (ms), throughput (req/s), requests, errors from `wrk --latency` output. Pure."""
+    import re
+
+    lat = {m.group(1): _ms(m.group(2), m.group(3))
+           for m in re.finditer(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m|h)\s*$", text, re.M)}
+    mx = re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s|m|h)", text, re.M)
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    total = re.search(r"^\s+(\d+) requests in", text, re.M)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if not (lat.get("50") and lat.get("99") and mx and rps and total):
+        raise ValueError(f"unexpected wrk output:\n{text[-1500:]}")
     return {
-        "p50": percentile(all_lat, 50) * 1000,
-        "p99": percentile(all_lat, 99) * 1000,
-        "throughput": len(all_lat) / seconds,
-        "ok": len(all_lat),
-        "errors": sum(errors),
-        "wrong": sum(wrong),
+        "p50": lat["50"], "p99": lat["99"], "max": _ms(mx.group(1), mx.group(2)),
+        "throughput": float(rps.group(1)), "requests": float(total.group(1)),
+        "errors": float((int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0)),
     }
+
+
+def wrk_load(uri: str, key: str | None, threads: int, connections: int, seconds: float, warmup: float,
+             script_dir: Path) -> dict[str, float]:
+    """`wrk` (keep-alive, closed loop: each connection sends the next request when the last
+    answered) for `warmup` seconds (discarded), then `seconds` measured; bounded in time."""
+    auth = f'wrk.headers["Authorization"] = "Bearer {key}"' if key else ""
+    script = script_dir / f"wrk-{uuid.uuid4().hex[:6]}.lua"
+    script.write_text(WRK_SCRIPT % (json.dumps(BODY), auth))
+    os.chmod(script, 0o600)  # it holds the key
+    try:
+        base = ["wrk", f"-t{threads}", f"-c{connections}", "--timeout", "10s", "-s", str(script)]
+        if warmup > 0:
+            subprocess.run([*base, f"-d{max(1, round(warmup))}s", uri], capture_output=True, text=True,
+                           timeout=warmup + 60)
+        load_before = loadavg()
+        run = subprocess.run([*base, "--latency", f"-d{max(1, round(seconds))}s", uri], capture_output=True,
+                             text=True, timeout=seconds + 60)
+        if run.returncode != 0:
+            raise RuntimeError(f"wrk failed ({run.returncode}): {run.stderr[-500:]}")
+        m = parse_wrk(run.stdout)
+        m["load1"] = float(load_before.split()[0]) if load_before != "?" else float("nan")
+        return m
+    finally:
+        script.unlink(missing_ok=True)
+
+
+def wrk_version() -> str:
+    out = _cmd(["wrk", "--version"])
+    return out.splitlines()[0].split(" [")[0] if out and out != "?" else "?"
 
 
 # --- the benchmark -----------------------------------------------------------
@@ -612,42 +619,50 @@ class Bench:
             self.baseline.wait(timeout=15)
 
     def phase_serve(self) -> None:
-        self.ensure_dev_up()
-        assert self.dev is not None
+        """Bare single-worker azmlinfsrv vs the service at cpu_cores 1 and 2, under the same wrk load."""
         R, a = self.results, self.args
-        S = f"serving ({a.concurrency} clients, {a.serve_seconds:g} s per run)"
-        out = self.dev.outputs()
+        if shutil.which("wrk") is None:
+            raise RuntimeError("wrk is missing: bench/run.sh installs it (apt-get install wrk)")
+        S = f"serving (wrk, {a.wrk_threads} threads, {a.concurrency} connections, {a.serve_seconds:g} s per run)"
         model_dir = self.tmp / "baseline-model"
         model_dir.mkdir(exist_ok=True)
-        shutil.copy2(self.model_path, model_dir / MODEL_FILE)  # the version the service runs now
+        shutil.copy2(self.model_path, model_dir / MODEL_FILE)
         import joblib
         import numpy as np
 
         expected = float(joblib.load(model_dir / MODEL_FILE).predict(np.array([ROW], dtype=float))[0])
+        cores = [c for c in (1, 2) if c <= (os.cpu_count() or 1)]
+        serve_model = self.work / "bench_models" / "serve" / MODEL_FILE  # inside the project, as a user's would be
+        serve_model.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.model_path, serve_model)
+        st = BenchStack(self, f"bench-serve-{self.run_id}", serve_program(serve_model, cores))
+        log(f"serving: up of the serving stack (cpu_cores {cores}; untimed)")
+        st.run("up")
+        out = st.outputs()
+        targets: dict[str, tuple[str, str | None]] = {}
         bare_uri, started = self.start_baseline(model_dir)
         R.add(S, "bare azmlinfsrv: start to healthy (for reference)", "s", started)
         try:
-            targets = {"ours": (out["scoring_uri"], out["primary_key"]), "bare": (bare_uri, None)}
+            targets["bare"] = (bare_uri, None)
+            for c in cores:
+                targets[f"ours{c}"] = (out[f"scoring_uri_{c}"], out[f"key_{c}"])
             for name, (uri, key) in targets.items():
                 got = self.score_once(uri, key)
                 if not close_to(got, expected):
                     R.note(f"serving: {name} answered {got}, the model file predicts {expected}")
-            labels = {"ours": "mldeploy service (gateway + container)", "bare": "bare azmlinfsrv on the host"}
             for i in range(a.runs):
                 for name, (uri, key) in targets.items():
-                    log(f"serving run {i + 1}/{a.runs}: {name}")
-                    m = closed_loop_load(uri, key, a.concurrency, a.serve_seconds, a.serve_warmup,
-                                         a.serve_max_requests, expected)
-                    R.add(S, f"{labels[name]}: latency p50", "ms", m["p50"])
-                    R.add(S, f"{labels[name]}: latency p99", "ms", m["p99"])
-                    R.add(S, f"{labels[name]}: throughput", "req/s", m["throughput"])
-                    for k in ("p50", "p99", "throughput"):
-                        R.serving[name].setdefault(k, []).append(m[k])
-                    if m["errors"] or m["wrong"]:
-                        R.add(S, f"{labels[name]}: failed or wrong answers", "requests", m["errors"] + m["wrong"])
-                        R.note(f"serving run {i + 1} ({name}): {m['errors']} failed, {m['wrong']} wrong answers")
+                    log(f"serving run {i + 1}/{a.runs}: {SERVING_LABELS[name]}")
+                    m = wrk_load(uri, key, a.wrk_threads, a.concurrency, a.serve_seconds, a.serve_warmup, self.tmp)
+                    for k, unit, what in SERVING_METRICS:
+                        R.add(S, f"{SERVING_LABELS[name]}: {what}", unit, m[k])
+                        R.serving.setdefault(name, {}).setdefault(k, []).append(m[k])
+                    if m["errors"]:
+                        R.add(S, f"{SERVING_LABELS[name]}: failed requests (non-2xx, socket errors)", "requests", m["errors"])
+                        R.note(f"serving run {i + 1} ({SERVING_LABELS[name]}): {m['errors']:.0f} failed requests")
         finally:
             self.stop_baseline()
+            st.run("destroy")
 
     def phase_scale(self) -> None:
         R, a = self.results, self.args
@@ -728,6 +743,40 @@ class Bench:
         return problems
 
 
+SERVING_LABELS = {
+    "bare": "bare azmlinfsrv (host, 1 worker)",
+    "ours1": "mldeploy service, cpu_cores=1",
+    "ours2": "mldeploy service, cpu_cores=2",
+}
+SERVING_METRICS = (
+    ("p50", "ms", "latency p50"),
+    ("p99", "ms", "latency p99"),
+    ("max", "ms", "latency max"),
+    ("throughput", "req/s", "throughput"),
+    ("load1", "load", "load average (1 min) at the start of the run"),
+)
+
+
+def serve_program(model_path: Path, cores: list[int]) -> Callable[[], None]:
+    """One model, one image, one service per CPU size (workers follow cpu_cores: the default rule)."""
+
+    def program() -> None:
+        import pulumi
+
+        from components import ContainerInstanceService, InferenceImage, RegisteredModel
+
+        model = RegisteredModel("ridge", model_name="bench_serve_model", model_path=str(model_path))
+        image = InferenceImage("scoring", entry_script="score.py", source_directory="sample/src",
+                               conda_file="sample/env/myenv.yml")
+        for c in cores:
+            svc = ContainerInstanceService(f"serve{c}", models=[model], image=image, cpu_cores=c,
+                                           memory_gb=1, auth_enabled=True)
+            pulumi.export(f"scoring_uri_{c}", svc.scoring_uri)
+            pulumi.export(f"key_{c}", svc.primary_key)
+
+    return program
+
+
 def scale_program(n: int, model_path: Path) -> Callable[[], None]:
     def program() -> None:
         import pulumi
@@ -779,21 +828,34 @@ def render(bench: Bench, facts: dict[str, str], started: datetime, wall: float, 
             cells = ["n/a"] * 3
         runs = str(len(row.values)) + ("" if len(v) == len(row.values) else f" ({len(row.values) - len(v)} n/a)")
         lines.append(f"| {row.section} | {row.metric} | {row.unit} | {runs} | " + " | ".join(cells) + " |")
-    if R.serving["ours"] and R.serving["bare"]:
-        lines += ["", "## Serving: mldeploy service / bare azmlinfsrv", "",
-                  f"Same model file, same entry script, same request body (one row of 10 features), "
-                  f"{a.concurrency} closed-loop clients (Python threads, keep-alive sessions) on this machine, "
-                  f"{a.serve_warmup:g} s warm-up then {a.serve_seconds:g} s measured, runs alternating. "
-                  "Ratio = median of ours / median of bare: above 1 means higher latency (or more throughput) "
-                  "for ours.", "",
-                  "| metric | unit | runs | mldeploy (median) | bare azmlinfsrv (median) | ratio ours / bare |",
-                  "|---|---|---:|---:|---:|---:|"]
-        for k, unit, label in (("p50", "ms", "latency p50"), ("p99", "ms", "latency p99"), ("throughput", "req/s", "throughput")):
-            ours, bare = R.serving["ours"].get(k, []), R.serving["bare"].get(k, [])
-            if ours and bare:
-                mo, mb = statistics.median(ours), statistics.median(bare)
-                ratio = mo / mb if mb else float("nan")
-                lines.append(f"| {label} | {unit} | {min(len(ours), len(bare))} | {fmt(mo, unit)} | {fmt(mb, unit)} | {ratio:.2f} |")
+    if R.serving.get("bare") and len(R.serving) > 1:
+        ours = [n for n in ("ours1", "ours2") if n in R.serving]
+        lines += ["", "## Serving: bare azmlinfsrv and mldeploy side by side", "",
+                  f"Load generator: **{wrk_version()}**, {a.wrk_threads} threads, {a.concurrency} keep-alive "
+                  f"connections (closed loop), {a.serve_warmup:g} s warm-up then {a.serve_seconds:g} s measured, "
+                  "runs alternating. Same model file, entry script and request body (one row of 10 features). "
+                  "Each figure is the median over the runs; ratio = ours / bare single-worker azmlinfsrv (above 1: "
+                  "more latency, or more throughput). Load average: 1-minute, at the start of each run (median).", "",
+                  "| metric | unit | runs | bare azmlinfsrv (1 worker) | "
+                  + " | ".join(f"{SERVING_LABELS[n].removeprefix('mldeploy service, ')} | ratio" for n in ours) + " |",
+                  "|---|---|---:|---:|" + "---:|---:|" * len(ours)]
+        for k, unit, label in SERVING_METRICS:
+            bare = R.serving["bare"].get(k, [])
+            if not bare:
+                continue
+            mb = statistics.median(bare)
+            cells = [fmt(mb, unit) if unit != "load" else f"{mb:.2f}"]
+            runs = len(bare)
+            for n in ours:
+                vals = R.serving[n].get(k, [])
+                if not vals:
+                    cells += ["n/a", "n/a"]
+                    continue
+                mo = statistics.median(vals)
+                runs = min(runs, len(vals))
+                cells += [fmt(mo, unit) if unit != "load" else f"{mo:.2f}",
+                          "" if unit == "load" else (f"{mo / mb:.2f}" if mb else "n/a")]
+            lines.append(f"| {label} | {unit} | {runs} | " + " | ".join(cells) + " |")
     lines += ["", "## What is measured", ""] + [f"- {d}" for d in DEFINITIONS(a)]
     if R.notes:
         lines += ["", "## Notes from this run", ""] + [f"- {n}" for n in R.notes]
@@ -823,13 +885,17 @@ def DEFINITIONS(a: argparse.Namespace) -> list[str]:  # noqa: N802 - reads like 
         "model's own (computed locally with joblib), minus the time `up` was called. *Image builds*: "
         "`ResourcePreEvent`s for `…:Image` resources with op create/update/replace. *Failed*: any non-200 "
         "answer or client error from `up` start on. Latencies are of requests started while `up` ran.",
-        f"**serving**: {a.concurrency} client threads, each sending the next request when the previous one "
-        f"answered, {a.serve_warmup:g} s warm-up (not counted) then {a.serve_seconds:g} s; latency from send to "
-        "full answer; throughput = answered requests / measured seconds. *mldeploy*: the dev stack's scoring URI "
-        "(gateway nginx on 127.0.0.1, Bearer key, container limited to the stack's `cpuCores`, 1 by default). "
-        "*bare*: `azmlinfsrv`'s own entry point on the host, from the project's virtual environment, with the "
-        "same entry script and model file, default worker count (1), no CPU limit, its listen address set to "
-        "127.0.0.1 (the CLI always binds 0.0.0.0). Clients and servers share the machine's CPUs.",
+        f"**serving**: `wrk` (C, event loop: it is not the bottleneck) with {a.wrk_threads} threads and "
+        f"{a.concurrency} keep-alive connections, each sending the next request when the previous one answered; "
+        f"{a.serve_warmup:g} s warm-up (discarded) then {a.serve_seconds:g} s with `--latency`; p50/p99 from wrk's "
+        "latency distribution, max from its thread stats, throughput = wrk's Requests/sec; non-2xx answers and "
+        "socket errors are reported as failed requests. *mldeploy*: a bench stack with one service per CPU size "
+        "(`cpu_cores=1` and `2`, `memory_gb=1`, keys on, workers by the default rule: one per whole core), "
+        "through its scoring URI (gateway nginx on 127.0.0.1, Bearer key check, a Unix socket to a container "
+        "with no network, limited to `cpu_cores`). *bare*: `azmlinfsrv`'s own entry point on the host, from the "
+        "project's virtual environment, same entry script and model file, default worker count (1), no CPU "
+        "limit, its listen address set to 127.0.0.1 (the CLI always binds 0.0.0.0). Load generator, gateway and "
+        "servers share the machine's CPUs.",
         "**scale**: a program with one model, one image and N services (`cpu_cores=1`, `memory_gb=0.5`, keys on). "
         "Per run: `preview` of the empty stack, `up` creating everything, no-op `preview` and `up`, `destroy`.",
     ]
@@ -848,10 +914,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scale-runs", type=int, default=2, help="runs of each scale step (default 2)")
     p.add_argument("--scale-parallel", type=int, default=0,
                    help="limit the engine's parallelism (`parallel=N`) in the scale stacks; default: the engine's")
-    p.add_argument("--concurrency", type=int, default=4, help="serving clients (default 4)")
-    p.add_argument("--serve-seconds", type=float, default=15, help="measured seconds per serving run (default 15)")
+    p.add_argument("--concurrency", type=int, default=8, help="wrk connections while serving (default 8)")
+    p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads while serving (default 2)")
+    p.add_argument("--serve-seconds", type=float, default=10, help="measured seconds per serving run (default 10)")
     p.add_argument("--serve-warmup", type=float, default=2, help="warm-up seconds before each serving run (default 2)")
-    p.add_argument("--serve-max-requests", type=int, default=50_000, help="bound on requests per client per run")
     p.add_argument("--update-rate", type=float, default=20, help="requests/s of the client during a model update")
     p.add_argument("--update-timeout", type=float, default=300, help="bound (s) on the update client")
     p.add_argument("--fresh-pip-cache", action="store_true", help="give pip an empty HTTP cache on every cold deploy")
@@ -869,8 +935,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bad = [x for x in a.only if x not in PHASES]
     if bad:
         p.error(f"unknown phase(s) {bad}; known: {', '.join(PHASES)}")
-    if a.runs < 1 or a.scale_runs < 1 or a.concurrency < 1:
-        p.error("--runs, --scale-runs and --concurrency must be at least 1")
+    if a.runs < 1 or a.scale_runs < 1 or a.concurrency < 1 or a.wrk_threads < 1:
+        p.error("--runs, --scale-runs, --concurrency and --wrk-threads must be at least 1")
+    if a.concurrency < a.wrk_threads:
+        p.error("--concurrency must be at least --wrk-threads (wrk gives each thread a connection)")
     return a
 
 

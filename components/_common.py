@@ -49,6 +49,10 @@ class StackConfig(BaseModel):
     azureResourceGroup: str = ""
     azureLocation: str = ""
     armEndpoint: str = "https://management.azure.com"
+    # A registry that wants credentials: an ACR (listCredentials through ARM), or a username
+    # with the secret mldeploy:imageRegistryPassword (read with get_secret, never here).
+    acrName: str = Field(default="", pattern=r"^([a-zA-Z0-9]{5,50})?$")
+    imageRegistryUsername: str = ""
     previewSmokeTest: bool = False
 
     @field_validator("target")
@@ -94,6 +98,9 @@ class Settings:
     azure_resource_group: str = ""
     azure_location: str = ""
     arm_endpoint: str = "https://management.azure.com"
+    acr_name: str = ""
+    """An ACR whose admin credentials (listCredentials) push and pull the stack's images."""
+    image_registry_username: str = ""
     preview_smoke_test: bool = False
     """`preview` loads a service's new model versions in a throwaway container and scores the sample."""
 
@@ -132,6 +139,8 @@ class Settings:
             azure_resource_group=conf.azureResourceGroup,
             azure_location=conf.azureLocation,
             arm_endpoint=conf.armEndpoint,
+            acr_name=conf.acrName,
+            image_registry_username=conf.imageRegistryUsername,
             preview_smoke_test=conf.previewSmokeTest,
         )
 

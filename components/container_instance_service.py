@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from components._common import PACKAGE, ArgsError, Settings, slug, validate
 from components.inference_image import InferenceImage
 from components.registered_model import RegisteredModel
+from components.registry_credentials import RegistryCredentials, registry_credentials_for
 from components.registry_image import RegistryImage
 from providers.service import ServiceProvider
 from providers.targets import TARGETS, ArgsInvalid, target_for
@@ -144,8 +145,12 @@ class ContainerInstanceService(pulumi.ComponentResource):
         entries = [m.service_entry() for m in args.models]
         pulled: list[pulumi.Resource] = []
         if target_for(args.target).pulls_images:
-            images = self._create_registry_images(resource_name, args, settings, image, entries)
+            creds = registry_credentials_for(settings, f"{resource_name}-registry-credentials", self)
+            images = self._create_registry_images(resource_name, args, settings, image, entries, creds)
             own_inputs = {**own_inputs, "image_ref": images[0].image_ref, "front_image_ref": images[1].image_ref}
+            if creds is not None:  # the target pulls with them (ACI: imageRegistryCredentials)
+                own_inputs.update(registry_server=creds.server, registry_username=creds.username,
+                                  registry_password=pulumi.Output.secret(creds.password))
             pulled = list(images)
         self._service = Service(
             f"{resource_name}-service",
@@ -170,7 +175,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
             pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[m._version for m in args.models] + [image._image] + pulled,
-                additional_secret_outputs=["primary_key", "secondary_key"],
+                additional_secret_outputs=["primary_key", "secondary_key"],  # registry_password is a secret input already
             ),
             target_outputs=target_outputs,
         )
@@ -179,11 +184,16 @@ class ContainerInstanceService(pulumi.ComponentResource):
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})
 
     def _create_registry_images(
-        self, resource_name: str, args: ContainerInstanceServiceArgs, settings: Settings, image: InferenceImage, entries: list[Any]
+        self, resource_name: str, args: ContainerInstanceServiceArgs, settings: Settings, image: InferenceImage, entries: list[Any],
+        creds: RegistryCredentials | None = None,
     ) -> tuple[RegistryImage, RegistryImage]:
         """For targets that pull: the inference image plus a model layer, and the front end's nginx image."""
         registry = f"{settings.image_registry}/mldeploy-{slug(settings.project)}-{slug(settings.stack)}"
         labels = {"mldeploy.managed": "true", "mldeploy.project": settings.project, "mldeploy.stack": settings.stack}
+        # Pushes to a registry that wants credentials get them as a secret input.
+        auth = {} if creds is None else {"registry_auth": pulumi.Output.secret(
+            pulumi.Output.all(creds.server, creds.username, creds.password).apply(
+                lambda a: {"server": a[0], "username": a[1], "password": a[2]}))}
         model_image = RegistryImage(
             f"{resource_name}-image",
             {
@@ -192,6 +202,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
                 "repository": f"{registry}/{args.service_name}",
                 "models": entries,
                 "labels": labels,
+                **auth,
             },
             pulumi.ResourceOptions(parent=self, depends_on=[m._version for m in args.models] + [image._image]),
         )
@@ -203,6 +214,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
                 "repository": f"{registry}/{args.service_name}-front",
                 "models": [],
                 "labels": {},
+                **auth,
             },
             pulumi.ResourceOptions(parent=self),
         )

@@ -74,7 +74,8 @@ class RegistryImageProvider(ResourceProvider):
                 f"{props['repository']}:{tag}", source, models, props.get("labels") or {}
             )
         say(f"{props['repository']}:{tag}: pushing")
-        digest = oci_registry.push(image, props["repository"], tag)
+        # A registry that wants credentials (an ACR): they travel as the secret input `registry_auth`.
+        digest = oci_registry.push(image, props["repository"], tag, auth=oci_registry.auth_from(props.get("registry_auth")))
         return {**props, "tag": tag, "digest": digest, "image_ref": f"{props['repository']}@{digest}", "present": True}
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -96,7 +97,7 @@ class RegistryImageProvider(ResourceProvider):
         if not props.get("digest"):
             return ReadResult(id_, props)
         try:
-            present = oci_registry.manifest_exists(props["repository"], props["digest"])
+            present = oci_registry.manifest_exists(props["repository"], props["digest"], auth=oci_registry.auth_from(props.get("registry_auth")))
         except oci_registry.RegistryError:
             return ReadResult(id_, props)  # registry down: not drift of ours
         return ReadResult(id_, {**props, "present": present})
@@ -110,7 +111,7 @@ class RegistryImageProvider(ResourceProvider):
         # The repository is this resource's alone (per stack and service): every version goes,
         # including older digests kept for the Deployment's revision history.
         try:
-            n = oci_registry.delete_repository(props["repository"])
+            n = oci_registry.delete_repository(props["repository"], auth=oci_registry.auth_from(props.get("registry_auth")))
             say(f"{props['repository']}: deleted {n} image(s) from the registry")
         except oci_registry.RegistryError as exc:
             say(f"{props['repository']}: could not delete its images: {exc}")

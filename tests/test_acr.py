@@ -169,3 +169,78 @@ def test_registry_credentials_provider_checks_and_diffs():
     assert diff_credentials(ok, {**ok, "registry_name": "otheracr1"}).replaces == ["registry_name"]
     given = {"source": "given", "server": "h", "username": "u", "password": "p"}
     assert diff_credentials(given, {**given, "password": "q"}).changes
+
+
+# ------------------------------------------------------------ the component's wiring, mocked
+
+from test_components_unit import make_image, make_model, mocks, no_docker, project  # noqa: E402,F401 - fixtures
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how the Pulumi SDK marks a secret on the wire
+
+
+def _aci_config(**extra: str) -> None:
+    import pulumi
+
+    pulumi.runtime.set_all_config({"mldeploy:target": "aci", "mldeploy:azureSubscriptionId": SUB,
+                                   "mldeploy:azureResourceGroup": "rg-ml", "mldeploy:azureLocation": "westeurope",
+                                   "mldeploy:imageRegistry": "mldeployacr.azurecr.io", **extra})
+
+
+@pytest.mark.usefixtures("no_docker")
+def test_an_acr_in_stack_config_gives_pushes_and_the_group_its_credentials(mocks):
+    import pulumi
+
+    from components import ContainerInstanceService
+
+    _aci_config(**{"mldeploy:acrName": "mldeployacr"})
+    plain = mocks.new_resource
+
+    def with_credentials(args):  # what listCredentials would give the provider
+        rid, outs = plain(args)
+        if args.typ.endswith("mldeploy:RegistryCredentials"):
+            outs.update(server="mldeployacr.azurecr.io", username="mldeployacr", password="from-arm")
+        return rid, outs
+
+    mocks.new_resource = with_credentials
+
+    @pulumi.runtime.test
+    def program():
+        svc = ContainerInstanceService("aciservice", models=[make_model()], image=make_image(), auth_enabled=True)
+
+        def check(_: object) -> None:
+            creds = mocks.resources["aciservice-registry-credentials"]
+            assert mocks.types["aciservice-registry-credentials"].endswith("mldeploy:RegistryCredentials")
+            assert (creds["source"], creds["registry_name"], creds["subscription_id"]) == ("acr", "mldeployacr", SUB)
+            for image in ("aciservice-image", "aciservice-front-image"):
+                assert "registry_auth" in mocks.resources[image], image
+                assert mocks.resources[image]["repository"].startswith("mldeployacr.azurecr.io/")
+            service = mocks.resources["aciservice-service"]
+            assert (service["registry_server"], service["registry_username"]) == ("mldeployacr.azurecr.io", "mldeployacr")
+            assert SECRET_SIG in str(service["registry_password"]), "the password travels as a secret"
+            assert SECRET_SIG in str(mocks.resources["aciservice-image"]["registry_auth"])
+
+        return svc.scoring_uri.apply(check)
+
+    program()
+
+
+@pytest.mark.usefixtures("no_docker")
+def test_no_credentials_configured_means_none_are_sent(mocks):
+    import pulumi
+
+    from components import ContainerInstanceService
+
+    _aci_config()
+
+    @pulumi.runtime.test
+    def program():
+        svc = ContainerInstanceService("aciservice", models=[make_model()], image=make_image())
+
+        def check(_: object) -> None:
+            assert "aciservice-registry-credentials" not in mocks.resources
+            assert "registry_auth" not in mocks.resources["aciservice-image"]
+            assert "registry_password" not in mocks.resources["aciservice-service"]
+
+        return svc.scoring_uri.apply(check)
+
+    program()

@@ -84,6 +84,13 @@ class AuthSession(requests.Session):
         return super().request(method, url, *args, headers=headers, **kwargs)
 
 
+def auth_from(value: Any) -> RegistryAuth | None:
+    """A resource input `{"server", "username", "password"}` (a Pulumi secret) as RegistryAuth; None when absent."""
+    if not value or not isinstance(value, dict) or not value.get("username"):
+        return None
+    return RegistryAuth(str(value.get("server") or ""), str(value["username"]), str(value.get("password") or ""))
+
+
 def session_for(auth: RegistryAuth | None, session: requests.Session | None = None) -> requests.Session:
     if session is not None:
         return session

@@ -33,6 +33,11 @@ if target == "kubernetes":
         "aks",
         cluster_purpose=config.get("clusterPurpose") or "FastProd",
         kubeconfig=config.get_secret("kubeconfig") if config.get("kubeconfig") else None,
+        # `azure`: an AKS managed cluster through ARM (mldeploy:azure*), or the one at aksResourceId.
+        target=config.get("clusterTarget") or "local",
+        resource_id=config.get("aksResourceId") or None,
+        agent_count=int(config.get("agentCount")) if config.get("agentCount") else None,
+        vm_size=config.get("vmSize") or "Standard_D3_v2",
     )
     service = AksService(
         "aksservice",

@@ -244,3 +244,9 @@ def test_no_credentials_configured_means_none_are_sent(mocks):
         return svc.scoring_uri.apply(check)
 
     program()
+
+
+def test_registry_urls_are_https_except_on_this_machine():
+    assert oci_registry.base_url("127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert oci_registry.base_url("localhost:5001") == "http://localhost:5001"
+    assert oci_registry.base_url("mldeployacr.azurecr.io") == "https://mldeployacr.azurecr.io"

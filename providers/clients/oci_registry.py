@@ -184,6 +184,13 @@ def push(
     return digest
 
 
+def base_url(host: str) -> str:
+    """Plain HTTP for a registry on this machine (as dockerd treats 127.0.0.0/8), HTTPS elsewhere (ACR)."""
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host
+    local = name in ("localhost", "[::1]") or name.startswith("127.")
+    return f"{'http' if local else 'https'}://{host}"
+
+
 def split(repository: str) -> tuple[str, str]:
     """"127.0.0.1:5000/a/b" -> ("127.0.0.1:5000", "a/b")."""
     host, _, path = repository.partition("/")
@@ -195,7 +202,7 @@ def manifest_exists(repository: str, digest: str, session: requests.Session | No
     s = session_for(auth, session)
     try:
         r = s.head(
-            f"http://{host}/v2/{path}/manifests/{digest}",
+            f"{base_url(host)}/v2/{path}/manifests/{digest}",
             headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
             timeout=10,
         )
@@ -209,7 +216,7 @@ def delete_manifest(repository: str, digest: str, session: requests.Session | No
     host, path = split(repository)
     s = session_for(auth, session)
     try:
-        r = s.delete(f"http://{host}/v2/{path}/manifests/{digest}", timeout=10)
+        r = s.delete(f"{base_url(host)}/v2/{path}/manifests/{digest}", timeout=10)
     except requests.RequestException as exc:
         raise RegistryError(f"registry {host} did not answer: {exc}") from None
     if r.status_code not in (200, 202, 404):
@@ -230,7 +237,7 @@ def tags(repository: str, session: requests.Session | None = None, auth: Registr
     host, path = split(repository)
     s = session_for(auth, session)
     try:
-        r = s.get(f"http://{host}/v2/{path}/tags/list", timeout=10)
+        r = s.get(f"{base_url(host)}/v2/{path}/tags/list", timeout=10)
     except requests.RequestException as exc:
         raise RegistryError(f"registry {host} did not answer: {exc}") from None
     if r.status_code == 404:
@@ -247,7 +254,7 @@ def delete_repository(repository: str, session: requests.Session | None = None, 
     deleted = 0
     for tag in tags(repository, session=s, auth=auth):
         try:
-            r = s.head(f"http://{host}/v2/{path}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES}, timeout=10)
+            r = s.head(f"{base_url(host)}/v2/{path}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES}, timeout=10)
         except requests.RequestException as exc:
             raise RegistryError(f"registry {host} did not answer: {exc}") from None
         digest = r.headers.get("Docker-Content-Digest") if r.status_code == 200 else None

@@ -45,7 +45,7 @@ def _free_port() -> int:
 class TokenRegistry:
     """`TokenRegistry(tmp_path)`: `address` (host:port), `username`, `password`; `close()` stops it."""
 
-    def __init__(self, tmp_dir: Path, username: str = "mldeployacr"):
+    def __init__(self, tmp_dir: Path, username: str = "mldeployacr", accept_access_token: Any = None):
         import trustme
         from cryptography.hazmat.primitives import serialization
 
@@ -53,6 +53,9 @@ class TokenRegistry:
         self.password = secrets.token_urlsafe(24)
         self.tokens_issued: list[dict[str, Any]] = []
         self.refused = 0
+        # ACR's token exchange: an Entra ID access token (checked by this callable) for a refresh token.
+        self.accept_access_token = accept_access_token or (lambda _t: False)
+        self.refresh_tokens: set[str] = set()
         tmp_dir.mkdir(parents=True, exist_ok=True)
         ca = trustme.CA(key_type=trustme.KeyType.RSA)
         self._key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), password=None)
@@ -64,7 +67,7 @@ class TokenRegistry:
         self._token_server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._token_server.daemon_threads = True
         threading.Thread(target=self._token_server.serve_forever, daemon=True).start()
-        self.realm = f"http://127.0.0.1:{self._token_server.server_address[1]}/token"
+        self.realm = f"http://127.0.0.1:{self._token_server.server_address[1]}/oauth2/token"  # ACR's paths
         port = _free_port()
         self.address = f"127.0.0.1:{port}"
         config = tmp_dir / "registry.yml"
@@ -116,7 +119,8 @@ class TokenRegistry:
                 user = password = None
                 if header.startswith("Basic "):
                     user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-                if (user, password) != (outer.username, outer.password):
+                refresh_ok = user == "00000000-0000-0000-0000-000000000000" and password in outer.refresh_tokens
+                if (user, password) != (outer.username, outer.password) and not refresh_ok:
                     outer.refused += 1
                     self._send(401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]})
                     return
@@ -128,6 +132,21 @@ class TokenRegistry:
                 outer.tokens_issued.append({"account": user, "access": access})
                 token = outer._sign(user, access)
                 self._send(200, {"token": token, "access_token": token, "expires_in": 300})
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                if urlparse(self.path).path != "/oauth2/exchange":
+                    self._send(404, {"errors": [{"code": "NOT_FOUND"}]})
+                    return
+                n = int(self.headers.get("Content-Length") or 0)
+                form = parse_qs(self.rfile.read(n).decode())
+                token = (form.get("access_token") or [""])[0]
+                if (form.get("grant_type") or [""])[0] != "access_token" or not outer.accept_access_token(token):
+                    outer.refused += 1
+                    self._send(401, {"errors": [{"code": "UNAUTHORIZED", "message": "invalid access token"}]})
+                    return
+                refresh = secrets.token_urlsafe(32)
+                outer.refresh_tokens.add(refresh)
+                self._send(200, {"refresh_token": refresh})
 
             def _send(self, status: int, body: Any) -> None:
                 data = json.dumps(body).encode()

@@ -250,3 +250,25 @@ def test_registry_urls_are_https_except_on_this_machine():
     assert oci_registry.base_url("127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert oci_registry.base_url("localhost:5001") == "http://localhost:5001"
     assert oci_registry.base_url("mldeployacr.azurecr.io") == "https://mldeployacr.azurecr.io"
+
+
+def test_an_entra_id_token_is_exchanged_for_an_acr_refresh_token(fake, tmp_path):
+    """For a registry whose admin user is off: ACR's /oauth2/exchange, as `az acr login` does."""
+    import time
+
+    from providers.clients import acr
+    from providers.clients.arm import StaticToken
+
+    reg = TokenRegistry(tmp_path / "exchange", accept_access_token=lambda t: fake.tokens.get(t, 0) > time.time())
+    try:
+        got = acr.exchange_token(reg.address, cred=StaticToken(fake.issue_token()))
+        assert got.username == acr.REFRESH_TOKEN_USER and got.password in reg.refresh_tokens
+        repo = f"{reg.address}/mldeploy-test/exchanged"
+        oci_registry.push(BASE, repo, "v1", auth=got)
+        assert oci_registry.tags(repo, auth=got) == ["v1"]
+        oci_registry.delete_repository(repo, auth=got)
+        images_cleanup(repo, "v1")
+        with pytest.raises(ArmError, match="token exchange at .*/oauth2/exchange: 401"):
+            acr.exchange_token(reg.address, cred=StaticToken(fake.issue_token(ttl=-10)))
+    finally:
+        reg.close()

@@ -71,6 +71,9 @@ def test_create_get_delete_with_lro_and_no_secure_values(fake, capfd):
     assert "s3cr3t-value" not in str(got)
     assert requests.get(f"http://127.0.0.1:{fake.host_port('web', 8000)}/", timeout=5).status_code == 200
     assert [r for r in fake.requests if "/operations/" in r[1]], "the SDK polled the Azure-AsyncOperation URL"
+    from arm_spec import check
+
+    check("Microsoft.ContainerInstance", "2025-09-01", "ContainerGroup", fake.view(fake.group("web")))  # the answer is spec-shaped too
     assert "provisioningState Succeeded" in capfd.readouterr().err
     assert g.delete("web") is True and g.get("web") is None
     assert g.delete("web") is False  # gone already counts as deleted

@@ -317,3 +317,14 @@ def test_bad_input_at_preview_and_a_credential_failure_at_up(fake, workdir, engi
     assert "EnvironmentCredential authentication unavailable" in text
     assert "Traceback" not in text and 'File "' not in text, text[-3000:]
     assert not fake.clusters
+
+
+def test_the_fakes_answers_follow_the_spec_too(fake):
+    """What the fake returns is spec-shaped as well, so the SDK's parsing is tested on Azure's shapes."""
+    from arm_spec import check
+
+    clusters = ManagedClusters(SUB, "rg", fake.url)
+    clusters.put("k2", managed_cluster_body(location="westeurope", dns_prefix="k2", agent_count=1, vm_size="Standard_D4s_v5"))
+    (key,) = [k for k in fake.clusters if k[2] == "k2"]
+    check("Microsoft.ContainerService", "2025-10-01", "ManagedCluster", fake.cluster_view(key))
+    clusters.delete("k2")

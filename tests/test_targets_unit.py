@@ -333,3 +333,110 @@ class TestLocalTarget:
         now = {**news, "container_id": "c0ffee", "backend_socket": "0badcafe.sock", "state": "Healthy"}
         assert diff_service(earlier, news).changes is True and needs_roll(earlier, news) is True
         assert diff_service(now, news).changes is False and needs_roll(now, news) is False
+
+
+# ---------------------------------------------------------------- the local roll's order (fakes, no Docker)
+
+
+class FakeGateway:
+    def __init__(self, calls: list[str]):
+        self.calls = calls
+        self.link: str | None = "old.sock"
+
+    def ensure(self) -> str:
+        self.calls.append("gateway ensure")
+        return "gw"
+
+    def prepare_service(self, service_name: str) -> Path:
+        return Path("/sockets") / service_name / "run"
+
+    def current_backend(self, service_name: str) -> str | None:
+        return self.link
+
+    def switch_backend(self, service_name: str, socket_name: str) -> None:
+        self.calls.append(f"switch to {socket_name}")
+        self.link = socket_name
+
+    def put_route(self, *args: Any, **kw: Any) -> None:
+        self.calls.append(f"route {kw.get('backend_socket')}")
+
+    def wait_drained(self) -> bool:
+        self.calls.append("nginx workers drained")
+        return True
+
+
+@pytest.fixture
+def roll(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], dict[str, Any]]:
+    """The local target with fake containers and gateway: every call, in order."""
+    from providers.clients import containers
+    from providers.sample_check import SampleCheck
+
+    calls: list[str] = []
+    gw = FakeGateway(calls)
+    proof = {"ok": True}
+    monkeypatch.setattr(local.LocalTarget, "_gateway", lambda self, props: gw)
+    monkeypatch.setattr(local.os.path, "isdir", lambda p: True)
+
+    def run_socket_container(name: str, *a: Any, **kw: Any) -> containers.RunningContainer:
+        calls.append("start new")
+        return containers.RunningContainer("new-id", name, 0, f"/sockets/svc/run/{a[-2]}")
+
+    monkeypatch.setattr(containers, "run_socket_container", run_socket_container)
+    monkeypatch.setattr(containers, "wait_healthy", lambda rc, timeout: calls.append("healthy"))
+    monkeypatch.setattr(containers, "keep_running", lambda cid: calls.append(f"restart policy on {cid}"))
+    monkeypatch.setattr(containers, "wait_idle", lambda cid, path: calls.append(f"idle {cid} {path}") or True)
+    monkeypatch.setattr(containers, "remove", lambda cid, stop_timeout=10: calls.append(f"remove {cid}"))
+    monkeypatch.setattr(containers, "find", lambda labels: [])
+    monkeypatch.setattr(containers, "status", lambda cid: "running")
+    monkeypatch.setattr(containers, "save_log", lambda *a, **kw: None)
+    monkeypatch.setattr(containers, "logs", lambda *a, **kw: "")
+    monkeypatch.setattr(local, "check_sample", lambda transport: (
+        calls.append("sample proved" if proof["ok"] else "sample failed")
+        or SampleCheck(gated=True, ok=proof["ok"], request="{}", problem="" if proof["ok"] else "wrong shape")))
+    monkeypatch.setattr(local.time, "sleep", lambda s: None)
+    return calls, proof
+
+
+def local_olds(**over: Any) -> dict[str, Any]:
+    return {**shared_props(target="local"), "port": 23456, "gateway_image": "g", "state_dir": "/s", "worker_count": None,
+            "container_id": "old-id", "backend_socket": "old.sock", "primary_key": "p" * 43, "secondary_key": "s" * 43,
+            "state": "Healthy", **over}
+
+
+class TestLocalRollOrder:
+    def test_the_link_moves_after_the_proof_and_the_old_backend_stops_when_idle(self, roll: Any) -> None:
+        calls, _ = roll
+        olds = local_olds()
+        outs = local.TARGET.update(olds, {**olds, "cpu_cores": 2}, roll=True)
+        new = outs["backend_socket"]
+        assert calls == [
+            "gateway ensure", "start new", "healthy", "sample proved", "restart policy on new-id",
+            f"switch to {new}", "route /run/mldeploy-backends/svc/current.sock",
+            "idle old-id /run/mldeploy/old.sock", "remove old-id",
+        ]
+        assert outs["container_id"] == "new-id" and outs["primary_key"] == olds["primary_key"]
+
+    def test_a_failed_proof_never_moves_the_link(self, roll: Any) -> None:
+        calls, proof = roll
+        proof["ok"] = False
+        olds = local_olds()
+        from providers.clients.containers import ServiceStartError
+
+        with pytest.raises(ServiceStartError, match="sample request"):
+            local.TARGET.update(olds, {**olds, "cpu_cores": 2}, roll=True)
+        assert not [c for c in calls if c.startswith(("switch", "route", "restart policy", "remove old"))]
+        assert calls[-1] == "remove new-id"
+
+    def test_a_route_change_alone_starts_nothing(self, roll: Any) -> None:
+        calls, _ = roll
+        olds = local_olds()
+        outs = local.TARGET.update(olds, {**olds, "primary_key_version": 2}, roll=False)
+        assert calls == ["gateway ensure", "route /run/mldeploy-backends/svc/current.sock"]
+        assert outs["backend_socket"] == "old.sock" and outs["primary_key"] != olds["primary_key"]
+
+    def test_a_tcp_backend_of_an_earlier_release_rolls_even_for_a_route_change(self, roll: Any) -> None:
+        calls, _ = roll
+        olds = local_olds(backend_socket=None, backend_port=40001)
+        outs = local.TARGET.update(olds, {**olds, "backend_port": None}, roll=False)
+        assert "start new" in calls and "nginx workers drained" in calls and calls[-1] == "remove old-id"
+        assert "backend_port" not in outs and outs["backend_socket"].endswith(".sock")

@@ -209,7 +209,12 @@ class Gateway:
     def prepare_service(self, service_name: str, uid: int = 65534, gid: int = 65534) -> Path:
         """The service's `run/` folder (host path), made if missing. Only its scoring
         containers (uid) write there and only the gateway's workers (gid) enter it;
-        the link beside it is out of the containers' reach."""
+        the link beside it is out of the containers' reach. Under the gateway's lock: a
+        service removed in parallel may be removing the (then empty) root folder."""
+        with self._lock():
+            return self._prepare_service_locked(service_name, uid, gid)
+
+    def _prepare_service_locked(self, service_name: str, uid: int, gid: int) -> Path:
         root = self._sockets()
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o711)
@@ -254,9 +259,10 @@ class Gateway:
 
         if self.sockets_dir is None:
             return
-        shutil.rmtree(self.service_dir(service_name), ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.sockets_dir.rmdir()  # only when empty
+        with self._lock():
+            shutil.rmtree(self.service_dir(service_name), ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.sockets_dir.rmdir()  # only when empty
 
     # -- docker plumbing (a client per call: nothing held between calls)
 

@@ -22,8 +22,7 @@ from typing import Any
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
 from providers import azure
-
-FAST_PROD_MIN_VCPUS = 12
+from providers.cluster import FAST_PROD_MIN_VCPUS  # Azure ML's rule, the same for every cluster
 MODES = ("create", "attach")
 # Where the cluster is, its name, its DNS prefix and its pool's VM size cannot change in place.
 REPLACE_ON = ("mode", "subscription_id", "resource_group", "location", "cluster_name", "dns_prefix", "vm_size", "resource_id", "arm_endpoint")

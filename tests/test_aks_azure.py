@@ -111,6 +111,7 @@ def props(fake: FakeArm, **over: Any) -> dict[str, Any]:
     return {**CREATE, "arm_endpoint": fake.url, **over}
 
 
+@pytest.mark.docker  # the fake ARM runs on a Docker client
 def test_create_scale_refresh_and_delete_through_the_provider(fake):
     p = mc.ManagedClusterProvider()
     news = props(fake, agent_count=1, cluster_purpose="DevTest")
@@ -141,6 +142,7 @@ def test_create_scale_refresh_and_delete_through_the_provider(fake):
     p.delete(created.id, again)  # gone already counts as deleted
 
 
+@pytest.mark.docker  # the fake ARM runs on a Docker client
 def test_a_cluster_that_ends_failed_says_why_and_the_next_up_converges(fake):
     fake.fail_next_cluster("mldeploy-prod-aks", "QuotaExceeded",
                            "Operation could not be completed as it results in exceeding approved standardDSv5Family Cores quota.")
@@ -154,6 +156,7 @@ def test_a_cluster_that_ends_failed_says_why_and_the_next_up_converges(fake):
     ManagedClusters(SUB, "rg-ml", fake.url).delete("mldeploy-prod-aks")
 
 
+@pytest.mark.docker  # the fake ARM runs on a Docker client
 def test_conflict_throttling_and_tokens_are_clear_errors(fake, monkeypatch):
     p = mc.ManagedClusterProvider()
     fake.inject("PUT", "/managedClusters/", 409, "OperationNotAllowed", "Operation is not allowed because there's an in progress create managed cluster operation")
@@ -176,6 +179,7 @@ def test_conflict_throttling_and_tokens_are_clear_errors(fake, monkeypatch):
     assert fake.cluster("mldeploy-prod-aks") is None
 
 
+@pytest.mark.docker  # the fake ARM runs on a Docker client
 def test_attach_by_resource_id(fake):
     clusters = ManagedClusters(SUB, "rg-other", fake.url)
     clusters.put("shared-aks", managed_cluster_body(location="westeurope", dns_prefix="shared", agent_count=2, vm_size="Standard_D4s_v5"))
@@ -195,6 +199,7 @@ def test_attach_by_resource_id(fake):
     clusters.delete("shared-aks")
 
 
+@pytest.mark.docker  # the fake ARM runs on a Docker client
 def test_the_fake_refuses_a_managed_cluster_outside_the_spec(fake):
     import requests
 
@@ -269,6 +274,7 @@ def test_aks_cluster_args_for_azure(azure_mocks: AzureMocks) -> None:
         AksCluster("aks4", target="gcp")
 
 
+@pytest.mark.docker  # the fake ARM runs on a Docker client
 def test_fake_kubeconfig_is_base64_on_the_wire(fake):
     import requests
 
@@ -283,6 +289,7 @@ def test_fake_kubeconfig_is_base64_on_the_wire(fake):
 
 # ------------------------------------------------------------ through the engine
 
+@pytest.mark.docker  # the fake ARM runs on a Docker client
 @pytest.mark.e2e
 def test_bad_input_at_preview_and_a_credential_failure_at_up(fake, workdir, engine_stack, monkeypatch):
     """Nothing reaches ARM for a FastProd cluster that is too small; credentials that cannot get a token
@@ -319,6 +326,7 @@ def test_bad_input_at_preview_and_a_credential_failure_at_up(fake, workdir, engi
     assert not fake.clusters
 
 
+@pytest.mark.docker  # the fake ARM runs on a Docker client
 def test_the_fakes_answers_follow_the_spec_too(fake):
     """What the fake returns is spec-shaped as well, so the SDK's parsing is tested on Azure's shapes."""
     from arm_spec import check

@@ -210,3 +210,57 @@ class ModelRegistry:
             if folder.is_dir() and not any(p for p in folder.iterdir() if not p.name.startswith(".")):
                 shutil.rmtree(folder, ignore_errors=True)
         return deleted
+
+
+def is_remote(location: str | None) -> bool:
+    """Whether a registry location is a shared one in Blob Storage (`azblob://…`), not a folder."""
+    return bool(location) and str(location).startswith("azblob://")
+
+
+def open_registry(location: str, root: Path | None = None):
+    """The registry a location names: a folder (relative to the project) or `azblob://<container>[/<prefix>]?…`.
+
+    Both have one interface (`versions`, `get`, `planned_version`, `register`,
+    `update_metadata`, `release`); only the folder one is on this machine alone.
+    """
+    if is_remote(location):
+        from providers.clients.blob_registry import BlobModelRegistry
+
+        return BlobModelRegistry.from_url(location)
+    from providers.paths import local
+
+    return ModelRegistry(local(location, root))
+
+
+def materialize(src: str | os.PathLike[str], dest: str | os.PathLike[str], digest: str) -> Path:
+    """A copy of `src` at `dest/<src name>`, for services to mount; nothing to do when it is there already.
+
+    Used with the shared registry: a service on this machine mounts a local copy of
+    the version's content, which is this checkout's model file (the version follows
+    the content). Made whole in a staging folder, checked, then renamed.
+    """
+    src, dest = Path(src), Path(dest)
+    if dest.is_dir() and (dest / src.name).exists() and content_hash(dest / src.name) == digest:
+        return dest
+    if content_hash(src) != digest:
+        raise RegistryError(f"{src} does not hold content {digest}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        if src.is_file():
+            shutil.copy2(src, staging / src.name)
+        else:
+            shutil.copytree(src, staging / src.name)
+        if content_hash(staging / src.name) != digest:
+            raise RegistryError(f"{src} changed while it was being copied")
+        os.chmod(staging, 0o755)
+        if dest.exists():
+            shutil.rmtree(dest)
+        try:
+            os.rename(staging, dest)
+        except OSError:
+            if not (dest / src.name).exists():  # another process put the same content there first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest

@@ -136,6 +136,55 @@ def k8s_cluster(local_registry: str) -> Iterator[str]:
         subprocess.run([str(ROOT / "scripts" / "k8s" / "cluster.sh"), "down"], check=False)
 
 
+AZURITE_ACCOUNT = "devstoreaccount1"
+# Azurite's documented development key: protects nothing (Azurite listens on 127.0.0.1 only).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[dict[str, str]]:
+    """Azurite's Blob service on 127.0.0.1 (scripts/azurite.sh); yields its endpoint and credentials.
+
+    Started when not answering (the first start on a machine installs npm azurite),
+    stopped at the end of the session only if started here. One that cannot start
+    fails the test, never skips it.
+    """
+    script = ROOT / "scripts" / "azurite.sh"
+    port = os.environ.get("MLDEPLOY_AZURITE_PORT", "10000")
+    started = subprocess.run([str(script), "status"], capture_output=True).returncode != 0
+    if started:
+        subprocess.run([str(script), "up"], check=True)
+    yield {
+        "AZURE_STORAGE_ACCOUNT": AZURITE_ACCOUNT,
+        "AZURE_STORAGE_KEY": AZURITE_KEY,
+        "domain": f"127.0.0.1:{port}",
+        "service_url": f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}",
+    }
+    if started:
+        subprocess.run([str(script), "down"], check=False)
+
+
+@pytest.fixture
+def blob_container(azurite: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A new, empty container of this test in Azurite (deleted afterwards), with AZURE_STORAGE_* set."""
+    from azure.storage.blob import BlobServiceClient
+
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT", azurite["AZURE_STORAGE_ACCOUNT"])
+    monkeypatch.setenv("AZURE_STORAGE_KEY", azurite["AZURE_STORAGE_KEY"])
+    for var in ("AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_DOMAIN", "AZURE_STORAGE_PROTOCOL"):
+        monkeypatch.delenv(var, raising=False)
+    service = BlobServiceClient(azurite["service_url"], credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY})
+    name = f"t{uuid.uuid4().hex[:12]}"
+    service.create_container(name)
+    yield name
+    service.delete_container(name)
+
+
+def azblob_url(azurite: dict[str, str], container: str, prefix: str = "") -> str:
+    """The engine's backend URL syntax for a container in Azurite."""
+    return f"azblob://{container}{'/' + prefix if prefix else ''}?domain={azurite['domain']}&protocol=http&localemu=true"
+
+
 # ---------------------------------------------------------------- nothing left behind
 
 

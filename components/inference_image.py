@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pulumi
 import yaml
 from pulumi.dynamic import Resource
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from components._common import PACKAGE, ArgsError, Settings, resolve, slug, validate
 from providers.clients.registry import content_hash
@@ -18,6 +20,29 @@ from providers.image import ImageProvider
 from providers.paths import portable
 
 RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
+DOCKERFILE = Path(__file__).resolve().parents[1] / "providers" / "clients" / "inference.Dockerfile"
+CUDA_VERSIONS = ("9.0", "9.1", "10.0")
+"""The CUDA versions the seed's InferenceConfig supports; 9.1 when enable_gpu is set without one."""
+
+
+class BaseImageRegistry(BaseModel):
+    """Where a private base image lives and who may pull it (Azure ML's ContainerRegistry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(min_length=1, pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+    username: str = Field(min_length=1)
+    password: Any = None
+    """A string or a Pulumi secret; it reaches the state only as a secret."""
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value):
+            raise ValueError("a password is required")
+        if not isinstance(value, (str, pulumi.Output)):
+            raise ValueError("must be a string or a pulumi.Output (a secret)")
+        return value
 
 
 class InferenceImageArgs(BaseModel):
@@ -31,6 +56,48 @@ class InferenceImageArgs(BaseModel):
     conda_file: str | None = None
     """A conda environment YAML, or a pip requirements file (.txt)."""
     base_image: str | None = None
+    runtime: Literal["python"] = "python"
+    """The seed's `runtime`: only `python` is built here (`spark-py` is not)."""
+    extra_docker_file_steps: str | None = None
+    """A file of Dockerfile steps, run after the environment is installed."""
+    base_image_registry: BaseImageRegistry | None = None
+    enable_gpu: bool = False
+    cuda_version: str | None = None
+    """Recorded on the image; nothing here has a GPU, so no CUDA is installed or run."""
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _runtime(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lower() == "spark-py":
+            raise ValueError("'spark-py' is not supported here; use 'python'")
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("extra_docker_file_steps")
+    @classmethod
+    def _extra_steps(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        from providers.clients.images import render_extra_steps
+
+        path = resolve(value, info.context["root"] if info.context else None)
+        if not path.is_file():
+            raise ValueError(f"file does not exist: {path}")
+        try:
+            render_extra_steps(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        return str(path)
+
+    @model_validator(mode="after")
+    def _gpu(self) -> "InferenceImageArgs":
+        if self.cuda_version is not None and not self.enable_gpu:
+            raise ValueError("cuda_version is set but enable_gpu is not")
+        if self.enable_gpu:
+            if self.cuda_version is None:
+                self.cuda_version = "9.1"
+            elif self.cuda_version not in CUDA_VERSIONS:
+                raise ValueError(f"cuda_version {self.cuda_version!r} is not supported; supported: {', '.join(CUDA_VERSIONS)}")
+        return self
 
     @field_validator("source_directory")
     @classmethod
@@ -80,20 +147,70 @@ class InferenceImageArgs(BaseModel):
 
 
 def build_hash(args: InferenceImageArgs, base_image: str) -> str:
-    """Everything that goes into the image; the model is not part of it."""
+    """Everything that goes into the image; the model is not part of it.
+
+    A private base (base_image_registry) may not be here yet: its id is added by the
+    provider's check, which pulls it with the credentials.
+    """
     h = hashlib.sha256()
-    for part in (
+    parts = [
         base_image,
-        _image_id(base_image),
+        "" if args.base_image_registry else _image_id(base_image),
         args.entry_script,
         content_hash(args.source_directory),
         content_hash(args.conda_file) if args.conda_file else "",
-        content_hash(RUNTIME_DIR / "Dockerfile.inference"),
+        content_hash(DOCKERFILE),
         content_hash(RUNTIME_DIR / "requirements.txt"),
         content_hash(RUNTIME_DIR / "mldeploy_serving.py"),
-    ):
+    ]
+    # Only when set, so images of stacks that use none of these keep their hash.
+    if args.extra_docker_file_steps:
+        parts.append("extra:" + content_hash(args.extra_docker_file_steps))
+    if args.enable_gpu:
+        parts.append(f"gpu:cuda{args.cuda_version}")
+    if args.base_image_registry:
+        parts.append("registry:" + args.base_image_registry.address)
+    for part in parts:
         h.update(part.encode() + b"\0")
     return "sha256:" + h.hexdigest()
+
+
+def _base_python_version(ref: str) -> str | None:
+    """The base image's Python (major.minor): its tag says it (`…-py3.11`), else its `mldeploy.python` label.
+
+    None when neither says: then a conda `python` pin is not checked.
+    """
+    m = re.search(r"py(\d+\.\d+)", ref.rsplit("/", 1)[-1])
+    if m:
+        return m.group(1)
+    import docker
+
+    try:
+        client = docker.from_env(timeout=DOCKER_TIMEOUT)
+        try:
+            return ((client.images.get(ref).attrs.get("Config") or {}).get("Labels") or {}).get("mldeploy.python")
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - unknown: the pin is not checked (build_hash already needs Docker)
+        return None
+
+
+def check_python_pin(conda_file: str | None, base_image: str, base_python: str | None) -> str | None:
+    """Why the conda file's `python` pin cannot be met by the base image, or None."""
+    from providers.clients.images import pin_allows, python_pin
+
+    if not conda_file or not base_python:
+        return None
+    pin = python_pin(conda_file)
+    if pin is None:
+        return None
+    try:
+        if pin_allows(pin, base_python):
+            return None
+    except ValueError as exc:
+        return f"{conda_file}: {exc}"
+    return (f"{conda_file} pins python {pin}, which base image {base_image!r} cannot meet: it has Python "
+            f"{base_python}; change the pin or name another base_image")
 
 
 DOCKER_TIMEOUT = 30
@@ -158,8 +275,17 @@ class InferenceImage(pulumi.ComponentResource):
         conda_file: str | None = None,
         base_image: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
+        *,
+        runtime: str = "python",
+        extra_docker_file_steps: str | None = None,
+        base_image_registry: BaseImageRegistry | dict[str, Any] | None = None,
+        enable_gpu: bool = False,
+        cuda_version: str | None = None,
+        _root: Path | None = None,
     ):
         settings = Settings.load()
+        if isinstance(base_image_registry, BaseImageRegistry):
+            base_image_registry = base_image_registry.model_dump()
         args = validate(
             InferenceImageArgs,
             "InferenceImage",
@@ -169,9 +295,23 @@ class InferenceImage(pulumi.ComponentResource):
                 "source_directory": source_directory,
                 "conda_file": conda_file,
                 "base_image": base_image,
+                "runtime": runtime,
+                "extra_docker_file_steps": extra_docker_file_steps,
+                "base_image_registry": base_image_registry,
+                "enable_gpu": enable_gpu,
+                "cuda_version": cuda_version,
             },
+            **({"root": _root} if _root is not None else {}),
         )
         base = args.base_image or settings.base_image
+        if args.base_image_registry and not base.startswith(args.base_image_registry.address + "/"):
+            raise ArgsError(
+                f"InferenceImage '{resource_name}': base_image_registry: base image {base!r} is not in registry "
+                f"{args.base_image_registry.address!r}; name it as {args.base_image_registry.address}/<repository>:<tag>"
+            )
+        pin_problem = check_python_pin(args.conda_file, base, _base_python_version(base))
+        if pin_problem:
+            raise ArgsError(f"InferenceImage '{resource_name}': conda_file: {pin_problem}")
         try:
             digest = build_hash(args, base)
         except BaseImageError as exc:
@@ -190,6 +330,7 @@ class InferenceImage(pulumi.ComponentResource):
                 # Not diffed (build_hash covers them); they tell a reviewer what changed.
                 "source_hash": content_hash(args.source_directory),
                 "dependency_hash": content_hash(args.conda_file) if args.conda_file else "",
+                **self._extra_props(args),
                 "labels": {
                     "mldeploy.managed": "true",
                     "mldeploy.project": settings.project,
@@ -197,8 +338,41 @@ class InferenceImage(pulumi.ComponentResource):
                     "mldeploy.resource": resource_name,
                 },
             },
-            pulumi.ResourceOptions(parent=self),
+            pulumi.ResourceOptions(parent=self, additional_secret_outputs=["base_image_registry"]),
         )
         self.image_name = self._image.image_name
         self.image_id = self._image.image_id
         self.register_outputs({"image_name": self.image_name, "image_id": self.image_id})
+
+    @staticmethod
+    def _extra_props(args: InferenceImageArgs) -> dict[str, Any]:
+        """The seed's other InferenceConfig fields, only when set (older stacks' inputs stay as they were)."""
+        props: dict[str, Any] = {}
+        if args.extra_docker_file_steps:
+            props["extra_docker_file_steps"] = portable(args.extra_docker_file_steps)
+        if args.enable_gpu:
+            props["enable_gpu"] = True
+            props["cuda_version"] = args.cuda_version
+        if args.base_image_registry:
+            reg = args.base_image_registry
+            # The whole mapping is a secret in the state; the engine keeps it one in the outputs.
+            props["base_image_registry"] = pulumi.Output.secret(
+                pulumi.Output.from_input({"address": reg.address, "username": reg.username, "password": reg.password})
+            )
+        return props
+
+    @classmethod
+    def from_config(cls, resource_name: str, path: str | Path,
+                    opts: pulumi.ResourceOptions | None = None) -> "InferenceImage":
+        """An image from an `az ml` inferenceconfig.json, unchanged (the seed's keys, its trailing comma).
+
+        Paths in the file are relative to the file's folder. A bad key or value fails
+        at preview, naming the file and the key.
+        """
+        from components.azureml_config import read_inference_config
+
+        config = read_inference_config(resource_name, path)
+        try:
+            return cls(resource_name, opts=opts, _root=config.folder, **config.kwargs)
+        except ArgsError as exc:
+            raise ArgsError(config.explain(str(exc))) from None

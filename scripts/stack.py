@@ -252,7 +252,7 @@ def recover_if_interrupted(stack, force: bool = False) -> bool:
 
 
 # Operations with arguments of their own, each in its own module.
-TOOLS = {"profile": "profile_service", "logs": "service_logs"}
+TOOLS = {"profile": "profile_service", "logs": "service_logs", "image-cache": "image_cache"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,12 @@ build itself never reaches a package index.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +26,7 @@ import docker
 import docker.errors
 import yaml
 
-from providers.clients import wheelhouse
+from providers.clients import env_cache, wheelhouse
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_DIR = ROOT / "runtime"
@@ -127,7 +129,273 @@ def _parse_requirements_txt(p: Path, seen: set[Path]) -> list[str]:
     return out
 
 
+# --- extra Dockerfile steps and the Python pin ---------------------------------
+
+EXTRA_ALLOWED = ("RUN", "ENV", "LABEL", "ARG", "WORKDIR", "USER", "COPY", "ADD", "SHELL", "EXPOSE", "VOLUME",
+                 "STOPSIGNAL")
+EXTRA_REFUSED = {
+    "FROM": "the image starts from base_image and its installed environment",
+    "CMD": "the scoring server is the image's command",
+    "ENTRYPOINT": "the scoring server is the image's command",
+    "ONBUILD": "no image is built FROM an inference image",
+    "HEALTHCHECK": "the target checks the scoring server's health",
+    "MAINTAINER": "use LABEL",
+}
+
+
+def _logical_lines(text: str) -> list[tuple[int, str]]:
+    """(first line number, instruction) with backslash continuations joined, comments dropped."""
+    out: list[tuple[int, str]] = []
+    buf: list[str] = []
+    first = 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if buf and line.startswith("#"):
+            continue  # Docker drops comment lines inside a continuation too
+        if not buf:
+            first = number
+        if line.endswith("\\"):
+            buf.append(line[:-1].rstrip())
+            continue
+        buf.append(line)
+        out.append((first, " ".join(p for p in buf if p)))
+        buf = []
+    if buf:
+        out.append((first, " ".join(p for p in buf if p)))
+    return out
+
+
+def _copy_sources(rest: str, number: int) -> str:
+    """COPY/ADD with sources taken from the source directory (`app/` in the build context)."""
+    flags: list[str] = []
+    words = rest.split()
+    while words and words[0].startswith("--"):
+        flag = words.pop(0)
+        if not flag.startswith(("--chown=", "--chmod=")):
+            raise ValueError(f"line {number}: {flag.split('=')[0]} is not supported (only --chown and --chmod)")
+        flags.append(flag)
+    body = " ".join(words)
+    if body.startswith("["):
+        try:
+            parts = json.loads(body)
+        except ValueError:
+            raise ValueError(f"line {number}: the JSON form is not a valid JSON array") from None
+        if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+            raise ValueError(f"line {number}: the JSON form must be an array of strings")
+    else:
+        parts = body.split()
+    if len(parts) < 2:
+        raise ValueError(f"line {number}: needs at least one source and a destination")
+    *sources, dest = parts
+    fixed = []
+    for src in sources:
+        if "://" in src:
+            raise ValueError(f"line {number}: {src!r}: the build cannot reach the network; put the file in source_directory")
+        if src.startswith("/") or ".." in Path(src).parts:
+            raise ValueError(f"line {number}: {src!r} must be a path inside source_directory")
+        fixed.append("app/" + src.removeprefix("./"))
+    return " ".join([*flags, json.dumps([*fixed, dest])])
+
+
+def render_extra_steps(text: str) -> str:
+    """Check a Dockerfile fragment (the seed's extraDockerFileSteps) and render it for our build.
+
+    It runs after the environment is installed and before the source is copied. COPY
+    and ADD take their sources from the source directory. Raises ValueError naming the
+    line when an instruction cannot work here (FROM, CMD, a URL, a path outside).
+    """
+    out: list[str] = []
+    for number, line in _logical_lines(text):
+        word, _, rest = line.partition(" ")
+        keyword = word.upper()
+        if keyword in EXTRA_REFUSED:
+            raise ValueError(f"line {number}: {keyword} is not allowed here: {EXTRA_REFUSED[keyword]}")
+        if keyword not in EXTRA_ALLOWED:
+            raise ValueError(f"line {number}: {word!r} is not a Dockerfile instruction this build supports "
+                             f"({', '.join(EXTRA_ALLOWED)})")
+        if not rest.strip():
+            raise ValueError(f"line {number}: {keyword} needs arguments")
+        if keyword in ("COPY", "ADD"):
+            rest = _copy_sources(rest.strip(), number)
+        out.append(f"{keyword} {rest.strip()}")
+    return "\n".join(out)
+
+
+def python_pin(dependency_file: str | os.PathLike[str]) -> str | None:
+    """The conda file's `python` spec (`3.6.2`, `>=3.10,<3.12`, `3.11.*`), or None."""
+    p = Path(dependency_file)
+    if p.suffix.lower() not in (".yml", ".yaml"):
+        return None
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    for dep in (doc or {}).get("dependencies") or [] if isinstance(doc, dict) else []:
+        if isinstance(dep, str):
+            spec = dep.strip().split("::")[-1]
+            m = re.match(r"^python(?![A-Za-z0-9_.\-])\s*(.*)$", spec, re.I)
+            if m:
+                return m.group(1).strip() or None
+    return None
+
+
+def pin_allows(spec: str, version: str) -> bool:
+    """Whether a conda `python` spec can be met by an interpreter `version` ("3.11" means any 3.11.x).
+
+    Conda's `=3.6` and `3.6` mean 3.6.*; `==3.6.2` is exact; comparison operators are PEP 440's.
+    """
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import Version
+
+    def clause(part: str) -> str:
+        if part.startswith("=") and not part.startswith("=="):
+            part = part[1:]
+        if re.fullmatch(r"[0-9][0-9.]*(\.\*)?(=[^=]+)?", part):  # conda's fuzzy `3.6`, `3.6.2`, with a build string
+            return "==" + part.split("=")[0].removesuffix(".*") + ".*"
+        return part
+
+    text = spec.strip().split()[0] if spec.strip() else ""
+    try:
+        alternatives = [SpecifierSet(",".join(clause(c) for c in alt.split(","))) for alt in text.split("|")]
+    except InvalidSpecifier:
+        raise ValueError(f"python pin {spec!r} is not a version spec") from None
+    candidates = [version] if version.count(".") >= 2 else [f"{version}.{patch}" for patch in range(0, 100)]
+    return any(Version(c) in alt for alt in alternatives for c in candidates)
+
+
+# --- environment images (the cached dependency layer) -------------------------
+
+ENV_DIR = "/opt/azureml-env"
+WHEELS_MOUNT = "/tmp/mldeploy-wheelhouse"
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def install_command(wheel_names: list[str]) -> list[str]:
+    """Install exactly the resolved wheels (no resolution, no index) into a fresh venv."""
+    wheels = " ".join(f"{WHEELS_MOUNT}/{n}" for n in wheel_names)
+    return ["/bin/sh", "-c",
+            f"python3 -m venv {ENV_DIR} && {ENV_DIR}/bin/pip install --no-cache-dir --no-index --no-deps "
+            f"--disable-pip-version-check {wheels}"]
+
+
+def ensure_env_image(
+    api: Any,
+    base_image: str,
+    wheels: list[Path],
+    python_version: str,
+    log: Callable[[str], None],
+    cache: env_cache.EnvCache | None = None,
+) -> tuple[str, bool]:
+    """The dependency image for this wheel set: from the cache, or installed now. Returns (tag, built).
+
+    Installed in a container from the base with the wheelhouse bind-mounted read-only and
+    no network, then committed: one layer holding the environment and nothing deleted.
+    """
+    cache = cache or env_cache.EnvCache(api)
+    base_id = api.inspect_image(base_image)["Id"]
+    key = env_cache.env_key(base_id, python_version, wheelhouse.wheel_digests(wheels))
+    tag = env_cache.tag_for(key, cache.repository)
+    with cache.locked():
+        hit = cache.lookup(key)
+        if hit is not None:
+            log(f"environment: cached {hit.tag} ({len(wheels)} wheels, {hit.size / 1e6:.0f} MB)")
+            return hit.tag, False
+        log(f"environment: installing {len(wheels)} wheels into {tag}")
+        t0 = time.monotonic()
+        image_id = _install_env(api, base_image, wheels, tag, key, log)
+        seconds = time.monotonic() - t0
+        size = int(api.inspect_image(image_id)["Size"]) - int(api.inspect_image(base_id)["Size"])
+        now = cache.clock()
+        plan = cache.record(env_cache.Entry(key, tag, image_id, size, now, now, len(wheels), base_image))
+        env_cache.record_build("env", tag, seconds, root=cache.root, size=size, wheels=len(wheels))
+        for gone in plan.evict:
+            log(f"environment cache: evicted {gone.tag} ({gone.size / 1e6:.0f} MB, least recently used)")
+        log(f"environment: {tag} installed in {seconds:.1f}s ({size / 1e6:.0f} MB)")
+        return tag, True
+
+
+def _install_env(api: Any, base_image: str, wheels: list[Path], tag: str, key: str,
+                 log: Callable[[str], None]) -> str:
+    house = str(wheels[0].parent) if wheels else tempfile.mkdtemp(prefix="mldeploy-empty-")
+    container = api.create_container(
+        base_image, install_command([w.name for w in wheels]),
+        labels={"mldeploy.env-cache.build": key},
+        host_config=api.create_host_config(binds={house: {"bind": WHEELS_MOUNT, "mode": "ro"}}, network_mode="none"),
+    )
+    cid = container["Id"]
+    try:
+        api.start(cid)
+        status = api.wait(cid).get("StatusCode", 1)
+        output = api.logs(cid).decode(errors="replace")
+        for line in output.splitlines()[-LOG_TAIL:]:
+            log(line)
+        if status != 0:
+            tail = "\n".join(output.splitlines()[-LOG_TAIL:])
+            raise ImageBuildError(f"installing the environment into {tag!r} failed (exit {status})",
+                                  f"$ {' '.join(install_command(['...']))}\n{tail}")
+        repository, _, version = tag.rpartition(":")
+        base_env = (api.inspect_image(base_image).get("Config") or {}).get("Env") or []
+        base_path = next((e.split("=", 1)[1] for e in base_env if e.startswith("PATH=")), BASE_PATH)
+        committed = api.commit(cid, repository=repository, tag=version, changes=[
+            f"ENV PATH={ENV_DIR}/bin:{base_path}",
+            'CMD ["python3"]',
+            f"LABEL {env_cache.LABEL}={key}",
+        ])
+        return committed["Id"]
+    finally:
+        try:
+            api.remove_container(cid, force=True)
+        except docker.errors.NotFound:
+            pass
+
+
 # --- build -------------------------------------------------------------------
+
+DOCKERFILE = Path(__file__).with_name("inference.Dockerfile")
+
+
+def render_dockerfile(env_image: str, entry_script: str, extra_steps: str = "") -> str:
+    """The inference image's Dockerfile: the environment image, extra steps, launcher, source."""
+    template = DOCKERFILE.read_text()
+    extra = f"# extra_docker_file_steps\n{extra_steps}\n" if extra_steps else ""
+    return (template.replace("{{ENV_IMAGE}}", env_image).replace("{{ENTRY_SCRIPT}}", entry_script)
+            .replace("{{EXTRA_STEPS}}\n", extra))
+
+
+def pull_base_image(base_image: str, registry: dict[str, str] | None, api: Any = None) -> str:
+    """Pull `base_image` with the registry's credentials when it is not here; return its id.
+
+    Raises ImageBuildError with the registry's own words (for example a 401).
+    """
+    api = api or client()
+    try:
+        return api.inspect_image(base_image)["Id"]
+    except docker.errors.ImageNotFound:
+        pass
+    auth = None
+    if registry and registry.get("username"):
+        auth = {"username": registry["username"], "password": registry.get("password", ""),
+                "serveraddress": registry.get("address", "")}
+    repository, tag = _split_ref(base_image)
+    try:
+        api.pull(repository, tag=tag, auth_config=auth)
+    except docker.errors.APIError as exc:
+        where = registry.get("address") if registry else repository.split("/")[0]
+        raise ImageBuildError(f"pulling base image {base_image!r} from {where} failed: "
+                              f"{getattr(exc, 'explanation', None) or exc}") from None
+    return api.inspect_image(base_image)["Id"]
+
+
+def _split_ref(ref: str) -> tuple[str, str | None]:
+    """`host:5000/a/b:tag` -> (`host:5000/a/b`, `tag`); a digest stays in the repository part."""
+    if "@" in ref:
+        return ref, None
+    name, sep, tag = ref.rpartition(":")
+    if sep and "/" not in tag:
+        return name, tag
+    return ref, "latest"
 
 
 def build_inference_image(
@@ -138,11 +406,16 @@ def build_inference_image(
     dependency_file: str | None,
     labels: dict[str, str],
     on_log: Callable[[str], None] | None = None,
+    extra_steps: str | None = None,
+    api: Any = None,
+    cache: env_cache.EnvCache | None = None,
 ) -> str:
     """Build `tag` and return its image id (sha256:...). Raises ImageBuildError.
 
-    `entry_script` is relative to `source_directory`. Layers are ordered so
-    that changing the source files reuses the dependency layer.
+    `entry_script` is relative to `source_directory`; `extra_steps` is a Dockerfile
+    fragment (checked by `render_extra_steps`). The environment comes from the
+    machine's cache of dependency images, so only the small source layers are new
+    when the same wheel set was installed before.
     """
     log = on_log or (lambda _line: None)
     src = Path(source_directory)
@@ -152,8 +425,12 @@ def build_inference_image(
         raise ImageBuildError(f"entry script {entry_script!r} must be a plain path relative to the source directory")
     if not (src / entry_script).is_file():
         raise ImageBuildError(f"entry script {entry_script!r} not found in {source_directory!r}")
+    try:
+        steps = render_extra_steps(extra_steps) if extra_steps else ""
+    except ValueError as e:
+        raise ImageBuildError(f"extra_docker_file_steps: {e}") from None
 
-    api = client()
+    api = api or client()
     try:
         api.inspect_image(base_image)
     except docker.errors.ImageNotFound:
@@ -171,14 +448,18 @@ def build_inference_image(
         wheels = wheelhouse.ensure_wheels(reqs, python_version=py, on_log=log)
     except wheelhouse.WheelhouseError as e:
         raise ImageBuildError(f"dependencies of {tag!r} cannot be resolved: {e}") from e
+    env_image, _built = ensure_env_image(api, base_image, wheels, py, log, cache)
 
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mldeploy-build-") as ctx_dir:
         ctx = Path(ctx_dir)
-        _write_context(ctx, base_image, src, entry_script, reqs, wheels)
-        return _build(api, ctx, tag, labels, log)
+        _write_context(ctx, env_image, src, entry_script, steps)
+        image_id = _build(api, ctx, tag, labels, log)
+    env_cache.record_build("image", tag, time.monotonic() - t0, root=(cache.root if cache else None), env=env_image)
+    return image_id
 
 
-def _base_python(api: docker.APIClient, base_image: str) -> str:
+def _base_python(api: Any, base_image: str) -> str:
     """The base image's Python minor version: its label, else what its tag says, else 3.11."""
     info = api.inspect_image(base_image)
     label = ((info.get("Config") or {}).get("Labels") or {}).get("mldeploy.python")
@@ -188,25 +469,15 @@ def _base_python(api: docker.APIClient, base_image: str) -> str:
     return m.group(1) if m else "3.11"
 
 
-def _write_context(ctx: Path, base_image: str, src: Path, entry_script: str, reqs: list[str], wheels: list[Path]) -> None:
-    template = (RUNTIME_DIR / "Dockerfile.inference").read_text()
-    dockerfile = template.replace("{{BASE_IMAGE}}", base_image).replace("{{ENTRY_SCRIPT}}", entry_script)
-    (ctx / "Dockerfile").write_text(dockerfile)
-    wdir = ctx / "wheels"
-    wdir.mkdir()
-    for w in wheels:
-        try:
-            os.link(w, wdir / w.name)  # same filesystem: no copy of ~100 MB
-        except OSError:
-            shutil.copy2(w, wdir / w.name)
-    # Sorted so the same set gives the same layer checksum (cache hit).
-    (wdir / "requirements.txt").write_text("\n".join(reqs) + "\n")
+def _write_context(ctx: Path, env_image: str, src: Path, entry_script: str, extra_steps: str) -> None:
+    """Only the launcher and the source go into the context: the environment is already in `env_image`."""
+    (ctx / "Dockerfile").write_text(render_dockerfile(env_image, entry_script, extra_steps))
     shutil.copytree(src, ctx / "app", ignore=_COPY_IGNORE, symlinks=True)
     (ctx / "mldeploy").mkdir()
     shutil.copy2(RUNTIME_DIR / "mldeploy_serving.py", ctx / "mldeploy" / "mldeploy_serving.py")
 
 
-def _build(api: docker.APIClient, ctx: Path, tag: str, labels: dict[str, str], log: Callable[[str], None]) -> str:
+def _build(api: Any, ctx: Path, tag: str, labels: dict[str, str], log: Callable[[str], None]) -> str:
     tail: deque[str] = deque(maxlen=LOG_TAIL)
     created: list[str] = []  # intermediate images this build made (not the base, not cache hits)
     image_id: str | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -72,6 +73,11 @@ def ensure_wheels(
         return []
     house = wheelhouse_dir(python_version)
     house.mkdir(parents=True, exist_ok=True)
+    memo = _memo_key(reqs, python_version, house)
+    remembered = _recall(house, memo)
+    if remembered is not None:
+        log(f"wheelhouse: {len(remembered)} wheels, as resolved before from {house}")
+        return remembered
     with tempfile.TemporaryDirectory(prefix="mldeploy-wh-") as tmp:
         req_file = Path(tmp) / "requirements.txt"
         req_file.write_text("\n".join(reqs) + "\n")
@@ -79,14 +85,102 @@ def ensure_wheels(
             ok, wheels, out = _resolve(req_file, house, python_version, Path(tmp))
             if ok:
                 log(f"wheelhouse: {len(wheels)} wheels resolved offline from {house}")
+                _remember(house, memo, wheels)
                 return wheels
             log("wheelhouse: not every requirement is cached; fetching the missing wheels")
             _fetch(req_file, house, python_version, reqs, log)
             ok, wheels, out = _resolve(req_file, house, python_version, Path(tmp))
             if ok:
                 log(f"wheelhouse: {len(wheels)} wheels resolved from {house}")
+                _remember(house, _memo_key(reqs, python_version, house), wheels)
                 return wheels
     raise _error("cannot resolve the requirements from the wheelhouse after fetching", reqs, out)
+
+
+# --- memo of resolutions and wheel digests ----------------------------------
+#
+# An offline `pip install --dry-run` costs about 2 s; a warm deploy repeats the same
+# resolution over an unchanged wheelhouse. The memo is keyed by the requirement lines,
+# the interpreter and the wheelhouse's listing (names and sizes), so adding or replacing
+# any wheel resolves again.
+
+MEMO_FILE = ".resolved.json"
+MEMO_ENTRIES = 64
+DIGEST_FILE = ".sha256.json"
+
+
+def _listing(house: Path) -> list[str]:
+    return sorted(f"{p.name}:{p.stat().st_size}" for p in house.glob("*.whl"))
+
+
+def _memo_key(reqs: Sequence[str], python_version: str, house: Path) -> str:
+    h = hashlib.sha256()
+    for part in (python_version, *reqs, "\0listing", *_listing(house)):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _recall(house: Path, memo: str) -> list[Path] | None:
+    names = _read_json(house / MEMO_FILE).get(memo)
+    if not isinstance(names, list):
+        return None
+    wheels = [house / n for n in names]
+    return wheels if all(w.is_file() for w in wheels) else None
+
+
+def _remember(house: Path, memo: str, wheels: list[Path]) -> None:
+    data = _read_json(house / MEMO_FILE)
+    data.pop(memo, None)
+    data[memo] = [w.name for w in wheels]
+    while len(data) > MEMO_ENTRIES:
+        data.pop(next(iter(data)))
+    _write_json(house / MEMO_FILE, data)
+
+
+def wheel_digests(wheels: Sequence[Path]) -> list[tuple[str, str]]:
+    """(file name, sha256) of each wheel: what an environment image is keyed by.
+
+    Digests are remembered per file (by size and mtime) beside the wheels, so a
+    warm deploy does not read 80 MB again.
+    """
+    if not wheels:
+        return []
+    memo_path = wheels[0].parent / DIGEST_FILE
+    memo = _read_json(memo_path)
+    out: list[tuple[str, str]] = []
+    changed = False
+    for w in wheels:
+        st = w.stat()
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        known = memo.get(w.name)
+        if isinstance(known, list) and len(known) == 2 and known[0] == stamp:
+            out.append((w.name, known[1]))
+            continue
+        h = hashlib.sha256()
+        with open(w, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        memo[w.name] = [stamp, h.hexdigest()]
+        out.append((w.name, h.hexdigest()))
+        changed = True
+    if changed:
+        with contextlib.suppress(OSError):
+            _write_json(memo_path, memo)
+    return out
 
 
 def _pip(python_version: str) -> list[str]:
@@ -149,7 +243,7 @@ def _fetch(req_file: Path, house: Path, python_version: str, reqs: list[str], lo
         raise _error("pip could not fetch the requirements into the wheelhouse", reqs, "\n".join(lines))
     # pip wheel leaves nothing but wheels; drop stray sdists a download may leave.
     for p in house.iterdir():
-        if p.is_file() and not p.name.endswith(".whl") and p.name != ".lock":
+        if p.is_file() and not p.name.endswith(".whl") and not p.name.startswith("."):  # .lock, memos
             p.unlink()
 
 

@@ -8,9 +8,9 @@ import pulumi
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from components._common import PACKAGE, Settings, resolve, validate
-from providers.clients.registry import ModelRegistry, content_hash
-from providers.model import ModelVersionProvider, version_dir
+from components._common import PACKAGE, ArgsError, Settings, resolve, validate
+from providers.clients.registry import RegistryError, content_hash, is_remote, materialize, open_registry
+from providers.model import ModelVersionProvider, model_folder
 from providers.paths import local, portable
 
 
@@ -37,7 +37,7 @@ class RegisteredModelArgs(BaseModel):
 
 
 class ModelVersion(Resource, module=PACKAGE, name="ModelVersion"):
-    """One registered version in the local registry (dynamic resource)."""
+    """One registered version in the model registry (dynamic resource)."""
 
     version: pulumi.Output[int]
     model_dir: pulumi.Output[str]
@@ -76,13 +76,27 @@ class RegisteredModel(pulumi.ComponentResource):
             resource_name,
             {"model_name": model_name, "model_path": model_path, "tags": tags or {}, "description": description or ""},
         )
-        super().__init__(f"{PACKAGE}:index:RegisteredModel", resource_name, None, opts)
-        registry = ModelRegistry(local(settings.registry_root))
         digest = content_hash(args.model_path)
         owner = f"{settings.project}/{settings.stack}/{resource_name}"
-        # Planned here, from the registry, so that preview shows "version N => N+1".
-        self.planned_version = registry.planned_version(args.model_name, digest, owner)
+        shared = is_remote(settings.registry_root)
+        # The shared registry's services mount this machine's copy of the content (named by its hash).
+        cache_dir = f"{settings.state_dir.rstrip('/')}/registry-cache" if shared else ""
+        try:
+            registry = open_registry(settings.registry_root)
+            # Planned here, from the registry, so that preview shows "version N => N+1".
+            planned = registry.planned_version(args.model_name, digest, owner)
+        except RegistryError as exc:
+            # An unreachable account or a missing container stops the preview, before anything changes.
+            key = "registry" if shared else "registryPath"
+            raise ArgsError(f"RegisteredModel '{resource_name}': {PACKAGE}:{key}: {exc}") from None
+        if shared and not pulumi.runtime.is_dry_run():
+            # Services on this machine that roll without a new version still find the files.
+            materialize(args.model_path, local(model_folder(settings.registry_root, args.model_name, 0, digest, cache_dir)), digest)
+        super().__init__(f"{PACKAGE}:index:RegisteredModel", resource_name, None, opts)
+        self.planned_version = planned
+        self.cache_dir = cache_dir
         self.args = args
+        self.digest = digest
         self.registry_root = settings.registry_root
         # `mldeploy:previewSmokeTest`: at preview a service loads this content before it is registered.
         self._smoke_test = (
@@ -101,6 +115,7 @@ class RegisteredModel(pulumi.ComponentResource):
                 "description": args.description,
                 "registry_root": settings.registry_root,
                 "owner": owner,
+                **({"cache_dir": self.cache_dir} if shared else {}),
             },
             pulumi.ResourceOptions(parent=self),
         )
@@ -119,10 +134,10 @@ class RegisteredModel(pulumi.ComponentResource):
         folder is as the registry input holds it (relative to the project when inside
         it); providers find it with `providers.paths.local` when they apply.
         """
-        name, root = self.args.model_name, self.registry_root
+        name, root, digest, cache = self.args.model_name, self.registry_root, self.digest, self.cache_dir
 
         def entry(version: Any) -> dict[str, Any]:
-            return {"name": name, "version": int(version), "model_dir": version_dir(root, name, int(version))}
+            return {"name": name, "version": int(version), "model_dir": model_folder(root, name, int(version), digest, cache)}
 
         if pulumi.runtime.is_dry_run():
             planned = entry(self.planned_version)

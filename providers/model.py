@@ -1,4 +1,4 @@
-"""Provider for a registered model version in the local registry."""
+"""Provider for a registered model version, in the folder registry or the shared one (Blob Storage)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from providers.clients.registry import ModelRegistry
+from providers.clients.registry import is_remote, materialize, open_registry
 from providers.paths import local, same_place
 
 REPLACE_ON = ("model_name", "registry_root", "owner")
@@ -17,6 +17,18 @@ PATHS = ("registry_root",)
 def version_dir(registry_root: str, name: str, version: int) -> str:
     """A version's folder, written as the registry input is (relative to the project, or absolute)."""
     return f"{registry_root.rstrip('/')}/{name}/{int(version)}"
+
+
+def model_folder(registry_root: str, name: str, version: int, content_hash: str = "", cache_dir: str = "") -> str:
+    """The folder a service mounts for a version.
+
+    The folder registry's own version folder; with the shared registry, this
+    machine's copy of the content under `cache_dir`, named by its hash (the
+    version number is only known once the claim succeeds, the content before).
+    """
+    if is_remote(registry_root):
+        return f"{cache_dir.rstrip('/')}/{name}/{content_hash.split(':')[-1][:32]}"
+    return version_dir(registry_root, name, version)
 
 
 def _differs(key: str, olds: dict[str, Any], news: dict[str, Any]) -> bool:
@@ -45,7 +57,7 @@ def _outs(inputs: dict[str, Any], mv: Any) -> dict[str, Any]:
         **inputs,
         "version": mv.version,
         "content_hash": mv.content_hash,
-        "model_dir": version_dir(inputs["registry_root"], mv.name, mv.version),
+        "model_dir": model_folder(inputs["registry_root"], mv.name, mv.version, mv.content_hash, inputs.get("cache_dir") or ""),
         "model_id": f"{mv.name}:{mv.version}",
         "present": True,
     }
@@ -61,6 +73,8 @@ class ModelVersionProvider(ResourceProvider):
         for key in ("model_name", "model_path", "registry_root", "owner"):
             if not news.get(key):
                 failures.append(CheckFailure(key, f"{key} is required"))
+        if is_remote(news.get("registry_root")) and not news.get("cache_dir"):
+            failures.append(CheckFailure("cache_dir", "cache_dir is required with a shared registry"))
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -69,14 +83,19 @@ class ModelVersionProvider(ResourceProvider):
     @staticmethod
     def _register(props: dict[str, Any]) -> Any:
         # Paths in the inputs are relative to the project: found under this run's checkout.
-        registry = ModelRegistry(local(props["registry_root"]))
-        return registry.register(
+        registry = open_registry(props["registry_root"])
+        mv = registry.register(
             props["model_name"],
             local(props["model_path"]),
             props["owner"],
             props.get("tags") or {},
             props.get("description") or "",
         )
+        if is_remote(props["registry_root"]):
+            # This machine's services mount a local copy of the content.
+            folder = model_folder(props["registry_root"], mv.name, mv.version, mv.content_hash, props["cache_dir"])
+            materialize(local(props["model_path"]), local(folder), mv.content_hash)
+        return mv
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         mv = self._register(props)
@@ -87,11 +106,11 @@ class ModelVersionProvider(ResourceProvider):
         return UpdateResult(_outs(news, self._register(news)))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        registry = ModelRegistry(local(props["registry_root"]))
+        registry = open_registry(props["registry_root"])
         mv = registry.get(props["model_name"], int(props["version"]))
         if mv is None or mv.content_hash != props.get("content_hash"):
             return ReadResult(id_, {**props, "present": False})
         return ReadResult(id_, _outs(props, mv))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        ModelRegistry(local(props["registry_root"])).release(props["model_name"], props["owner"])
+        open_registry(props["registry_root"]).release(props["model_name"], props["owner"])

@@ -381,8 +381,8 @@ def test_project_defaults_leave_env_fillable_settings_unset() -> None:
     from components._common import ENV_FALLBACKS
 
     declared = yaml.safe_load((Path(__file__).resolve().parents[1] / "Pulumi.yaml").read_text())["config"]
-    assert {f"mldeploy:{k}" for k in ENV_FALLBACKS} == set(SETTING_ENV)
-    for key in SETTING_ENV:
+    assert {f"mldeploy:{k}" for k in ENV_FALLBACKS} == set(SETTING_ENV) | {"mldeploy:registry"}
+    for key in {f"mldeploy:{k}" for k in ENV_FALLBACKS}:
         assert declared[key]["default"] == "", key
 
 

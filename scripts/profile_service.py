@@ -210,15 +210,36 @@ def profile_size(backend: Backend, cpu: float, memory_gb: float, bodies: Sequenc
 
     from providers.clients import containers
 
+    import json as jsonlib
+    import shutil
+    import tempfile
+    from types import SimpleNamespace
+
+    from providers.clients.gateway_config import SCORING_SOCKET_DIR
+    from providers.clients.scoring import unix_request
+    from providers.targets.local import workers_for
+
     name = f"mldeploy-profile-{backend.service_name}-{uuid.uuid4().hex[:8]}"
-    rc = containers.run_scoring_container(name, backend.image, labels, backend.environment, backend.mounts, cpu, memory_gb)
+    # As a service runs: no network, a Unix socket, nobody, and its workers by the service's rule.
+    run_dir = Path(tempfile.mkdtemp(prefix="mldeploy-profile-"))
+    if os.geteuid() == 0:
+        os.chown(run_dir, 65534, 65534)
+    os.chmod(run_dir, 0o750)
+    env = {**backend.environment, "WORKER_COUNT": str(workers_for(cpu))}
+    rc = containers.run_socket_container(name, backend.image, labels, env, backend.mounts, cpu, memory_gb,
+                                         str(run_dir), "profile.sock", SCORING_SOCKET_DIR)
+    sock = rc.socket or ""
+
+    def post(uri: str, json: Any = None, timeout: float = 30) -> Any:  # noqa: A002 - requests' own keyword
+        body = jsonlib.dumps(json).encode()
+        return SimpleNamespace(status_code=unix_request(sock, "POST", uri, body, timeout).status)
+
     try:
         containers.wait_healthy(rc, timeout=180)
-        base = f"http://127.0.0.1:{rc.host_port}"
         if bodies is None:
-            bodies = [sample_from_swagger(requests.get(f"{base}/swagger.json", timeout=30).json())]
-        requests.post(f"{base}/score", json=bodies[0], timeout=60)  # warm-up: the first call loads lazily
-        latencies, errors, elapsed = run_load(f"{base}/score", bodies, duration)
+            bodies = [sample_from_swagger(json.loads(unix_request(sock, "GET", "/swagger.json", timeout=30).body))]
+        post("/score", json=bodies[0], timeout=60)  # warm-up: the first call loads lazily
+        latencies, errors, elapsed = run_load("/score", bodies, duration, post=post)
         pid = docker.from_env().containers.get(rc.id).attrs["State"]["Pid"]
         peak = int(cgroup_memory_file(pid).read_text().strip())
         row = Row(
@@ -233,6 +254,7 @@ def profile_size(backend: Backend, cpu: float, memory_gb: float, bodies: Sequenc
         return row, bodies
     finally:
         containers.remove(rc.id, stop_timeout=2)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ the stack

@@ -147,18 +147,23 @@ def read_inference_config(resource_name: str, path: str | Path) -> InferenceConf
         raise ArgsError(f"InferenceImage '{resource_name}': {p}: extraDockerFileSteps and extraDockerfileSteps "
                         "are both set; keep one")
     folder = p.resolve().parent
+    steps = raw.extraDockerFileSteps or raw.extraDockerfileSteps
     if raw.sourceDirectory:
+        # As Azure ML's InferenceConfig: with a source directory, the entry script, the conda
+        # file and the extra steps are relative to it.
         source_directory, entry_script = raw.sourceDirectory, raw.entryScript
+        conda = str(Path(source_directory) / raw.condaFile) if raw.condaFile else None
+        steps = str(Path(source_directory) / steps) if steps else None
     else:
-        # No source directory: the CLI takes the entry script's folder.
+        # No source directory: the entry script's folder is the source.
         script = Path(raw.entryScript)
-        source_directory, entry_script = str(script.parent) if str(script.parent) else ".", script.name
+        source_directory, entry_script, conda = str(script.parent), script.name, raw.condaFile
     kwargs: dict[str, Any] = {
         "entry_script": entry_script,
         "source_directory": source_directory,
-        "conda_file": raw.condaFile,
+        "conda_file": conda,
         "runtime": raw.runtime,
-        "extra_docker_file_steps": raw.extraDockerFileSteps or raw.extraDockerfileSteps,
+        "extra_docker_file_steps": steps,
         "enable_gpu": raw.enableGpu,
         "cuda_version": raw.cudaVersion,
         "base_image": raw.baseImage,

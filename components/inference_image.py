@@ -12,7 +12,7 @@ from typing import Any, Literal
 import pulumi
 import yaml
 from pulumi.dynamic import Resource
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from components._common import PACKAGE, ArgsError, Settings, resolve, slug, validate
 from providers.clients.registry import content_hash
@@ -32,7 +32,7 @@ class BaseImageRegistry(BaseModel):
 
     address: str = Field(min_length=1, pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
     username: str = Field(min_length=1)
-    password: Any = None
+    password: Any = Field(default=None, validate_default=True)
     """A string or a Pulumi secret; it reaches the state only as a secret."""
 
     @field_validator("password")
@@ -62,7 +62,7 @@ class InferenceImageArgs(BaseModel):
     """A file of Dockerfile steps, run after the environment is installed."""
     base_image_registry: BaseImageRegistry | None = None
     enable_gpu: bool = False
-    cuda_version: str | None = None
+    cuda_version: str | None = Field(default=None, validate_default=True)
     """Recorded on the image; nothing here has a GPU, so no CUDA is installed or run."""
 
     @field_validator("runtime", mode="before")
@@ -88,16 +88,19 @@ class InferenceImageArgs(BaseModel):
             raise ValueError(f"{path}: {exc}") from None
         return str(path)
 
-    @model_validator(mode="after")
-    def _gpu(self) -> "InferenceImageArgs":
-        if self.cuda_version is not None and not self.enable_gpu:
+    @field_validator("cuda_version")
+    @classmethod
+    def _cuda(cls, value: str | None, info: ValidationInfo) -> str | None:
+        gpu = info.data.get("enable_gpu", False)
+        if value is not None and not gpu:
             raise ValueError("cuda_version is set but enable_gpu is not")
-        if self.enable_gpu:
-            if self.cuda_version is None:
-                self.cuda_version = "9.1"
-            elif self.cuda_version not in CUDA_VERSIONS:
-                raise ValueError(f"cuda_version {self.cuda_version!r} is not supported; supported: {', '.join(CUDA_VERSIONS)}")
-        return self
+        if not gpu:
+            return None
+        if value is None:
+            return "9.1"  # the seed's default when enable_gpu is set
+        if value not in CUDA_VERSIONS:
+            raise ValueError(f"{value!r} is not supported; supported: {', '.join(CUDA_VERSIONS)}")
+        return value
 
     @field_validator("source_directory")
     @classmethod

@@ -237,7 +237,8 @@ def python_pin(dependency_file: str | os.PathLike[str]) -> str | None:
             spec = dep.strip().split("::")[-1]
             m = re.match(r"^python(?![A-Za-z0-9_.\-])\s*(.*)$", spec, re.I)
             if m:
-                return m.group(1).strip() or None
+                pin = m.group(1).strip()
+                return (pin[1:] if pin.startswith("=") and not pin.startswith("==") else pin) or None
     return None
 
 

@@ -63,34 +63,6 @@ def labels_for(project: str, stack: str, resource: str, **extra: str) -> dict[st
     }
 
 
-def run_scoring_container(
-    name: str,
-    image: str,
-    labels: dict[str, str],
-    environment: dict[str, str],
-    mounts: dict[str, str],
-    cpu_cores: float,
-    memory_gb: float,
-) -> RunningContainer:
-    """Start a scoring container, published on 127.0.0.1 only (ephemeral port)."""
-    dc = client()
-    container = dc.containers.run(
-        image,
-        name=name,
-        detach=True,
-        labels=labels,
-        environment=environment,
-        volumes={host: {"bind": inside, "mode": "ro"} for host, inside in mounts.items()},
-        ports={f"{CONTAINER_PORT}/tcp": ("127.0.0.1", None)},
-        nano_cpus=int(cpu_cores * 1e9),
-        mem_limit=int(memory_gb * 1024**3),
-    )
-    container.reload()
-    binding = container.attrs["NetworkSettings"]["Ports"][f"{CONTAINER_PORT}/tcp"]
-    host_port = int(next(b["HostPort"] for b in binding if b["HostIp"] == "127.0.0.1"))
-    return RunningContainer(container.id, name, host_port)
-
-
 def run_socket_container(
     name: str,
     image: str,

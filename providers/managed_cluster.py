@@ -116,12 +116,23 @@ def cluster_vcpus(cluster: dict[str, Any]) -> tuple[float | None, int]:
     return total, nodes
 
 
+# Outputs that a PUT of the same cluster (a scale) leaves as they were. Declared as `stables`, but
+# Pulumi's Python dynamic-provider server (3.259) does not forward them: a preview of a scale plans
+# the Kubernetes provider's replacement; at up the kubeconfig comes back the same and nothing is
+# replaced (tests/test_aks_azure.py checks both).
+STABLE_ON_UPDATE = ("kubeconfig", "kubeconfig_sha", "server", "resource_id", "fqdn")
+
+
 def diff_managed_cluster(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-    replaces = [k for k in REPLACE_ON if olds.get(k) != news.get(k)]
+    # A created cluster's resource_id is an output; only an attached one names it as an input.
+    keys = [k for k in REPLACE_ON if k != "resource_id" or news.get("mode") == "attach"]
+    replaces = [k for k in keys if olds.get(k) != news.get(k)]
     changed = replaces + [k for k in UPDATE_ON if olds.get(k) != news.get(k)]
-    if olds.get("present") is False:
-        changed.append("present")  # deleted behind our back: the next up creates it again
-    return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=bool(replaces))
+    gone = olds.get("present") is False
+    if gone:
+        changed.append("present")  # deleted behind our back: the next up creates it again (a new kubeconfig)
+    stables = list(STABLE_ON_UPDATE) if changed and not replaces and not gone else None
+    return DiffResult(changes=bool(changed), replaces=replaces, stables=stables, delete_before_replace=bool(replaces))
 
 
 def _clusters(props: dict[str, Any]) -> Any:

@@ -157,6 +157,9 @@ class FakeArm:
         self.clusters: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.cluster_failures: dict[str, dict[str, str]] = {}
         self.cluster_seconds = 1.0
+        # The kubeconfig's API server; None names the cluster's fqdn (which resolves nowhere). Engine tests
+        # set a closed 127.0.0.1 port, so a Kubernetes client that tries it stays on loopback.
+        self.kube_server: str | None = None
         self.requests: list[tuple[str, str, int]] = []
         self.lock = threading.RLock()
         self.docker = docker.from_env()
@@ -228,7 +231,7 @@ class FakeArm:
     def kubeconfig(self, key: tuple[str, str, str]) -> str:
         """A user kubeconfig naming the cluster's (fake, unresolvable) API server; nothing here serves it."""
         view = self.cluster_view(key)
-        server = f"https://{view['properties']['fqdn']}:443"
+        server = self.kube_server or f"https://{view['properties']['fqdn']}:443"
         user = f"clusterUser_{key[1]}_{key[2]}"
         token = self.clusters[key].setdefault("token", secrets.token_hex(32))
         return (

@@ -72,6 +72,9 @@ def test_diff_rules():
     assert not same.changes
     scale = mc.diff_managed_cluster(CREATE, {**CREATE, "agent_count": 5})
     assert scale.changes and not scale.replaces
+    assert "kubeconfig" in scale.stables  # a scale keeps the kubeconfig: the Kubernetes provider stays
+    created = {**CREATE, "resource_id": "/subscriptions/x/.../managedClusters/a"}  # an output of a created cluster
+    assert not mc.diff_managed_cluster(created, {**CREATE, "resource_id": None}).changes
     for key, value in (("vm_size", "Standard_D8s_v5"), ("location", "eastus"), ("dns_prefix", "x")):
         d = mc.diff_managed_cluster(CREATE, {**CREATE, key: value})
         assert d.replaces == [key] and d.delete_before_replace
@@ -336,3 +339,60 @@ def test_the_fakes_answers_follow_the_spec_too(fake):
     (key,) = [k for k in fake.clusters if k[2] == "k2"]
     check("Microsoft.ContainerService", "2025-10-01", "ManagedCluster", fake.cluster_view(key))
     clusters.delete("k2")
+
+
+@pytest.mark.docker  # the fake ARM runs on a Docker client
+@pytest.mark.e2e
+def test_up_refresh_and_destroy_a_managed_cluster_through_the_engine(fake, workdir, engine_stack):
+    """The cluster is made through the fake ARM; its kubeconfig is a secret output that reaches the
+    Kubernetes provider. No API server exists behind it (a closed port on 127.0.0.1), so no service runs."""
+    fake.kube_server = "https://127.0.0.1:9"
+
+    def program() -> None:
+        from components import AksCluster
+
+        count = int(pulumi.Config("mldeploy").get("agentCount") or 3)
+        cluster = AksCluster("aks", cluster_purpose="FastProd", target="azure", agent_count=count, vm_size="Standard_D4s_v5")
+        pulumi.export("kubeconfig", cluster.kubeconfig)
+        pulumi.export("node_count", cluster.node_count)
+        pulumi.export("allocatable_vcpus", cluster.allocatable_vcpus)
+
+    st = engine_stack(program)
+    for key, value in {"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
+                       "armEndpoint": fake.url}.items():
+        st.stack.set_config(f"mldeploy:{key}", pulumi.automation.ConfigValue(value))
+    name = f"mldeploy-{st.name}-aks"
+
+    up = st.up()
+    assert up.summary.result == "succeeded", st.log[-40:]
+    assert up.outputs["kubeconfig"].secret and "server: https://127.0.0.1:9" in up.outputs["kubeconfig"].value
+    assert (up.outputs["node_count"].value, up.outputs["allocatable_vcpus"].value) == (3, 12.0)
+    body = fake.cluster(name)["body"]
+    assert body["properties"]["agentPoolProfiles"][0]["count"] == 3 and body["tags"]["mldeploy.stack"] == st.name
+    token = fake.clusters[next(k for k in fake.clusters if k[2] == name)]["token"]
+    for f in (workdir / ".pulumi-state" / "backend").rglob("*.json"):
+        assert token not in f.read_text(), f  # the kubeconfig's credential is stored encrypted only
+    assert st.preview().change_summary.get("same"), "a second preview changes nothing"
+
+    fake.clusters.clear()  # deleted behind our back
+    st.refresh()
+    pre = st.preview()
+    line = next(ln for ln in pre.stdout.splitlines() if "ManagedCluster aks-managed-cluster" in ln)
+    assert pre.change_summary.get("update") == 1 and "replace" not in line, pre.stdout[-2000:]
+    assert st.up().summary.result == "succeeded" and fake.cluster(name) is not None
+
+    # A scale is a PUT of the same cluster. Its kubeconfig is unknown until the PUT is done, so the preview
+    # plans the Kubernetes provider's replacement (Pulumi's Python dynamic providers cannot mark outputs
+    # stable); at up the kubeconfig comes back unchanged and nothing is replaced.
+    st.stack.set_config("mldeploy:agentCount", pulumi.automation.ConfigValue("4"))
+    pre = st.preview()
+    line = next(ln for ln in pre.stdout.splitlines() if "ManagedCluster aks-managed-cluster" in ln)
+    assert "update" in line and "replace" not in line, pre.stdout[-2000:]
+    up = st.up()
+    assert up.summary.result == "succeeded" and up.outputs["node_count"].value == 4
+    assert not up.summary.resource_changes.get("replace") and not up.summary.resource_changes.get("create"), up.stdout[-2000:]
+    assert not [ln for ln in up.stdout.splitlines() if "aks-provider" in ln and "replac" in ln], up.stdout[-2000:]
+    assert fake.cluster(name)["body"]["properties"]["agentPoolProfiles"][0]["count"] == 4
+
+    assert st.destroy().summary.result == "succeeded"
+    assert fake.cluster(name) is None

@@ -224,6 +224,10 @@ def select_stack(stack_name: str, program: Callable[[], None] | None = None, roo
     os.environ["MLDEPLOY_PROJECT_DIR"] = str(root)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    from providers.clients.state_backend import check_backend
+
+    # A backend that cannot be used stops here, naming PULUMI_BACKEND_URL (BackendError).
+    check_backend(os.environ.get("PULUMI_BACKEND_URL", ""))
     opts = auto.LocalWorkspaceOptions(
         work_dir=str(root), env_vars={**secrets_env, "MLDEPLOY_PROJECT_DIR": str(root), **(env or {})}
     )
@@ -249,6 +253,17 @@ def recover_if_interrupted(stack, force: bool = False) -> bool:
     print(f"[mldeploy] the last update of {stack.name} was interrupted; refreshing before going on", file=sys.stderr)
     stack.refresh(clear_pending_creates=True, on_output=lambda line: print(line, file=sys.stderr, flush=True))
     return True
+
+
+def explain_engine_error(stack_name: str, text: str) -> str | None:
+    """The engine's words for a wrong passphrase name no setting: say which one, and that nothing changed."""
+    if "incorrect passphrase" in text:
+        return (
+            f"stack {stack_name!r}: PULUMI_CONFIG_PASSPHRASE (or the file PULUMI_CONFIG_PASSPHRASE_FILE names) is not "
+            f"the passphrase this stack's secrets were made with (the engine said: incorrect passphrase). "
+            f"Nothing was created or changed."
+        )
+    return None
 
 
 # Operations with arguments of their own, each in its own module.
@@ -301,7 +316,9 @@ if __name__ == "__main__":
     except Exception as exc:  # the engine's own output has already been printed
         from pulumi import automation as auto
 
-        if isinstance(exc, (auto.CommandError, PassphraseMissing)):
-            print(f"error: {exc}", file=sys.stderr)
+        # BackendError (providers.clients.state_backend), by name: its module may not be importable yet.
+        if isinstance(exc, (auto.CommandError, PassphraseMissing)) or type(exc).__name__ == "BackendError":
+            stack_arg = next((a for a in sys.argv[2:3] if not a.startswith("-")), "dev")
+            print(f"error: {explain_engine_error(stack_arg, str(exc)) or exc}", file=sys.stderr)
             sys.exit(1)
         raise

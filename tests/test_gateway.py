@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -29,7 +27,6 @@ from providers.clients.gateway import (
     Gateway,
     GatewayError,
     parse_route_meta,
-    render_nginx_conf,
     render_service_conf,
 )
 

@@ -7,12 +7,15 @@ Everything published binds 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -25,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from providers.clients import images, wheelhouse  # noqa: E402
+from providers.clients import env_cache, images, wheelhouse  # noqa: E402
 
 pytestmark = pytest.mark.docker
 
@@ -152,24 +155,130 @@ def test_malformed_json_is_a_client_error(service: str) -> None:
     assert "could not be decoded as JSON" in r.json()["message"]
 
 
-def test_source_change_reuses_dependency_layer(tmp_path: Path, base_image: str, sample_image) -> None:
+def test_source_change_reuses_the_environment_image(tmp_path: Path, base_image: str, sample_image) -> None:
+    """The same wheel set on this machine: no environment is installed again, only the source layers are new."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "score.py").write_text((SAMPLE / "src" / "score.py").read_text() + "\n# edited\n")
     tag = f"mldeploy-test/sample:{uuid.uuid4().hex[:8]}"
     lines: list[str] = []
+    since = time.time()
     try:
         t0 = time.monotonic()
         images.build_inference_image(tag, base_image, str(src), "score.py", str(SAMPLE / "env" / "myenv.yml"),
                                      TEST_LABELS, on_log=lines.append)
         elapsed = time.monotonic() - t0
+        assert _env_image_of(tag) == _env_image_of(sample_image[0])
     finally:
         images.remove_image(tag)
     log = "\n".join(lines)
-    run_step = log.index("RUN python3 -m venv") if "RUN python3 -m venv" in log else log.index("python3 -m venv")
-    assert "Using cache" in log[run_step:run_step + 400], log
+    assert "environment: cached" in log, log
     assert "Installing collected packages" not in log
+    mine = [b for b in env_cache.read_builds(since=since) if b["name"] == tag or b["kind"] == "env"]
+    assert [b["kind"] for b in mine if b["name"] == tag] == ["image"]
     print(f"rebuild after a source change: {elapsed:.1f}s")
+
+
+def _env_image_of(tag: str) -> str:
+    """The cached environment image an inference image was built FROM (walking its parents)."""
+    api = images.client()
+    ref = api.inspect_image(tag)["Id"]
+    while ref:
+        info = api.inspect_image(ref)
+        if any(t.startswith(env_cache.REPOSITORY + ":") for t in info.get("RepoTags") or []):
+            return info["Id"]
+        ref = info.get("Parent") or ""
+    raise AssertionError(f"{tag} is not built on an environment image")
+
+
+def test_no_layer_holds_deleted_files(dc: docker.DockerClient, sample_image, base_image: str) -> None:
+    """Base + one environment layer + small source layers: at most 1.05x the base plus the installed environment."""
+    tag, _ = sample_image
+    api = images.client()
+    base_size = api.inspect_image(base_image)["Size"]
+    size = api.inspect_image(tag)["Size"]
+    env_bytes = int(dc.containers.run(tag, ["du", "-sb", "/opt/azureml-env"], remove=True, network_mode="none",
+                                      labels=TEST_LABELS).split()[0])
+    history = api.history(tag)
+    created_by = "\n".join(h.get("CreatedBy") or "" for h in history)
+    assert "/tmp/wheels" not in created_by and "COPY dir" in created_by
+    layers = [h for h in history if h["Size"] > 0]
+    big = [h for h in layers if h["Size"] > 10_000_000]
+    assert len(big) == 2, [(h["Size"], (h.get("CreatedBy") or "")[:60]) for h in layers]  # the base, the environment
+    env_layer = next(h for h in big if "venv" in (h.get("CreatedBy") or ""))
+    assert env_layer["Size"] <= 1.05 * env_bytes, (env_layer["Size"], env_bytes)
+    assert size <= 1.05 * (base_size + env_bytes), (size, base_size, env_bytes)
+    print(f"image {size / 1e6:.0f} MB = base {base_size / 1e6:.0f} MB + environment {env_bytes / 1e6:.0f} MB "
+          f"(x{size / (base_size + env_bytes):.3f})")
+
+
+@pytest.fixture
+def own_cache(tmp_path: Path) -> Any:
+    """A cache of this test's own (its own repository and index), emptied at the end."""
+    cache = env_cache.EnvCache(images.client(), root=tmp_path / "env-images",
+                               repository=f"mldeploy-test-cache/env-{uuid.uuid4().hex[:8]}")
+    yield cache
+    plan = cache.prune(0)
+    assert not plan.kept_in_use, "the test left an image on its environment image"
+
+
+def test_environment_built_once_then_reused_and_pruned(dc: docker.DockerClient, base_image: str, own_cache) -> None:
+    """Cold: installed in a container with the wheels mounted read-only, committed as one layer. Warm: nothing runs."""
+    wheels = wheelhouse.ensure_wheels(["joblib"])  # joblib and what it needs: a small set of this test's own
+    api = images.client()
+    lines: list[str] = []
+    tag, built = images.ensure_env_image(api, base_image, wheels, "3.11", lines.append, own_cache)
+    assert built
+    again, built_again = images.ensure_env_image(api, base_image, wheels, "3.11", lines.append, own_cache)
+    assert (again, built_again) == (tag, False)
+    assert [b["kind"] for b in env_cache.read_builds(own_cache.root)] == ["env"]
+    out = dc.containers.run(tag, ["sh", "-c", "python -c 'import joblib, sys; print(sys.prefix)'; "
+                                  f"ls -A {images.WHEELS_MOUNT} | wc -l"],
+                            remove=True, network_mode="none", labels=TEST_LABELS).decode().split()
+    assert out == ["/opt/azureml-env", "0"], out  # the venv is on PATH; the wheelhouse left an empty mount point only
+    (entry,) = own_cache.entries()
+    assert entry.tag == tag and 0 < entry.size < 50_000_000
+    assert len([h for h in api.history(tag) if h["Size"] > 0]) == len([h for h in api.history(base_image) if h["Size"] > 0]) + 1
+    plan = own_cache.prune(0)
+    assert [e.tag for e in plan.evict] == [tag]
+    assert images.image_info(tag) is None
+    assert images.image_info(base_image) is not None
+
+
+def test_extra_docker_file_steps_run_after_the_environment(dc: docker.DockerClient, base_image: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(SAMPLE / "src", src)
+    (src / "data.txt").write_text("from the source directory\n")
+    steps = "RUN python -c 'import sklearn; print(sklearn.__version__)' > /opt/sklearn-version\nCOPY data.txt /opt/data.txt\n"
+    tag = f"mldeploy-test/extra:{uuid.uuid4().hex[:8]}"
+    try:
+        images.build_inference_image(tag, base_image, str(src), "score.py", str(SAMPLE / "env" / "myenv.yml"),
+                                     TEST_LABELS, extra_steps=steps)
+        out = dc.containers.run(tag, ["sh", "-c", "cat /opt/sklearn-version /opt/data.txt"], remove=True,
+                                network_mode="none", labels=TEST_LABELS).decode()
+    finally:
+        _remove_containers(dc, tag)
+        images.remove_image(tag)
+    assert out.splitlines() == ["1.9.1", "from the source directory"], out
+
+
+def test_private_base_image_is_pulled_with_the_registry_credentials(dc: docker.DockerClient, base_image: str,
+                                                                    local_registry: str) -> None:
+    ref = f"{local_registry}/mldeploy-test/privbase:{uuid.uuid4().hex[:8]}"
+    api = images.client()
+    api.tag(base_image, ref.rsplit(":", 1)[0], ref.rsplit(":", 1)[1])
+    try:
+        for _ in api.push(ref.rsplit(":", 1)[0], tag=ref.rsplit(":", 1)[1], stream=True, decode=True):
+            pass
+        api.remove_image(ref)  # only the tag: the base keeps its other names
+        assert images.image_info(ref) is None
+        registry = {"address": local_registry, "username": "mldeploy", "password": "not-checked-by-this-registry"}
+        assert images.pull_base_image(ref, registry) == api.inspect_image(base_image)["Id"]
+        with pytest.raises(images.ImageBuildError, match="pulling base image"):
+            images.pull_base_image(f"{local_registry}/mldeploy-test/absent:{uuid.uuid4().hex[:8]}", registry)
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            api.remove_image(ref)
 
 
 def test_parse_conda_dependency_file(tmp_path: Path) -> None:

@@ -326,16 +326,20 @@ def _install_env(api: Any, base_image: str, wheels: list[Path], tag: str, key: s
         host_config=api.create_host_config(binds={house: {"bind": WHEELS_MOUNT, "mode": "ro"}}, network_mode="none"),
     )
     cid = container["Id"]
+    shown = f"$ {' '.join(install_command(['<wheels>']))}"
     try:
-        api.start(cid)
+        try:
+            api.start(cid)
+        except docker.errors.APIError as exc:
+            raise ImageBuildError(f"installing the environment into {tag!r} failed: the base image cannot run it",
+                                  f"{shown}\n{getattr(exc, 'explanation', None) or exc}") from None
         status = api.wait(cid).get("StatusCode", 1)
         output = api.logs(cid).decode(errors="replace")
         for line in output.splitlines()[-LOG_TAIL:]:
             log(line)
         if status != 0:
             tail = "\n".join(output.splitlines()[-LOG_TAIL:])
-            raise ImageBuildError(f"installing the environment into {tag!r} failed (exit {status})",
-                                  f"$ {' '.join(install_command(['...']))}\n{tail}")
+            raise ImageBuildError(f"installing the environment into {tag!r} failed (exit {status})", f"{shown}\n{tail}")
         repository, _, version = tag.rpartition(":")
         base_env = (api.inspect_image(base_image).get("Config") or {}).get("Env") or []
         base_path = next((e.split("=", 1)[1] for e in base_env if e.startswith("PATH=")), BASE_PATH)

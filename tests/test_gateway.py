@@ -26,6 +26,7 @@ from providers.clients.gateway import (
     DEFAULT_IMAGE,
     Gateway,
     GatewayError,
+    backend_socket,
     parse_route_meta,
     render_service_conf,
 )
@@ -254,15 +255,16 @@ def free_port() -> int:
 class Backend:
     """A stand-in scoring server on host loopback that says who it is."""
 
-    def __init__(self, tag: str):
+    def __init__(self, tag: str, make_server=None):
         outer = self
+        tcp = make_server is None
         self.tag = tag
         self.seen_auth: list[str] = []
         self.conns: set[socket.socket] = set()
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # else 40 ms delayed-ACK stalls per response
+            disable_nagle_algorithm = tcp  # else 40 ms delayed-ACK stalls per response (TCP only)
 
             def log_message(self, *args):  # quiet
                 pass
@@ -297,9 +299,9 @@ class Backend:
                 else:
                     self._send(404, {"message": "nope"})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = make_server(Handler) if make_server else ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
+        self.port = self.server.server_address[1] if isinstance(self.server.server_address, tuple) else 0
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -541,3 +543,114 @@ def test_rejected_config_restores_previous_route(gateway, backends):
         f"http://127.0.0.1:{port}/api/v1/service/iris/score", json={}, headers={"Authorization": f"Bearer {KEY1}"}
     )
     assert r.status_code == 200 and r.json()["backend"] == "A"
+
+
+# ---------------------------------------------------------------- socket backends (the local target's)
+
+
+class SocketBackend(Backend):
+    """The stand-in server on a Unix socket in a service's `run/` folder, owned as gunicorn's would be."""
+
+    def __init__(self, tag: str, path: Path):
+        import socketserver
+
+        class UnixServer(ThreadingHTTPServer):
+            address_family = socket.AF_UNIX
+
+            def server_bind(self) -> None:
+                socketserver.TCPServer.server_bind(self)
+                self.server_name, self.server_port = "localhost", 0
+
+            def get_request(self):
+                conn, _ = self.socket.accept()
+                return conn, ("unix", 0)
+
+        super().__init__(tag, make_server=lambda handler: UnixServer(str(path), handler))
+        os.chown(path, 65534, 65534)
+        os.chmod(path, 0o770)
+        self.path = path
+
+
+@pytest.mark.docker
+def test_socket_routes_switch_without_a_reload_under_keep_alive_load(docker_client, tmp_path):
+    """The route names the service's link; re-pointing it moves new requests at once, with no
+    reload, no failed request and no client connection closed."""
+    g = Gateway(f"t{uuid.uuid4().hex[:8]}", "s", str(tmp_path / "gw"), sockets_dir=str(tmp_path / "sockets"))
+    made: list[SocketBackend] = []
+    try:
+        run = g.prepare_service("iris")
+        a = SocketBackend("A", run / "a.sock")
+        made.append(a)
+        g.switch_backend("iris", "a.sock")
+        port = free_port()
+        g.ensure()
+        g.put_route("iris", port, None, [KEY1], backend_socket=backend_socket("iris"))
+        c = docker_client.containers.get(g.container_name)
+        mounts = {m["Destination"]: m for m in c.attrs["Mounts"]}
+        assert mounts["/run/mldeploy-backends"]["RW"] is False
+        workers_before = _nginx_workers(c)
+        assert len(workers_before) == 1
+        base = f"http://127.0.0.1:{port}/api/v1/service/iris"
+        s = session()
+        assert s.post(f"{base}/score", json={}).status_code == 401
+        assert s.post(f"{base}/score", json={}, headers={"Authorization": f"Bearer {KEY1}"}).json()["backend"] == "A"
+
+        b = SocketBackend("B", run / "b.sock")
+        made.append(b)
+        seen: list[object] = []
+        connections = [0]
+
+        def client():
+            import http.client
+
+            conn = None
+            t_end = time.monotonic() + 15
+            while len(seen) < 400 and time.monotonic() < t_end:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    connections[0] += 1
+                try:
+                    conn.request("POST", "/api/v1/service/iris/score", body=b"{}",
+                                 headers={"Authorization": f"Bearer {KEY1}", "Content-Type": "application/json"})
+                    r = conn.getresponse()
+                    body = json.loads(r.read())
+                    seen.append(body["backend"] if r.status == 200 else f"HTTP {r.status}")
+                    if r.getheader("Connection", "").lower() == "close":
+                        conn.close()
+                        conn = None
+                except (OSError, http.client.HTTPException) as e:
+                    seen.append(e)
+                    conn.close()
+                    conn = None
+                time.sleep(0.005)
+            if conn is not None:
+                conn.close()
+
+        t = threading.Thread(target=client)
+        t.start()
+        while len(seen) < 50 and t.is_alive():
+            time.sleep(0.01)
+        g.switch_backend("iris", "b.sock")
+        t.join(timeout=30)
+        assert set(seen) == {"A", "B"}, [x for x in seen if x not in ("A", "B")][:5]
+        assert seen.index("B") > 0 and "A" not in seen[seen.index("B"):], "after the switch only B answers"
+        assert g.current_backend("iris") == "b.sock"
+        # No reload happened (the same nginx worker), and the client kept its one keep-alive connection.
+        assert _nginx_workers(c) == workers_before
+        assert connections == [1]
+    finally:
+        for backend in made:
+            backend.stop()
+        g.remove(purge_config=True)
+        g.remove_service_dir("iris")
+
+
+def _nginx_workers(c) -> list[str]:
+    """PIDs of the gateway's nginx workers, by process title (a reload starts new ones)."""
+    script = (
+        "for f in /proc/[0-9]*/cmdline; do t=$(tr '\\0' '\\n' 2>/dev/null < \"$f\" | head -n1); "
+        "case \"$t\" in 'nginx: worker process'*) d=${f%/cmdline}; echo ${d#/proc/};; esac; done"
+    )
+    code, out = c.exec_run(["/bin/sh", "-c", script])
+    assert code == 0, out
+    return sorted(out.decode().split())

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from components._common import PACKAGE, Settings, slug, validate
 from components.registry_image import RegistryImage
 from providers.cluster import ClusterProvider
-from providers.managed_cluster import ManagedClusterProvider
+from providers.managed_cluster import ClusterCredentialsProvider, ManagedClusterProvider
 from providers.targets.kubernetes import NAMESPACE_RE
 
 OUTPUTS = ("kubeconfig", "kubernetes_version", "node_count", "allocatable_vcpus")
@@ -73,16 +73,36 @@ class Cluster(Resource, module=PACKAGE, name="Cluster"):
 class ManagedCluster(Resource, module=PACKAGE, name="ManagedCluster"):
     """An AKS managed cluster in Azure, created or attached through ARM (dynamic resource)."""
 
-    kubeconfig: pulumi.Output[str]
     kubernetes_version: pulumi.Output[str]
     node_count: pulumi.Output[int]
     allocatable_vcpus: pulumi.Output[float]
-    server: pulumi.Output[str]
     resource_id: pulumi.Output[str]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
-        outs = ("kubeconfig", "kubeconfig_sha", "server", "kubernetes_version", "node_count", "allocatable_vcpus", "fqdn", "present")
+        outs = ("kubernetes_version", "node_count", "allocatable_vcpus", "fqdn", "present")
         super().__init__(ManagedClusterProvider(), name, {"resource_id": None, **props, **{k: None for k in outs}}, opts)
+
+
+class ClusterCredentials(Resource, module=PACKAGE, name="ClusterCredentials"):
+    """A managed cluster's user kubeconfig (listClusterUserCredential), a secret (dynamic resource)."""
+
+    kubeconfig: pulumi.Output[str]
+    server: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        outs = ("kubeconfig", "kubeconfig_sha", "server", "present")
+        super().__init__(ClusterCredentialsProvider(), name, {**props, **{k: None for k in outs}}, opts)
+
+
+def credentials_props(cluster: dict[str, Any]) -> dict[str, Any]:
+    """Where the cluster is, and a digest of what makes it a new one: all known at program time. Pure."""
+    import hashlib
+    import json
+
+    keys = ("mode", "subscription_id", "resource_group", "cluster_name", "resource_id", "arm_endpoint")
+    new_cluster = {k: cluster.get(k) for k in ("location", "dns_prefix", "vm_size", "cluster_name", "resource_id")}
+    return {**{k: cluster[k] for k in keys if k in cluster},
+            "cluster_key": hashlib.sha256(json.dumps(new_cluster, sort_keys=True).encode()).hexdigest()[:16]}
 
 
 def azure_cluster_props(args: AksClusterArgs, settings: Settings, resource_name: str) -> dict[str, Any]:
@@ -140,8 +160,15 @@ class AksCluster(pulumi.ComponentResource):
         secret_outs = pulumi.ResourceOptions(parent=self, additional_secret_outputs=["kubeconfig"])
         self.resource_id: pulumi.Output[str] | None = None
         if args.target == "azure":
-            managed = ManagedCluster(f"{resource_name}-managed-cluster", azure_cluster_props(args, self._settings, resource_name), secret_outs)
+            cluster_props = azure_cluster_props(args, self._settings, resource_name)
+            managed = ManagedCluster(f"{resource_name}-managed-cluster", cluster_props, pulumi.ResourceOptions(parent=self))
+            creds = ClusterCredentials(
+                f"{resource_name}-credentials",
+                credentials_props(cluster_props),
+                pulumi.ResourceOptions(parent=self, depends_on=[managed], additional_secret_outputs=["kubeconfig"]),
+            )
             self._cluster: pulumi.Resource = managed
+            self._kubeconfig_source: pulumi.Resource = creds
             self.resource_id = managed.resource_id
         else:
             props: dict[str, Any] = {
@@ -153,7 +180,8 @@ class AksCluster(pulumi.ComponentResource):
             if args.kubeconfig is not None:
                 props["kubeconfig"] = pulumi.Output.secret(args.kubeconfig)
             self._cluster = Cluster(f"{resource_name}-cluster", props, secret_outs)
-        self.kubeconfig = self._cluster.kubeconfig
+            self._kubeconfig_source = self._cluster
+        self.kubeconfig = self._kubeconfig_source.kubeconfig  # type: ignore[attr-defined]
         self.kubernetes_version = self._cluster.kubernetes_version
         self.node_count = self._cluster.node_count
         self.allocatable_vcpus = self._cluster.allocatable_vcpus

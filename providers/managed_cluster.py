@@ -3,8 +3,11 @@
 Like Azure ML's `AksCompute`: `provisioning_configuration` (agent count, VM
 size, cluster purpose) creates one; `attach_configuration` (an existing
 cluster's resource id) attaches one. Either way the outputs are those of the
-local `Cluster` (kubeconfig as a secret, Kubernetes version, node count,
-vCPUs), so `AksCluster` hands the kubeconfig to the same Kubernetes code.
+local `Cluster` (Kubernetes version, node count, vCPUs); a second resource,
+`ClusterCredentials`, holds the user kubeconfig as a secret, which `AksCluster`
+hands to the same Kubernetes code. Its inputs are known when the program runs,
+so a scale of the cluster leaves the kubeconfig, and the Kubernetes provider
+that takes it, alone in the preview.
 
 Preview judges what it can without creating anything: the subscription id,
 the location, the cluster name and DNS prefix, the VM size against the dated
@@ -116,13 +119,6 @@ def cluster_vcpus(cluster: dict[str, Any]) -> tuple[float | None, int]:
     return total, nodes
 
 
-# Outputs that a PUT of the same cluster (a scale) leaves as they were. Declared as `stables`, but
-# Pulumi's Python dynamic-provider server (3.259) does not forward them: a preview of a scale plans
-# the Kubernetes provider's replacement; at up the kubeconfig comes back the same and nothing is
-# replaced (tests/test_aks_azure.py checks both).
-STABLE_ON_UPDATE = ("kubeconfig", "kubeconfig_sha", "server", "resource_id", "fqdn")
-
-
 def diff_managed_cluster(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
     # A created cluster's resource_id is an output; only an attached one names it as an input.
     keys = [k for k in REPLACE_ON if k != "resource_id" or news.get("mode") == "attach"]
@@ -131,8 +127,7 @@ def diff_managed_cluster(olds: dict[str, Any], news: dict[str, Any]) -> DiffResu
     gone = olds.get("present") is False
     if gone:
         changed.append("present")  # deleted behind our back: the next up creates it again (a new kubeconfig)
-    stables = list(STABLE_ON_UPDATE) if changed and not replaces and not gone else None
-    return DiffResult(changes=bool(changed), replaces=replaces, stables=stables, delete_before_replace=bool(replaces))
+    return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=bool(replaces))
 
 
 def _clusters(props: dict[str, Any]) -> Any:
@@ -149,19 +144,12 @@ def _where(props: dict[str, Any]) -> dict[str, Any]:
     return {**props, "subscription_id": sub, "resource_group": rg, "cluster_name": name}
 
 
-def outputs(props: dict[str, Any], cluster: dict[str, Any], kubeconfig: str) -> dict[str, Any]:
-    """The outputs a local `Cluster` has, from ARM's answer and the user kubeconfig. Pure."""
-    import yaml
-
+def outputs(props: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
+    """What a managed cluster offers, from ARM's answer (the kubeconfig is ClusterCredentials'). Pure."""
     vcpus, nodes = cluster_vcpus(cluster)
-    cfg = yaml.safe_load(kubeconfig) or {}
-    server = ((cfg.get("clusters") or [{}])[0].get("cluster") or {}).get("server", "")
     p = cluster.get("properties") or {}
     return {
         **props,
-        "kubeconfig": kubeconfig,
-        "kubeconfig_sha": hashlib.sha256(kubeconfig.encode()).hexdigest(),
-        "server": server,
         "kubernetes_version": p.get("currentKubernetesVersion") or p.get("kubernetesVersion") or "",
         "node_count": nodes,
         "allocatable_vcpus": float(vcpus) if vcpus is not None else 0.0,
@@ -169,6 +157,16 @@ def outputs(props: dict[str, Any], cluster: dict[str, Any], kubeconfig: str) -> 
         "fqdn": p.get("fqdn") or "",
         "present": True,
     }
+
+
+def kubeconfig_outputs(props: dict[str, Any], kubeconfig: str) -> dict[str, Any]:
+    """ClusterCredentials' outputs from the user kubeconfig. Pure."""
+    import yaml
+
+    cfg = yaml.safe_load(kubeconfig) or {}
+    server = ((cfg.get("clusters") or [{}])[0].get("cluster") or {}).get("server", "")
+    return {**props, "kubeconfig": kubeconfig, "kubeconfig_sha": hashlib.sha256(kubeconfig.encode()).hexdigest(),
+            "server": server, "present": True}
 
 
 class ManagedClusterProvider(ResourceProvider):
@@ -215,12 +213,11 @@ class ManagedClusterProvider(ResourceProvider):
                 from providers.clients.arm import ArmError
 
                 raise ArmError(f"no managed cluster at {props['resource_id']}")
-            return outputs(props, cluster, clusters.user_kubeconfig(where["cluster_name"]))
+            return outputs(props, cluster)
         clusters = _clusters(props)
         body = managed_cluster_body(location=props["location"], dns_prefix=props["dns_prefix"], agent_count=int(props["agent_count"]),
                                     vm_size=props["vm_size"], tags=props.get("tags") or {}, kubernetes_version=props.get("kubernetes_version") or None)
-        cluster = clusters.put(props["cluster_name"], body)
-        return outputs(props, cluster, clusters.user_kubeconfig(props["cluster_name"]))
+        return outputs(props, clusters.put(props["cluster_name"], body))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         outs = self._apply(props)
@@ -248,3 +245,58 @@ class ManagedClusterProvider(ResourceProvider):
         """Created here: deleted (gone already counts). Attached: left alone, it is someone else's."""
         if props.get("mode") == "create":
             _clusters(props).delete(props["cluster_name"])
+
+
+def diff_credentials(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+    """Fetched again when the cluster they belong to is another one, or was gone at refresh. Pure.
+
+    Its inputs are known when the program runs (where the cluster is and what makes it a new
+    one), so a scale of the cluster leaves the kubeconfig known at preview and the Kubernetes
+    provider that takes it is not planned for replacement.
+    """
+    changed = [k for k in CREDENTIAL_INPUTS if olds.get(k) != news.get(k)]
+    if olds.get("present") is False:
+        changed.append("present")
+    return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+
+CREDENTIAL_INPUTS = ("mode", "subscription_id", "resource_group", "cluster_name", "resource_id", "arm_endpoint", "cluster_key")
+
+
+class ClusterCredentialsProvider(ResourceProvider):
+    """The user kubeconfig of a managed cluster (listClusterUserCredential); the output is a secret."""
+
+    serialize_as_secret_always = False
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        if news.get("mode") not in MODES:
+            return CheckResult(news, [CheckFailure("mode", f"must be one of {', '.join(MODES)}, got {news.get('mode')!r}")])
+        return CheckResult(news, [])
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return diff_credentials(olds, news)
+
+    def _fetch(self, props: dict[str, Any]) -> dict[str, Any]:
+        where = _where(props) if props.get("mode") == "attach" else props
+        return kubeconfig_outputs(props, _clusters(where).user_kubeconfig(where["cluster_name"]))
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        outs = self._fetch(props)
+        return CreateResult(f"{outs['server']}#{outs['kubeconfig_sha'][:12]}", outs)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(self._fetch(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """Refresh reads the kubeconfig again (a rotated certificate); a cluster gone makes the next up fetch it anew."""
+        from providers.clients.arm import ArmError
+
+        try:
+            return ReadResult(id_, self._fetch(props))
+        except ArmError as exc:
+            if "404" in str(exc):
+                return ReadResult(id_, {**props, "present": False})
+            return ReadResult(id_, props)
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        """Nothing to remove: the credentials are the cluster's."""

@@ -72,7 +72,6 @@ def test_diff_rules():
     assert not same.changes
     scale = mc.diff_managed_cluster(CREATE, {**CREATE, "agent_count": 5})
     assert scale.changes and not scale.replaces
-    assert "kubeconfig" in scale.stables  # a scale keeps the kubeconfig: the Kubernetes provider stays
     created = {**CREATE, "resource_id": "/subscriptions/x/.../managedClusters/a"}  # an output of a created cluster
     assert not mc.diff_managed_cluster(created, {**CREATE, "resource_id": None}).changes
     for key, value in (("vm_size", "Standard_D8s_v5"), ("location", "eastus"), ("dns_prefix", "x")):
@@ -122,9 +121,18 @@ def test_create_scale_refresh_and_delete_through_the_provider(fake):
     created = p.create(news)
     outs = created.outs
     assert created.id == f"/subscriptions/{SUB}/resourceGroups/rg-ml/providers/Microsoft.ContainerService/managedClusters/mldeploy-prod-aks"
-    cfg = yaml.safe_load(outs["kubeconfig"])
-    assert outs["server"] == cfg["clusters"][0]["cluster"]["server"] and outs["server"].endswith(".westeurope.azmk8s.io:443")
     assert (outs["node_count"], outs["allocatable_vcpus"], outs["kubernetes_version"]) == (1, 4.0, "1.33.2")
+    assert "kubeconfig" not in outs  # ClusterCredentials holds it
+    from components.aks_cluster import credentials_props
+
+    creds_in = credentials_props(news)
+    cp = mc.ClusterCredentialsProvider()
+    creds = cp.create(creds_in).outs
+    cfg = yaml.safe_load(creds["kubeconfig"])
+    assert creds["server"] == cfg["clusters"][0]["cluster"]["server"] and creds["server"].endswith(".westeurope.azmk8s.io:443")
+    # A scale leaves the credentials' inputs as they were; another VM size (a new cluster) does not.
+    assert not mc.diff_credentials(creds, credentials_props({**news, "agent_count": 2})).changes
+    assert mc.diff_credentials(creds, credentials_props({**news, "vm_size": "Standard_D8s_v5"})).changes
     sent = fake.cluster("mldeploy-prod-aks")["body"]
     assert sent["properties"]["agentPoolProfiles"][0] == {"name": "nodepool1", "count": 1, "vmSize": "Standard_D4s_v5",
                                                           "mode": "System", "osType": "Linux", "type": "VirtualMachineScaleSets"}
@@ -136,6 +144,8 @@ def test_create_scale_refresh_and_delete_through_the_provider(fake):
     fake.clusters.clear()  # deleted behind our back
     read = p.read(created.id, scaled)
     assert read.outs["present"] is False
+    creds_read = cp.read("x", creds).outs
+    assert creds_read["present"] is False and mc.diff_credentials(creds_read, creds_in).changes  # fetched anew
     assert mc.diff_managed_cluster(read.outs, {**news, "agent_count": 2}).changes  # the next up creates it again
     again = p.update(created.id, read.outs, {**news, "agent_count": 2}).outs
     assert again["present"] is True and fake.cluster("mldeploy-prod-aks") is not None
@@ -195,7 +205,9 @@ def test_attach_by_resource_id(fake):
     missing = {**attach, "resource_id": rid.replace("shared-aks", "nope")}
     assert [x.property for x in p.check({}, missing).failures] == ["resource_id"]
     outs = p.create({**attach, "cluster_purpose": "DevTest"}).outs
-    assert outs["node_count"] == 2 and outs["kubeconfig"].startswith("apiVersion: v1")
+    assert outs["node_count"] == 2
+    creds = mc.ClusterCredentialsProvider().create({"mode": "attach", "resource_id": rid, "arm_endpoint": fake.url}).outs
+    assert creds["kubeconfig"].startswith("apiVersion: v1") and "shared" in creds["server"]
     puts = [r for r in fake.requests if r[0] == "PUT"]
     p.delete(rid, outs)  # attached: someone else's, never deleted
     assert fake.cluster("shared-aks") is not None and [r for r in fake.requests if r[0] == "PUT"] == puts
@@ -227,8 +239,9 @@ class AzureMocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         outs = dict(args.inputs)
         if args.typ.endswith("mldeploy:ManagedCluster"):
-            outs.update(kubeconfig="apiVersion: v1\nkind: Config\n", kubernetes_version="1.33.2", node_count=1,
-                        allocatable_vcpus=4.0, resource_id="/subscriptions/x/rg/aks")
+            outs.update(kubernetes_version="1.33.2", node_count=1, allocatable_vcpus=4.0, resource_id="/subscriptions/x/rg/aks")
+        elif args.typ.endswith("mldeploy:ClusterCredentials"):
+            outs.update(kubeconfig="apiVersion: v1\nkind: Config\n", server="https://x:443")
         self.resources[args.name] = (args.typ, args.inputs)
         return f"{args.name}-id", outs
 
@@ -257,6 +270,8 @@ def test_aks_cluster_on_azure_hands_its_kubeconfig_to_the_kubernetes_provider(az
         assert (inputs["mode"], inputs["agent_count"], inputs["vm_size"], inputs["cluster_purpose"]) == ("create", 1, "Standard_D4s_v5", "DevTest")
         assert (inputs["subscription_id"], inputs["resource_group"], inputs["location"]) == (SUB, "rg-ml", "westeurope")
         assert inputs["cluster_name"] == "proj-prod-aks" and "aks-cluster" not in azure_mocks.resources  # no local cluster
+        ctyp, cinputs = azure_mocks.resources["aks-credentials"]
+        assert ctyp == "pulumi-python:dynamic/mldeploy:ClusterCredentials" and cinputs["cluster_name"] == "proj-prod-aks"
         ptyp, pinputs = azure_mocks.resources["aks-provider"]
         assert ptyp == "pulumi:providers:kubernetes"
         assert "apiVersion: v1" in str(pinputs["kubeconfig"])
@@ -378,16 +393,13 @@ def test_up_refresh_and_destroy_a_managed_cluster_through_the_engine(fake, workd
     st.refresh()
     pre = st.preview()
     line = next(ln for ln in pre.stdout.splitlines() if "ManagedCluster aks-managed-cluster" in ln)
-    assert pre.change_summary.get("update") == 1 and "replace" not in line, pre.stdout[-2000:]
+    assert "update" in line and "replace" not in line, pre.stdout[-2000:]  # the same cluster, made again
     assert st.up().summary.result == "succeeded" and fake.cluster(name) is not None
 
-    # A scale is a PUT of the same cluster. Its kubeconfig is unknown until the PUT is done, so the preview
-    # plans the Kubernetes provider's replacement (Pulumi's Python dynamic providers cannot mark outputs
-    # stable); at up the kubeconfig comes back unchanged and nothing is replaced.
+    # A scale is a PUT of the same cluster; its credentials, and the Kubernetes provider, stay as they are.
     st.stack.set_config("mldeploy:agentCount", pulumi.automation.ConfigValue("4"))
     pre = st.preview()
-    line = next(ln for ln in pre.stdout.splitlines() if "ManagedCluster aks-managed-cluster" in ln)
-    assert "update" in line and "replace" not in line, pre.stdout[-2000:]
+    assert pre.change_summary.get("update") == 1 and not pre.change_summary.get("replace"), pre.stdout[-2000:]
     up = st.up()
     assert up.summary.result == "succeeded" and up.outputs["node_count"].value == 4
     assert not up.summary.resource_changes.get("replace") and not up.summary.resource_changes.get("create"), up.stdout[-2000:]

@@ -43,6 +43,7 @@ def sample_program(knobs: dict):
         svc = ContainerInstanceService("svc", models=[model], image=image, auth_enabled=True,
                                        service_name=knobs.get("service_name"),
                                        cpu_cores=knobs.get("cpu_cores", 1),
+                                       environment_variables=knobs.get("environment_variables"),
                                        primary_key_version=knobs.get("primary", 1),
                                        secondary_key_version=knobs.get("secondary", 1))
         pulumi.export("scoring_uri", svc.scoring_uri)
@@ -95,6 +96,10 @@ def test_bad_stack_config_fails_before_anything_changes(workdir: Path, engine_st
     [
         ({"cpu_cores": 0}, ["ContainerInstanceService 'svc'", "cpu_cores", "greater than 0"]),
         ({"conda_file": "missing/env.yml"}, ["InferenceImage 'scoring'", "conda_file", "does not exist"]),
+        # Issue 11: more cores than this machine has (the message names them), and a server setting.
+        ({"cpu_cores": 512}, ["ContainerInstanceService 'svc'", "cpu_cores", "CPU cores", "512"]),
+        ({"environment_variables": {"LOG": "1", "WORKER_COUNT": "8"}},
+         ["ContainerInstanceService 'svc'", "environment_variables", "WORKER_COUNT", "cannot be overridden"]),
     ],
 )
 def test_bad_args_fail_at_preview_naming_resource_and_field(workdir: Path, engine_stack, knobs, expected) -> None:

@@ -352,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         st = stack_cli.select_stack(args.stack)
-    except stack_cli.PassphraseMissing as exc:
+    except Exception as exc:  # noqa: BLE001 - BackendError is matched by name: its module may not be importable yet
+        if not isinstance(exc, stack_cli.PassphraseMissing) and type(exc).__name__ != "BackendError":
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
     steps, summary = preview_steps(st)

@@ -43,6 +43,8 @@ class StackConfig(BaseModel):
     gatewayImage: str = Field(default=DEFAULT_BASE_IMAGE, min_length=1)
     stateDir: str = Field(default=".pulumi-state", min_length=1)
     registryPath: str = ""
+    # The shared registry: `azblob://<container>[/<prefix>]?...` (providers/clients/blob_store.py).
+    registry: str = ""
     imageRegistry: str = Field(default="127.0.0.1:5000", pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$")
     # The ACI target's place in Azure (checked by the target, naming its field).
     azureSubscriptionId: str = ""
@@ -64,6 +66,21 @@ class StackConfig(BaseModel):
             raise ValueError(f"unknown target {value!r}; known: {', '.join(TARGETS)}")
         return value
 
+    @field_validator("registry")
+    @classmethod
+    def _registry_url(cls, value: str) -> str:
+        if not value:
+            return value
+        from providers.clients.blob_store import BlobLocationError, parse_blob_url
+
+        if not value.startswith("azblob://"):
+            raise ValueError(f"{value!r}: an azblob://<container>[/<prefix>]?... URL (a folder goes in mldeploy:registryPath)")
+        try:
+            parse_blob_url(value)
+        except BlobLocationError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
 
 # Settings that an operator's environment fills in when the stack leaves them unset.
 # One rule: the stack's own config wins; Pulumi.yaml declares these keys with an
@@ -71,9 +88,12 @@ class StackConfig(BaseModel):
 ENV_FALLBACKS = {
     "stateDir": "MLDEPLOY_STATE_DIR",
     "registryPath": "MLDEPLOY_REGISTRY_PATH",
+    "registry": "MLDEPLOY_REGISTRY",
     "baseImage": "MLDEPLOY_BASE_IMAGE",
     "gatewayImage": "MLDEPLOY_GATEWAY_IMAGE",
 }
+REGISTRY_KEYS = ("registry", "registryPath")
+"""Two keys of one setting, the registry's place: the shared one (a URL) or a folder."""
 
 
 @dataclass(frozen=True)
@@ -110,9 +130,12 @@ class Settings:
         root = project_root()
         stack = pulumi.get_stack()
         raw: dict[str, str] = {}
+        # registry and registryPath are one setting (where the registry is): the stack setting either
+        # leaves both variables out.
+        stack_sets_registry = any(cfg.get(k) for k in REGISTRY_KEYS)
         for key in StackConfig.model_fields:
             value = cfg.get(key)
-            if key in ENV_FALLBACKS and not value:
+            if key in ENV_FALLBACKS and not value and not (key in REGISTRY_KEYS and stack_sets_registry):
                 value = os.environ.get(ENV_FALLBACKS[key]) or None
             if value is not None:
                 raw[key] = value
@@ -126,11 +149,20 @@ class Settings:
             raise ArgsError(f"stack config stacks/Pulumi.{stack}.yaml: {problems}") from None
         state_dir = resolve(conf.stateDir, root)
         registry = resolve(conf.registryPath, root) if conf.registryPath else state_dir / "registry"
+        where = f"stack config stacks/Pulumi.{stack}.yaml"
+        if conf.registry and conf.registryPath:
+            raise ArgsError(
+                f"{where}: {PACKAGE}:registry and {PACKAGE}:registryPath are both set (by the stack, or else by "
+                f"MLDEPLOY_REGISTRY and MLDEPLOY_REGISTRY_PATH); keep one: the shared registry, or a folder"
+            )
+        for key, path in (("stateDir", state_dir), ("registryPath", registry)):
+            if path.exists() and not path.is_dir() and not (key == "registryPath" and conf.registry):
+                raise ArgsError(f"{where}: {PACKAGE}:{key}: {path} is a file, not a folder")
         return Settings(
             project=pulumi.get_project(),
             stack=stack,
             state_dir=portable(state_dir, root),
-            registry_root=portable(registry, root),
+            registry_root=conf.registry or portable(registry, root),
             base_image=conf.baseImage,
             gateway_image=conf.gatewayImage,
             target=conf.target,

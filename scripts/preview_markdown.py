@@ -35,6 +35,7 @@ KIND = {
     "pulumi-python:dynamic/mldeploy:Image": "InferenceImage",
     "pulumi-python:dynamic/mldeploy:Service": "ContainerInstanceService",
     "pulumi-python:dynamic/mldeploy:Cluster": "AksCluster",
+    "pulumi-python:dynamic/mldeploy:ManagedCluster": "AksCluster on Azure",
     "pulumi-python:dynamic/mldeploy:RegistryImage": "Image in registry",
     "pulumi-python:dynamic/mldeploy:ServiceKeys": "Service keys",
     "kubernetes:apps/v1:Deployment": "AksService",
@@ -59,7 +60,7 @@ def _arrow(old: Any, new: Any) -> str:
 def _component_name(urn: str) -> str:
     """`…::aciservice-service` → `aciservice` (the component that owns the dynamic resource)."""
     name = urn.rsplit("::", 1)[-1]
-    for suffix in ("-version", "-image", "-service", "-deployment", "-hpa", "-keys", "-cluster", "-front-image"):
+    for suffix in ("-version", "-image", "-service", "-deployment", "-hpa", "-keys", "-managed-cluster", "-cluster", "-front-image"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -158,6 +159,28 @@ def describe_cluster(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
     out = []
     if old.get("kubeconfig_sha") != new.get("kubeconfig_sha"):
         out.append("its kubeconfig changed (new credentials or a new cluster)")
+    if old.get("cluster_purpose") != new.get("cluster_purpose"):
+        out.append(f"cluster_purpose {_arrow(old.get('cluster_purpose'), new.get('cluster_purpose'))}")
+    return out
+
+
+def describe_managed_cluster(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """An AKS cluster created or attached through ARM, in the words of what Azure does."""
+    purpose = f"`{new.get('cluster_purpose')}`"
+    if not old:
+        if new.get("mode") == "attach":
+            return [f"attaches the AKS cluster `{new.get('resource_id')}` as {purpose}"]
+        return [f"creates AKS cluster `{new.get('cluster_name')}` in {new.get('location')}: "
+                f"{new.get('agent_count')} x {new.get('vm_size')} as {purpose}"]
+    out = []
+    if old.get("present") is False:
+        out.append("deleted outside Pulumi (found by refresh): created again")
+    for key in ("vm_size", "location", "dns_prefix", "cluster_name"):
+        if old.get(key) != new.get(key):
+            out.append(f"{key} {_arrow(old.get(key), new.get(key))}: AKS cannot change this in place, so the cluster "
+                       "is deleted and created again, with every service on it")
+    if old.get("agent_count") != new.get("agent_count"):
+        out.append(f"agent_count {_arrow(old.get('agent_count'), new.get('agent_count'))}: the same cluster is scaled")
     if old.get("cluster_purpose") != new.get("cluster_purpose"):
         out.append(f"cluster_purpose {_arrow(old.get('cluster_purpose'), new.get('cluster_purpose'))}")
     return out
@@ -289,6 +312,7 @@ DESCRIBE = {
     "InferenceImage": describe_image,
     "ContainerInstanceService": describe_service,
     "AksCluster": describe_cluster,
+    "AksCluster on Azure": describe_managed_cluster,
     "Image in registry": describe_registry_image,
     "Service keys": describe_keys,
     "AksService": describe_deployment,

@@ -408,3 +408,18 @@ def test_up_refresh_and_destroy_a_managed_cluster_through_the_engine(fake, workd
 
     assert st.destroy().summary.result == "succeeded"
     assert fake.cluster(name) is None
+
+
+def test_preview_words_for_a_managed_cluster():
+    import preview_markdown
+
+    assert preview_markdown.describe_managed_cluster({}, CREATE) == [
+        "creates AKS cluster `mldeploy-prod-aks` in westeurope: 3 x Standard_D4s_v5 as `FastProd`"]
+    assert preview_markdown.describe_managed_cluster(CREATE, {**CREATE, "agent_count": 4}) == [
+        "agent_count 3 → 4: the same cluster is scaled"]
+    (words,) = preview_markdown.describe_managed_cluster(CREATE, {**CREATE, "vm_size": "Standard_D8s_v5"})
+    assert "deleted and created again" in words
+    step = {"op": "update", "type": "pulumi-python:dynamic/mldeploy:ManagedCluster",
+            "urn": "urn:pulumi:prod::mldeploy::mldeploy:index:AksCluster$pulumi-python:dynamic/mldeploy:ManagedCluster::aks-managed-cluster",
+            "old": CREATE, "new": {**CREATE, "agent_count": 4}}
+    assert "| ✏️ update | AksCluster on Azure `aks` | agent_count 3 → 4: the same cluster is scaled |" in preview_markdown.render("prod", [step], {"update": 1})

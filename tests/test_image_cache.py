@@ -7,6 +7,7 @@ checked by counting, never by timing.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ class FakeAPI:
     def create_host_config(self, **kw: Any) -> dict[str, Any]:
         return kw
 
-    def create_container(self, image: str, command: list[str], labels: dict[str, str], host_config: dict[str, Any]):
+    def create_container(self, image: str, command: list[str], host_config: dict[str, Any]):
         self._n += 1
         cid = f"c{self._n}"
         self.containers_[cid] = {"image": image, "command": command, "host_config": host_config}
@@ -98,9 +99,10 @@ class FakeAPI:
     def commit(self, cid: str, repository: str, tag: str, changes: list[str]) -> dict[str, str]:
         self._n += 1
         iid = f"sha256:env{self._n}"
-        label = next(c.split("=", 1)[1] for c in changes if c.startswith(f"LABEL {env_cache.LABEL}="))
+        labels = dict(c.removeprefix("LABEL ").split("=", 1) for c in changes if c.startswith("LABEL "))
+        labels = {k: json.loads(v) if v.startswith('"') else v for k, v in labels.items()}
         self.images_by_id[iid] = {"Id": iid, "Size": 170 * MB + self.env_size, "RepoTags": [f"{repository}:{tag}"],
-                                  "ParentId": BASE_ID, "Labels": {env_cache.LABEL: label}}
+                                  "ParentId": BASE_ID, "Labels": labels}
         self.commits.append({"tag": f"{repository}:{tag}", "changes": changes})
         return {"Id": iid}
 
@@ -304,6 +306,20 @@ def test_index_follows_docker(tmp_path: Path) -> None:
     assert [e.tag for e in cache.entries()] == [b]
     (cache.root / "index.json").unlink()
     assert [e.tag for e in cache.entries()] == [b]
+
+
+def test_a_cache_never_adopts_or_prunes_another_caches_images(tmp_path: Path) -> None:
+    """Two caches on one machine (a test's, a bench's, the default): each prunes only its own."""
+    api = FakeAPI()
+    mine = cache_for(api, tmp_path / "mine")
+    theirs = cache_for(api, tmp_path / "theirs")
+    (a,) = _fill(api, mine, tmp_path, 1)
+    (tmp_path / "more").mkdir()
+    (b,) = _fill(api, theirs, tmp_path / "more", 1, start=1)
+    (mine.root / "index.json").unlink()  # lost: only labelled images of its own come back
+    assert [e.tag for e in mine.entries()] == [a]
+    assert [e.tag for e in mine.prune(0).evict] == [a]
+    assert [e.tag for e in theirs.entries()] == [b]
 
 
 def test_cap_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

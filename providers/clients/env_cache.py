@@ -30,6 +30,8 @@ REPOSITORY = "mldeploy-cache/env"
 """Where dependency images are tagged: `mldeploy-cache/env:<key[:24]>`."""
 LABEL = "mldeploy.env-cache"
 """Label on every dependency image; its value is the full cache key."""
+ROOT_LABEL = "mldeploy.env-cache.root"
+"""The index folder of the cache that made the image: a cache adopts only its own images."""
 RECIPE = "venv-commit-v1"
 """Changes when the way an environment is installed changes, so old entries are not reused."""
 DEFAULT_MAX_MB = 6144
@@ -178,9 +180,10 @@ class EnvCache:
         entries = {k: e for k, e in self._load().items() if self._image_id(e.tag) == e.image_id}
         known = {e.image_id for e in entries.values()}
         for img in self.api.images(filters={"label": LABEL}):
-            key = (img.get("Labels") or {}).get(LABEL, "")
+            labels = img.get("Labels") or {}
+            key = labels.get(LABEL, "")
             tags = [t for t in img.get("RepoTags") or [] if t.startswith(self.repository + ":")]
-            if not key or not tags or img["Id"] in known:
+            if not key or not tags or img["Id"] in known or labels.get(ROOT_LABEL) != str(self.root):
                 continue
             created = float(img.get("Created") or 0)
             entries[key] = Entry(key, tags[0], img["Id"], int(img.get("Size") or 0), created, created)

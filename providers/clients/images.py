@@ -1,13 +1,17 @@
 """Thin client that builds inference images the Azure ML way, on the local engine.
 
-An image = the local base image + a venv with the serving runtime
-(runtime/requirements.txt) and the user's requirements + the source
-directory, started with `azmlinfsrv`. The model is not baked in: whoever
-runs the container bind-mounts the model directory read-only and sets
-AZUREML_MODEL_DIR, so a new model version needs no new image.
+An image = an environment image (the local base + a venv with the serving
+runtime, runtime/requirements.txt, and the user's requirements) + the launcher
++ the source directory, started with `azmlinfsrv` (inference.Dockerfile). The
+model is not baked in: whoever runs the container bind-mounts the model
+directory read-only and sets AZUREML_MODEL_DIR, so a new model version needs
+no new image.
 
-Wheels come from the host wheelhouse (providers.clients.wheelhouse), so the
-build itself never reaches a package index.
+Wheels come from the host wheelhouse (providers.clients.wheelhouse), so nothing
+reaches a package index inside Docker. The environment is installed once per
+resolved wheel set, in a container with the wheelhouse mounted read-only, and
+committed as one layer holding nothing deleted; providers.clients.env_cache
+keeps those images across `destroy`, under a size cap.
 """
 
 from __future__ import annotations
@@ -305,7 +309,7 @@ def ensure_env_image(
             return hit.tag, False
         log(f"environment: installing {len(wheels)} wheels into {tag}")
         t0 = time.monotonic()
-        image_id = _install_env(api, base_image, wheels, tag, key, log)
+        image_id = _install_env(api, base_image, wheels, tag, key, log, cache.root)
         seconds = time.monotonic() - t0
         size = int(api.inspect_image(image_id)["Size"]) - int(api.inspect_image(base_id)["Size"])
         now = cache.clock()
@@ -318,11 +322,10 @@ def ensure_env_image(
 
 
 def _install_env(api: Any, base_image: str, wheels: list[Path], tag: str, key: str,
-                 log: Callable[[str], None]) -> str:
+                 log: Callable[[str], None], cache_root: Path) -> str:
     house = str(wheels[0].parent) if wheels else tempfile.mkdtemp(prefix="mldeploy-empty-")
     container = api.create_container(
         base_image, install_command([w.name for w in wheels]),
-        labels={"mldeploy.env-cache.build": key},
         host_config=api.create_host_config(binds={house: {"bind": WHEELS_MOUNT, "mode": "ro"}}, network_mode="none"),
     )
     cid = container["Id"]
@@ -347,6 +350,7 @@ def _install_env(api: Any, base_image: str, wheels: list[Path], tag: str, key: s
             f"ENV PATH={ENV_DIR}/bin:{base_path}",
             'CMD ["python3"]',
             f"LABEL {env_cache.LABEL}={key}",
+            f"LABEL {env_cache.ROOT_LABEL}={json.dumps(str(cache_root))}",
         ])
         return committed["Id"]
     finally:

@@ -194,6 +194,7 @@ class AksCluster(pulumi.ComponentResource):
         )
         self._namespaces: dict[str, k8s.core.v1.Namespace] = {}
         self._front: RegistryImage | None = None
+        self._registry_auth: dict[str, Any] | None = None
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})
 
     @property
@@ -214,6 +215,20 @@ class AksCluster(pulumi.ComponentResource):
             )
         return self._namespaces[name]
 
+    def registry_auth(self) -> dict[str, Any]:
+        """`registry_auth` for this cluster's pushes when the stack's registry wants credentials (an ACR), else {}.
+
+        Pushes only: the nodes pull with their own identity (attach the ACR to the cluster, AcrPull).
+        """
+        if self._registry_auth is None:
+            from components.registry_credentials import registry_credentials_for
+
+            creds = registry_credentials_for(self._settings, f"{self._name}-registry-credentials", self)
+            self._registry_auth = {} if creds is None else {"registry_auth": pulumi.Output.secret(
+                pulumi.Output.all(creds.server, creds.username, creds.password).apply(
+                    lambda a: {"server": a[0], "username": a[1], "password": a[2]}))}
+        return self._registry_auth
+
     def front_image(self) -> RegistryImage:
         """The key-checking front end's image (nginx), pushed once per stack for every service."""
         if self._front is None:
@@ -225,6 +240,7 @@ class AksCluster(pulumi.ComponentResource):
                     "repository": f"{self.image_registry}/front",
                     "models": [],
                     "labels": {},
+                    **self.registry_auth(),
                 },
                 pulumi.ResourceOptions(parent=self, depends_on=[self._cluster]),
             )

@@ -108,6 +108,7 @@ class AksService(pulumi.ComponentResource):
                 "repository": f"{cluster.image_registry}/{name}",
                 "models": entries,
                 "labels": {"mldeploy.managed": "true", "mldeploy.project": settings.project, "mldeploy.stack": settings.stack},
+                **cluster.registry_auth(),  # an ACR's credentials, when the stack names one
             },
             child.merge(pulumi.ResourceOptions(depends_on=[m._version for m in models] + [image._image])),
         )

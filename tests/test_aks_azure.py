@@ -423,3 +423,29 @@ def test_preview_words_for_a_managed_cluster():
             "urn": "urn:pulumi:prod::mldeploy::mldeploy:index:AksCluster$pulumi-python:dynamic/mldeploy:ManagedCluster::aks-managed-cluster",
             "old": CREATE, "new": {**CREATE, "agent_count": 4}}
     assert "| ✏️ update | AksCluster on Azure `aks` | agent_count 3 → 4: the same cluster is scaled |" in preview_markdown.render("prod", [step], {"update": 1})
+
+
+@pulumi.runtime.test
+def test_pushes_for_the_kubernetes_target_carry_the_acr_credentials(project):  # noqa: F811 - the fixture imported above
+    """The model and front-end images of an AksService go to the ACR with its credentials (nodes pull with their own identity)."""
+    from test_components_unit import make_image, make_model
+    from test_kubernetes_unit import K8sMocks
+
+    from components import AksCluster, AksService
+
+    mocks = K8sMocks()
+    pulumi.runtime.set_mocks(mocks, project="proj", stack="prod", preview=False)
+    pulumi.runtime.set_all_config({"mldeploy:azureSubscriptionId": SUB, "mldeploy:azureResourceGroup": "rg-ml",
+                                   "mldeploy:azureLocation": "westeurope", "mldeploy:acrName": "mldeployacr",
+                                   "mldeploy:imageRegistry": "mldeployacr.azurecr.io"})
+    cluster = AksCluster("aks", cluster_purpose="DevTest")
+    svc = AksService("scorer", cluster=cluster, models=[make_model()], image=make_image(), num_replicas=1)
+
+    def check(_: Any) -> None:
+        typ, creds = mocks.resources["aks-registry-credentials"]
+        assert typ.endswith("mldeploy:RegistryCredentials") and creds["registry_name"] == "mldeployacr"
+        for image in ("scorer-image", "aks-front-image"):
+            assert "registry_auth" in mocks.resources[image][1], image
+        assert [n for n, (t, _) in mocks.resources.items() if t.endswith("mldeploy:RegistryCredentials")] == ["aks-registry-credentials"]
+
+    return pulumi.Output.all(svc.scoring_uri).apply(check)

@@ -130,3 +130,37 @@ def test_bad_aci_settings_fail_at_preview(workdir: Path, engine_stack) -> None:
     with pytest.raises(Exception) as err:
         st.preview()
     assert "subscription_id" in str(err.value)
+
+
+def test_credentials_that_cannot_get_a_token_fail_up_in_the_chains_words_then_up_converges(
+    fake: FakeArm, local_registry: str, workdir: Path, engine_stack, monkeypatch
+) -> None:
+    from components import ContainerInstanceService, InferenceImage, RegisteredModel
+
+    train_model(workdir / "models" / "ridge" / "sklearn_regression_model.pkl", alpha=0.1)
+
+    def program() -> None:
+        model = RegisteredModel("ridge", model_name="ridge", model_path="models/ridge/sklearn_regression_model.pkl")
+        image = InferenceImage("scoring", **IMAGE_ARGS)
+        ContainerInstanceService("aciservice", models=[model], image=image, target="aci", cpu_cores=0.5, memory_gb=1)
+
+    st = engine_stack(program)
+    for key, value in {"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
+                       "armEndpoint": fake.url}.items():
+        st.stack.set_config(f"mldeploy:{key}", pulumi.automation.ConfigValue(value))
+    token = fake.env()["MLDEPLOY_ARM_TOKEN"]
+    monkeypatch.delenv("MLDEPLOY_ARM_TOKEN")
+    monkeypatch.setenv("AZURE_TOKEN_CREDENTIALS", "EnvironmentCredential")  # the chain without network sources
+    for k in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(pulumi.automation.errors.CommandError) as err:
+        st.up()
+    text = str(err.value) + "\n".join(st.log)
+    assert "could not get an Azure token: DefaultAzureCredential failed to retrieve a token" in text, text[-3000:]
+    assert "Traceback" not in text and 'File "' not in text, text[-3000:]
+    assert not fake.groups and not [r for r in fake.requests if r[0] in ("PUT", "DELETE")]
+
+    monkeypatch.setenv("MLDEPLOY_ARM_TOKEN", token)  # the next up, with a token, converges
+    assert st.up().summary.result == "succeeded", st.log[-40:]
+    assert fake.group(f"mldeploy-{st.name}-aciservice").provisioning == "Succeeded"
+    assert st.destroy().summary.result == "succeeded"

@@ -1,7 +1,10 @@
-"""A local fake of Azure Resource Manager for container groups, for tests only.
+"""A local fake of Azure Resource Manager, for tests only: ACI container groups, AKS managed
+clusters (PUT/GET/DELETE as long-running operations, listClusterUserCredential) and ACR
+registries (GET, listCredentials).
 
 It serves HTTPS on 127.0.0.1 with a test CA made at test time (azure-core sends
-bearer tokens over HTTPS only), and follows the ContainerInstance REST API:
+bearer tokens over HTTPS only), answers each resource provider at its pinned
+api-version only, and follows the REST APIs:
 
 - request bodies are checked against Azure's own OpenAPI definitions of the
   api-version sent (tests/azure-specs, with jsonschema; see tests/arm_spec.py):

@@ -19,7 +19,7 @@ import pulumi_kubernetes as k8s
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from components._common import PACKAGE, Settings, slug, validate
+from components._common import PACKAGE, ArgsError, Settings, slug, validate
 from components.registry_image import RegistryImage
 from providers.cluster import ClusterProvider
 from providers.managed_cluster import ClusterCredentialsProvider, ManagedClusterProvider
@@ -195,6 +195,7 @@ class AksCluster(pulumi.ComponentResource):
         self._namespaces: dict[str, k8s.core.v1.Namespace] = {}
         self._front: RegistryImage | None = None
         self._registry_auth: dict[str, Any] | None = None
+        self._on_azure = args.target == "azure"
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})
 
     @property
@@ -231,6 +232,12 @@ class AksCluster(pulumi.ComponentResource):
 
     def front_image(self) -> RegistryImage:
         """The key-checking front end's image (nginx), pushed once per stack for every service."""
+        host = self._settings.image_registry.split("/", 1)[0].rsplit(":", 1)[0]
+        if self._on_azure and (host.startswith("127.") or host == "localhost"):
+            raise ArgsError(
+                f"AksCluster '{self._name}': invalid arguments: target: the nodes of a cluster on Azure cannot pull from "
+                f"mldeploy:imageRegistry {self._settings.image_registry} on this machine; set it to an ACR's login server"
+            )
         if self._front is None:
             self._front = RegistryImage(
                 f"{self._name}-front-image",

@@ -449,3 +449,13 @@ def test_pushes_for_the_kubernetes_target_carry_the_acr_credentials(project):  #
         assert [n for n, (t, _) in mocks.resources.items() if t.endswith("mldeploy:RegistryCredentials")] == ["aks-registry-credentials"]
 
     return pulumi.Output.all(svc.scoring_uri).apply(check)
+
+
+def test_services_on_an_azure_cluster_need_a_registry_its_nodes_can_reach(azure_mocks: AzureMocks) -> None:
+    from test_components_unit import make_image, make_model
+
+    from components import AksCluster, AksService
+
+    cluster = AksCluster("aks", cluster_purpose="DevTest", target="azure")  # mldeploy:imageRegistry left at 127.0.0.1:5000
+    with pytest.raises(ArgsError, match="nodes of a cluster on Azure cannot pull from mldeploy:imageRegistry 127.0.0.1:5000"):
+        AksService("scorer", cluster=cluster, models=[make_model()], image=make_image(), num_replicas=1)

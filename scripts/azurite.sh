@@ -64,7 +64,23 @@ up() {
 }
 
 down() {
-  stop_pid "$PIDF" azurite "--blobPort $PORT"
+  take_lock "$RUN/azurite.lock"
+  if ! ours; then rm -f "$PIDF"; log "down"; return 0; fi
+  local pid lines i
+  pid="$(cat "$PIDF")"
+  lines="$(wc -l <"$LOGF" 2>/dev/null || echo 0)"
+  log "stopping azurite (pid $pid)"
+  kill -INT "$pid" 2>/dev/null || true
+  # Azurite saves its data and says so, then may linger on clients' keep-alive
+  # connections: once it has said so, or after 15 s, it is killed.
+  for i in $(seq 1 75); do
+    ours || break
+    tail -n +"$((lines + 1))" "$LOGF" 2>/dev/null | grep -q "successfully closed" && break
+    sleep 0.2
+  done
+  ours && kill -KILL "$pid" 2>/dev/null || true
+  for i in $(seq 1 50); do ours || break; sleep 0.1; done
+  rm -f "$PIDF"
   log "down"
 }
 

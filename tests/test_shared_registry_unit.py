@@ -15,7 +15,7 @@ import pytest
 
 from conftest import azblob_url
 from providers.clients.registry import content_hash, open_registry
-from providers.model import ModelVersionProvider
+from providers.model import ModelVersionProvider, diff_model
 from test_components_unit import (  # noqa: F401 - fixtures
     RecordingMocks,
     _raises,
@@ -91,6 +91,15 @@ def test_provider_registers_in_the_shared_registry_and_copies_for_services(
     provider.delete(made.id, made.outs)
     assert open_registry(shared).versions("ridge") == []
     assert provider.read(made.id, made.outs).outs["present"] is False  # gone from the registry: drift
+
+
+def test_moving_to_the_shared_registry_registers_the_model_there_once() -> None:
+    """Another registry is another model: a replace (register there, then release from the folder)."""
+    olds = {"model_name": "ridge", "registry_root": ".pulumi-state/registry", "owner": OWNER, "content_hash": "sha256:a"}
+    news = {**olds, "registry_root": "azblob://models?localemu=true", "cache_dir": ".pulumi-state/registry-cache"}
+    diff = diff_model(olds, news)
+    assert diff.changes and diff.replaces == ["registry_root"] and not diff.delete_before_replace
+    assert not diff_model(news, dict(news)).changes
 
 
 # ---------------------------------------------------------------- which setting wins

@@ -323,6 +323,8 @@ class BlobModelRegistry:
 
     def release(self, name: str, owner: str) -> list[int]:
         """Drop `owner` from every version of `name`; delete versions nobody owns. Idempotent."""
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
         deleted: list[int] = []
         for _ in range(MAX_ATTEMPTS):
             retry = False
@@ -345,11 +347,7 @@ class BlobModelRegistry:
                 record["state"] = DELETING  # from here on nobody adopts it
                 try:
                     etag = self._write(record, etag)
-                except Exception as exc:  # noqa: BLE001 - a concurrent change: read again
-                    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-
-                    if not isinstance(exc, (ResourceModifiedError, ResourceNotFoundError)):
-                        raise
+                except (ResourceModifiedError, ResourceNotFoundError):  # a concurrent change: read again
                     retry = True
                     continue
                 self._finish_delete(name, e.version, etag)

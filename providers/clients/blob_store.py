@@ -110,9 +110,8 @@ def credential_kind(environ: Mapping[str, str] = os.environ) -> str:
     return "default-azure-credential"
 
 
-# Short timeouts and few retries: an unreachable account must fail a preview in
-# seconds, naming the setting, not after the SDK's minutes of back-off.
 def client_options() -> dict[str, Any]:
+    """Short timeouts and few retries: an unreachable account fails a preview in about a second."""
     from azure.storage.blob import LinearRetry
 
     return {"connection_timeout": 5, "read_timeout": 60, "retry_policy": LinearRetry(backoff=0.5, random_jitter_range=0.2, retry_total=2)}
@@ -124,9 +123,8 @@ def container_client(loc: BlobLocation, environ: Mapping[str, str] = os.environ)
 
     kind = credential_kind(environ)
     if kind == "shared-key":
-        cred: Any = {"account_name": environ["AZURE_STORAGE_ACCOUNT"], "account_key": environ["AZURE_STORAGE_KEY"]}
-        if environ["AZURE_STORAGE_ACCOUNT"] != loc.account:
-            cred["account_name"] = loc.account
+        # The key is the variable's; the account the URL's (storage_account=) when it names one, as the engine does.
+        cred = {"account_name": loc.account, "account_key": environ["AZURE_STORAGE_KEY"]}
         return ContainerClient(loc.service_url, loc.container, credential=cred, **client_options())
     if kind == "sas":
         return ContainerClient(loc.service_url, loc.container, credential=environ["AZURE_STORAGE_SAS_TOKEN"].lstrip("?"), **client_options())

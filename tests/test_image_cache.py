@@ -111,11 +111,13 @@ class FakeAPI:
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+    """Each reading is `step` seconds after the last (by default longer than IN_FLIGHT_SECONDS)."""
+
+    def __init__(self, step: float = 1000.0) -> None:
+        self.now, self.step = 1000.0, step
 
     def __call__(self) -> float:
-        self.now += 1
+        self.now += self.step
         return self.now
 
 
@@ -130,8 +132,8 @@ def wheels(tmp_path: Path) -> list[Path]:
     return out
 
 
-def cache_for(api: FakeAPI, tmp_path: Path, cap_mb: int = 10_000) -> EnvCache:
-    return EnvCache(api, root=tmp_path / "env-images", max_bytes=cap_mb * MB, clock=Clock())
+def cache_for(api: FakeAPI, tmp_path: Path, cap_mb: int = 10_000, step: float = 1000.0) -> EnvCache:
+    return EnvCache(api, root=tmp_path / "env-images", max_bytes=cap_mb * MB, clock=Clock(step))
 
 
 # --- keys ------------------------------------------------------------------------------
@@ -273,6 +275,15 @@ def test_recording_over_the_cap_evicts_the_least_recently_used(tmp_path: Path) -
     tags = {e.tag for e in cache.entries()}
     assert tags == {a, c}, tags
     assert all(b not in img["RepoTags"] for img in api.images_by_id.values()), "the evicted image is still in Docker"
+
+
+def test_an_entry_used_moments_ago_is_not_evicted_automatically(tmp_path: Path) -> None:
+    """Another deploy may be about to build FROM it; a prune by hand may still remove it."""
+    api = FakeAPI()
+    cache = cache_for(api, tmp_path, cap_mb=500, step=1.0)
+    a, b = _fill(api, cache, tmp_path, 2)
+    assert {e.tag for e in cache.entries()} == {a, b}, "over the cap, but both were used seconds ago"
+    assert [e.tag for e in cache.prune().evict] == [a]
 
 
 def test_an_entry_in_use_is_kept_over_the_cap(tmp_path: Path) -> None:

@@ -34,6 +34,8 @@ ROOT_LABEL = "mldeploy.env-cache.root"
 """The index folder of the cache that made the image: a cache adopts only its own images."""
 RECIPE = "venv-commit-v1"
 """Changes when the way an environment is installed changes, so old entries are not reused."""
+IN_FLIGHT_SECONDS = 600
+"""An entry used this recently is not evicted automatically: a build may be starting FROM it."""
 DEFAULT_MAX_MB = 6144
 """The cap when MLDEPLOY_ENV_CACHE_MAX_MB is unset: about a dozen wheel sets of the sample's size."""
 
@@ -100,10 +102,11 @@ class EvictionPlan:
 
 
 def plan_eviction(entries: Sequence[Entry], max_bytes: int, keep: set[str] = frozenset(),
-                  in_use: set[str] = frozenset()) -> EvictionPlan:
+                  in_use: set[str] = frozenset(), used_after: float = float("inf")) -> EvictionPlan:
     """Evict least-recently-used entries until the rest fit in `max_bytes`.
 
-    `keep` (keys) is never evicted: the entry a build just made or used.
+    `keep` (keys) is never evicted: the entry a build just made or used; nor is an entry
+    used after `used_after` (a build may be about to start FROM it).
     `in_use` (image ids) cannot be: an image built on it, or a container, still needs its layers.
     """
     plan = EvictionPlan()
@@ -111,7 +114,7 @@ def plan_eviction(entries: Sequence[Entry], max_bytes: int, keep: set[str] = fro
     for entry in sorted(entries, key=lambda e: (e.last_used, e.created, e.key)):
         if total <= max_bytes:
             break
-        if entry.key in keep:
+        if entry.key in keep or entry.last_used > used_after:
             continue
         if entry.image_id in in_use:
             plan.kept_in_use.append(entry)
@@ -136,10 +139,11 @@ class EnvCache:
     # --- index -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """One builder per key at a time across processes (two stacks deploying at once)."""
+    def locked(self, key: str | None = None) -> Iterator[None]:
+        """The index's lock (short), or with `key` that key's install lock (long): two stacks
+        deploying the same wheel set install it once; other keys install meanwhile."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as fh:
+        with open(self.root / (f".lock-{key[:24]}" if key else ".lock"), "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -206,7 +210,7 @@ class EnvCache:
         """Add a new entry, then evict least-recently-used others over the cap. Call under `locked()`."""
         entries = self._reconciled()
         entries[entry.key] = entry
-        plan = self._evict(entries, self.max_bytes, keep={entry.key})
+        plan = self._evict(entries, self.max_bytes, keep={entry.key}, used_after=self.clock() - IN_FLIGHT_SECONDS)
         self._save(entries)
         return plan
 
@@ -230,10 +234,11 @@ class EnvCache:
         used |= {c.get("ImageID") for c in self.api.containers(all=True)}
         return {u for u in used if u}
 
-    def _evict(self, entries: dict[str, Entry], max_bytes: int, keep: set[str]) -> EvictionPlan:
+    def _evict(self, entries: dict[str, Entry], max_bytes: int, keep: set[str],
+               used_after: float = float("inf")) -> EvictionPlan:
         if sum(e.size for e in entries.values()) <= max_bytes:
             return EvictionPlan(total_after=sum(e.size for e in entries.values()))
-        plan = plan_eviction(list(entries.values()), max_bytes, keep, self._in_use())
+        plan = plan_eviction(list(entries.values()), max_bytes, keep, self._in_use(), used_after)
         import docker.errors
 
         for entry in list(plan.evict):

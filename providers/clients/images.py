@@ -304,21 +304,31 @@ def ensure_env_image(
     tag = env_cache.tag_for(key, cache.repository)
     with cache.locked():
         hit = cache.lookup(key)
-        if hit is not None:
-            log(f"environment: cached {hit.tag} ({len(wheels)} wheels, {hit.size / 1e6:.0f} MB)")
-            return hit.tag, False
-        log(f"environment: installing {len(wheels)} wheels into {tag}")
-        t0 = time.monotonic()
-        image_id = _install_env(api, base_image, wheels, tag, key, log, cache.root)
-        seconds = time.monotonic() - t0
-        size = int(api.inspect_image(image_id)["Size"]) - int(api.inspect_image(base_id)["Size"])
-        now = cache.clock()
+    if hit is None:
+        with cache.locked(key):  # this wheel set's install: one at a time, other sets meanwhile
+            with cache.locked():
+                hit = cache.lookup(key)  # installed by another deploy while this one waited
+            if hit is None:
+                return _install_and_record(api, cache, base_image, base_id, wheels, tag, key, log), True
+    log(f"environment: cached {hit.tag} ({len(wheels)} wheels, {hit.size / 1e6:.0f} MB)")
+    return hit.tag, False
+
+
+def _install_and_record(api: Any, cache: env_cache.EnvCache, base_image: str, base_id: str, wheels: list[Path],
+                        tag: str, key: str, log: Callable[[str], None]) -> str:
+    log(f"environment: installing {len(wheels)} wheels into {tag}")
+    t0 = time.monotonic()
+    image_id = _install_env(api, base_image, wheels, tag, key, log, cache.root)
+    seconds = time.monotonic() - t0
+    size = int(api.inspect_image(image_id)["Size"]) - int(api.inspect_image(base_id)["Size"])
+    now = cache.clock()
+    with cache.locked():
         plan = cache.record(env_cache.Entry(key, tag, image_id, size, now, now, len(wheels), base_image))
-        env_cache.record_build("env", tag, seconds, root=cache.root, size=size, wheels=len(wheels))
-        for gone in plan.evict:
-            log(f"environment cache: evicted {gone.tag} ({gone.size / 1e6:.0f} MB, least recently used)")
-        log(f"environment: {tag} installed in {seconds:.1f}s ({size / 1e6:.0f} MB)")
-        return tag, True
+    env_cache.record_build("env", tag, seconds, root=cache.root, size=size, wheels=len(wheels))
+    for gone in plan.evict:
+        log(f"environment cache: evicted {gone.tag} ({gone.size / 1e6:.0f} MB, least recently used)")
+    log(f"environment: {tag} installed in {seconds:.1f}s ({size / 1e6:.0f} MB)")
+    return tag
 
 
 def _install_env(api: Any, base_image: str, wheels: list[Path], tag: str, key: str,

@@ -332,3 +332,40 @@ def test_materialize_copies_once_and_checks(model_folder: Path, tmp_path: Path) 
     assert (dest / "bert" / "config.json").stat().st_mtime_ns == before
     with pytest.raises(RegistryError, match="does not hold content"):
         materialize(model_folder, tmp_path / "other", "sha256:" + "0" * 64)
+
+
+# ---------------------------------------------------------------- scripts/azurite.sh
+
+
+def _listeners(port: int) -> list[str]:
+    """Local addresses of the listening TCP sockets on `port`, from /proc (no probing)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.append(addr)
+    return found
+
+
+def test_azurite_script_is_idempotent_and_listens_on_loopback_only(azurite: dict[str, str]) -> None:
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    script = str(ROOT / "scripts" / "azurite.sh")
+    status = subprocess.run([script, "status"], capture_output=True, text=True)
+    assert status.returncode == 0 and "running" in status.stdout, status.stdout + status.stderr
+    again = subprocess.run([script, "up"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already up" in again.stderr, again.stderr
+    assert subprocess.run([script, "status"], capture_output=True, text=True).stdout == status.stdout  # same process
+    port = int(azurite["domain"].rsplit(":", 1)[1])
+    assert _listeners(port) == ["0100007F"], _listeners(port)  # 127.0.0.1, and nothing else
+    home = Path(os.environ.get("MLDEPLOY_CACHE", Path.home() / ".cache" / "mldeploy"))
+    assert (home / "azurite" / "3.37.0" / "node_modules" / ".bin" / "azurite-blob").exists()  # cached by version, outside the repo

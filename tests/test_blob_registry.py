@@ -291,6 +291,28 @@ class TestAtomicClaim:
         assert got == [1] * n
         assert sorted(open_registry(url).get("ridge", 1).owners) == sorted(f"mldeploy/s{i}/ridge" for i in range(n))
 
+    def test_a_live_claim_of_the_same_content_is_waited_for_not_duplicated(self, url: str, model_file: Path) -> None:
+        """Another runner is uploading this very content: we wait for its version instead of making N+1."""
+        import time
+
+        other = open_registry(url)
+        record = {"name": "ridge", "version": 1, "content_hash": content_hash(model_file), "tags": {}, "description": "",
+                  "owners": [OTHER], "created": time.time(), "state": br.UPLOADING}
+        etag = other._write(record, None)
+        waits: list[float] = []
+
+        def other_runner_finishes(seconds: float) -> None:
+            waits.append(seconds)
+            if len(waits) == 3:  # a few polls later the other upload completes
+                other._upload_and_complete(record, etag, model_file, record["content_hash"])
+
+        registry = BlobModelRegistry(other.container, other.prefix, other.where, sleep=other_runner_finishes)
+        assert registry.planned_version("ridge", content_hash(model_file), OWNER) == 1
+        mv = registry.register("ridge", model_file, OWNER)
+        assert mv.version == 1 and len(waits) == 3
+        assert sorted(registry.get("ridge", 1).owners) == sorted([OTHER, OWNER])
+        assert [v.version for v in registry.versions("ridge")] == [1]
+
     def test_an_abandoned_claim_of_the_same_content_is_finished(self, registry: BlobModelRegistry, model_file: Path) -> None:
         record = {"name": "ridge", "version": 1, "content_hash": content_hash(model_file), "tags": {}, "description": "",
                   "owners": [OTHER], "created": 0.0, "state": br.UPLOADING}  # a runner that died mid-upload, long ago

@@ -220,17 +220,22 @@ class BlobModelRegistry:
             raise RegistryError(f"invalid model name {name!r}: letters, digits, '_', '.', '-'")
         src = Path(model_path)
         digest = content_hash(src)
-        for _ in range(MAX_ATTEMPTS):
+        attempts = 0
+        while attempts < MAX_ATTEMPTS:
             entries = self._index(name)
             found = with_content(entries, digest, owner)
             if found is not None:
                 mv = self._adopt(name, found.version, owner, tags, description)
                 if mv is not None:
                     return mv
+                attempts += 1
                 continue  # changed under us: read again
             if pending_claim(entries, digest, time.time()) is not None:
-                self._sleep(0.2)  # another runner is uploading this very content: wait for its version
+                # Another runner is uploading this very content: wait for its version (however long the
+                # upload takes, until its claim goes stale), rather than make a second version of it.
+                self._sleep(0.5)
                 continue
+            attempts += 1
             stale = [e for e in entries if e.state == UPLOADING and e.content_hash == digest]
             if stale:
                 mv = self._finish_stale(name, stale[0], src, digest, owner, tags, description)

@@ -77,8 +77,9 @@ class Poller(threading.Thread):
 
 
 class Bench:
-    def __init__(self, runs: int):
+    def __init__(self, runs: int, fresh_pip_cache: bool = False):
         self.runs = runs
+        self.fresh_pip_cache = fresh_pip_cache
         self.id = uuid.uuid4().hex[:6]
         self.tmp = Path(tempfile.mkdtemp(prefix=f"mldeploy-imgbench-{self.id}-"))
         self.work = self.tmp / "project"
@@ -129,12 +130,13 @@ class Bench:
         self.bases.append(tag)
         return tag
 
-    def builds(self, since: float) -> dict[str, int]:
+    def builds(self, since: float) -> str:
         """Builds since `since`, from this run's own cache (MLDEPLOY_CACHE is the run's folder)."""
         from providers.clients import env_cache
 
         recs = env_cache.read_builds(since=since)
-        return {"image": sum(r["kind"] == "image" for r in recs), "env": sum(r["kind"] == "env" for r in recs)}
+        return (f"{sum(r['kind'] == 'env' for r in recs)} environment install(s), "
+                f"{sum(r['kind'] == 'image' for r in recs)} image build(s)")
 
     def add(self, what: str, value: str, note: str = "") -> None:
         self.rows.append((what, value, note))
@@ -154,6 +156,14 @@ class Bench:
         os.environ["MLDEPLOY_CACHE"] = str(cache)  # the provider processes inherit it
         os.environ["MLDEPLOY_BASE_IMAGE"] = self.new_base()
         kind = "empty wheelhouse" if i == 0 else "warm wheelhouse"
+        pip_cache = Path(os.environ.get("PIP_CACHE_DIR") or Path.home() / ".cache" / "pip")
+        if i == 0 and self.fresh_pip_cache:
+            os.environ["PIP_CACHE_DIR"] = str(self.tmp / "pip-cache")  # every wheel comes from the package index
+            kind += ", empty pip cache"
+        elif i == 0:
+            self.notes.append(f"Run 1 had an empty wheelhouse, but pip's own HTTP cache ({pip_cache}) was left as "
+                              "the machine has it, so wheels fetched before were not downloaded again "
+                              "(`--fresh-pip-cache` empties it for run 1).")
         answer_v1 = self.train(0.1)
         st = self.stack(f"imgbench-{self.id}-a{i}")
         since = time.time()
@@ -161,20 +171,22 @@ class Bench:
         out = {k: v.value for k, v in res.outputs.items()}
         envs = [r for r in env_cache.read_builds(since=since) if r["kind"] == "env"]
         self.add(f"run {i + 1}: cold `up` ({kind}, new base id)", f"{dt:.1f} s",
-                 f"builds {self.builds(since)}; environment install {sum(r['seconds'] for r in envs):.1f} s")
+                 f"{self.builds(since)}; environment install {sum(r['seconds'] for r in envs):.1f} s")
         image = self.image_name(st)
         self.measure_size(image)
 
+        if self.fresh_pip_cache:
+            os.environ.pop("PIP_CACHE_DIR", None)
         _, dt = self.timed(st, "destroy")
         self.add(f"run {i + 1}: `destroy`", f"{dt:.1f} s")
         since = time.time()
         res, dt = self.timed(st, "up")
-        self.add(f"run {i + 1}: warm `up` after `destroy`", f"{dt:.1f} s", f"builds {self.builds(since)}")
+        self.add(f"run {i + 1}: warm `up` after `destroy`", f"{dt:.1f} s", f"{self.builds(since)}")
 
         st2 = self.stack(f"imgbench-{self.id}-b{i}")
         since = time.time()
         _, dt = self.timed(st2, "up")
-        self.add(f"run {i + 1}: `up` of a second stack, same inputs", f"{dt:.1f} s", f"builds {self.builds(since)}")
+        self.add(f"run {i + 1}: `up` of a second stack, same inputs", f"{dt:.1f} s", f"{self.builds(since)}")
         self.timed(st2, "destroy")
 
         out = {k: v.value for k, v in st.outputs().items()}
@@ -189,7 +201,7 @@ class Bench:
         poller.stop.set()
         poller.join(10)
         seen = poller.first_seen.get(answer_v2)
-        self.add(f"run {i + 1}: model-only update, `up`", f"{dt:.1f} s", f"builds {self.builds(since)}")
+        self.add(f"run {i + 1}: model-only update, `up`", f"{dt:.1f} s", f"{self.builds(since)}")
         self.add(f"run {i + 1}: model-only update, new version answers after",
                  f"{seen - t0:.2f} s" if seen else "not seen",
                  f"{poller.failures} failed polls; v1 answer {answer_v1} → v2 {answer_v2}")
@@ -257,8 +269,9 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--fresh-pip-cache", action="store_true", help="run 1 downloads every wheel from the index")
     args = parser.parse_args()
-    bench = Bench(args.runs)
+    bench = Bench(args.runs, args.fresh_pip_cache)
     try:
         for i in range(args.runs):
             bench.run_once(i)

@@ -90,3 +90,48 @@ def test_destroy_keeps_the_environment_and_warm_ups_install_nothing(workdir: Pat
     second.destroy()
     first.destroy()
     assert api.inspect_image(env_tag)["Id"] == env_id
+
+
+def test_private_base_registry_credentials_stay_secret_in_the_state(workdir: Path, engine_stack,
+                                                                    local_registry: str) -> None:
+    """A base image only in a registry: the provider pulls it with the credentials; the state holds them encrypted."""
+    import uuid
+
+    import pulumi
+
+    from components import InferenceImage
+
+    api = docker.APIClient(version="auto", timeout=120)
+    repo, tag = f"{local_registry}/mldeploy-test/privbase", uuid.uuid4().hex[:8]
+    ref = f"{repo}:{tag}"
+    password = f"s3cret-{uuid.uuid4().hex}"
+    api.tag("mldeploy/base:bookworm-py3.11", repo, tag)
+    try:
+        for _ in api.push(repo, tag=tag, stream=True, decode=True):
+            pass
+        api.remove_image(ref)  # only in the registry now
+
+        def program() -> None:
+            image = InferenceImage("scoring", entry_script="score.py", source_directory="sample/src",
+                                   conda_file="sample/env/myenv.yml", base_image=ref,
+                                   base_image_registry={"address": local_registry, "username": "ci",
+                                                        "password": password})
+            pulumi.export("image_name", image.image_name)
+
+        st = engine_stack(program)
+        up = st.up()
+        assert up.summary.result == "succeeded"
+        assert api.inspect_image(ref)["Id"] == api.inspect_image("mldeploy/base:bookworm-py3.11")["Id"]
+        state_files = list((workdir / ".pulumi-state" / "backend").rglob("*.json"))
+        assert state_files
+        for f in state_files:
+            assert password not in f.read_text(), f"the registry password is in plain text in {f}"
+        assert password not in "\n".join(st.log)
+        (img,) = [r for r in st.stack.export_stack().deployment["resources"] if r["type"].endswith("mldeploy:Image")]
+        assert img["outputs"]["base_image_id"].startswith("sha256:")
+        st.destroy()
+    finally:
+        try:
+            api.remove_image(ref)
+        except docker.errors.ImageNotFound:
+            pass

@@ -135,3 +135,6 @@ def test_private_base_registry_credentials_stay_secret_in_the_state(workdir: Pat
             api.remove_image(ref)
         except docker.errors.ImageNotFound:
             pass
+        from providers.clients import oci_registry
+
+        oci_registry.delete_repository(ref.rsplit(":", 1)[0])  # the test's own repository in the registry

@@ -279,6 +279,9 @@ def test_private_base_image_is_pulled_with_the_registry_credentials(dc: docker.D
     finally:
         with contextlib.suppress(docker.errors.ImageNotFound):
             api.remove_image(ref)
+        from providers.clients import oci_registry
+
+        oci_registry.delete_repository(ref.rsplit(":", 1)[0])  # the test's own repository in the registry
 
 
 def test_parse_conda_dependency_file(tmp_path: Path) -> None:

@@ -179,19 +179,21 @@ def build_hash(args: InferenceImageArgs, base_image: str) -> str:
 
 
 def _base_python_version(ref: str) -> str | None:
-    """The base image's Python (major.minor): its tag says it (`…-py3.11`), else its `mldeploy.python` label.
-
-    None when neither says: then a conda `python` pin is not checked.
+    """The base image's Python (major.minor): its tag says it (`…-py3.11`), else Docker's record
+    of the image (`mldeploy.python` label, PYTHON_VERSION). None when nothing says: then a conda
+    `python` pin is not checked.
     """
     m = re.search(r"py(\d+\.\d+)", ref.rsplit("/", 1)[-1])
     if m:
         return m.group(1)
     import docker
 
+    from providers.clients.images import python_of_image
+
     try:
         client = docker.from_env(timeout=DOCKER_TIMEOUT)
         try:
-            return ((client.images.get(ref).attrs.get("Config") or {}).get("Labels") or {}).get("mldeploy.python")
+            return python_of_image(client.images.get(ref).attrs, ref)
         finally:
             client.close()
     except Exception:  # noqa: BLE001 - unknown: the pin is not checked (build_hash already needs Docker)

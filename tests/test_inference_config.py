@@ -281,6 +281,16 @@ def test_pin_allows(spec: str, ok: bool) -> None:
     assert images.pin_allows(spec, "3.11") is ok
 
 
+@pytest.mark.parametrize("info,ref,version", [
+    ({"Config": {"Labels": {"mldeploy.python": "3.12"}, "Env": ["PYTHON_VERSION=3.11.7"]}}, "x/y:py3.10", "3.12"),
+    ({"Config": {"Env": ["PATH=/bin", "PYTHON_VERSION=3.11.7"]}}, "python:3.11-slim", "3.11"),
+    ({"Config": {}}, "team/base:bookworm-py3.10", "3.10"),
+    ({"Config": {"Env": None, "Labels": None}}, "team/base:latest", None),
+])
+def test_python_of_image(info: dict[str, Any], ref: str, version: str | None) -> None:
+    assert images.python_of_image(info, ref) == version
+
+
 def test_python_pin_from_the_seeds_conda_file(tmp_path: Path) -> None:
     assert images.python_pin(SEED / "myenv.yml") == "3.6.2"
     (tmp_path / "r.txt").write_text("numpy\n")

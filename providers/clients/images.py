@@ -479,13 +479,23 @@ def build_inference_image(
 
 
 def _base_python(api: Any, base_image: str) -> str:
-    """The base image's Python minor version: its label, else what its tag says, else 3.11."""
-    info = api.inspect_image(base_image)
-    label = ((info.get("Config") or {}).get("Labels") or {}).get("mldeploy.python")
+    """The base image's Python minor version: its label, its PYTHON_VERSION (official python
+    images set it), what its tag says, else 3.11."""
+    return python_of_image(api.inspect_image(base_image), base_image) or "3.11"
+
+
+def python_of_image(info: dict[str, Any], ref: str) -> str | None:
+    """major.minor from an image's inspect record: `mldeploy.python` label, PYTHON_VERSION, tag (`…py3.11`)."""
+    config = info.get("Config") or {}
+    label = (config.get("Labels") or {}).get("mldeploy.python")
     if label:
         return label
-    m = re.search(r"py(3\.\d+)", base_image)
-    return m.group(1) if m else "3.11"
+    for env in config.get("Env") or []:
+        m = re.fullmatch(r"PYTHON_VERSION=(\d+\.\d+)(\.\S*)?", env)
+        if m:
+            return m.group(1)
+    m = re.search(r"py(3\.\d+)", ref.rsplit("/", 1)[-1])
+    return m.group(1) if m else None
 
 
 def _write_context(ctx: Path, env_image: str, src: Path, entry_script: str, extra_steps: str) -> None:

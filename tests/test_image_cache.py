@@ -80,10 +80,12 @@ class FakeAPI:
     def create_host_config(self, **kw: Any) -> dict[str, Any]:
         return kw
 
-    def create_container(self, image: str, command: list[str], host_config: dict[str, Any]):
+    def create_container(self, image: str, command: list[str], host_config: dict[str, Any], name: str):
         self._n += 1
         cid = f"c{self._n}"
-        self.containers_[cid] = {"image": image, "command": command, "host_config": host_config}
+        if any(c["name"] == name for c in self.containers_.values()):
+            raise docker.errors.APIError("conflict: name in use", response=type("R", (), {"status_code": 409})())
+        self.containers_[cid] = {"image": image, "command": command, "host_config": host_config, "name": name}
         self.created.append(self.containers_[cid])
         return {"Id": cid}
 
@@ -107,7 +109,11 @@ class FakeAPI:
         return {"Id": iid}
 
     def remove_container(self, cid: str, force: bool = False) -> None:
-        self.containers_.pop(cid, None)
+        found = [k for k, c in self.containers_.items() if k == cid or c["name"] == cid]
+        if not found:
+            raise docker.errors.NotFound(cid)
+        for k in found:
+            del self.containers_[k]
 
 
 class Clock:
@@ -239,6 +245,15 @@ def test_install_is_offline_exact_and_from_a_read_only_wheelhouse(tmp_path: Path
     changes = api.commits[0]["changes"]
     assert "ENV PATH=/opt/azureml-env/bin:/usr/bin:/bin" in changes  # the base's own PATH, after the venv
     assert api.containers_ == {}, "the install container was left behind"
+
+
+def test_an_interrupted_install_is_cleaned_up_by_the_next(tmp_path: Path, wheels: list[Path]) -> None:
+    api = FakeAPI()
+    cache = cache_for(api, tmp_path)
+    key = env_key(BASE_ID, "3.11", wheelhouse.wheel_digests(wheels))
+    api.containers_["stale"] = {"image": BASE, "command": [], "host_config": {}, "name": f"mldeploy-env-install-{key[:24]}"}
+    images.ensure_env_image(api, BASE, wheels, "3.11", lambda _l: None, cache)
+    assert api.containers_ == {} and len(api.commits) == 1
 
 
 def test_failed_install_leaves_no_entry_and_no_container(tmp_path: Path, wheels: list[Path]) -> None:

@@ -334,8 +334,15 @@ def _install_and_record(api: Any, cache: env_cache.EnvCache, base_image: str, ba
 def _install_env(api: Any, base_image: str, wheels: list[Path], tag: str, key: str,
                  log: Callable[[str], None], cache_root: Path) -> str:
     house = str(wheels[0].parent) if wheels else tempfile.mkdtemp(prefix="mldeploy-empty-")
+    # One name per key: an install interrupted earlier (Ctrl-C twice) left its container under
+    # this name, and the caller holds the key's lock, so no live install has it.
+    name = f"mldeploy-env-install-{key[:24]}"
+    try:
+        api.remove_container(name, force=True)
+    except docker.errors.NotFound:
+        pass
     container = api.create_container(
-        base_image, install_command([w.name for w in wheels]),
+        base_image, install_command([w.name for w in wheels]), name=name,
         host_config=api.create_host_config(binds={house: {"bind": WHEELS_MOUNT, "mode": "ro"}}, network_mode="none"),
     )
     cid = container["Id"]

@@ -367,15 +367,17 @@ class InferenceImage(pulumi.ComponentResource):
         return props
 
     @classmethod
-    def from_config(cls, resource_name: str, path: str | Path,
+    def from_config(cls, path: str | Path, resource_name: str | None = None,
                     opts: pulumi.ResourceOptions | None = None) -> "InferenceImage":
         """An image from an `az ml` inferenceconfig.json, unchanged (the seed's keys, its trailing comma).
 
-        Paths in the file are relative to the file's folder. A bad key or value fails
-        at preview, naming the file and the key.
+        `resource_name` defaults to the file's stem (`inferenceconfig`). Paths in the file
+        are relative to the file's folder. A bad key or value fails at preview, naming the
+        file and the key.
         """
         from components.azureml_config import read_inference_config
 
+        resource_name = resource_name or Path(path).stem
         config = read_inference_config(resource_name, path)
         try:
             return cls(resource_name, opts=opts, _root=config.folder, **config.kwargs)

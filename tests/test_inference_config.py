@@ -125,7 +125,7 @@ def test_lenient_json_keeps_commas_inside_strings() -> None:
 def test_from_config_names_the_file_and_key_when_the_source_directory_is_missing(mocks: Any) -> None:
     m, _ = mocks
     with pytest.raises(ArgsError) as info:
-        InferenceImage.from_config("scoring", SEED / "inferenceconfig.json")
+        InferenceImage.from_config(SEED / "inferenceconfig.json", "scoring")
     msg = str(info.value)
     assert "inferenceconfig.json" in msg and "sourceDirectory" in msg, msg
     assert m.resources == {}, "something was declared"
@@ -135,7 +135,7 @@ def test_from_config_stops_on_the_seeds_python_pin_naming_both_versions(project:
     m, _ = mocks
     path = seed_project(project)
     with pytest.raises(ArgsError) as info:
-        InferenceImage.from_config("scoring", path)
+        InferenceImage.from_config(path, "scoring")
     msg = str(info.value)
     assert "condaFile" in msg and "3.6.2" in msg and "Python 3.11" in msg and "mldeploy/base:bookworm-py3.11" in msg, msg
     assert m.resources == {}
@@ -152,10 +152,10 @@ def test_no_pin_and_a_pin_the_base_meets_are_fine(project: Path, mocks: Any, kw:
 def test_from_config_declares_the_image(project: Path, mocks: Any) -> Any:
     m, _ = mocks
     path = seed_project(project, conda=ENV_311)
-    image = InferenceImage.from_config("scoring", path)
+    image = InferenceImage.from_config(str(path))  # as the issue writes it: the file alone
 
     def check(_: Any) -> None:
-        props = m.resources["scoring-image"]
+        props = m.resources["inferenceconfig-image"]
         assert props["entry_script"] == "x/y/score.py"
         assert props["source_directory"] == "deploy/C:/abc"  # relative to the project
         assert props["dependency_file"] == "deploy/C:/abc/env/myenv.yml"
@@ -179,7 +179,7 @@ def test_bad_inference_config_names_the_key_and_file(project: Path, mocks: Any, 
     path = project / "inferenceconfig.json"
     path.write_text(doc)
     with pytest.raises(ArgsError) as info:
-        InferenceImage.from_config("scoring", path)
+        InferenceImage.from_config(path, "scoring")
     assert where in str(info.value) and str(path) in str(info.value), str(info.value)
     assert m.resources == {}
 

@@ -10,7 +10,9 @@ renderer fills), so that only the code differs.
 Its service rolls once: its backend was published on a TCP port on Docker's bridge,
 which anything on the machine could reach without the key; this release's backends
 have no network (issue 11), so the next `up` replaces that backend (a zero-downtime
-roll, same scoring URI) and nothing else.
+roll, same scoring URI). Its image is rebuilt once, in place (same repository): the
+earlier release's image held a layer of deleted wheels, this release's is built on
+the cached environment image (issue 11, part 3).
 """
 
 from __future__ import annotations
@@ -106,8 +108,10 @@ def test_a_stack_of_the_earlier_release_previews_no_changes_from_another_checkou
     shutil.copy2(first / "stacks" / f"Pulumi.{name}.yaml", workdir / "stacks" / f"Pulumi.{name}.yaml")
     st = engine_stack(stack_cli.project_program(workdir), name=name)
     pre = st.preview(diff=True)
-    # Only the service changes (its exposed backend rolls); nothing is replaced.
-    assert pre.change_summary == {"same": pre.change_summary.get("same"), "update": 1}, (pre.change_summary, pre.text[-4000:])
+    # Only the service (its exposed backend rolls) and the image change; nothing is replaced. The
+    # image is rebuilt once, in place, on the cached environment image: the earlier release's held
+    # a layer of deleted wheels (issue 11, part 3).
+    assert pre.change_summary == {"same": pre.change_summary.get("same"), "update": 2}, (pre.change_summary, pre.text[-4000:])
 
     # The roll mounts the model from this checkout's registry, and nothing registers it there
     # again (the model did not change, and refresh reads the registry the old inputs name):

@@ -101,6 +101,21 @@ def engine_stack(workdir: Path) -> Iterator[Callable[..., EngineStack]]:
         st.remove()
 
 
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """The local fake ARM (tests/fake_arm.py), its address and CA in the environment.
+
+    Asked for before a stack, so it still serves when the stack is destroyed at teardown.
+    """
+    from fake_arm import FakeArm
+
+    arm = FakeArm(tmp_path / "arm")
+    for k, v in arm.env().items():
+        monkeypatch.setenv(k, v)
+    yield arm
+    arm.close()
+
+
 @pytest.fixture(scope="session")
 def local_registry() -> Iterator[str]:
     """The local image registry that stands in for ACR (scripts/k8s/registry.sh); yields its address.

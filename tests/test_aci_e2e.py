@@ -33,16 +33,6 @@ def local_uri(fake: FakeArm, group: str, uri: str) -> str:
     return f"http://127.0.0.1:{fake.host_port(group)}{path}"
 
 
-@pytest.fixture
-def fake(tmp_path, monkeypatch):
-    """Set up before the stack, so it is still serving when the stack is destroyed at teardown."""
-    arm = FakeArm(tmp_path / "arm")
-    for k, v in arm.env().items():
-        monkeypatch.setenv(k, v)
-    yield arm
-    arm.close()
-
-
 def test_aci_target_scores_rolls_drifts_and_cleans_up(fake: FakeArm, local_registry: str, workdir: Path, engine_stack) -> None:
     """The fake ARM pulls the group's images from the local registry, as ACI pulls from ACR."""
     from components import ContainerInstanceService, InferenceImage, RegisteredModel

@@ -46,15 +46,6 @@ def body(command: list[str], dns: str = "fake-web") -> dict:
 WEB = ["python3", "-m", "http.server", "8000"]
 
 
-@pytest.fixture
-def fake(tmp_path, monkeypatch):
-    arm = FakeArm(tmp_path)
-    for k, v in arm.env().items():
-        monkeypatch.setenv(k, v)
-    yield arm
-    arm.close()
-
-
 def groups(fake: FakeArm, token: str | None = None) -> ContainerGroups:
     return ContainerGroups(SUB, "rg", fake.url, cred=StaticToken(token) if token else None)
 

@@ -11,7 +11,6 @@ import pytest
 import requests
 
 from fake_acr import TokenRegistry
-from fake_arm import FakeArm
 from providers.clients import oci_registry
 from providers.clients.arm import ArmError
 
@@ -26,15 +25,6 @@ def registry(tmp_path):
     reg = TokenRegistry(tmp_path / "registry")
     yield reg
     reg.close()
-
-
-@pytest.fixture
-def fake(tmp_path, monkeypatch):
-    arm = FakeArm(tmp_path / "arm")
-    for k, v in arm.env().items():
-        monkeypatch.setenv(k, v)
-    yield arm
-    arm.close()
 
 
 def auth(reg: TokenRegistry) -> oci_registry.RegistryAuth:

@@ -30,15 +30,6 @@ def blobs(reg_dir: Path) -> set[str]:
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch):
-    arm = FakeArm(tmp_path / "arm")
-    for k, v in arm.env().items():
-        monkeypatch.setenv(k, v)
-    yield arm
-    arm.close()
-
-
-@pytest.fixture
 def acr(tmp_path):
     reg = TokenRegistry(tmp_path / "acr")
     yield reg

@@ -100,13 +100,10 @@ def test_the_body_is_azure_ml_shaped_and_passes_the_spec():
 # ------------------------------------------------------------ against the fake ARM
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch):
-    arm = FakeArm(tmp_path / "arm")
-    arm.cluster_seconds = 0.5
-    for k, v in arm.env().items():
-        monkeypatch.setenv(k, v)
-    yield arm
-    arm.close()
+def fake(fake):
+    """Clusters finish in half a second."""
+    fake.cluster_seconds = 0.5
+    return fake
 
 
 def props(fake: FakeArm, **over: Any) -> dict[str, Any]:

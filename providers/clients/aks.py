@@ -10,11 +10,11 @@ it against the REST specification.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from typing import Any
 
 from providers.clients.arm import AKS_API_VERSION, DEFAULT_ENDPOINT, ArmError, call, client_kwargs, credential
+from providers.progress import say
 
 MAX_WAIT_SECONDS = 60 * 60
 """How long `up` waits for a cluster; AKS creates usually take minutes, ARM fails them itself much later."""
@@ -29,8 +29,7 @@ DNS_PREFIX_RE = r"^[a-zA-Z0-9][-a-zA-Z0-9]{0,52}[a-zA-Z0-9]$|^[a-zA-Z0-9]$"
 POOL_NAME = "nodepool1"
 
 
-def _progress(message: str) -> None:
-    print(f"[mldeploy] {message}", file=sys.stderr, flush=True)
+_progress = say  # one style of progress line for every provider
 
 
 def parse_resource_id(resource_id: str) -> tuple[str, str, str]:

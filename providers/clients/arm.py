@@ -15,10 +15,10 @@ such a fake's HTTPS certificate is signed by.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
+from providers.progress import say
 
 ACI_API_VERSION = "2025-09-01"
 """The api-version sent for container groups (Azure docs' default; pinned)."""
@@ -58,8 +58,7 @@ def credential() -> Any:
     return DefaultAzureCredential()
 
 
-def _progress(message: str) -> None:
-    print(f"[mldeploy] {message}", file=sys.stderr, flush=True)
+_progress = say  # one style of progress line for every provider
 
 
 def client_kwargs(endpoint: str) -> dict[str, Any]:

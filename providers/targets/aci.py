@@ -16,7 +16,6 @@ policy and network profile need the group deleted and created again
 from __future__ import annotations
 
 import re
-import sys
 from typing import Any, Literal, Mapping
 
 from pulumi.dynamic import CheckFailure
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from providers import azure
 from providers.targets import ArgsInvalid, Target, check_environment, service_uris, validate_args
+from providers.progress import say
 
 # ACI's limits for one Linux container group (learn.microsoft.com container-instances-
 # resource-and-quota-limits, 2023 version; regions may offer less). Keep them here only.
@@ -46,8 +46,7 @@ FRONT_DIR = "/tmp/mldeploy-fe"
 FRONT_CONF_DIR = f"{FRONT_DIR}/conf"
 
 
-def _progress(message: str) -> None:
-    print(f"[mldeploy] {message}", file=sys.stderr, flush=True)
+_progress = say  # one style of progress line for every provider
 
 
 class AciArgs(BaseModel):

@@ -26,7 +26,6 @@ import contextvars
 import hashlib
 import os
 import secrets
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -41,6 +40,7 @@ from providers.clients.gateway_config import SCORING_SOCKET_DIR, backend_socket
 from providers.paths import local
 from providers.sample_check import check_sample
 from providers.targets import ArgsInvalid, Target, WholeNumber, check_environment, service_uris, validate_args
+from providers.progress import say
 
 MODELS_ROOT = "/var/azureml-app/azureml-models"
 PORT_RANGE = (20000, 29999)
@@ -50,9 +50,7 @@ PORT_RANGE = (20000, 29999)
 _claims: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("mldeploy_port_claims", default=None)
 
 
-def _progress(message: str) -> None:
-    # The dynamic provider's stderr ends up in the engine's log (-v / --logflow).
-    print(f"[mldeploy] {message}", file=sys.stderr, flush=True)
+_progress = say  # one style of progress line for every provider
 
 
 def new_key() -> str:

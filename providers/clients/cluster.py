@@ -15,12 +15,39 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SH = ROOT / "scripts" / "k8s" / "cluster.sh"
+"""In a checkout; an installed package (mldeploy/providers/clients/) has no scripts/ beside it."""
+CHECKOUT_ENV = "MLDEPLOY_ROOT"
+"""A checkout of the repository whose scripts run the cluster (scripts/env.sh exports it)."""
 REGISTRY_ADDRESS = "127.0.0.1:5000"
 K8S_VERSION = "1.37.2"  # scripts/env.sh's default
 
 
 class ClusterStartError(RuntimeError):
     """`cluster.sh up` failed; the message carries the tail of its output."""
+
+
+class ClusterScriptsMissing(ClusterStartError):
+    """The local cluster's scripts are not here (an installed package); the message says what to set."""
+
+
+def cluster_script() -> Path:
+    """scripts/k8s/cluster.sh: of the checkout this module is in, else of the one MLDEPLOY_ROOT names.
+
+    The scripts build the cluster's binaries from Go modules and run them; they belong to
+    the repository, not to the installed package, which raises `ClusterScriptsMissing`.
+    """
+    if CLUSTER_SH.is_file():
+        return CLUSTER_SH
+    given = os.environ.get(CHECKOUT_ENV)
+    if given and (Path(given) / "scripts" / "k8s" / "cluster.sh").is_file():
+        return Path(given) / "scripts" / "k8s" / "cluster.sh"
+    looked = f"{CHECKOUT_ENV}={given!r} has no scripts/k8s/cluster.sh" if given else f"{CHECKOUT_ENV} is not set"
+    raise ClusterScriptsMissing(
+        "the local Kubernetes cluster is built and run by the mldeploy repository's scripts/k8s/cluster.sh, "
+        f"which the installed package does not include ({looked}). Set {CHECKOUT_ENV} to a checkout of the "
+        "repository (its scripts/env.sh does), or attach a cluster of your own with mldeploy:kubeconfig "
+        "(AksCluster(kubeconfig=...))"
+    )
 
 
 def run_dir() -> Path:
@@ -52,7 +79,7 @@ def registry_address() -> str:
 
 def is_up() -> bool:
     """Every component runs and the node is Ready."""
-    done = subprocess.run([str(CLUSTER_SH), "status"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([str(cluster_script()), "status"], capture_output=True, text=True, timeout=60)
     return done.returncode == 0
 
 
@@ -63,7 +90,7 @@ def ensure_up() -> str:
     20 min on 2 cores); afterwards `up` takes seconds. Returns the kubeconfig path.
     """
     tail: deque[str] = deque(maxlen=40)
-    proc = subprocess.Popen([str(CLUSTER_SH), "up"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([str(cluster_script()), "up"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     try:
         for line in proc.stdout:

@@ -737,7 +737,7 @@ class Bench:
                     dc.images.remove(im.id, force=True)
             # Environment images of the cold runs' own caches (built on the bench's bases) go first,
             # or the bases could only be untagged.
-            from providers.clients import env_cache
+            from mldeploy.providers.clients import env_cache
 
             for index in self.tmp.glob("cache-*/env-images"):
                 env_cache.EnvCache(dc.api, root=index).prune(0)
@@ -769,7 +769,7 @@ def serve_program(model_path: Path, cores: list[int]) -> Callable[[], None]:
     def program() -> None:
         import pulumi
 
-        from components import ContainerInstanceService, InferenceImage, RegisteredModel
+        from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
 
         model = RegisteredModel("ridge", model_name="bench_serve_model", model_path=str(model_path))
         image = InferenceImage("scoring", entry_script="score.py", source_directory="sample/src",
@@ -787,7 +787,7 @@ def scale_program(n: int, model_path: Path) -> Callable[[], None]:
     def program() -> None:
         import pulumi
 
-        from components import ContainerInstanceService, InferenceImage, RegisteredModel
+        from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
 
         model = RegisteredModel("ridge", model_name="bench_scale_model", model_path=str(model_path))
         image = InferenceImage("scoring", entry_script="score.py", source_directory="sample/src",

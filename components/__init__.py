@@ -1,11 +1,11 @@
 """Components that declare Azure ML's deployment workflow in Pulumi."""
 
-from components.aks_cluster import AksCluster, AksClusterArgs
-from components.aks_service import AksService
-from components.container_instance_service import ContainerInstanceService, ContainerInstanceServiceArgs
-from components.edge_module import EdgeDevice, EdgeModule
-from components.inference_image import InferenceImage, InferenceImageArgs
-from components.registered_model import RegisteredModel, RegisteredModelArgs
+from mldeploy.components.aks_cluster import AksCluster, AksClusterArgs
+from mldeploy.components.aks_service import AksService
+from mldeploy.components.container_instance_service import ContainerInstanceService, ContainerInstanceServiceArgs
+from mldeploy.components.edge_module import EdgeDevice, EdgeModule
+from mldeploy.components.inference_image import InferenceImage, InferenceImageArgs
+from mldeploy.components.registered_model import RegisteredModel, RegisteredModelArgs
 
 __all__ = [
     "AksCluster",

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from providers.paths import local, portable, project_dir
+from mldeploy.providers.paths import local, portable, project_dir
 
 PACKAGE = "mldeploy"
 DEFAULT_BASE_IMAGE = "mldeploy/base:bookworm-py3.11"
@@ -60,7 +60,7 @@ class StackConfig(BaseModel):
     @field_validator("target")
     @classmethod
     def _known_target(cls, value: str) -> str:
-        from providers.targets import TARGETS
+        from mldeploy.providers.targets import TARGETS
 
         if value not in TARGETS:
             raise ValueError(f"unknown target {value!r}; known: {', '.join(TARGETS)}")
@@ -71,7 +71,7 @@ class StackConfig(BaseModel):
     def _registry_url(cls, value: str) -> str:
         if not value:
             return value
-        from providers.clients.blob_store import BlobLocationError, parse_blob_url
+        from mldeploy.providers.clients.blob_store import BlobLocationError, parse_blob_url
 
         if not value.startswith("azblob://"):
             raise ValueError(f"{value!r}: an azblob://<container>[/<prefix>]?... URL (a folder goes in mldeploy:registryPath)")
@@ -101,7 +101,7 @@ class Settings:
     """Per-stack settings from the `mldeploy:` config namespace.
 
     Paths are as resource inputs hold them: relative to the project when inside
-    it (`providers.paths.portable`), so they name no checkout's location.
+    it (`mldeploy.providers.paths.portable`), so they name no checkout's location.
     """
 
     project: str

@@ -19,11 +19,11 @@ import pulumi_kubernetes as k8s
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from components._common import PACKAGE, ArgsError, Settings, slug, validate
-from components.registry_image import RegistryImage
-from providers.cluster import ClusterProvider
-from providers.managed_cluster import ClusterCredentialsProvider, ManagedClusterProvider
-from providers.targets.kubernetes import NAMESPACE_RE
+from mldeploy.components._common import PACKAGE, ArgsError, Settings, slug, validate
+from mldeploy.components.registry_image import RegistryImage
+from mldeploy.providers.cluster import ClusterProvider
+from mldeploy.providers.managed_cluster import ClusterCredentialsProvider, ManagedClusterProvider
+from mldeploy.providers.targets.kubernetes import NAMESPACE_RE
 
 OUTPUTS = ("kubeconfig", "kubernetes_version", "node_count", "allocatable_vcpus")
 AKS_ID_RE = (r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[-\w._()]+/providers/"
@@ -222,7 +222,7 @@ class AksCluster(pulumi.ComponentResource):
         Pushes only: the nodes pull with their own identity (attach the ACR to the cluster, AcrPull).
         """
         if self._registry_auth is None:
-            from components.registry_credentials import registry_credentials_for
+            from mldeploy.components.registry_credentials import registry_credentials_for
 
             creds = registry_credentials_for(self._settings, f"{self._name}-registry-credentials", self)
             self._registry_auth = {} if creds is None else {"registry_auth": pulumi.Output.secret(

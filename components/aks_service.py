@@ -3,7 +3,7 @@
 Built from pulumi-kubernetes resources, so the engine's own await logic waits for
 each rollout and `preview` asks the API server. What the target knows (the
 arguments and Azure ML's rules for them, the object specs) lives in
-`providers.targets.kubernetes`; this module only wires the resources.
+`mldeploy.providers.targets.kubernetes`; this module only wires the resources.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi.dynamic import Resource
 
-from components._common import PACKAGE, ArgsError, validate
-from components.aks_cluster import AksCluster
-from components.registry_image import RegistryImage
-from components.inference_image import InferenceImage
-from components.registered_model import RegisteredModel
-from providers.keys import ServiceKeysProvider
-from providers.rollout import RolloutProvider
-from providers.targets import kubernetes as target
+from mldeploy.components._common import PACKAGE, ArgsError, validate
+from mldeploy.components.aks_cluster import AksCluster
+from mldeploy.components.registry_image import RegistryImage
+from mldeploy.components.inference_image import InferenceImage
+from mldeploy.components.registered_model import RegisteredModel
+from mldeploy.providers.keys import ServiceKeysProvider
+from mldeploy.providers.rollout import RolloutProvider
+from mldeploy.providers.targets import kubernetes as target
 
 OUTPUTS = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "model_versions", "node_port")
 
@@ -37,7 +37,7 @@ class ServiceKeys(Resource, module=PACKAGE, name="ServiceKeys"):
 
 
 class Rollout(Resource, module=PACKAGE, name="Rollout"):
-    """The check that a Deployment's new generation rolled out (dynamic resource; see providers.rollout)."""
+    """The check that a Deployment's new generation rolled out (dynamic resource; see mldeploy.providers.rollout)."""
 
     revision: pulumi.Output[str]
     available_replicas: pulumi.Output[int]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from components._common import ArgsError
+from mldeploy.components._common import ArgsError
 
 
 def loads_lenient(text: str) -> Any:

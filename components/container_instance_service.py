@@ -9,13 +9,13 @@ import pulumi
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from components._common import PACKAGE, ArgsError, Settings, slug, validate
-from components.inference_image import InferenceImage
-from components.registered_model import RegisteredModel
-from components.registry_credentials import RegistryCredentials, registry_credentials_for
-from components.registry_image import RegistryImage
-from providers.service import ServiceProvider
-from providers.targets import TARGETS, ArgsInvalid, target_for
+from mldeploy.components._common import PACKAGE, ArgsError, Settings, slug, validate
+from mldeploy.components.inference_image import InferenceImage
+from mldeploy.components.registered_model import RegisteredModel
+from mldeploy.components.registry_credentials import RegistryCredentials, registry_credentials_for
+from mldeploy.components.registry_image import RegistryImage
+from mldeploy.providers.service import ServiceProvider
+from mldeploy.providers.targets import TARGETS, ArgsInvalid, target_for
 
 OUTPUTS = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "state", "model_versions")
 
@@ -24,7 +24,7 @@ class ContainerInstanceServiceArgs(BaseModel):
     """Arguments of `ContainerInstanceService`, as Azure ML's deployment configuration takes them.
 
     Arguments of one target only (the local target's `port`) are its own:
-    `Args` of `providers.targets.<target>`.
+    `Args` of `mldeploy.providers.targets.<target>`.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -116,7 +116,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
         worker_count: int | None = None,
     ):
-        """`port` and `worker_count` are the local target's (`providers.targets.local.LocalArgs`;
+        """`port` and `worker_count` are the local target's (`mldeploy.providers.targets.local.LocalArgs`;
         by default one scoring worker per whole core of `cpu_cores`); other targets refuse them."""
         settings = Settings.load()
         args = validate(

@@ -4,8 +4,8 @@ As Azure ML did for IoT Edge: one image per deployment with the model inside (a
 device has no model store to mount), pushed to the stack's registry, and a
 deployment manifest that tells the device's agent to run it. What the target
 knows (arguments, rules, the module's manifest entry) lives in
-`providers.targets.iotedge`; the manifest renderer in `providers.edge_manifest`;
-the backends (this machine as the device, or IoT Hub) in `providers.edge_device`.
+`mldeploy.providers.targets.iotedge`; the manifest renderer in `mldeploy.providers.edge_manifest`;
+the backends (this machine as the device, or IoT Hub) in `mldeploy.providers.edge_device`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import Resource
 
-from components._common import PACKAGE, ArgsError, Settings, slug, validate
-from components.inference_image import InferenceImage
-from components.registered_model import RegisteredModel
-from components.registry_image import RegistryImage
-from providers import edge_manifest
-from providers.edge_device import EdgeDeploymentProvider
-from providers.targets import iotedge as target
+from mldeploy.components._common import PACKAGE, ArgsError, Settings, slug, validate
+from mldeploy.components.inference_image import InferenceImage
+from mldeploy.components.registered_model import RegisteredModel
+from mldeploy.components.registry_image import RegistryImage
+from mldeploy.providers import edge_manifest
+from mldeploy.providers.edge_device import EdgeDeploymentProvider
+from mldeploy.providers.targets import iotedge as target
 
 OUTPUTS = ("scoring_uri", "swagger_uri", "module_name", "module_version", "image_ref", "manifest", "model_versions", "device_id")
 

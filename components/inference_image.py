@@ -14,10 +14,10 @@ import yaml
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from components._common import PACKAGE, ArgsError, Settings, resolve, slug, validate
-from providers.clients.registry import content_hash
-from providers.image import ImageProvider
-from providers.paths import portable
+from mldeploy.components._common import PACKAGE, ArgsError, Settings, resolve, slug, validate
+from mldeploy.providers.clients.registry import content_hash
+from mldeploy.providers.image import ImageProvider
+from mldeploy.providers.paths import portable
 
 RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
 DOCKERFILE = Path(__file__).resolve().parents[1] / "providers" / "clients" / "inference.Dockerfile"
@@ -77,7 +77,7 @@ class InferenceImageArgs(BaseModel):
     def _extra_steps(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        from providers.clients.images import render_extra_steps
+        from mldeploy.providers.clients.images import render_extra_steps
 
         path = resolve(value, info.context["root"] if info.context else None)
         if not path.is_file():
@@ -188,7 +188,7 @@ def _base_python_version(ref: str) -> str | None:
         return m.group(1)
     import docker
 
-    from providers.clients.images import python_of_image
+    from mldeploy.providers.clients.images import python_of_image
 
     try:
         client = docker.from_env(timeout=DOCKER_TIMEOUT)
@@ -202,7 +202,7 @@ def _base_python_version(ref: str) -> str | None:
 
 def check_python_pin(conda_file: str | None, base_image: str, base_python: str | None) -> str | None:
     """Why the conda file's `python` pin cannot be met by the base image, or None."""
-    from providers.clients.images import pin_allows, python_pin
+    from mldeploy.providers.clients.images import pin_allows, python_pin
 
     if not conda_file or not base_python:
         return None
@@ -375,7 +375,7 @@ class InferenceImage(pulumi.ComponentResource):
         are relative to the file's folder. A bad key or value fails at preview, naming the
         file and the key.
         """
-        from components.azureml_config import read_inference_config
+        from mldeploy.components.azureml_config import read_inference_config
 
         resource_name = resource_name or Path(path).stem
         config = read_inference_config(resource_name, path)

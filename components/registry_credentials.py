@@ -7,8 +7,8 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import Resource
 
-from components._common import PACKAGE, ArgsError, Settings
-from providers.registry_credentials import RegistryCredentialsProvider
+from mldeploy.components._common import PACKAGE, ArgsError, Settings
+from mldeploy.providers.registry_credentials import RegistryCredentialsProvider
 
 
 class RegistryCredentials(Resource, module=PACKAGE, name="RegistryCredentials"):

@@ -7,8 +7,8 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import Resource
 
-from components._common import PACKAGE
-from providers.registry_image import RegistryImageProvider
+from mldeploy.components._common import PACKAGE
+from mldeploy.providers.registry_image import RegistryImageProvider
 
 
 class RegistryImage(Resource, module=PACKAGE, name="RegistryImage"):

@@ -40,7 +40,7 @@ def purpose_failures(purpose: str, vcpus: float) -> list[CheckFailure]:
 
 
 def _local_kubeconfig() -> str:
-    from providers.clients import cluster
+    from mldeploy.providers.clients import cluster
 
     cluster.ensure_up()
     with open(cluster.kubeconfig_path(), encoding="utf-8") as f:
@@ -59,7 +59,7 @@ class ClusterProvider(ResourceProvider):
     serialize_as_secret_always = False
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        from providers.clients import kube
+        from mldeploy.providers.clients import kube
 
         failures: list[CheckFailure] = []
         if news.get("source") not in SOURCES:
@@ -84,7 +84,7 @@ class ClusterProvider(ResourceProvider):
         return diff_cluster(olds, news)
 
     def _outs(self, props: dict[str, Any]) -> dict[str, Any]:
-        from providers.clients import kube
+        from mldeploy.providers.clients import kube
 
         text = kubeconfig_text(props)
         facts = kube.facts(text)

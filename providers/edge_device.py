@@ -1,10 +1,10 @@
 """Provider of an edge device's deployment: renders, checks and applies an IoT Edge manifest.
 
 Two backends behind one resource:
-- `local`: this machine is the device; `providers.clients.edge_agent` does what
+- `local`: this machine is the device; `mldeploy.providers.clients.edge_agent` does what
   the IoT Edge agent does with the manifest (pull, create from createOptions,
   status and restart policy, remove what left the manifest).
-- `iothub`: `providers.clients.iothub` sends the manifest to the device through
+- `iothub`: `mldeploy.providers.clients.iothub` sends the manifest to the device through
   IoT Hub's `applyConfigurationContent`, signed with a SAS token made from the
   policy key (a Pulumi secret). Never run against Azure.
 
@@ -24,8 +24,8 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 from pulumi.runtime import rpc
 from pydantic import ValidationError
 
-from providers import edge_manifest
-from providers.progress import say
+from mldeploy.providers import edge_manifest
+from mldeploy.providers.progress import say
 
 SECRET_PLACEHOLDER = "[secret]"
 DEVICE_IDENTITY = ("device_id", "backend", "hub_host")
@@ -104,7 +104,7 @@ def container_prefix(props: Mapping[str, Any]) -> str:
 
 
 def labels(props: Mapping[str, Any]) -> dict[str, str]:
-    from providers.clients import containers
+    from mldeploy.providers.clients import containers
 
     return containers.labels_for(props["project"], props["stack"], props["resource"])
 
@@ -120,7 +120,7 @@ class EdgeDeploymentProvider(ResourceProvider):
     serialize_as_secret_always = False
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        from providers.targets.iotedge import PREVIEW_IMAGE, EdgeDeviceArgs
+        from mldeploy.providers.targets.iotedge import PREVIEW_IMAGE, EdgeDeviceArgs
 
         failures: list[CheckFailure] = []
         news = _sentinels(news)
@@ -156,12 +156,12 @@ class EdgeDeploymentProvider(ResourceProvider):
     # ------------------------------------------------------------ backends
 
     def _agent(self, props: Mapping[str, Any]) -> Any:
-        from providers.clients.edge_agent import LocalAgent
+        from mldeploy.providers.clients.edge_agent import LocalAgent
 
         return LocalAgent(props["device"]["device_id"], labels(props), container_prefix(props), on_log=_progress)
 
     def _hub(self, props: Mapping[str, Any]) -> Any:
-        from providers.clients.iothub import IoTHubClient
+        from mldeploy.providers.clients.iothub import IoTHubClient
 
         d = props["device"]
         return IoTHubClient(d["hub_host"], d.get("policy_name") or "iothubowner", props["policy_key"],
@@ -171,7 +171,7 @@ class EdgeDeploymentProvider(ResourceProvider):
         manifest = render(props, props.get("registry_password"))
         device = props["device"]
         if device["backend"] == "local":
-            from providers.clients import containers
+            from mldeploy.providers.clients import containers
 
             started = self._agent(props).apply(manifest)
             port = props.get("port")
@@ -186,7 +186,7 @@ class EdgeDeploymentProvider(ResourceProvider):
 
     def _drop_images(self, props: Mapping[str, Any], keep: set[str]) -> None:
         """Module images the device no longer runs: out of the registry (and the local device's cache)."""
-        from providers.clients import oci_registry
+        from mldeploy.providers.clients import oci_registry
 
         for m in props.get("modules") or []:
             image = m.get("image")
@@ -233,7 +233,7 @@ class EdgeDeploymentProvider(ResourceProvider):
                 if isinstance(m.get("image"), str):
                     self._agent(props).remove_image(m["image"])
             return
-        from providers.clients.iothub import IoTHubError
+        from mldeploy.providers.clients.iothub import IoTHubError
 
         # What is left on the device: the system modules only (gone already counts as deleted).
         empty = render({**props, "modules": [], "routes": {}}, props.get("registry_password"))

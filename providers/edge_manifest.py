@@ -9,8 +9,8 @@ the rules the schemas cannot say: `createOptions` is JSON, at most 8 parts of
 512 characters; route syntax `FROM <source> [WHERE <condition>] INTO <sink>`;
 the 32 KB twin limit. Every failure names its field or JSON path.
 
-Both backends (the local agent in `providers.clients.edge_agent` and IoT Hub in
-`providers.clients.iothub`) import this module, never the reverse.
+Both backends (the local agent in `mldeploy.providers.clients.edge_agent` and IoT Hub in
+`mldeploy.providers.clients.iothub`) import this module, never the reverse.
 """
 
 from __future__ import annotations

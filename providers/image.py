@@ -7,7 +7,7 @@ from typing import Any
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from providers.paths import local
+from mldeploy.providers.paths import local
 
 REPLACE_ON = ("image_repo",)
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
@@ -68,7 +68,7 @@ class ImageProvider(ResourceProvider):
         if registry and not failures and UNKNOWN not in str(registry):
             # A private base: its id comes from the registry (pulled now when missing), so a
             # base rebuilt and pushed again rebuilds the image, as a local base does.
-            from providers.clients.images import ImageBuildError, pull_base_image
+            from mldeploy.providers.clients.images import ImageBuildError, pull_base_image
 
             try:
                 news = {**news, "base_image_id": pull_base_image(news["base_image"], registry)}
@@ -80,7 +80,7 @@ class ImageProvider(ResourceProvider):
         return diff_image(olds, news)
 
     def _build(self, props: dict[str, Any]) -> dict[str, Any]:
-        from providers.clients.images import build_inference_image, pull_base_image
+        from mldeploy.providers.clients.images import build_inference_image, pull_base_image
 
         name = image_name(props)
         if props.get("base_image_registry"):
@@ -105,7 +105,7 @@ class ImageProvider(ResourceProvider):
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         outs = self._build(news)
         if olds.get("image_name") and olds["image_name"] != outs["image_name"]:
-            from providers.clients.images import remove_image
+            from mldeploy.providers.clients.images import remove_image
 
             remove_image(olds["image_name"])  # left in place while a service still runs on it
         return UpdateResult(outs)
@@ -123,6 +123,6 @@ class ImageProvider(ResourceProvider):
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         """Removes the stack's image only; the environment image it was built on stays in the machine's cache."""
-        from providers.clients.images import remove_image
+        from mldeploy.providers.clients.images import remove_image
 
         remove_image(props["image_name"])

@@ -24,8 +24,8 @@ from typing import Any
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from providers import azure
-from providers.cluster import FAST_PROD_MIN_VCPUS  # Azure ML's rule, the same for every cluster
+from mldeploy.providers import azure
+from mldeploy.providers.cluster import FAST_PROD_MIN_VCPUS  # Azure ML's rule, the same for every cluster
 MODES = ("create", "attach")
 # Where the cluster is, its name, its DNS prefix and its pool's VM size cannot change in place.
 REPLACE_ON = ("mode", "subscription_id", "resource_group", "location", "cluster_name", "dns_prefix", "vm_size", "resource_id", "arm_endpoint")
@@ -56,7 +56,7 @@ def pool_vcpus(agent_count: int, vm_size: str) -> float | None:
 
 def check_create(news: dict[str, Any]) -> list[CheckFailure]:
     """A cluster to create: every field judged from tables and patterns, no I/O. Pure."""
-    from providers.clients.aks import CLUSTER_NAME_RE, DNS_PREFIX_RE
+    from mldeploy.providers.clients.aks import CLUSTER_NAME_RE, DNS_PREFIX_RE
 
     failures: list[CheckFailure] = []
     sub = news.get("subscription_id")
@@ -107,7 +107,7 @@ def check_create(news: dict[str, Any]) -> list[CheckFailure]:
 
 def cluster_vcpus(cluster: dict[str, Any]) -> tuple[float | None, int]:
     """(vCPUs from the table, or None when a pool's size is not in it; node count) of a cluster as ARM returns it."""
-    from providers.clients.aks import pools
+    from mldeploy.providers.clients.aks import pools
 
     total: float | None = 0.0
     nodes = 0
@@ -131,14 +131,14 @@ def diff_managed_cluster(olds: dict[str, Any], news: dict[str, Any]) -> DiffResu
 
 
 def _clusters(props: dict[str, Any]) -> Any:
-    from providers.clients.aks import ManagedClusters
+    from mldeploy.providers.clients.aks import ManagedClusters
 
     return ManagedClusters(props["subscription_id"], props["resource_group"], props.get("arm_endpoint") or "https://management.azure.com")
 
 
 def _where(props: dict[str, Any]) -> dict[str, Any]:
     """For attach: where the resource id points."""
-    from providers.clients.aks import parse_resource_id
+    from mldeploy.providers.clients.aks import parse_resource_id
 
     sub, rg, name = parse_resource_id(str(props["resource_id"]))
     return {**props, "subscription_id": sub, "resource_group": rg, "cluster_name": name}
@@ -182,7 +182,7 @@ class ManagedClusterProvider(ResourceProvider):
             where = _where(news)
         except ValueError as exc:
             return CheckResult(news, [CheckFailure("resource_id", str(exc))])
-        from providers.clients.arm import ArmError
+        from mldeploy.providers.clients.arm import ArmError
 
         try:
             cluster = _clusters(where).get(where["cluster_name"])
@@ -203,14 +203,14 @@ class ManagedClusterProvider(ResourceProvider):
         return diff_managed_cluster(olds, news)
 
     def _apply(self, props: dict[str, Any]) -> dict[str, Any]:
-        from providers.clients.aks import managed_cluster_body
+        from mldeploy.providers.clients.aks import managed_cluster_body
 
         if props["mode"] == "attach":
             where = _where(props)
             clusters = _clusters(where)
             cluster = clusters.get(where["cluster_name"])
             if cluster is None:
-                from providers.clients.arm import ArmError
+                from mldeploy.providers.clients.arm import ArmError
 
                 raise ArmError(f"no managed cluster at {props['resource_id']}")
             return outputs(props, cluster)
@@ -228,7 +228,7 @@ class ManagedClusterProvider(ResourceProvider):
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         """Refresh: a cluster deleted behind our back is drift the next up restores (create mode)."""
-        from providers.clients.arm import ArmError
+        from mldeploy.providers.clients.arm import ArmError
 
         try:
             where = _where(props) if props.get("mode") == "attach" else props
@@ -289,7 +289,7 @@ class ClusterCredentialsProvider(ResourceProvider):
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         """Refresh reads the kubeconfig again (a rotated certificate); a cluster gone makes the next up fetch it anew."""
-        from providers.clients.arm import ArmError
+        from mldeploy.providers.clients.arm import ArmError
 
         try:
             return ReadResult(id_, self._fetch(props))

@@ -6,12 +6,12 @@ from typing import Any
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from providers.clients.registry import is_remote, materialize, open_registry
-from providers.paths import local, same_place
+from mldeploy.providers.clients.registry import is_remote, materialize, open_registry
+from mldeploy.providers.paths import local, same_place
 
 REPLACE_ON = ("model_name", "registry_root", "owner")
 PATHS = ("registry_root",)
-"""Inputs that hold a path: compared as places (`providers.paths.same_place`)."""
+"""Inputs that hold a path: compared as places (`mldeploy.providers.paths.same_place`)."""
 
 
 def version_dir(registry_root: str, name: str, version: int) -> str:

@@ -57,7 +57,7 @@ def resolve(props: dict[str, Any]) -> dict[str, Any]:
     """Server, username and password for these inputs (I/O for an ACR)."""
     if props["source"] == "given":
         return {"server": props["server"], "username": props["username"], "password": props["password"]}
-    from providers.clients import acr
+    from mldeploy.providers.clients import acr
 
     auth = acr.registry_auth(props["subscription_id"], props["resource_group"], props["registry_name"],
                              props.get("arm_endpoint") or "https://management.azure.com")

@@ -11,8 +11,8 @@ from typing import Any
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from providers.paths import local
-from providers.progress import say
+from mldeploy.providers.paths import local
+from mldeploy.providers.progress import say
 
 REPLACE_ON = ("repository",)
 
@@ -44,7 +44,7 @@ class RegistryImageProvider(ResourceProvider):
             failures.append(CheckFailure("repository", f"must be <registry host>/<path>, got {repo!r}"))
         if news.get("source_image") and not news.get("source_image_id"):
             # Named by tag only (the front end's nginx image): its id decides whether to push again.
-            from providers.clients import images
+            from mldeploy.providers.clients import images
 
             info = images.image_info(news["source_image"])
             if info is None:
@@ -60,7 +60,7 @@ class RegistryImageProvider(ResourceProvider):
         return diff_registry_image(olds, news)
 
     def _push(self, props: dict[str, Any]) -> dict[str, Any]:
-        from providers.clients import oci_registry
+        from mldeploy.providers.clients import oci_registry
 
         # A model's folder is relative to the project in the inputs: found under this run's checkout.
         models = [{**m, "model_dir": str(local(m["model_dir"]))} if m.get("model_dir") else m for m in props.get("models") or []]
@@ -85,14 +85,14 @@ class RegistryImageProvider(ResourceProvider):
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         outs = self._push(news)
         if olds.get("tag") and (olds.get("repository"), olds["tag"]) != (outs["repository"], outs["tag"]):
-            from providers.clients import images
+            from mldeploy.providers.clients import images
 
             # The local copy only: the registry keeps the old digest for the Deployment's history.
             images.remove_image(f"{olds['repository']}:{olds['tag']}")
         return UpdateResult(outs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        from providers.clients import oci_registry
+        from mldeploy.providers.clients import oci_registry
 
         if not props.get("digest"):
             return ReadResult(id_, props)
@@ -103,7 +103,7 @@ class RegistryImageProvider(ResourceProvider):
         return ReadResult(id_, {**props, "present": present})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
-        from providers.clients import images, oci_registry
+        from mldeploy.providers.clients import images, oci_registry
 
         if props.get("tag"):
             # The model layer's image, or the registry's tag on a shared one (only the tag goes).

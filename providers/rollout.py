@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ResourceProvider, UpdateResult
 
-from providers.progress import say
+from mldeploy.providers.progress import say
 
 # What tells a new generation apart; the timeout and credentials only shape the wait.
 WATCHED = ("namespace", "name", "generation")
@@ -140,7 +140,7 @@ class RolloutProvider(ResourceProvider):
     def _open(self, kubeconfig: str) -> Any:
         if self._reader is not None:
             return self._reader(kubeconfig)
-        from providers.clients import kube
+        from mldeploy.providers.clients import kube
 
         return kube.Reader(kubeconfig)
 

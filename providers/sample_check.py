@@ -8,7 +8,7 @@ without samples has no example: its backend is judged on health alone.
 
 Pure over a transport (method, path, body) -> `Answer`, so the same check runs
 over HTTP on 127.0.0.1 (a roll) or through `docker exec` in a container that
-has no network (the preview's smoke test): `providers.clients.scoring`.
+has no network (the preview's smoke test): `mldeploy.providers.clients.scoring`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Provider for a scoring web service: what every target shares, the rest is the target's.
 
 Shared: the service's identity, its models and image, its keys' inputs and the
-scoring and Swagger URIs it returns. Each target (`providers.targets`) adds its
+scoring and Swagger URIs it returns. Each target (`mldeploy.providers.targets`) adds its
 own inputs, checks, update-or-replace rules and the backend calls.
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 from pydantic import BaseModel, ConfigDict, Field
 
-from providers.paths import same_place
-from providers.smoke_test import smoke_test
-from providers.targets import Number, UnknownTarget, check_model, target_for
+from mldeploy.providers.paths import same_place
+from mldeploy.providers.smoke_test import smoke_test
+from mldeploy.providers.targets import Number, UnknownTarget, check_model, target_for
 
 # A different name, target or stack is a different service: its URI changes.
 REPLACE_ON = ("service_name", "target", "project", "stack")
@@ -57,7 +57,7 @@ def path_inputs(news: dict[str, Any]) -> tuple[str, ...]:
 
 
 def same_models(old: Any, new: Any) -> bool:
-    """The same models at the same versions, from the same folders (as places: see `providers.paths`)."""
+    """The same models at the same versions, from the same folders (as places: see `mldeploy.providers.paths`)."""
     if not isinstance(old, list) or not isinstance(new, list) or len(old) != len(new):
         return old == new
     for o, n in zip(old, new):
@@ -113,7 +113,7 @@ def needs_roll(olds: dict[str, Any], news: dict[str, Any]) -> bool:
 
 
 class ServiceProvider(ResourceProvider):
-    """One component API, a backend per target (`providers.targets`)."""
+    """One component API, a backend per target (`mldeploy.providers.targets`)."""
 
     serialize_as_secret_always = False
 

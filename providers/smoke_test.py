@@ -4,7 +4,7 @@ When a service's models change and its image is already built, the Service's
 `check` starts a throwaway container from that image with the new content
 mounted where Azure ML puts it, on no network at all, waits for `init()`, and
 sends `run()` the entry script's input sample from inside the container
-(`providers.clients.scoring.exec_transport`). The words go into the Service's
+(`mldeploy.providers.clients.scoring.exec_transport`). The words go into the Service's
 `smoke_test` input, which the preview's diff and the Markdown review show; a
 model that fails to load is a check failure on `models`, so the preview fails
 before anything is registered or rolled. Results are cached by image id,
@@ -23,7 +23,7 @@ from typing import Any
 from pulumi.dynamic import CheckFailure
 from pulumi.runtime import rpc
 
-from providers.paths import local
+from mldeploy.providers.paths import local
 
 MODELS_ROOT = "/var/azureml-app/azureml-models"
 CACHE_VERSION = 1
@@ -66,9 +66,9 @@ def run_smoke_test(
     import docker
     import docker.errors
 
-    from providers.clients import containers
-    from providers.clients.scoring import exec_in, exec_transport
-    from providers.sample_check import check_sample
+    from mldeploy.providers.clients import containers
+    from mldeploy.providers.clients.scoring import exec_in, exec_transport
+    from mldeploy.providers.sample_check import check_sample
 
     volumes = {}
     for m in models:

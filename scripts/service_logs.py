@@ -61,8 +61,8 @@ def local_logs(props: dict[str, Any], tail: int | None, follow: bool, out: TextI
     import docker
     import docker.errors
 
-    from providers.clients import containers
-    from providers.targets.local import failed_logs_dir
+    from mldeploy.providers.clients import containers
+    from mldeploy.providers.targets.local import failed_logs_dir
 
     folder = failed_logs_dir(props)
     failed = sorted(folder.glob("*.log")) if folder.is_dir() else []
@@ -99,8 +99,8 @@ def kubectl_argv(props: dict[str, Any], tail: int | None, follow: bool) -> list[
 
 def kubernetes_logs(props: dict[str, Any], tail: int | None, follow: bool, out: TextIO,
                     run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
-    from providers.clients import cluster
-    from providers.clients.containers import redact
+    from mldeploy.providers.clients import cluster
+    from mldeploy.providers.clients.containers import redact
 
     kubectl = [cluster.kubectl_path(), "--kubeconfig", cluster.kubeconfig_path()]
     meta = props.get("metadata") or {}

@@ -20,7 +20,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from providers import edge_manifest
+from mldeploy.providers import edge_manifest
 
 API_VERSIONS = ("2021-04-12", "2024-03-31")
 

@@ -7,7 +7,7 @@ from typing import Any
 from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field
 
-from providers.targets import Target, service_uris
+from mldeploy.providers.targets import Target, service_uris
 
 
 class FakeArgs(BaseModel):

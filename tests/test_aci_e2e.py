@@ -35,7 +35,7 @@ def local_uri(fake: FakeArm, group: str, uri: str) -> str:
 
 def test_aci_target_scores_rolls_drifts_and_cleans_up(fake: FakeArm, local_registry: str, workdir: Path, engine_stack) -> None:
     """The fake ARM pulls the group's images from the local registry, as ACI pulls from ACR."""
-    from components import ContainerInstanceService, InferenceImage, RegisteredModel
+    from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
 
     model_path = train_model(workdir / "models" / "ridge" / "sklearn_regression_model.pkl", alpha=0.1)
 
@@ -104,7 +104,7 @@ def test_aci_target_scores_rolls_drifts_and_cleans_up(fake: FakeArm, local_regis
 
 
 def test_bad_aci_settings_fail_at_preview(workdir: Path, engine_stack) -> None:
-    from components import ContainerInstanceService, InferenceImage, RegisteredModel
+    from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
 
     train_model(workdir / "models" / "ridge" / "sklearn_regression_model.pkl")
 
@@ -125,7 +125,7 @@ def test_bad_aci_settings_fail_at_preview(workdir: Path, engine_stack) -> None:
 def test_credentials_that_cannot_get_a_token_fail_up_in_the_chains_words_then_up_converges(
     fake: FakeArm, local_registry: str, workdir: Path, engine_stack, monkeypatch
 ) -> None:
-    from components import ContainerInstanceService, InferenceImage, RegisteredModel
+    from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
 
     train_model(workdir / "models" / "ridge" / "sklearn_regression_model.pkl", alpha=0.1)
 

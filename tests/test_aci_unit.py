@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from providers.service import diff_service
-from providers.targets import ArgsInvalid, target_for
-from providers.targets import aci
+from mldeploy.providers.service import diff_service
+from mldeploy.providers.targets import ArgsInvalid, target_for
+from mldeploy.providers.targets import aci
 
 SUB = "00000000-1111-2222-3333-444444444444"
 SETTINGS = {"project": "mldeploy", "stack": "dev", "azure_subscription_id": SUB, "azure_resource_group": "rg-ml",

@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from fake_acr import TokenRegistry
-from providers.clients import oci_registry
-from providers.clients.arm import ArmError
+from mldeploy.providers.clients import oci_registry
+from mldeploy.providers.clients.arm import ArmError
 
 pytestmark = [pytest.mark.docker]
 
@@ -51,7 +51,7 @@ def test_pushes_and_reads_need_credentials(registry):
 
 
 def images_cleanup(repo: str, *tags: str) -> None:
-    from providers.clients import images
+    from mldeploy.providers.clients import images
 
     for t in tags:
         images.remove_image(f"{repo}:{t}")
@@ -82,7 +82,7 @@ def test_a_model_only_update_pushes_only_the_model_layer(registry, tmp_path):
 
 
 def test_acr_credentials_come_from_list_credentials(fake, registry):
-    from providers.clients import acr
+    from mldeploy.providers.clients import acr
 
     fake.add_registry(SUB, "rg-ml", "mldeployacr", registry.address, registry.username, registry.password)
     got = acr.registry_auth(SUB, "rg-ml", "mldeployacr", fake.url)
@@ -104,7 +104,7 @@ def test_acr_credentials_come_from_list_credentials(fake, registry):
 
 def test_aci_pulls_with_the_registry_credentials_and_arm_never_returns_them(fake, registry):
     """The group's image lives only in the registry with auth: the fake pulls it with imageRegistryCredentials."""
-    from providers.clients.arm import ContainerGroups
+    from mldeploy.providers.clients.arm import ContainerGroups
     from test_aci_fake_arm import WEB, body
 
     repo = f"{registry.address}/mldeploy-test/web"
@@ -129,7 +129,7 @@ def test_aci_pulls_with_the_registry_credentials_and_arm_never_returns_them(fake
     finally:
         groups.delete("web")
         oci_registry.delete_repository(repo, auth=auth(registry))
-        from providers.clients import images
+        from mldeploy.providers.clients import images
 
         images.remove_image(f"{repo}@{digest}")  # what the fake's pull left
 
@@ -138,8 +138,8 @@ def test_aci_body_carries_the_credentials_and_passes_the_spec():
     from arm_spec import check
     from test_aci_unit import props
 
-    from providers.service import diff_service
-    from providers.targets import aci
+    from mldeploy.providers.service import diff_service
+    from mldeploy.providers.targets import aci
 
     creds = {"registry_server": "myacr.azurecr.io", "registry_username": "myacr", "registry_password": "p4ss"}
     body = aci.container_group_body(props(**creds), ["k" * 32])
@@ -151,7 +151,7 @@ def test_aci_body_carries_the_credentials_and_passes_the_spec():
 
 
 def test_registry_credentials_provider_checks_and_diffs():
-    from providers.registry_credentials import check_credentials, diff_credentials
+    from mldeploy.providers.registry_credentials import check_credentials, diff_credentials
 
     ok = {"source": "acr", "subscription_id": SUB, "resource_group": "rg", "registry_name": "mldeployacr"}
     assert check_credentials(ok) == []
@@ -182,7 +182,7 @@ def _aci_config(**extra: str) -> None:
 def test_an_acr_in_stack_config_gives_pushes_and_the_group_its_credentials(mocks):
     import pulumi
 
-    from components import ContainerInstanceService
+    from mldeploy.components import ContainerInstanceService
 
     _aci_config(**{"mldeploy:acrName": "mldeployacr"})
     plain = mocks.new_resource
@@ -220,7 +220,7 @@ def test_an_acr_in_stack_config_gives_pushes_and_the_group_its_credentials(mocks
 def test_no_credentials_configured_means_none_are_sent(mocks):
     import pulumi
 
-    from components import ContainerInstanceService
+    from mldeploy.components import ContainerInstanceService
 
     _aci_config()
 
@@ -248,8 +248,8 @@ def test_an_entra_id_token_is_exchanged_for_an_acr_refresh_token(fake, tmp_path)
     """For a registry whose admin user is off: ACR's /oauth2/exchange, as `az acr login` does."""
     import time
 
-    from providers.clients import acr
-    from providers.clients.arm import StaticToken
+    from mldeploy.providers.clients import acr
+    from mldeploy.providers.clients.arm import StaticToken
 
     reg = TokenRegistry(tmp_path / "exchange", accept_access_token=lambda t: fake.tokens.get(t, 0) > time.time())
     try:

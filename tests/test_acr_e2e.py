@@ -39,7 +39,7 @@ def acr(tmp_path):
 def test_images_go_to_the_acr_with_its_credentials_and_a_model_update_adds_one_layer(
     fake: FakeArm, acr: TokenRegistry, tmp_path: Path, workdir: Path, engine_stack
 ) -> None:
-    from components import ContainerInstanceService, InferenceImage, RegisteredModel
+    from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
 
     fake.add_registry(SUB, "rg-ml", "mldeployacr", acr.address, acr.username, acr.password)
     model_path = train_model(workdir / "models" / "ridge" / "sklearn_regression_model.pkl", alpha=0.1)

@@ -16,12 +16,12 @@ import pulumi
 import pytest
 import yaml
 
-from components._common import ArgsError
+from mldeploy.components._common import ArgsError
 from fake_arm import FakeArm
-from providers import azure
-from providers import managed_cluster as mc
-from providers.clients.aks import ManagedClusters, managed_cluster_body, parse_resource_id
-from providers.clients.arm import ArmError, CredentialError
+from mldeploy.providers import azure
+from mldeploy.providers import managed_cluster as mc
+from mldeploy.providers.clients.aks import ManagedClusters, managed_cluster_body, parse_resource_id
+from mldeploy.providers.clients.arm import ArmError, CredentialError
 from test_components_unit import project  # noqa: F401 - fixture
 
 SUB = "00000000-1111-2222-3333-444444444444"
@@ -120,7 +120,7 @@ def test_create_scale_refresh_and_delete_through_the_provider(fake):
     assert created.id == f"/subscriptions/{SUB}/resourceGroups/rg-ml/providers/Microsoft.ContainerService/managedClusters/mldeploy-prod-aks"
     assert (outs["node_count"], outs["allocatable_vcpus"], outs["kubernetes_version"]) == (1, 4.0, "1.33.2")
     assert "kubeconfig" not in outs  # ClusterCredentials holds it
-    from components.aks_cluster import credentials_props
+    from mldeploy.components.aks_cluster import credentials_props
 
     creds_in = credentials_props(news)
     cp = mc.ClusterCredentialsProvider()
@@ -257,7 +257,7 @@ def azure_mocks(project: Path) -> AzureMocks:  # noqa: F811 - the fixture import
 
 @pulumi.runtime.test
 def test_aks_cluster_on_azure_hands_its_kubeconfig_to_the_kubernetes_provider(azure_mocks: AzureMocks):
-    from components import AksCluster
+    from mldeploy.components import AksCluster
 
     cluster = AksCluster("aks", cluster_purpose="DevTest", target="azure", vm_size="Standard_D4s_v5")
 
@@ -277,7 +277,7 @@ def test_aks_cluster_on_azure_hands_its_kubeconfig_to_the_kubernetes_provider(az
 
 
 def test_aks_cluster_args_for_azure(azure_mocks: AzureMocks) -> None:
-    from components import AksCluster
+    from mldeploy.components import AksCluster
 
     with pytest.raises(ArgsError, match="resource_id: String should match pattern"):
         AksCluster("aks", target="azure", resource_id="/not/an/id")
@@ -311,7 +311,7 @@ def test_bad_input_at_preview_and_a_credential_failure_at_up(fake, workdir, engi
     fail `up` in the credential chain's words, without a stack trace, and create nothing."""
 
     def program() -> None:
-        from components import AksCluster
+        from mldeploy.components import AksCluster
 
         purpose = pulumi.Config("mldeploy").get("clusterPurpose") or "FastProd"
         cluster = AksCluster("aks", cluster_purpose=purpose, target="azure", agent_count=2, vm_size="Standard_D3_v2")
@@ -361,7 +361,7 @@ def test_up_refresh_and_destroy_a_managed_cluster_through_the_engine(fake, workd
     fake.kube_server = "https://127.0.0.1:9"
 
     def program() -> None:
-        from components import AksCluster
+        from mldeploy.components import AksCluster
 
         count = int(pulumi.Config("mldeploy").get("agentCount") or 3)
         cluster = AksCluster("aks", cluster_purpose="FastProd", target="azure", agent_count=count, vm_size="Standard_D4s_v5")
@@ -428,7 +428,7 @@ def test_pushes_for_the_kubernetes_target_carry_the_acr_credentials(project):  #
     from test_components_unit import make_image, make_model
     from test_kubernetes_unit import K8sMocks
 
-    from components import AksCluster, AksService
+    from mldeploy.components import AksCluster, AksService
 
     mocks = K8sMocks()
     pulumi.runtime.set_mocks(mocks, project="proj", stack="prod", preview=False)
@@ -451,7 +451,7 @@ def test_pushes_for_the_kubernetes_target_carry_the_acr_credentials(project):  #
 def test_services_on_an_azure_cluster_need_a_registry_its_nodes_can_reach(azure_mocks: AzureMocks) -> None:
     from test_components_unit import make_image, make_model
 
-    from components import AksCluster, AksService
+    from mldeploy.components import AksCluster, AksService
 
     cluster = AksCluster("aks", cluster_purpose="DevTest", target="azure")  # mldeploy:imageRegistry left at 127.0.0.1:5000
     with pytest.raises(ArgsError, match="nodes of a cluster on Azure cannot pull from mldeploy:imageRegistry 127.0.0.1:5000"):

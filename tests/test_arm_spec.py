@@ -22,13 +22,13 @@ AKS = ("Microsoft.ContainerService", "2025-10-01", "ManagedCluster")
 def aci_body() -> dict:
     from test_aci_unit import props
 
-    from providers.targets import aci
+    from mldeploy.providers.targets import aci
 
     return aci.container_group_body(props(), ["k" * 32, "s" * 32])
 
 
 def aks_body() -> dict:
-    from providers.clients.aks import managed_cluster_body
+    from mldeploy.providers.clients.aks import managed_cluster_body
 
     return managed_cluster_body(location="westeurope", dns_prefix="dev-aks", agent_count=1,
                                 vm_size="Standard_D4s_v5", tags={"mldeploy.stack": "dev"})

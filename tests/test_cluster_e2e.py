@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from conftest import ROOT
-from providers.clients import cluster
+from mldeploy.providers.clients import cluster
 
 pytestmark = [pytest.mark.k8s]
 

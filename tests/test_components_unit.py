@@ -18,15 +18,15 @@ import pulumi
 import pytest
 from pulumi.runtime.mocks import MockMonitor
 
-import components
-from components import ContainerInstanceService, InferenceImage, RegisteredModel
-from components import inference_image
-from components._common import ArgsError
-from components._common import StackConfig
+import mldeploy.components as components
+from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
+from mldeploy.components import inference_image
+from mldeploy.components._common import ArgsError
+from mldeploy.components._common import StackConfig
 from fake_target import ComposedTarget, FakeTarget
-from providers import targets
-from providers.clients.registry import ModelRegistry, content_hash
-from providers.targets.local import PORT_RANGE, _claimed_ports, default_port
+from mldeploy.providers import targets
+from mldeploy.providers.clients.registry import ModelRegistry, content_hash
+from mldeploy.providers.targets.local import PORT_RANGE, _claimed_ports, default_port
 
 PROJECT = "proj"
 STACK = "dev"
@@ -378,7 +378,7 @@ def test_project_defaults_leave_env_fillable_settings_unset() -> None:
     """The engine hands the program Pulumi.yaml's defaults as config: for these keys they must read as unset."""
     import yaml
 
-    from components._common import ENV_FALLBACKS
+    from mldeploy.components._common import ENV_FALLBACKS
 
     declared = yaml.safe_load((Path(__file__).resolve().parents[1] / "Pulumi.yaml").read_text())["config"]
     assert {f"mldeploy:{k}" for k in ENV_FALLBACKS} == set(SETTING_ENV) | {"mldeploy:registry"}
@@ -619,7 +619,7 @@ def test_resource_graph(mocks: RecordingMocks) -> Any:
 
 @pulumi.runtime.test
 def test_service_without_auth_has_no_keys(mocks: RecordingMocks) -> Any:
-    from providers.targets.local import TARGET as LOCAL
+    from mldeploy.providers.targets.local import TARGET as LOCAL
 
     service = make_service(auth_enabled=False)
 
@@ -954,15 +954,15 @@ def test_service_image_must_be_inference_image(mocks: RecordingMocks) -> None:
 )
 def test_unknown_argument_is_named(project: Path, args_model: Any, kind: str, data: dict[str, Any]) -> None:
     """Arguments Azure ML does not take (here, `gpu_count`) are refused by name, not dropped."""
-    from components._common import validate
+    from mldeploy.components._common import validate
 
     message = _raises(lambda: validate(args_model, kind, "x", {**data, "gpu_count": 1}), f"{kind} 'x'", "gpu_count")
     assert "extra inputs are not permitted" in message.lower()
 
 
 def test_several_problems_reported_together(project: Path) -> None:
-    from components.inference_image import InferenceImageArgs
-    from components._common import validate
+    from mldeploy.components.inference_image import InferenceImageArgs
+    from mldeploy.components._common import validate
 
     message = _raises(
         lambda: validate(
@@ -982,7 +982,7 @@ def test_several_problems_reported_together(project: Path) -> None:
 
 @pulumi.runtime.test
 def test_service_cpu_cores_above_the_machine(mocks: RecordingMocks, monkeypatch: pytest.MonkeyPatch) -> None:
-    from providers.targets import local as local_target
+    from mldeploy.providers.targets import local as local_target
 
     monkeypatch.setattr(local_target, "machine_cores", lambda: 2)
     _raises(lambda: make_service("svc-cpu", cpu_cores=3), "ContainerInstanceService 'svc-cpu'", "cpu_cores", "2 CPU cores", "3")

@@ -143,7 +143,7 @@ def test_sample_model_deploy_score_roll_destroy(workdir: Path, engine_stack) -> 
 def test_two_models_folder_model_pandas_input_and_failed_update(workdir: Path, engine_stack) -> None:
     import pulumi
 
-    from components import ContainerInstanceService, InferenceImage, RegisteredModel
+    from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
 
     ridge = train_model(workdir / "models" / "ridge" / "sklearn_regression_model.pkl")
     calib = workdir / "models" / "calibration"

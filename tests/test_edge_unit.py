@@ -15,12 +15,12 @@ from pulumi.runtime import rpc
 
 from fake_iothub import FakeHub
 from preview_markdown import describe_edge_deployment
-from providers import edge_device, edge_manifest
-from providers.clients import iothub
-from providers.clients.edge_agent import AgentError, LocalAgent, container_body, spec_hash
-from providers.edge_device import EdgeDeploymentProvider, diff_edge_deployment, module_versions
-from providers.targets import iotedge, target_for
-from providers.targets.iotedge import EdgeModuleArgs
+from mldeploy.providers import edge_device, edge_manifest
+from mldeploy.providers.clients import iothub
+from mldeploy.providers.clients.edge_agent import AgentError, LocalAgent, container_body, spec_hash
+from mldeploy.providers.edge_device import EdgeDeploymentProvider, diff_edge_deployment, module_versions
+from mldeploy.providers.targets import iotedge, target_for
+from mldeploy.providers.targets.iotedge import EdgeModuleArgs
 
 IMAGE = "127.0.0.1:5000/mldeploy-proj-dev/scorer@sha256:" + "a" * 64
 HUB = "fakehub.azure-devices.net"
@@ -165,8 +165,8 @@ def test_route_priority_and_name_rules() -> None:
     ],
 )
 def test_bad_module_arguments_fail_by_field(given: dict[str, Any], field: str) -> None:
-    from components import EdgeDevice, EdgeModule
-    from components._common import ArgsError
+    from mldeploy.components import EdgeDevice, EdgeModule
+    from mldeploy.components._common import ArgsError
 
     with pytest.raises(ArgsError, match=rf"EdgeModule 'edge': invalid arguments: {field}"):
         # Fails before models, image or anything else is looked at: nothing is pushed or started.
@@ -192,8 +192,8 @@ def test_the_local_device_publishes_on_loopback_only() -> None:
     ],
 )
 def test_bad_device_arguments(given: dict[str, Any], match: str) -> None:
-    from components import EdgeDevice
-    from components._common import ArgsError
+    from mldeploy.components import EdgeDevice
+    from mldeploy.components._common import ArgsError
 
     with pytest.raises(ArgsError, match=match):
         EdgeDevice(**given)

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 def program() -> None:
     import pulumi
 
-    from components import ContainerInstanceService, InferenceImage, RegisteredModel
+    from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
 
     model = RegisteredModel("ridge", model_name="sklearn_regression_model",
                             model_path="sample/models/sklearn_regression_model.pkl")

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 def test_engine_lifecycle_of_a_registered_model(workdir: Path, engine_stack) -> None:
     import pulumi
 
-    from components import RegisteredModel
+    from mldeploy.components import RegisteredModel
 
     model_file = workdir / "model" / "weights.bin"
     model_file.parent.mkdir()
@@ -80,7 +80,7 @@ def test_plain_cli_runs_a_project_through_the_language_host(tmp_path: Path, monk
     (project / "Pulumi.yaml").write_text("name: clitest\nruntime: python\n")
     (project / "__main__.py").write_text(
         "import pulumi\n"
-        "from components import RegisteredModel\n"
+        "from mldeploy.components import RegisteredModel\n"
         "m = RegisteredModel('m', model_name='cli_model', model_path='weights')\n"
         "pulumi.export('version', m.version)\n"
     )

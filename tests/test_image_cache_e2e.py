@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from conftest import train_model
-from providers.clients import env_cache
+from mldeploy.providers.clients import env_cache
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -99,7 +99,7 @@ def test_private_base_registry_credentials_stay_secret_in_the_state(workdir: Pat
 
     import pulumi
 
-    from components import InferenceImage
+    from mldeploy.components import InferenceImage
 
     api = docker.APIClient(version="auto", timeout=120)
     repo, tag = f"{local_registry}/mldeploy-test/privbase", uuid.uuid4().hex[:8]
@@ -135,6 +135,6 @@ def test_private_base_registry_credentials_stay_secret_in_the_state(workdir: Pat
             api.remove_image(ref)
         except docker.errors.ImageNotFound:
             pass
-        from providers.clients import oci_registry
+        from mldeploy.providers.clients import oci_registry
 
         oci_registry.delete_repository(ref.rsplit(":", 1)[0])  # the test's own repository in the registry

@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from components import ContainerInstanceService, InferenceImage, inference_image  # noqa: E402
-from components._common import ArgsError  # noqa: E402
-from components.azureml_config import loads_lenient, read_deployment_config, read_inference_config  # noqa: E402
-from providers.clients import images  # noqa: E402
-from providers.targets import kubernetes  # noqa: E402
+from mldeploy.components import ContainerInstanceService, InferenceImage, inference_image  # noqa: E402
+from mldeploy.components._common import ArgsError  # noqa: E402
+from mldeploy.components.azureml_config import loads_lenient, read_deployment_config, read_inference_config  # noqa: E402
+from mldeploy.providers.clients import images  # noqa: E402
+from mldeploy.providers.targets import kubernetes  # noqa: E402
 
 SEED = ROOT / "tests" / "fixtures" / "seed"
 SCORE_PY = "def init():\n    pass\n\n\ndef run(data):\n    return data\n"
@@ -348,7 +348,7 @@ def test_the_seeds_deployment_configs_read() -> None:
 
 def test_deployment_kwargs_are_the_components_own() -> None:
     """Every keyword the reader can produce is one the component takes."""
-    from components.azureml_config import DEPLOYMENT_KEYS
+    from mldeploy.components.azureml_config import DEPLOYMENT_KEYS
 
     service_params = set(inspect.signature(ContainerInstanceService.__init__).parameters)
     for compute in ("local", "aci"):

@@ -59,7 +59,7 @@ def score(uri: str, key: str | None) -> requests.Response:
 
 
 def test_two_services_score_roll_fail_safely_and_clean_up(workdir: Path, engine_stack, k8s_cluster: str) -> None:
-    from components import AksCluster, AksService, InferenceImage, RegisteredModel
+    from mldeploy.components import AksCluster, AksService, InferenceImage, RegisteredModel
 
     ns = f"t-{workdir.parent.name[-8:].lower().replace('_', '-')}".rstrip("-")
     path_a = train_model(workdir / "models" / "a" / "sklearn_regression_model.pkl", alpha=0.1)
@@ -182,7 +182,7 @@ def test_two_services_score_roll_fail_safely_and_clean_up(workdir: Path, engine_
     else:
         assert "NotFound" in gone.stderr
     # No image is left in the registry (every version of each repository) or in Docker.
-    from providers.clients import oci_registry
+    from mldeploy.providers.clients import oci_registry
 
     prefix = f"127.0.0.1:5000/mldeploy-mldeploy-{st.name.lower()}"
     for repo in ("svc-a", "svc-b", "front"):
@@ -193,7 +193,7 @@ def test_two_services_score_roll_fail_safely_and_clean_up(workdir: Path, engine_
 
 
 def test_bad_cluster_input_fails_at_preview(workdir: Path, engine_stack, k8s_cluster: str) -> None:
-    from components import AksCluster, AksService, InferenceImage, RegisteredModel
+    from mldeploy.components import AksCluster, AksService, InferenceImage, RegisteredModel
 
     train_model(workdir / "models" / "a" / "sklearn_regression_model.pkl")
     cfg: dict[str, Any] = {"purpose": "FastProd", "kubeconfig": None}

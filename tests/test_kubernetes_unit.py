@@ -14,13 +14,13 @@ import pulumi
 import pytest
 import yaml
 
-from components._common import ArgsError
-from providers import cluster as cluster_provider
-from providers import keys as keys_provider
-from providers import registry_image
-from providers.clients import kube, oci_registry
-from providers.clients.gateway_config import render_service_conf
-from providers.targets import kubernetes as target
+from mldeploy.components._common import ArgsError
+from mldeploy.providers import cluster as cluster_provider
+from mldeploy.providers import keys as keys_provider
+from mldeploy.providers import registry_image
+from mldeploy.providers.clients import kube, oci_registry
+from mldeploy.providers.clients.gateway_config import render_service_conf
+from mldeploy.providers.targets import kubernetes as target
 from test_components_unit import make_image, make_model, no_docker, project  # noqa: F401 - fixtures
 
 K = target.KubernetesServiceArgs
@@ -343,7 +343,7 @@ def k8s_mocks(project: Path) -> K8sMocks:  # noqa: F811 - the fixture imported a
     return m
 
 def build(**kw: Any):
-    from components import AksCluster, AksService
+    from mldeploy.components import AksCluster, AksService
 
     cluster = AksCluster("aks", cluster_purpose="DevTest")
     svc = AksService("scorer", cluster=cluster, models=[make_model()], image=make_image(), namespace="ml", **kw)
@@ -406,14 +406,14 @@ def test_aks_service_autoscales_by_default(k8s_mocks: K8sMocks):
     ],
 )
 def test_bad_deploy_configuration_fails_naming_the_field(k8s_mocks: K8sMocks, kw: dict[str, Any], words: str) -> None:
-    from components import AksCluster, AksService
+    from mldeploy.components import AksCluster, AksService
 
     cluster = AksCluster("aks", cluster_purpose="DevTest")
     with pytest.raises(ArgsError, match=rf"AksService 'scorer': invalid arguments: .*{words}"):
         AksService("scorer", cluster=cluster, models=[make_model()], image=make_image(), **kw)
 
 def test_cluster_args_are_checked(k8s_mocks: K8sMocks) -> None:
-    from components import AksCluster
+    from mldeploy.components import AksCluster
 
     with pytest.raises(ArgsError, match="cluster_purpose"):
         AksCluster("aks", cluster_purpose="Huge")

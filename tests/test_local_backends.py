@@ -36,9 +36,9 @@ import docker
 import pytest
 
 from conftest import ROOT
-from providers.clients import containers, images
-from providers.clients.gateway_config import CONTAINER_BACKENDS_DIR, SCORING_SOCKET_DIR
-from providers.targets import local
+from mldeploy.providers.clients import containers, images
+from mldeploy.providers.clients.gateway_config import CONTAINER_BACKENDS_DIR, SCORING_SOCKET_DIR
+from mldeploy.providers.targets import local
 
 pytestmark = pytest.mark.docker
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from providers import rollout
+from mldeploy.providers import rollout
 
 OLD_DONE = {
     "metadata": {"generation": 4, "annotations": {"deployment.kubernetes.io/revision": "2"}},

@@ -30,7 +30,7 @@ def gate_program(work: Path, env: dict[str, str]):
     def program() -> None:
         import pulumi
 
-        from components import ContainerInstanceService, InferenceImage, RegisteredModel
+        from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
 
         model = RegisteredModel("scale", model_name="scale_model", model_path="gate_model/scale.json")
         image = InferenceImage("gate", entry_script="score.py", source_directory="gate_src", conda_file="sample/env/myenv.yml")

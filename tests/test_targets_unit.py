@@ -15,10 +15,10 @@ import pytest
 from pydantic import BaseModel
 
 from fake_target import ComposedTarget, FakeTarget
-from providers import targets
-from providers.service import REPLACE_ON, ROLL_ON, ServiceProvider, diff_service, needs_roll, rules
-from providers.targets import ArgsInvalid, Target, UnknownTarget, target_for
-from providers.targets import local
+from mldeploy.providers import targets
+from mldeploy.providers.service import REPLACE_ON, ROLL_ON, ServiceProvider, diff_service, needs_roll, rules
+from mldeploy.providers.targets import ArgsInvalid, Target, UnknownTarget, target_for
+from mldeploy.providers.targets import local
 
 TARGETS_DIR = Path(targets.__file__).parent
 SETTINGS = {"project": "proj", "stack": "dev", "gateway_image": "mldeploy/base:bookworm-py3.11", "state_dir": "/proj/.pulumi-state"}
@@ -83,7 +83,7 @@ def test_unknown_target_names_the_known_ones(name: Any) -> None:
 
 
 def test_registered_module_must_export_a_target_of_that_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(targets.TARGETS, "other", "providers.targets.local")
+    monkeypatch.setitem(targets.TARGETS, "other", "mldeploy.providers.targets.local")
     with pytest.raises(TypeError, match="must be a Target named 'other'"):
         target_for("other")
 
@@ -117,7 +117,7 @@ def test_targets_never_import_each_other() -> None:
                 imported.update(f"{node.module}.{a.name}" for a in node.names)
             elif isinstance(node, ast.Import):
                 imported.update(a.name for a in node.names)
-        others = {f"providers.targets.{n}" for n in names - {path.stem}}
+        others = {f"mldeploy.providers.targets.{n}" for n in names - {path.stem}}
         assert not imported & others, f"{path.name} imports {sorted(imported & others)}"
 
 
@@ -368,8 +368,8 @@ class FakeGateway:
 @pytest.fixture
 def roll(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], dict[str, Any]]:
     """The local target with fake containers and gateway: every call, in order."""
-    from providers.clients import containers
-    from providers.sample_check import SampleCheck
+    from mldeploy.providers.clients import containers
+    from mldeploy.providers.sample_check import SampleCheck
 
     calls: list[str] = []
     gw = FakeGateway(calls)
@@ -420,7 +420,7 @@ class TestLocalRollOrder:
         calls, proof = roll
         proof["ok"] = False
         olds = local_olds()
-        from providers.clients.containers import ServiceStartError
+        from mldeploy.providers.clients.containers import ServiceStartError
 
         with pytest.raises(ServiceStartError, match="sample request"):
             local.TARGET.update(olds, {**olds, "cpu_cores": 2}, roll=True)

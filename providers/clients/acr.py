@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.clients.arm import DEFAULT_ENDPOINT, ArmError, call, client_kwargs, credential
-from providers.clients.oci_registry import RegistryAuth
+from mldeploy.providers.clients.arm import DEFAULT_ENDPOINT, ArmError, call, client_kwargs, credential
+from mldeploy.providers.clients.oci_registry import RegistryAuth
 
 ACR_API_VERSION = "2025-11-01"
 """The api-version azure-mgmt-containerregistry 15.0.0 sends (its default; pinned)."""
@@ -55,7 +55,7 @@ def exchange_token(server: str, cred: Any = None, session: Any = None) -> Regist
     """
     import requests
 
-    from providers.clients import oci_registry
+    from mldeploy.providers.clients import oci_registry
 
     s = session or requests.Session()
     base = oci_registry.base_url(server)

@@ -13,8 +13,8 @@ import re
 import time
 from typing import Any
 
-from providers.clients.arm import AKS_API_VERSION, DEFAULT_ENDPOINT, ArmError, call, client_kwargs, credential
-from providers.progress import say
+from mldeploy.providers.clients.arm import AKS_API_VERSION, DEFAULT_ENDPOINT, ArmError, call, client_kwargs, credential
+from mldeploy.providers.progress import say
 
 MAX_WAIT_SECONDS = 60 * 60
 """How long `up` waits for a cluster; AKS creates usually take minutes, ARM fails them itself much later."""

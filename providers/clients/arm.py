@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
-from providers.progress import say
+from mldeploy.providers.progress import say
 
 ACI_API_VERSION = "2025-09-01"
 """The api-version sent for container groups (Azure docs' default; pinned)."""

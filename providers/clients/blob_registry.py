@@ -1,7 +1,7 @@
 """The model registry on Azure Blob Storage: what every operator and CI runner of a stack shares.
 
 Same interface and the same version rules as the folder registry
-(`providers.clients.registry.ModelRegistry`): immutable versions that follow
+(`mldeploy.providers.clients.registry.ModelRegistry`): immutable versions that follow
 content. What a folder lock did there, conditional requests do here:
 
 - A version is claimed by creating its record blob `<name>/versions/<N>.json`
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from providers.clients.registry import NAME_RE, ModelVersion, RegistryError, content_hash
+from mldeploy.providers.clients.registry import NAME_RE, ModelVersion, RegistryError, content_hash
 
 UPLOADING, COMPLETE, DELETING = "uploading", "complete", "deleting"
 STALE_CLAIM_SECONDS = 600.0
@@ -100,7 +100,7 @@ class BlobModelRegistry:
 
     @classmethod
     def from_url(cls, url: str, environ: Any = os.environ) -> "BlobModelRegistry":
-        from providers.clients.blob_store import BlobLocationError, container_client, parse_blob_url
+        from mldeploy.providers.clients.blob_store import BlobLocationError, container_client, parse_blob_url
 
         try:
             loc = parse_blob_url(url, environ)

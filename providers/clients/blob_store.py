@@ -137,9 +137,9 @@ def container_client(loc: BlobLocation, environ: Mapping[str, str] = os.environ)
 
 
 def _main(argv: list[str]) -> int:
-    """`python -m providers.clients.blob_store mkcontainer SERVICE_URL NAME`: create a container, idempotently."""
+    """`python -m mldeploy.providers.clients.blob_store mkcontainer SERVICE_URL NAME`: create a container, idempotently."""
     if len(argv) != 3 or argv[0] != "mkcontainer":
-        print("usage: python -m providers.clients.blob_store mkcontainer SERVICE_URL NAME", file=sys.stderr)
+        print("usage: python -m mldeploy.providers.clients.blob_store mkcontainer SERVICE_URL NAME", file=sys.stderr)
         return 2
     from azure.core.exceptions import ResourceExistsError
 

@@ -192,7 +192,7 @@ def wait_healthy(
     The scoring server runs the user's `init()` before it serves, and exits when
     `init()` raises, so a container that exits here is an init failure.
     """
-    from providers.clients.scoring import unix_request
+    from mldeploy.providers.clients.scoring import unix_request
 
     dc = client()
     deadline = time.monotonic() + timeout

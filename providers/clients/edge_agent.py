@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from providers import edge_manifest
+from mldeploy.providers import edge_manifest
 
 OWNER_LABEL = "net.azure-devices.edge.owner"
 OWNER = "mldeploy.local-edge-agent"

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from providers.clients.wheelhouse import cache_root
+from mldeploy.providers.clients.wheelhouse import cache_root
 
 REPOSITORY = "mldeploy-cache/env"
 """Where dependency images are tagged: `mldeploy-cache/env:<key[:24]>`."""

@@ -12,7 +12,7 @@ a roll re-points that link (`switch_backend`), so no reload happens and client
 keep-alive connections stay open. Keys, ports and limits change by a graceful
 ``nginx -s reload``.
 
-The config is rendered by ``providers.clients.gateway_config`` (pure, tested
+The config is rendered by ``mldeploy.providers.clients.gateway_config`` (pure, tested
 without Docker); ``Gateway`` writes route files (0600, atomically) into a host
 directory bind-mounted read-only into the container, validates them with
 ``nginx -t`` and reloads.
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from providers.clients.gateway_config import (  # noqa: F401 - re-exported: older callers import them from here
+from mldeploy.providers.clients.gateway_config import (  # noqa: F401 - re-exported: older callers import them from here
     CONTAINER_BACKENDS_DIR,
     CONTAINER_CONF_DIR,
     CONTAINER_RUNTIME_DIR,

@@ -1,6 +1,6 @@
 """The gateway's nginx configuration, rendered: pure functions, no files, no Docker.
 
-Why apart from the client (`providers.clients.gateway`): three front ends render
+Why apart from the client (`mldeploy.providers.clients.gateway`): three front ends render
 the same key-checking config (the local gateway, ACI's front container and the
 Kubernetes pod's front container), and only the local one runs it through
 Docker on this machine. Everything here is checked by unit tests without a

@@ -7,10 +7,10 @@ model is not baked in: whoever runs the container bind-mounts the model
 directory read-only and sets AZUREML_MODEL_DIR, so a new model version needs
 no new image.
 
-Wheels come from the host wheelhouse (providers.clients.wheelhouse), so nothing
+Wheels come from the host wheelhouse (mldeploy.providers.clients.wheelhouse), so nothing
 reaches a package index inside Docker. The environment is installed once per
 resolved wheel set, in a container with the wheelhouse mounted read-only, and
-committed as one layer holding nothing deleted; providers.clients.env_cache
+committed as one layer holding nothing deleted; mldeploy.providers.clients.env_cache
 keeps those images across `destroy`, under a size cap.
 """
 
@@ -30,7 +30,7 @@ import docker
 import docker.errors
 import yaml
 
-from providers.clients import env_cache, wheelhouse
+from mldeploy.providers.clients import env_cache, wheelhouse
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_DIR = ROOT / "runtime"

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import requests
 
-from providers import edge_manifest
+from mldeploy.providers import edge_manifest
 
 API_VERSION = "2021-04-12"
 TOKEN_TTL_SECONDS = 3600

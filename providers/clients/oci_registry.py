@@ -21,7 +21,7 @@ from typing import Any, Callable
 import docker
 import requests
 
-from providers.clients import images
+from mldeploy.providers.clients import images
 
 MODELS_ROOT = "/var/azureml-app/azureml-models"
 

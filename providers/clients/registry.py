@@ -224,10 +224,10 @@ def open_registry(location: str, root: Path | None = None):
     `update_metadata`, `release`); only the folder one is on this machine alone.
     """
     if is_remote(location):
-        from providers.clients.blob_registry import BlobModelRegistry
+        from mldeploy.providers.clients.blob_registry import BlobModelRegistry
 
         return BlobModelRegistry.from_url(location)
-    from providers.paths import local
+    from mldeploy.providers.paths import local
 
     return ModelRegistry(local(location, root))
 

@@ -1,4 +1,4 @@
-"""Requests to one scoring server, bypassing the gateway: the transports of `providers.sample_check`.
+"""Requests to one scoring server, bypassing the gateway: the transports of `mldeploy.providers.sample_check`.
 
 - `unix_transport(path)`: a local backend serving on a Unix socket (a roll's new
   backend, which has no network).
@@ -21,8 +21,8 @@ from typing import Any
 
 import requests
 
-from providers.clients.containers import CONTAINER_PORT
-from providers.sample_check import Answer, Transport
+from mldeploy.providers.clients.containers import CONTAINER_PORT
+from mldeploy.providers.sample_check import Answer, Transport
 
 # Runs inside the scoring container (its Python, standard library only).
 # argv: method path body_b64 wait_seconds. With wait_seconds > 0 it first waits

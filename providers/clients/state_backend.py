@@ -37,7 +37,7 @@ def file_backend_problem(url: str) -> str | None:
 
 def blob_backend_problem(url: str, environ: Mapping[str, str] = os.environ, client: Callable[..., Any] | None = None) -> str | None:
     """Whether the engine's `azblob://` backend can be read: the account answers and the container exists."""
-    from providers.clients.blob_store import BlobLocationError, container_client, parse_blob_url
+    from mldeploy.providers.clients.blob_store import BlobLocationError, container_client, parse_blob_url
 
     try:
         loc = parse_blob_url(url, environ)

@@ -1,7 +1,7 @@
 """Compute targets: what each one takes, checks, and does with a change.
 
 A target is one module here that exports `TARGET`, an instance of a `Target`
-subclass, and one line in `TARGETS`. The Service provider (`providers.service`)
+subclass, and one line in `TARGETS`. The Service provider (`mldeploy.providers.service`)
 keeps what every target shares and hands everything else to the target named
 in its inputs. How to add one: README.md beside this file.
 """
@@ -18,10 +18,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 # Name -> the module that exports its TARGET. Modules load on first use, so
 # validating stack config does not import a target's clients.
 TARGETS: dict[str, str | Target] = {
-    "local": "providers.targets.local",
-    "kubernetes": "providers.targets.kubernetes",
-    "iotedge": "providers.targets.iotedge",
-    "aci": "providers.targets.aci",
+    "local": "mldeploy.providers.targets.local",
+    "kubernetes": "mldeploy.providers.targets.kubernetes",
+    "iotedge": "mldeploy.providers.targets.iotedge",
+    "aci": "mldeploy.providers.targets.aci",
 }
 
 
@@ -132,7 +132,7 @@ class NoArgs(BaseModel):
 class Target:
     """What one compute target knows. Subclass it in `providers/targets/<name>.py`.
 
-    The rule tuples name Service inputs; the shared ones (`providers.service`)
+    The rule tuples name Service inputs; the shared ones (`mldeploy.providers.service`)
     are added to them. An input in none of them changes nothing when it changes.
     """
 
@@ -148,9 +148,9 @@ class Target:
     OUTPUTS: ClassVar[tuple[str, ...]] = ()
     """Outputs beyond the shared ones that the state keeps (what `read` and `delete` need)."""
     PATHS: ClassVar[tuple[str, ...]] = ()
-    """Inputs that hold a path, relative to the project (`providers.paths`): diffs compare
+    """Inputs that hold a path, relative to the project (`mldeploy.providers.paths`): diffs compare
     them as places, so where a checkout lives changes nothing; backends find them with
-    `providers.paths.local`."""
+    `mldeploy.providers.paths.local`."""
     pulls_images: ClassVar[bool] = False
     """True: the component pushes the scoring image (with its model layer) and the front
     end's image to the stack's registry and passes `image_ref` and `front_image_ref`."""

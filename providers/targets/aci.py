@@ -21,9 +21,9 @@ from typing import Any, Literal, Mapping
 from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from providers import azure
-from providers.targets import ArgsInvalid, Target, check_environment, service_uris, validate_args
-from providers.progress import say
+from mldeploy.providers import azure
+from mldeploy.providers.targets import ArgsInvalid, Target, check_environment, service_uris, validate_args
+from mldeploy.providers.progress import say
 
 # ACI's limits for one Linux container group (learn.microsoft.com container-instances-
 # resource-and-quota-limits, 2023 version; regions may offer less). Keep them here only.
@@ -120,7 +120,7 @@ def uris(props: Mapping[str, Any]) -> dict[str, str]:
 
 def front_files(props: Mapping[str, Any], keys: list[str] | None) -> dict[str, str]:
     """The front end's nginx files; `service.conf` holds the keys."""
-    from providers.clients.gateway import render_nginx_conf, render_service_conf
+    from mldeploy.providers.clients.gateway import render_nginx_conf, render_service_conf
 
     main = render_nginx_conf(include_dir=FRONT_CONF_DIR, runtime_dir=FRONT_DIR, worker_processes=1, user=None)
     service = render_service_conf(
@@ -293,12 +293,12 @@ class AciTarget(Target):
         return uris(props)
 
     def _groups(self, props: Mapping[str, Any]) -> Any:
-        from providers.clients.arm import ContainerGroups
+        from mldeploy.providers.clients.arm import ContainerGroups
 
         return ContainerGroups(props["subscription_id"], props["resource_group"], props.get("arm_endpoint") or "https://management.azure.com")
 
     def _keys(self, olds: dict[str, Any] | None, news: dict[str, Any]) -> dict[str, str]:
-        from providers.keys import rotate
+        from mldeploy.providers.keys import rotate
 
         if not news.get("auth_enabled"):
             return {"primary_key": "", "secondary_key": ""}

@@ -3,10 +3,10 @@
 Deployed by the `EdgeModule` component, never by the Service provider: the
 component pushes a module image (inference image + model layer) with
 `RegistryImage` and hands the rendered manifest to the `EdgeDeployment`
-resource (`providers.edge_device`), whose backend is this machine (`local`) or
+resource (`mldeploy.providers.edge_device`), whose backend is this machine (`local`) or
 IoT Hub (`iothub`). This module keeps what the target knows and does no I/O:
 the arguments and their rules (each failure names its field), what a change
-does, and the module's entry for the manifest renderer (`providers.edge_manifest`).
+does, and the module's entry for the manifest renderer (`mldeploy.providers.edge_manifest`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any, Literal, Mapping
 from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from providers import edge_manifest
-from providers.targets import Target
+from mldeploy.providers import edge_manifest
+from mldeploy.providers.targets import Target
 
 SCORING_PORT = 5001
 """azmlinfsrv's port inside the image (azureml-core's DOCKER_IMAGE_HTTP_PORT)."""

@@ -24,7 +24,7 @@ from typing import Any
 from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field
 
-from providers.targets import Target
+from mldeploy.providers.targets import Target
 
 NAMESPACE_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 SERVICE_NAME_RE = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
@@ -362,7 +362,7 @@ def pdb_spec(service_name: str) -> dict[str, Any]:
 
 def front_config(args: KubernetesServiceArgs, keys: list[str] | None) -> dict[str, str]:
     """The front container's nginx files (they hold the keys: they go into a Secret)."""
-    from providers.clients.gateway_config import render_nginx_conf, render_service_conf
+    from mldeploy.providers.clients.gateway_config import render_nginx_conf, render_service_conf
 
     # nginx includes every *.conf of the folder, so the main file is named otherwise.
     main = render_nginx_conf(

@@ -8,7 +8,7 @@ nobody with no capabilities and restart by themselves (OOM kill, crash, dockerd
 restart) once proven.
 
 A roll starts the new backend, waits until it is healthy, sends it the entry
-script's own input sample (`providers.sample_check`) and needs a 200 that
+script's own input sample (`mldeploy.providers.sample_check`) and needs a 200 that
 matches the output schema, then re-points the route's socket link (no nginx
 reload: client keep-alive connections stay open), waits until the old backend
 has answered every request it accepted, and only then stops it, so the scoring
@@ -34,13 +34,13 @@ from typing import Any, Mapping
 from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field
 
-from providers.clients import containers, scoring
-from providers.clients.gateway import Gateway, port_free
-from providers.clients.gateway_config import SCORING_SOCKET_DIR, backend_socket
-from providers.paths import local
-from providers.sample_check import check_sample
-from providers.targets import ArgsInvalid, Target, WholeNumber, check_environment, service_uris, validate_args
-from providers.progress import say
+from mldeploy.providers.clients import containers, scoring
+from mldeploy.providers.clients.gateway import Gateway, port_free
+from mldeploy.providers.clients.gateway_config import SCORING_SOCKET_DIR, backend_socket
+from mldeploy.providers.paths import local
+from mldeploy.providers.sample_check import check_sample
+from mldeploy.providers.targets import ArgsInvalid, Target, WholeNumber, check_environment, service_uris, validate_args
+from mldeploy.providers.progress import say
 
 MODELS_ROOT = "/var/azureml-app/azureml-models"
 PORT_RANGE = (20000, 29999)
@@ -348,7 +348,7 @@ class LocalTarget(Target):
             containers.remove(old_id)
         self._remove_orphans(news, keep={rc.id})
         if olds.get("image_name") and olds["image_name"] != news["image_name"]:
-            from providers.clients.images import remove_image
+            from mldeploy.providers.clients.images import remove_image
 
             remove_image(olds["image_name"])  # kept when something still uses it
         self._forget_failures(news)

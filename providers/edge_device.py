@@ -158,7 +158,7 @@ class EdgeDeploymentProvider(ResourceProvider):
     def _agent(self, props: Mapping[str, Any]) -> Any:
         from mldeploy.providers.clients.edge_agent import LocalAgent
 
-        return LocalAgent(props["device"]["device_id"], labels(props), container_prefix(props), on_log=_progress)
+        return LocalAgent(props["device"]["device_id"], labels(props), container_prefix(props), on_log=say)
 
     def _hub(self, props: Mapping[str, Any]) -> Any:
         from mldeploy.providers.clients.iothub import IoTHubClient

@@ -69,15 +69,12 @@ def test_a_stack_of_the_earlier_release_previews_no_changes_from_another_checkou
 
     # Checkout A, elsewhere, with the earlier release's code and this project's content.
     first = checkout_of(EARLIER_RELEASE, tmp_path / "ana" / "src" / "mldeploy")
-    for content in ("sample", "runtime"):
-        keep = first / "runtime" / "nginx" if content == "runtime" else None
-        if keep is not None:
-            shutil.move(str(keep), str(tmp_path / "earlier-nginx"))
-        shutil.rmtree(first / content)
-        shutil.copytree(ROOT / content, first / content, ignore=shutil.ignore_patterns("models", "__pycache__"))
-        if keep is not None:  # the earlier renderer fills its own templates
-            shutil.rmtree(keep)
-            shutil.move(str(tmp_path / "earlier-nginx"), str(keep))
+    shutil.rmtree(first / "sample")
+    shutil.copytree(ROOT / "sample", first / "sample", ignore=shutil.ignore_patterns("models", "__pycache__"))
+    # This release's runtime files over that release's: it keeps its own nginx templates (its
+    # renderer fills them) and the files it reads that this release dropped (Dockerfile.inference).
+    shutil.copytree(ROOT / "runtime", first / "runtime", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("nginx", "__pycache__"))
     train_model(first / MODEL)
     (workdir / MODEL).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(first / MODEL, workdir / MODEL)  # the same model file in both checkouts

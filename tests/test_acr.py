@@ -7,6 +7,10 @@ auth, on a free 127.0.0.1 port (tests/fake_acr.py); the shared registry on
 
 from __future__ import annotations
 
+import io
+import tarfile
+
+import docker
 import pytest
 import requests
 
@@ -17,7 +21,24 @@ from mldeploy.providers.clients.arm import ArmError
 pytestmark = [pytest.mark.docker]
 
 SUB = "00000000-1111-2222-3333-444444444444"
-BASE = "mldeploy/base:bookworm-py3.11"
+BASE = "mldeploy-test/acr-base:tiny"
+RUNNABLE = "mldeploy/base:bookworm-py3.11"  # the fake ACI runs what it pulls: it needs python3
+"""A one-file image: what is checked is the registry protocol, not the size of what is pushed."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_base():
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, data in (("Dockerfile", b"FROM scratch\nCOPY hello /hello\n"), ("hello", b"hello\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    client = docker.from_env()
+    client.images.build(fileobj=context, custom_context=True, tag=BASE, rm=True)
+    yield BASE
+    client.images.remove(BASE, force=True)
 
 
 @pytest.fixture
@@ -108,7 +129,7 @@ def test_aci_pulls_with_the_registry_credentials_and_arm_never_returns_them(fake
     from test_aci_fake_arm import WEB, body
 
     repo = f"{registry.address}/mldeploy-test/web"
-    digest = oci_registry.push(BASE, repo, "v1", auth=auth(registry))
+    digest = oci_registry.push(RUNNABLE, repo, "v1", auth=auth(registry))
     images_cleanup(repo, "v1")
     groups = ContainerGroups(SUB, "rg", fake.url)
     try:

@@ -145,6 +145,20 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def _refuse_anonymous_push(repository: str, tag: str) -> None:
+    """dockerd retries a refused push for about a minute; a registry that wants credentials says so at once."""
+    host = repository.split("/", 1)[0]
+    try:
+        r = requests.get(f"{base_url(host)}/v2/", timeout=10)
+    except requests.RequestException:
+        return  # unreachable: the push itself says how
+    if r.status_code == 401:
+        raise RegistryError(
+            f"push of {repository}:{tag} failed: unauthorized: the registry {host} wants credentials and the stack sets "
+            "none (mldeploy:acrName, or mldeploy:imageRegistryUsername with mldeploy:imageRegistryPassword)"
+        )
+
+
 def push(
     image: str,
     repository: str,
@@ -158,6 +172,8 @@ def push(
     `stats`, when given, gets how many layers were uploaded (`pushed`) and how
     many the registry had already (`existing`): a model-only update uploads one.
     """
+    if auth is None:
+        _refuse_anonymous_push(repository, tag)
     api = images.client()
     log = on_log or (lambda _l: None)
     api.tag(image, repository, tag)

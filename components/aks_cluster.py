@@ -23,7 +23,7 @@ from mldeploy.components._common import PACKAGE, ArgsError, Settings, slug, vali
 from mldeploy.components.registry_image import RegistryImage
 from mldeploy.providers.cluster import ClusterProvider
 from mldeploy.providers.managed_cluster import ClusterCredentialsProvider, ManagedClusterProvider
-from mldeploy.providers.targets.kubernetes import NAMESPACE_RE
+from mldeploy.providers.targets.kubernetes import NAMESPACE_RE, PULL_SECRET_NAME, docker_config_json
 
 OUTPUTS = ("kubeconfig", "kubernetes_version", "node_count", "allocatable_vcpus")
 AKS_ID_RE = (r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[-\w._()]+/providers/"
@@ -195,6 +195,7 @@ class AksCluster(pulumi.ComponentResource):
         self._namespaces: dict[str, k8s.core.v1.Namespace] = {}
         self._front: RegistryImage | None = None
         self._registry_auth: dict[str, Any] | None = None
+        self._pull_secrets: dict[str, k8s.core.v1.Secret] = {}
         self._on_azure = args.target == "azure"
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})
 
@@ -219,7 +220,7 @@ class AksCluster(pulumi.ComponentResource):
     def registry_auth(self) -> dict[str, Any]:
         """`registry_auth` for this cluster's pushes when the stack's registry wants credentials (an ACR), else {}.
 
-        Pushes only: the nodes pull with their own identity (attach the ACR to the cluster, AcrPull).
+        The nodes pull with the same credentials, through `pull_secret`.
         """
         if self._registry_auth is None:
             from mldeploy.components.registry_credentials import registry_credentials_for
@@ -229,6 +230,32 @@ class AksCluster(pulumi.ComponentResource):
                 pulumi.Output.all(creds.server, creds.username, creds.password).apply(
                     lambda a: {"server": a[0], "username": a[1], "password": a[2]}))}
         return self._registry_auth
+
+    def pull_secret(self, namespace: str) -> k8s.core.v1.Secret | None:
+        """The namespace's image pull Secret when the stack's registry wants credentials (an ACR), else None.
+
+        One per namespace, so services share it; its name is fixed, so a rotated
+        password updates the Secret and rolls no pod (the kubelet reads it at the
+        next pull). A cluster whose nodes may pull by their own identity (an ACR
+        attached with AcrPull) works with it too.
+        """
+        auth = self.registry_auth()
+        if not auth:
+            return None
+        if namespace not in self._pull_secrets:
+            ns = self.namespace(namespace)
+            # The key is the host the image references name, which is what the kubelet matches.
+            host = self._settings.image_registry.split("/", 1)[0]
+            config = auth["registry_auth"].apply(lambda a: docker_config_json({**a, "server": host}))
+            self._pull_secrets[namespace] = k8s.core.v1.Secret(
+                f"{self._name}-pull-secret-{namespace}",
+                metadata={"name": PULL_SECRET_NAME, "namespace": namespace,
+                          "labels": {"app.kubernetes.io/managed-by": "mldeploy"}},
+                type="kubernetes.io/dockerconfigjson",
+                string_data={".dockerconfigjson": pulumi.Output.secret(config)},
+                opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[ns] if ns is not None else []),
+            )
+        return self._pull_secrets[namespace]
 
     def front_image(self) -> RegistryImage:
         """The key-checking front end's image (nginx), pushed once per stack for every service."""

@@ -93,6 +93,7 @@ class AksService(pulumi.ComponentResource):
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=cluster.provider)
         namespace = cluster.namespace(ns)
         ns_deps = [namespace] if namespace is not None else []
+        pull_secret = cluster.pull_secret(ns)  # None unless the registry wants credentials
 
         keys = ServiceKeys(
             f"{resource_name}-keys",
@@ -136,6 +137,7 @@ class AksService(pulumi.ComponentResource):
             config_secret=f"{name}-front",
             # A digest of two random 256-bit keys reveals nothing, and a secret here would hide the whole spec from review.
             config_checksum=pulumi.Output.unsecret(front_files.apply(target.checksum)),
+            image_pull_secret=target.PULL_SECRET_NAME if pull_secret is not None else None,
         )
         deployment = k8s.apps.v1.Deployment(
             f"{resource_name}-deployment",
@@ -146,7 +148,9 @@ class AksService(pulumi.ComponentResource):
                 "annotations": {"pulumi.com/timeoutSeconds": str(args.startup_timeout_seconds)},
             },
             spec=spec,
-            opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=[secret, *ns_deps], delete_before_replace=True)),
+            opts=k8s_opts.merge(pulumi.ResourceOptions(
+                depends_on=[secret, *ns_deps, *([pull_secret] if pull_secret is not None else [])],
+                delete_before_replace=True)),
         )
         service = k8s.core.v1.Service(
             f"{resource_name}-service",

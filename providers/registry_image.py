@@ -31,7 +31,16 @@ def diff_registry_image(olds: dict[str, Any], news: dict[str, Any]) -> DiffResul
         changed.append("models")
     if olds.get("present") is False:
         changed.append("present")  # deleted from the registry behind our back: push again
+    if olds.get("registry_auth") != news.get("registry_auth"):
+        # Rotated credentials: kept, so that later reads and the final delete can still sign in.
+        changed.append("registry_auth")
     return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
+
+
+def credentials_only(olds: dict[str, Any], news: dict[str, Any]) -> bool:
+    """True when nothing but the registry's credentials changed: the image in the registry stays as it is."""
+    same_auth = {**olds, "registry_auth": news.get("registry_auth")}
+    return olds.get("registry_auth") != news.get("registry_auth") and not diff_registry_image(same_auth, news).changes
 
 
 class RegistryImageProvider(ResourceProvider):
@@ -83,6 +92,8 @@ class RegistryImageProvider(ResourceProvider):
         return CreateResult(outs["image_ref"], outs)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        if credentials_only(olds, news):
+            return UpdateResult({**olds, "registry_auth": news.get("registry_auth")})
         outs = self._push(news)
         if olds.get("tag") and (olds.get("repository"), olds["tag"]) != (outs["repository"], outs["tag"]):
             from mldeploy.providers.clients import images

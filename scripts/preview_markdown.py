@@ -198,6 +198,13 @@ def describe_registry_image(old: Mapping[str, Any], new: Mapping[str, Any]) -> l
         out.append("new inference image")
     if out:
         out.append(f"pushes a new digest of `{repo}`")
+    elif old.get("repository") != new.get("repository"):
+        out.append(f"pushes `{repo}` (was `{old.get('repository')}`)")
+    elif old.get("present") is False:
+        out.append(f"missing from the registry (found by refresh): pushes `{repo}` again")
+    else:
+        # Nothing of the image changed: only the registry's credentials (a rotated password).
+        out.append("new registry credentials, kept for later reads and deletes; nothing is pushed")
     return out
 
 
@@ -211,6 +218,20 @@ def _annotations(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
     meta = _template(inputs).get("metadata")
     ann = meta.get("annotations") if isinstance(meta, Mapping) else None
     return ann if isinstance(ann, Mapping) else {}
+
+
+UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # how the engine shows a value known only at up
+
+
+def _same_where_known(old: Any, new: Any) -> bool:
+    """True when `new` differs from `old` only in values that are not known yet."""
+    if new == UNKNOWN:
+        return True
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return set(old) == set(new) and all(_same_where_known(old[k], new[k]) for k in old)
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(_same_where_known(o, n) for o, n in zip(old, new))
+    return old == new
 
 
 def describe_deployment(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -228,7 +249,10 @@ def describe_deployment(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
             out.append(f"model `{key[len(MODEL_ANNOTATION):]}` version {_arrow(old_ann.get(key), new_ann.get(key))}")
     if old_ann.get("mldeploy.azureml.net/config-checksum") != new_ann.get("mldeploy.azureml.net/config-checksum"):
         out.append("front end configuration (keys or limits) changed")
-    if _template(old) != _template(new):
+    if _template(old) != _template(new) and _same_where_known(_template(old), _template(new)):
+        # An image in the registry updates without a new digest (new credentials): up decides.
+        out.insert(0, f"{where}: image references are known only at up; the pods roll only if a digest changes")
+    elif _template(old) != _template(new):
         out.insert(0, f"rolls {where}: a new ReplicaSet, pods replaced one at a time (maxUnavailable 0); the scoring URI stays")
     old_spec = old.get("spec") if isinstance(old.get("spec"), Mapping) else {}
     if old_spec.get("replicas") != spec.get("replicas"):

@@ -129,7 +129,7 @@ class TokenRegistry:
                     kind, _, rest = scope.partition(":")
                     name, _, actions = rest.rpartition(":")
                     access.append({"type": kind, "name": name, "actions": [a for a in actions.split(",") if a]})
-                outer.tokens_issued.append({"account": user, "access": access})
+                outer.tokens_issued.append({"account": user, "access": access, "agent": self.headers.get("User-Agent") or ""})
                 token = outer._sign(user, access)
                 self._send(200, {"token": token, "access_token": token, "expires_in": 300})
 

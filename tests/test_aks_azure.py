@@ -424,7 +424,7 @@ def test_preview_words_for_a_managed_cluster():
 
 @pulumi.runtime.test
 def test_pushes_for_the_kubernetes_target_carry_the_acr_credentials(project):  # noqa: F811 - the fixture imported above
-    """The model and front-end images of an AksService go to the ACR with its credentials (nodes pull with their own identity)."""
+    """The model and front-end images of an AksService go to the ACR with its credentials, and the pods pull with them."""
     from test_components_unit import make_image, make_model
     from test_kubernetes_unit import K8sMocks
 
@@ -444,6 +444,10 @@ def test_pushes_for_the_kubernetes_target_carry_the_acr_credentials(project):  #
         for image in ("scorer-image", "aks-front-image"):
             assert "registry_auth" in mocks.resources[image][1], image
         assert [n for n, (t, _) in mocks.resources.items() if t.endswith("mldeploy:RegistryCredentials")] == ["aks-registry-credentials"]
+        typ, secret = mocks.resources["aks-pull-secret-default"]
+        assert typ == "kubernetes:core/v1:Secret" and secret["type"] == "kubernetes.io/dockerconfigjson"
+        pod = mocks.resources["scorer-deployment"][1]["spec"]["template"]["spec"]
+        assert pod["imagePullSecrets"] == [{"name": "mldeploy-registry"}]
 
     return pulumi.Output.all(svc.scoring_uri).apply(check)
 

@@ -117,6 +117,30 @@ def test_deployment_rolls_with_no_replica_down_and_maps_the_probe_parameters() -
     volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
     assert volumes["front-conf"]["secret"]["secretName"] == "svc-front"
 
+def test_pull_secret_only_when_the_registry_wants_credentials() -> None:
+    import json
+
+    args = K(service_name="svc", num_replicas=1)
+    plain = spec_for(args)
+    # No credentials: the spec is what it was before pull secrets existed, so existing stacks do not roll.
+    assert "imagePullSecrets" not in plain["template"]["spec"]
+    with_secret = target.deployment_spec(
+        args, project="p", stack="s", image_ref="reg/x@sha256:1", front_image_ref="reg/front@sha256:2",
+        model_versions={"ridge": "3"}, config_secret="svc-front", config_checksum="abc",
+        image_pull_secret=target.PULL_SECRET_NAME,
+    )
+    assert with_secret["template"]["spec"].pop("imagePullSecrets") == [{"name": "mldeploy-registry"}]
+    assert json.dumps(with_secret, sort_keys=True) == json.dumps(plain, sort_keys=True)
+
+def test_docker_config_json_is_what_docker_login_writes() -> None:
+    import json
+
+    config = json.loads(target.docker_config_json({"server": "myacr.azurecr.io", "username": "myacr", "password": "p:w"}))
+    entry = config["auths"]["myacr.azurecr.io"]
+    assert (entry["username"], entry["password"]) == ("myacr", "p:w")
+    assert base64.b64decode(entry["auth"]).decode() == "myacr:p:w"
+    assert list(config) == ["auths"] and list(config["auths"]) == ["myacr.azurecr.io"]
+
 def test_autoscale_hpa_and_pdb() -> None:
     auto = K(service_name="svc", autoscale_min_replicas=2, autoscale_max_replicas=5, autoscale_target_utilization=60)
     hpa = target.hpa_spec(auto, "svc")
@@ -183,6 +207,23 @@ def test_registry_image_diff_follows_versions_not_paths() -> None:
     assert registry_image.diff_registry_image(old, {**old, "source_image_id": "sha256:b"}).changes is True
     assert registry_image.diff_registry_image(old, {**old, "repository": "r/y"}).replaces == ["repository"]
     assert registry_image.diff_registry_image({**old, "present": False}, old).changes is True
+
+def test_rotated_registry_credentials_update_the_image_without_a_push(monkeypatch: pytest.MonkeyPatch) -> None:
+    old = {"repository": "r/x", "source_image_id": "sha256:a", "models": [], "tag": "t", "digest": "sha256:d",
+           "image_ref": "r/x@sha256:d", "registry_auth": {"server": "r", "username": "u", "password": "old"}}
+    rotated = {**old, "registry_auth": {**old["registry_auth"], "password": "new"}}
+    d = registry_image.diff_registry_image(old, rotated)
+    assert d.changes is True and not d.replaces
+    assert registry_image.credentials_only(old, rotated)
+    assert not registry_image.credentials_only(old, {**rotated, "source_image_id": "sha256:b"})
+    assert not registry_image.credentials_only(old, dict(old))
+
+    def no_push(*_a: Any, **_k: Any) -> str:
+        raise AssertionError("a rotated password must not push")
+
+    monkeypatch.setattr(oci_registry, "push", no_push)
+    outs = registry_image.RegistryImageProvider().update("id", old, rotated).outs
+    assert outs["image_ref"] == "r/x@sha256:d" and outs["registry_auth"]["password"] == "new"
 
 def test_model_layer_tag_and_dockerfile() -> None:
     m1 = [{"name": "a", "version": 1}, {"name": "b", "version": 2}]
@@ -340,6 +381,7 @@ class K8sMocks(pulumi.runtime.Mocks):
 def k8s_mocks(project: Path) -> K8sMocks:  # noqa: F811 - the fixture imported above
     m = K8sMocks()
     pulumi.runtime.set_mocks(m, project="proj", stack="prod", preview=False)
+    pulumi.runtime.set_all_config({}, [])  # no stack config left over from another test
     return m
 
 def build(**kw: Any):
@@ -364,6 +406,8 @@ def test_aks_service_declares_the_azure_ml_objects(k8s_mocks: K8sMocks):
         assert types["scorer-front-config"] == "kubernetes:core/v1:Secret"
         assert types["scorer-pdb"] == "kubernetes:policy/v1:PodDisruptionBudget"
         assert "scorer-hpa" not in types  # fixed replicas: no autoscaler
+        assert not [n for n in types if "pull-secret" in n], "a registry without credentials needs no pull secret"
+        assert "imagePullSecrets" not in k8s_mocks.resources["scorer-deployment"][1]["spec"]["template"]["spec"]
         dep = k8s_mocks.resources["scorer-deployment"][1]
         assert SECRET_SIG not in dep["spec"], "the Deployment's spec must stay reviewable"
 
@@ -393,6 +437,53 @@ def test_aks_service_autoscales_by_default(k8s_mocks: K8sMocks):
 
     assert svc.autoscaler is not None and svc.disruption_budget is None
     return pulumi.Output.all(svc.scoring_uri, svc.autoscaler.id).apply(check)
+
+@pytest.fixture
+def registry_login(k8s_mocks: K8sMocks):
+    """Stack config naming a registry that wants credentials, and the credentials the provider would resolve."""
+    pulumi.runtime.set_all_config({"mldeploy:imageRegistry": "myacr.azurecr.io", "mldeploy:imageRegistryUsername": "myacr",
+                                   "mldeploy:imageRegistryPassword": "s3cret-pw"}, ["mldeploy:imageRegistryPassword"])
+    plain = k8s_mocks.new_resource
+
+    def resolved(args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        rid, outs = plain(args)
+        if args.typ.endswith("mldeploy:RegistryCredentials"):
+            outs.update(server="myacr.azurecr.io", username="myacr", password="s3cret-pw")
+        return rid, outs
+
+    k8s_mocks.new_resource = resolved  # type: ignore[method-assign]
+    yield k8s_mocks
+    pulumi.runtime.set_all_config({}, [])
+
+
+@pulumi.runtime.test
+def test_a_registry_with_credentials_gives_each_namespace_one_pull_secret(registry_login: K8sMocks):
+    import json
+
+    from mldeploy.components import AksCluster, AksService
+
+    cluster = AksCluster("aks", cluster_purpose="DevTest")
+    a = AksService("scorer", cluster=cluster, models=[make_model()], image=make_image(), namespace="ml", num_replicas=1)
+    b = AksService("other", cluster=cluster, models=[make_model()], image=make_image(), namespace="ml", num_replicas=1)
+
+    def check(_: Any) -> None:
+        secrets = {n: i for n, (t, i) in registry_login.resources.items() if "pull-secret" in n}
+        assert list(secrets) == ["aks-pull-secret-ml"], "one Secret per namespace, shared by its services"
+        typ, secret = registry_login.resources["aks-pull-secret-ml"]
+        assert typ == "kubernetes:core/v1:Secret" and secret["type"] == "kubernetes.io/dockerconfigjson"
+        assert (secret["metadata"]["name"], secret["metadata"]["namespace"]) == ("mldeploy-registry", "ml")
+        data = secret["stringData"]
+        assert data.get(SECRET_SIG) == SECRET_VALUE, "the registry's password travels as a secret"
+        entry = json.loads(data["value"][".dockerconfigjson"])["auths"]["myacr.azurecr.io"]
+        assert (entry["username"], entry["password"]) == ("myacr", "s3cret-pw")
+        for name in ("scorer", "other"):
+            dep = registry_login.resources[f"{name}-deployment"][1]
+            assert dep["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "mldeploy-registry"}]
+            assert dep["spec"]["template"]["spec"]["containers"][0]["image"].startswith("myacr.azurecr.io/")
+            assert "s3cret-pw" not in json.dumps(dep), "a rotated password must not change the Deployment"
+
+    return pulumi.Output.all(a.scoring_uri, b.scoring_uri, a.deployment.id, b.deployment.id).apply(check)
+
 
 @pytest.mark.parametrize(
     "kw, words",

@@ -64,3 +64,31 @@ def test_render_marks_update_and_replace_and_skips_unchanged() -> None:
 
 def test_render_without_changes() -> None:
     assert "No changes." in render("dev", [], {"same": 7})
+
+
+def test_registry_image_changes_in_words() -> None:
+    from preview_markdown import describe_registry_image
+
+    old = {"repository": "r/svc", "source_image_id": "sha256:a", "models": [{"name": "m", "version": 1}],
+           "registry_auth": "[secret]"}
+    assert describe_registry_image(old, {**old, "models": [{"name": "m", "version": 2}]}) == [
+        "model layer: `m` version 1 → 2", "pushes a new digest of `r/svc`"]
+    assert describe_registry_image(old, {**old, "registry_auth": "[secret2]"}) == [
+        "new registry credentials, kept for later reads and deletes; nothing is pushed"]
+    assert describe_registry_image({**old, "present": False}, old) == [
+        "missing from the registry (found by refresh): pushes `r/svc` again"]
+    assert describe_registry_image(old, {**old, "repository": "r/other"}) == ["pushes `r/other` (was `r/svc`)"]
+
+
+def test_a_deployment_whose_images_are_unknown_at_preview_is_not_called_a_roll() -> None:
+    from preview_markdown import UNKNOWN, describe_deployment
+
+    def dep(image: str, version: str = "1") -> dict:
+        return {"metadata": {"namespace": "ml", "name": "svc"}, "spec": {"replicas": 1, "template": {
+            "metadata": {"annotations": {"mldeploy.azureml.net/model.m": version}},
+            "spec": {"containers": [{"name": "scoring", "image": image}]}}}}
+
+    assert describe_deployment(dep("r/svc@sha256:1"), dep(UNKNOWN)) == [
+        "`ml/svc`: image references are known only at up; the pods roll only if a digest changes"]
+    words = describe_deployment(dep("r/svc@sha256:1"), dep(UNKNOWN, "2"))
+    assert words[0].startswith("rolls `ml/svc`") and "model `m` version 1 → 2" in words

@@ -34,6 +34,8 @@ MAX_REPLICAS = 100
 FRONT_CONF_DIR = "/etc/mldeploy-fe"
 FRONT_RUNTIME_DIR = "/tmp/mldeploy-fe"
 LABEL_APP = "mldeploy.azureml.net/service"
+# One per namespace, owned by the cluster; the name never changes, so rotated credentials never roll the pods.
+PULL_SECRET_NAME = "mldeploy-registry"
 
 
 class KubernetesServiceArgs(BaseModel):
@@ -209,6 +211,7 @@ def deployment_spec(
     model_versions: dict[str, Any],
     config_secret: str,
     config_checksum: Any,
+    image_pull_secret: str | None = None,
 ) -> dict[str, Any]:
     """The Deployment's spec: rolls with no replica down, probes from the Azure ML parameters.
 
@@ -312,6 +315,9 @@ def deployment_spec(
             },
         },
     }
+    if image_pull_secret:
+        # Only for a registry that wants credentials: without one the spec is what it always was.
+        spec["template"]["spec"]["imagePullSecrets"] = [{"name": image_pull_secret}]
     if not args.autoscale:
         spec["replicas"] = args.num_replicas
     # Autoscaled: the HPA owns the count; setting it here would undo its scaling on every up.
@@ -382,6 +388,21 @@ def front_config(args: KubernetesServiceArgs, keys: list[str] | None) -> dict[st
         read_timeout_s=max(1, -(-(args.scoring_timeout_ms + args.max_request_wait_time) // 1000)),
     )
     return {"nginx.main": main, "service.conf": service}
+
+
+def docker_config_json(auth: dict[str, str]) -> str:
+    """A `kubernetes.io/dockerconfigjson` Secret's `.dockerconfigjson` for a registry's credentials.
+
+    The kubelet hands these to the container runtime, which speaks the registry's
+    token protocol with them, as `docker login` would (an ACR's admin user or a
+    service principal alike).
+    """
+    import base64
+
+    server, username, password = auth["server"], auth["username"], auth["password"]
+    basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+    entry = {"username": username, "password": password, "auth": basic}
+    return json.dumps({"auths": {server: entry}}, sort_keys=True)
 
 
 def checksum(data: dict[str, str]) -> str:

@@ -20,10 +20,11 @@ from mldeploy.components.inference_image import InferenceImage
 from mldeploy.components.registered_model import RegisteredModel
 from mldeploy.components.registry_image import RegistryImage
 from mldeploy.providers import edge_manifest
-from mldeploy.providers.edge_device import EdgeDeploymentProvider
+from mldeploy.providers.edge_device import AtScaleArgs, EdgeDeploymentProvider
 from mldeploy.providers.targets import iotedge as target
 
-OUTPUTS = ("scoring_uri", "swagger_uri", "module_name", "module_version", "image_ref", "manifest", "model_versions", "device_id")
+OUTPUTS = ("scoring_uri", "swagger_uri", "module_name", "module_version", "image_ref", "manifest", "model_versions", "device_id",
+           "configuration_id")
 
 
 class EdgeDevice:
@@ -32,6 +33,11 @@ class EdgeDevice:
     Not a resource: a device is registered in the hub by its owner. `policy_key` is
     the shared access policy's key (give a Pulumi secret); `endpoint` replaces
     `https://<hub_host>` (a test's fake hub).
+
+    With `target_condition` (iothub only) the manifest goes to every device the hub's
+    query matches, as an at-scale deployment (an IoT Hub configuration), and `device_id`
+    is not used; `priority` (>= 0, 0 when omitted) decides between two deployments that
+    target the same device, the higher winning.
     """
 
     def __init__(
@@ -43,10 +49,14 @@ class EdgeDevice:
         policy_key: pulumi.Input[str] | None = None,
         endpoint: str | None = None,
         api_version: str = "2021-04-12",
+        target_condition: str | None = None,
+        priority: int | None = None,
     ):
         given = {"device_id": device_id, "backend": backend, "hub_host": hub_host, "policy_name": policy_name,
                  "endpoint": endpoint, "api_version": api_version}
         self.args = validate(target.EdgeDeviceArgs, "EdgeDevice", device_id, given)
+        self.at_scale = validate(AtScaleArgs, "EdgeDevice", device_id,
+                                 {"backend": self.args.backend, "target_condition": target_condition, "priority": priority})
         if self.args.backend == "iothub" and policy_key is None:
             raise ArgsError(f"EdgeDevice '{device_id}': invalid arguments: policy_key: the iothub backend needs a shared access policy's key")
         self.policy_key = policy_key
@@ -60,9 +70,11 @@ class EdgeDeployment(Resource, module=PACKAGE, name="EdgeDeployment"):
     scoring_uri: pulumi.Output[str]
     swagger_uri: pulumi.Output[str]
     state: pulumi.Output[str]
+    configuration_id: pulumi.Output[str | None]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
-        outs = ("manifest", "module_versions", "scoring_uri", "swagger_uri", "state", "drift")
+        outs = ("manifest", "module_versions", "scoring_uri", "swagger_uri", "state", "drift", "configuration_id",
+                "configuration_labels", "configuration_etag")
         super().__init__(EdgeDeploymentProvider(), name, {**props, **{k: None for k in outs}}, opts)
 
 
@@ -77,6 +89,8 @@ class EdgeModule(pulumi.ComponentResource):
     manifest: pulumi.Output[dict[str, Any]]
     model_versions: pulumi.Output[dict[str, int]]
     device_id: pulumi.Output[str]
+    configuration_id: pulumi.Output[str]
+    """The at-scale deployment's IoT Hub configuration id (new with each manifest); "" for one device."""
 
     def __init__(
         self,
@@ -160,6 +174,8 @@ class EdgeModule(pulumi.ComponentResource):
             "stack": settings.stack,
             "resource": resource_name,
         }
+        if device.at_scale.target_condition is not None:
+            props.update(target_condition=device.at_scale.target_condition, priority=device.at_scale.priority or 0)
         deployment = EdgeDeployment(
             f"{resource_name}-deployment",
             props,
@@ -174,4 +190,5 @@ class EdgeModule(pulumi.ComponentResource):
         self.manifest = deployment.manifest
         self.model_versions = planned
         self.device_id = pulumi.Output.from_input(device.args.device_id)
+        self.configuration_id = deployment.configuration_id.apply(lambda c: c or "")
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})

@@ -6,7 +6,14 @@ Two backends behind one resource:
   status and restart policy, remove what left the manifest).
 - `iothub`: `mldeploy.providers.clients.iothub` sends the manifest to the device through
   IoT Hub's `applyConfigurationContent`, signed with a SAS token made from the
-  policy key (a Pulumi secret). Never run against Azure.
+  policy key (a Pulumi secret). With a `target_condition` the deployment is at scale
+  instead: an IoT Hub configuration (`PUT /configurations/{id}`) that every device
+  matching the condition takes, by `priority`. Never run against Azure.
+
+A configuration's id and content cannot change on the hub, so the id carries a
+short hash of the content: a new manifest is a new configuration, created before
+the old one is deleted; a new target condition, priority or labels updates the
+same configuration in place (`configuration_change` says which, purely).
 
 `check` renders the manifest and validates it against the schemas, so a bad one
 fails at preview naming its JSON path; it also gives each module a version that
@@ -17,18 +24,131 @@ or removed by hand (local) as drift, which the next `up` repairs.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
-from typing import Any, Mapping
+import re
+from typing import Any, Literal, Mapping
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 from pulumi.runtime import rpc
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from mldeploy.providers import edge_manifest
 from mldeploy.providers.progress import say
 
 SECRET_PLACEHOLDER = "[secret]"
 DEVICE_IDENTITY = ("device_id", "backend", "hub_host")
+CONFIGURATION_ID_MAX = 128
+CONFIGURATION_ID_BAD_CHARS = re.compile(r"[^a-z0-9\-:+%_#*?!(),=@;']")
+"""IoT Hub configuration ids: lowercase, at most 128 characters, of these."""
+LABEL_BAD_CHARS = re.compile(r"[^A-Za-z0-9\-:.+%_#*?!(),=@;']")
+MODULE_CONDITION_RE = re.compile(r"^from\s+devices\.modules\s+where\s+\S", re.IGNORECASE)
+PRIORITY_MAX = 2**31 - 1
+AT_SCALE_MUTABLE = ("target_condition", "priority", "configuration_labels")
+"""What the hub lets a configuration change in place (besides metrics, which are not used)."""
+
+
+class AtScaleArgs(BaseModel):
+    """An at-scale deployment's own settings, checked at program time and at preview.
+
+    Kept apart from `EdgeDeviceArgs` (the target's, shared with other code) so that a
+    deployment made before these existed reads back unchanged.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["local", "iothub"] = "local"
+    target_condition: str | None = None
+    """An IoT Hub query over device twins (`tags.environment='prod'`), or module twins
+    (`from devices.modules where …`); taken as written, not parsed."""
+    priority: int | None = Field(default=None, ge=0, le=PRIORITY_MAX)
+    """Which configuration wins on a device two of them target (the higher); 0 when omitted."""
+
+    @field_validator("target_condition")
+    @classmethod
+    def _condition(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        if info.data.get("backend") != "iothub":
+            raise ValueError("an at-scale deployment goes through IoT Hub; give backend='iothub' (the local device takes no target condition)")
+        if not v.strip():
+            raise ValueError("must not be empty: an IoT Hub query such as tags.environment='prod'")
+        if v.strip().lower().startswith("from") and not MODULE_CONDITION_RE.match(v.strip()):
+            raise ValueError(f"a module twin condition starts with 'from devices.modules where', got {v!r}")
+        return v
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _whole(cls, v: Any) -> Any:
+        # pydantic would take True as 1 and "3" as 3; the engine gives numbers back as floats (3.0 is fine).
+        if isinstance(v, (bool, str)):
+            raise ValueError(f"must be a whole number >= 0, got {v!r}")
+        return v
+
+    @field_validator("priority")
+    @classmethod
+    def _needs_condition(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is None:
+            return v
+        if info.data.get("backend") != "iothub":
+            raise ValueError("applies to at-scale deployments through IoT Hub only; the local device takes none")
+        if "target_condition" in info.data and info.data.get("target_condition") is None:
+            raise ValueError("applies to at-scale deployments only; give target_condition too")
+        return v
+
+
+def at_scale(props: Mapping[str, Any]) -> bool:
+    """An IoT Hub configuration (by target condition), not one device's manifest."""
+    return bool(props.get("target_condition"))
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def configuration_id(props: Mapping[str, Any], password: str | None = None, key: str | None = None) -> str:
+    """`<project>-<stack>-<resource>-<12 hex of the content>`: a new manifest is a new id.
+
+    The registry password is in the content the hub gets, so a rotated one must give a
+    new id too; it enters the hash as an HMAC keyed with the policy key, so the id (not a
+    secret) cannot be used to guess the password.
+    """
+    material = canonical(render(props))
+    if password:
+        material += "\n" + hmac.new((key or "").encode(), password.encode(), hashlib.sha256).hexdigest()
+    digest = hashlib.sha256(material.encode()).hexdigest()[:12]
+    prefix = CONFIGURATION_ID_BAD_CHARS.sub("-", f"{props['project']}-{props['stack']}-{props['resource']}".lower()).strip("-")
+    return f"{prefix[: CONFIGURATION_ID_MAX - len(digest) - 1]}-{digest}"
+
+
+def configuration_labels(props: Mapping[str, Any]) -> dict[str, str]:
+    """Who made the configuration, for `az iot edge deployment list` and the portal.
+
+    Label values are at most 128 ASCII letters, digits and `-:.+%_#*?!(),=@;'`
+    (azure-iot-sdk-node's `Configuration.labels`); anything else becomes `-`.
+    """
+    def clean(v: Any) -> str:
+        return LABEL_BAD_CHARS.sub("-", str(v))[:128] or "-"
+
+    return {"mldeployProject": clean(props["project"]), "mldeployStack": clean(props["stack"]), "mldeployResource": clean(props["resource"])}
+
+
+def configuration_change(olds: Mapping[str, Any], news: Mapping[str, Any]) -> str:
+    """What an update does to the hub's configuration: `""` (not at scale), `"create"`
+    (from one device's manifest), `"replace"` (new content: a new id is created, then
+    the old one deleted), `"update"` (only target condition, priority or labels: the same
+    id in place), or `"none"`."""
+    if not at_scale(news):
+        return ""
+    if not at_scale(olds) or not olds.get("configuration_id"):
+        return "create"
+    new_id = news.get("configuration_id")
+    if _unknown(new_id) or new_id != olds.get("configuration_id"):
+        return "replace"
+    if any(_unknown(news.get(k)) or olds.get(k) != news.get(k) for k in AT_SCALE_MUTABLE):
+        return "update"
+    return "none"
 
 
 def _sentinels(value: Any) -> Any:
@@ -84,10 +204,15 @@ def render(props: Mapping[str, Any], password: str | None = None) -> dict[str, A
 
 
 def diff_edge_deployment(olds: Mapping[str, Any], news: Mapping[str, Any]) -> DiffResult:
+    """One device to another, or one device's manifest to an at-scale configuration (or
+    back), replaces; anything else is an update (for a configuration, `configuration_change`)."""
     old_dev, new_dev = olds.get("device") or {}, news.get("device") or {}
     replaces = ["device"] if any(old_dev.get(k) != new_dev.get(k) for k in DEVICE_IDENTITY) else []
+    if at_scale(olds) != at_scale(news):
+        replaces.append("target_condition")
     changed = list(replaces)
-    for key in ("manifest", "device", "port", "policy_key", "registry_password", "startup_timeout_seconds"):
+    keys = ("manifest", "device", "port", "policy_key", "registry_password", "startup_timeout_seconds", "configuration_id", *AT_SCALE_MUTABLE)
+    for key in keys:
         if key not in changed and (olds.get(key) != news.get(key) or _unknown(news.get(key))):
             changed.append(key)
     if olds.get("drift"):
@@ -134,6 +259,13 @@ class EdgeDeploymentProvider(ResourceProvider):
                     failures.append(CheckFailure(f"device{'.' + where if where else ''}", e["msg"].removeprefix("Value error, ")))
             if device.get("backend") == "iothub" and not news.get("policy_key"):
                 failures.append(CheckFailure("policy_key", "the iothub backend signs with a shared access policy's key; none given"))
+            scale = {"backend": device.get("backend") or "local", "target_condition": news.get("target_condition"), "priority": news.get("priority")}
+            try:
+                if scale["backend"] in ("local", "iothub"):  # else EdgeDeviceArgs has said so
+                    AtScaleArgs.model_validate(scale)
+            except ValidationError as exc:
+                for e in exc.errors():
+                    failures.append(CheckFailure(".".join(str(p) for p in e["loc"]) or "target_condition", e["msg"].removeprefix("Value error, ")))
         for i, m in enumerate(news.get("modules") or []):
             spec = {**m, "image": PREVIEW_IMAGE if _unknown(m.get("image")) else m.get("image")}
             failures += [CheckFailure(f"modules[{i}].{f}", why) for f, why in edge_manifest.module_problems(spec)]
@@ -143,12 +275,23 @@ class EdgeDeploymentProvider(ResourceProvider):
         news = {**news, "module_versions": module_versions(olds, news)}
         if _unknown(news.get("modules")) or _unknown(news.get("routes")) or _unknown(news.get("registry")):
             news["manifest"] = rpc.UNKNOWN  # the module image is pushed first; its digest is not known yet
-            return CheckResult(news, [])
+            return CheckResult(self._at_scale(news), [])
         manifest = render(news)
         problems = edge_manifest.validate(manifest)
         failures += [CheckFailure("manifest", f"{path}: {why}") for path, why in problems]
         news["manifest"] = manifest
-        return CheckResult(news, failures)
+        return CheckResult(self._at_scale(news), failures)
+
+    @staticmethod
+    def _at_scale(news: dict[str, Any]) -> dict[str, Any]:
+        """An at-scale deployment's id, labels and priority, known at preview when its content is."""
+        if not at_scale(news):
+            return {**news, "configuration_id": None, "configuration_labels": None}
+        news = {**news, "priority": int(news.get("priority") or 0), "configuration_labels": configuration_labels(news)}
+        secrets = (news.get("registry_password"), news.get("policy_key"))
+        if _unknown(news.get("manifest")) or any(_unknown(v) for v in secrets):
+            return {**news, "configuration_id": rpc.UNKNOWN}
+        return {**news, "configuration_id": configuration_id(news, *secrets)}
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return diff_edge_deployment(olds, _sentinels(news))
@@ -167,7 +310,7 @@ class EdgeDeploymentProvider(ResourceProvider):
         return IoTHubClient(d["hub_host"], d.get("policy_name") or "iothubowner", props["policy_key"],
                             base_url=d.get("endpoint"), api_version=d.get("api_version") or "2021-04-12")
 
-    def _apply(self, props: dict[str, Any]) -> dict[str, Any]:
+    def _apply(self, props: dict[str, Any], etag: str | None = None) -> dict[str, Any]:
         manifest = render(props, props.get("registry_password"))
         device = props["device"]
         if device["backend"] == "local":
@@ -179,10 +322,36 @@ class EdgeDeploymentProvider(ResourceProvider):
                 if port and name == (props.get("modules") or [{}])[0].get("name"):
                     rc = containers.RunningContainer(cid, container_prefix(props) + name, int(port))
                     containers.wait_healthy(rc, timeout=float(props.get("startup_timeout_seconds") or 300))
+        elif at_scale(props):
+            return self._put_configuration(props, manifest, etag)
         else:
             say(f"IoT Hub {device['hub_host']}: applying the manifest to device {device['device_id']}")
             self._hub(props).apply_configuration_content(device["device_id"], manifest)
         return {**props, **scoring_uris(props), "state": "Applied", "drift": {}}
+
+    def _put_configuration(self, props: dict[str, Any], manifest: Mapping[str, Any], etag: str | None) -> dict[str, Any]:
+        """Create the configuration (`etag` None) or update it in place (its etag, or `*`).
+
+        A create that finds the id taken adopts it when the hub holds the same content
+        (an earlier `up` that stopped before its state was saved); otherwise the hub's
+        refusal stands.
+        """
+        from mldeploy.providers.clients.iothub import IoTHubError, configuration_body
+
+        hub, cid = self._hub(props), props["configuration_id"]
+        body = configuration_body(cid, manifest, props["target_condition"], int(props.get("priority") or 0), props.get("configuration_labels"))
+        verb = "updating" if etag else "creating"
+        say(f"IoT Hub {props['device']['hub_host']}: {verb} configuration {cid} for devices where {props['target_condition']}")
+        try:
+            got = hub.put_configuration(body, if_match=etag)
+        except IoTHubError as exc:
+            if etag or exc.status != 409:
+                raise
+            have = hub.get_configuration(cid)
+            if not have or canonical(have.get("content", {}).get("modulesContent")) != canonical(body["content"]["modulesContent"]):
+                raise
+            got = hub.put_configuration(body, if_match=have.get("etag") or "*")
+        return {**props, **scoring_uris(props), "state": "Applied", "drift": {}, "configuration_etag": got.get("etag") or "*"}
 
     def _drop_images(self, props: Mapping[str, Any], keep: set[str]) -> None:
         """Module images the device no longer runs: out of the registry (and the local device's cache)."""
@@ -210,7 +379,14 @@ class EdgeDeploymentProvider(ResourceProvider):
         return CreateResult(f"{props['device']['device_id']}/{props['resource']}", outs)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        outs = self._apply(news)
+        change = configuration_change(olds, news)
+        if change in ("update", "none"):
+            outs = self._apply(news, etag=olds.get("configuration_etag") or "*")
+        else:
+            outs = self._apply(news)
+        if change == "replace":
+            # Only now: no device is left without a deployment (of equal priority the newer wins).
+            self._delete_configuration(olds)
         self._drop_images(olds, keep={m.get("image") for m in news.get("modules") or []})
         return UpdateResult(outs)
 
@@ -233,6 +409,9 @@ class EdgeDeploymentProvider(ResourceProvider):
                 if isinstance(m.get("image"), str):
                     self._agent(props).remove_image(m["image"])
             return
+        if at_scale(props):
+            self._delete_configuration(props)
+            return
         from mldeploy.providers.clients.iothub import IoTHubError
 
         # What is left on the device: the system modules only (gone already counts as deleted).
@@ -242,6 +421,14 @@ class EdgeDeploymentProvider(ResourceProvider):
         except IoTHubError as exc:
             if exc.status != 404:
                 raise
+
+    def _delete_configuration(self, props: Mapping[str, Any]) -> None:
+        """`DELETE /configurations/{id}` with `If-Match: *`; one the hub no longer has counts as deleted."""
+        cid = props.get("configuration_id")
+        if not cid or _unknown(cid):
+            return
+        gone = not self._hub(props).delete_configuration(cid)
+        say(f"IoT Hub {props['device']['hub_host']}: configuration {cid} " + ("was gone already" if gone else "deleted"))
 
 
 def manifest_json(props: Mapping[str, Any]) -> str:

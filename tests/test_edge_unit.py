@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -521,3 +523,282 @@ def test_azure_iot_hub_sdk_is_accepted_by_the_fake_hub(hub: FakeHub) -> None:
     mgr.apply_configuration_on_edge_device("edge1", ConfigurationContent(modules_content=m["modulesContent"]))
     assert hub.applied["edge1"] == m
     assert hub.requests[-1]["headers"]["Authorization"].startswith("SharedAccessSignature sr=")
+
+
+# ---------------------------------------------------------------- iothub at scale: configurations
+
+
+PROD = "tags.environment='prod'"
+
+
+def at_scale_props(h: FakeHub | None, olds: dict[str, Any] | None = None, p: dict[str, Any] | None = None, **over: Any) -> dict[str, Any]:
+    base = p or props()
+    dev = {**base["device"], "device_id": "edge1", "backend": "iothub", "hub_host": HUB,
+           "endpoint": h.endpoint if h else "http://127.0.0.1:9"}
+    return checked({**base, "device": dev, "policy_key": KEY, "port": None, "target_condition": PROD, "priority": 0, **over}, olds)
+
+
+def test_configuration_id_is_names_and_a_content_hash() -> None:
+    p = at_scale_props(None)
+    cid = p["configuration_id"]
+    assert cid.startswith("proj-dev-edge-") and len(cid) == len("proj-dev-edge-") + 12
+    assert edge_device.configuration_id(p) == cid, "the same content, the same id"
+    bumped = at_scale_props(None, p, with_module(models={"ridge": 2}, image=IMAGE[:-1] + "b"))
+    assert bumped["configuration_id"] != cid and bumped["configuration_id"].startswith("proj-dev-edge-")
+    assert at_scale_props(None, p, priority=5)["configuration_id"] == cid, "priority is not content"
+    assert at_scale_props(None, p, target_condition="deviceId='edge2'")["configuration_id"] == cid
+    rotated = at_scale_props(None, p, registry={**props()["registry"], "username": "u"}, registry_password="p1")
+    assert at_scale_props(None, p, registry={**props()["registry"], "username": "u"}, registry_password="p2")["configuration_id"] != rotated["configuration_id"]
+    assert "p1" not in rotated["configuration_id"]
+    long = edge_device.configuration_id({**p, "project": "My Project/" + "x" * 200})
+    assert len(long) <= 128 and re.fullmatch(r"[a-z0-9\-:+%_#*?!(),=@;']+", long)
+    assert at_scale_props(None, p, modules=[{**props()["modules"][0], "image": rpc.UNKNOWN}])["configuration_id"] == rpc.UNKNOWN
+    assert edge_device.configuration_labels({**p, "resource": "my edge/é"})["mldeployResource"] == "my-edge--"
+
+
+def test_configuration_change_rule() -> None:
+    old = {**at_scale_props(None), "configuration_etag": "MQ=="}
+    assert edge_device.configuration_change(old, at_scale_props(None, old)) == "none"
+    assert edge_device.configuration_change(old, at_scale_props(None, old, priority=3)) == "update"
+    assert edge_device.configuration_change(old, at_scale_props(None, old, target_condition="deviceId='d'")) == "update"
+    assert edge_device.configuration_change(old, {**at_scale_props(None, old), "configuration_labels": {"a": "b"}}) == "update"
+    new_content = at_scale_props(None, old, with_module(env={"A": "1"}))
+    assert edge_device.configuration_change(old, new_content) == "replace"
+    assert edge_device.configuration_change(old, {**new_content, "configuration_id": rpc.UNKNOWN}) == "replace"
+    assert edge_device.configuration_change(checked(props()), old) == "create"
+    assert edge_device.configuration_change(old, checked(props())) == ""
+
+
+def test_diff_of_an_at_scale_deployment() -> None:
+    old = at_scale_props(None)
+    assert not diff_edge_deployment(old, at_scale_props(None, old)).changes
+    content = diff_edge_deployment(old, at_scale_props(None, old, with_module(models={"ridge": 2}, image=IMAGE[:-1] + "b")))
+    assert content.changes and content.replaces == [], "an update that creates the new id, then deletes the old"
+    priority = diff_edge_deployment(old, at_scale_props(None, old, priority=7))
+    assert priority.changes and priority.replaces == []
+    one_device = {**old, "target_condition": None, "priority": None, "configuration_id": None}
+    switch = diff_edge_deployment(one_device, old)
+    assert switch.replaces == ["target_condition"] and switch.delete_before_replace
+    assert diff_edge_deployment(old, one_device).replaces == ["target_condition"]
+
+
+@pytest.mark.parametrize(
+    ("over", "field", "words"),
+    [
+        ({"target_condition": PROD}, "target_condition", "backend='iothub'"),
+        ({"priority": 2}, "priority", "local device takes none"),
+    ],
+)
+def test_at_scale_settings_with_the_local_backend_fail_at_check(over: dict[str, Any], field: str, words: str) -> None:
+    failures = EdgeDeploymentProvider().check({}, props(**over)).failures
+    assert [f.property for f in failures] == [field] and words in failures[0].reason
+
+
+@pytest.mark.parametrize(
+    ("over", "field", "words"),
+    [
+        ({"target_condition": ""}, "target_condition", "must not be empty"),
+        ({"target_condition": "   "}, "target_condition", "must not be empty"),
+        ({"target_condition": "FROM devices WHERE tags.x='y'"}, "target_condition", "from devices.modules where"),
+        ({"priority": -1}, "priority", "greater than or equal to 0"),
+        ({"priority": 1.5}, "priority", "fractional"),
+        ({"priority": True}, "priority", "whole number"),
+        ({"priority": "3"}, "priority", "whole number"),
+        ({"priority": 2**31}, "priority", "less than or equal"),
+        ({"target_condition": None, "priority": 3}, "priority", "give target_condition too"),
+    ],
+)
+def test_bad_at_scale_settings_fail_at_check_by_field(over: dict[str, Any], field: str, words: str) -> None:
+    dev = {**props()["device"], "device_id": "edge1", "backend": "iothub", "hub_host": HUB}
+    failures = EdgeDeploymentProvider().check({}, props(**{"device": dev, "policy_key": KEY, "port": None, "target_condition": PROD, **over})).failures
+    assert [f.property for f in failures] == [field] and words in failures[0].reason
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [PROD, "deviceId='edge1'", "tags.building=3 and tags.environment='dev'", "*",
+     "from devices.modules where tags.environment='prod'", "FROM devices.modules WHERE moduleId='scorer'"],
+)
+def test_target_conditions_taken_as_written(condition: str) -> None:
+    from mldeploy.components import EdgeDevice
+
+    d = EdgeDevice("edge1", backend="iothub", hub_host=HUB, policy_key=KEY, target_condition=condition, priority=4)
+    assert (d.at_scale.target_condition, d.at_scale.priority) == (condition, 4)
+    assert at_scale_props(None, target_condition=condition)["configuration_id"]
+
+
+@pytest.mark.parametrize(
+    ("given", "match"),
+    [
+        ({"target_condition": PROD}, "target_condition: an at-scale deployment goes through IoT Hub"),
+        ({"priority": 1}, "priority: applies to at-scale deployments through IoT Hub only"),
+        ({"backend": "iothub", "hub_host": HUB, "policy_key": KEY, "target_condition": ""}, "target_condition: must not be empty"),
+        ({"backend": "iothub", "hub_host": HUB, "policy_key": KEY, "target_condition": PROD, "priority": -3}, "priority: Input should be greater than or equal to 0"),
+        ({"backend": "iothub", "hub_host": HUB, "policy_key": KEY, "target_condition": "from devices where x=1"}, "target_condition: a module twin"),
+    ],
+)
+def test_bad_at_scale_device_arguments_name_the_field(given: dict[str, Any], match: str) -> None:
+    from mldeploy.components import EdgeDevice
+    from mldeploy.components._common import ArgsError
+
+    with pytest.raises(ArgsError, match=rf"EdgeDevice 'edge1': invalid arguments: {match}"):
+        EdgeDevice("edge1", **given)
+
+
+def test_client_creates_reads_updates_and_deletes_a_configuration(hub: FakeHub) -> None:
+    c, m = client(hub), manifest()
+    body = iothub.configuration_body("proj-dev-edge-0123456789ab", m, PROD, 2, {"mldeployStack": "dev"})
+    got = c.put_configuration(body)
+    req = hub.requests[-1]
+    assert (req["method"], req["path"], req["query"]["api-version"]) == ("PUT", "/configurations/proj-dev-edge-0123456789ab", ["2021-04-12"])
+    assert "If-Match" not in req["headers"], "no If-Match on create"
+    sent = json.loads(req["body"])
+    assert sent == {"id": "proj-dev-edge-0123456789ab", "schemaVersion": "2.0", "labels": {"mldeployStack": "dev"},
+                    "content": {"modulesContent": m["modulesContent"]}, "metrics": {"queries": {}},
+                    "targetCondition": PROD, "priority": 2}
+    assert got["etag"] and c.get_configuration(body["id"])["targetCondition"] == PROD
+    updated = c.put_configuration({**body, "priority": 9}, if_match=got["etag"])
+    assert updated["priority"] == 9 and updated["etag"] != got["etag"]
+    assert c.delete_configuration(body["id"]) is True
+    assert hub.requests[-1]["headers"]["If-Match"] == "*"
+    assert c.get_configuration(body["id"]) is None and c.delete_configuration(body["id"]) is False
+
+
+def test_fake_hub_refuses_what_the_hub_refuses(hub: FakeHub) -> None:
+    import requests
+
+    c, m = client(hub), manifest()
+    body = iothub.configuration_body("cfg-1", m, PROD, 0)
+    etag = c.put_configuration(body)["etag"]
+    other = manifest(env={"LOG_LEVEL": "debug"})
+    with pytest.raises(iothub.IoTHubError, match=r"refused to update configuration 'cfg-1': 409 .*content cannot be updated") as err:
+        c.put_configuration(iothub.configuration_body("cfg-1", other, PROD, 0), if_match=etag)
+    assert err.value.status == 409 and hub.configurations["cfg-1"]["content"]["modulesContent"] == m["modulesContent"]
+    with pytest.raises(iothub.IoTHubError, match=r"refused to create configuration 'cfg-1': 409 .*already exists"):
+        c.put_configuration(body)
+    with pytest.raises(iothub.IoTHubError, match=r"412 .*PreconditionFailed") as err:
+        c.put_configuration({**body, "priority": 1}, if_match="bm90IGl0")
+    assert err.value.status == 412
+    with pytest.raises(iothub.IoTHubError, match="412"):
+        c.delete_configuration("cfg-1", if_match="bm90IGl0")
+    token = iothub.sas_token(HUB, KEY, "iothubowner")
+    url = f"{hub.endpoint}/configurations/"
+    r = requests.delete(url + "nosuch", params={"api-version": "2021-04-12"}, headers={"Authorization": token, "If-Match": "*"}, timeout=10)
+    assert r.status_code == 404 and "ConfigurationNotFound" in r.json()["Message"]
+    for bad_id in ("Upper", "has space", "x" * 129, "slash$"):
+        r = requests.put(url + urllib.parse.quote(bad_id, safe=""), params={"api-version": "2021-04-12"},
+                         headers={"Authorization": token}, json={**body, "id": bad_id}, timeout=10)
+        assert r.status_code == 400 and "configuration id" in r.json()["Message"], bad_id
+    bad = manifest()
+    bad["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["scorer"]["status"] = "paused"
+    r = requests.put(url + "cfg-2", params={"api-version": "2021-04-12"}, headers={"Authorization": token},
+                     json=iothub.configuration_body("cfg-2", bad, PROD, 0), timeout=10)
+    assert r.status_code == 400 and "content.modulesContent['$edgeAgent']" in r.json()["Message"] and "status" in r.json()["Message"]
+    r = requests.put(url + "cfg-3", params={"api-version": "2021-04-12"}, headers={"Authorization": token},
+                     json={**iothub.configuration_body("cfg-2", m, PROD, 0)}, timeout=10)
+    assert r.status_code == 400 and "is not the URL's" in r.json()["Message"]
+    r = requests.put(url + "cfg-5", params={"api-version": "2021-04-12"}, headers={"Authorization": token},
+                     json=iothub.configuration_body("cfg-5", m, PROD, 0, {"made by": "me"}), timeout=10)
+    assert r.status_code == 400 and "labels.made by" in r.json()["Message"]
+    r = requests.put(url + "cfg-4", params={"api-version": "2021-04-12"}, headers={"Authorization": iothub.sas_token(HUB, KEY, "iothubowner", int(time.time()) - 5)},
+                     json=iothub.configuration_body("cfg-4", m, PROD, 0), timeout=10)
+    assert r.status_code == 401 and "expired" in r.text
+    assert set(hub.configurations) == {"cfg-1"}
+
+
+def test_client_checks_the_configuration_content_before_sending(hub: FakeHub) -> None:
+    bad = manifest()
+    bad["modulesContent"]["$edgeAgent"]["properties.desired"]["modules"]["scorer"]["status"] = "paused"
+    with pytest.raises(edge_manifest.ManifestError, match="scorer.status"):
+        client(hub).put_configuration(iothub.configuration_body("cfg-1", bad, PROD, 0))
+    assert hub.requests == [], "nothing was sent"
+
+
+def test_provider_creates_replaces_updates_and_deletes_an_at_scale_deployment(hub: FakeHub) -> None:
+    p = EdgeDeploymentProvider()
+    first = at_scale_props(hub)
+    created = p.create(first).outs
+    cid = first["configuration_id"]
+    assert set(hub.configurations) == {cid} and hub.applied == {}, "a configuration, no single-device apply"
+    stored = hub.configurations[cid]
+    assert (stored["targetCondition"], stored["priority"], stored["schemaVersion"]) == (PROD, 0, "2.0")
+    assert stored["labels"] == {"mldeployProject": "proj", "mldeployStack": "dev", "mldeployResource": "edge"}
+    assert edge_manifest.modules_of({"modulesContent": stored["content"]["modulesContent"]})["scorer"]["settings"]["image"] == IMAGE
+    assert created["configuration_etag"] == stored["etag"] and created["state"] == "Applied"
+
+    # A new manifest: a new id created first, then the old one deleted.
+    v2 = with_module(models={"ridge": 2}, image=IMAGE[:-1] + "b")
+    bumped = at_scale_props(hub, created, v2)
+    assert bumped["configuration_id"] != cid
+    hub.requests.clear()
+    outs = p.update("edge1/edge", created, bumped).outs
+    assert [(r["method"], r["path"]) for r in hub.requests] == [
+        ("PUT", f"/configurations/{bumped['configuration_id']}"), ("DELETE", f"/configurations/{cid}")]
+    assert "If-Match" not in hub.requests[0]["headers"] and hub.requests[1]["headers"]["If-Match"] == "*"
+    assert set(hub.configurations) == {bumped["configuration_id"]}
+    assert edge_manifest.modules_of(hub.configurations[bumped["configuration_id"]]["content"])["scorer"]["version"] == "2"
+
+    # Only the priority: the same id, in place, If-Match its etag.
+    moved = at_scale_props(hub, outs, v2, priority=10, target_condition="tags.environment='prod' and tags.ring=1")
+    assert moved["configuration_id"] == bumped["configuration_id"]
+    hub.requests.clear()
+    etag = outs["configuration_etag"]
+    outs2 = p.update("edge1/edge", outs, moved).outs
+    assert [(r["method"], r["headers"].get("If-Match")) for r in hub.requests] == [("PUT", f'"{etag}"')]
+    now = hub.configurations[moved["configuration_id"]]
+    assert (now["priority"], now["targetCondition"]) == (10, "tags.environment='prod' and tags.ring=1")
+    assert outs2["configuration_etag"] == now["etag"] != etag
+
+    p.delete("edge1/edge", outs2)
+    assert hub.configurations == {} and hub.requests[-1]["method"] == "DELETE"
+    p.delete("edge1/edge", outs2)  # gone already counts as deleted
+
+
+def test_provider_shows_the_hubs_refusal(hub: FakeHub) -> None:
+    p = EdgeDeploymentProvider()
+    created = p.create(at_scale_props(hub)).outs
+    # Someone changed the configuration on the hub since: its etag moved on.
+    client(hub).put_configuration({**iothub.configuration_body(created["configuration_id"], created["manifest"], PROD, 1)}, if_match="*")
+    with pytest.raises(iothub.IoTHubError, match=r"refused to update configuration 'proj-dev-edge-[0-9a-f]{12}': 412 .*PreconditionFailed"):
+        p.update("edge1/edge", created, at_scale_props(hub, created, priority=5))
+    with pytest.raises(iothub.IoTHubError, match=r"401 .*signature does not match"):
+        p.create(at_scale_props(hub, policy_key=base64.b64encode(b"w" * 32).decode()))
+
+
+def test_a_create_adopts_its_own_configuration_left_by_an_interrupted_up(hub: FakeHub) -> None:
+    p = EdgeDeploymentProvider()
+    first = at_scale_props(hub)
+    p.create(first)  # the state of this one was never saved
+    outs = p.create({**first, "priority": 4}).outs
+    assert hub.configurations[first["configuration_id"]]["priority"] == 4
+    assert outs["configuration_etag"] == hub.configurations[first["configuration_id"]]["etag"]
+    # Another content under the id is not ours to take.
+    hub.configurations[first["configuration_id"]]["content"] = {"modulesContent": manifest(env={"X": "1"})["modulesContent"]}
+    with pytest.raises(iothub.IoTHubError, match="409 .*already exists"):
+        p.create(first)
+
+
+def test_azure_iot_hub_sdk_configurations_are_accepted_by_the_fake_hub(hub: FakeHub) -> None:
+    """The SDK's create/get/update/delete of a configuration, checked by the fake as ours are."""
+    from azure.iot.hub import IoTHubConfigurationManager
+    from azure.iot.hub.models import Configuration, ConfigurationContent
+
+    mgr = IoTHubConfigurationManager(f"HostName={HUB};SharedAccessKeyName=iothubowner;SharedAccessKey={KEY}")
+    mgr.protocol.config.base_url = hub.endpoint
+    m = manifest()
+    config = Configuration(id="sdk-cfg", schema_version="2.0", labels={"by": "sdk"}, target_condition=PROD, priority=3,
+                           content=ConfigurationContent(modules_content=m["modulesContent"]))
+    made = mgr.create_configuration(config)
+    assert made.etag and hub.configurations["sdk-cfg"]["content"]["modulesContent"] == m["modulesContent"]
+    assert "If-Match" not in hub.requests[-1]["headers"]
+    got = mgr.get_configuration("sdk-cfg")
+    assert (got.target_condition, got.priority) == (PROD, 3)
+    config.priority = 8
+    assert mgr.update_configuration(config, made.etag).priority == 8
+    mgr.delete_configuration("sdk-cfg")
+    assert hub.configurations == {}
+    # The same client reading our provider's configuration back.
+    p = at_scale_props(hub)
+    EdgeDeploymentProvider().create(p)
+    ours = mgr.get_configuration(p["configuration_id"])
+    assert (ours.target_condition, ours.priority, ours.content.modules_content) == (PROD, 0, p["manifest"]["modulesContent"])

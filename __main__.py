@@ -51,11 +51,23 @@ if target == "kubernetes":
     )
     pulumi.export("kubernetes_version", cluster.kubernetes_version)
 elif target == "iotedge":
-    # This machine acts as the edge device; the scoring server is published on 127.0.0.1 without a key.
-    service = EdgeModule("edge", models=[model], image=image, device=EdgeDevice(config.get("edgeDevice") or "local-device"),
-                         module_name="scorer")
+    # By default this machine acts as the edge device; the scoring server is published on 127.0.0.1 without a key.
+    # edgeBackend `iothub`: the manifest goes through IoT Hub (iotHubHost, secret iotHubPolicyKey), to one device
+    # or, with edgeTargetCondition (and edgePriority), as an at-scale deployment to every device it selects.
+    backend = config.get("edgeBackend") or "local"
+    hub = {} if backend == "local" else {
+        "hub_host": config.require("iotHubHost"),
+        "policy_name": config.get("iotHubPolicyName") or "iothubowner",
+        "policy_key": config.require_secret("iotHubPolicyKey"),
+        "target_condition": config.get("edgeTargetCondition"),
+        "priority": config.get_int("edgePriority"),
+    }
+    device = EdgeDevice(config.get("edgeDevice") or "local-device", backend=backend, **hub)
+    service = EdgeModule("edge", models=[model], image=image, device=device, module_name="scorer")
     pulumi.export("module_version", service.module_version)
     pulumi.export("image_ref", service.image_ref)
+    if config.get("edgeTargetCondition"):
+        pulumi.export("configuration_id", service.configuration_id)
 else:
     service = ContainerInstanceService(
         "aciservice",

@@ -286,6 +286,9 @@ def describe_edge_deployment(old: Mapping[str, Any], new: Mapping[str, Any]) -> 
     """An edge device's manifest: "module `scorer` image → v4; model `x` version 3 → 4"."""
     device = new.get("device") or old.get("device") or {}
     where = f"device `{device.get('device_id')}` ({device.get('backend')})"
+    condition = new.get("target_condition")
+    if condition:  # an at-scale deployment: an IoT Hub configuration for every device the condition selects
+        where = f"the devices where `{condition}` (an at-scale configuration, priority {new.get('priority') or 0})"
     new_versions = new.get("module_versions") if isinstance(new.get("module_versions"), Mapping) else {}
     old_versions = old.get("module_versions") if isinstance(old.get("module_versions"), Mapping) else {}
     old_modules = {m.get("name"): m for m in old.get("modules") or [] if isinstance(m, Mapping)}
@@ -323,8 +326,17 @@ def describe_edge_deployment(old: Mapping[str, Any], new: Mapping[str, Any]) -> 
     changed_routes = sorted(k for k in set(old_routes) | set(new_routes) if old_routes.get(k) != new_routes.get(k))
     if changed_routes:
         out.append("routes changed: " + ", ".join(f"`{k}`" for k in changed_routes))
-    if out:
+    if out and condition:
+        # A configuration's content cannot change: a new manifest is a new configuration.
+        out.append(f"a new configuration for {where} replaces the old one, which is deleted")
+    elif out:
         out.append(f"a new manifest is applied to {where}")
+    if condition and old.get("target_condition") != condition:
+        out.append(f"target condition {_arrow(old.get('target_condition'), condition)}")
+    if condition and (old.get("priority") or 0) != (new.get("priority") or 0) and old.get("target_condition"):
+        out.append(f"priority {_arrow(old.get('priority') or 0, new.get('priority') or 0)}")
+    if condition and out and not any(w.startswith("a new configuration") for w in out):
+        out.append("the same configuration is updated in place")
     drift = old.get("drift") if isinstance(old.get("drift"), Mapping) else {}
     if drift:
         out.append("found by refresh: " + ", ".join(f"module `{k}` {v}" for k, v in sorted(drift.items())) + ": restored")

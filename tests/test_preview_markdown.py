@@ -92,3 +92,20 @@ def test_a_deployment_whose_images_are_unknown_at_preview_is_not_called_a_roll()
         "`ml/svc`: image references are known only at up; the pods roll only if a digest changes"]
     words = describe_deployment(dep("r/svc@sha256:1"), dep(UNKNOWN, "2"))
     assert words[0].startswith("rolls `ml/svc`") and "model `m` version 1 → 2" in words
+
+
+def test_at_scale_edge_deployments_in_words() -> None:
+    from preview_markdown import describe_edge_deployment
+
+    def props(version: int, priority: int = 0, condition: str = "tags.env='prod'") -> dict:
+        return {"device": {"device_id": "edge1", "backend": "iothub"}, "target_condition": condition, "priority": priority,
+                "module_versions": {"scorer": version}, "modules": [{"name": "scorer", "models": {"m": version}}]}
+
+    assert describe_edge_deployment(props(1), props(1, priority=5)) == [
+        "priority 0 → 5", "the same configuration is updated in place"]
+    assert describe_edge_deployment(props(1), props(1, condition="tags.env='test'")) == [
+        "target condition tags.env='prod' → tags.env='test'", "the same configuration is updated in place"]
+    words = describe_edge_deployment(props(1), props(2))
+    assert words == ["module `scorer` image → v2; model `m` version 1 → 2",
+                     "a new configuration for the devices where `tags.env='prod'` (an at-scale configuration, priority 0) "
+                     "replaces the old one, which is deleted"]

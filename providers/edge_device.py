@@ -151,6 +151,18 @@ def configuration_change(olds: Mapping[str, Any], news: Mapping[str, Any]) -> st
     return "none"
 
 
+def configuration_drift(props: Mapping[str, Any], have: Mapping[str, Any] | None) -> dict[str, str]:
+    """How the hub's copy of our configuration (None: gone) differs from what we applied. Pure."""
+    if have is None:
+        return {"configuration": "deleted on the hub"}
+    drift = {}
+    if (have.get("targetCondition") or "") != (props.get("target_condition") or ""):
+        drift["target_condition"] = f"changed on the hub to {have.get('targetCondition')!r}"
+    if int(have.get("priority") or 0) != int(props.get("priority") or 0):
+        drift["priority"] = f"changed on the hub to {have.get('priority')}"
+    return drift
+
+
 def _sentinels(value: Any) -> Any:
     """Unknown values (`pulumi.output.Unknown`) as the engine's unknown sentinel, at any depth."""
     from pulumi.output import Unknown
@@ -391,14 +403,30 @@ class EdgeDeploymentProvider(ResourceProvider):
         return UpdateResult(outs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        if at_scale(props) and props.get("configuration_id"):
+            return ReadResult(id_, self._read_configuration(props))
         if (props.get("device") or {}).get("backend") != "local" or not isinstance(props.get("manifest"), Mapping):
-            return ReadResult(id_, props)  # the hub's view of a device is not read back (yet)
+            return ReadResult(id_, props)  # one device's manifest is not read back from the hub
         drift = self._agent(props).drift(props["manifest"])
         outs = {**props, "drift": drift, "state": "Drifted" if drift else "Applied"}
         # The drift as an input too, so the next preview can say it in words; never when the
         # inputs hold a secret (returned inputs would lose their secret marking).
         secretless = not props.get("policy_key") and not props.get("registry_password")
         return ReadResult(id_, outs, inputs=outs if secretless else None)
+
+    def _read_configuration(self, props: dict[str, Any]) -> dict[str, Any]:
+        """The hub's copy of our configuration: gone, or a condition or priority changed there, is drift."""
+        from mldeploy.providers.clients.iothub import IoTHubError
+
+        try:
+            have = self._hub(props).get_configuration(props["configuration_id"])
+        except (IoTHubError, OSError) as exc:  # the hub unreachable at refresh: not drift of ours
+            say(f"IoT Hub {props['device'].get('hub_host')}: could not read configuration {props['configuration_id']}: {exc}")
+            return props
+        drift = configuration_drift(props, have)
+        # A configuration deleted on the hub is created again (If-Match `*`); a changed one updated with its new etag.
+        etag = (have or {}).get("etag") or "*"
+        return {**props, "drift": drift, "state": "Drifted" if drift else "Applied", "configuration_etag": etag}
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         device = props.get("device") or {}

@@ -88,6 +88,13 @@ def test_an_at_scale_deployment_is_a_configuration_replaced_on_a_new_manifest_an
     for f in (workdir / ".pulumi-state" / "backend").rglob("*.json"):
         assert KEY not in f.read_text(), f
 
+    # Deleted on the hub behind our back: refresh finds it, and up creates it again under the same id.
+    hub.configurations.clear()
+    st.refresh()
+    up = st.up()
+    assert up.summary.result == "succeeded", st.log[-40:]
+    assert list(hub.configurations) == [second] and hub.configurations[second]["priority"] == 5
+
     repository = up.outputs["image_ref"].value.split("@")[0]
     st.destroy()
     assert hub.configurations == {}

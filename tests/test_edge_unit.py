@@ -802,3 +802,42 @@ def test_azure_iot_hub_sdk_configurations_are_accepted_by_the_fake_hub(hub: Fake
     EdgeDeploymentProvider().create(p)
     ours = mgr.get_configuration(p["configuration_id"])
     assert (ours.target_condition, ours.priority, ours.content.modules_content) == (PROD, 0, p["manifest"]["modulesContent"])
+
+
+def test_configuration_drift_rule() -> None:
+    from mldeploy.providers.edge_device import configuration_drift
+
+    props = {"target_condition": PROD, "priority": 3}
+    assert configuration_drift(props, None) == {"configuration": "deleted on the hub"}
+    assert configuration_drift(props, {"targetCondition": PROD, "priority": 3}) == {}
+    assert configuration_drift(props, {"targetCondition": "tags.x='y'", "priority": 7}) == {
+        "target_condition": "changed on the hub to \"tags.x='y'\"", "priority": "changed on the hub to 7"}
+
+
+def test_refresh_finds_a_configuration_deleted_or_changed_on_the_hub_and_up_restores_it(hub: FakeHub) -> None:
+    from mldeploy.providers.edge_device import diff_edge_deployment
+
+    p = EdgeDeploymentProvider()
+    props = at_scale_props(hub)
+    outs = p.create(props).outs
+    cid = props["configuration_id"]
+    assert p.read("edge1/edge", outs).outs["drift"] == {}
+
+    # Changed on the hub: refresh says so, with the hub's etag, and up puts ours back in place.
+    client(hub).put_configuration(iothub.configuration_body(cid, outs["manifest"], PROD, 9), if_match="*")
+    read = p.read("edge1/edge", outs).outs
+    assert read["drift"] == {"priority": "changed on the hub to 9"} and read["configuration_etag"] == hub.configurations[cid]["etag"]
+    assert diff_edge_deployment(read, props).changes
+    restored = p.update("edge1/edge", read, props).outs
+    assert hub.configurations[cid]["priority"] == 0 and restored["drift"] == {}
+
+    # Deleted on the hub: created again under the same id.
+    hub.configurations.clear()
+    read = p.read("edge1/edge", restored).outs
+    assert read["drift"] == {"configuration": "deleted on the hub"} and read["state"] == "Drifted"
+    p.update("edge1/edge", read, props)
+    assert list(hub.configurations) == [cid]
+
+    # The hub unreachable at refresh: what we had, no drift invented.
+    hub.__exit__()
+    assert p.read("edge1/edge", restored).outs == restored

@@ -107,16 +107,17 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def configuration_id(props: Mapping[str, Any], password: str | None = None, key: str | None = None) -> str:
+def configuration_id(props: Mapping[str, Any], password: str | None = None, salt: str | None = None) -> str:
     """`<project>-<stack>-<resource>-<12 hex of the content>`: a new manifest is a new id.
 
     The registry password is in the content the hub gets, so a rotated one must give a
-    new id too; it enters the hash as an HMAC keyed with the policy key, so the id (not a
-    secret) cannot be used to guess the password.
+    new id too; it enters the hash as an HMAC keyed with the deployment's own random salt
+    (kept in the state, never rotated), so the id (not a secret) cannot be used to test
+    guesses of the password, and a rotated policy key changes nothing.
     """
     material = canonical(render(props))
     if password:
-        material += "\n" + hmac.new((key or "").encode(), password.encode(), hashlib.sha256).hexdigest()
+        material += "\n" + hmac.new((salt or "").encode(), password.encode(), hashlib.sha256).hexdigest()
     digest = hashlib.sha256(material.encode()).hexdigest()[:12]
     prefix = CONFIGURATION_ID_BAD_CHARS.sub("-", f"{props['project']}-{props['stack']}-{props['resource']}".lower()).strip("-")
     return f"{prefix[: CONFIGURATION_ID_MAX - len(digest) - 1]}-{digest}"
@@ -219,7 +220,9 @@ def diff_edge_deployment(olds: Mapping[str, Any], news: Mapping[str, Any]) -> Di
     """One device to another, or one device's manifest to an at-scale configuration (or
     back), replaces; anything else is an update (for a configuration, `configuration_change`)."""
     old_dev, new_dev = olds.get("device") or {}, news.get("device") or {}
-    replaces = ["device"] if any(old_dev.get(k) != new_dev.get(k) for k in DEVICE_IDENTITY) else []
+    # At scale the configuration names no device: a new device_id there changes nothing.
+    identity = [k for k in DEVICE_IDENTITY if not (k == "device_id" and at_scale(olds) and at_scale(news))]
+    replaces = ["device"] if any(old_dev.get(k) != new_dev.get(k) for k in identity) else []
     if at_scale(olds) != at_scale(news):
         replaces.append("target_condition")
     changed = list(replaces)
@@ -230,6 +233,11 @@ def diff_edge_deployment(olds: Mapping[str, Any], news: Mapping[str, Any]) -> Di
     if olds.get("drift"):
         changed.append("drift")  # found by refresh: apply again
     return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
+
+
+def image_refs(props: Mapping[str, Any]) -> set[str]:
+    """The module images (by digest) these props deploy."""
+    return {m["image"] for m in props.get("modules") or [] if isinstance(m.get("image"), str) and "@" in m["image"]}
 
 
 def container_prefix(props: Mapping[str, Any]) -> str:
@@ -287,23 +295,26 @@ class EdgeDeploymentProvider(ResourceProvider):
         news = {**news, "module_versions": module_versions(olds, news)}
         if _unknown(news.get("modules")) or _unknown(news.get("routes")) or _unknown(news.get("registry")):
             news["manifest"] = rpc.UNKNOWN  # the module image is pushed first; its digest is not known yet
-            return CheckResult(self._at_scale(news), [])
+            return CheckResult(self._at_scale(news, olds), [])
         manifest = render(news)
         problems = edge_manifest.validate(manifest)
         failures += [CheckFailure("manifest", f"{path}: {why}") for path, why in problems]
         news["manifest"] = manifest
-        return CheckResult(self._at_scale(news), failures)
+        return CheckResult(self._at_scale(news, olds), failures)
 
     @staticmethod
-    def _at_scale(news: dict[str, Any]) -> dict[str, Any]:
+    def _at_scale(news: dict[str, Any], olds: Mapping[str, Any]) -> dict[str, Any]:
         """An at-scale deployment's id, labels and priority, known at preview when its content is."""
         if not at_scale(news):
             return {**news, "configuration_id": None, "configuration_labels": None}
-        news = {**news, "priority": int(news.get("priority") or 0), "configuration_labels": configuration_labels(news)}
-        secrets = (news.get("registry_password"), news.get("policy_key"))
-        if _unknown(news.get("manifest")) or any(_unknown(v) for v in secrets):
+        import secrets
+
+        salt = olds.get("configuration_salt") or news.get("configuration_salt") or secrets.token_hex(16)
+        news = {**news, "priority": int(news.get("priority") or 0), "configuration_labels": configuration_labels(news),
+                "configuration_salt": salt}
+        if _unknown(news.get("manifest")) or _unknown(news.get("registry_password")):
             return {**news, "configuration_id": rpc.UNKNOWN}
-        return {**news, "configuration_id": configuration_id(news, *secrets)}
+        return {**news, "configuration_id": configuration_id(news, news.get("registry_password"), salt)}
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return diff_edge_deployment(olds, _sentinels(news))
@@ -392,14 +403,23 @@ class EdgeDeploymentProvider(ResourceProvider):
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         change = configuration_change(olds, news)
-        if change in ("update", "none"):
+        deleted_on_hub = "configuration" in (olds.get("drift") or {})
+        if change in ("update", "none") and not deleted_on_hub:
             outs = self._apply(news, etag=olds.get("configuration_etag") or "*")
         else:
-            outs = self._apply(news)
+            outs = self._apply(news)  # a create: no If-Match
         if change == "replace":
             # Only now: no device is left without a deployment (of equal priority the newer wins).
-            self._delete_configuration(olds)
-        self._drop_images(olds, keep={m.get("image") for m in news.get("modules") or []})
+            # The same hub (its host is the device's identity), signed as the new inputs sign: the old key may be revoked.
+            self._delete_configuration({**olds, "device": news["device"], "policy_key": news["policy_key"]})
+        keep = {m.get("image") for m in news.get("modules") or []}
+        if at_scale(news):
+            # The hub updates device twins on its own schedule: a device may still pull the previous
+            # image for a while, so it stays until the next update (destroy removes the repository).
+            self._drop_images({**olds, "modules": [{"image": i} for i in olds.get("previous_images") or []]}, keep)
+            outs["previous_images"] = sorted(i for i in image_refs(olds) if i not in keep)
+        else:
+            self._drop_images(olds, keep=keep)
         return UpdateResult(outs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
@@ -420,11 +440,16 @@ class EdgeDeploymentProvider(ResourceProvider):
 
         try:
             have = self._hub(props).get_configuration(props["configuration_id"])
-        except (IoTHubError, OSError) as exc:  # the hub unreachable at refresh: not drift of ours
+        except (IoTHubError, OSError) as exc:
+            if isinstance(exc, IoTHubError) and exc.status in (401, 403):
+                raise IoTHubError(exc.status, f"policy_key: {exc}") from None  # a wrong or revoked key is the user's to fix
+            if isinstance(exc, IoTHubError) and 0 < exc.status < 500:
+                raise
+            # No answer, or the hub's own failure: not drift of ours.
             say(f"IoT Hub {props['device'].get('hub_host')}: could not read configuration {props['configuration_id']}: {exc}")
             return props
         drift = configuration_drift(props, have)
-        # A configuration deleted on the hub is created again (If-Match `*`); a changed one updated with its new etag.
+        # A configuration deleted on the hub is created again (no If-Match); a changed one updated with its new etag.
         etag = (have or {}).get("etag") or "*"
         return {**props, "drift": drift, "state": "Drifted" if drift else "Applied", "configuration_etag": etag}
 

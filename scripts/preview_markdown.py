@@ -204,7 +204,7 @@ def describe_registry_image(old: Mapping[str, Any], new: Mapping[str, Any]) -> l
         out.append(f"missing from the registry (found by refresh): pushes `{repo}` again")
     else:
         # Nothing of the image changed: only the registry's credentials (a rotated password).
-        out.append("new registry credentials, kept for later reads and deletes; nothing is pushed")
+        out.append(CREDENTIALS_ONLY)
     return out
 
 
@@ -234,7 +234,11 @@ def _same_where_known(old: Any, new: Any) -> bool:
     return old == new
 
 
-def describe_deployment(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+CREDENTIALS_ONLY = "new registry credentials, kept for later reads and deletes; nothing is pushed"
+
+
+def describe_deployment(old: Mapping[str, Any], new: Mapping[str, Any], images_change: bool = True) -> list[str]:
+    """`images_change` False: every image in the registry that changes keeps its digest (new credentials only)."""
     spec = new.get("spec") if isinstance(new.get("spec"), Mapping) else {}
     meta = new.get("metadata") if isinstance(new.get("metadata"), Mapping) else {}
     where = f"`{meta.get('namespace', 'default')}/{meta.get('name', '?')}`"
@@ -249,7 +253,7 @@ def describe_deployment(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
             out.append(f"model `{key[len(MODEL_ANNOTATION):]}` version {_arrow(old_ann.get(key), new_ann.get(key))}")
     if old_ann.get("mldeploy.azureml.net/config-checksum") != new_ann.get("mldeploy.azureml.net/config-checksum"):
         out.append("front end configuration (keys or limits) changed")
-    if _template(old) != _template(new) and _same_where_known(_template(old), _template(new)):
+    if not images_change and _template(old) != _template(new) and _same_where_known(_template(old), _template(new)):
         # An image in the registry updates without a new digest (new credentials): up decides.
         out.insert(0, f"{where}: image references are known only at up; the pods roll only if a digest changes")
     elif _template(old) != _template(new):
@@ -360,12 +364,20 @@ DESCRIBE = {
 def render(stack_name: str, steps: list[dict[str, Any]], summary: Mapping[str, int]) -> str:
     """Markdown for a list of steps: {op, type, urn, old, new} (inputs of old and new)."""
     rows = []
+    # A Deployment whose image references are unknown at preview rolls unless every registry image keeps its digest.
+    images_change = any(
+        OP_WORDS.get(st["op"]) is not None and describe_registry_image(st.get("old") or {}, st.get("new") or {}) != [CREDENTIALS_ONLY]
+        for st in steps if KIND.get(st["type"]) == "Image in registry"
+    )
     for step in steps:
         words = OP_WORDS.get(step["op"], step["op"])
         kind = KIND.get(step["type"])
         if words is None or kind is None:
             continue
-        details = DESCRIBE[kind](step.get("old") or {}, step.get("new") or {})
+        if kind == "AksService":
+            details = describe_deployment(step.get("old") or {}, step.get("new") or {}, images_change)
+        else:
+            details = DESCRIBE[kind](step.get("old") or {}, step.get("new") or {})
         if step["op"] == "delete":
             details = details[:0] or ["removed with everything it started"]
         rows.append(f"| {words} | {kind} `{_component_name(step['urn'])}` | {'<br>'.join(details) or '—'} |")

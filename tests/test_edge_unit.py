@@ -841,3 +841,50 @@ def test_refresh_finds_a_configuration_deleted_or_changed_on_the_hub_and_up_rest
     # The hub unreachable at refresh: what we had, no drift invented.
     hub.__exit__()
     assert p.read("edge1/edge", restored).outs == restored
+
+
+def test_a_rotated_policy_key_changes_no_id_and_a_replace_deletes_with_the_new_key(hub: FakeHub) -> None:
+    p = EdgeDeploymentProvider()
+    reg = {**props()["registry"], "username": "u"}
+    first = at_scale_props(hub, registry=reg, registry_password="pw")
+    created = p.create(first).outs
+    new_key = base64.b64encode(b"n" * 32).decode()
+    rotated = at_scale_props(hub, created, registry=reg, registry_password="pw", policy_key=new_key)
+    assert rotated["configuration_id"] == first["configuration_id"], "the policy key is not content"
+    assert rotated["configuration_salt"] == first["configuration_salt"]
+    # The old key is revoked on the hub; a new manifest is created, and the old one deleted, with the new key.
+    hub.policies["iothubowner"] = new_key
+    bumped = at_scale_props(hub, created, with_module(models={"ridge": 2}, image=IMAGE[:-1] + "b"),
+                            registry=reg, registry_password="pw", policy_key=new_key)
+    p.update("edge1/edge", created, bumped)
+    assert list(hub.configurations) == [bumped["configuration_id"]]
+
+
+def test_at_scale_a_new_device_id_replaces_nothing() -> None:
+    old = at_scale_props(None)
+    moved = at_scale_props(None, old, device={**old["device"], "device_id": "other"})
+    assert diff_edge_deployment(old, moved).replaces == []
+    single = checked({**props(), "device": {**old["device"]}, "policy_key": KEY, "port": None})
+    assert diff_edge_deployment(single, checked({**single, "device": {**single["device"], "device_id": "other"}}, single)).replaces == ["device"]
+
+
+def test_at_scale_the_previous_image_stays_one_update_longer(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mldeploy.providers.clients import oci_registry
+
+    deleted: list[str] = []
+    monkeypatch.setattr(oci_registry, "delete_manifest", lambda repo, digest, **_k: deleted.append(f"{repo}@{digest}"))
+    p = EdgeDeploymentProvider()
+    v1 = p.create(at_scale_props(hub)).outs
+    img2, img3 = IMAGE[:-1] + "b", IMAGE[:-1] + "c"
+    v2 = p.update("edge1/edge", v1, at_scale_props(hub, v1, with_module(models={"ridge": 2}, image=img2))).outs
+    assert deleted == [] and v2["previous_images"] == [IMAGE], "devices may still pull v1 while the hub updates their twins"
+    p.update("edge1/edge", v2, at_scale_props(hub, v2, with_module(models={"ridge": 3}, image=img3)))
+    assert deleted == [IMAGE]
+
+
+def test_refresh_with_a_revoked_policy_key_fails_naming_it(hub: FakeHub) -> None:
+    p = EdgeDeploymentProvider()
+    outs = p.create(at_scale_props(hub)).outs
+    hub.policies["iothubowner"] = base64.b64encode(b"z" * 32).decode()
+    with pytest.raises(iothub.IoTHubError, match=r"^policy_key: .*401"):
+        p.read("edge1/edge", outs)

@@ -88,8 +88,11 @@ def test_a_deployment_whose_images_are_unknown_at_preview_is_not_called_a_roll()
             "metadata": {"annotations": {"mldeploy.azureml.net/model.m": version}},
             "spec": {"containers": [{"name": "scoring", "image": image}]}}}}
 
-    assert describe_deployment(dep("r/svc@sha256:1"), dep(UNKNOWN)) == [
+    # Only new registry credentials: up decides, and the words say so.
+    assert describe_deployment(dep("r/svc@sha256:1"), dep(UNKNOWN), images_change=False) == [
         "`ml/svc`: image references are known only at up; the pods roll only if a digest changes"]
+    # A new inference image leaves the same unknown reference, and that rolls.
+    assert describe_deployment(dep("r/svc@sha256:1"), dep(UNKNOWN))[0].startswith("rolls `ml/svc`")
     words = describe_deployment(dep("r/svc@sha256:1"), dep(UNKNOWN, "2"))
     assert words[0].startswith("rolls `ml/svc`") and "model `m` version 1 → 2" in words
 
@@ -109,3 +112,24 @@ def test_at_scale_edge_deployments_in_words() -> None:
     assert words == ["module `scorer` image → v2; model `m` version 1 → 2",
                      "a new configuration for the devices where `tags.env='prod'` (an at-scale configuration, priority 0) "
                      "replaces the old one, which is deleted"]
+
+
+def test_render_hedges_a_roll_only_when_every_image_keeps_its_digest() -> None:
+    from preview_markdown import UNKNOWN
+
+    def dep(image: str) -> dict:
+        return {"metadata": {"namespace": "ml", "name": "svc"},
+                "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "scoring", "image": image}]}}}}
+
+    image = {"repository": "r/svc", "source_image_id": "sha256:a", "models": [], "registry_auth": "[secret]"}
+    deployment = {"op": "update", "type": "kubernetes:apps/v1:Deployment", "urn": "urn:x::svc-deployment",
+                  "old": dep("r/svc@sha256:1"), "new": dep(UNKNOWN)}
+
+    def step(new_image: dict) -> dict:
+        return {"op": "update", "type": "pulumi-python:dynamic/mldeploy:RegistryImage", "urn": "urn:x::svc-image",
+                "old": image, "new": new_image}
+
+    rotated = render("s", [step({**image, "registry_auth": "[secret2]"}), deployment], {"update": 2})
+    assert "the pods roll only if a digest changes" in rotated and "rolls `ml/svc`" not in rotated
+    rebuilt = render("s", [step({**image, "source_image_id": UNKNOWN}), deployment], {"update": 2})
+    assert "rolls `ml/svc`" in rebuilt and "only if a digest changes" not in rebuilt

@@ -286,6 +286,10 @@ def describe_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     ]
 
 
+CONFIGURATION_DRIFT = ("configuration", "target_condition", "priority")
+"""What refresh can find changed in an at-scale configuration (not module names)."""
+
+
 def describe_edge_deployment(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """An edge device's manifest: "module `scorer` image → v4; model `x` version 3 → 4"."""
     device = new.get("device") or old.get("device") or {}
@@ -343,7 +347,8 @@ def describe_edge_deployment(old: Mapping[str, Any], new: Mapping[str, Any]) -> 
         out.append("the same configuration is updated in place")
     drift = old.get("drift") if isinstance(old.get("drift"), Mapping) else {}
     if drift:
-        out.append("found by refresh: " + ", ".join(f"module `{k}` {v}" for k, v in sorted(drift.items())) + ": restored")
+        found = [f"{k} {v}" if k in CONFIGURATION_DRIFT else f"module `{k}` {v}" for k, v in sorted(drift.items())]
+        out.append("found by refresh: " + ", ".join(found) + ": restored")
     return out
 
 
@@ -402,11 +407,15 @@ def preview_steps(stack) -> tuple[list[dict[str, Any]], dict[str, int]]:
             return
         md = pre.metadata
         op = md.op.value if hasattr(md.op, "value") else str(md.op)
+        old = dict(md.old.inputs or {}) if md.old else {}
+        drift = (md.old.outputs or {}).get("drift") if md.old else None
+        if drift and "drift" not in old:
+            old["drift"] = drift  # what refresh found, kept in outputs only when the inputs hold secrets
         steps.append({
             "op": op,
             "type": md.type,
             "urn": md.urn,
-            "old": dict(md.old.inputs or {}) if md.old else {},
+            "old": old,
             "new": dict(md.new.inputs or {}) if md.new else {},
         })
 

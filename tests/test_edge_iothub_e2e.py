@@ -91,6 +91,8 @@ def test_an_at_scale_deployment_is_a_configuration_replaced_on_a_new_manifest_an
     # Deleted on the hub behind our back: refresh finds it, and up creates it again under the same id.
     hub.configurations.clear()
     st.refresh()
+    review = preview_markdown.render(st.name, *preview_markdown.preview_steps(st.stack))
+    assert "found by refresh: configuration deleted on the hub: restored" in review, review
     up = st.up()
     assert up.summary.result == "succeeded", st.log[-40:]
     assert list(hub.configurations) == [second] and hub.configurations[second]["priority"] == 5

@@ -108,6 +108,8 @@ def test_at_scale_edge_deployments_in_words() -> None:
         "priority 0 → 5", "the same configuration is updated in place"]
     assert describe_edge_deployment(props(1), props(1, condition="tags.env='test'")) == [
         "target condition tags.env='prod' → tags.env='test'", "the same configuration is updated in place"]
+    drifted = describe_edge_deployment({**props(1), "drift": {"configuration": "deleted on the hub"}}, props(1))
+    assert drifted == ["found by refresh: configuration deleted on the hub: restored"]
     words = describe_edge_deployment(props(1), props(2))
     assert words == ["module `scorer` image → v2; model `m` version 1 → 2",
                      "a new configuration for the devices where `tags.env='prod'` (an at-scale configuration, priority 0) "

@@ -63,6 +63,9 @@ class InferenceImageArgs(BaseModel):
     enable_gpu: bool = False
     cuda_version: str | None = Field(default=None, validate_default=True)
     """Recorded on the image; nothing here has a GPU, so no CUDA is installed or run."""
+    only_binary: bool = True
+    """Wheels only (pip's `--only-binary=:all:`). False lets pip build sdists, which runs
+    their setup code on the machine that applies: the preview warns."""
 
     @field_validator("runtime", mode="before")
     @classmethod
@@ -124,6 +127,9 @@ class InferenceImageArgs(BaseModel):
                 raise ValueError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from None
             if not isinstance(doc, dict) or not isinstance(doc.get("dependencies", []), list):
                 raise ValueError(f"{path} is not a conda environment file (a mapping with a `dependencies` list)")
+        from mldeploy.providers.clients.images import parse_dependency_file
+
+        parse_dependency_file(path)  # a pip option or a URL in it fails here, naming the line
         return str(path)
 
     @field_validator("entry_script")
@@ -285,6 +291,7 @@ class InferenceImage(pulumi.ComponentResource):
         base_image_registry: BaseImageRegistry | dict[str, Any] | None = None,
         enable_gpu: bool = False,
         cuda_version: str | None = None,
+        only_binary: bool = True,
         _root: Path | None = None,
     ):
         settings = Settings.load()
@@ -304,6 +311,7 @@ class InferenceImage(pulumi.ComponentResource):
                 "base_image_registry": base_image_registry,
                 "enable_gpu": enable_gpu,
                 "cuda_version": cuda_version,
+                "only_binary": only_binary,
             },
             **({"root": _root} if _root is not None else {}),
         )
@@ -321,6 +329,8 @@ class InferenceImage(pulumi.ComponentResource):
         except BaseImageError as exc:
             raise ArgsError(f"InferenceImage '{resource_name}': base_image: {exc}") from None
         super().__init__(f"{PACKAGE}:index:InferenceImage", resource_name, None, opts)
+        # Services read it at preview to say whether run() declares an input sample.
+        self.entry_script_path = portable(Path(args.source_directory) / args.entry_script)
         self._image = Image(
             f"{resource_name}-image",
             {
@@ -344,6 +354,13 @@ class InferenceImage(pulumi.ComponentResource):
             },
             pulumi.ResourceOptions(parent=self, additional_secret_outputs=["base_image_registry"]),
         )
+        if not args.only_binary:
+            pulumi.log.warn(
+                f"InferenceImage '{resource_name}': only_binary=False: pip may build packages from source, "
+                "running their setup code on the machine that applies (with a clean environment, but as "
+                "that user and with its network); prefer wheels",
+                resource=self,
+            )
         self.image_name = self._image.image_name
         self.image_id = self._image.image_id
         self.register_outputs({"image_name": self.image_name, "image_id": self.image_id})
@@ -354,6 +371,8 @@ class InferenceImage(pulumi.ComponentResource):
         props: dict[str, Any] = {}
         if args.extra_docker_file_steps:
             props["extra_docker_file_steps"] = portable(args.extra_docker_file_steps)
+        if not args.only_binary:
+            props["only_binary"] = False  # not in build_hash: the wheels' digests key the environment
         if args.enable_gpu:
             props["enable_gpu"] = True
             props["cuda_version"] = args.cuda_version

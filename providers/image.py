@@ -95,6 +95,7 @@ class ImageProvider(ResourceProvider):
             str(local(dependency_file)) if dependency_file else None,
             build_labels(props),
             extra_steps=local(steps_file).read_text() if steps_file else None,
+            only_binary=props.get("only_binary", True),
         )
         return {**props, "image_name": name, "image_id": image_id, "present": True}
 

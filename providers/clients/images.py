@@ -85,7 +85,12 @@ def _parse_conda(p: Path) -> list[str]:
             pip_deps = dep.get("pip")
             if set(dep) != {"pip"} or not isinstance(pip_deps, list):
                 raise ValueError(f"dependency file {p}: unsupported dependencies entry {dep!r}")
-            out += [str(x).strip() for x in pip_deps if str(x).strip()]
+            for entry in (str(x).strip() for x in pip_deps):
+                if entry:
+                    problem = requirement_problem(entry)
+                    if problem:
+                        raise ValueError(f"dependency file {p}, line {_line_of(p, entry)}: {entry!r}: {problem}")
+                    out.append(entry)
         elif isinstance(dep, str):
             req = _conda_to_pip(dep)
             if req:
@@ -124,13 +129,55 @@ def _parse_requirements_txt(p: Path, seen: set[Path]) -> list[str]:
     except OSError as e:
         raise ValueError(f"dependency file {p}: {e.strerror}") from None
     out: list[str] = []
-    for line in wheelhouse.clean_requirements(text.splitlines()):
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        if not line:
+            continue
         m = re.match(r"^(-r|--requirement)[\s=]+(.+)$", line)
         if m:
             out += _parse_requirements_txt(p.parent / m.group(2).strip(), seen)
-        else:
-            out.append(line)
-    return out
+            continue
+        problem = requirement_problem(line)
+        if problem:
+            raise ValueError(f"dependency file {p}, line {number}: {line!r}: {problem}")
+        out.append(line)
+    return wheelhouse.clean_requirements(out)
+
+
+PIP_OPTION_WHY = ("pip options are not allowed in a dependency file (an index or find-links line opens the "
+                  "build to look-alike packages; the machine's own pip settings choose the index)")
+URL_WHY = "a URL or VCS reference fetches code from outside the package index; name the package and its version"
+
+
+def requirement_problem(line: str) -> str | None:
+    """Why a requirement line cannot go to pip, or None (pure).
+
+    Only plain requirements pass (`name[extras] <op> version ; marker`): any pip option
+    (`--extra-index-url`, `-i`, `-f`, `--trusted-host`, `-e`, `--hash`, `--config-settings`,
+    `-c`...), on its own line or after a requirement, and any URL or `name @ url`.
+    `-r` files are read by the caller, and checked line by line.
+    """
+    if line.startswith("-"):
+        option = re.split(r"[\s=]", line, maxsplit=1)[0]
+        return f"{option}: {PIP_OPTION_WHY}"
+    requirement = line.split(";", 1)[0]
+    if "://" in line or re.search(r"(^|\s)@|^[A-Za-z0-9._\-\[\], ]+@", requirement) or re.match(r"^(git|hg|svn|bzr)\+", line):
+        return URL_WHY
+    option = re.search(r"\s(-{1,2}[A-Za-z][\w-]*)", requirement)
+    if option:
+        return f"{option.group(1)}: {PIP_OPTION_WHY}"
+    return None
+
+
+def _line_of(path: Path, entry: str) -> int | str:
+    """The first line of a YAML file that holds `entry` (for messages), or "?"."""
+    try:
+        for number, raw in enumerate(path.read_text().splitlines(), start=1):
+            if entry in raw:
+                return number
+    except OSError:
+        pass
+    return "?"
 
 
 # --- extra Dockerfile steps and the Python pin ---------------------------------
@@ -435,8 +482,12 @@ def build_inference_image(
     extra_steps: str | None = None,
     api: Any = None,
     cache: env_cache.EnvCache | None = None,
+    only_binary: bool = True,
 ) -> str:
     """Build `tag` and return its image id (sha256:...). Raises ImageBuildError.
+
+    `only_binary` (the default) takes wheels only: no sdist's setup code runs on this
+    machine. The Dockerfile build itself (extra steps' RUN included) has no network.
 
     `entry_script` is relative to `source_directory`; `extra_steps` is a Dockerfile
     fragment (checked by `render_extra_steps`). The environment comes from the
@@ -471,7 +522,7 @@ def build_inference_image(
     reqs = runtime_requirements() + user_reqs
     py = _base_python(api, base_image)
     try:
-        wheels = wheelhouse.ensure_wheels(reqs, python_version=py, on_log=log)
+        wheels = wheelhouse.ensure_wheels(reqs, python_version=py, on_log=log, only_binary=only_binary)
     except wheelhouse.WheelhouseError as e:
         raise ImageBuildError(f"dependencies of {tag!r} cannot be resolved: {e}") from e
     env_image, _built = ensure_env_image(api, base_image, wheels, py, log, cache)
@@ -513,6 +564,10 @@ def _write_context(ctx: Path, env_image: str, src: Path, entry_script: str, extr
     shutil.copy2(RUNTIME_DIR / "mldeploy_serving.py", ctx / "mldeploy" / "mldeploy_serving.py")
 
 
+BUILD_NETWORK = "none"
+"""The network of the Dockerfile build's RUN steps (Docker's `--network none`)."""
+
+
 def _build(api: Any, ctx: Path, tag: str, labels: dict[str, str], log: Callable[[str], None]) -> str:
     tail: deque[str] = deque(maxlen=LOG_TAIL)
     created: list[str] = []  # intermediate images this build made (not the base, not cache hits)
@@ -520,8 +575,10 @@ def _build(api: Any, ctx: Path, tag: str, labels: dict[str, str], log: Callable[
     error: str | None = None
     cached_next = False
     try:
+        # network_mode="none": the build starts FROM a local image and copies the context,
+        # so nothing needs the network; extra_docker_file_steps' RUN cannot fetch anything.
         for chunk in api.build(path=str(ctx), tag=tag, labels=labels, rm=True, forcerm=True,
-                               pull=False, decode=True, nocache=False):
+                               pull=False, decode=True, nocache=False, network_mode=BUILD_NETWORK):
             if "stream" in chunk:
                 for line in chunk["stream"].splitlines():
                     if not line.strip():

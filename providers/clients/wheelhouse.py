@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
 TAIL_LINES = 25
@@ -60,12 +60,14 @@ def ensure_wheels(
     requirements: Sequence[str],
     python_version: str = "3.11",
     on_log: Callable[[str], None] | None = None,
+    only_binary: bool = True,
 ) -> list[Path]:
     """Return the wheel files (in the wheelhouse) that install exactly `requirements`.
 
     Fetches into the wheelhouse with the host pip only when the offline
     resolution fails. Raises WheelhouseError naming the requirement pip
-    could not satisfy.
+    could not satisfy. With `only_binary` (the default) pip fetches wheels only, so
+    no package's setup code runs here; without it, sdists are built (with `_env()`).
     """
     log = on_log or (lambda _line: None)
     reqs = clean_requirements(requirements)
@@ -88,7 +90,7 @@ def ensure_wheels(
                 _remember(house, memo, wheels)
                 return wheels
             log("wheelhouse: not every requirement is cached; fetching the missing wheels")
-            _fetch(req_file, house, python_version, reqs, log)
+            _fetch(req_file, house, python_version, reqs, log, only_binary)
             ok, wheels, out = _resolve(req_file, house, python_version, Path(tmp))
             if ok:
                 log(f"wheelhouse: {len(wheels)} wheels resolved from {house}")
@@ -203,8 +205,10 @@ def _target_flags(python_version: str) -> list[str]:
 def _resolve(req_file: Path, house: Path, python_version: str, tmp: Path) -> tuple[bool, list[Path], str]:
     """Offline resolution against the wheelhouse; returns (ok, wheels, pip output)."""
     report = tmp / "report.json"
+    # --only-binary: an sdist left in the wheelhouse would have its build code run just to read
+    # its metadata; it is ignored, and the fetch that follows builds it (only_binary=False) or refuses.
     cmd = [*_pip(python_version), "install", "--dry-run", "--ignore-installed", "--quiet",
-           "--no-index", "--find-links", str(house), "--report", str(report), "-r", str(req_file)]
+           "--no-index", "--only-binary=:all:", "--find-links", str(house), "--report", str(report), "-r", str(req_file)]
     if not _same_python(python_version):
         cmd += [*_target_flags(python_version), "--target", str(tmp / "target")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
@@ -223,11 +227,12 @@ def _resolve(req_file: Path, house: Path, python_version: str, tmp: Path) -> tup
     return True, sorted(wheels), out
 
 
-def _fetch(req_file: Path, house: Path, python_version: str, reqs: list[str], log: Callable[[str], None]) -> None:
-    """Fill the wheelhouse: `pip wheel` builds sdists too; cross-version can only download wheels."""
+def _fetch(req_file: Path, house: Path, python_version: str, reqs: list[str], log: Callable[[str], None],
+           only_binary: bool = True) -> None:
+    """Fill the wheelhouse: `pip wheel` builds sdists only when `only_binary` is off; cross-version can only download wheels."""
     if _same_python(python_version):
         cmd = [*_pip(python_version), "wheel", "--wheel-dir", str(house), "--find-links", str(house),
-               "-r", str(req_file)]
+               *(["--only-binary=:all:"] if only_binary else []), "-r", str(req_file)]
     else:
         cmd = [*_pip(python_version), "download", "--dest", str(house), "--find-links", str(house),
                *_target_flags(python_version), "-r", str(req_file)]
@@ -240,7 +245,11 @@ def _fetch(req_file: Path, house: Path, python_version: str, reqs: list[str], lo
         if line.startswith(("Collecting", "Saved", "Building wheel", "ERROR")):
             log(f"pip: {line.strip()}")
     if proc.wait() != 0:
-        raise _error("pip could not fetch the requirements into the wheelhouse", reqs, "\n".join(lines))
+        what = "pip could not fetch the requirements into the wheelhouse"
+        if only_binary:
+            what += (" (wheels only: a package published only as source needs only_binary=False on"
+                     " InferenceImage, which runs its setup code on this machine)")
+        raise _error(what, reqs, "\n".join(lines))
     # pip wheel leaves nothing but wheels; drop stray sdists a download may leave.
     for p in house.iterdir():
         if p.is_file() and not p.name.endswith(".whl") and not p.name.startswith("."):  # .lock, memos
@@ -267,8 +276,18 @@ def _error(message: str, reqs: list[str], output: str) -> WheelhouseError:
     return WheelhouseError(f"{message}: {named}\n--- pip output (tail) ---\n{tail}", requirement, output)
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
+PIP_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME",
+                "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+                "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "NETRC")
+"""What pip needs from the environment: where things are, the proxies and the CAs to reach
+the index. With PIP_* (pip's own settings), nothing else reaches it."""
+
+
+def _env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A clean environment for pip: `pip wheel` runs sdists' setup code, which must not
+    see the passphrase, the storage key or an ARM token (PULUMI_*, AZURE_*, ARM_*...)."""
+    source = os.environ if environ is None else environ
+    env = {k: v for k, v in source.items() if k in PIP_ENV_KEEP or k.startswith("PIP_")}
     env["PIP_NO_INPUT"] = "1"
     env.pop("PIP_REQUIRE_VIRTUALENV", None)
     return env

@@ -193,3 +193,54 @@ def validate(model: type[M], kind: str, name: str, data: dict[str, Any], **conte
 def slug(value: str) -> str:
     """Lowercase name safe for Docker repositories and container names."""
     return re.sub(r"[^a-z0-9_.-]+", "-", value.lower()).strip("-.") or "x"
+
+
+def _json_file(value: Any, field: str) -> Any:
+    path = resolve(str(value))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{field}: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        import json
+
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {path} is not JSON: {exc}") from None
+
+
+def sample_request_input(request: Any, response: Any = None) -> dict[str, Any] | None:
+    """The service's `sample_request` (and expected answer) as the providers take it, or None.
+
+    `request` is the body to POST to /score: a dict or a list, or the path of a
+    JSON file (as `az ml online-endpoint invoke --request-file` takes it).
+    `response`, when given, is the answer to expect: any JSON value, or a
+    `pathlib.Path` / a string ending in `.json` that names a file.
+    """
+    if request is None:
+        if response is not None:
+            raise ValueError("sample_response: needs sample_request (the request whose answer it is)")
+        return None
+    if isinstance(request, (str, os.PathLike)):
+        body = _json_file(request, "sample_request")
+    elif isinstance(request, (dict, list)):
+        body = request
+    else:
+        raise ValueError(f"sample_request: a dict, a list, or the path of a JSON file, got {type(request).__name__}")
+    import json
+
+    try:
+        json.dumps(body, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"sample_request: not JSON-serialisable: {exc}") from None
+    out: dict[str, Any] = {"body": body}
+    if response is not None:
+        if isinstance(response, os.PathLike) or (isinstance(response, str) and response.endswith(".json")):
+            out["response"] = _json_file(response, "sample_response")
+        else:
+            try:
+                json.dumps(response, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"sample_response: not JSON-serialisable: {exc}") from None
+            out["response"] = response
+    return out

@@ -12,7 +12,9 @@ from typing import Any
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 from pydantic import BaseModel, ConfigDict, Field
 
-from mldeploy.providers.paths import same_place
+from mldeploy.providers.paths import local, same_place
+from mldeploy.providers.progress import say
+from mldeploy.providers.sample_check import gate_words
 from mldeploy.providers.smoke_test import smoke_test
 from mldeploy.providers.targets import Number, UnknownTarget, check_model, target_for
 
@@ -112,6 +114,17 @@ def needs_roll(olds: dict[str, Any], news: dict[str, Any]) -> bool:
     )
 
 
+def sample_gate_words(news: dict[str, Any]) -> str | None:
+    """What gates the next roll, in one line (the entry script is read here, in the provider)."""
+    source = None
+    if isinstance(news.get("entry_script"), str) and news["entry_script"]:
+        try:
+            source = local(news["entry_script"]).read_text(encoding="utf-8")
+        except OSError:
+            source = None
+    return gate_words(news.get("sample_request"), source)
+
+
 class ServiceProvider(ResourceProvider):
     """One component API, a backend per target (`mldeploy.providers.targets`)."""
 
@@ -128,6 +141,10 @@ class ServiceProvider(ResourceProvider):
                 failures.append(CheckFailure("target", f"{target.name!r} services are deployed with {target.deployed_by}"))
             else:
                 failures += target.check(news)
+        words = sample_gate_words(news) if not failures and target.sample_gate and (not olds or needs_roll(olds, news)) else None
+        if words:
+            news = {**news, "sample_gate": words}
+            say(f"{news.get('service_name')}: {words}")
         if not failures:
             # `mldeploy:previewSmokeTest`: at preview only (the model entries carry their content then).
             words, smoke_failures = smoke_test(olds, news)

@@ -45,13 +45,15 @@ def _models_changed(olds: dict[str, Any], models: list[dict[str, Any]]) -> bool:
     return old != {m["name"]: m["version"] for m in models}
 
 
-def cache_key(image_id: str, models: list[dict[str, Any]], env: dict[str, Any]) -> str:
-    what = {
+def cache_key(image_id: str, models: list[dict[str, Any]], env: dict[str, Any], sample: dict[str, Any] | None = None) -> str:
+    what: dict[str, Any] = {
         "v": CACHE_VERSION,
         "image_id": image_id,
         "models": sorted((m["name"], int(m["version"]), m["preview"]["content_hash"]) for m in models),
         "env": env,
     }
+    if sample:
+        what["sample_request"] = sample  # only when given: earlier results keep their keys
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -60,7 +62,8 @@ def _names(models: list[dict[str, Any]]) -> str:
 
 
 def run_smoke_test(
-    image: str, models: list[dict[str, Any]], env: dict[str, str], labels: dict[str, str], memory_gb: float, timeout: float
+    image: str, models: list[dict[str, Any]], env: dict[str, str], labels: dict[str, str], memory_gb: float, timeout: float,
+    sample_request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Start, load, score, remove. {"ok": bool, "words": str}; never raises for the model's faults."""
     import docker
@@ -100,15 +103,17 @@ def run_smoke_test(
                 log = containers.logs(container.id, tail=25)
                 return {"ok": False, "words": f"{_names(models)} did not load within {timeout:.0f}s; the last lines of its log:\n{log}"}
         loaded_ms = (time.monotonic() - started) * 1000
-        check = check_sample(exec_transport(container))
+        check = check_sample(exec_transport(container), sample_request)
         if not check.gated:
             return {"ok": True, "words": f"model {_names(models)} loads (init() ran in {loaded_ms / 1000:.1f}s); "
-                    "the entry script has no input_sample, so nothing was scored and the roll is gated on health alone (less protected)"}
+                    "the entry script declares no input sample, so nothing was scored and the roll is gated on health only (less protected)"}
+        whose = "sample_request" if sample_request else "the entry script's sample"
         if not check.ok:
             time.sleep(0.3)
-            return {"ok": False, "words": f"{_names(models)} loads but fails the entry script's sample:\n{check.report()}\n"
+            return {"ok": False, "words": f"{_names(models)} loads but fails {whose}:\n{check.report()}\n"
                     f"the last lines of its log:\n{containers.logs(container.id, tail=15)}"}
-        return {"ok": True, "words": f"model {_names(models)} loads and scores the sample: {check.summary()}"}
+        what = "sample_request" if sample_request else "the sample"
+        return {"ok": True, "words": f"model {_names(models)} loads and scores {what}: {check.summary()}"}
     finally:
         containers.remove(container.id, stop_timeout=1)
 
@@ -122,7 +127,8 @@ def smoke_test(olds: dict[str, Any], news: dict[str, Any]) -> tuple[str | None, 
     if not isinstance(image_id, str) or not image_id or image_id == rpc.UNKNOWN or (olds and olds.get("image_id") != image_id):
         return AT_UP, []
     env = {k: str(v) for k, v in (news.get("environment_variables") or {}).items()} if isinstance(news.get("environment_variables"), dict) else {}
-    cache = local(models[0]["preview"]["cache_dir"]) / f"{cache_key(image_id, models, env)}.json"
+    sample = news.get("sample_request") if isinstance(news.get("sample_request"), dict) else None
+    cache = local(models[0]["preview"]["cache_dir"]) / f"{cache_key(image_id, models, env, sample)}.json"
     result = None
     if cache.is_file():
         try:
@@ -134,7 +140,8 @@ def smoke_test(olds: dict[str, Any], news: dict[str, Any]) -> tuple[str | None, 
                   "mldeploy.resource": f"smoke-{news.get('service_name')}"}
         try:
             result = run_smoke_test(str(news.get("image_name")), models, env, labels, float(news.get("memory_gb") or 1),
-                                    float(news.get("startup_timeout_seconds") or 180))
+                                    float(news.get("startup_timeout_seconds") or 180),
+                                    **({"sample_request": sample} if sample else {}))
         except Exception as exc:  # Docker itself failed: say so, and let `up`'s gate judge the model
             return f"the smoke test could not run ({type(exc).__name__}: {exc}); the new model is checked at `up`", []
         cache.parent.mkdir(parents=True, exist_ok=True)

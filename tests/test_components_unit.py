@@ -1006,3 +1006,35 @@ def test_service_environment_cannot_override_server_settings(mocks: RecordingMoc
 @pulumi.runtime.test
 def test_service_worker_count_out_of_range(mocks: RecordingMocks, workers: int) -> None:
     _raises(lambda: make_service("svc-w", worker_count=workers), "ContainerInstanceService 'svc-w'", "worker_count")
+
+
+# ---------------------------------------------------------------- sample_request (issue 17)
+
+
+@pulumi.runtime.test
+def test_sample_request_from_a_dict_or_a_file_reaches_the_service(mocks: RecordingMocks, project: Path) -> None:
+    (project / "sample.json").write_text('{"data": [[1, 2, 3]]}')
+    (project / "answer.json").write_text("[6.0]")
+    services = [make_service("from-file", sample_request="sample.json", sample_response="answer.json"),
+                make_service("from-dict", sample_request={"data": [[1]]}),
+                make_service("without")]
+
+    def check(_: Any) -> None:
+        assert mocks.resources["from-file-service"]["sample_request"] == {"body": {"data": [[1, 2, 3]]}, "response": [6.0]}
+        assert mocks.resources["from-dict-service"]["sample_request"] == {"body": {"data": [[1]]}}
+        assert "sample_request" not in mocks.resources["without-service"], "no new input for services without one"
+        assert mocks.resources["without-service"]["entry_script"] == "src/score.py"
+
+    return pulumi.Output.all(*[s.scoring_uri for s in services]).apply(check)
+
+
+@pulumi.runtime.test
+def test_bad_sample_request_names_the_field(mocks: RecordingMocks, project: Path) -> None:
+    (project / "broken.json").write_text("{not json")
+    _raises(lambda: make_service("a1", sample_request="missing.json"), "ContainerInstanceService 'a1'", "sample_request: cannot read",
+            str(project / "missing.json"))
+    _raises(lambda: make_service("a2", sample_request="broken.json"), "sample_request:", "is not JSON")
+    _raises(lambda: make_service("a3", sample_request=42), "sample_request: a dict, a list, or the path of a JSON file, got int")
+    _raises(lambda: make_service("a4", sample_response=[1.0]), "sample_response: needs sample_request")
+    _raises(lambda: make_service("a5", sample_request={"x": float("nan")}), "sample_request: not JSON-serialisable")
+    _raises(lambda: make_service("a6", sample_request={"x": 1}, sample_response="gone.json"), "sample_response: cannot read")

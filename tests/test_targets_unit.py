@@ -390,7 +390,7 @@ def roll(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], dict[str, Any]]:
     monkeypatch.setattr(containers, "status", lambda cid: "running")
     monkeypatch.setattr(containers, "save_log", lambda *a, **kw: None)
     monkeypatch.setattr(containers, "logs", lambda *a, **kw: "")
-    monkeypatch.setattr(local, "check_sample", lambda transport: (
+    monkeypatch.setattr(local, "check_sample", lambda transport, sample_request=None: (
         calls.append("sample proved" if proof["ok"] else "sample failed")
         or SampleCheck(gated=True, ok=proof["ok"], request="{}", problem="" if proof["ok"] else "wrong shape")))
     monkeypatch.setattr(local.time, "sleep", lambda s: None)

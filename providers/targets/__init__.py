@@ -154,6 +154,8 @@ class Target:
     pulls_images: ClassVar[bool] = False
     """True: the component pushes the scoring image (with its model layer) and the front
     end's image to the stack's registry and passes `image_ref` and `front_image_ref`."""
+    sample_gate: ClassVar[bool] = False
+    """True: a new backend must answer a sample before it gets traffic (`mldeploy.providers.sample_check`)."""
     deployed_by: ClassVar[str | None] = None
     """None: the Service resource runs it. Otherwise the component that composes the
     target's own Pulumi resources (Kubernetes: `AksService`), named in errors."""

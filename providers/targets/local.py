@@ -146,6 +146,7 @@ class LocalTarget(Target):
     ROUTE_ON = ("port", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes", "gateway_image")
     OUTPUTS = ("container_id", "backend_socket")
     PATHS = ("state_dir",)
+    sample_gate = True
 
     def service_inputs(
         self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Mapping[str, Any]
@@ -242,18 +243,21 @@ class LocalTarget(Target):
 
     def _prove(self, props: dict[str, Any], rc: containers.RunningContainer) -> None:
         """The new backend answers the entry script's input sample as its output schema says, or fails."""
-        check = check_sample(scoring.unix_transport(rc.socket) if rc.socket else scoring.http_transport(rc.host_port))
+        transport = scoring.unix_transport(rc.socket) if rc.socket else scoring.http_transport(rc.host_port)
+        check = check_sample(transport, props.get("sample_request"))
         if not check.gated:
-            _progress(f"{props['service_name']}: the entry script has no input_sample: {rc.name} rolls on health alone")
+            _progress(f"{props['service_name']}: {check.summary()} ({rc.name})")
             return
         if not check.ok:
             time.sleep(0.3)  # the traceback of a failed run() is logged just after the answer
+            whose = "sample_request" if props.get("sample_request") else "the entry script's sample request"
             raise containers.ServiceStartError(
-                f"container {rc.name} started but failed the entry script's sample request, so no traffic "
+                f"container {rc.name} started but failed {whose}, so no traffic "
                 f"moved to it and it was removed:\n{check.report()}\n"
                 f"the last lines of its log:\n{containers.logs(rc.id, tail=40)}"
             )
-        _progress(f"{props['service_name']}: {rc.name} answered the input sample: {check.summary()}")
+        what = "sample_request" if props.get("sample_request") else "the input sample"
+        _progress(f"{props['service_name']}: {rc.name} answered {what}: {check.summary()}")
 
     def _keep_log(self, props: dict[str, Any], rc: containers.RunningContainer, exc: BaseException) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

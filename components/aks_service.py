@@ -14,7 +14,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi.dynamic import Resource
 
-from mldeploy.components._common import PACKAGE, ArgsError, validate
+from mldeploy.components._common import PACKAGE, ArgsError, sample_request_input, validate
 from mldeploy.components.aks_cluster import AksCluster
 from mldeploy.components.registry_image import RegistryImage
 from mldeploy.components.inference_image import InferenceImage
@@ -66,7 +66,14 @@ class AksService(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
         **deploy_configuration: Any,
     ):
-        """`deploy_configuration` takes `AksWebservice.deploy_configuration`'s parameters."""
+        """`deploy_configuration` takes `AksWebservice.deploy_configuration`'s parameters, plus
+        `sample_request` (a dict, or a JSON file) and `sample_response`: a new pod must answer
+        that request (with that answer, when given) before it gets traffic."""
+        try:
+            sample = sample_request_input(deploy_configuration.pop("sample_request", None),
+                                          deploy_configuration.pop("sample_response", None))
+        except ValueError as exc:
+            raise ArgsError(f"AksService '{resource_name}': invalid arguments: {exc}") from None
         args = validate(
             target.KubernetesServiceArgs,
             "AksService",
@@ -124,6 +131,14 @@ class AksService(pulumi.ComponentResource):
             string_data=front_files,
             opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps, delete_before_replace=True)),
         )
+        sample_config = None
+        if sample is not None:
+            sample_config = k8s.core.v1.ConfigMap(
+                f"{resource_name}-sample",
+                metadata={**meta, "name": f"{name}-sample"},
+                data=target.sample_config_data(sample),
+                opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps)),
+            )
         # Planned versions at preview (as the local target shows them), registered ones at up.
         planned = [pulumi.Output.from_input(e).apply(lambda e: int(e["version"])) for e in entries]
         versions = {n: v.apply(str) for n, v in zip(names, planned)}
@@ -138,6 +153,7 @@ class AksService(pulumi.ComponentResource):
             # A digest of two random 256-bit keys reveals nothing, and a secret here would hide the whole spec from review.
             config_checksum=pulumi.Output.unsecret(front_files.apply(target.checksum)),
             image_pull_secret=target.PULL_SECRET_NAME if pull_secret is not None else None,
+            sample_config=f"{name}-sample" if sample_config is not None else None,
         )
         deployment = k8s.apps.v1.Deployment(
             f"{resource_name}-deployment",
@@ -149,7 +165,8 @@ class AksService(pulumi.ComponentResource):
             },
             spec=spec,
             opts=k8s_opts.merge(pulumi.ResourceOptions(
-                depends_on=[secret, *ns_deps, *([pull_secret] if pull_secret is not None else [])],
+                depends_on=[secret, *ns_deps, *([pull_secret] if pull_secret is not None else []),
+                            *([sample_config] if sample_config is not None else [])],
                 delete_before_replace=True)),
         )
         service = k8s.core.v1.Service(

@@ -78,7 +78,8 @@ def pod_problems(pods: list[dict[str, Any]]) -> list[str]:
             parts = []
             if waiting.get("reason") in WAITING_REASONS:
                 parts.append(f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": "))
-            if terminated and terminated.get("exitCode", 0) != 0:
+            # A message with exit 0 is one the container wrote itself (the sample probe's report).
+            if terminated and (terminated.get("exitCode", 0) != 0 or str(terminated.get("message") or "").strip()):
                 # Kubernetes keeps at most the last 2 KiB or 80 lines of the log here: all of it counts.
                 tail = str(terminated.get("message") or "").strip()
                 parts.append(f"exited {terminated.get('exitCode')} ({terminated.get('reason', '')}), restarts {cs.get('restartCount', 0)}"

@@ -113,7 +113,13 @@ def _post(port: str, body: bytes, timeout: float) -> tuple[int, str]:
         return exc.code, exc.read().decode("utf-8", "replace")
 
 
-def probe(folder: str = PROBE_DIR, port: str = "5001", timeout: float = 8.0) -> int:
+def _stop_server() -> None:
+    """SIGTERM to the container's first process, the scoring server (gunicorn's master)."""
+    os.kill(1, signal.SIGTERM)
+
+
+def probe(folder: str = PROBE_DIR, port: str = "5001", timeout: float = 8.0,
+          termination_log: str | None = TERMINATION_LOG, stop: Any = _stop_server) -> int:
     """0 when the server answers the sample as expected; 1 while it is not up; a wrong answer ends the container.
 
     A wrong answer is final: the report goes to the termination log and the
@@ -144,14 +150,19 @@ def probe(folder: str = PROBE_DIR, port: str = "5001", timeout: float = 8.0) -> 
         *(f"  {d}" for d in details),
     ])
     print(report)
+    if termination_log is None or stop is None:
+        return 1
     try:
-        with open(TERMINATION_LOG, "w", encoding="utf-8") as fh:
+        with open(termination_log, "w", encoding="utf-8") as fh:
             fh.write(report[:4000])
-        os.kill(1, signal.SIGTERM)
+        stop()
     except OSError:
         pass  # the probe's own failures still keep the pod out of service
     return 1
 
 
 if __name__ == "__main__":
-    sys.exit(probe(port=os.environ.get("MLDEPLOY_PROBE_PORT", "5001")))
+    # Only in a container (the kubelet made its termination log): never signal a host's first process.
+    in_pod = os.path.exists(TERMINATION_LOG)
+    sys.exit(probe(port=os.environ.get("MLDEPLOY_PROBE_PORT", "5001"),
+                   termination_log=TERMINATION_LOG if in_pod else None, stop=_stop_server if in_pod else None))

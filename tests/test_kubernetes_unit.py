@@ -543,3 +543,122 @@ def test_preview_words_for_a_model_roll_on_kubernetes() -> None:
                                    "urn": "urn:pulumi:prod::mldeploy::x$kubernetes:apps/v1:Deployment::svc-deployment",
                                    "old": old, "new": new}], {"update": 1, "same": 9})
     assert "| ✏️ update | AksService `svc` | rolls `ml/svc`: a new ReplicaSet" in rendered
+
+
+def test_sample_request_gates_a_pod_with_a_startup_probe_and_only_then() -> None:
+    """Issue 17: a raw script's own sample_request on pods; without one the spec is byte-identical."""
+    import json as _json
+
+    args = K(service_name="svc", num_replicas=1, startup_timeout_seconds=75)
+    plain = spec_for(args)
+    gated = target.deployment_spec(
+        args, project="p", stack="s", image_ref="reg/x@sha256:1", front_image_ref="reg/front@sha256:2",
+        model_versions={"ridge": "3"}, config_secret="svc-front", config_checksum="abc", sample_config="svc-sample",
+    )
+    assert _json.dumps(spec_for(args), sort_keys=True) == _json.dumps(
+        target.deployment_spec(args, project="p", stack="s", image_ref="reg/x@sha256:1", front_image_ref="reg/front@sha256:2",
+                               model_versions={"ridge": "3"}, config_secret="svc-front", config_checksum="abc", sample_config=None),
+        sort_keys=True)
+    assert "startupProbe" not in _json.dumps(plain)
+    scoring = gated["template"]["spec"]["containers"][0]
+    assert scoring["startupProbe"]["exec"]["command"] == ["python", "/etc/mldeploy/sample/probe.py"]
+    # The probe's budget covers the rollout's: 38 tries 2 s apart for 75 s.
+    assert (scoring["startupProbe"]["periodSeconds"], scoring["startupProbe"]["failureThreshold"]) == (2, 38)
+    assert scoring["volumeMounts"] == [{"name": "sample", "mountPath": "/etc/mldeploy/sample", "readOnly": True}]
+    assert {"name": "sample", "configMap": {"name": "svc-sample", "defaultMode": 0o444}} in gated["template"]["spec"]["volumes"]
+    front = gated["template"]["spec"]["containers"][1]
+    assert front == plain["template"]["spec"]["containers"][1], "the front end is unchanged"
+
+    data = target.sample_config_data({"body": {"data": [[1, 2]]}, "response": [3.0]})
+    assert _json.loads(data["request.json"]) == {"data": [[1, 2]]} and _json.loads(data["response.json"]) == [3.0]
+    assert "def probe(" in data["probe.py"] and "import mldeploy" not in data["probe.py"], "the probe runs alone in the pod"
+    assert "response.json" not in target.sample_config_data({"body": [1]})
+
+
+def test_the_sample_probe_in_the_pod(tmp_path) -> None:
+    """The probe's own decisions, against a scoring stand-in on 127.0.0.1; stopping the server is a seam here."""
+    import http.server
+    import json as _json
+    import threading
+
+    from mldeploy.providers import sample_probe
+
+    answers = {"body": b"[3.0]", "status": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(answers["status"])
+            self.send_header("Content-Length", str(len(answers["body"])))
+            self.end_headers()
+            self.wfile.write(answers["body"])
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    folder = tmp_path / "sample"
+    folder.mkdir()
+    (folder / "request.json").write_text(_json.dumps({"data": [[1, 2]]}))
+    (folder / "response.json").write_text("[3.0]")
+    stops: list[str] = []
+    log = tmp_path / "termination-log"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = str(server.server_address[1])
+    try:
+        run = lambda: sample_probe.probe(str(folder), port, 5.0, str(log), lambda: stops.append("stop"))  # noqa: E731
+        assert run() == 0 and stops == [] and not log.exists()
+        answers.update(body=b"[4.0]")
+        assert run() == 1 and stops == ["stop"]
+        assert "problem: the answer differs from sample_request's expected answer" in log.read_text()
+        assert "at 0: expected 3.0, got 4.0" in log.read_text()
+        answers.update(status=500, body=b"KeyError: 'data'")
+        assert run() == 1 and "the sample was answered 500, not 200" in log.read_text()
+    finally:
+        server.shutdown()
+        server.server_close()
+    # Nothing listening yet: not up, so no verdict and nothing stopped.
+    stops.clear()
+    assert sample_probe.probe(str(folder), port, 1.0, str(tmp_path / "other-log"), lambda: stops.append("stop")) == 1
+    assert stops == [] and not (tmp_path / "other-log").exists()
+
+
+def test_a_probe_report_with_exit_0_reaches_the_rollouts_error() -> None:
+    from mldeploy.providers.rollout import pod_problems
+
+    pod = {"metadata": {"name": "svc-1"}, "status": {"containerStatuses": [{
+        "name": "scoring", "ready": False, "restartCount": 1,
+        "lastState": {"terminated": {"exitCode": 0, "reason": "Completed", "message": "problem: the sample was answered 500, not 200"}},
+    }]}}
+    assert "problem: the sample was answered 500, not 200" in pod_problems([pod])[0]
+
+
+@pulumi.runtime.test
+def test_aks_service_with_sample_request_gets_its_configmap_and_probe(k8s_mocks: K8sMocks):
+    from mldeploy.components import AksCluster, AksService
+
+    cluster = AksCluster("aks", cluster_purpose="DevTest")
+    gated = AksService("gated", cluster=cluster, models=[make_model()], image=make_image(), namespace="ml", num_replicas=1,
+                       sample_request={"data": [[1, 2]]}, sample_response=[3.0])
+    plain = AksService("plain", cluster=cluster, models=[make_model()], image=make_image(), namespace="ml", num_replicas=1)
+
+    def check(_: Any) -> None:
+        typ, cm = k8s_mocks.resources["gated-sample"]
+        assert typ == "kubernetes:core/v1:ConfigMap"
+        assert (cm["metadata"]["name"], cm["metadata"]["namespace"]) == ("gated-sample", "ml")
+        assert cm["data"]["request.json"] == '{"data": [[1, 2]]}' and cm["data"]["response.json"] == "[3.0]"
+        scoring = k8s_mocks.resources["gated-deployment"][1]["spec"]["template"]["spec"]["containers"][0]
+        assert scoring["startupProbe"]["exec"]["command"][-1] == "/etc/mldeploy/sample/probe.py"
+        assert "plain-sample" not in k8s_mocks.resources
+        assert "startupProbe" not in k8s_mocks.resources["plain-deployment"][1]["spec"]["template"]["spec"]["containers"][0]
+
+    return pulumi.Output.all(gated.scoring_uri, plain.scoring_uri, gated.deployment.id).apply(check)
+
+
+def test_aks_service_sample_request_errors_name_the_field(k8s_mocks: K8sMocks) -> None:
+    from mldeploy.components import AksCluster, AksService
+    from mldeploy.components._common import ArgsError
+
+    cluster = AksCluster("aks", cluster_purpose="DevTest")
+    with pytest.raises(ArgsError, match=r"AksService 'bad': invalid arguments: sample_request: a dict, a list, or the path of a JSON file"):
+        AksService("bad", cluster=cluster, models=[make_model()], image=make_image(), sample_request=3)

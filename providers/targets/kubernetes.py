@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field
 
+from mldeploy.providers import sample_probe
 from mldeploy.providers.targets import Target
 
 NAMESPACE_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -34,6 +36,9 @@ MAX_REPLICAS = 100
 FRONT_CONF_DIR = "/etc/mldeploy-fe"
 FRONT_RUNTIME_DIR = "/tmp/mldeploy-fe"
 LABEL_APP = "mldeploy.azureml.net/service"
+SAMPLE_DIR = sample_probe.PROBE_DIR
+SAMPLE_PERIOD_SECONDS = 2
+SAMPLE_PROBE_TIMEOUT_SECONDS = 10
 # One per namespace, owned by the cluster; the name never changes, so rotated credentials never roll the pods.
 PULL_SECRET_NAME = "mldeploy-registry"
 
@@ -212,6 +217,7 @@ def deployment_spec(
     config_secret: str,
     config_checksum: Any,
     image_pull_secret: str | None = None,
+    sample_config: str | None = None,
 ) -> dict[str, Any]:
     """The Deployment's spec: rolls with no replica down, probes from the Azure ML parameters.
 
@@ -315,6 +321,9 @@ def deployment_spec(
             },
         },
     }
+    if sample_config:
+        # Only with `sample_request`: without one the spec is what it always was.
+        add_sample_gate(spec, sample_config, args.startup_timeout_seconds)
     if image_pull_secret:
         # Only for a registry that wants credentials: without one the spec is what it always was.
         spec["template"]["spec"]["imagePullSecrets"] = [{"name": image_pull_secret}]
@@ -322,6 +331,34 @@ def deployment_spec(
         spec["replicas"] = args.num_replicas
     # Autoscaled: the HPA owns the count; setting it here would undo its scaling on every up.
     return spec
+
+
+def sample_config_data(sample: dict[str, Any]) -> dict[str, str]:
+    """The ConfigMap that gates a new pod on `sample_request`: the probe itself, the request, the answer to expect."""
+    data = {"probe.py": Path(sample_probe.__file__).read_text(encoding="utf-8"), "request.json": json.dumps(sample["body"])}
+    if "response" in sample:
+        data["response.json"] = json.dumps(sample["response"])
+    return data
+
+
+def add_sample_gate(spec: dict[str, Any], config_map: str, startup_timeout_seconds: int) -> None:
+    """A startup probe on the scoring container that sends `sample_request` (`mldeploy.providers.sample_probe`).
+
+    A pod is not ready, so it gets no traffic and the rolling update does not
+    go on, until the probe passes once; a wrong answer ends the container with
+    the report as its termination message, which `up`'s error shows.
+    """
+    pod = spec["template"]["spec"]
+    scoring = next(c for c in pod["containers"] if c["name"] == "scoring")
+    scoring["startupProbe"] = {
+        "exec": {"command": ["python", f"{SAMPLE_DIR}/probe.py"]},
+        "periodSeconds": SAMPLE_PERIOD_SECONDS,
+        "timeoutSeconds": SAMPLE_PROBE_TIMEOUT_SECONDS,
+        "failureThreshold": max(1, -(-int(startup_timeout_seconds) // SAMPLE_PERIOD_SECONDS)),
+        "successThreshold": 1,
+    }
+    scoring.setdefault("volumeMounts", []).append({"name": "sample", "mountPath": SAMPLE_DIR, "readOnly": True})
+    pod["volumes"].append({"name": "sample", "configMap": {"name": config_map, "defaultMode": 0o444}})
 
 
 def service_spec(service_name: str) -> dict[str, Any]:

@@ -36,7 +36,12 @@ def file_backend_problem(url: str) -> str | None:
 
 
 def blob_backend_problem(url: str, environ: Mapping[str, str] = os.environ, client: Callable[..., Any] | None = None) -> str | None:
-    """Whether the engine's `azblob://` backend can be read: the account answers and the container exists."""
+    """Whether the engine's `azblob://` backend can be read: the account answers and the container exists.
+
+    Asked by listing one blob, what the engine does first, rather than by the container's
+    properties: a container SAS cannot read those, and a read-only preview (a SAS with read
+    and list only, examples/pull-request-preview) must pass.
+    """
     from mldeploy.providers.clients.blob_store import BlobLocationError, container_client, parse_blob_url
 
     try:
@@ -46,7 +51,7 @@ def blob_backend_problem(url: str, environ: Mapping[str, str] = os.environ, clie
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError, ServiceRequestError
 
     try:
-        (client or container_client)(loc, environ).get_container_properties()
+        next(iter((client or container_client)(loc, environ).list_blobs(results_per_page=1).by_page()), None)
     except ResourceNotFoundError:
         return f"the container {loc.describe()} does not exist; create it first (scripts/azurite.sh mkcontainer {loc.container} locally, or `az storage container create`)"
     except ServiceRequestError as exc:

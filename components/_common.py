@@ -210,7 +210,7 @@ def _json_file(value: Any, field: str) -> Any:
 
 
 def sample_request_input(request: Any, response: Any = None) -> dict[str, Any] | None:
-    """The service's `sample_request` (and expected answer) as the providers take it, or None.
+    """The service's `sample_request` (and expected answer) as the providers take it (JSON text), or None.
 
     `request` is the body to POST to /score: a dict or a list, or the path of a
     JSON file (as `az ml online-endpoint invoke --request-file` takes it).
@@ -233,14 +233,13 @@ def sample_request_input(request: Any, response: Any = None) -> dict[str, Any] |
         json.dumps(body, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"sample_request: not JSON-serialisable: {exc}") from None
-    out: dict[str, Any] = {"body": body}
+    # As JSON text: the engine turns every number into a float, and the request must go as written.
+    out: dict[str, Any] = {"body": json.dumps(body)}
     if response is not None:
         if isinstance(response, os.PathLike) or (isinstance(response, str) and response.endswith(".json")):
-            out["response"] = _json_file(response, "sample_response")
-        else:
-            try:
-                json.dumps(response, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"sample_response: not JSON-serialisable: {exc}") from None
-            out["response"] = response
+            response = _json_file(response, "sample_response")
+        try:
+            out["response"] = json.dumps(response, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"sample_response: not JSON-serialisable: {exc}") from None
     return out

@@ -126,11 +126,12 @@ def output_errors(swagger: dict[str, Any], body: Any) -> list[str]:
     return [f"at {'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message[:300]}" for e in errors]
 
 
-def sample_from(value: Mapping[str, Any] | None) -> tuple[bool, Any, bool, Any]:
-    """(given, body, has_expected, expected) from a service's `sample_request` input."""
-    if not isinstance(value, Mapping) or "body" not in value:
-        return False, None, False, None
-    return True, value["body"], "response" in value, value.get("response")
+def sample_from(value: Mapping[str, Any] | None) -> tuple[bool, str, bool, Any]:
+    """(given, body as JSON text, has_expected, expected) from a service's `sample_request` input."""
+    if not isinstance(value, Mapping) or not isinstance(value.get("body"), str):
+        return False, "", False, None
+    has_expected = isinstance(value.get("response"), str)
+    return True, value["body"], has_expected, json.loads(value["response"]) if has_expected else None
 
 
 def check_sample(transport: Transport, sample_request: Mapping[str, Any] | None = None) -> SampleCheck:
@@ -142,12 +143,12 @@ def check_sample(transport: Transport, sample_request: Mapping[str, Any] | None 
         swagger = json.loads(got.body)
     except ValueError as exc:
         return SampleCheck(True, False, answer=got, problem=f"the Swagger document is not JSON: {exc}")
-    given, body, has_expected, expected = sample_from(sample_request)
+    given, request, has_expected, expected = sample_from(sample_request)
     if not given:
         declared, body = declared_input_sample(swagger)
         if not declared:
             return SampleCheck(False, True)
-    request = json.dumps(body)
+        request = json.dumps(body)
     answer = transport("POST", "/score", request.encode())
     problem, details = judge(answer.status, answer.body, expected, has_expected)
     if problem:
@@ -197,7 +198,7 @@ def gate_words(sample_request: Mapping[str, Any] | None, entry_script_source: st
     given, body, has_expected, _ = sample_from(sample_request)
     if given:
         expecting = "the expected answer (sample_response)" if has_expected else "a 200"
-        return f"the roll is gated on sample_request: POST /score {_clip(json.dumps(body))[:120]} must answer {expecting}"
+        return f"the roll is gated on sample_request: POST /score {_clip(body)[:120]} must answer {expecting}"
     declared = declares_input_sample(entry_script_source) if entry_script_source is not None else None
     if declared is None:
         return None  # the backend's own Swagger decides at `up`

@@ -1020,8 +1020,9 @@ def test_sample_request_from_a_dict_or_a_file_reaches_the_service(mocks: Recordi
                 make_service("without")]
 
     def check(_: Any) -> None:
-        assert mocks.resources["from-file-service"]["sample_request"] == {"body": {"data": [[1, 2, 3]]}, "response": [6.0]}
-        assert mocks.resources["from-dict-service"]["sample_request"] == {"body": {"data": [[1]]}}
+        # JSON text, so the integers reach the service as integers.
+        assert mocks.resources["from-file-service"]["sample_request"] == {"body": '{"data": [[1, 2, 3]]}', "response": "[6.0]"}
+        assert mocks.resources["from-dict-service"]["sample_request"] == {"body": '{"data": [[1]]}'}
         assert "sample_request" not in mocks.resources["without-service"], "no new input for services without one"
         assert mocks.resources["without-service"]["entry_script"] == "src/score.py"
 

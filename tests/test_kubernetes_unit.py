@@ -569,10 +569,10 @@ def test_sample_request_gates_a_pod_with_a_startup_probe_and_only_then() -> None
     front = gated["template"]["spec"]["containers"][1]
     assert front == plain["template"]["spec"]["containers"][1], "the front end is unchanged"
 
-    data = target.sample_config_data({"body": {"data": [[1, 2]]}, "response": [3.0]})
+    data = target.sample_config_data({"body": '{"data": [[1, 2]]}', "response": "[3.0]"})
     assert _json.loads(data["request.json"]) == {"data": [[1, 2]]} and _json.loads(data["response.json"]) == [3.0]
     assert "def probe(" in data["probe.py"] and "import mldeploy" not in data["probe.py"], "the probe runs alone in the pod"
-    assert "response.json" not in target.sample_config_data({"body": [1]})
+    assert "response.json" not in target.sample_config_data({"body": "[1]"})
 
 
 def test_the_sample_probe_in_the_pod(tmp_path) -> None:

@@ -100,7 +100,7 @@ def test_a_declared_empty_sample_is_still_a_sample(tmp_path: Path) -> None:
 
 def test_sample_request_is_sent_to_a_raw_script_and_its_answer_compared(tmp_path: Path) -> None:
     doc = server_swagger(tmp_path, RAW_SCRIPT)
-    sample = {"body": {"data": [[1, 2], [3, 4]]}, "response": [3.0, 7.0]}
+    sample = {"body": '{"data": [[1, 2], [3, 4]]}', "response": "[3.0, 7.0]"}
     send, sent = transport(doc, Answer(200, "[3.0000000001, 7.0]"))
     check = check_sample(send, sample)
     assert check.gated and check.ok, check.problem
@@ -115,9 +115,9 @@ def test_sample_request_is_sent_to_a_raw_script_and_its_answer_compared(tmp_path
 
     # Without an expected answer: any 200 passes, anything else fails with the status.
     send, _ = transport(doc, Answer(200, "whatever the script returns"))
-    assert check_sample(send, {"body": {"data": [[1]]}}).ok
+    assert check_sample(send, {"body": '{"data": [[1]]}'}).ok
     send, _ = transport(doc, Answer(500, "KeyError: 'data'"))
-    check = check_sample(send, {"body": {"data": [[1]]}})
+    check = check_sample(send, {"body": '{"data": [[1]]}'})
     assert not check.ok and check.problem == "the sample was answered 500, not 200"
 
 
@@ -204,7 +204,7 @@ def test_the_service_check_says_what_gates_the_roll(tmp_path: Path, monkeypatch:
     assert result.inputs["sample_gate"] == "the entry script declares no input sample; the roll is gated on health only"
     assert "[mldeploy] aciservice: the entry script declares no input sample; the roll is gated on health only" in capsys.readouterr().err
 
-    with_sample = {**news, "sample_request": {"body": {"data": [[1]]}, "response": [1.0]}}
+    with_sample = {**news, "sample_request": {"body": '{"data": [[1]]}', "response": "[1.0]"}}
     words = ServiceProvider().check({}, with_sample).inputs["sample_gate"]
     assert words.startswith('the roll is gated on sample_request: POST /score {"data": [[1]]} must answer the expected answer')
     # Nothing rolls: nothing to say, and the inputs stay as they were.

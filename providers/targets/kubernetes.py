@@ -335,9 +335,9 @@ def deployment_spec(
 
 def sample_config_data(sample: dict[str, Any]) -> dict[str, str]:
     """The ConfigMap that gates a new pod on `sample_request`: the probe itself, the request, the answer to expect."""
-    data = {"probe.py": Path(sample_probe.__file__).read_text(encoding="utf-8"), "request.json": json.dumps(sample["body"])}
+    data = {"probe.py": Path(sample_probe.__file__).read_text(encoding="utf-8"), "request.json": sample["body"]}
     if "response" in sample:
-        data["response.json"] = json.dumps(sample["response"])
+        data["response.json"] = sample["response"]
     return data
 
 

@@ -107,6 +107,7 @@ def describe_service(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
     if not old:
         versions = ", ".join(f"`{m.get('name')}` v{m.get('version')}" for m in new.get("models") or [] if isinstance(m, Mapping))
         created = [f"service `{new.get('service_name')}` on target `{new.get('target')}` with {versions or 'its models'}"]
+        created += [new["sample_gate"]] if new.get("sample_gate") else []
         return created + ([f"preview smoke test: {new['smoke_test']}"] if new.get("smoke_test") else [])
     out = []
     for key in ("service_name", "target"):
@@ -135,6 +136,8 @@ def describe_service(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
         out.append("environment variables changed: " + ", ".join(f"`{k}`" for k in changed_env))
     if old.get("state") not in (None, "Healthy"):
         out.append(f"found {old.get('state')} by refresh: restored")
+    if out and new.get("sample_gate"):
+        out.append(new["sample_gate"])  # what the new backend must answer before traffic moves
     if new.get("smoke_test"):
         out.append(f"preview smoke test: {new['smoke_test']}")
     if out and new.get("target") == "aci":

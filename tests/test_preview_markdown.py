@@ -135,3 +135,13 @@ def test_render_hedges_a_roll_only_when_every_image_keeps_its_digest() -> None:
     assert "the pods roll only if a digest changes" in rotated and "rolls `ml/svc`" not in rotated
     rebuilt = render("s", [step({**image, "source_image_id": UNKNOWN}), deployment], {"update": 2})
     assert "rolls `ml/svc`" in rebuilt and "only if a digest changes" not in rebuilt
+
+
+def test_the_review_says_what_gates_a_roll() -> None:
+    words = "the entry script declares no input sample; the roll is gated on health only"
+    bump = service(models=[{"name": "sklearn_regression_model", "version": 4, "model_dir": "/r/4"}], sample_gate=words)
+    assert describe_service(service(), bump) == ["rolls to model `sklearn_regression_model` version 3 → 4", words]
+    created = describe_service({}, bump)
+    assert created[1] == words
+    # Nothing rolls: the words alone change nothing.
+    assert describe_service(service(), service(sample_gate=words)) == []

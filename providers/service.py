@@ -16,7 +16,7 @@ from mldeploy.providers.paths import local, same_place
 from mldeploy.providers.progress import say
 from mldeploy.providers.sample_check import gate_words
 from mldeploy.providers.smoke_test import smoke_test
-from mldeploy.providers.targets import Number, UnknownTarget, check_model, target_for
+from mldeploy.providers.targets import TARGETS, Number, UnknownTarget, check_model, target_for
 
 # A different name, target or stack is a different service: its URI changes.
 REPLACE_ON = ("service_name", "target", "project", "stack")
@@ -145,6 +145,8 @@ class ServiceProvider(ResourceProvider):
         if words:
             news = {**news, "sample_gate": words}
             say(f"{news.get('service_name')}: {words}")
+        elif news.get("sample_request") and news.get("target") in TARGETS and not target_for(news.get("target")).sample_gate:
+            say(f"{news.get('service_name')}: target {news.get('target')!r} sends no sample before traffic moves; sample_request is kept, not sent")
         if not failures:
             # `mldeploy:previewSmokeTest`: at preview only (the model entries carry their content then).
             words, smoke_failures = smoke_test(olds, news)

@@ -210,3 +210,13 @@ def test_the_service_check_says_what_gates_the_roll(tmp_path: Path, monkeypatch:
     # Nothing rolls: nothing to say, and the inputs stay as they were.
     same = ServiceProvider().check({**news, "state": "Healthy"}, news)
     assert "sample_gate" not in same.inputs
+
+
+def test_a_target_without_the_gate_says_sample_request_is_not_sent(capsys) -> None:
+    from mldeploy.providers.service import ServiceProvider
+
+    news = {"service_name": "svc", "target": "aci", "sample_request": {"body": "[1]"}, "models": [{"name": "m", "version": 1}],
+            "cpu_cores": 1, "memory_gb": 1}
+    result = ServiceProvider().check({}, news)
+    assert "sample_gate" not in result.inputs
+    assert "svc: target 'aci' sends no sample before traffic moves; sample_request is kept, not sent" in capsys.readouterr().err

@@ -291,3 +291,24 @@ def test_a_run_step_sees_only_the_loopback_interface(tmp_path: Path) -> None:
         assert docker.from_env().images.get(tag).id
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
+
+
+# ------------------------------------------------------------ the project's own lock
+
+
+def test_the_projects_lock_pins_every_file_by_hash_and_setup_requires_them() -> None:
+    """Each requirement of requirements.lock is `name==version` with at least one SHA-256, and
+    scripts/setup.sh installs pip and then the lock with --require-hashes (nothing unhashed)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "requirements.lock").read_text()
+    entries = re.split(r"\n(?=[^\s#])", "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#")).strip())
+    assert len(entries) > 50
+    for entry in entries:
+        head = entry.split("\\", 1)[0].strip()
+        assert re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[^\]]+\])?==[^\s;]+", head), head
+        assert re.findall(r"--hash=sha256:[0-9a-f]{64}", entry), f"{head} has no hash"
+    assert re.search(r"^pip==", text, re.M), "pip itself is pinned by hash"
+    installs = [l for l in (root / "scripts" / "setup.sh").read_text().splitlines() if re.search(r"\bpip\"? install\b", l)]
+    assert installs and all("--require-hashes" in l for l in installs), installs

@@ -26,8 +26,10 @@ venv="$MLDEPLOY_CACHE/venv/$key"
 if [ ! -f "$venv/.complete" ]; then
   log "creating Python environment $venv"
   rm -rf "$venv"; "$PY" -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip >/dev/null
-  "$venv/bin/pip" install -q -r requirements.lock
+  # Every file is checked against the lock's SHA-256: pip itself first (its block of the lock),
+  # then the closure. A file that differs from the one locked fails the set-up.
+  "$venv/bin/pip" install -q --require-hashes --no-deps -r <(sed -n '/^pip==/,/^[^ ]/{/^pip==\|^ /p}' requirements.lock) >/dev/null
+  "$venv/bin/pip" install -q --require-hashes -r requirements.lock
   touch "$venv/.complete"
 fi
 ln -sfn "$venv" .venv

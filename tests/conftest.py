@@ -321,9 +321,40 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         pytest.fail("the test session left these behind (now removed):\n  " + "\n  ".join(problems), pytrace=False)
 
 
+NEEDS_MACHINE = ("e2e", "docker", "k8s", "restarts_cluster", "restarts_docker")
+RESTARTS = ("restarts_cluster", "restarts_docker")
+
+
+def _asked_by_name(config: pytest.Config, item: pytest.Item) -> bool:
+    return any("::" in str(a) and item.nodeid.startswith(str(a).split("[")[0].split("tests/")[-1]) or
+               str(a).endswith(item.nodeid) for a in config.args)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that restart the local cluster run last, so no other test meets a cluster
-    that is coming back up (pods' readiness is being re-established then)."""
+    """Markers that mean what they say, then the order.
+
+    - `unit` goes to every test that needs neither Docker, nor the engine, nor the cluster;
+      `e2e` to every test that needs the cluster.
+    - Tests that stop dockerd or the cluster run only under `.ci/run` (MLDEPLOY_ALL_TESTS=1),
+      with `-m` naming their marker, or when named by their node id: a developer's
+      `-m "not e2e"` or a plain run never stops anything.
+    - Tests that restart the local cluster run last, so no other test meets a cluster
+      that is coming back up (pods' readiness is being re-established then)."""
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in NEEDS_MACHINE):
+            item.add_marker(pytest.mark.unit)
+        elif item.get_closest_marker("k8s") and not item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.e2e)  # the cluster is end to end: `-m "not e2e"` never needs it
+    everything = os.environ.get("MLDEPLOY_ALL_TESTS") == "1"
+    markexpr = config.getoption("markexpr", "") or ""
+    if not everything and not any(m in markexpr for m in RESTARTS):
+        kept, dropped = [], []
+        for item in items:
+            restarts = any(item.get_closest_marker(m) for m in RESTARTS)
+            (dropped if restarts and not _asked_by_name(config, item) else kept).append(item)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
     items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)
     # Restarting dockerd stops every container, the cluster's too: after everything else.
     items.sort(key=lambda item: item.get_closest_marker("restarts_docker") is not None)

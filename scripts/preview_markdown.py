@@ -18,6 +18,12 @@ from typing import Any, Mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+if str(ROOT) not in sys.path:
+    sys.path.insert(1, str(ROOT))  # the checkout's `mldeploy` (an installed one would do too)
+
+from mldeploy.providers.service import _differs as service_input_differs  # noqa: E402 - after the path set-up
+from mldeploy.providers.service import path_inputs as service_path_inputs  # noqa: E402
+from mldeploy.providers.service import rules as service_rules  # noqa: E402
 
 OP_WORDS = {
     "create": "➕ create",
@@ -51,6 +57,12 @@ SERVICE_WORDS = {
     "max_request_bytes": "max_request_bytes",
     "gateway_image": "gateway image",
 }
+
+
+# Inputs the words above describe in their own way; every other input a rule names gets the generic line.
+DESCRIBED_SERVICE_INPUTS = {"service_name", "target", "models", "image_id", "primary_key_version", "secondary_key_version",
+                            "environment_variables", *SERVICE_WORDS}
+SECRET_SERVICE_INPUTS = {"registry_password"}
 
 
 def _arrow(old: Any, new: Any) -> str:
@@ -136,6 +148,15 @@ def describe_service(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
         out.append("environment variables changed: " + ", ".join(f"`{k}`" for k in changed_env))
     if old.get("state") not in (None, "Healthy"):
         out.append(f"found {old.get('state')} by refresh: restored")
+    # Every other input a rule names, read from the provider's own rules: the review can never miss one.
+    replace_on, roll_on, route_on = service_rules(new)
+    paths = service_path_inputs(new)
+    for key in dict.fromkeys(replace_on + roll_on + route_on):
+        if key in DESCRIBED_SERVICE_INPUTS or not service_input_differs(key, old, new, paths):
+            continue
+        shown = "changed" if key in SECRET_SERVICE_INPUTS else _arrow(old.get(key), new.get(key))
+        how = "replaced" if key in replace_on else "rolls" if key in roll_on else "in place"
+        out.append(f"{key} {shown} ({how})")
     if out and new.get("sample_gate"):
         out.append(new["sample_gate"])  # what the new backend must answer before traffic moves
     if new.get("smoke_test"):
@@ -145,12 +166,12 @@ def describe_service(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
     return out
 
 
-ACI_REPLACE_ON = ("cpu_cores", "memory_gb", "os_type", "restart_policy", "ip_address_type", "location", "resource_group", "subscription_id")
 
 
 def _aci_words(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    """ACI has no rolling update: say what the change costs."""
-    if any(old.get(k) != new.get(k) for k in ACI_REPLACE_ON if k in new):
+    """ACI has no rolling update: say what the change costs (its replace rule is the provider's)."""
+    replace_on, _, _ = service_rules(new)
+    if any(service_input_differs(k, old, new, service_path_inputs(new)) for k in replace_on if k in new):
         return "ACI cannot change this in place: the container group is deleted and created again, so the service is down meanwhile"
     return "ACI restarts the container group in place: a short outage (the Kubernetes target rolls with no downtime)"
 

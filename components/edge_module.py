@@ -6,10 +6,27 @@ deployment manifest that tells the device's agent to run it. What the target
 knows (arguments, rules, the module's manifest entry) lives in
 `mldeploy.providers.targets.iotedge`; the manifest renderer in `mldeploy.providers.edge_manifest`;
 the backends (this machine as the device, or IoT Hub) in `mldeploy.providers.edge_device`.
+
+A device's manifest holds all of its modules and applying one replaces the whole set,
+so the EdgeModules of one program that go to the same device (backend, hub and device
+id; at scale, hub and target condition) share ONE `EdgeDeployment`, named after the
+device (`edge-device-<id>`), applied once: each module keeps its own image, version and
+outputs. The list is known only when the program's top-level code has run: the
+modules input is an Output over a future that a callback resolves; the callback is
+scheduled with `loop.call_soon` at the first module, and the SDK runs the program
+synchronously inside its task before it awaits anything (pulumi/runtime/stack.py,
+`run_in_stack`), so the callback sees every module declared at top level. A module
+declared after that (inside an apply or after an await) fails naming `device`.
+Chosen over per-module resources that merge into the device's current manifest
+because the preview then lists every module the device will run, and nothing has to
+lock the device between two resources. A stack of the previous release (one module,
+`<module>-deployment` under the module) is the same resource by an alias: no replace.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from typing import Any
 
 import pulumi
@@ -38,6 +55,11 @@ class EdgeDevice:
     query matches, as an at-scale deployment (an IoT Hub configuration), and `device_id`
     is not used; `priority` (>= 0, 0 when omitted) decides between two deployments that
     target the same device, the higher winning.
+
+    `foreign_modules`: what to do with modules the device runs that this stack does not
+    own (another stack's, or set by hand), read at preview from the device (the local
+    device's containers; the hub's `$edgeAgent` twin): `"fail"` (default) fails the
+    preview naming them; `"keep"` keeps them beside this stack's modules.
     """
 
     def __init__(
@@ -51,9 +73,13 @@ class EdgeDevice:
         api_version: str = "2021-04-12",
         target_condition: str | None = None,
         priority: int | None = None,
+        foreign_modules: str = "fail",
     ):
         given = {"device_id": device_id, "backend": backend, "hub_host": hub_host, "policy_name": policy_name,
                  "endpoint": endpoint, "api_version": api_version}
+        if foreign_modules not in target.FOREIGN_POLICIES:
+            raise ArgsError(f"EdgeDevice '{device_id}': invalid arguments: foreign_modules: must be 'fail' or 'keep', got {foreign_modules!r}")
+        self.foreign_modules = foreign_modules
         self.args = validate(target.EdgeDeviceArgs, "EdgeDevice", device_id, given)
         self.at_scale = validate(AtScaleArgs, "EdgeDevice", device_id,
                                  {"backend": self.args.backend, "target_condition": target_condition, "priority": priority})
@@ -76,6 +102,57 @@ class EdgeDeployment(Resource, module=PACKAGE, name="EdgeDeployment"):
         outs = ("manifest", "module_versions", "scoring_uri", "swagger_uri", "state", "drift", "configuration_id",
                 "configuration_labels", "configuration_etag")
         super().__init__(EdgeDeploymentProvider(), name, {**props, **{k: None for k in outs}}, opts)
+
+
+_devices: contextvars.ContextVar[dict[Any, Any] | None] = contextvars.ContextVar("mldeploy_edge_devices", default=None)
+"""The devices of this program run; the Automation API runs each program in a fresh context, loop and monitor."""
+
+
+class _Device:
+    """The EdgeModules of one program run that go to one device, and their one EdgeDeployment."""
+
+    def __init__(self, key: tuple[str, ...], loop: asyncio.AbstractEventLoop):
+        self.key = key
+        self.members: list[dict[str, Any]] = []
+        self.sealed = False
+        self.future: asyncio.Future[list[dict[str, Any]]] = loop.create_future()
+        self.deployment: EdgeDeployment | None = None
+        loop.call_soon(self._seal)  # runs once the program's top-level code has returned
+
+    def _seal(self) -> None:
+        self.sealed = True
+        if not self.future.done():
+            self.future.set_result(list(self.members))
+
+    def all(self) -> pulumi.Output[list[dict[str, Any]]]:
+        async def value(v: bool) -> bool:
+            return v
+
+        return pulumi.Output(set(), self.future, value(True), value(False))
+
+
+def _device_for(key: tuple[str, ...]) -> _Device:
+    loop = asyncio.get_event_loop()
+    run = (loop, pulumi.runtime.settings.get_monitor())  # one program run: its loop and its engine connection
+    devices = _devices.get()
+    if devices is None or devices.get("run") != run:
+        devices = {"run": run}
+        _devices.set(devices)
+    if key not in devices:
+        devices[key] = _Device(key, loop)
+    return devices[key]
+
+
+def _routes(members: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for m in members:
+        out.update(m["routes"])
+    return out
+
+
+def _password(members: list[dict[str, Any]]) -> Any:
+    given = next((m["registry_password"] for m in members if m["registry_password"] is not None), None)
+    return pulumi.Output.secret(given) if given is not None else ""
 
 
 class EdgeModule(pulumi.ComponentResource):
@@ -140,6 +217,19 @@ class EdgeModule(pulumi.ComponentResource):
         problems += edge_manifest.validate(target.trial_manifest(args, port))
         if problems:
             raise ArgsError(f"{kind}: invalid arguments: " + "; ".join(f"{f}: {m}" for f, m in problems))
+        key = target.device_key(device.args.model_dump(), device.at_scale.target_condition)
+        group = _device_for(key)
+        shared = {"policy_name": device.args.policy_name, "endpoint": device.args.endpoint, "api_version": device.args.api_version,
+                  "priority": device.at_scale.priority, "foreign_modules": device.foreign_modules}
+        member = {"resource": resource_name, "module_name": args.module_name, "port": port, "routes": dict(args.routes),
+                  "registry_username": registry_username, "registry_password": registry_password, "device": shared,
+                  "timeout": int(startup_timeout_seconds)}
+        if group.sealed:
+            raise ArgsError(f"{kind}: invalid arguments: device: the modules of device {key[-1]} were gathered when the program's "
+                            "top-level code ended; declare every EdgeModule in the top-level code (not inside an apply or after an await)")
+        problems = target.join_problems(group.members, member)
+        if problems:
+            raise ArgsError(f"{kind}: invalid arguments: " + "; ".join(f"{f}: {m}" for f, m in problems))
         super().__init__(f"{PACKAGE}:index:EdgeModule", resource_name, None, opts)
         self.args, self.device = args, device
 
@@ -160,30 +250,15 @@ class EdgeModule(pulumi.ComponentResource):
         spec = target.module_spec(args, "", "", port)
         module = {**{k: v for k, v in spec.items() if k not in ("image", "version")},
                   "image": model_image.image_ref, "source_image_id": image.image_id, "models": planned}
-        host = settings.image_registry.split("/")[0]
-        props = {
-            "device": device.args.model_dump(),
-            "policy_key": pulumi.Output.secret(device.policy_key) if device.policy_key is not None else "",
-            "modules": [module],
-            "routes": dict(args.routes),
-            "registry": {"name": "mldeploy", "address": host, "username": registry_username},
-            "registry_password": pulumi.Output.secret(registry_password) if registry_password is not None else "",
-            "port": port,
-            "startup_timeout_seconds": int(startup_timeout_seconds),
-            "project": settings.project,
-            "stack": settings.stack,
-            "resource": resource_name,
-        }
-        if device.at_scale.target_condition is not None:
-            props.update(target_condition=device.at_scale.target_condition, priority=device.at_scale.priority or 0)
-        deployment = EdgeDeployment(
-            f"{resource_name}-deployment",
-            props,
-            pulumi.ResourceOptions(parent=self, additional_secret_outputs=["policy_key", "registry_password"]),
-        )
+        member["module"] = module
+        group.members.append(member)
+        if group.deployment is None:
+            group.deployment = self._device_deployment(group, device, settings, resource_name, port, registry_username)
+        deployment = group.deployment
         self._deployment, self._image = deployment, model_image
-        self.scoring_uri = deployment.scoring_uri
-        self.swagger_uri = deployment.swagger_uri
+        uris = edge_device_uris(device.args.backend, port)
+        self.scoring_uri = deployment.state.apply(lambda _s: uris["scoring_uri"])
+        self.swagger_uri = deployment.state.apply(lambda _s: uris["swagger_uri"])
         self.module_name = pulumi.Output.from_input(args.module_name)
         self.module_version = deployment.module_versions.apply(lambda v: int((v or {}).get(args.module_name, 0)))
         self.image_ref = model_image.image_ref
@@ -192,3 +267,45 @@ class EdgeModule(pulumi.ComponentResource):
         self.device_id = pulumi.Output.from_input(device.args.device_id)
         self.configuration_id = deployment.configuration_id.apply(lambda c: c or "")
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})
+
+    def _device_deployment(self, group: _Device, device: EdgeDevice, settings: Settings, resource_name: str, port: int | None,
+                           registry_username: str | None) -> EdgeDeployment:
+        """The device's one deployment, made with its first module; the others join it until the list is sealed.
+
+        With one module its inputs are the previous release's (`<module>-deployment` was its name, the
+        module its parent; the alias keeps its URN), so a stack deployed before shows no change.
+        """
+        members = group.all()
+        host = settings.image_registry.split("/")[0]
+        props: dict[str, Any] = {
+            "device": device.args.model_dump(),
+            "policy_key": pulumi.Output.secret(device.policy_key) if device.policy_key is not None else "",
+            "modules": members.apply(lambda ms: pulumi.Output.all(*[m["module"] for m in ms])),
+            "routes": members.apply(_routes),
+            "registry": members.apply(lambda ms: {"name": "mldeploy", "address": host,
+                                                  "username": next((m["registry_username"] for m in ms if m["registry_username"]), None)}),
+            "registry_password": members.apply(_password),
+            "port": port,
+            "ports": members.apply(lambda ms: {m["module_name"]: m["port"] for m in ms if m["port"] is not None}),
+            "owners": members.apply(lambda ms: {m["module_name"]: m["resource"] for m in ms}),
+            "startup_timeout_seconds": members.apply(lambda ms: max(m["timeout"] for m in ms)),
+            "foreign_modules": device.foreign_modules,
+            "project": settings.project,
+            "stack": settings.stack,
+            "resource": resource_name,
+        }
+        if device.at_scale.target_condition is not None:
+            props.update(target_condition=device.at_scale.target_condition, priority=device.at_scale.priority or 0)
+        return EdgeDeployment(
+            target.deployment_name(group.key),
+            props,
+            pulumi.ResourceOptions(aliases=[pulumi.Alias(name=f"{resource_name}-deployment", parent=self)],
+                                   additional_secret_outputs=["policy_key", "registry_password"]),
+        )
+
+
+def edge_device_uris(backend: str, port: int | None) -> dict[str, str]:
+    """A module's scoring and Swagger URIs: on 127.0.0.1 for the local device, none through a hub."""
+    if backend != "local" or not port:
+        return {"scoring_uri": "", "swagger_uri": ""}
+    return {"scoring_uri": f"http://127.0.0.1:{int(port)}/score", "swagger_uri": f"http://127.0.0.1:{int(port)}/swagger.json"}

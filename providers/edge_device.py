@@ -15,6 +15,16 @@ short hash of the content: a new manifest is a new configuration, created before
 the old one is deleted; a new target condition, priority or labels updates the
 same configuration in place (`configuration_change` says which, purely).
 
+One resource per device and stack (issue 17): every `EdgeModule` of a program that
+goes to the same device (backend, hub and device id; at scale, hub and target
+condition) is one entry of `modules`, so the device gets one manifest, applied once.
+Modules this stack does not own (`foreign_names`: on the device, in neither the old
+nor the new inputs) fail the preview by default, naming them; with
+`foreign_modules="keep"` the hub's copy of them is merged into what is applied
+(`merge_foreign`), and on the local device they are left alone. A deployment made by
+the previous release (one module, no `owners`) deletes only its own module, and
+leaves a hub device that runs others untouched.
+
 `check` renders the manifest and validates it against the schemas, so a bad one
 fails at preview naming its JSON path; it also gives each module a version that
 goes up exactly when its image changes (a new model version or a new inference
@@ -45,6 +55,7 @@ CONFIGURATION_ID_BAD_CHARS = re.compile(r"[^a-z0-9\-:+%_#*?!(),=@;']")
 LABEL_BAD_CHARS = re.compile(r"[^A-Za-z0-9\-:.+%_#*?!(),=@;']")
 MODULE_CONDITION_RE = re.compile(r"^from\s+devices\.modules\s+where\s+\S", re.IGNORECASE)
 PRIORITY_MAX = 2**31 - 1
+FOREIGN_POLICIES = ("fail", "keep")
 AT_SCALE_MUTABLE = ("target_condition", "priority", "configuration_labels")
 """What the hub lets a configuration change in place (besides metrics, which are not used)."""
 
@@ -205,6 +216,59 @@ def module_versions(olds: Mapping[str, Any], news: Mapping[str, Any]) -> dict[st
     return out
 
 
+def module_ports(props: Mapping[str, Any]) -> dict[str, int]:
+    """Each module's scoring port on 127.0.0.1; a deployment of the previous release has one module and `port`."""
+    ports = props.get("ports")
+    if isinstance(ports, Mapping):
+        return {str(k): int(v) for k, v in ports.items() if v}
+    first = (props.get("modules") or [{}])[0]
+    return {first["name"]: int(props["port"])} if props.get("port") and isinstance(first, Mapping) and first.get("name") else {}
+
+
+def module_names(props: Mapping[str, Any]) -> set[str]:
+    return {m.get("name") for m in props.get("modules") or [] if isinstance(m, Mapping) and isinstance(m.get("name"), str)}
+
+
+def foreign_names(current: Mapping[str, Any] | list[str], olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[str]:
+    """Modules the device runs that this stack does not own: in neither the old nor the new inputs (pure).
+
+    A module the old inputs name and the new ones do not is ours leaving, not foreign.
+    """
+    return sorted(set(current) - module_names(olds) - module_names(news))
+
+
+def twin_desired(twin: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A module twin's desired properties without the hub's own `$metadata` and `$version`."""
+    desired = ((twin or {}).get("properties") or {}).get("desired") or {}
+    return {k: v for k, v in desired.items() if not k.startswith("$")}
+
+
+def merge_foreign(manifest: Mapping[str, Any], agent: Mapping[str, Any], hub: Mapping[str, Any], keep: list[str],
+                  own_routes: set[str]) -> dict[str, Any]:
+    """Our manifest plus the foreign modules `keep` as the device's twins hold them (pure).
+
+    Their `$edgeAgent` entries, the registry credentials we do not set, and the routes we
+    do not name come along; their own module twins are not in the manifest, so the hub
+    leaves them as they are.
+    """
+    out = json.loads(json.dumps(manifest))
+    desired = out["modulesContent"]["$edgeAgent"]["properties.desired"]
+    for name in keep:
+        entry = (agent.get("modules") or {}).get(name)
+        if isinstance(entry, Mapping):
+            desired.setdefault("modules", {})[name] = dict(entry)
+    theirs = ((agent.get("runtime") or {}).get("settings") or {}).get("registryCredentials") or {}
+    settings = desired["runtime"]["settings"]
+    for cname, cred in theirs.items():
+        if cname not in (settings.get("registryCredentials") or {}) and keep:
+            settings.setdefault("registryCredentials", {})[cname] = cred
+    routes = out["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]
+    for rname, route in (hub.get("routes") or {}).items():
+        if rname not in routes and rname not in own_routes and keep:
+            routes[rname] = route
+    return out
+
+
 def render(props: Mapping[str, Any], password: str | None = None) -> dict[str, Any]:
     """The manifest for these inputs; the registry password as given (a placeholder in the state)."""
     versions = props.get("module_versions") or {}
@@ -230,6 +294,8 @@ def diff_edge_deployment(olds: Mapping[str, Any], news: Mapping[str, Any]) -> Di
     for key in keys:
         if key not in changed and (olds.get(key) != news.get(key) or _unknown(news.get(key))):
             changed.append(key)
+    if "port" not in changed and module_ports(olds) != module_ports(news):
+        changed.append("ports")
     if olds.get("drift"):
         changed.append("drift")  # found by refresh: apply again
     return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)
@@ -252,6 +318,11 @@ def labels(props: Mapping[str, Any]) -> dict[str, str]:
     from mldeploy.providers.clients import containers
 
     return containers.labels_for(props["project"], props["stack"], props["resource"])
+
+
+def grouped(props: Mapping[str, Any]) -> bool:
+    """Made by this release (one resource for all of a device's modules), not by the previous one."""
+    return isinstance(props.get("owners"), Mapping)
 
 
 def scoring_uris(props: Mapping[str, Any]) -> dict[str, str]:
@@ -300,7 +371,42 @@ class EdgeDeploymentProvider(ResourceProvider):
         problems = edge_manifest.validate(manifest)
         failures += [CheckFailure("manifest", f"{path}: {why}") for path, why in problems]
         news["manifest"] = manifest
+        if not failures:
+            failures += self._check_foreign(olds, news)
         return CheckResult(self._at_scale(news, olds), failures)
+
+    def _check_foreign(self, olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[CheckFailure]:
+        """Say which modules the device will run; a module this stack does not own fails unless kept."""
+        where = news["device"].get("device_id")
+        if at_scale(news):
+            where = f"devices where {news['target_condition']}"
+        names = sorted(module_names(news))
+        try:
+            foreign = [] if at_scale(news) else self.foreign(olds, news)
+        except Exception as exc:  # noqa: BLE001 - an unreadable device is said, not fatal: apply reads it again
+            say(f"device {where}: could not read the modules it runs now ({exc}); checked again when applied")
+            foreign = []
+        keep = news.get("foreign_modules") == "keep"
+        tail = f"; keeps modules it runs that this stack does not own: {', '.join(foreign)}" if foreign and keep else ""
+        say(f"device {where}: will run modules {', '.join(names) or '(none)'}" + tail)
+        if foreign and not keep:
+            return [CheckFailure("foreign_modules", foreign_words(news, foreign))]
+        return []
+
+    def foreign(self, olds: Mapping[str, Any], news: Mapping[str, Any]) -> list[str]:
+        """The device's modules this stack does not own (one device only; at scale there is no one device to read)."""
+        device = news.get("device") or {}
+        if device.get("backend") == "local":
+            return self._agent(news).foreign()
+        if not news.get("policy_key") or _unknown(news.get("policy_key")):
+            return []
+        agent, _ = self._current(news)
+        return foreign_names(agent.get("modules") or {}, olds, news)
+
+    def _current(self, props: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The device's `$edgeAgent` and `$edgeHub` desired properties, as its twins hold them (iothub)."""
+        hub, device_id = self._hub(props), props["device"]["device_id"]
+        return twin_desired(hub.get_module_twin(device_id, "$edgeAgent")), twin_desired(hub.get_module_twin(device_id, "$edgeHub"))
 
     @staticmethod
     def _at_scale(news: dict[str, Any], olds: Mapping[str, Any]) -> dict[str, Any]:
@@ -324,7 +430,7 @@ class EdgeDeploymentProvider(ResourceProvider):
     def _agent(self, props: Mapping[str, Any]) -> Any:
         from mldeploy.providers.clients.edge_agent import LocalAgent
 
-        return LocalAgent(props["device"]["device_id"], labels(props), container_prefix(props), on_log=say)
+        return LocalAgent(props["device"]["device_id"], labels(props), container_prefix(props), on_log=say, grouped=grouped(props))
 
     def _hub(self, props: Mapping[str, Any]) -> Any:
         from mldeploy.providers.clients.iothub import IoTHubClient
@@ -333,22 +439,41 @@ class EdgeDeploymentProvider(ResourceProvider):
         return IoTHubClient(d["hub_host"], d.get("policy_name") or "iothubowner", props["policy_key"],
                             base_url=d.get("endpoint"), api_version=d.get("api_version") or "2021-04-12")
 
-    def _apply(self, props: dict[str, Any], etag: str | None = None) -> dict[str, Any]:
+    def _with_foreign(self, olds: Mapping[str, Any], props: Mapping[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+        """Read the device again before applying: foreign modules found now fail, or are kept, as at preview."""
+        if not grouped(props):
+            return manifest
+        agent, hub = self._current(props)
+        foreign = foreign_names(agent.get("modules") or {}, olds, props)
+        if not foreign:
+            return manifest
+        if props.get("foreign_modules") != "keep":
+            raise RuntimeError(foreign_words(props, foreign))
+        say(f"device {props['device']['device_id']}: keeping modules this stack does not own: {', '.join(foreign)}")
+        return merge_foreign(manifest, agent, hub, foreign, set(props.get("routes") or {}) | set(olds.get("routes") or {}))
+
+    def _apply(self, props: dict[str, Any], etag: str | None = None, olds: Mapping[str, Any] | None = None) -> dict[str, Any]:
         manifest = render(props, props.get("registry_password"))
         device = props["device"]
         if device["backend"] == "local":
             from mldeploy.providers.clients import containers
 
-            started = self._agent(props).apply(manifest)
-            port = props.get("port")
+            agent = self._agent(props)
+            foreign = agent.foreign()
+            if foreign and props.get("foreign_modules") != "keep" and grouped(props):
+                raise RuntimeError(foreign_words(props, foreign))
+            started = agent.apply(manifest)
+            ports = module_ports(props)
             for name, cid in started.items():
-                if port and name == (props.get("modules") or [{}])[0].get("name"):
-                    rc = containers.RunningContainer(cid, container_prefix(props) + name, int(port))
+                if ports.get(name):
+                    rc = containers.RunningContainer(cid, container_prefix(props) + name, int(ports[name]))
                     containers.wait_healthy(rc, timeout=float(props.get("startup_timeout_seconds") or 300))
         elif at_scale(props):
             return self._put_configuration(props, manifest, etag)
         else:
-            say(f"IoT Hub {device['hub_host']}: applying the manifest to device {device['device_id']}")
+            manifest = self._with_foreign(olds or {}, props, manifest)
+            names = sorted(edge_manifest.modules_of(manifest))
+            say(f"IoT Hub {device['hub_host']}: applying the manifest to device {device['device_id']} (modules {', '.join(names) or '(none)'})")
             self._hub(props).apply_configuration_content(device["device_id"], manifest)
         return {**props, **scoring_uris(props), "state": "Applied", "drift": {}}
 
@@ -405,9 +530,9 @@ class EdgeDeploymentProvider(ResourceProvider):
         change = configuration_change(olds, news)
         deleted_on_hub = "configuration" in (olds.get("drift") or {})
         if change in ("update", "none") and not deleted_on_hub:
-            outs = self._apply(news, etag=olds.get("configuration_etag") or "*")
+            outs = self._apply(news, etag=olds.get("configuration_etag") or "*", olds=olds)
         else:
-            outs = self._apply(news)  # a create: no If-Match
+            outs = self._apply(news, olds=olds)  # a create: no If-Match
         if change == "replace":
             # Only now: no device is left without a deployment (of equal priority the newer wins).
             # The same hub (its host is the device's identity), signed as the new inputs sign: the old key may be revoked.
@@ -467,9 +592,19 @@ class EdgeDeploymentProvider(ResourceProvider):
             return
         from mldeploy.providers.clients.iothub import IoTHubError
 
-        # What is left on the device: the system modules only (gone already counts as deleted).
+        # What is left on the device: the system modules, and the modules this stack does not own
+        # (gone already counts as deleted).
         empty = render({**props, "modules": [], "routes": {}}, props.get("registry_password"))
         try:
+            agent, hub = self._current(props)
+            others = foreign_names(agent.get("modules") or {}, props, props)
+            if others and not grouped(props):
+                # Made by the previous release: the device may now run this stack's new deployment.
+                say(f"device {device['device_id']}: runs modules {', '.join(others)} besides this deployment's; left as it is")
+                return
+            if others:
+                say(f"device {device['device_id']}: keeping modules this stack does not own: {', '.join(others)}")
+                empty = merge_foreign(empty, agent, hub, others, set(props.get("routes") or {}))
             self._hub(props).apply_configuration_content(device["device_id"], empty)
         except IoTHubError as exc:
             if exc.status != 404:
@@ -482,6 +617,14 @@ class EdgeDeploymentProvider(ResourceProvider):
             return
         gone = not self._hub(props).delete_configuration(cid)
         say(f"IoT Hub {props['device']['hub_host']}: configuration {cid} " + ("was gone already" if gone else "deleted"))
+
+
+def foreign_words(props: Mapping[str, Any], foreign: list[str]) -> str:
+    """The refusal when a device runs modules this stack does not own."""
+    device = props.get("device") or {}
+    return (f"device {device.get('device_id')} ({device.get('backend')}) runs modules this stack does not own: "
+            f"{', '.join(foreign)}; applying this stack's manifest would remove them. Give the EdgeDevice "
+            "foreign_modules='keep' to keep them beside this stack's modules, or remove them from the device")
 
 
 def manifest_json(props: Mapping[str, Any]) -> str:

@@ -10,6 +10,9 @@ back in the hub's shape: `{"Message": "ErrorCode:…;…", "ExceptionMessage": �
 At-scale deployments (rest/api/iothub/service/configuration: create-or-update, get,
 delete): `PUT /configurations/{id}` answers 201 with the configuration and its etag
 on create, 200 on an update; `GET` 200 or 404; `DELETE` 204, or 404 for an unknown id.
+A module twin (`GET /twins/{id}/modules/{mid}`, rest/api/iothub/service/modules/get-twin)
+holds in `properties.desired` what the device's last applied manifest gave that module
+(`$edgeAgent`: the modules it runs), plus the hub's `$metadata` and `$version`.
 What the documents say is checked: the id (lowercase, at most 128 characters of
 `a-z0-9-:+%_#*?!(),=@;'`, the same in the URL and the body), `content.modulesContent`
 against the manifest schemas, a wrong `If-Match` (412, "as per RFC7232"), and that
@@ -113,6 +116,8 @@ class FakeHub:
                 started = self._start()
                 if started is None:
                     return
+                if started[0] and started[0][0] == "twins":
+                    return self._module_twin(started[0])
                 cid = self._configuration_id(started[0])
                 if cid is None:
                     return
@@ -120,6 +125,22 @@ class FakeHub:
                     # [U] the code's name: the documents list DeviceNotFound, none for configurations.
                     return self._answer(404, "ConfigurationNotFound", f"Configuration {cid} not found")
                 return self._json(200, hub.configurations[cid])
+
+            def _module_twin(self, parts: list[str]) -> None:
+                """`GET /twins/{id}/modules/{mid}`: the module twin, its desired properties as the last manifest set them."""
+                if len(parts) != 4 or parts[2] != "modules":
+                    return self._answer(404, "NotFound", "/" + "/".join(parts))
+                device, module = urllib.parse.unquote(parts[1]), urllib.parse.unquote(parts[3])
+                if device not in hub.devices:
+                    return self._answer(404, "DeviceNotFound", f"Device {device} not registered")
+                content = (hub.applied.get(device) or {}).get("modulesContent") or {}
+                # An edge device has its $edgeAgent and $edgeHub from registration, with nothing desired yet.
+                if module not in content and not (hub.devices[device] and module in ("$edgeAgent", "$edgeHub")):
+                    return self._answer(404, "ModuleNotFound", f"Module {module} on device {device} not found")
+                desired = dict((content.get(module) or {}).get("properties.desired") or {})
+                desired.update({"$metadata": {"$lastUpdated": "2024-01-01T00:00:00Z"}, "$version": 1 + len(hub.requests)})
+                return self._json(200, {"deviceId": device, "moduleId": module, "etag": "AAAAAAAAAAE=", "status": "enabled",
+                                        "properties": {"desired": desired, "reported": {"$metadata": {}, "$version": 1}}})
 
             def do_DELETE(self) -> None:  # noqa: N802
                 started = self._start()

@@ -29,6 +29,19 @@ HUB = "fakehub.azure-devices.net"
 KEY = base64.b64encode(b"k" * 32).decode()
 
 
+@pytest.fixture(autouse=True)
+def provider_docker(monkeypatch: pytest.MonkeyPatch) -> "FakeDocker":
+    """The provider's local device is an in-memory Docker here: unit tests never ask the real engine."""
+    api = FakeDocker()
+
+    def fake_agent(self: EdgeDeploymentProvider, props: dict[str, Any]) -> LocalAgent:
+        return LocalAgent(props["device"]["device_id"], edge_device.labels(props), edge_device.container_prefix(props),
+                          api=api, grouped=edge_device.grouped(props))
+
+    monkeypatch.setattr(EdgeDeploymentProvider, "_agent", fake_agent)
+    return api
+
+
 def module(**over: Any) -> dict[str, Any]:
     m = {"name": "scorer", "image": IMAGE, "version": "1", "env": {"LOG_LEVEL": "info"},
          "create_options": iotedge.create_options(EdgeModuleArgs(module_name="scorer"), 40001),

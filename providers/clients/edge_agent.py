@@ -30,6 +30,10 @@ EDGE_LABEL = "net.azure-devices.edge."
 DEVICE_LABEL = "mldeploy.edge.device"
 MODULE_LABEL = "mldeploy.edge.module"
 SPEC_LABEL = "mldeploy.edge.spec"
+GROUP_LABEL = "mldeploy.edge.grouped"
+"""On containers made by a deployment that holds all of a device's modules (this release)."""
+RESOURCE_LABEL = "mldeploy.resource"
+STACK_LABELS = ("mldeploy.project", "mldeploy.stack")
 LOCAL_HOST_IPS = ("127.0.0.1",)
 # The agent restarts modules itself; here Docker does, as close as it can.
 DOCKER_RESTART = {
@@ -129,7 +133,15 @@ def _api() -> Any:
 
 
 class LocalAgent:
-    """Applies manifests to this machine's Docker engine, for one device of one stack."""
+    """Applies manifests to this machine's Docker engine, for one device of one stack.
+
+    `grouped` (this release): the agent owns every module container of its stack on the
+    device, made by it (GROUP_LABEL) or by the previous release's deployment of the same
+    resource; a container of the stack made by another resource of the previous release
+    is left to that resource's delete, or replaced once when this manifest names its module.
+    Not grouped (a deployment of the previous release, being deleted or read): only its
+    own resource's containers that no grouped deployment made.
+    """
 
     def __init__(
         self,
@@ -138,9 +150,11 @@ class LocalAgent:
         name_prefix: str,
         api: Any | None = None,
         on_log: Callable[[str], None] | None = None,
+        grouped: bool = False,
     ):
         self.device_id = device_id
-        self.labels = {**labels, DEVICE_LABEL: device_id}
+        self.grouped = grouped
+        self.labels = {**labels, DEVICE_LABEL: device_id, **({GROUP_LABEL: "true"} if grouped else {})}
         self.prefix = name_prefix
         self.api = api if api is not None else _api()
         self.log = on_log or (lambda _m: None)
@@ -149,10 +163,16 @@ class LocalAgent:
         return f"{self.prefix}{module}"
 
     def _filters(self) -> dict[str, Any]:
-        return {"label": [f"{k}={v}" for k, v in self.labels.items()]}
+        """This stack's module containers on this device, whichever resource made them."""
+        return {"label": [f"{k}={v}" for k, v in self.labels.items() if k not in (RESOURCE_LABEL, GROUP_LABEL)]}
 
-    def states(self) -> dict[str, ModuleState]:
-        """Every module container of this device, by module name."""
+    def _owns(self, labels: Mapping[str, str]) -> bool:
+        same_resource = labels.get(RESOURCE_LABEL) == self.labels.get(RESOURCE_LABEL)
+        if self.grouped:
+            return GROUP_LABEL in labels or same_resource
+        return same_resource and GROUP_LABEL not in labels
+
+    def _all(self) -> dict[str, ModuleState]:
         out: dict[str, ModuleState] = {}
         for c in self.api.containers(all=True, filters=self._filters()):
             labels = c.get("Labels") or {}
@@ -160,6 +180,21 @@ class LocalAgent:
             if name:
                 out[name] = ModuleState(name, c["Id"], c.get("State") or "unknown", labels.get(SPEC_LABEL), labels)
         return out
+
+    def states(self) -> dict[str, ModuleState]:
+        """Every module container of this device that this agent owns, by module name."""
+        return {n: st for n, st in self._all().items() if self._owns(st.labels)}
+
+    def foreign(self) -> list[str]:
+        """Modules on this device made by a local agent for another stack (or project)."""
+        filters = {"label": [f"{OWNER_LABEL}={OWNER}", f"{DEVICE_LABEL}={self.device_id}"]}
+        mine = {k: self.labels.get(k) for k in STACK_LABELS}
+        out = set()
+        for c in self.api.containers(all=True, filters=filters):
+            labels = c.get("Labels") or {}
+            if labels.get(MODULE_LABEL) and any(labels.get(k) != v for k, v in mine.items()):
+                out.add(labels[MODULE_LABEL])
+        return sorted(out)
 
     def drift(self, manifest: Mapping[str, Any]) -> dict[str, str]:
         """Modules whose container differs from the manifest: {module: what the device has}."""
@@ -206,6 +241,11 @@ class LocalAgent:
         edge_manifest.check(manifest)
         desired = edge_manifest.modules_of(manifest)
         have = self.states()
+        for name, st in self._all().items():
+            if name in desired and name not in have:
+                # Made by another resource of the previous release: its name is the one this module needs.
+                self.log(f"module {name}: made by this stack's previous deployment {st.labels.get(RESOURCE_LABEL)}, replacing its container")
+                self._remove(st.container or "")
         for name in sorted(set(have) - set(desired)):
             self.log(f"module {name}: not in the manifest, removing")
             self._remove(have[name].container or "")

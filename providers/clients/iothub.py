@@ -5,7 +5,8 @@ with `{"modulesContent": …}` answers 204 (learn.microsoft.com, rest/api/iothub
 service/configuration/apply-on-edge-device). An at-scale deployment is a
 configuration: `PUT /configurations/{id}` (no If-Match on create, 201; the
 configuration's etag or `*` on an update, 200) and `DELETE /configurations/{id}`
-with `If-Match: *` (204) (…/configuration/create-or-update, …/delete). A
+with `If-Match: *` (204) (…/configuration/create-or-update, …/delete). What a
+device runs now is its `$edgeAgent` module twin: `GET /twins/{id}/modules/$edgeAgent`. A
 configuration's id and content cannot be updated, only its labels, metrics,
 priority and target condition. Requests are signed with a SAS token made from a
 shared access policy's key:
@@ -175,6 +176,25 @@ class IoTHubClient:
                 f"IoT Hub {self.host} refused to delete configuration {configuration_id!r}: {r.status_code} {r.text.strip()[:500]}",
             )
         return True
+
+    def get_module_twin(self, device_id: str, module_id: str) -> dict[str, Any]:
+        """A module's twin (`$edgeAgent`: the modules the device is told to run); `{}` when the hub has none yet.
+
+        `GET /twins/{id}/modules/{mid}` (rest/api/iothub/service/modules/get-twin); an unknown
+        device answers 404, which is raised.
+        """
+        base = (self.base_url or f"https://{self.host}").rstrip("/")
+        url = f"{base}/twins/{urllib.parse.quote(device_id, safe='')}/modules/{urllib.parse.quote(module_id, safe='')}"
+        req = requests.Request("GET", url, params={"api-version": self.api_version}, headers={"Authorization": self._token()})
+        r = self._send(req)
+        if r.status_code == 404 and device_id and "ModuleNotFound" in r.text:
+            return {}
+        if r.status_code != 200:
+            raise IoTHubError(r.status_code, f"IoT Hub {self.host} refused to read module {module_id} of device {device_id!r}: {r.status_code} {r.text.strip()[:500]}")
+        try:
+            return dict(r.json())
+        except ValueError:
+            return {}
 
     def apply_configuration_content(self, device_id: str, manifest: Mapping[str, Any]) -> None:
         """Send the manifest to one edge device; checked against the schemas first."""

@@ -182,6 +182,54 @@ def trial_manifest(args: EdgeModuleArgs, port: int | None) -> dict[str, Any]:
     return edge_manifest.render([module_spec(args, PREVIEW_IMAGE, "1", port)], args.routes)
 
 
+# ---------------------------------------------------------------- modules that share a device (issue 17)
+
+FOREIGN_POLICIES = ("fail", "keep")
+SHARED_DEVICE_FIELDS = ("policy_name", "endpoint", "api_version", "priority", "foreign_modules")
+"""What every EdgeModule of one device must agree on: they become one deployment."""
+
+
+def device_key(device: Mapping[str, Any], target_condition: str | None) -> tuple[str, ...]:
+    """Which deployment a module joins: the same backend, hub and device id; at scale the same hub and condition."""
+    if target_condition:
+        return ("iothub", str(device.get("hub_host") or ""), "where", target_condition)
+    return (str(device.get("backend") or "local"), str(device.get("hub_host") or ""), "device", str(device["device_id"]))
+
+
+def deployment_name(key: tuple[str, ...]) -> str:
+    """The device's deployment resource: `edge-device-<id>` (`@<hub>` for a hub device), or one per hub and condition."""
+    backend, hub, kind, what = key
+    if kind == "where":
+        return f"edge-devices-{hashlib.sha256(what.encode()).hexdigest()[:12]}@{hub}"
+    return f"edge-device-{what}" + (f"@{hub}" if backend == "iothub" else "")
+
+
+def join_problems(members: list[Mapping[str, Any]], new: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Why `new` cannot join the modules already on its device, by field (pure).
+
+    A member: {resource, module_name, port, routes, registry_username, device: {...SHARED_DEVICE_FIELDS}}.
+    """
+    problems: list[tuple[str, str]] = []
+    for m in members:
+        other = f"EdgeModule '{m['resource']}'"
+        if m["module_name"] == new["module_name"]:
+            problems.append(("module_name", f"{new['module_name']!r} is already a module of this device ({other}); one device's module names are distinct"))
+        if new.get("port") is not None and m.get("port") == new["port"]:
+            problems.append(("port", f"{new['port']} is already the scoring port of {other} on this device"))
+        for rname, route in (new.get("routes") or {}).items():
+            if rname in (m.get("routes") or {}) and m["routes"][rname] != route:
+                problems.append((f"routes.{rname}", f"{other} gives this device another route by that name; route names of one device are distinct"))
+        if new.get("registry_username") and m.get("registry_username") and new["registry_username"] != m["registry_username"]:
+            problems.append(("registry_username", f"{other} gives {m['registry_username']!r}; one device's manifest has one login for the registry"))
+        for f in SHARED_DEVICE_FIELDS:
+            if (m.get("device") or {}).get(f) != (new.get("device") or {}).get(f):
+                problems.append((f"device.{f}", f"{other} goes to the same device with {f}={m['device'].get(f)!r}, this one {new['device'].get(f)!r}; "
+                                 "the modules of one device are one deployment and must agree"))
+        if problems:
+            break
+    return problems
+
+
 REPLACE_ON = ("device",)
 """Another device, or another backend: the old device loses the module."""
 ROLL_ON = ("modules", "routes")

@@ -280,7 +280,8 @@ class EdgeModule(pulumi.ComponentResource):
         props: dict[str, Any] = {
             "device": device.args.model_dump(),
             "policy_key": pulumi.Output.secret(device.policy_key) if device.policy_key is not None else "",
-            "modules": members.apply(lambda ms: pulumi.Output.all(*[m["module"] for m in ms])),
+            # A list of entries, each with its own Outputs: at preview a module's unknown image leaves its name known.
+            "modules": members.apply(lambda ms: [m["module"] for m in ms]),
             "routes": members.apply(_routes),
             "registry": members.apply(lambda ms: {"name": "mldeploy", "address": host,
                                                   "username": next((m["registry_username"] for m in ms if m["registry_username"]), None)}),

@@ -366,7 +366,7 @@ class EdgeDeploymentProvider(ResourceProvider):
         news = {**news, "module_versions": module_versions(olds, news)}
         if _unknown(news.get("modules")) or _unknown(news.get("routes")) or _unknown(news.get("registry")):
             news["manifest"] = rpc.UNKNOWN  # the module image is pushed first; its digest is not known yet
-            return CheckResult(self._at_scale(news, olds), [])
+            return CheckResult(self._at_scale(news, olds), self._check_foreign(olds, news))
         manifest = render(news)
         problems = edge_manifest.validate(manifest)
         failures += [CheckFailure("manifest", f"{path}: {why}") for path, why in problems]
@@ -400,7 +400,7 @@ class EdgeDeploymentProvider(ResourceProvider):
             return self._agent(news).foreign()
         if not news.get("policy_key") or _unknown(news.get("policy_key")):
             return []
-        agent, _ = self._current(news)
+        agent = twin_desired(self._hub(news).get_module_twin(device["device_id"], "$edgeAgent"))
         return foreign_names(agent.get("modules") or {}, olds, news)
 
     def _current(self, props: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -117,3 +117,58 @@ def test_edge_module_deploy_score_bump_drift_destroy(workdir: Path, engine_stack
     with pytest.raises(requests.ConnectionError):
         score(uri)
     print("timings:", {k: round(v, 1) for k, v in times.items()})
+
+
+def test_two_modules_on_one_device_are_one_manifest_and_one_leaving_leaves_the_other_untouched(
+    workdir: Path, engine_stack, local_registry: str
+) -> None:
+    """Issue 17, part 2: both modules run and score; removing one keeps the other's container (same id, no restart)."""
+    import pulumi
+    import preview_markdown
+    from mldeploy.components import EdgeDevice, EdgeModule, InferenceImage, RegisteredModel
+    from test_kubernetes_e2e import IMAGE_ARGS
+
+    paths = {n: workdir / "models" / n / "sklearn_regression_model.pkl" for n in ("first", "second")}
+    fitted = {n: joblib.load(train_model(p, alpha=a)) for (n, p), a in zip(paths.items(), (0.1, 50.0))}
+    names = ["first", "second"]
+
+    def program() -> None:
+        image = InferenceImage("scoring", **IMAGE_ARGS)
+        device = EdgeDevice("two-modules")
+        for n in names:
+            model = RegisteredModel(f"model-{n}", model_name=f"model_{n}", model_path=f"models/{n}/sklearn_regression_model.pkl")
+            module = EdgeModule(n, models=[model], image=image, device=device)
+            pulumi.export(f"{n}_uri", module.scoring_uri)
+            pulumi.export(f"{n}_version", module.module_version)
+
+    st = engine_stack(program)
+    preview = st.preview()
+    assert "device two-modules: will run modules first, second" in preview.text, preview.text[-3000:]
+    up = st.up()
+    assert up.summary.result == "succeeded", st.log[-40:]
+    out = {k: v.value for k, v in up.outputs.items()}
+    assert out["first_uri"] != out["second_uri"]
+    for n in names:
+        assert out[f"{n}_uri"].startswith("http://127.0.0.1:") and out[f"{n}_version"] == 1
+        r = score(out[f"{n}_uri"])
+        assert r.status_code == 200, r.text
+        assert np.allclose(r.json(), fitted[n].predict(np.array(SEED_REQUEST["data"]))), n
+    running = {c.labels["mldeploy.edge.module"]: c for c in modules_of(st.name)}
+    assert sorted(running) == names
+    first = running["first"]
+    started_at = first.attrs["State"]["StartedAt"]
+
+    names.remove("second")
+    review = preview_markdown.render(st.name, *preview_markdown.preview_steps(st.stack))
+    assert "module `second` leaves the manifest" in review, review
+    up = st.up()
+    assert up.summary.result == "succeeded", st.log[-40:]
+    (left,) = modules_of(st.name)
+    left.reload()
+    assert left.id == first.id and left.attrs["State"]["StartedAt"] == started_at, "the module that stays is not restarted"
+    assert score(up.outputs["first_uri"].value).status_code == 200
+    with pytest.raises(requests.ConnectionError):
+        score(out["second_uri"])
+
+    assert st.destroy().summary.result == "succeeded"
+    assert modules_of(st.name) == []

@@ -117,3 +117,59 @@ def test_the_sample_program_previews_an_at_scale_deployment_from_stack_config(wo
     review = preview_markdown.render(st.name, *preview_markdown.preview_steps(st.stack))
     assert "on the devices where `tags.environment='prod'` (an at-scale configuration, priority 3)" in review, review
     assert KEY not in review
+
+
+def two_module_program(hub: FakeHub, foreign_modules: str = "fail"):
+    from mldeploy.components import EdgeDevice, EdgeModule, InferenceImage, RegisteredModel
+
+    def program() -> None:
+        image = InferenceImage("scoring", **IMAGE_ARGS)
+        device = EdgeDevice("edge1", backend="iothub", hub_host=HUB, policy_key=pulumi.Output.secret(KEY), endpoint=hub.endpoint,
+                            foreign_modules=foreign_modules)
+        for n in ("first", "second"):
+            model = RegisteredModel(f"model-{n}", model_name=f"model_{n}", model_path="models/a/sklearn_regression_model.pkl")
+            module = EdgeModule(n, models=[model], image=image, device=device)
+            pulumi.export(f"{n}_image", module.image_ref)
+
+    return program
+
+
+def test_two_modules_sent_to_one_hub_device_are_one_manifest_holding_both(workdir: Path, engine_stack, local_registry: str, hub: FakeHub) -> None:
+    """Issue 17, part 2: before, the second module's manifest replaced the first's on the device."""
+    from mldeploy.providers import edge_manifest
+
+    train_model(workdir / "models" / "a" / "sklearn_regression_model.pkl", alpha=0.1)
+    st = engine_stack(two_module_program(hub))
+    up = st.up()
+    assert up.summary.result == "succeeded", st.log[-40:]
+    modules = edge_manifest.modules_of(hub.applied["edge1"])
+    assert sorted(modules) == ["first", "second"]
+    assert {n: m["settings"]["image"] for n, m in modules.items()} == {n: up.outputs[f"{n}_image"].value for n in ("first", "second")}
+    applies = [r for r in hub.requests if r["method"] == "POST"]
+    assert len(applies) == 1, "one manifest, applied once"
+    st.destroy()
+    assert edge_manifest.modules_of(hub.applied["edge1"]) == {}
+
+
+def test_a_foreign_module_on_the_hub_device_fails_the_preview_or_is_kept(workdir: Path, engine_stack, local_registry: str, hub: FakeHub) -> None:
+    from pulumi.automation import errors as auto_errors
+
+    from mldeploy.providers import edge_manifest
+
+    theirs = edge_manifest.render([{"name": "theirs", "image": "example.invalid/theirs:1", "create_options": {}}])
+    hub.applied["edge1"] = theirs
+    train_model(workdir / "models" / "a" / "sklearn_regression_model.pkl", alpha=0.1)
+    st = engine_stack(two_module_program(hub))
+    with pytest.raises(auto_errors.CommandError) as failed:
+        st.preview()
+    words = str(failed.value) + "\n".join(st.log)
+    assert "foreign_modules" in words and "runs modules this stack does not own: theirs" in words, words[-2000:]
+    assert hub.applied["edge1"] == theirs, "nothing was applied"
+
+    kept = engine_stack(two_module_program(hub, "keep"), name=f"{st.name}-keep")
+    up = kept.up()
+    assert up.summary.result == "succeeded", kept.log[-40:]
+    assert sorted(edge_manifest.modules_of(hub.applied["edge1"])) == ["first", "second", "theirs"]
+    assert edge_manifest.modules_of(hub.applied["edge1"])["theirs"]["settings"]["image"] == "example.invalid/theirs:1"
+    kept.destroy()
+    assert sorted(edge_manifest.modules_of(hub.applied["edge1"])) == ["theirs"], "destroy removes this stack's modules only"

@@ -901,3 +901,178 @@ def test_refresh_with_a_revoked_policy_key_fails_naming_it(hub: FakeHub) -> None
     hub.policies["iothubowner"] = base64.b64encode(b"z" * 32).decode()
     with pytest.raises(iothub.IoTHubError, match=r"^policy_key: .*401"):
         p.read("edge1/edge", outs)
+
+
+# ---------------------------------------------------------------- modules that share a device (issue 17, part 2)
+
+
+def two_modules(**over: Any) -> dict[str, Any]:
+    """One device, two modules of this stack: the grouped deployment's inputs."""
+    p = props(**over)
+    second = {**p["modules"][0], "name": "second", "image": IMAGE[:-1] + "c", "models": {"lasso": 1}}
+    return {**p, "modules": [p["modules"][0], second], "owners": {"scorer": "edge", "second": "edge2"},
+            "ports": {"scorer": 40001, "second": 40002} if p.get("port") else {}, "foreign_modules": "fail", **over}
+
+
+def foreign_manifest() -> dict[str, Any]:
+    """What another stack (or someone by hand) applied to the device: one module, a route, a registry login."""
+    return edge_manifest.render([module(name="theirs", image="example.invalid/theirs:1", create_options={})],
+                                {"theirs": "FROM /messages/modules/theirs/outputs/* INTO $upstream"},
+                                {"other": {"username": "u", "password": "p", "address": "example.invalid"}})
+
+
+def test_grouping_rules_are_pure() -> None:
+    local = {"device_id": "d1", "backend": "local", "hub_host": None}
+    hub = {"device_id": "d1", "backend": "iothub", "hub_host": HUB}
+    assert iotedge.device_key(local, None) != iotedge.device_key(hub, None), "the same id behind a hub is another device"
+    assert iotedge.device_key({**hub, "device_id": "d2"}, "tags.a='b'") == iotedge.device_key(hub, "tags.a='b'"), "at scale no device id"
+    assert iotedge.deployment_name(iotedge.device_key(local, None)) == "edge-device-d1"
+    assert iotedge.deployment_name(iotedge.device_key(hub, None)) == f"edge-device-d1@{HUB}"
+    member = {"resource": "a", "module_name": "a", "port": 1, "routes": {"r": "x"}, "registry_username": "u",
+              "device": {f: None for f in iotedge.SHARED_DEVICE_FIELDS}}
+    assert iotedge.join_problems([member], {**member, "resource": "b", "module_name": "b", "port": 2}) == []
+    fields = lambda **o: [f for f, _ in iotedge.join_problems([member], {**member, "resource": "b", "module_name": "b", "port": 2, **o})]
+    assert fields(module_name="a") == ["module_name"]
+    assert fields(port=1) == ["port"]
+    assert fields(routes={"r": "y"}) == ["routes.r"] and fields(routes={"r": "x"}) == []
+    assert fields(registry_username="v") == ["registry_username"]
+    assert fields(device={**member["device"], "foreign_modules": "keep"}) == ["device.foreign_modules"]
+
+
+def test_foreign_modules_and_the_merge_are_pure() -> None:
+    olds, news = two_modules(), props()
+    # `second` left the program: ours leaving, not foreign; `theirs` is foreign.
+    assert edge_device.foreign_names(["scorer", "second", "theirs"], olds, news) == ["theirs"]
+    assert edge_device.foreign_names({"scorer": {}}, {}, news) == []
+    agent = edge_device.twin_desired({"properties": {"desired": {**foreign_manifest()["modulesContent"]["$edgeAgent"]["properties.desired"],
+                                                                  "$metadata": {}, "$version": 4}}})
+    assert "$version" not in agent
+    hub = foreign_manifest()["modulesContent"]["$edgeHub"]["properties.desired"]
+    merged = edge_device.merge_foreign(edge_device.render(news), agent, hub, ["theirs"], set(news["routes"]))
+    assert sorted(edge_manifest.modules_of(merged)) == ["scorer", "theirs"]
+    assert edge_manifest.validate(merged) == []
+    assert merged["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]["theirs"].startswith("FROM /messages/modules/theirs")
+    assert "other" in merged["modulesContent"]["$edgeAgent"]["properties.desired"]["runtime"]["settings"]["registryCredentials"]
+    assert "theirs" not in merged["modulesContent"], "their own module twin is left as the hub has it"
+    assert edge_device.module_ports(props()) == {"scorer": 40001}, "the previous release's one port"
+    assert edge_device.module_ports(two_modules()) == {"scorer": 40001, "second": 40002}
+
+
+def test_diff_of_a_grouped_deployment() -> None:
+    old = checked(props())
+    # The previous release's inputs, read back under the new code: nothing changes.
+    same = checked({**props(), "owners": {"scorer": "edge"}, "ports": {"scorer": 40001}, "foreign_modules": "fail"}, old)
+    assert not diff_edge_deployment(old, same).changes
+    both = checked(two_modules(), old)
+    d = diff_edge_deployment(old, both)
+    assert d.changes and d.replaces == [], "a module joins: an update, never a replace"
+    assert module_versions(old, both) == {"scorer": 1, "second": 1}
+    moved = checked({**two_modules(), "ports": {"scorer": 40001, "second": 40003}}, both)
+    assert moved["manifest"] == both["manifest"] and diff_edge_deployment(both, moved).changes, "a port of the second module alone"
+
+
+def test_the_device_gets_one_manifest_with_both_modules(hub: FakeHub) -> None:
+    dev = {**props()["device"], "device_id": "edge1", "backend": "iothub", "hub_host": HUB, "endpoint": hub.endpoint}
+    p = EdgeDeploymentProvider()
+    created = p.create(checked(two_modules(device=dev, policy_key=KEY, port=None)))
+    assert sorted(edge_manifest.modules_of(hub.applied["edge1"])) == ["scorer", "second"]
+    images = {n: m["settings"]["image"] for n, m in edge_manifest.modules_of(hub.applied["edge1"]).items()}
+    assert images == {"scorer": IMAGE, "second": IMAGE[:-1] + "c"}
+    assert created.outs["module_versions"] == {"scorer": 1, "second": 1}
+    # One module leaves the program: the other stays in the one manifest.
+    one = checked(props(device=dev, policy_key=KEY, port=None, owners={"scorer": "edge"}, foreign_modules="fail"), created.outs)
+    p.update(created.id, created.outs, one)
+    assert sorted(edge_manifest.modules_of(hub.applied["edge1"])) == ["scorer"]
+
+
+def test_a_foreign_module_on_the_hub_device_fails_the_preview_naming_it(hub: FakeHub) -> None:
+    hub.applied["edge1"] = foreign_manifest()
+    dev = {**props()["device"], "device_id": "edge1", "backend": "iothub", "hub_host": HUB, "endpoint": hub.endpoint}
+    result = EdgeDeploymentProvider().check({}, two_modules(device=dev, policy_key=KEY, port=None))
+    assert [f.property for f in result.failures] == ["foreign_modules"]
+    assert "runs modules this stack does not own: theirs" in result.failures[0].reason
+    assert "foreign_modules='keep'" in result.failures[0].reason
+    reads = [r["path"] for r in hub.requests if r["method"] == "GET"]
+    assert reads == ["/twins/edge1/modules/%24edgeAgent"], reads
+    # Applied anyway (it came after the preview): refused, and the device keeps its module.
+    with pytest.raises(RuntimeError, match="theirs"):
+        EdgeDeploymentProvider().create(checked({**two_modules(device=dev, policy_key=KEY, port=None), "foreign_modules": "keep"}) | {"foreign_modules": "fail"})
+    assert sorted(edge_manifest.modules_of(hub.applied["edge1"])) == ["theirs"]
+
+
+def test_keep_keeps_the_foreign_module_in_the_applied_manifest_and_on_delete(hub: FakeHub) -> None:
+    hub.applied["edge1"] = foreign_manifest()
+    dev = {**props()["device"], "device_id": "edge1", "backend": "iothub", "hub_host": HUB, "endpoint": hub.endpoint}
+    news = {**two_modules(device=dev, policy_key=KEY, port=None), "foreign_modules": "keep"}
+    result = EdgeDeploymentProvider().check({}, news)
+    assert result.failures == []
+    p = EdgeDeploymentProvider()
+    created = p.create(result.inputs)
+    applied = hub.applied["edge1"]
+    assert sorted(edge_manifest.modules_of(applied)) == ["scorer", "second", "theirs"]
+    assert edge_manifest.modules_of(applied)["theirs"]["settings"]["image"] == "example.invalid/theirs:1"
+    assert "theirs" in applied["modulesContent"]["$edgeHub"]["properties.desired"]["routes"]
+    assert sorted(edge_manifest.modules_of(created.outs["manifest"])) == ["scorer", "second"], "the state holds ours only"
+    p.delete(created.id, created.outs)
+    assert sorted(edge_manifest.modules_of(hub.applied["edge1"])) == ["theirs"], "destroy removes ours only"
+
+
+def test_a_deployment_of_the_previous_release_leaves_a_device_that_runs_others(hub: FakeHub) -> None:
+    """Its delete runs after this release's deployment took the device over: the device is left as it is."""
+    dev = {**props()["device"], "device_id": "edge1", "backend": "iothub", "hub_host": HUB, "endpoint": hub.endpoint}
+    p = EdgeDeploymentProvider()
+    grouped = p.create(checked(two_modules(device=dev, policy_key=KEY, port=None)))
+    old_style = {**props(device=dev, policy_key=KEY, port=None), "resource": "edge2"}
+    old_style["modules"] = [grouped.outs["modules"][1]]
+    p.delete("edge1/edge2", old_style)
+    assert sorted(edge_manifest.modules_of(hub.applied["edge1"])) == ["scorer", "second"]
+
+
+def test_the_local_device_groups_by_stack_and_names_foreign_containers(provider_docker: "FakeDocker") -> None:
+    p = EdgeDeploymentProvider()
+    monkey_health = pytest.MonkeyPatch()
+    from mldeploy.providers.clients import containers
+
+    waited: list[str] = []
+    monkey_health.setattr(containers, "wait_healthy", lambda rc, timeout: waited.append(rc.name))
+    try:
+        created = p.create(checked(two_modules()))
+        assert sorted(waited) == ["proj-dev-local-device-scorer", "proj-dev-local-device-second"], "each module's port is waited on"
+        ids = {c["name"]: cid for cid, c in provider_docker.containers_.items()}
+        # One module leaves: the other's container is the same one, never restarted.
+        provider_docker.calls.clear()
+        one = checked({**props(), "owners": {"scorer": "edge"}, "ports": {"scorer": 40001}, "foreign_modules": "fail"}, created.outs)
+        p.update(created.id, created.outs, one)
+        left = {c["name"]: cid for cid, c in provider_docker.containers_.items()}
+        assert left == {"proj-dev-local-device-scorer": ids["proj-dev-local-device-scorer"]}
+        assert ("start", ids["proj-dev-local-device-scorer"]) not in provider_docker.calls
+        # Another stack on the same device: foreign for this one, named at preview.
+        other = LocalAgent("local-device", {"mldeploy.project": "proj", "mldeploy.stack": "prod", "mldeploy.resource": "x"},
+                           "proj-prod-local-device-", api=provider_docker, grouped=True)
+        other.apply(manifest(name="theirs", create_options={}))
+        failures = p.check(created.outs, checked({**props(), "owners": {"scorer": "edge"}, "foreign_modules": "fail"})).failures
+        assert [f.property for f in failures] == ["foreign_modules"] and "theirs" in failures[0].reason
+        kept = p.check(created.outs, {**props(), "owners": {"scorer": "edge"}, "foreign_modules": "keep"})
+        assert kept.failures == []
+    finally:
+        monkey_health.undo()
+
+
+def test_the_previous_release_s_containers_are_taken_over_or_left_to_their_own_delete() -> None:
+    """Two modules deployed by the previous release (one resource each) on the local device."""
+    api = FakeDocker()
+    base = {"mldeploy.project": "proj", "mldeploy.stack": "dev"}
+    for resource, name in (("edge", "scorer"), ("edge2", "second")):
+        LocalAgent("dev1", {**base, "mldeploy.resource": resource}, "proj-dev-dev1-", api=api).apply(manifest(name=name))
+    before = {c["name"]: cid for cid, c in api.containers_.items()}
+    both = edge_manifest.render([module(), module(name="second")], {})
+    group = LocalAgent("dev1", {**base, "mldeploy.resource": "edge"}, "proj-dev-dev1-", api=api, grouped=True)
+    group.apply(both)
+    after = {c["name"]: cid for cid, c in api.containers_.items()}
+    assert after["proj-dev-dev1-scorer"] == before["proj-dev-dev1-scorer"], "its own resource's container: kept"
+    assert after["proj-dev-dev1-second"] != before["proj-dev-dev1-second"], "another resource's: replaced once, under the group"
+    # The previous release's resource of `second` is deleted by the engine afterwards: it finds nothing of its own.
+    assert LocalAgent("dev1", {**base, "mldeploy.resource": "edge2"}, "proj-dev-dev1-", api=api).remove_all() == []
+    assert sorted(group.states()) == ["scorer", "second"]
+    # The old resource of `scorer` (had it not been aliased) would not take the group's containers either.
+    assert LocalAgent("dev1", {**base, "mldeploy.resource": "edge"}, "proj-dev-dev1-", api=api).remove_all() == ["scorer"]

@@ -124,8 +124,8 @@ def two_module_program(hub: FakeHub, foreign_modules: str = "fail"):
 
     def program() -> None:
         image = InferenceImage("scoring", **IMAGE_ARGS)
-        device = EdgeDevice("edge1", backend="iothub", hub_host=HUB, policy_key=pulumi.Output.secret(KEY), endpoint=hub.endpoint,
-                            foreign_modules=foreign_modules)
+        kw = {} if foreign_modules == "fail" else {"foreign_modules": foreign_modules}  # the default, as a user leaves it
+        device = EdgeDevice("edge1", backend="iothub", hub_host=HUB, policy_key=pulumi.Output.secret(KEY), endpoint=hub.endpoint, **kw)
         for n in ("first", "second"):
             model = RegisteredModel(f"model-{n}", model_name=f"model_{n}", model_path="models/a/sklearn_regression_model.pkl")
             module = EdgeModule(n, models=[model], image=image, device=device)

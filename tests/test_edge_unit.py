@@ -979,6 +979,7 @@ def test_the_device_gets_one_manifest_with_both_modules(hub: FakeHub) -> None:
     images = {n: m["settings"]["image"] for n, m in edge_manifest.modules_of(hub.applied["edge1"]).items()}
     assert images == {"scorer": IMAGE, "second": IMAGE[:-1] + "c"}
     assert created.outs["module_versions"] == {"scorer": 1, "second": 1}
+    assert [r["method"] for r in hub.requests] == ["GET", "GET", "POST"], "the device is read, then its one manifest applied once"
     # One module leaves the program: the other stays in the one manifest.
     one = checked(props(device=dev, policy_key=KEY, port=None, owners={"scorer": "edge"}, foreign_modules="fail"), created.outs)
     p.update(created.id, created.outs, one)

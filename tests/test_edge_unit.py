@@ -979,7 +979,9 @@ def test_the_device_gets_one_manifest_with_both_modules(hub: FakeHub) -> None:
     images = {n: m["settings"]["image"] for n, m in edge_manifest.modules_of(hub.applied["edge1"]).items()}
     assert images == {"scorer": IMAGE, "second": IMAGE[:-1] + "c"}
     assert created.outs["module_versions"] == {"scorer": 1, "second": 1}
-    assert [r["method"] for r in hub.requests] == ["GET", "GET", "POST"], "the device is read, then its one manifest applied once"
+    # Read at preview ($edgeAgent), read again before applying ($edgeAgent, $edgeHub), then one manifest, applied once.
+    assert [(r["method"], r["path"].rsplit("/", 1)[-1]) for r in hub.requests] == [
+        ("GET", "%24edgeAgent"), ("GET", "%24edgeAgent"), ("GET", "%24edgeHub"), ("POST", "applyConfigurationContent")]
     # One module leaves the program: the other stays in the one manifest.
     one = checked(props(device=dev, policy_key=KEY, port=None, owners={"scorer": "edge"}, foreign_modules="fail"), created.outs)
     p.update(created.id, created.outs, one)

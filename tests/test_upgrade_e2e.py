@@ -1,0 +1,111 @@
+"""A stack deployed by the previous release keeps working after `git pull` (issues 17, 18, 19).
+
+The previous release (367aa84) deploys the sample from its own checkout; then the
+same folder gets this release's code, as a pull would leave it (the state, the
+model registry and the stack's config file stay), and this release previews no
+change, `up` changes nothing (the backend and the module keep their containers),
+the service still scores on 127.0.0.1, and `destroy` removes everything.
+
+Run for the `dev` program on the local target, and for the same program on the
+local IoT Edge device (one module per device: the new per-device deployment takes
+the old per-module one over by its alias).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+import requests
+
+from conftest import COPY_IGNORE, ROOT, EngineStack, train_model
+from test_deploy_e2e import SEED_REQUEST, stack_leftovers
+from test_portability_e2e import MODEL, checkout_of
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+PREVIOUS_RELEASE = "367aa84d43074b008dab6eb4b5a789c251693143"
+KEEP = {".pulumi-state", "stacks", "sample"}
+
+
+def containers_of(stack_name: str) -> dict[str, str]:
+    flt = {"label": [f"mldeploy.stack={stack_name}"]}
+    return {c.name: c.attrs["State"]["StartedAt"] for c in docker.from_env().containers.list(all=True, filters=flt)}
+
+
+def pull_this_release(project: Path) -> None:
+    """This release's files over the previous release's, as `git pull` leaves a checkout."""
+    for item in project.iterdir():
+        if item.name not in KEEP:
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    for item in ROOT.iterdir():
+        if item.name in KEEP or COPY_IGNORE(str(ROOT), [item.name]):
+            continue
+        dest = project / item.name
+        shutil.copytree(item, dest, ignore=COPY_IGNORE) if item.is_dir() else shutil.copy2(item, dest)
+
+
+@pytest.mark.parametrize("target", ["local", "iotedge"])
+def test_a_stack_of_the_previous_release_previews_and_applies_no_change(
+    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    import stack as stack_cli
+
+    if target == "iotedge":
+        request.getfixturevalue("local_registry")  # the edge device pulls its module from it
+    project = checkout_of(PREVIOUS_RELEASE, tmp_path / "team" / "mldeploy")
+    train_model(project / MODEL)
+    name = f"t{uuid.uuid4().hex[:8]}"
+    (project / "stacks" / f"Pulumi.{name}.yaml").write_text(
+        (project / "stacks" / "Pulumi.edge.yaml").read_text() if target == "iotedge" else "config: {}\n")
+    backend = project / ".pulumi-state" / "backend"
+    backend.mkdir(parents=True)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLDEPLOY_")},
+        "MLDEPLOY_PROJECT_DIR": str(project),
+        "MLDEPLOY_STATE_DIR": str(project / ".pulumi-state"),
+        "PULUMI_BACKEND_URL": f"file://{backend}",
+        "PULUMI_CONFIG_PASSPHRASE": os.environ.get("PULUMI_CONFIG_PASSPHRASE") or "mldeploy-test",
+    }
+    for k in ("MLDEPLOY_PROJECT_DIR", "MLDEPLOY_STATE_DIR", "PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE"):
+        monkeypatch.setenv(k, env[k])
+    monkeypatch.delenv("MLDEPLOY_REGISTRY_PATH", raising=False)
+    st: EngineStack | None = None
+    try:
+        up = subprocess.run([sys.executable, str(project / "scripts" / "stack.py"), "up", name], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=900)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        outputs = json.loads(subprocess.run([sys.executable, str(project / "scripts" / "stack.py"), "outputs", name,
+                                             "--show-secrets"], cwd=project, env=env, capture_output=True, text=True,
+                                            timeout=300, check=True).stdout)
+        before = containers_of(name)
+        assert before, "the previous release runs the service"
+        print(f"[upgrade] {target}: {sorted(before)}", file=sys.__stderr__)
+
+        pull_this_release(project)
+        st = EngineStack(project, stack_cli.project_program(project), name)
+        pre = st.preview(diff=True)
+        assert set(pre.change_summary) == {"same"}, (pre.change_summary, pre.text[-4000:])
+        up2 = st.up()
+        assert set(up2.summary.resource_changes or {}) == {"same"}, (up2.summary.resource_changes, up2.text[-4000:])
+        assert containers_of(name) == before, "no container was replaced or restarted"
+        uri = outputs["scoring_uri"]
+        assert uri.startswith("http://127.0.0.1:")
+        headers = {"Authorization": f"Bearer {outputs['primary_key']}"} if outputs.get("primary_key") else {}
+        r = requests.post(uri, json=SEED_REQUEST, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        assert st.destroy().summary.result == "succeeded"
+        assert stack_leftovers(name)["containers"] == []
+    finally:
+        if st is not None:
+            st.remove()
+        else:  # the previous release's own destroy, so nothing is left running
+            subprocess.run([sys.executable, str(project / "scripts" / "stack.py"), "destroy", name], cwd=project, env=env,
+                           capture_output=True, text=True, timeout=900)

@@ -56,8 +56,6 @@ def sha(text: str) -> str:
 
 
 class ClusterProvider(ResourceProvider):
-    serialize_as_secret_always = False
-
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         from mldeploy.providers.clients import kube
 

@@ -333,8 +333,6 @@ def scoring_uris(props: Mapping[str, Any]) -> dict[str, str]:
 
 
 class EdgeDeploymentProvider(ResourceProvider):
-    serialize_as_secret_always = False
-
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         from mldeploy.providers.targets.iotedge import PREVIEW_IMAGE, EdgeDeviceArgs
 

@@ -55,8 +55,6 @@ def build_labels(props: dict[str, Any]) -> dict[str, str]:
 class ImageProvider(ResourceProvider):
     """Builds with the Docker Engine API; the model is mounted at run time, never baked in."""
 
-    serialize_as_secret_always = False
-
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = [
             CheckFailure(k, f"{k} is required")

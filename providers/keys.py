@@ -36,8 +36,6 @@ def diff_keys(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
 
 
 class ServiceKeysProvider(ResourceProvider):
-    serialize_as_secret_always = False
-
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
         for which in KINDS:

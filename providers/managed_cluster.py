@@ -170,8 +170,6 @@ def kubeconfig_outputs(props: dict[str, Any], kubeconfig: str) -> dict[str, Any]
 
 
 class ManagedClusterProvider(ResourceProvider):
-    serialize_as_secret_always = False
-
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         mode = news.get("mode")
         if mode not in MODES:
@@ -265,8 +263,6 @@ CREDENTIAL_INPUTS = ("mode", "subscription_id", "resource_group", "cluster_name"
 
 class ClusterCredentialsProvider(ResourceProvider):
     """The user kubeconfig of a managed cluster (listClusterUserCredential); the output is a secret."""
-
-    serialize_as_secret_always = False
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         if news.get("mode") not in MODES:

@@ -66,8 +66,6 @@ def _outs(inputs: dict[str, Any], mv: Any) -> dict[str, Any]:
 class ModelVersionProvider(ResourceProvider):
     """Registers content; a changed file or folder becomes version N+1."""
 
-    serialize_as_secret_always = False
-
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
         for key in ("model_name", "model_path", "registry_root", "owner"):

@@ -65,8 +65,6 @@ def resolve(props: dict[str, Any]) -> dict[str, Any]:
 
 
 class RegistryCredentialsProvider(ResourceProvider):
-    serialize_as_secret_always = False
-
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         return CheckResult(news, check_credentials(news))
 

@@ -44,8 +44,6 @@ def credentials_only(olds: dict[str, Any], news: dict[str, Any]) -> bool:
 
 
 class RegistryImageProvider(ResourceProvider):
-    serialize_as_secret_always = False
-
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = [CheckFailure(k, f"{k} is required") for k in ("source_image", "repository") if not news.get(k)]
         repo = str(news.get("repository") or "")

@@ -133,8 +133,6 @@ def diff_rollout(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
 class RolloutProvider(ResourceProvider):
     """Checks each new generation of one Deployment; deleting it deletes nothing."""
 
-    serialize_as_secret_always = False
-
     def __init__(self, reader: Callable[[str], Any] | None = None):
         self._reader = reader
 

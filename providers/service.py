@@ -128,8 +128,6 @@ def sample_gate_words(news: dict[str, Any]) -> str | None:
 class ServiceProvider(ResourceProvider):
     """One component API, a backend per target (`mldeploy.providers.targets`)."""
 
-    serialize_as_secret_always = False
-
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         _, failures = check_model(ServiceArgs, news)
         try:

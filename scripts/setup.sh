@@ -53,6 +53,12 @@ if [ ! -x "$MLDEPLOY_ENGINE_BIN/pulumi-language-python" ] || [ -f "$MLDEPLOY_ENG
     cmp -s "$HERE/engine/$f" "$MLDEPLOY_ENGINE_BIN/$f" || install -m 0755 "$HERE/engine/$f" "$MLDEPLOY_ENGINE_BIN/$f"
   done
 fi
+# The dynamic provider host: the SDK's own, through mldeploy's guard against forged
+# providers in the state (providers/host.py), under the SDK's plugin name.
+host=pulumi-resource-pulumi-python
+if ! cmp -s "$HERE/engine/$host" "$MLDEPLOY_ENGINE_BIN/$host"; then
+  rm -f "$MLDEPLOY_ENGINE_BIN/$host"; install -m 0755 "$HERE/engine/$host" "$MLDEPLOY_ENGINE_BIN/$host"
+fi
 export PATH="$MLDEPLOY_ENGINE_BIN:$MLDEPLOY_ROOT/.venv/bin:$PATH"
 
 # 3. State folder (git-ignored) for the file backend and the model registry.

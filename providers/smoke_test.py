@@ -84,6 +84,7 @@ def run_smoke_test(
     container = dc.containers.run(
         image, name=name, detach=True, labels=labels, network_mode="none", volumes=volumes,
         environment={**env, "AZUREML_MODEL_DIR": model_dir}, mem_limit=int(max(memory_gb, 0.5) * 1024**3),
+        **containers.run_limits(),
     )
     try:
         deadline = started + timeout

@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import docker
 import docker.errors
@@ -30,6 +30,32 @@ SCORING_USER = "65534:65534"
 """nobody:nogroup. The inference image declares no user; its files are world-readable,
 so the server runs unprivileged. The group is the one the gateway's workers share."""
 RESTART_POLICY = {"Name": "unless-stopped"}
+# What a scoring script can take of the host (issue 18, item 8): its log is rotated, its
+# process count capped, and its scratch space is a size-limited tmpfs, not the host's disk.
+LOG_MAX_SIZE = "10m"
+LOG_MAX_FILE = "3"
+PIDS_LIMIT = 1024
+TMP_OPTIONS = "rw,nosuid,nodev,size=256m"
+
+
+def run_limits() -> dict[str, Any]:
+    """The limits as docker-py's `containers.run` takes them (scoring and smoke-test containers)."""
+    from docker.types import LogConfig
+
+    return {
+        "log_config": LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}),
+        "pids_limit": PIDS_LIMIT,
+        "tmpfs": {"/tmp": TMP_OPTIONS},
+    }
+
+
+def host_config_limits() -> dict[str, Any]:
+    """The same limits as Docker's ContainerCreate `HostConfig` keys (the local IoT Edge agent)."""
+    return {
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILE}},
+        "PidsLimit": PIDS_LIMIT,
+        "Tmpfs": {"/tmp": TMP_OPTIONS},
+    }
 """After an OOM kill, a crash or a dockerd restart, Docker starts the backend again."""
 
 
@@ -98,6 +124,7 @@ def run_socket_container(
         nano_cpus=int(cpu_cores * 1e9),
         mem_limit=int(memory_gb * 1024**3),
         memswap_limit=int(memory_gb * 1024**3),  # memory_gb is all it gets: no swap on top
+        **run_limits(),
     )
     return RunningContainer(container.id, name, 0, os.path.join(socket_dir, socket_name))
 

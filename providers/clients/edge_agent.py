@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from mldeploy.providers import edge_manifest
+from mldeploy.providers.clients.containers import host_config_limits
 
 OWNER_LABEL = "net.azure-devices.edge.owner"
 OWNER = "mldeploy.local-edge-agent"
@@ -89,6 +90,12 @@ def check_bindings(name: str, body: Mapping[str, Any]) -> None:
     host = body.get("HostConfig") or {}
     if str(host.get("NetworkMode") or "") == "host":
         raise AgentError(f"module {name}: createOptions HostConfig.NetworkMode 'host' is refused on the local device")
+    if str(host.get("NetworkMode") or "").startswith("container:"):
+        raise AgentError(f"module {name}: createOptions HostConfig.NetworkMode {host['NetworkMode']!r} (another container's "
+                         "network) is refused on the local device")
+    if host.get("PublishAllPorts"):
+        raise AgentError(f"module {name}: createOptions HostConfig.PublishAllPorts publishes on every address; "
+                         "the local device publishes on 127.0.0.1 only: give PortBindings with HostIp 127.0.0.1")
     for port, bindings in (host.get("PortBindings") or {}).items():
         for b in bindings or []:
             ip = (b or {}).get("HostIp") or ""
@@ -121,6 +128,10 @@ def container_body(name: str, module: Mapping[str, Any], labels: Mapping[str, st
     }
     host = dict(body.get("HostConfig") or {})
     host.setdefault("RestartPolicy", DOCKER_RESTART.get(module.get("restartPolicy") or "always", {"Name": "no"}))
+    # Log rotation, a process cap and a small /tmp, unless the user's createOptions say otherwise
+    # (IoT Edge lets createOptions set any of them). Not in spec_hash: running modules stay as they are.
+    for key, value in host_config_limits().items():
+        host.setdefault(key, value)
     body["HostConfig"] = host
     check_bindings(name, body)
     return body

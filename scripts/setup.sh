@@ -62,7 +62,9 @@ fi
 export PATH="$MLDEPLOY_ENGINE_BIN:$MLDEPLOY_ROOT/.venv/bin:$PATH"
 
 # 3. State folder (git-ignored) for the file backend and the model registry.
+# Private to this user (0700): it holds the stack's state, the gateway's keys and the model files.
 mkdir -p "$MLDEPLOY_STATE_DIR/backend"
+chmod 0700 "$MLDEPLOY_STATE_DIR" "$MLDEPLOY_STATE_DIR/backend"
 
 # 4. Docker engine, and 5. the base image.
 "$HERE/docker.sh"

@@ -35,6 +35,8 @@ from mldeploy.providers.clients.registry import NAME_RE, ModelVersion, RegistryE
 UPLOADING, COMPLETE, DELETING = "uploading", "complete", "deleting"
 STALE_CLAIM_SECONDS = 600.0
 """An `uploading` claim this old is taken as abandoned (its runner died): its content may be adopted."""
+MAX_CLOCK_SKEW_SECONDS = 300
+"""How far ahead of this runner's clock another runner's claim may be dated and still be live."""
 MAX_ATTEMPTS = 200
 
 
@@ -78,7 +80,9 @@ def with_content(entries: Iterable[Entry], digest: str, owner: str) -> Entry | N
 
 def pending_claim(entries: Iterable[Entry], digest: str, now: float) -> Entry | None:
     """A live `uploading` claim of the same content: another runner is registering it right now."""
-    live = [e for e in entries if e.state == UPLOADING and e.content_hash == digest and now - e.created < STALE_CLAIM_SECONDS]
+    # A claim dated further ahead than runners' clocks drift apart is no live claim: waiting for it would never end.
+    live = [e for e in entries if e.state == UPLOADING and e.content_hash == digest
+            and -MAX_CLOCK_SKEW_SECONDS <= now - e.created < STALE_CLAIM_SECONDS]
     return min(live, key=lambda e: e.version) if live else None
 
 

@@ -83,17 +83,19 @@ class ModelRegistry:
         data_dir = self.root / name / str(version)
         if not meta.is_file() or not data_dir.is_dir():
             return None
-        data = json.loads(meta.read_text())
-        data["path"] = str(data_dir)
-        return ModelVersion(**data)
+        try:
+            data = json.loads(meta.read_text())
+            data["path"] = str(data_dir)
+            return ModelVersion(**data)
+        except (ValueError, TypeError) as exc:  # empty, cut short, or not a record
+            raise RegistryError(f"model {name} version {version}: its record {meta} is empty or broken ({exc}); "
+                                "restore it from a backup, or remove that version's record and folder") from None
 
     def _save(self, mv: ModelVersion) -> None:
         data = asdict(mv)
         data.pop("path")
         meta = self._meta_path(mv.name, mv.version)
-        tmp = meta.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, meta)
+        write_atomically(meta, json.dumps(data, indent=2, sort_keys=True))
 
     def versions(self, name: str) -> list[ModelVersion]:
         """All complete versions of a model, oldest first."""
@@ -210,6 +212,21 @@ class ModelRegistry:
             if folder.is_dir() and not any(p for p in folder.iterdir() if not p.name.startswith(".")):
                 shutil.rmtree(folder, ignore_errors=True)
         return deleted
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Whole or not at all, even across a power cut: a temporary file, fsynced, renamed, the folder fsynced."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def is_remote(location: str | None) -> bool:

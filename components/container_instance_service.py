@@ -15,7 +15,7 @@ from mldeploy.components.registered_model import RegisteredModel
 from mldeploy.components.registry_credentials import RegistryCredentials, registry_credentials_for
 from mldeploy.components.registry_image import RegistryImage
 from mldeploy.providers.service import ServiceProvider
-from mldeploy.providers.targets import TARGETS, ArgsInvalid, target_for
+from mldeploy.providers.targets import MAX_REQUEST_BYTES, TARGETS, ArgsInvalid, target_for
 
 OUTPUTS = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "state", "model_versions")
 
@@ -41,7 +41,8 @@ class ContainerInstanceServiceArgs(BaseModel):
     primary_key_version: int = Field(default=1, ge=1)
     """Bump to rotate the primary key alone (clients keep using the secondary meanwhile)."""
     secondary_key_version: int = Field(default=1, ge=1)
-    max_request_bytes: int = Field(default=1_048_576, gt=0)
+    max_request_bytes: int = Field(default=1_048_576, gt=0, le=MAX_REQUEST_BYTES)
+    """At most 16 MiB: the front end holds a body in memory, never on disk."""
     startup_timeout_seconds: float = Field(default=180, gt=0)
 
     @field_validator("target")

@@ -330,6 +330,8 @@ class Gateway:
     def _ensure_locked(self, timeout: float = 30.0) -> str:
         main = self.conf_dir / MAIN_CONF
         wanted = render_nginx_conf(
+            # Status codes, methods and paths (never headers or query strings), rotated with the container's log.
+            access_log=True,
             worker_processes=self.worker_processes,
             client_keepalive_timeout=self.client_keepalive_timeout,
             group=SOCKET_GROUP if self.sockets_dir else None,

@@ -56,7 +56,16 @@ KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
 SCOPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SOCKET_PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]{1,100}\.sock$")
 MAX_KEYS = 8
-MAX_BODY_LIMIT = 1 << 31
+MAX_BODY_LIMIT = 16 * 1024 * 1024
+"""The largest request body a front end takes (16 MiB): bodies are held in memory, never on disk."""
+KEYLESS_GUARD = """        # Keyless routes: a bodiless GET or HEAD only.
+        client_max_body_size 1;
+        proxy_pass_request_body off;
+        proxy_set_header Content-Length "";
+        error_page 405 = @mldeploy_not_allowed;
+        if ($request_method !~ ^(GET|HEAD)$) {
+            return 405;
+        }"""
 _META_RE = re.compile(r"^# mldeploy-route (\{.*\})$", re.M)
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 
@@ -261,6 +270,7 @@ def render_service_conf(
         max_body_bytes=max_body_bytes,
         auth_map=auth_map,
         auth_check=auth_check,
+        keyless_guard=KEYLESS_GUARD,
     )
 
 

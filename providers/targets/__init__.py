@@ -15,6 +15,8 @@ from pulumi.dynamic import CheckFailure
 from pulumi.runtime import rpc
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from mldeploy.providers.clients.gateway_config import MAX_BODY_LIMIT as MAX_REQUEST_BYTES  # what every front end holds
+
 # Name -> the module that exports its TARGET. Modules load on first use, so
 # validating stack config does not import a target's clients.
 TARGETS: dict[str, str | Target] = {

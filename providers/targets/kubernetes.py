@@ -26,7 +26,7 @@ from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field
 
 from mldeploy.providers import sample_probe
-from mldeploy.providers.targets import Target
+from mldeploy.providers.targets import MAX_REQUEST_BYTES, Target
 
 NAMESPACE_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 SERVICE_NAME_RE = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
@@ -75,7 +75,7 @@ class KubernetesServiceArgs(BaseModel):
     environment_variables: dict[str, str] = Field(default_factory=dict)
     primary_key_version: int = Field(default=1, ge=1)
     secondary_key_version: int = Field(default=1, ge=1)
-    max_request_bytes: int = Field(default=1_048_576, gt=0)
+    max_request_bytes: int = Field(default=1_048_576, gt=0, le=MAX_REQUEST_BYTES)
     startup_timeout_seconds: int = Field(default=600, gt=0)
     """How long `up` waits for a rollout before it fails with the pods' state and log."""
 

@@ -210,11 +210,22 @@ class AksCluster(pulumi.ComponentResource):
         if not re.match(NAMESPACE_RE, name):
             raise ValueError(f"namespace {name!r} does not match {NAMESPACE_RE}")
         if name not in self._namespaces:
-            self._namespaces[name] = k8s.core.v1.Namespace(
+            from mldeploy.providers.targets import kubernetes as kube_target
+
+            ns = k8s.core.v1.Namespace(
                 f"{self._name}-ns-{name}",
-                metadata={"name": name, "labels": {"app.kubernetes.io/managed-by": "mldeploy"}},
+                metadata={"name": name, "labels": {"app.kubernetes.io/managed-by": "mldeploy", **kube_target.NAMESPACE_LABELS}},
                 opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
             )
+            # Scoring pods need nothing outside themselves. The local cluster's CNI bridge does not
+            # enforce NetworkPolicy; a cluster whose network plugin does (AKS with Azure or Calico) will.
+            k8s.networking.v1.NetworkPolicy(
+                f"{self._name}-deny-egress-{name}",
+                metadata={"name": "mldeploy-deny-egress", "namespace": name},
+                spec=kube_target.deny_egress_policy(),
+                opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[ns]),
+            )
+            self._namespaces[name] = ns
         return self._namespaces[name]
 
     def registry_auth(self) -> dict[str, Any]:

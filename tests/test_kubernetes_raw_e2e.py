@@ -54,6 +54,16 @@ def test_a_raw_script_rolls_on_the_cluster_and_sample_request_refuses_a_bad_mode
     assert uri.startswith("http://127.0.0.1:")
     r = score(uri, key)
     assert r.status_code == 200 and r.json() == [110.0], r.text
+    # Issue 18, item 7: the pod runs as nobody with nothing extra, as its spec and its live status say.
+    labels = kubectl(k8s_cluster, "get", "namespace", ns)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    policy = kubectl(k8s_cluster, "get", "networkpolicy", "mldeploy-deny-egress", "-n", ns)["spec"]
+    assert policy["policyTypes"] == ["Egress"] and not policy.get("egress")
+    pod = kubectl(k8s_cluster, "get", "pods", "-n", ns, "-l", "mldeploy.azureml.net/service=rawsvc")["items"][0]
+    assert pod["spec"]["securityContext"]["runAsUser"] == 65534 and pod["spec"]["securityContext"]["runAsNonRoot"]
+    for c in pod["spec"]["containers"]:
+        assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert all(cs["ready"] and "running" in cs["state"] for cs in pod["status"]["containerStatuses"])
 
     # A new model version rolls with nothing lost.
     (workdir / "raw_model" / "scale.json").write_text(json.dumps({"scale": 3}))
@@ -78,7 +88,8 @@ def test_a_raw_script_rolls_on_the_cluster_and_sample_request_refuses_a_bad_mode
     assert score(uri, key).json() == [220.0]
     cm = kubectl(k8s_cluster, "get", "configmap", "rawsvc-sample", "-n", ns)["data"]
     assert json.loads(cm["request.json"]) == {"data": [ROW]} and json.loads(cm["response.json"]) == [220.0]
-    pod = kubectl(k8s_cluster, "get", "pods", "-n", ns, "-l", "mldeploy.azureml.net/service=rawsvc")["items"][0]
+    pods = kubectl(k8s_cluster, "get", "pods", "-n", ns, "-l", "mldeploy.azureml.net/service=rawsvc")["items"]
+    pod = max((p for p in pods if not p["metadata"].get("deletionTimestamp")), key=lambda p: p["metadata"]["creationTimestamp"])
     scoring = next(c for c in pod["spec"]["containers"] if c["name"] == "scoring")
     assert scoring["startupProbe"]["exec"]["command"] == ["python", "/etc/mldeploy/sample/probe.py"]
 

@@ -564,7 +564,7 @@ def test_sample_request_gates_a_pod_with_a_startup_probe_and_only_then() -> None
     assert scoring["startupProbe"]["exec"]["command"] == ["python", "/etc/mldeploy/sample/probe.py"]
     # The probe's budget covers the rollout's: 38 tries 2 s apart for 75 s.
     assert (scoring["startupProbe"]["periodSeconds"], scoring["startupProbe"]["failureThreshold"]) == (2, 38)
-    assert scoring["volumeMounts"] == [{"name": "sample", "mountPath": "/etc/mldeploy/sample", "readOnly": True}]
+    assert {"name": "sample", "mountPath": "/etc/mldeploy/sample", "readOnly": True} in scoring["volumeMounts"]
     assert {"name": "sample", "configMap": {"name": "svc-sample", "defaultMode": 0o444}} in gated["template"]["spec"]["volumes"]
     front = gated["template"]["spec"]["containers"][1]
     assert front == plain["template"]["spec"]["containers"][1], "the front end is unchanged"
@@ -662,3 +662,20 @@ def test_aks_service_sample_request_errors_name_the_field(k8s_mocks: K8sMocks) -
     cluster = AksCluster("aks", cluster_purpose="DevTest")
     with pytest.raises(ArgsError, match=r"AksService 'bad': invalid arguments: sample_request: a dict, a list, or the path of a JSON file"):
         AksService("bad", cluster=cluster, models=[make_model()], image=make_image(), sample_request=3)
+
+
+def test_pods_meet_the_restricted_pod_security_standard() -> None:
+    """Issue 18, item 7: nobody, no capabilities, a read-only root with /tmp as an emptyDir, seccomp RuntimeDefault."""
+    spec = spec_for(K(service_name="svc", num_replicas=1))
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    for c in pod["containers"]:
+        assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                        "readOnlyRootFilesystem": True, "runAsNonRoot": True}, c["name"]
+    scoring = pod["containers"][0]
+    assert {"name": "scratch", "mountPath": "/tmp"} in scoring["volumeMounts"]
+    assert {"name": "scratch", "emptyDir": {"sizeLimit": "256Mi"}} in pod["volumes"]
+    assert {"name": "front-conf", "secret": {"secretName": "svc-front", "defaultMode": 0o440}} in pod["volumes"]
+    assert target.NAMESPACE_LABELS["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert target.deny_egress_policy() == {"podSelector": {}, "policyTypes": ["Egress"], "egress": []}

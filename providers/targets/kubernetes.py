@@ -36,6 +36,17 @@ MAX_REPLICAS = 100
 FRONT_CONF_DIR = "/etc/mldeploy-fe"
 FRONT_RUNTIME_DIR = "/tmp/mldeploy-fe"
 LABEL_APP = "mldeploy.azureml.net/service"
+POD_SECURITY = {
+    "runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+}
+SCRATCH_SIZE = "256Mi"
+NAMESPACE_LABELS = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
+"""What every namespace the cluster owns enforces, so nothing in it runs as root or privileged."""
 SAMPLE_DIR = sample_probe.PROBE_DIR
 SAMPLE_PERIOD_SECONDS = 2
 SAMPLE_PROBE_TIMEOUT_SECONDS = 10
@@ -238,6 +249,7 @@ def deployment_spec(
     health = {"path": f"{scoring_path(name)}/health", "port": FRONT_PORT}
     env = [{"name": k, "value": v} for k, v in sorted(args.environment_variables.items())]
     env += [
+        {"name": "HOME", "value": "/tmp"},
         {"name": "SERVICE_NAME", "value": name},
         {"name": "SERVICE_PATH_PREFIX", "value": scoring_path(name).lstrip("/")},
         # Only the front container in the same pod can reach the scoring server.
@@ -262,6 +274,8 @@ def deployment_spec(
             },
             "spec": {
                 "terminationGracePeriodSeconds": 20,
+                # The `restricted` Pod Security Standard: nobody, no capabilities, read-only root.
+                "securityContext": POD_SECURITY,
                 "enableServiceLinks": False,
                 "automountServiceAccountToken": False,
                 "containers": [
@@ -274,15 +288,18 @@ def deployment_spec(
                         # The last log lines become the termination message, so a
                         # crashing init() shows in `pulumi up`'s error.
                         "terminationMessagePolicy": "FallbackToLogsOnError",
+                        # The root is read-only: scratch space (HOME, gunicorn's heartbeat files) is /tmp.
+                        "volumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
                         # Outlives the front end's drain below, so no request meets a stopping server.
                         "lifecycle": {"preStop": {"exec": {"command": ["sleep", "8"]}}},
-                        "securityContext": {"allowPrivilegeEscalation": False},
+                        "securityContext": CONTAINER_SECURITY,
                     },
                     {
                         "name": "front",
                         "image": front_image_ref,
                         "imagePullPolicy": "IfNotPresent",
-                        "command": ["nginx", "-c", f"{FRONT_CONF_DIR}/nginx.main", "-g", "daemon off;"],
+                        # -e stderr: as nobody, nginx cannot open its built-in log path before reading the config.
+                        "command": ["nginx", "-e", "stderr", "-c", f"{FRONT_CONF_DIR}/nginx.main", "-g", "daemon off;"],
                         "ports": [{"name": "http", "containerPort": FRONT_PORT}],
                         "resources": {"requests": {"cpu": "20m", "memory": "16Mi"}},
                         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -311,11 +328,13 @@ def deployment_spec(
                             {"name": "front-conf", "mountPath": FRONT_CONF_DIR, "readOnly": True},
                             {"name": "front-run", "mountPath": FRONT_RUNTIME_DIR},
                         ],
-                        "securityContext": {"allowPrivilegeEscalation": False},
+                        "securityContext": CONTAINER_SECURITY,
                     },
                 ],
                 "volumes": [
-                    {"name": "front-conf", "secret": {"secretName": config_secret, "defaultMode": 0o400}},
+                    # 0440 with fsGroup 65534: readable by the pod's own group only (nginx runs as nobody).
+                    {"name": "front-conf", "secret": {"secretName": config_secret, "defaultMode": 0o440}},
+                    {"name": "scratch", "emptyDir": {"sizeLimit": SCRATCH_SIZE}},
                     {"name": "front-run", "emptyDir": {}},
                 ],
             },
@@ -359,6 +378,11 @@ def add_sample_gate(spec: dict[str, Any], config_map: str, startup_timeout_secon
     }
     scoring.setdefault("volumeMounts", []).append({"name": "sample", "mountPath": SAMPLE_DIR, "readOnly": True})
     pod["volumes"].append({"name": "sample", "configMap": {"name": config_map, "defaultMode": 0o444}})
+
+
+def deny_egress_policy() -> dict[str, Any]:
+    """A NetworkPolicy spec: no pod of the namespace opens a connection out (the pod's own loopback is not egress)."""
+    return {"podSelector": {}, "policyTypes": ["Egress"], "egress": []}
 
 
 def service_spec(service_name: str) -> dict[str, Any]:

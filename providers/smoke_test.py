@@ -83,8 +83,10 @@ def run_smoke_test(
     started = time.monotonic()
     container = dc.containers.run(
         image, name=name, detach=True, labels=labels, network_mode="none", volumes=volumes,
-        environment={**env, "AZUREML_MODEL_DIR": model_dir}, mem_limit=int(max(memory_gb, 0.5) * 1024**3),
+        environment={"HOME": "/tmp", **env, "AZUREML_MODEL_DIR": model_dir}, mem_limit=int(max(memory_gb, 0.5) * 1024**3),
         **containers.run_limits(),
+        # As the scoring containers: nobody, no capabilities, no privilege escalation.
+        user=containers.SCORING_USER, cap_drop=["ALL"], security_opt=["no-new-privileges"],
     )
     try:
         deadline = started + timeout

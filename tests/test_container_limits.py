@@ -59,3 +59,33 @@ def test_a_running_scoring_container_has_the_limits(workdir: Path, engine_stack)
     assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
     mounts = backend.exec_run(["cat", "/proc/mounts"]).output.decode()
     assert any(line.split()[1] == "/tmp" and line.split()[2] == "tmpfs" for line in mounts.splitlines()), mounts
+
+
+
+def test_the_preview_smoke_test_container_is_hardened_as_the_scoring_ones(tmp_path: Path, monkeypatch) -> None:
+    """Issue 18, items 7 and 8: the throwaway container that loads a new model at preview."""
+    from mldeploy.providers import smoke_test
+
+    asked: dict = {}
+
+    class Stop(Exception):
+        pass
+
+    class FakeContainers:
+        def run(self, image, **kw):  # noqa: ANN001 - docker-py's signature
+            asked.update(kw)
+            raise Stop
+
+    class FakeClient:
+        containers = FakeContainers()
+
+    monkeypatch.setattr(containers, "client", lambda: FakeClient())
+    src = tmp_path / "scale.json"
+    src.write_text("{}")
+    model = {"name": "m", "version": 2, "preview": {"source": str(src), "content_hash": "h"}}
+    with pytest.raises(Stop):
+        smoke_test.run_smoke_test("img", [model], {}, {}, 1.0, 10.0)
+    assert asked["user"] == containers.SCORING_USER and asked["cap_drop"] == ["ALL"]
+    assert asked["security_opt"] == ["no-new-privileges"] and asked["network_mode"] == "none"
+    assert asked["pids_limit"] == 1024 and asked["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=256m"}
+    assert asked["environment"]["HOME"] == "/tmp"

@@ -197,6 +197,8 @@ class AksCluster(pulumi.ComponentResource):
         self._registry_auth: dict[str, Any] | None = None
         self._pull_secrets: dict[str, k8s.core.v1.Secret] = {}
         self._on_azure = args.target == "azure"
+        # The local cluster's kube-proxy binds node ports on 127.0.0.1 only; any other cluster publishes them.
+        self._loopback_only = args.target == "local" and args.kubeconfig is None
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})
 
     @property

@@ -22,6 +22,7 @@ from mldeploy.components.registered_model import RegisteredModel
 from mldeploy.providers.keys import ServiceKeysProvider
 from mldeploy.providers.rollout import RolloutProvider
 from mldeploy.providers.targets import kubernetes as target
+from mldeploy.providers.targets import tls
 
 OUTPUTS = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "model_versions", "node_port")
 
@@ -92,6 +93,12 @@ class AksService(pulumi.ComponentResource):
             raise ArgsError(f"AksService '{resource_name}': invalid arguments: models: distinct model names needed, got {names}")
         if not isinstance(image, InferenceImage):
             raise ArgsError(f"AksService '{resource_name}': invalid arguments: image: must be an InferenceImage, got {type(image).__name__}")
+        pem = None
+        if args.ssl_enabled:
+            try:
+                pem = tls.read_pair(args.ssl_cert_pem_file or "", args.ssl_key_pem_file or "")
+            except tls.TlsError as exc:
+                raise ArgsError(f"AksService '{resource_name}': invalid arguments: {exc}") from None
         super().__init__(f"{PACKAGE}:index:AksService", resource_name, None, opts)
         self.args = args
         settings = cluster._settings
@@ -131,6 +138,16 @@ class AksService(pulumi.ComponentResource):
             string_data=front_files,
             opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps, delete_before_replace=True)),
         )
+        tls_secret = None
+        if pem is not None:
+            # Only with ssl_enabled. The certificate and key stay secrets, in the state as in the cluster.
+            tls_secret = k8s.core.v1.Secret(
+                f"{resource_name}-tls",
+                metadata={**meta, "name": f"{name}-tls"},
+                type="kubernetes.io/tls",
+                string_data=pulumi.Output.secret(target.tls_secret_data(*pem)),
+                opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps, delete_before_replace=True)),
+            )
         sample_config = None
         if sample is not None:
             sample_config = k8s.core.v1.ConfigMap(
@@ -154,6 +171,9 @@ class AksService(pulumi.ComponentResource):
             config_checksum=pulumi.Output.unsecret(front_files.apply(target.checksum)),
             image_pull_secret=target.PULL_SECRET_NAME if pull_secret is not None else None,
             sample_config=f"{name}-sample" if sample_config is not None else None,
+            tls_secret=f"{name}-tls" if tls_secret is not None else None,
+            # A digest of the certificate and key rolls the pods when they are renewed; like the keys', it reveals nothing.
+            tls_checksum=target.checksum(target.tls_secret_data(*pem)) if pem is not None else None,
         )
         deployment = k8s.apps.v1.Deployment(
             f"{resource_name}-deployment",
@@ -166,7 +186,8 @@ class AksService(pulumi.ComponentResource):
             spec=spec,
             opts=k8s_opts.merge(pulumi.ResourceOptions(
                 depends_on=[secret, *ns_deps, *([pull_secret] if pull_secret is not None else []),
-                            *([sample_config] if sample_config is not None else [])],
+                            *([sample_config] if sample_config is not None else []),
+                            *([tls_secret] if tls_secret is not None else [])],
                 delete_before_replace=True)),
         )
         service = k8s.core.v1.Service(
@@ -206,7 +227,8 @@ class AksService(pulumi.ComponentResource):
                 opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps, delete_before_replace=True)),
             )
         self.node_port = service.spec.apply(lambda s: int(s.ports[0].node_port))
-        uris = self.node_port.apply(lambda p: target.uris(p, name))
+        scheme, host = ("https", args.ssl_cname or "127.0.0.1") if args.ssl_enabled else ("http", "127.0.0.1")
+        uris = self.node_port.apply(lambda p: target.uris(p, name, host, scheme))
         # The URI is known only once the rollout is done, so it is a promise that the service answers.
         self.scoring_uri = pulumi.Output.all(uris, rollout.revision).apply(lambda a: a[0]["scoring_uri"])
         self.swagger_uri = uris.apply(lambda u: u["swagger_uri"])
@@ -215,4 +237,7 @@ class AksService(pulumi.ComponentResource):
         self.model_versions = pulumi.Output.all(*planned).apply(
             lambda vs: {n: int(v) for n, v in zip(names, vs)}
         )
+        warning = target.plain_http_warning(args, resource_name, cluster._loopback_only)
+        if warning:
+            pulumi.log.warn(warning, resource=self)
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})

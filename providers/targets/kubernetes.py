@@ -26,6 +26,7 @@ from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field
 
 from mldeploy.providers import sample_probe
+from mldeploy.providers.targets import tls
 from mldeploy.providers.targets import MAX_REQUEST_BYTES, Target
 
 NAMESPACE_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -35,6 +36,7 @@ SCORING_PORT = 5001
 MAX_REPLICAS = 100
 FRONT_CONF_DIR = "/etc/mldeploy-fe"
 FRONT_RUNTIME_DIR = "/tmp/mldeploy-fe"
+FRONT_TLS_DIR = "/etc/mldeploy-fe-tls"
 LABEL_APP = "mldeploy.azureml.net/service"
 POD_SECURITY = {
     "runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534,
@@ -89,6 +91,14 @@ class KubernetesServiceArgs(BaseModel):
     max_request_bytes: int = Field(default=1_048_576, gt=0, le=MAX_REQUEST_BYTES)
     startup_timeout_seconds: int = Field(default=600, gt=0)
     """How long `up` waits for a rollout before it fails with the pods' state and log."""
+    ssl_enabled: bool = False
+    """The front end serves HTTPS with the certificate and key below (Azure ML v1's TLS arguments)."""
+    ssl_cert_pem_file: str | None = None
+    """The certificate chain's PEM file, read at program time and kept as a Pulumi secret."""
+    ssl_key_pem_file: str | None = None
+    """Its private key's PEM file (unencrypted), read at program time and kept as a Pulumi secret."""
+    ssl_cname: str | None = None
+    """The host name of `scoring_uri`, which the certificate must name; 127.0.0.1 when not given."""
 
     @property
     def autoscale(self) -> bool:
@@ -131,6 +141,7 @@ def check(args: KubernetesServiceArgs) -> list[tuple[str, str]]:
         )
     if args.token_auth_enabled:
         failures.append(("token_auth_enabled", "token auth needs Azure AD and is not available on this target; use auth_enabled"))
+    failures += tls.check_args(args.ssl_enabled, args.ssl_cert_pem_file, args.ssl_key_pem_file, args.ssl_cname)
     return failures
 
 
@@ -158,8 +169,11 @@ ROLL_ON = (
     "primary_key_version",
     "secondary_key_version",
     "max_request_bytes",
+    "ssl_enabled",
+    "ssl_cert_pem_file",
+    "ssl_key_pem_file",
 )
-IN_PLACE_ON = AUTOSCALE_FIELDS + ("autoscale_enabled", "num_replicas", "startup_timeout_seconds")
+IN_PLACE_ON = AUTOSCALE_FIELDS + ("autoscale_enabled", "num_replicas", "startup_timeout_seconds", "ssl_cname")
 
 
 def plan(olds: dict[str, Any], news: dict[str, Any]) -> dict[str, list[str]]:
@@ -229,6 +243,8 @@ def deployment_spec(
     config_checksum: Any,
     image_pull_secret: str | None = None,
     sample_config: str | None = None,
+    tls_secret: str | None = None,
+    tls_checksum: Any = None,
 ) -> dict[str, Any]:
     """The Deployment's spec: rolls with no replica down, probes from the Azure ML parameters.
 
@@ -343,6 +359,9 @@ def deployment_spec(
     if sample_config:
         # Only with `sample_request`: without one the spec is what it always was.
         add_sample_gate(spec, sample_config, args.startup_timeout_seconds)
+    if tls_secret:
+        # Only with `ssl_enabled`: without it the spec is what it always was.
+        add_tls(spec, tls_secret, tls_checksum)
     if image_pull_secret:
         # Only for a registry that wants credentials: without one the spec is what it always was.
         spec["template"]["spec"]["imagePullSecrets"] = [{"name": image_pull_secret}]
@@ -380,9 +399,37 @@ def add_sample_gate(spec: dict[str, Any], config_map: str, startup_timeout_secon
     pod["volumes"].append({"name": "sample", "configMap": {"name": config_map, "defaultMode": 0o444}})
 
 
+def add_tls(spec: dict[str, Any], tls_secret: str, tls_checksum: Any) -> None:
+    """The front end serves HTTPS on its one port with the certificate and key of a `kubernetes.io/tls` Secret.
+
+    A renewed certificate changes the checksum annotation, so the pods roll and nginx reads it.
+    """
+    pod = spec["template"]["spec"]
+    front = next(c for c in pod["containers"] if c["name"] == "front")
+    front["ports"] = [{"name": "https", "containerPort": FRONT_PORT}]
+    for probe in ("readinessProbe", "livenessProbe"):
+        front[probe]["httpGet"] = {**front[probe]["httpGet"], "scheme": "HTTPS"}
+    front["volumeMounts"].append({"name": "front-tls", "mountPath": FRONT_TLS_DIR, "readOnly": True})
+    # 0440 with fsGroup 65534, as the front end's config: nginx runs as nobody.
+    pod["volumes"].append({"name": "front-tls", "secret": {"secretName": tls_secret, "defaultMode": 0o440}})
+    spec["template"]["metadata"]["annotations"]["mldeploy.azureml.net/tls-checksum"] = tls_checksum
+
+
+def tls_secret_data(cert_pem: str, key_pem: str) -> dict[str, str]:
+    """A `kubernetes.io/tls` Secret's data, under the file names the front end's config reads."""
+    return {tls.CERT_FILE: cert_pem, tls.KEY_FILE: key_pem}
+
+
 def deny_egress_policy() -> dict[str, Any]:
     """A NetworkPolicy spec: no pod of the namespace opens a connection out (the pod's own loopback is not egress)."""
     return {"podSelector": {}, "policyTypes": ["Egress"], "egress": []}
+
+
+def plain_http_warning(args: KubernetesServiceArgs, resource_name: str, loopback_only: bool) -> str | None:
+    """Words for the preview when keys would cross a network in the clear (None: they do not)."""
+    if not args.auth_enabled or args.ssl_enabled or loopback_only:
+        return None
+    return tls.plain_http_warning("AksService", resource_name, "the cluster's node ports (every node's address)")
 
 
 def service_spec(service_name: str) -> dict[str, Any]:
@@ -448,6 +495,8 @@ def front_config(args: KubernetesServiceArgs, keys: list[str] | None) -> dict[st
         listen_host="0.0.0.0",
         read_timeout_s=max(1, -(-(args.scoring_timeout_ms + args.max_request_wait_time) // 1000)),
     )
+    if args.ssl_enabled:
+        service = tls.with_tls(service, FRONT_TLS_DIR)
     return {"nginx.main": main, "service.conf": service}
 
 
@@ -470,6 +519,6 @@ def checksum(data: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def uris(node_port: int, service_name: str, host: str = "127.0.0.1") -> dict[str, str]:
-    base = f"http://{host}:{int(node_port)}{scoring_path(service_name)}"
+def uris(node_port: int, service_name: str, host: str = "127.0.0.1", scheme: str = "http") -> dict[str, str]:
+    base = f"{scheme}://{host}:{int(node_port)}{scoring_path(service_name)}"
     return {"scoring_uri": f"{base}/score", "swagger_uri": f"{base}/swagger.json"}

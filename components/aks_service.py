@@ -22,7 +22,7 @@ from mldeploy.components.registered_model import RegisteredModel
 from mldeploy.providers.keys import ServiceKeysProvider
 from mldeploy.providers.rollout import RolloutProvider
 from mldeploy.providers.targets import kubernetes as target
-from mldeploy.providers.targets import tls
+from mldeploy.providers import tls
 
 OUTPUTS = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "model_versions", "node_port")
 

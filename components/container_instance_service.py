@@ -37,7 +37,8 @@ class ContainerInstanceServiceArgs(BaseModel):
     memory_gb: float = Field(default=1, gt=0)
     auth_enabled: bool = False
     target: str = "local"
-    environment_variables: dict[str, str] = Field(default_factory=dict)
+    environment_variables: dict[str, Any] = Field(default_factory=dict)
+    """Strings, or Pulumi outputs of strings; on ACI a secret one travels as a `secureValue`."""
     primary_key_version: int = Field(default=1, ge=1)
     """Bump to rotate the primary key alone (clients keep using the secondary meanwhile)."""
     secondary_key_version: int = Field(default=1, ge=1)
@@ -50,6 +51,14 @@ class ContainerInstanceServiceArgs(BaseModel):
     def _target(cls, value: str) -> str:
         if value not in TARGETS:
             raise ValueError(f"unknown target {value!r}; known: {', '.join(TARGETS)}")
+        return value
+
+    @field_validator("environment_variables")
+    @classmethod
+    def _environment(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, v in value.items():
+            if not isinstance(v, (str, pulumi.Output)):
+                raise ValueError(f"environment_variables[{name!r}] must be a string or a Pulumi output, got {type(v).__name__}")
         return value
 
     @field_validator("models")
@@ -69,6 +78,11 @@ class ContainerInstanceServiceArgs(BaseModel):
         if not isinstance(value, InferenceImage):
             raise ValueError(f"image must be an InferenceImage, got {type(value).__name__}")
         return value
+
+
+async def _secret_names(env: dict[str, Any]) -> list[str]:
+    """The names of `environment_variables` whose values are Pulumi secrets (known once they resolve)."""
+    return sorted([name for name, v in env.items() if isinstance(v, pulumi.Output) and await v.is_secret()])
 
 
 class Service(Resource, module=PACKAGE, name="Service"):
@@ -118,6 +132,10 @@ class ContainerInstanceService(pulumi.ComponentResource):
         worker_count: int | None = None,
         sample_request: Any = None,
         sample_response: Any = None,
+        ssl_enabled: bool = False,
+        ssl_cert_pem_file: str | None = None,
+        ssl_key_pem_file: str | None = None,
+        ssl_cname: str | None = None,
     ):
         """`port` and `worker_count` are the local target's (`mldeploy.providers.targets.local.LocalArgs`;
         by default one scoring worker per whole core of `cpu_cores`); other targets refuse them.
@@ -126,7 +144,11 @@ class ContainerInstanceService(pulumi.ComponentResource):
         with a 200 before it gets traffic, and `sample_response` the answer to expect; the
         entry script's own `input_sample` is used when it is not given. A raw
         `run(raw_data)` script declares no sample: without `sample_request` it rolls on
-        health alone."""
+        health alone.
+
+        `ssl_enabled`, `ssl_cert_pem_file`, `ssl_key_pem_file` and `ssl_cname` are ACI's, as in
+        `AciWebservice.deploy_configuration`: the front end serves HTTPS on 443 with that
+        certificate, and the two files' contents are kept as Pulumi secrets."""
         settings = Settings.load()
         try:
             sample = sample_request_input(sample_request, sample_response)
@@ -152,8 +174,15 @@ class ContainerInstanceService(pulumi.ComponentResource):
             },
         )
         own_inputs, target_outputs = self._target_inputs(
-            resource_name, args, settings, {"port": port, "worker_count": worker_count}
+            resource_name, args, settings,
+            {"port": port, "worker_count": worker_count, "ssl_enabled": ssl_enabled or None, "ssl_cert_pem_file": ssl_cert_pem_file,
+             "ssl_key_pem_file": ssl_key_pem_file, "ssl_cname": ssl_cname},
         )
+        for k in ("ssl_certificate", "ssl_key"):
+            if k in own_inputs:  # read from the PEM files: secrets from here on
+                own_inputs[k] = pulumi.Output.secret(own_inputs[k])
+        if args.target == "aci" and any(isinstance(v, pulumi.Output) for v in args.environment_variables.values()):
+            own_inputs["secure_environment_variables"] = pulumi.Output.from_input(_secret_names(args.environment_variables))
         super().__init__(f"{PACKAGE}:index:ContainerInstanceService", resource_name, None, opts)
         entries = [m.service_entry() for m in args.models]
         pulled: list[pulumi.Resource] = []
@@ -198,6 +227,12 @@ class ContainerInstanceService(pulumi.ComponentResource):
         )
         for key in OUTPUTS:
             setattr(self, key, getattr(self._service, key))
+        if args.target == "aci":
+            from mldeploy.providers.targets import aci
+
+            warning = aci.plain_http_warning({**own_inputs, "auth_enabled": args.auth_enabled}, resource_name)
+            if warning:
+                pulumi.log.warn(warning, resource=self)
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})
 
     def _create_registry_images(

@@ -62,7 +62,7 @@ SERVICE_WORDS = {
 # Inputs the words above describe in their own way; every other input a rule names gets the generic line.
 DESCRIBED_SERVICE_INPUTS = {"service_name", "target", "models", "image_id", "primary_key_version", "secondary_key_version",
                             "environment_variables", *SERVICE_WORDS}
-SECRET_SERVICE_INPUTS = {"registry_password"}
+SECRET_SERVICE_INPUTS = {"registry_password", "ssl_certificate", "ssl_key"}
 
 
 def _arrow(old: Any, new: Any) -> str:
@@ -277,6 +277,7 @@ def describe_deployment(old: Mapping[str, Any], new: Mapping[str, Any], images_c
             out.append(f"model `{key[len(MODEL_ANNOTATION):]}` version {_arrow(old_ann.get(key), new_ann.get(key))}")
     if old_ann.get("mldeploy.azureml.net/config-checksum") != new_ann.get("mldeploy.azureml.net/config-checksum"):
         out.append("front end configuration (keys or limits) changed")
+    out += _pod_words(_template(old), _template(new), old_ann, new_ann)
     if not images_change and _template(old) != _template(new) and _same_where_known(_template(old), _template(new)):
         # An image in the registry updates without a new digest (new credentials): up decides.
         out.insert(0, f"{where}: image references are known only at up; the pods roll only if a digest changes")
@@ -285,6 +286,33 @@ def describe_deployment(old: Mapping[str, Any], new: Mapping[str, Any], images_c
     old_spec = old.get("spec") if isinstance(old.get("spec"), Mapping) else {}
     if old_spec.get("replicas") != spec.get("replicas"):
         out.append(f"replicas {_arrow(old_spec.get('replicas'), spec.get('replicas'))}")
+    return out
+
+
+TLS_ANNOTATION = "mldeploy.azureml.net/tls-checksum"
+
+
+def _pod_words(old_t: Mapping[str, Any], new_t: Mapping[str, Any], old_ann: Mapping[str, Any], new_ann: Mapping[str, Any]) -> list[str]:
+    """Why the pods roll when no model or key changed: their security settings, or TLS at the front end."""
+    out = []
+    old_pod = old_t.get("spec") if isinstance(old_t.get("spec"), Mapping) else {}
+    new_pod = new_t.get("spec") if isinstance(new_t.get("spec"), Mapping) else {}
+
+    def security(pod: Mapping[str, Any]) -> list[Any]:
+        containers = pod.get("containers") if isinstance(pod.get("containers"), list) else []
+        return [pod.get("securityContext")] + [c.get("securityContext") for c in containers if isinstance(c, Mapping)]
+
+    if old_pod and security(old_pod) != security(new_pod):
+        ctx = new_pod.get("securityContext") if isinstance(new_pod.get("securityContext"), Mapping) else {}
+        who = f"as uid {ctx['runAsUser']}" if "runAsUser" in ctx else "with new settings"
+        out.append(f"the pods' security settings change (they run {who}, with no capabilities and a read-only root): "
+                   "every pod of this service is replaced once, one at a time")
+    if TLS_ANNOTATION in new_ann and TLS_ANNOTATION not in old_ann:
+        out.append("the front end starts serving HTTPS (ssl_enabled): clients must switch to the https:// scoring URI")
+    elif TLS_ANNOTATION in old_ann and TLS_ANNOTATION not in new_ann:
+        out.append("the front end stops serving HTTPS: keys and requests travel over plain HTTP")
+    elif old_ann.get(TLS_ANNOTATION) != new_ann.get(TLS_ANNOTATION):
+        out.append("new TLS certificate or key")
     return out
 
 
@@ -390,8 +418,8 @@ DESCRIBE = {
 }
 
 
-def render(stack_name: str, steps: list[dict[str, Any]], summary: Mapping[str, int]) -> str:
-    """Markdown for a list of steps: {op, type, urn, old, new} (inputs of old and new)."""
+def render(stack_name: str, steps: list[dict[str, Any]], summary: Mapping[str, int], warnings: list[str] | tuple[str, ...] = ()) -> str:
+    """Markdown for a list of steps: {op, type, urn, old, new} (inputs of old and new), and the program's warnings."""
     rows = []
     # A Deployment whose image references are unknown at preview rolls unless every registry image keeps its digest.
     images_change = any(
@@ -418,14 +446,20 @@ def render(stack_name: str, steps: list[dict[str, Any]], summary: Mapping[str, i
     else:
         lines += ["No changes.", ""]
     lines.append(f"**{counts or 'nothing to change'}**; {unchanged} unchanged.")
+    if warnings:
+        # The program's own warnings (keys over plain HTTP, wheels-only off): a reviewer must see them too.
+        lines += ["", "**Warnings**", "", *(f"- ⚠️ {' '.join(str(w).split())}" for w in dict.fromkeys(warnings))]
     return "\n".join(lines) + "\n"
 
 
-def preview_steps(stack) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Run a real preview and collect its steps from the engine's events."""
+def preview_steps(stack, warnings: list[str] | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Run a real preview and collect its steps from the engine's events (and, into `warnings`, its warnings)."""
     steps: list[dict[str, Any]] = []
 
     def on_event(event) -> None:
+        diag = getattr(event, "diagnostic_event", None)
+        if diag is not None and warnings is not None and str(getattr(diag, "severity", "")) == "warning":
+            warnings.append(str(diag.message).strip())
         pre = event.resource_pre_event
         if pre is None:
             return
@@ -462,8 +496,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    steps, summary = preview_steps(st)
-    markdown = render(args.stack, steps, summary)
+    warnings: list[str] = []
+    steps, summary = preview_steps(st, warnings)
+    markdown = render(args.stack, steps, summary, warnings)
     if args.out:
         Path(args.out).write_text(markdown)
     print(markdown, end="")

@@ -15,7 +15,7 @@ import pytest
 from mldeploy.components._common import ArgsError
 from mldeploy.providers.clients.gateway_config import render_service_conf
 from mldeploy.providers.targets import kubernetes as target
-from mldeploy.providers.targets import tls
+from mldeploy.providers import tls
 from test_components_unit import make_image, make_model, no_docker, project  # noqa: F401 - fixtures
 from test_kubernetes_unit import SECRET_SIG, SECRET_VALUE, K8sMocks, k8s_mocks, spec_for  # noqa: F401 - fixtures
 from tls_certs import make_ca_and_cert
@@ -153,3 +153,140 @@ def test_aks_service_tls_errors_name_the_field(k8s_mocks: K8sMocks, pem: dict[st
     with pytest.raises(ArgsError, match=r"AksService 'bad2': invalid arguments: ssl_key_pem_file: .* is not the key"):
         AksService("bad2", cluster=cluster, models=[make_model()], image=make_image(), ssl_enabled=True,
                    ssl_cert_pem_file=str(pem["cert"]), ssl_key_pem_file=str(make_ca_and_cert(tmp_path / "o")["key"]))
+
+
+# ------------------------------------------------------------------ ACI
+
+from mldeploy.providers.targets import ArgsInvalid  # noqa: E402
+from mldeploy.providers.targets import aci  # noqa: E402
+from test_aci_unit import SETTINGS, props  # noqa: E402
+
+
+def aci_tls_inputs(pem: dict[str, Path], **over: Any) -> dict[str, Any]:
+    given = {"ssl_enabled": True, "ssl_cert_pem_file": str(pem["cert"]), "ssl_key_pem_file": str(pem["key"]), **over}
+    return aci.TARGET.service_inputs(given, service_name="aciservice", resource_name="aciservice", settings=SETTINGS)
+
+
+def test_aci_without_tls_keeps_its_inputs_and_body() -> None:
+    """No new input for a service without TLS, so an existing group sees no change at all."""
+    p = props()
+    assert not [k for k in p if k.startswith("ssl") or k == "secure_environment_variables"]
+    body = aci.container_group_body(p, ["k" * 32])
+    assert body["properties"]["ipAddress"]["ports"] == [{"port": 80, "protocol": "TCP"}]
+    assert "volumes" not in body["properties"]
+    assert [e for e in body["properties"]["containers"][0]["properties"]["environmentVariables"] if e["name"] == "A"] == [
+        {"name": "A", "value": "1"}]
+
+
+def test_aci_with_tls_serves_443_from_a_secret_volume(pem: dict[str, Path]) -> None:
+    import base64
+
+    from fake_arm import validate_group_body
+
+    own = aci_tls_inputs(pem)
+    assert own["ssl_enabled"] is True and own["ssl_key"] == pem["key"].read_text() and "ssl_cname" not in own
+    p = props(**own)
+    assert aci.uris(p)["scoring_uri"] == "https://dev-aciservice.westeurope.azurecontainer.io/api/v1/service/aciservice/score"
+    assert aci.uris(props(**aci_tls_inputs(pem, ssl_cname="scoring.example.com")))["scoring_uri"].startswith(
+        "https://scoring.example.com/api/")
+    body = aci.container_group_body(p, ["k" * 32])
+    validate_group_body(body)
+    scoring, front = body["properties"]["containers"]
+    assert body["properties"]["ipAddress"]["ports"] == [{"port": 443, "protocol": "TCP"}]
+    assert front["properties"]["ports"] == [{"port": 443, "protocol": "TCP"}]
+    assert scoring["properties"]["readinessProbe"]["httpGet"]["port"] == 443
+    assert scoring["properties"]["readinessProbe"]["httpGet"]["scheme"] == "https"
+    (vol,) = body["properties"]["volumes"]
+    assert vol["name"] == "front-tls" and base64.b64decode(vol["secret"]["tls.key"]).decode() == own["ssl_key"]
+    assert front["properties"]["volumeMounts"] == [{"name": "front-tls", "mountPath": aci.FRONT_TLS_DIR, "readOnly": True}]
+    assert "volumeMounts" not in scoring["properties"], "the scoring container never sees the key"
+    conf = next(e["secureValue"] for e in front["properties"]["environmentVariables"] if e["name"] == "MLDEPLOY_SERVICE_CONF")
+    assert "    listen 0.0.0.0:443 ssl;" in conf.splitlines() and f"ssl_certificate_key {aci.FRONT_TLS_DIR}/tls.key;" in conf
+    assert own["ssl_key"] not in str(front["properties"]["environmentVariables"])
+    assert aci.TARGET.check(p) == []
+
+
+def test_aci_tls_errors_name_the_field(pem: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ArgsInvalid, match=r"^ssl_key_pem_file: is required"):
+        aci.TARGET.service_inputs({"ssl_enabled": True, "ssl_cert_pem_file": str(pem["cert"])}, service_name="aciservice",
+                                  resource_name="aciservice", settings=SETTINGS)
+    with pytest.raises(ArgsInvalid, match=r"^ssl_key_pem_file: .* is not the key"):
+        aci_tls_inputs(pem, ssl_key_pem_file=str(make_ca_and_cert(tmp_path / "o")["key"]))
+    with pytest.raises(ArgsInvalid, match=r"^ssl_cname: is only used with ssl_enabled"):
+        aci.TARGET.service_inputs({"ssl_cname": "x.example.com"}, service_name="aciservice", resource_name="aciservice",
+                                  settings=SETTINGS)
+
+
+def test_aci_secret_environment_variables_travel_as_secure_values() -> None:
+    from fake_arm import validate_group_body
+
+    p = props(environment_variables={"A": "1", "TOKEN": "t0ps3cret"}, secure_environment_variables=["TOKEN"])
+    body = aci.container_group_body(p, None)
+    validate_group_body(body)
+    env = body["properties"]["containers"][0]["properties"]["environmentVariables"]
+    assert {"name": "TOKEN", "secureValue": "t0ps3cret"} in env and {"name": "A", "value": "1"} in env
+    assert "secure_environment_variables" in aci.AciTarget.ROLL_ON
+
+
+def test_aci_keys_over_plain_http_get_words() -> None:
+    words = aci.plain_http_warning(props(), "aciservice")
+    assert words and "public IP (port 80)" in words and "ssl_enabled=True" in words
+    assert aci.plain_http_warning(props(auth_enabled=False), "aciservice") is None
+    assert aci.plain_http_warning(props(ssl_enabled=True), "aciservice") is None
+
+
+@pytest.fixture
+def aci_config(k8s_mocks: K8sMocks):
+    pulumi.runtime.set_all_config({"mldeploy:target": "aci", "mldeploy:azureSubscriptionId": SETTINGS["azure_subscription_id"],
+                                   "mldeploy:azureResourceGroup": "rg-ml", "mldeploy:azureLocation": "westeurope"}, [])
+    yield k8s_mocks
+    pulumi.runtime.set_all_config({}, [])
+
+
+@pulumi.runtime.test
+def test_aci_component_marks_secret_env_and_keeps_the_pair_secret(aci_config: K8sMocks, pem: dict[str, Path]):
+    from mldeploy.components import ContainerInstanceService
+
+    svc = ContainerInstanceService("aciservice", models=[make_model()], image=make_image(), auth_enabled=True,
+                                   environment_variables={"A": "1", "TOKEN": pulumi.Output.secret("t0ps3cret"),
+                                                          "B": pulumi.Output.from_input("plain")},
+                                   ssl_enabled=True, ssl_cert_pem_file=str(pem["cert"]), ssl_key_pem_file=str(pem["key"]))
+
+    def check(_: Any) -> None:
+        inputs = aci_config.resources["aciservice-service"][1]
+        assert inputs["secure_environment_variables"] == ["TOKEN"]
+        assert inputs["ssl_key"].get(SECRET_SIG) == SECRET_VALUE and inputs["ssl_certificate"].get(SECRET_SIG) == SECRET_VALUE
+        assert inputs["ssl_enabled"] is True
+
+    return svc.state.apply(check)
+
+
+# ------------------------------------------------------------------ the review's words
+
+def _deployment(args: K, **kw: Any) -> dict[str, Any]:
+    spec = target.deployment_spec(args, project="p", stack="s", image_ref="i", front_image_ref="f", model_versions={"m": "1"},
+                                  config_secret="svc-front", config_checksum="abc", **kw)
+    return {"metadata": {"namespace": "ml", "name": "svc"}, "spec": spec}
+
+
+def test_the_review_says_why_pods_roll_for_security_and_tls() -> None:
+    from preview_markdown import describe_deployment, render
+
+    new = _deployment(K(service_name="svc", num_replicas=1))
+    old = {"metadata": new["metadata"], "spec": {**new["spec"], "template": {**new["spec"]["template"], "spec": {
+        **new["spec"]["template"]["spec"], "securityContext": None,
+        "containers": [{**c, "securityContext": {"allowPrivilegeEscalation": False}} for c in new["spec"]["template"]["spec"]["containers"]],
+    }}}}
+    words = describe_deployment(old, new)
+    assert words[0].startswith("rolls `ml/svc`")
+    assert any("security settings change (they run as uid 65534" in w and "replaced once" in w for w in words), words
+    assert describe_deployment(new, new) == []
+    tls_args = K(service_name="svc", num_replicas=1, ssl_enabled=True, ssl_cert_pem_file="c", ssl_key_pem_file="k")
+    on = _deployment(tls_args, tls_secret="svc-tls", tls_checksum="t1")
+    assert any("starts serving HTTPS" in w for w in describe_deployment(new, on))
+    assert any("stops serving HTTPS" in w for w in describe_deployment(on, new))
+    assert "new TLS certificate or key" in describe_deployment(on, _deployment(tls_args, tls_secret="svc-tls", tls_checksum="t2"))
+    md = render("dev", [], {"same": 3}, ["AksService 'svc': its keys  (Bearer tokens) travel over plain HTTP", "x", "x"])
+    assert "**Warnings**" in md and "- ⚠️ AksService 'svc': its keys (Bearer tokens) travel over plain HTTP" in md
+    assert md.count("- ⚠️ x") == 1
+    assert "Warnings" not in render("dev", [], {"same": 3})

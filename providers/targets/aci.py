@@ -15,6 +15,7 @@ policy and network profile need the group deleted and created again
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any, Literal, Mapping
 
@@ -22,6 +23,7 @@ from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mldeploy.providers import azure
+from mldeploy.providers import tls
 from mldeploy.providers.targets import ArgsInvalid, Target, check_environment, service_uris, validate_args
 from mldeploy.providers.progress import say
 
@@ -41,6 +43,9 @@ GROUP_NAME_RE = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 RESOURCE_GROUP_RE = azure.RESOURCE_GROUP_RE
 
 PUBLIC_PORT = 80
+TLS_PORT = 443
+FRONT_TLS_DIR = "/etc/mldeploy-fe-tls"
+TLS_INPUTS = ("ssl_enabled", "ssl_cert_pem_file", "ssl_key_pem_file", "ssl_cname")
 SCORING_PORT = 5001
 FRONT_DIR = "/tmp/mldeploy-fe"
 FRONT_CONF_DIR = f"{FRONT_DIR}/conf"
@@ -73,6 +78,12 @@ class AciArgs(BaseModel):
     os_type: Literal["Linux"] = "Linux"
     restart_policy: Literal["Always", "OnFailure", "Never"] = "Always"
     ip_address_type: Literal["Public", "Private"] = "Public"
+    ssl_enabled: bool = False
+    """The front end serves HTTPS on 443 (`AciWebservice.deploy_configuration`'s TLS arguments)."""
+    ssl_cert_pem_file: str | None = None
+    ssl_key_pem_file: str | None = None
+    ssl_cname: str | None = None
+    """The host name of `scoring_uri` (the certificate must name it); the group's FQDN when not given."""
 
     @field_validator("location")
     @classmethod
@@ -115,7 +126,18 @@ def scoring_path(service_name: str) -> str:
 
 
 def uris(props: Mapping[str, Any]) -> dict[str, str]:
-    return service_uris(f"http://{props['dns_name_label']}.{props['location']}.azurecontainer.io", props["service_name"])
+    fqdn = f"{props['dns_name_label']}.{props['location']}.azurecontainer.io"
+    if props.get("ssl_enabled"):
+        return service_uris(f"https://{props.get('ssl_cname') or fqdn}", props["service_name"])
+    return service_uris(f"http://{fqdn}", props["service_name"])
+
+
+def plain_http_warning(props: Mapping[str, Any], resource_name: str) -> str | None:
+    """Words for the preview: a group's address is never this machine's loopback, so keys need TLS."""
+    if not props.get("auth_enabled") or props.get("ssl_enabled"):
+        return None
+    where = "its public IP" if (props.get("ip_address_type") or "Public") == "Public" else "its private IP in the virtual network"
+    return tls.plain_http_warning("ContainerInstanceService", resource_name, f"{where} (port {PUBLIC_PORT})")
 
 
 def front_files(props: Mapping[str, Any], keys: list[str] | None) -> dict[str, str]:
@@ -125,12 +147,14 @@ def front_files(props: Mapping[str, Any], keys: list[str] | None) -> dict[str, s
     main = render_nginx_conf(include_dir=FRONT_CONF_DIR, runtime_dir=FRONT_DIR, worker_processes=1, user=None)
     service = render_service_conf(
         props["service_name"],
-        PUBLIC_PORT,
+        TLS_PORT if props.get("ssl_enabled") else PUBLIC_PORT,
         SCORING_PORT,
         keys if props.get("auth_enabled") else None,
         int(props.get("max_request_bytes") or 1_048_576),
         listen_host="0.0.0.0",
     )
+    if props.get("ssl_enabled"):
+        service = tls.with_tls(service, FRONT_TLS_DIR)
     return {"nginx.main": main, "service.conf": service}
 
 
@@ -157,7 +181,10 @@ def container_group_body(props: Mapping[str, Any], keys: list[str] | None) -> di
     """
     name = props["service_name"]
     files = front_files(props, keys)
-    env = [{"name": k, "value": str(v)} for k, v in sorted((props.get("environment_variables") or {}).items())]
+    # Values that were Pulumi secrets in the program travel as secureValue, which ARM never returns.
+    secure = set(props.get("secure_environment_variables") or [])
+    env = [{"name": k, "secureValue" if k in secure else "value": str(v)}
+           for k, v in sorted((props.get("environment_variables") or {}).items())]
     env += [
         {"name": "SERVICE_NAME", "value": name},
         {"name": "SERVICE_PATH_PREFIX", "value": scoring_path(name).lstrip("/")},
@@ -166,7 +193,8 @@ def container_group_body(props: Mapping[str, Any], keys: list[str] | None) -> di
     ]
     versions = {f"mldeploy.model.{m['name']}": str(int(m["version"])) for m in props.get("models") or []}
     pull = registry_credentials(props)
-    return {
+    port, scheme = (TLS_PORT, "https") if props.get("ssl_enabled") else (PUBLIC_PORT, "http")
+    body: dict[str, Any] = {
         "location": props["location"],
         "tags": {
             "mldeploy.project": props["project"],
@@ -187,7 +215,7 @@ def container_group_body(props: Mapping[str, Any], keys: list[str] | None) -> di
                         "ports": [],
                         # Through the front end to the scoring server's root route: ready once init() is done.
                         "readinessProbe": {
-                            "httpGet": {"path": f"{scoring_path(name)}/health", "port": PUBLIC_PORT, "scheme": "http"},
+                            "httpGet": {"path": f"{scoring_path(name)}/health", "port": port, "scheme": scheme},
                             "initialDelaySeconds": 1,
                             "periodSeconds": 2,
                             "timeoutSeconds": 2,
@@ -202,7 +230,7 @@ def container_group_body(props: Mapping[str, Any], keys: list[str] | None) -> di
                         "image": props["front_image_ref"],
                         "command": ["/bin/sh", "-c", FRONT_COMMAND],
                         "resources": {"requests": {"cpu": FRONT_CPU, "memoryInGB": FRONT_MEMORY_GB}},
-                        "ports": [{"port": PUBLIC_PORT, "protocol": "TCP"}],
+                        "ports": [{"port": port, "protocol": "TCP"}],
                         "environmentVariables": [
                             {"name": "MLDEPLOY_NGINX_MAIN", "value": files["nginx.main"]},
                             {"name": "MLDEPLOY_SERVICE_CONF", "secureValue": files["service.conf"]},
@@ -212,12 +240,20 @@ def container_group_body(props: Mapping[str, Any], keys: list[str] | None) -> di
             ],
             "ipAddress": {
                 "type": props.get("ip_address_type") or "Public",
-                "ports": [{"port": PUBLIC_PORT, "protocol": "TCP"}],
+                "ports": [{"port": port, "protocol": "TCP"}],
                 "dnsNameLabel": props["dns_name_label"],
             },
             **({"imageRegistryCredentials": pull} if pull else {}),
         },
     }
+    if props.get("ssl_enabled"):
+        # A secret volume: tmpfs files in the front end only, and ARM never returns their content.
+        files_b64 = {f: base64.b64encode(str(props[k]).encode()).decode()
+                     for f, k in ((tls.CERT_FILE, "ssl_certificate"), (tls.KEY_FILE, "ssl_key"))}
+        body["properties"]["volumes"] = [{"name": "front-tls", "secret": files_b64}]
+        front = body["properties"]["containers"][1]["properties"]
+        front["volumeMounts"] = [{"name": "front-tls", "mountPath": FRONT_TLS_DIR, "readOnly": True}]
+    return body
 
 
 def group_state(group: Mapping[str, Any] | None) -> str:
@@ -246,8 +282,9 @@ class AciTarget(Target):
         "subscription_id", "resource_group", "location", "group_name", "arm_endpoint",
     )
     # A PUT of the same group; ACI restarts its containers (a short outage).
-    ROLL_ON = ("image_ref", "front_image_ref", "environment_variables", "registry_server", "registry_username", "registry_password")
-    ROUTE_ON = ("dns_name_label", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes")
+    ROLL_ON = ("image_ref", "front_image_ref", "environment_variables", "registry_server", "registry_username", "registry_password",
+               "secure_environment_variables", "ssl_enabled", "ssl_certificate", "ssl_key")
+    ROUTE_ON = ("dns_name_label", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes", "ssl_cname")
     OUTPUTS = ("fqdn", "group_id")
 
     def check(self, news: Mapping[str, Any]) -> list[CheckFailure]:
@@ -261,6 +298,9 @@ class AciTarget(Target):
             + check_resources(news.get("cpu_cores"), news.get("memory_gb"))
             + check_environment(news.get("environment_variables"))  # the group's server settings are ours
         )
+
+    def check_args(self, args: AciArgs) -> list[CheckFailure]:  # type: ignore[override]
+        return [CheckFailure(f, m) for f, m in tls.check_args(args.ssl_enabled, args.ssl_cert_pem_file, args.ssl_key_pem_file, args.ssl_cname)]
 
     def service_inputs(
         self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Mapping[str, Any]
@@ -284,9 +324,26 @@ class AciTarget(Target):
         ]
         if missing:
             raise ArgsInvalid(missing)
-        args = validate_args(AciArgs, data).model_dump()
+        model = validate_args(AciArgs, data)
+        failures = self.check_args(model)
+        if failures:
+            raise ArgsInvalid(failures)
+        args = model.model_dump()
         for k in ("image_ref", "front_image_ref"):
             args.pop(k)
+        if not model.ssl_enabled:
+            # Without TLS the inputs stay what they were, so existing groups see no change.
+            for k in TLS_INPUTS:
+                args.pop(k)
+            return args
+        if not args["ssl_cname"]:
+            args.pop("ssl_cname")
+        try:
+            # The component makes both secrets before any resource sees them.
+            args["ssl_certificate"], args["ssl_key"] = tls.read_pair(model.ssl_cert_pem_file or "", model.ssl_key_pem_file or "")
+        except tls.TlsError as exc:
+            field, _, reason = str(exc).partition(": ")
+            raise ArgsInvalid([CheckFailure(field, reason)]) from None
         return args
 
     def uris(self, props: Mapping[str, Any]) -> dict[str, str]:

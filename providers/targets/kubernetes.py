@@ -26,7 +26,7 @@ from pulumi.dynamic import CheckFailure
 from pydantic import BaseModel, ConfigDict, Field
 
 from mldeploy.providers import sample_probe
-from mldeploy.providers.targets import tls
+from mldeploy.providers import tls
 from mldeploy.providers.targets import MAX_REQUEST_BYTES, Target
 
 NAMESPACE_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"

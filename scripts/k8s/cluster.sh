@@ -29,6 +29,7 @@ PKI="$RUN/pki" CONF="$RUN/conf" PIDS="$RUN/pids" LOGS="$RUN/logs" HOST="$RUN/hos
 KUBECONFIG_ADMIN="$RUN/admin.kubeconfig"
 REGISTRY="127.0.0.1:5000"
 PAUSE_IMAGE="$REGISTRY/mldeploy/pause:3.10"
+SECRETS_KEY_NAME="key1"   # in the EncryptionConfiguration; stored Secrets start k8s:enc:secretbox:v1:key1:
 POD_CIDR="10.244.0.0/24" SERVICE_CIDR="10.96.0.0/16" SERVICE_IP="10.96.0.1"
 # The apiserver must advertise a non-loopback address (the default Service
 # "kubernetes" points there); it listens on 127.0.0.1 only, so nothing answers
@@ -82,10 +83,12 @@ prereqs() {
 }
 
 # ---------------------------------------------------------------- certificates
-# mkcert NAME "SUBJECT" EXTENDED_KEY_USAGE [SAN]
+# mkcert NAME "SUBJECT" EXTENDED_KEY_USAGE [SAN] [CA] : a key and a certificate
+# signed by CA (default: the cluster CA, "ca").
 mkcert() {
-  local name="$1" subj="$2" eku="$3" san="${4:-}"
-  if [ -s "$PKI/$name.crt" ] && [ "$(cat "$PKI/$name.subject" 2>/dev/null)" = "$subj $san" ]; then return 0; fi
+  local name="$1" subj="$2" eku="$3" san="${4:-}" ca="${5:-ca}" rec
+  rec="$subj $san"; [ "$ca" = ca ] || rec="$rec ca=$ca"
+  if [ -s "$PKI/$name.crt" ] && [ "$(cat "$PKI/$name.subject" 2>/dev/null)" = "$rec" ]; then return 0; fi
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/$name.key" 2>/dev/null
   {
     echo "[v3]"
@@ -95,26 +98,42 @@ mkcert() {
     [ -n "$san" ] && echo "subjectAltName=$san"
   } >"$PKI/$name.ext"
   openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -set_serial "0x$(openssl rand -hex 16)" \
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" -set_serial "0x$(openssl rand -hex 16)" \
     -days 3650 -extfile "$PKI/$name.ext" -extensions v3 -out "$PKI/$name.crt" 2>/dev/null
   rm -f "$PKI/$name.csr" "$PKI/$name.ext"
-  printf '%s\n' "$subj $san" >"$PKI/$name.subject"
+  printf '%s\n' "$rec" >"$PKI/$name.subject"
+}
+
+# mkca NAME CN : a self-signed CA, made once.
+mkca() {
+  local name="$1" cn="$2"
+  [ -s "$PKI/$name.crt" ] && return 0
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/$name.key" 2>/dev/null
+  printf '[req]\ndistinguished_name=dn\n[dn]\n[v3_ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\nsubjectKeyIdentifier=hash\n' >"$PKI/$name.cnf"
+  openssl req -x509 -new -key "$PKI/$name.key" -subj "/CN=$cn" -days 3650 \
+    -config "$PKI/$name.cnf" -extensions v3_ca -out "$PKI/$name.crt" 2>/dev/null
+  rm -f "$PKI/$name.cnf"
 }
 
 certs() {
   mkdir -p "$PKI"; chmod 700 "$PKI"
-  if [ ! -s "$PKI/ca.crt" ]; then
-    log "making the cluster CA and certificates with openssl"
-    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/ca.key" 2>/dev/null
-    printf '[req]\ndistinguished_name=dn\n[dn]\n[v3_ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\nsubjectKeyIdentifier=hash\n' >"$PKI/ca.cnf"
-    openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=mldeploy-kubernetes-ca" -days 3650 \
-      -config "$PKI/ca.cnf" -extensions v3_ca -out "$PKI/ca.crt" 2>/dev/null
-    rm -f "$PKI/ca.cnf"
-  fi
+  [ -s "$PKI/ca.crt" ] || log "making the cluster CA and certificates with openssl"
+  mkca ca mldeploy-kubernetes-ca
+  # etcd has a CA of its own, which signs nothing but etcd's certificates and
+  # the API server's client certificate: no other certificate of the cluster
+  # (nor one the controller-manager signs for a CSR) opens etcd.
+  mkca etcd-ca mldeploy-etcd-ca
+  # The server certificate is also a client one: etcd's HTTP gateway calls its
+  # own gRPC server with it.
+  mkcert etcd-server "/CN=mldeploy-etcd" serverAuth,clientAuth "DNS:localhost,IP:127.0.0.1" etcd-ca
+  mkcert etcd-peer "/CN=mldeploy-etcd-peer" serverAuth,clientAuth "DNS:localhost,IP:127.0.0.1" etcd-ca
+  mkcert apiserver-etcd-client "/CN=kube-apiserver-etcd-client" clientAuth "" etcd-ca
   if [ ! -s "$PKI/sa.key" ]; then
     openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/sa.key" 2>/dev/null
     openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
   fi
+  # The key that seals Secrets at rest, made once: without it no Secret in etcd reads.
+  [ -s "$PKI/secrets-encryption.key" ] || ( umask 077; head -c 32 /dev/urandom | base64 -w0 >"$PKI/secrets-encryption.key" )
   mkcert apiserver "/CN=kube-apiserver" serverAuth \
     "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,IP:127.0.0.1,IP:$SERVICE_IP,IP:$ADVERTISE"
   mkcert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
@@ -169,6 +188,21 @@ configs() {
   mkdir -p "$CONF" "$RUN/cni/net.d" "$RUN/cni/ipam" "$RUN/containerd" "$RUN/etcd" "$RUN/kubelet" "$RUN/pod-logs" \
     "$CONF/certs.d/$REGISTRY"
   chmod 700 "$RUN/etcd"
+  # Secrets at rest: written sealed with secretbox (XSalsa20-Poly1305); identity
+  # comes second so that Secrets stored in plain before still read (up rewrites
+  # them once, rewrite_secrets).
+  put "$CONF/encryption.yaml" kube-apiserver <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources: [secrets]
+    providers:
+      - secretbox:
+          keys:
+            - name: $SECRETS_KEY_NAME
+              secret: $(cat "$PKI/secrets-encryption.key")
+      - identity: {}
+EOF
   kubeconfig "$KUBECONFIG_ADMIN" mldeploy-admin admin
   kubeconfig "$CONF/controller-manager.kubeconfig" system:kube-controller-manager controller-manager kube-controller-manager
   kubeconfig "$CONF/scheduler.kubeconfig" system:kube-scheduler scheduler kube-scheduler
@@ -190,7 +224,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   path = "$RUN/containerd/opt"
 
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$PAUSE_IMAGE"
+  # By digest (build_pause): containerd verifies the content it runs as every pod's sandbox.
+  sandbox_image = "$PAUSE_PINNED"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   # Root here lacks CAP_SYS_RESOURCE: the kubelet's -998 for sandboxes cannot
@@ -342,22 +377,45 @@ pause_tar() {
   echo "$MLDEPLOY_K8S_HOME/images/pause-$key.tar"
 }
 
+registry_has_manifest() {
+  curl -fs --max-time 5 -o /dev/null -I -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+    -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$REGISTRY/v2/$1/manifests/$2"
+}
+
+# build_pause : the pause image, built once and pushed to the registry; the
+# digest of the pushed manifest is recorded beside the tar and is what
+# containerd runs sandboxes from (PAUSE_PINNED), so a tag moved in the registry
+# changes nothing. Pushed again (from the tar) when the registry lost it.
+PAUSE_PINNED=""
 build_pause() {
-  local tar; tar="$(pause_tar)"
-  [ -s "$tar" ] && return 0
-  log "building the pause image (static Go binary FROM scratch)"
+  local tar digest_file digest
+  tar="$(pause_tar)"; digest_file="${tar%.tar}.digest"
+  if [ -s "$tar" ] && [ -s "$digest_file" ] && registry_has_manifest mldeploy/pause "$(cat "$digest_file")"; then
+    PAUSE_PINNED="$REGISTRY/mldeploy/pause@$(cat "$digest_file")"
+    return 0
+  fi
   docker info >/dev/null 2>&1 || "$HERE/../docker.sh"
-  local work; work="$(mktemp -d)"
-  cp "$HERE/pause/Dockerfile" "$work/"
-  ( cd "$HERE/pause" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "-s -w" -o "$work/pause" . )
-  DOCKER_BUILDKIT=0 docker build -q -t "$PAUSE_IMAGE" "$work" >/dev/null
-  mkdir -p "$(dirname "$tar")"
-  docker save -o "$tar.tmp" "$PAUSE_IMAGE"
-  mv "$tar.tmp" "$tar"
-  # Also in the registry, so containerd can pull it again should it ever be removed.
-  docker push -q "$PAUSE_IMAGE" >/dev/null 2>&1 || log "note: could not push $PAUSE_IMAGE to $REGISTRY"
+  if [ -s "$tar" ]; then
+    log "pushing the pause image from $tar to $REGISTRY (to pin its digest)"
+    docker load -q -i "$tar" >/dev/null
+  else
+    log "building the pause image (static Go binary FROM scratch)"
+    local work; work="$(mktemp -d)"
+    cp "$HERE/pause/Dockerfile" "$work/"
+    ( cd "$HERE/pause" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags "-s -w" -o "$work/pause" . )
+    DOCKER_BUILDKIT=0 docker build -q -t "$PAUSE_IMAGE" "$work" >/dev/null
+    rm -rf "$work"
+    mkdir -p "$(dirname "$tar")"
+    docker save -o "$tar.tmp" "$PAUSE_IMAGE"
+    mv "$tar.tmp" "$tar"
+  fi
+  docker push -q "$PAUSE_IMAGE" >/dev/null || { log "could not push $PAUSE_IMAGE to $REGISTRY"; exit 1; }
+  digest="$(docker inspect -f '{{range .RepoDigests}}{{println .}}{{end}}' "$PAUSE_IMAGE" | sed -n "s|^$REGISTRY/mldeploy/pause@||p" | head -1)"
   docker rmi "$PAUSE_IMAGE" >/dev/null 2>&1 || true
-  rm -rf "$work"
+  [[ "$digest" =~ ^sha256:[0-9a-f]{64}$ ]] || { log "no registry digest for $PAUSE_IMAGE after its push"; exit 1; }
+  printf '%s\n' "$digest" >"$digest_file"
+  PAUSE_PINNED="$REGISTRY/mldeploy/pause@$digest"
+  log "pause image pinned: $PAUSE_PINNED"
 }
 
 # import_image TAR : load a `docker save` archive into the cluster's containerd
@@ -385,13 +443,46 @@ failed() {
 }
 
 api_ready() { [ "$(kubectl_ get --raw /readyz 2>/dev/null)" = ok ]; }
-etcd_ready() { curl -fs --max-time 2 http://127.0.0.1:23790/health | grep -q '"health":"true"'; }
+# etcd's metrics listener answers /health without a client certificate (and serves no keys).
+etcd_ready() { curl -fs --max-time 2 http://127.0.0.1:23810/health | grep -q '"health":"true"'; }
+
+# has_flag COMPONENT FLAG : the running COMPONENT was started with FLAG (a prefix of one argument).
+has_flag() { tr '\0' '\n' <"/proc/$(cat "$PIDS/$1.pid" 2>/dev/null)/cmdline" 2>/dev/null | grep -q -- "^$2"; }
+# stale COMPONENT : it runs with the flags of an earlier cluster.sh (etcd in
+# plain HTTP, an API server without encryption at rest or allowing privileged
+# pods): up restarts it, so an old cluster is never left open.
+stale() {
+  case "$1" in
+    etcd) running etcd && ! has_flag etcd --client-cert-auth ;;
+    kube-apiserver) running kube-apiserver && { ! has_flag kube-apiserver --encryption-provider-config= ||
+      ! has_flag kube-apiserver --allow-privileged=false || ! has_flag kube-apiserver --etcd-certfile=; } ;;
+    *) return 1 ;;
+  esac
+}
+
+# rewrite_secrets : Secrets stored in plain before encryption at rest are
+# rewritten once through the API server, which stores them sealed. Their older
+# plain revisions stay in etcd's history until etcd compacts it and rotates its WAL.
+rewrite_secrets() {
+  local mark="$CONF/secrets-rewritten" want="secretbox:$SECRETS_KEY_NAME" n
+  [ "$(cat "$mark" 2>/dev/null)" = "$want" ] && return 0
+  n="$(kubectl_ get secrets -A --no-headers 2>/dev/null | wc -l)" || n=0
+  if [ "$n" -gt 0 ]; then
+    log "rewriting $n Secret(s) so that etcd holds them encrypted"
+    if ! kubectl_ get secrets -A -o json | kubectl_ replace -f - >/dev/null; then
+      log "could not rewrite every Secret (one changed meanwhile?): tried again at the next up"
+      return 0
+    fi
+  fi
+  printf '%s\n' "$want" >"$mark"
+}
 
 up() {
   prereqs
   "$HERE/registry.sh" up
   if running containerd && running etcd && running kube-apiserver && running kube-controller-manager \
-     && running kube-scheduler && running kubelet && running kube-proxy && kubelet_healthy && node_ready; then
+     && running kube-scheduler && running kubelet && running kube-proxy && kubelet_healthy && node_ready \
+     && ! stale etcd && ! stale kube-apiserver; then
     log "already up: node $NODE Ready; kubeconfig $KUBECONFIG_ADMIN"
     return 0
   fi
@@ -401,6 +492,7 @@ up() {
   mkdir -p "$RUN" "$PIDS" "$LOGS"
   any_running || snapshot_host
   certs
+  build_pause
   configs
   local c
   for c in "${CHANGED[@]}"; do
@@ -409,25 +501,39 @@ up() {
       stop_pid "$PIDS/$c.pid" "$c" "$(bin_of "$c")"
     fi
   done
+  # The API server first: it hangs on shutdown when etcd goes before it.
+  for c in kube-apiserver etcd; do
+    if stale "$c"; then
+      log "$c runs with the flags of an earlier cluster.sh: restarting it"
+      stop_pid "$PIDS/$c.pid" "$c" "$(bin_of "$c")"
+    fi
+  done
   hosts_entry
-  build_pause
   mkdir -p "$RT"
 
   start containerd --config "$CONF/containerd.toml"
   wait_until 20 containerd ctr_ version || failed containerd containerd
-  if ! ctr_ images ls -q "name==$PAUSE_IMAGE" | grep -q .; then
-    log "importing the pause image into containerd"
-    import_image "$(pause_tar)"
+  if ! ctr_ images ls -q "name==$PAUSE_PINNED" | grep -q .; then
+    log "pulling the pause image $PAUSE_PINNED into containerd"
+    ctr_ images pull --hosts-dir "$CONF/certs.d" "$PAUSE_PINNED" >/dev/null || failed "the pause image pull" containerd
   fi
 
+  # TLS on both listeners, and a client certificate of etcd's own CA required:
+  # the API server holds the only client one (apiserver-etcd-client).
   start etcd --name mldeploy --data-dir "$RUN/etcd" \
-    --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
-    --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
-    --initial-cluster mldeploy=http://127.0.0.1:23800 --listen-metrics-urls http://127.0.0.1:23810 \
+    --listen-client-urls https://127.0.0.1:23790 --advertise-client-urls https://127.0.0.1:23790 \
+    --cert-file "$PKI/etcd-server.crt" --key-file "$PKI/etcd-server.key" \
+    --client-cert-auth --trusted-ca-file "$PKI/etcd-ca.crt" \
+    --listen-peer-urls https://127.0.0.1:23800 --initial-advertise-peer-urls https://127.0.0.1:23800 \
+    --peer-cert-file "$PKI/etcd-peer.crt" --peer-key-file "$PKI/etcd-peer.key" \
+    --peer-client-cert-auth --peer-trusted-ca-file "$PKI/etcd-ca.crt" \
+    --initial-cluster mldeploy=https://127.0.0.1:23800 --listen-metrics-urls http://127.0.0.1:23810 \
     --log-level warn
   wait_until 30 etcd etcd_ready || failed etcd etcd
 
-  start kube-apiserver --etcd-servers=http://127.0.0.1:23790 \
+  start kube-apiserver --etcd-servers=https://127.0.0.1:23790 \
+    --etcd-cafile="$PKI/etcd-ca.crt" --etcd-certfile="$PKI/apiserver-etcd-client.crt" --etcd-keyfile="$PKI/apiserver-etcd-client.key" \
+    --encryption-provider-config="$CONF/encryption.yaml" \
     --bind-address=127.0.0.1 --secure-port=6443 --advertise-address="$ADVERTISE" \
     --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
     --client-ca-file="$PKI/ca.crt" \
@@ -437,9 +543,10 @@ up() {
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
-    --allow-privileged=true --profiling=false
+    --allow-privileged=false --profiling=false
   log "waiting for the API server on https://127.0.0.1:6443"
   wait_until 60 "the API server" api_ready || failed kube-apiserver kube-apiserver
+  rewrite_secrets
 
   # A kubelet started now must post a fresh status (etcd keeps the last run's).
   local fresh_since=""; running kubelet || fresh_since="$started"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from mldeploy.providers import edge_manifest
-from mldeploy.providers.clients.containers import host_config_limits
+from mldeploy.providers.clients.containers import SCORING_USER, host_config_limits
 
 OWNER_LABEL = "net.azure-devices.edge.owner"
 OWNER = "mldeploy.local-edge-agent"
@@ -116,6 +116,11 @@ def container_body(name: str, module: Mapping[str, Any], labels: Mapping[str, st
     body["Image"] = image
     env = [f"{k}={v.get('value')}" for k, v in sorted((module.get("env") or {}).items())]
     body["Env"] = list(body.get("Env") or []) + env + [f"IOTEDGE_MODULEID={name}"]
+    if not any(e.startswith("HOME=") for e in body["Env"]):
+        body["Env"].append("HOME=/tmp")  # nobody's own home does not exist; /tmp is the module's tmpfs
+    # As the scoring containers: nobody, no capabilities, no privilege escalation, unless createOptions
+    # say otherwise (IoT Edge passes them to Docker as they are). Not in spec_hash, as the limits below.
+    body.setdefault("User", SCORING_USER)
     body["Labels"] = {
         **(body.get("Labels") or {}),
         **labels,
@@ -132,6 +137,8 @@ def container_body(name: str, module: Mapping[str, Any], labels: Mapping[str, st
     # (IoT Edge lets createOptions set any of them). Not in spec_hash: running modules stay as they are.
     for key, value in host_config_limits().items():
         host.setdefault(key, value)
+    host.setdefault("CapDrop", ["ALL"])
+    host.setdefault("SecurityOpt", ["no-new-privileges"])
     body["HostConfig"] = host
     check_bindings(name, body)
     return body

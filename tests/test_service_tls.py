@@ -290,3 +290,19 @@ def test_the_review_says_why_pods_roll_for_security_and_tls() -> None:
     assert "**Warnings**" in md and "- ⚠️ AksService 'svc': its keys (Bearer tokens) travel over plain HTTP" in md
     assert md.count("- ⚠️ x") == 1
     assert "Warnings" not in render("dev", [], {"same": 3})
+
+
+def test_components_warn_of_keys_over_plain_http(aci_config: K8sMocks, monkeypatch: pytest.MonkeyPatch, pem: dict[str, Path]) -> None:
+    from mldeploy.components import AksCluster, AksService, ContainerInstanceService
+
+    said: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda msg, resource=None, **kw: said.append(msg))
+    ContainerInstanceService("keyed", models=[make_model()], image=make_image(), auth_enabled=True)
+    ContainerInstanceService("open", models=[make_model()], image=make_image(), auth_enabled=False)
+    ContainerInstanceService("tlsed", models=[make_model()], image=make_image(), auth_enabled=True, ssl_enabled=True,
+                             ssl_cert_pem_file=str(pem["cert"]), ssl_key_pem_file=str(pem["key"]))
+    local = AksCluster("aks", cluster_purpose="DevTest")
+    AksService("onlocal", cluster=local, models=[make_model()], image=make_image(), num_replicas=1)
+    attached = AksCluster("attached", cluster_purpose="DevTest", kubeconfig="apiVersion: v1\nkind: Config\n")
+    AksService("onattached", cluster=attached, models=[make_model()], image=make_image(), num_replicas=1, namespace="other")
+    assert [m.split("'")[1] for m in said if "plain HTTP" in m] == ["keyed", "onattached"], said

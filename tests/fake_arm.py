@@ -27,6 +27,8 @@ This is a test double: nothing here reaches or stands for a deployment in Azure.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import re
 import secrets
@@ -150,6 +152,7 @@ class FakeArm:
         import trustme
 
         self.infra_image = infra_image
+        self.volume_dir = Path(tmp_dir) / "volumes"  # secret volumes' files, bind-mounted read-only
         self.ready_timeout = ready_timeout
         self.instance = uuid.uuid4().hex[:8]
         self.tokens: dict[str, float] = {}
@@ -382,6 +385,7 @@ class FakeArm:
                 req = cp["resources"]["requests"]
                 c = self.docker.containers.run(
                     cp["image"], detach=True, environment=env, labels=labels, network_mode=f"container:{infra.id}",
+                    volumes=self._secret_volumes(g, props, cp, generation) or None,
                     entrypoint=cp.get("command") or None, nano_cpus=int(req["cpu"] * 1e9),
                     mem_limit=int(req["memoryInGB"] * 1024**3), name=f"fakearm-{g.name}-{cdef['name']}-{uuid.uuid4().hex[:6]}",
                 )
@@ -406,6 +410,21 @@ class FakeArm:
             self._finish(g, op, "Failed", {"code": "ContainerGroupDeploymentTimeout", "message": "readiness probes never passed"})
         except Exception as exc:  # a fake's own failure still ends the operation
             self._finish(g, op, "Failed", {"code": "InternalServerError", "message": f"fake ARM: {exc}"})
+
+    def _secret_volumes(self, g: Group, props: dict[str, Any], cp: dict[str, Any], generation: int) -> dict[str, dict[str, str]]:
+        """As ACI's secret volumes: each base64 value a file, mounted where the container asks (other kinds are not run)."""
+        volumes = {v["name"]: v for v in props.get("volumes") or []}
+        binds = {}
+        for mount in cp.get("volumeMounts") or []:
+            secret = (volumes.get(mount["name"]) or {}).get("secret")
+            if secret is None:
+                continue
+            folder = self.volume_dir / g.name / f"{mount['name']}-{generation}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for fname, b64 in secret.items():
+                (folder / fname).write_bytes(base64.b64decode(b64))
+            binds[str(folder)] = {"bind": mount["mountPath"], "mode": "ro" if mount.get("readOnly") else "rw"}
+        return binds
 
     def _pull(self, image: str, credentials: list[dict[str, Any]] | None = None) -> None:
         """As ACI: an image of a registry named in imageRegistryCredentials is pulled with them, always."""
@@ -435,6 +454,17 @@ class FakeArm:
         mapping = host.get(f"{get['port']}/tcp")
         if not mapping:
             return False
+        if str(get.get("scheme") or "http").lower() == "https":
+            # As ACI's probe: HTTPS without checking the certificate.
+            conn = http.client.HTTPSConnection("127.0.0.1", int(mapping[0]["HostPort"]), timeout=2,
+                                               context=ssl._create_unverified_context())
+            try:
+                conn.request("GET", get.get("path", "/"))
+                return 200 <= conn.getresponse().status < 400
+            except (OSError, http.client.HTTPException):
+                return False
+            finally:
+                conn.close()
         try:
             r = requests.get(f"http://127.0.0.1:{mapping[0]['HostPort']}{get.get('path', '/')}", timeout=2)
             return 200 <= r.status_code < 400

@@ -10,10 +10,13 @@ has decrypted it, so a plain forged pickle is still read.
 
 So this host loads only what mldeploy's providers are: a class of
 `mldeploy.providers.*` that is a `ResourceProvider`, by reference (that is how
-they are pickled). Anything else is refused before any of it runs, naming what
-the pickle asked for. A project that also runs dynamic providers of its own,
-pickled by value, sets `MLDEPLOY_TRUST_STATE_PICKLES=1` to get the SDK's
-behaviour back (and trusts whoever can write its state).
+they are pickled). Releases before the `mldeploy` package pickled the same
+classes as `providers.*` (the checkout's top-level folder); those names load as
+`mldeploy.providers.*`, so their stacks still refresh and destroy. Anything else
+is refused before any of it runs, naming what the pickle asked for. A project
+that also runs dynamic providers of its own, pickled by value, sets
+`MLDEPLOY_TRUST_STATE_PICKLES=1` to get the SDK's behaviour back (and trusts
+whoever can write its state).
 
 `scripts/engine/pulumi-resource-pulumi-python` starts this module; the engine
 finds it on PATH under the SDK's plugin name.
@@ -29,6 +32,8 @@ import sys
 from typing import Any
 
 ALLOWED_MODULE_PREFIX = "mldeploy.providers."
+LEGACY_MODULE_PREFIX = "providers."
+"""How releases before the `mldeploy` package named the same modules (their stacks' pickles)."""
 TRUST_ENV = "MLDEPLOY_TRUST_STATE_PICKLES"
 
 
@@ -38,10 +43,14 @@ class ForgedProvider(pickle.UnpicklingError):
 
 class _ProvidersOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if module.startswith(ALLOWED_MODULE_PREFIX) and name.isidentifier():
+        ours = "mldeploy." + module if module.startswith(LEGACY_MODULE_PREFIX) else module
+        if ours.startswith(ALLOWED_MODULE_PREFIX) and name.isidentifier():
             from pulumi.dynamic import ResourceProvider
 
-            found = super().find_class(module, name)
+            try:
+                found = super().find_class(ours, name)
+            except (ImportError, AttributeError):
+                found = None
             if isinstance(found, type) and issubclass(found, ResourceProvider):
                 return found
         raise ForgedProvider(

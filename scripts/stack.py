@@ -159,7 +159,7 @@ def orphaned_providers(root: Path) -> list[int]:
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if b"pulumi.dynamic" not in cmdline and b"pulumi-resource-pulumi-python" not in cmdline:
+        if not any(m in cmdline for m in (b"pulumi.dynamic", b"pulumi-resource-pulumi-python", b"mldeploy.providers.host")):
             continue
         if cwd.removesuffix(" (deleted)") != want:
             continue

@@ -138,7 +138,13 @@ def test_the_wheel_is_one_package_that_another_project_deploys_and_scores_with(t
     env = consumer_env(tmp_path)
     _run([sys.executable, "-m", "venv", str(project / ".venv")], project, env)
     py = str(project / ".venv" / "bin" / "python")
-    _run([py, "-m", "pip", "install", "--quiet", "--constraint", str(ROOT / "requirements.lock"), str(wheel)], project, env)
+    # The lock's versions as constraints; its hashes stay out, since pip would then want one for the wheel
+    # just built too (hashes in a constraints file turn --require-hashes on for everything).
+    pins = [ln.split(";")[0].split("\\")[0].strip() for ln in (ROOT / "requirements.lock").read_text().splitlines()
+            if "==" in ln and not ln.lstrip().startswith(("#", "--"))]
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("\n".join(pins) + "\n")
+    _run([py, "-m", "pip", "install", "--quiet", "--constraint", str(constraints), str(wheel)], project, env)
     _run([py, "-m", "pip", "check"], project, env)
 
     probe = json.loads(_run([py, "-c", PROBE], project, env).stdout)
@@ -171,8 +177,13 @@ def test_the_wheel_is_one_package_that_another_project_deploys_and_scores_with(t
         assert requests.post(out["scoring_uri"], json=SEED_REQUEST, timeout=60).status_code == 401
 
         # The state names the providers by the package's name, and a second preview is stable.
-        state = json.loads(_run([*pulumi, "stack", "export", "--stack", stack], project, env, timeout=120).stdout)
-        pickled = [base64.b64decode(r["inputs"]["__provider"]) for r in state["deployment"]["resources"]
+        # The pickles are secrets (the SDK's default, issue 18): read them decrypted.
+        state = json.loads(_run([*pulumi, "stack", "export", "--show-secrets", "--stack", stack], project, env, timeout=120).stdout)
+
+        def pickle_of(value: object) -> bytes:
+            return base64.b64decode(json.loads(value["plaintext"]) if isinstance(value, dict) else value)
+
+        pickled = [pickle_of(r["inputs"]["__provider"]) for r in state["deployment"]["resources"]
                    if "__provider" in r.get("inputs", {})]
         assert pickled and all(b"mldeploy.providers." in p for p in pickled), pickled
         _run([*pulumi, "preview", "--expect-no-changes", "--stack", stack], project, env)

@@ -13,10 +13,18 @@ have no network (issue 11), so the next `up` replaces that backend (a zero-downt
 roll, same scoring URI). Its image is rebuilt once, in place (same repository): the
 earlier release's image held a layer of deleted wheels, this release's is built on
 the cached environment image (issue 11, part 3).
+
+Its dynamic providers were pickled in plain text under their names of that
+release (`providers.service.ServiceProvider`, before the `mldeploy` package);
+this release stores them encrypted and its provider host loads only its own
+provider classes (issue 18, item 4): a preview that refreshes reads every
+resource through those old pickles, and after `up` the state holds every pickle
+encrypted.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -55,6 +63,18 @@ def checkout_of(commit: str, dest: Path) -> Path:
         else:
             tar.extractall(dest)
     return dest
+
+
+def earlier_pickles(resources: list[dict]) -> list[str]:
+    """The plain-text `__provider` pickles that name a provider as the earlier release did (`providers.…`)."""
+    found = []
+    for r in resources:
+        value = (r.get("outputs") or {}).get("__provider")
+        if isinstance(value, str):
+            data = base64.b64decode(value)
+            if b"providers." in data and b"mldeploy" not in data:
+                found.append(value)
+    return found
 
 
 def service_containers(stack_name: str) -> list[str]:
@@ -97,6 +117,8 @@ def test_a_stack_of_the_earlier_release_previews_no_changes_from_another_checkou
                                       capture_output=True, text=True, check=True).stdout)
     old_inputs = json.dumps([r.get("inputs") for r in state["deployment"]["resources"]])
     assert str(first) in old_inputs, "the earlier release wrote its checkout's paths into the inputs"
+    old_pickles = earlier_pickles(state["deployment"]["resources"])
+    assert len(old_pickles) >= 3, "the earlier release kept its providers' pickles in plain text, by their old names"
     before = service_containers(name)
     assert len(before) == 1
 
@@ -104,6 +126,11 @@ def test_a_stack_of_the_earlier_release_previews_no_changes_from_another_checkou
     # committed config file; its own state folder, as its scripts/env.sh sets.
     shutil.copy2(first / "stacks" / f"Pulumi.{name}.yaml", workdir / "stacks" / f"Pulumi.{name}.yaml")
     st = engine_stack(stack_cli.project_program(workdir), name=name)
+    # A preview that refreshes reads every resource through the earlier release's plain pickles:
+    # this release's provider host takes them (its own classes, by their old names) and changes nothing.
+    refreshed = st.preview(refresh=True)
+    assert "refused a dynamic provider" not in refreshed.text
+    assert not any("delete" in k or "replace" in k for k in refreshed.change_summary), refreshed.change_summary
     pre = st.preview(diff=True)
     # Only the service (its exposed backend rolls) and the image change; nothing is replaced. The
     # image is rebuilt once, in place, on the cached environment image: the earlier release's held
@@ -133,6 +160,13 @@ def test_a_stack_of_the_earlier_release_previews_no_changes_from_another_checkou
 
     # And from this checkout, a second look finds nothing to do either.
     assert set(st.preview().change_summary) == {"same"}
+    # The state file now holds every provider's pickle encrypted, and none by its old name.
+    state_file = next(backend.rglob(f"{name}.json"))
+    written = json.loads(state_file.read_text())["checkpoint"]["latest"]["resources"]
+    stored = {r["urn"].rsplit("::", 1)[-1]: type((r.get("outputs") or {}).get("__provider")).__name__
+              for r in written if r["type"].startswith("pulumi-python:dynamic/")}
+    assert stored and set(stored.values()) == {"dict"}, stored
+    assert "ciphertext" in state_file.read_text() and not earlier_pickles(written)
 
     down = st.destroy()
     assert down.summary.result == "succeeded"

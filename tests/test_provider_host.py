@@ -46,6 +46,29 @@ def test_mldeploys_own_providers_load_and_anything_else_is_refused_unrun(tmp_pat
         load_provider(pickle.dumps(__import__("mldeploy.providers.sample_check", fromlist=["x"]).SampleCheck(False, True)))
 
 
+# What the release before the `mldeploy` package (c1fb50a) wrote into its stacks' state, in plain text.
+EARLIER_RELEASE_PICKLES = {
+    "ServiceProvider": "gASVLAAAAAAAAACMEXByb3ZpZGVycy5zZXJ2aWNllIwPU2VydmljZVByb3ZpZGVylJOUKYGULg==",
+    "ModelVersionProvider": "gASVLwAAAAAAAACMD3Byb3ZpZGVycy5tb2RlbJSMFE1vZGVsVmVyc2lvblByb3ZpZGVylJOUKYGULg==",
+    "ImageProvider": "gASVKAAAAAAAAACMD3Byb3ZpZGVycy5pbWFnZZSMDUltYWdlUHJvdmlkZXKUk5QpgZQu",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EARLIER_RELEASE_PICKLES))
+def test_an_earlier_releases_pickle_loads_as_the_same_mldeploy_provider(name: str) -> None:
+    """Stacks of releases before the package refresh and destroy: `providers.x.C` is `mldeploy.providers.x.C`."""
+    loaded = load_provider(base64.b64decode(EARLIER_RELEASE_PICKLES[name]))
+    assert type(loaded).__qualname__ == name and type(loaded).__module__.startswith("mldeploy.providers.")
+
+
+def test_an_old_name_of_anything_else_is_refused() -> None:
+    # `providers.host.ForgedProvider` exists but is no provider; `providers.nope` does not exist.
+    for module, name in (("providers.host", "ForgedProvider"), ("providers.nope", "X"), ("providers.service", "os")):
+        data = f"c{module}\n{name}\n)R.".encode()  # GLOBAL module name, called with ()
+        with pytest.raises(ForgedProvider, match=f"names {module}.{name}"):
+            load_provider(data)
+
+
 def test_every_provider_keeps_the_sdks_encrypted_pickle() -> None:
     import importlib
     import pkgutil

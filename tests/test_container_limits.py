@@ -23,6 +23,31 @@ def test_the_limits_in_both_shapes_say_the_same() -> None:
     assert run["log_config"]["Config"] == host["LogConfig"]["Config"] == {"max-size": "10m", "max-file": "3"}
 
 
+def test_a_scoring_backend_is_started_with_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the local target's backend container is created with (docker-py's keyword arguments)."""
+    asked: dict = {}
+
+    class FakeContainer:
+        id = "c0ffee"
+
+    class FakeContainers:
+        def run(self, image, **kw):  # noqa: ANN001 - docker-py's signature
+            asked.update(kw)
+            return FakeContainer()
+
+    class FakeClient:
+        containers = FakeContainers()
+
+    monkeypatch.setattr(containers, "client", lambda: FakeClient())
+    containers.run_socket_container("svc", "img", {}, {}, {"/models": "/var/azureml-app/models"}, 0.5, 1.0,
+                                    "/run/mldeploy/s", "svc.sock", "/run/mldeploy")
+    assert asked["pids_limit"] == 1024
+    assert asked["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=256m"}
+    assert asked["log_config"]["Type"] == "json-file"
+    assert asked["log_config"]["Config"] == {"max-size": "10m", "max-file": "3"}
+    assert asked["network_mode"] == "none" and asked["user"] == containers.SCORING_USER
+
+
 def test_an_edge_module_gets_the_limits_unless_its_create_options_set_them() -> None:
     body = container_body("scorer", MODULE, {})
     assert body["HostConfig"]["PidsLimit"] == 1024 and body["HostConfig"]["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=256m"}
@@ -39,6 +64,19 @@ def test_the_local_device_refuses_publishing_beyond_loopback(host: dict, words: 
     module = {**MODULE, "settings": {**MODULE["settings"], "createOptions": json.dumps({"HostConfig": host})}}
     with pytest.raises(AgentError, match=words):
         container_body("scorer", module, {})
+
+
+@pytest.mark.parametrize("host, words", [
+    ({"PublishAllPorts": True}, "PublishAllPorts publishes on every address"),
+    ({"NetworkMode": "container:other"}, "another container's network"),
+])
+def test_the_local_device_refuses_them_at_preview_too(host: dict, words: str) -> None:
+    """The preview's check (iotedge.check_local) says it before up reaches the device's agent."""
+    from mldeploy.providers.targets import iotedge
+
+    args = iotedge.EdgeModuleArgs(module_name="scorer", create_options={"HostConfig": host})
+    problems = iotedge.check_local(args, iotedge.create_options(args, 40001))
+    assert [field for field, _ in problems] == ["create_options"] and words in problems[0][1], problems
 
 
 @pytest.mark.e2e

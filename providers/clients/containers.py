@@ -30,6 +30,7 @@ SCORING_USER = "65534:65534"
 """nobody:nogroup. The inference image declares no user; its files are world-readable,
 so the server runs unprivileged. The group is the one the gateway's workers share."""
 RESTART_POLICY = {"Name": "unless-stopped"}
+"""After an OOM kill, a crash or a dockerd restart, Docker starts the backend again."""
 # What a scoring script can take of the host (issue 18, item 8): its log is rotated, its
 # process count capped, and its scratch space is a size-limited tmpfs, not the host's disk.
 LOG_MAX_SIZE = "10m"
@@ -56,7 +57,6 @@ def host_config_limits() -> dict[str, Any]:
         "PidsLimit": PIDS_LIMIT,
         "Tmpfs": {"/tmp": TMP_OPTIONS},
     }
-"""After an OOM kill, a crash or a dockerd restart, Docker starts the backend again."""
 
 
 class ServiceStartError(Exception):

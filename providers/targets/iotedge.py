@@ -156,6 +156,12 @@ def check_local(args: EdgeModuleArgs, opts: Mapping[str, Any]) -> list[tuple[str
     problems = []
     if str(host.get("NetworkMode") or "") == "host":
         problems.append(("create_options", "HostConfig.NetworkMode 'host' is refused on the local device"))
+    if str(host.get("NetworkMode") or "").startswith("container:"):
+        problems.append(("create_options", f"HostConfig.NetworkMode {host['NetworkMode']!r} (another container's network) "
+                                           "is refused on the local device"))
+    if host.get("PublishAllPorts"):
+        problems.append(("create_options", "HostConfig.PublishAllPorts publishes on every address: the local device "
+                                           "publishes on 127.0.0.1 only (give PortBindings with HostIp 127.0.0.1)"))
     for port, bindings in (host.get("PortBindings") or {}).items():
         for b in bindings or []:
             if ((b or {}).get("HostIp") or "") != "127.0.0.1":

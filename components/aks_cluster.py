@@ -64,9 +64,10 @@ class Cluster(Resource, module=PACKAGE, name="Cluster"):
     node_count: pulumi.Output[int]
     allocatable_vcpus: pulumi.Output[float]
     server: pulumi.Output[str]
+    node_address: pulumi.Output[str]
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
-        outs = ("kubeconfig_sha", "server", "kubernetes_version", "node_count", "allocatable_vcpus")
+        outs = ("kubeconfig_sha", "server", "kubernetes_version", "node_count", "allocatable_vcpus", "node_address")
         super().__init__(ClusterProvider(), name, {"kubeconfig": None, **props, **{k: None for k in outs}}, opts)
 
 
@@ -199,6 +200,15 @@ class AksCluster(pulumi.ComponentResource):
         self._on_azure = args.target == "azure"
         # The local cluster's kube-proxy binds node ports on 127.0.0.1 only; any other cluster publishes them.
         self._loopback_only = args.target == "local" and args.kubeconfig is None
+        # Where services' NodePorts answer (their scoring_uri): an attached cluster's node. The azure
+        # target stays 127.0.0.1: here its clusters are the local fakes'; on Azure a NodePort is not public.
+        if args.target == "local" and args.kubeconfig is not None:
+            from mldeploy.providers.cluster import scoring_host
+
+            facts = pulumi.Output.all(self._cluster.node_address, self._cluster.server)  # type: ignore[attr-defined]
+            self.node_host: pulumi.Output[str] = facts.apply(lambda a: scoring_host(False, a[0], a[1]))
+        else:
+            self.node_host = pulumi.Output.from_input("127.0.0.1")
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})
 
     @property

@@ -227,8 +227,10 @@ class AksService(pulumi.ComponentResource):
                 opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps, delete_before_replace=True)),
             )
         self.node_port = service.spec.apply(lambda s: int(s.ports[0].node_port))
-        scheme, host = ("https", args.ssl_cname or "127.0.0.1") if args.ssl_enabled else ("http", "127.0.0.1")
-        uris = self.node_port.apply(lambda p: target.uris(p, name, host, scheme))
+        scheme = "https" if args.ssl_enabled else "http"
+        # The certificate's name when TLS names one; else where the cluster's NodePorts answer.
+        host = pulumi.Output.from_input(args.ssl_cname) if args.ssl_enabled and args.ssl_cname else cluster.node_host
+        uris = pulumi.Output.all(self.node_port, host).apply(lambda a: target.uris(a[0], name, a[1], scheme))
         # The URI is known only once the rollout is done, so it is a promise that the service answers.
         self.scoring_uri = pulumi.Output.all(uris, rollout.revision).apply(lambda a: a[0]["scoring_uri"])
         self.swagger_uri = uris.apply(lambda u: u["swagger_uri"])

@@ -55,6 +55,22 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def scoring_host(loopback_only: bool, node_address: str | None, server: str | None) -> str:
+    """The host a service's NodePort is reached at, for its `scoring_uri`. Pure.
+
+    The local cluster's kube-proxy binds node ports on 127.0.0.1 only. An attached
+    cluster publishes them on every node: a Ready node's address (read from the API
+    server), else the API server's host (a single-node cluster's node), else 127.0.0.1
+    (a stack deployed before the address was read, until its next refresh).
+    """
+    from urllib.parse import urlsplit
+
+    if loopback_only:
+        return "127.0.0.1"
+    host = node_address or (urlsplit(server).hostname if server else None) or "127.0.0.1"
+    return f"[{host}]" if ":" in host else host  # an IPv6 address, as a URI writes it
+
+
 class ClusterProvider(ResourceProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         from mldeploy.providers.clients import kube
@@ -94,6 +110,7 @@ class ClusterProvider(ResourceProvider):
             "kubernetes_version": facts.kubernetes_version,
             "node_count": facts.node_count,
             "allocatable_vcpus": facts.allocatable_vcpus,
+            "node_address": facts.node_address,
         }
 
     def create(self, props: dict[str, Any]) -> CreateResult:

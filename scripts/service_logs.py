@@ -10,8 +10,11 @@ of mode 0600 under `<stateDir>/logs/<project>-<stack>/<service>/`, removed by
 the next successful roll or by destroy).
 
 Kubernetes target: `kubectl logs` of the `scoring` container of every pod of
-the service's Deployment, with the cluster's kubeconfig, plus `--previous`
-(the crashed run) for a container that restarted.
+the service's Deployment, plus `--previous` (the crashed run) for a container
+that restarted. kubectl gets the kubeconfig that the stack deployed the service
+with (its Kubernetes provider's, from the state, in a 0600 file removed after),
+so an attached cluster's logs come from that cluster with that cluster's user,
+never with the local cluster's admin credentials.
 
 Keys never reach a scoring container (the gateway and the pod's front end strip
 them), and bearer tokens are redacted from what this prints all the same.
@@ -20,11 +23,14 @@ them), and bearer tokens are redacted from what this prints all the same.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 LOCAL_TYPE = "pulumi-python:dynamic/mldeploy:Service"
 DEPLOYMENT_TYPE = "kubernetes:apps/v1:Deployment"
@@ -50,6 +56,36 @@ def find_service(deployment: dict[str, Any], service: str) -> tuple[str, dict[st
                 return "kubernetes", {**inputs, **outputs}
     known = ", ".join(sorted(n for n in found if n)) or "none"
     raise LogsError(f"service {service!r} is not in the stack; its services: {known}")
+
+
+SECRET_SIG = ("4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270")
+"""How `pulumi stack export --show-secrets` marks a secret: {sig: value, "plaintext": JSON text}."""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict) and value.get(SECRET_SIG[0]) == SECRET_SIG[1]:
+        if "plaintext" not in value:
+            raise LogsError("the state holds the cluster's kubeconfig encrypted: export it with the stack's passphrase")
+        return json.loads(value["plaintext"])
+    return value
+
+
+def deployment_kubeconfig(deployment: dict[str, Any], service: str) -> str | None:
+    """The kubeconfig the stack deployed `service`'s Deployment with (its Kubernetes provider's input).
+
+    None when the Deployment names no provider with a kubeconfig (a default provider: the
+    ambient kubeconfig, which the local admin one stands in for).
+    """
+    resources = deployment.get("resources") or []
+    found = next((r for r in resources if r.get("type") == DEPLOYMENT_TYPE
+                  and ((r.get("inputs") or {}).get("metadata") or {}).get("name") == service), None)
+    ref = str((found or {}).get("provider") or "")
+    urn = ref.rsplit("::", 1)[0] if "::" in ref else ""
+    provider = next((r for r in resources if urn and r.get("urn") == urn), None)
+    if provider is None:
+        return None
+    text = _plain((provider.get("inputs") or {}).get("kubeconfig"))
+    return text if isinstance(text, str) and text.strip() else None
 
 
 def _tail_lines(text: str, tail: int | None) -> str:
@@ -98,11 +134,13 @@ def kubectl_argv(props: dict[str, Any], tail: int | None, follow: bool) -> list[
 
 
 def kubernetes_logs(props: dict[str, Any], tail: int | None, follow: bool, out: TextIO,
-                    run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
+                    run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+                    kubeconfig: str | None = None) -> None:
+    """`kubeconfig`: the path of the service's cluster's kubeconfig; None for the local cluster's."""
     from mldeploy.providers.clients import cluster
     from mldeploy.providers.clients.containers import redact
 
-    kubectl = [cluster.kubectl_path(), "--kubeconfig", cluster.kubeconfig_path()]
+    kubectl = [cluster.kubectl_path(), "--kubeconfig", kubeconfig or cluster.kubeconfig_path()]
     meta = props.get("metadata") or {}
     namespace = meta.get("namespace") or "default"
     labels = ((props.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
@@ -136,6 +174,21 @@ def kubernetes_logs(props: dict[str, Any], tail: int | None, follow: bool, out: 
             proc.terminate()
 
 
+@contextlib.contextmanager
+def _kubeconfig_file(text: str | None) -> Iterator[str | None]:
+    """`text` in a file only this user can read, removed afterwards; None stays None."""
+    if text is None:
+        yield None
+        return
+    fd, path = tempfile.mkstemp(prefix="mldeploy-kubeconfig-")  # 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        yield path
+    finally:
+        os.unlink(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stack.py logs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stack")
@@ -151,11 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.tail is not None and args.tail < 0:
             raise LogsError(f"--tail: must be 0 or more, got {args.tail}")
         st = stack_cli.select_stack(args.stack)
-        kind, props = find_service(st.export_stack().deployment or {}, args.service)
+        deployment = st.export_stack().deployment or {}
+        kind, props = find_service(deployment, args.service)
         if kind == "local":
             local_logs(props, args.tail, args.follow, sys.stdout)
         else:
-            kubernetes_logs(props, args.tail, args.follow, sys.stdout)
+            with _kubeconfig_file(deployment_kubeconfig(deployment, args.service)) as path:
+                kubernetes_logs(props, args.tail, args.follow, sys.stdout, kubeconfig=path)
     except (LogsError, stack_cli.PassphraseMissing) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

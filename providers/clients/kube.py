@@ -35,6 +35,22 @@ class ClusterFacts:
     node_count: int
     ready_nodes: int
     allocatable_vcpus: float
+    node_address: str = ""
+    """A Ready node's ExternalIP, else its InternalIP ("" when none says): where its NodePorts answer."""
+
+
+def node_address(nodes: list[dict]) -> str:
+    """The address a NodePort service is reached at: the first Ready node's ExternalIP, else InternalIP. Pure."""
+    for kind in ("ExternalIP", "InternalIP"):
+        for node in nodes:
+            status = node.get("status") or {}
+            conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+            if conditions.get("Ready") != "True":
+                continue
+            for addr in status.get("addresses") or []:
+                if addr.get("type") == kind and addr.get("address"):
+                    return str(addr["address"])
+    return ""
 
 
 def parse_cpu(quantity: str) -> float:
@@ -154,6 +170,7 @@ def facts(kubeconfig: str, timeout: float = 10.0, session: requests.Session | No
             node_count=len(nodes),
             ready_nodes=ready,
             allocatable_vcpus=round(vcpus, 3),
+            node_address=node_address(nodes),
         )
 
     if session is not None:

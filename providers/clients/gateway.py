@@ -54,6 +54,7 @@ from mldeploy.providers.clients.gateway_config import (  # noqa: F401 - re-expor
     parse_route_meta,
     render_nginx_conf,
     render_service_conf,
+    upgrade_route,
     validate_service_name,
 )
 
@@ -342,17 +343,36 @@ class Gateway:
         main_changed = not main.exists() or main.read_text() != wanted
         if main_changed:
             _write_atomic(main, wanted)
+        upgraded = self._upgrade_routes()
         with self._docker() as dc:
             c = self._get(dc)
             if c is not None and c.status == "running" and self._is_current(c):
-                if main_changed:
-                    self._test_and_reload(c)
+                if main_changed or upgraded:
+                    try:
+                        self._test_and_reload(c)
+                    except GatewayError:
+                        for path, previous in upgraded.items():
+                            self._restore(c, path, previous)
+                        raise
                 return c.id
             if c is not None:
                 c.remove(force=True)
             c = self._run(dc)
             self._wait_running(c, timeout)
             return c.id
+
+    def _upgrade_routes(self) -> dict[Path, str]:
+        """Routes an earlier release rendered, upgraded in place (`upgrade_route`): their services
+        are not rolled, and their keys stay where they are. Returns {file: its previous text}."""
+        previous: dict[Path, str] = {}
+        for name in self.routes():
+            path = self._route_file(name)
+            text = path.read_text()
+            new = upgrade_route(text)
+            if new != text:
+                _write_atomic(path, new)
+                previous[path] = text
+        return previous
 
     def _is_current(self, c) -> bool:
         mounts = {m.get("Destination"): m.get("Source") for m in c.attrs.get("Mounts", [])}

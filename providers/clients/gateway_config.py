@@ -60,12 +60,33 @@ MAX_BODY_LIMIT = 16 * 1024 * 1024
 """The largest request body a front end takes (16 MiB): bodies are held in memory, never on disk."""
 KEYLESS_GUARD = """        # Keyless routes: a bodiless GET or HEAD only.
         client_max_body_size 1;
+        error_page 405 = @mldeploy_not_allowed;
+        error_page 413 = @mldeploy_no_body;
+        error_page 502 503 @mldeploy_unavailable;
+        error_page 504 @mldeploy_timeout;
+        if ($request_method !~ ^(GET|HEAD)$) {
+            return 405;
+        }
+        if ($http_content_length !~ ^0?$) {
+            return 413;
+        }
+        if ($http_transfer_encoding) {
+            return 413;
+        }"""
+"""No `proxy_set_header` here: one in a location drops every one of the server's, and with them
+`Authorization ""`, so a key sent to these routes would reach the scoring container. A request
+with a body never gets this far (413), so nothing is left to strip. `error_page` is the other way
+round: one here drops the server's, so they are all said again."""
+_KEYLESS_LOCATION_RE = re.compile(r"^    location = /api/v1/service/[a-z0-9-]+(?:/swagger\.json|/health|/)? \{\n", re.M)
+_OLD_KEYLESS_GUARDS = ("""        # Keyless routes: a bodiless GET or HEAD only.
+        client_max_body_size 1;
         proxy_pass_request_body off;
         proxy_set_header Content-Length "";
         error_page 405 = @mldeploy_not_allowed;
         if ($request_method !~ ^(GET|HEAD)$) {
             return 405;
-        }"""
+        }""",)
+"""Guards that routes carry from before this one (issue 18's first cut), replaced by `upgrade_route`."""
 _META_RE = re.compile(r"^# mldeploy-route (\{.*\})$", re.M)
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 
@@ -73,7 +94,8 @@ __all__ = [
     "CONTAINER_BACKENDS_DIR", "CONTAINER_CONF_DIR", "CONTAINER_RUNTIME_DIR", "CURRENT_LINK", "DEFAULT_IMAGE",
     "KEY_RE", "LABEL_PREFIX", "MAIN_CONF", "MARKER_HEADER", "MAX_BODY_LIMIT", "MAX_KEYS", "ROUTES_SUBDIR",
     "RUN_SUBDIR", "SCOPE_RE", "SCORING_SOCKET_DIR", "SERVICE_NAME_RE", "SOCKET_GROUP", "TEMPLATE_DIR",
-    "backend_socket", "parse_route_meta", "render_nginx_conf", "render_service_conf", "validate_service_name",
+    "backend_socket", "parse_route_meta", "render_nginx_conf", "render_service_conf", "upgrade_route",
+    "validate_service_name",
 ]
 
 
@@ -272,6 +294,52 @@ def render_service_conf(
         auth_check=auth_check,
         keyless_guard=KEYLESS_GUARD,
     )
+
+
+def upgrade_route(conf_text: str) -> str:
+    """A route file as this release renders it, from one an earlier release rendered. Pure.
+
+    The file holds the service's keys and nothing else keeps them, so the gateway upgrades
+    routes in place (a reload, no roll) rather than rendering them again: the keyless routes
+    get their guard, a body stays in memory up to the limit, and 405 gets its answer. A
+    current file comes back unchanged.
+    """
+    text = conf_text
+    for old in _OLD_KEYLESS_GUARDS:
+        text = text.replace(old, KEYLESS_GUARD)
+    limit = re.search(r"^    client_max_body_size (\d+);\n", text, re.M)
+    if limit and "client_body_buffer_size" not in text:
+        text = text[: limit.end()] + (
+            "    # A body up to the limit stays in memory: it never spills to the front end's small\n"
+            "    # shared /tmp, where concurrent large bodies could fill it (nginx answered 500 then).\n"
+            f"    client_body_buffer_size {limit.group(1)};\n"
+        ) + text[limit.end():]
+    text = text.replace(
+        "    # Swagger is readable without a key, as in Azure.\n",
+        "    # Swagger and health need no key, as in Azure: so they take a bodiless GET or HEAD\n"
+        "    # and nothing else (405), and no body (413), so strangers cannot load the front end.\n",
+    )
+    out, pos = [], 0
+    for m in _KEYLESS_LOCATION_RE.finditer(text):
+        out.append(text[pos:m.end()])
+        pos = m.end()
+        if not text.startswith(KEYLESS_GUARD, pos):
+            out.append(KEYLESS_GUARD + "\n")
+    text = "".join(out) + text[pos:]
+    if "location @mldeploy_not_allowed" not in text:
+        text = text.replace("    location @mldeploy_too_large {\n", (
+            "    location @mldeploy_not_allowed {\n"
+            "        add_header Allow \"GET, HEAD\" always;\n"
+            "        return 405 '{\"message\": \"Method not allowed: this route takes GET or HEAD.\"}';\n"
+            "    }\n"
+            "    location @mldeploy_too_large {\n"), 1)
+    if "location @mldeploy_no_body" not in text:
+        text = text.replace("    location @mldeploy_too_large {\n", (
+            "    location @mldeploy_no_body {\n"
+            "        return 413 '{\"message\": \"Request body not allowed: this route takes GET or HEAD with no body.\"}';\n"
+            "    }\n"
+            "    location @mldeploy_too_large {\n"), 1)
+    return text
 
 
 def parse_route_meta(conf_text: str) -> dict | None:

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from conftest import ROOT
-from mldeploy.providers.clients import cluster
+from mldeploy.providers.clients import cluster, oci_registry
 
 pytestmark = [pytest.mark.k8s]
 
@@ -236,7 +236,7 @@ def web_app(k8s_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         delete_namespace(k8s_cluster, ns)
         remove_from_containerd(image)
         if digest:
-            requests.delete(f"http://{REGISTRY}/v2/mldeploy-test/web/manifests/{digest}", timeout=30)
+            oci_registry.delete_manifest(repo, digest)  # deletes take the project's credentials (registry.sh)
         run("docker", "rmi", image, check=False)
 
 

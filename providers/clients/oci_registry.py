@@ -10,6 +10,7 @@ image's layers are already in the registry. The local registry (Debian's
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -227,10 +228,50 @@ def manifest_exists(repository: str, digest: str, session: requests.Session | No
     return r.status_code == 200
 
 
+LOCAL_REGISTRY = "127.0.0.1:5000"
+"""The local registry (scripts/k8s/registry.sh): pulls and pushes without credentials, no deletes."""
+
+
+def local_delete_access(cache: str | None = None) -> RegistryAuth | None:
+    """The local registry's delete listener and the project's credentials, from the file registry.sh writes.
+
+    None when the file is absent (a registry set up before deletes needed them) or unreadable.
+    """
+    base = Path(cache or os.environ.get("MLDEPLOY_CACHE") or Path.home() / ".cache" / "mldeploy")
+    try:
+        data = json.loads((base / "registry" / "credentials.json").read_text())
+        return RegistryAuth(str(data["address"]), str(data["username"]), str(data["password"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def delete_route(repository: str, auth: RegistryAuth | None, access: RegistryAuth | None) -> tuple[str, RegistryAuth | None]:
+    """Where a delete goes: the local registry takes deletes only on its listener with the
+    project's credentials (`access`, from local_delete_access), so a repository there moves to
+    that listener with them (credentials given for :5000 open nothing there); any other stays."""
+    host, path = split(repository)
+    if host != LOCAL_REGISTRY or access is None:
+        return repository, auth
+    return f"{access.server}/{path}", access
+
+
+def _delete_session(repository: str, session: requests.Session | None, auth: RegistryAuth | None) -> tuple[str, requests.Session, RegistryAuth | None]:
+    """A caller's own session is used as given; without one, a local delete goes where delete_route says."""
+    if session is not None:
+        return repository, session, auth
+    if split(repository)[0] == LOCAL_REGISTRY:
+        routed, routed_auth = delete_route(repository, auth, local_delete_access())
+        if routed != repository and routed_auth is not None:
+            s = AuthSession(routed_auth)
+            s.auth = (routed_auth.username, routed_auth.password)  # Basic at once: no 401 round trip per request
+            return routed, s, routed_auth
+    return repository, session_for(auth, None), auth
+
+
 def delete_manifest(repository: str, digest: str, session: requests.Session | None = None, auth: RegistryAuth | None = None) -> None:
     """Idempotent: a manifest already gone counts as deleted."""
+    repository, s, auth = _delete_session(repository, session, auth)
     host, path = split(repository)
-    s = session_for(auth, session)
     try:
         r = s.delete(f"{base_url(host)}/v2/{path}/manifests/{digest}", timeout=10)
     except requests.RequestException as exc:
@@ -265,8 +306,8 @@ def tags(repository: str, session: requests.Session | None = None, auth: Registr
 
 def delete_repository(repository: str, session: requests.Session | None = None, auth: RegistryAuth | None = None) -> int:
     """Delete every tagged manifest of a repository that one resource owns; returns how many."""
+    repository, s, auth = _delete_session(repository, session, auth)
     host, path = split(repository)
-    s = session_for(auth, session)
     deleted = 0
     for tag in tags(repository, session=s, auth=auth):
         try:

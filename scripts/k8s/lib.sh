@@ -53,8 +53,14 @@ take_lock() {
 # background job of a non-interactive shell is never a group leader).
 start_bg() {
   local pidfile="$1" logfile="$2"; shift 2
-  # fd 9 is the caller's lock (cluster.sh): a daemon must not hold it.
-  setsid "$@" </dev/null >>"$logfile" 2>&1 9>&- &
+  # No descriptor of ours reaches a daemon: not fd 9 (cluster.sh's own lock), nor
+  # the one `flock /tmp/k8s.lock cluster.sh up` holds its lock on (the daemon
+  # would keep that lock for as long as it runs). The subshell execs setsid, and
+  # setsid the command, so $! stays its PID.
+  (
+    for fd in /proc/self/fd/*; do fd="${fd##*/}"; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done 2>/dev/null
+    exec setsid "$@" </dev/null >>"$logfile" 2>&1
+  ) &
   echo "$!" >"$pidfile"
 }
 

@@ -7,7 +7,15 @@ Only wiring lives here; each component has its own module under components/.
 
 import pulumi
 
-from mldeploy.components import AksCluster, AksService, ContainerInstanceService, EdgeDevice, EdgeModule, InferenceImage, RegisteredModel
+from mldeploy.components import (
+    AksCluster,
+    AksService,
+    ContainerInstanceService,
+    EdgeDevice,
+    EdgeModule,
+    InferenceImage,
+    RegisteredModel,
+)
 
 config = pulumi.Config()
 target = config.get("target") or "local"

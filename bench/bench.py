@@ -737,7 +737,7 @@ class Bench:
                     dc.images.remove(im.id, force=True)
             # Environment images of the cold runs' own caches (built on the bench's bases) go first,
             # or the bases could only be untagged.
-            from mldeploy.providers.clients import env_cache
+            from mldeploy.providers.images import env_cache
 
             for index in self.tmp.glob("cache-*/env-images"):
                 env_cache.EnvCache(dc.api, root=index).prune(0)

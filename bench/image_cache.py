@@ -132,7 +132,7 @@ class Bench:
 
     def builds(self, since: float) -> str:
         """Builds since `since`, from this run's own cache (MLDEPLOY_CACHE is the run's folder)."""
-        from mldeploy.providers.clients import env_cache
+        from mldeploy.providers.images import env_cache
 
         recs = env_cache.read_builds(since=since)
         return (f"{sum(r['kind'] == 'env' for r in recs)} environment install(s), "
@@ -145,7 +145,7 @@ class Bench:
     # -- phases ---------------------------------------------------------------
 
     def run_once(self, i: int) -> None:
-        from mldeploy.providers.clients import env_cache
+        from mldeploy.providers.images import env_cache
 
         cache = self.tmp / f"cache-{i}"
         (cache / "wheelhouse").mkdir(parents=True)
@@ -227,7 +227,7 @@ class Bench:
     def cleanup(self) -> None:
         import docker
 
-        from mldeploy.providers.clients import env_cache
+        from mldeploy.providers.images import env_cache
 
         for st in self.stacks:
             try:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mldeploy.providers.paths import local, portable, project_dir
+from mldeploy.providers.core.paths import local, portable, project_dir
 
 PACKAGE = "mldeploy"
 DEFAULT_BASE_IMAGE = "mldeploy/base:bookworm-py3.11"
@@ -43,7 +43,7 @@ class StackConfig(BaseModel):
     gatewayImage: str = Field(default=DEFAULT_BASE_IMAGE, min_length=1)
     stateDir: str = Field(default=".pulumi-state", min_length=1)
     registryPath: str = ""
-    # The shared registry: `azblob://<container>[/<prefix>]?...` (providers/clients/blob_store.py).
+    # The shared registry: `azblob://<container>[/<prefix>]?...` (providers/core/blob_store.py).
     registry: str = ""
     imageRegistry: str = Field(default="127.0.0.1:5000", pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$")
     # The ACI target's place in Azure (checked by the target, naming its field).
@@ -71,7 +71,7 @@ class StackConfig(BaseModel):
     def _registry_url(cls, value: str) -> str:
         if not value:
             return value
-        from mldeploy.providers.clients.blob_store import BlobLocationError, parse_blob_url
+        from mldeploy.providers.core.blob_store import BlobLocationError, parse_blob_url
 
         if not value.startswith("azblob://"):
             raise ValueError(f"{value!r}: an azblob://<container>[/<prefix>]?... URL (a folder goes in mldeploy:registryPath)")
@@ -101,7 +101,7 @@ class Settings:
     """Per-stack settings from the `mldeploy:` config namespace.
 
     Paths are as resource inputs hold them: relative to the project when inside
-    it (`mldeploy.providers.paths.portable`), so they name no checkout's location.
+    it (`mldeploy.providers.core.paths.portable`), so they name no checkout's location.
     """
 
     project: str

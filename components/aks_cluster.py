@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mldeploy.components._common import PACKAGE, ArgsError, Settings, slug, validate
 from mldeploy.components.registry_image import RegistryImage
-from mldeploy.providers.cluster import ClusterProvider
-from mldeploy.providers.managed_cluster import ClusterCredentialsProvider, ManagedClusterProvider
+from mldeploy.providers.targets.kubernetes.cluster import ClusterProvider
+from mldeploy.providers.targets.kubernetes.managed_cluster import ClusterCredentialsProvider, ManagedClusterProvider
 from mldeploy.providers.targets.kubernetes import NAMESPACE_RE, PULL_SECRET_NAME, docker_config_json
 
 OUTPUTS = ("kubeconfig", "kubernetes_version", "node_count", "allocatable_vcpus")
@@ -203,7 +203,7 @@ class AksCluster(pulumi.ComponentResource):
         # Where services' NodePorts answer (their scoring_uri): an attached cluster's node. The azure
         # target stays 127.0.0.1: here its clusters are the local fakes'; on Azure a NodePort is not public.
         if args.target == "local" and args.kubeconfig is not None:
-            from mldeploy.providers.cluster import scoring_host
+            from mldeploy.providers.targets.kubernetes.cluster import scoring_host
 
             facts = pulumi.Output.all(self._cluster.node_address, self._cluster.server)  # type: ignore[attr-defined]
             self.node_host: pulumi.Output[str] = facts.apply(lambda a: scoring_host(False, a[0], a[1]))

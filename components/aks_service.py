@@ -19,10 +19,10 @@ from mldeploy.components.aks_cluster import AksCluster
 from mldeploy.components.registry_image import RegistryImage
 from mldeploy.components.inference_image import InferenceImage
 from mldeploy.components.registered_model import RegisteredModel
-from mldeploy.providers.keys import ServiceKeysProvider
-from mldeploy.providers.rollout import RolloutProvider
+from mldeploy.providers.core.keys import ServiceKeysProvider
+from mldeploy.providers.targets.kubernetes.rollout import RolloutProvider
 from mldeploy.providers.targets import kubernetes as target
-from mldeploy.providers import tls
+from mldeploy.providers.front import tls
 
 OUTPUTS = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "model_versions", "node_port")
 
@@ -38,7 +38,7 @@ class ServiceKeys(Resource, module=PACKAGE, name="ServiceKeys"):
 
 
 class Rollout(Resource, module=PACKAGE, name="Rollout"):
-    """The check that a Deployment's new generation rolled out (dynamic resource; see mldeploy.providers.rollout)."""
+    """The check that a Deployment's new generation rolled out (dynamic resource; see mldeploy.providers.targets.kubernetes.rollout)."""
 
     revision: pulumi.Output[str]
     available_replicas: pulumi.Output[int]
@@ -196,7 +196,7 @@ class AksService(pulumi.ComponentResource):
             spec=target.service_spec(name),
             opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps, delete_before_replace=True)),
         )
-        # pulumi-kubernetes can call an update done before the controller acts on it (providers/rollout.py).
+        # pulumi-kubernetes can call an update done before the controller acts on it (providers/targets/kubernetes/rollout.py).
         rollout = Rollout(
             f"{resource_name}-rollout",
             {

@@ -14,7 +14,7 @@ from mldeploy.components.inference_image import InferenceImage
 from mldeploy.components.registered_model import RegisteredModel
 from mldeploy.components.registry_credentials import RegistryCredentials, registry_credentials_for
 from mldeploy.components.registry_image import RegistryImage
-from mldeploy.providers.service import ServiceProvider
+from mldeploy.providers.targets.service import ServiceProvider
 from mldeploy.providers.targets import MAX_REQUEST_BYTES, TARGETS, ArgsInvalid, target_for
 
 OUTPUTS = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "state", "model_versions")

@@ -4,8 +4,8 @@ As Azure ML did for IoT Edge: one image per deployment with the model inside (a
 device has no model store to mount), pushed to the stack's registry, and a
 deployment manifest that tells the device's agent to run it. What the target
 knows (arguments, rules, the module's manifest entry) lives in
-`mldeploy.providers.targets.iotedge`; the manifest renderer in `mldeploy.providers.edge_manifest`;
-the backends (this machine as the device, or IoT Hub) in `mldeploy.providers.edge_device`.
+`mldeploy.providers.targets.iotedge`; the manifest renderer in `mldeploy.providers.targets.iotedge.edge_manifest`;
+the backends (this machine as the device, or IoT Hub) in `mldeploy.providers.targets.iotedge.device`.
 
 A device's manifest holds all of its modules and applying one replaces the whole set,
 so the EdgeModules of one program that go to the same device (backend, hub and device
@@ -36,8 +36,8 @@ from mldeploy.components._common import PACKAGE, ArgsError, Settings, slug, vali
 from mldeploy.components.inference_image import InferenceImage
 from mldeploy.components.registered_model import RegisteredModel
 from mldeploy.components.registry_image import RegistryImage
-from mldeploy.providers import edge_manifest
-from mldeploy.providers.edge_device import AtScaleArgs, EdgeDeploymentProvider
+from mldeploy.providers.targets.iotedge import edge_manifest
+from mldeploy.providers.targets.iotedge.device import AtScaleArgs, EdgeDeploymentProvider
 from mldeploy.providers.targets import iotedge as target
 
 OUTPUTS = ("scoring_uri", "swagger_uri", "module_name", "module_version", "image_ref", "manifest", "model_versions", "device_id",

@@ -14,12 +14,12 @@ from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from mldeploy.components._common import PACKAGE, ArgsError, Settings, resolve, slug, validate
-from mldeploy.providers.clients.registry import content_hash
-from mldeploy.providers.image import ImageProvider
-from mldeploy.providers.paths import portable
+from mldeploy.providers.models.registry import content_hash
+from mldeploy.providers.images.provider import ImageProvider
+from mldeploy.providers.core.paths import portable
 
 RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
-DOCKERFILE = Path(__file__).resolve().parents[1] / "providers" / "clients" / "inference.Dockerfile"
+DOCKERFILE = Path(__file__).resolve().parents[1] / "providers" / "images" / "inference.Dockerfile"
 CUDA_VERSIONS = ("9.0", "9.1", "10.0")
 """The CUDA versions the seed's InferenceConfig supports; 9.1 when enable_gpu is set without one."""
 
@@ -79,7 +79,7 @@ class InferenceImageArgs(BaseModel):
     def _extra_steps(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        from mldeploy.providers.clients.images import render_extra_steps
+        from mldeploy.providers.images.build import render_extra_steps
 
         path = resolve(value, info.context["root"] if info.context else None)
         if not path.is_file():
@@ -127,7 +127,7 @@ class InferenceImageArgs(BaseModel):
                 raise ValueError(f"{path} is not valid YAML: {exc}".replace("\n", " ")) from None
             if not isinstance(doc, dict) or not isinstance(doc.get("dependencies", []), list):
                 raise ValueError(f"{path} is not a conda environment file (a mapping with a `dependencies` list)")
-        from mldeploy.providers.clients.images import parse_dependency_file
+        from mldeploy.providers.images.build import parse_dependency_file
 
         parse_dependency_file(path)  # a pip option or a URL in it fails here, naming the line
         return str(path)
@@ -193,7 +193,7 @@ def _base_python_version(ref: str) -> str | None:
         return m.group(1)
     import docker
 
-    from mldeploy.providers.clients.images import python_of_image
+    from mldeploy.providers.images.build import python_of_image
 
     try:
         client = docker.from_env(timeout=DOCKER_TIMEOUT)
@@ -207,7 +207,7 @@ def _base_python_version(ref: str) -> str | None:
 
 def check_python_pin(conda_file: str | None, base_image: str, base_python: str | None) -> str | None:
     """Why the conda file's `python` pin cannot be met by the base image, or None."""
-    from mldeploy.providers.clients.images import pin_allows, python_pin
+    from mldeploy.providers.images.build import pin_allows, python_pin
 
     if not conda_file or not base_python:
         return None

@@ -9,9 +9,9 @@ from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from mldeploy.components._common import PACKAGE, ArgsError, Settings, resolve, validate
-from mldeploy.providers.clients.registry import RegistryError, content_hash, is_remote, materialize, open_registry
-from mldeploy.providers.model import ModelVersionProvider, model_folder
-from mldeploy.providers.paths import local, portable
+from mldeploy.providers.models.registry import RegistryError, content_hash, is_remote, materialize, open_registry
+from mldeploy.providers.models.provider import ModelVersionProvider, model_folder
+from mldeploy.providers.core.paths import local, portable
 
 
 class RegisteredModelArgs(BaseModel):
@@ -132,7 +132,7 @@ class RegisteredModel(pulumi.ComponentResource):
         In preview the planned version is used, so a service's diff names the version
         change; in an update the registered one, which carries the dependency. The
         folder is as the registry input holds it (relative to the project when inside
-        it); providers find it with `mldeploy.providers.paths.local` when they apply.
+        it); providers find it with `mldeploy.providers.core.paths.local` when they apply.
         """
         name, root, digest, cache = self.args.model_name, self.registry_root, self.digest, self.cache_dir
 

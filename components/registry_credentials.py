@@ -8,7 +8,7 @@ import pulumi
 from pulumi.dynamic import Resource
 
 from mldeploy.components._common import PACKAGE, ArgsError, Settings
-from mldeploy.providers.registry_credentials import RegistryCredentialsProvider
+from mldeploy.providers.image_registry.credentials import RegistryCredentialsProvider
 
 
 class RegistryCredentials(Resource, module=PACKAGE, name="RegistryCredentials"):

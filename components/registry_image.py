@@ -8,7 +8,7 @@ import pulumi
 from pulumi.dynamic import Resource
 
 from mldeploy.components._common import PACKAGE
-from mldeploy.providers.registry_image import RegistryImageProvider
+from mldeploy.providers.image_registry.image import RegistryImageProvider
 
 
 class RegistryImage(Resource, module=PACKAGE, name="RegistryImage"):

@@ -102,7 +102,7 @@ env_lines() {
 mkcontainer() {
   [ -n "${1:-}" ] || { log "usage: $0 mkcontainer NAME"; return 2; }
   AZURE_STORAGE_ACCOUNT=$ACCOUNT AZURE_STORAGE_KEY="$KEY" \
-    python -m mldeploy.providers.clients.blob_store mkcontainer "http://$ADDR/$ACCOUNT" "$1"
+    python -m mldeploy.providers.core.blob_store mkcontainer "http://$ADDR/$ACCOUNT" "$1"
 }
 
 case "${1:-}" in

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None, cache: Any = None) -> int:
     if getattr(args, "max_mb", None) is not None and args.max_mb < 0:
         parser.error("--max-mb must be 0 or more")
 
-    from mldeploy.providers.clients import env_cache
+    from mldeploy.providers.images import env_cache
 
     if cache is None:
         import docker

@@ -21,9 +21,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))  # the checkout's `mldeploy` (an installed one would do too)
 
-from mldeploy.providers.service import _differs as service_input_differs  # noqa: E402 - after the path set-up
-from mldeploy.providers.service import path_inputs as service_path_inputs  # noqa: E402
-from mldeploy.providers.service import rules as service_rules  # noqa: E402
+from mldeploy.providers.targets.service import _differs as service_input_differs  # noqa: E402 - after the path set-up
+from mldeploy.providers.targets.service import path_inputs as service_path_inputs  # noqa: E402
+from mldeploy.providers.targets.service import rules as service_rules  # noqa: E402
 
 OP_WORDS = {
     "create": "➕ create",

@@ -208,15 +208,15 @@ def profile_size(backend: Backend, cpu: float, memory_gb: float, bodies: Sequenc
     """One throwaway backend at one CPU size; removed whatever happens."""
     import docker
 
-    from mldeploy.providers.clients import containers
+    from mldeploy.providers.core import containers
 
     import json as jsonlib
     import shutil
     import tempfile
     from types import SimpleNamespace
 
-    from mldeploy.providers.clients.gateway_config import SCORING_SOCKET_DIR
-    from mldeploy.providers.clients.scoring import unix_request
+    from mldeploy.providers.front.gateway_config import SCORING_SOCKET_DIR
+    from mldeploy.providers.core.scoring import unix_request
     from mldeploy.providers.targets.local import workers_for
 
     name = f"mldeploy-profile-{backend.service_name}-{uuid.uuid4().hex[:8]}"
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ProfileError(f"--memory-gb: must be greater than 0, got {args.memory_gb:g}")
         cpus = parse_cpus(args.cpu)
         bodies = load_requests(args.input) if args.input else None
-        from mldeploy.providers.paths import local, project_dir
+        from mldeploy.providers.core.paths import local, project_dir
 
         st = stack_cli.select_stack(args.stack)
         backend = backend_from_state(st.export_stack().deployment or {}, args.service, local)

@@ -97,7 +97,7 @@ def local_logs(props: dict[str, Any], tail: int | None, follow: bool, out: TextI
     import docker
     import docker.errors
 
-    from mldeploy.providers.clients import containers
+    from mldeploy.providers.core import containers
     from mldeploy.providers.targets.local import failed_logs_dir
 
     folder = failed_logs_dir(props)
@@ -137,8 +137,8 @@ def kubernetes_logs(props: dict[str, Any], tail: int | None, follow: bool, out: 
                     run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
                     kubeconfig: str | None = None) -> None:
     """`kubeconfig`: the path of the service's cluster's kubeconfig; None for the local cluster's."""
-    from mldeploy.providers.clients import cluster
-    from mldeploy.providers.clients.containers import redact
+    from mldeploy.providers.targets.kubernetes import local_cluster as cluster
+    from mldeploy.providers.core.containers import redact
 
     kubectl = [cluster.kubectl_path(), "--kubeconfig", kubeconfig or cluster.kubeconfig_path()]
     meta = props.get("metadata") or {}

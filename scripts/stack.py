@@ -224,7 +224,7 @@ def select_stack(stack_name: str, program: Callable[[], None] | None = None, roo
     os.environ["MLDEPLOY_PROJECT_DIR"] = str(root)
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    from mldeploy.providers.clients.state_backend import check_backend
+    from mldeploy.providers.core.state_backend import check_backend
 
     # A backend that cannot be used stops here, naming PULUMI_BACKEND_URL (BackendError).
     check_backend(os.environ.get("PULUMI_BACKEND_URL", ""))
@@ -316,7 +316,7 @@ if __name__ == "__main__":
     except Exception as exc:  # the engine's own output has already been printed
         from pulumi import automation as auto
 
-        # BackendError (mldeploy.providers.clients.state_backend), by name: its module may not be importable yet.
+        # BackendError (mldeploy.providers.core.state_backend), by name: its module may not be importable yet.
         if isinstance(exc, (auto.CommandError, PassphraseMissing)) or type(exc).__name__ == "BackendError":
             stack_arg = next((a for a in sys.argv[2:3] if not a.startswith("-")), "dev")
             print(f"error: {explain_engine_error(stack_arg, str(exc)) or exc}", file=sys.stderr)

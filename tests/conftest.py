@@ -123,7 +123,7 @@ def local_registry() -> Iterator[str]:
     Started when not answering, stopped at the end of the session only if
     started here. A registry that cannot start fails the test, never skips it.
     """
-    from mldeploy.providers.clients import cluster
+    from mldeploy.providers.targets.kubernetes import local_cluster as cluster
 
     registry_sh = ROOT / "scripts" / "k8s" / "registry.sh"
     started = subprocess.run([str(registry_sh), "status"], capture_output=True).returncode != 0
@@ -142,7 +142,7 @@ def k8s_cluster(local_registry: str) -> Iterator[str]:
     binaries), stopped at the end of the session only if started here. A
     cluster that cannot start fails the test, never skips it.
     """
-    from mldeploy.providers.clients import cluster
+    from mldeploy.providers.targets.kubernetes import local_cluster as cluster
 
     started_cluster = not cluster.is_up()
     path = cluster.ensure_up()

@@ -33,7 +33,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from mldeploy.providers import edge_manifest
+from mldeploy.providers.targets.iotedge import edge_manifest
 
 API_VERSIONS = ("2021-04-12", "2024-03-31")
 CONFIGURATION_ID_RE = re.compile(r"^[a-z0-9\-:+%_#*?!(),=@;']{1,128}$")

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from fake_arm import FakeArm
-from mldeploy.providers.clients.arm import ArmError, ContainerGroups, StaticToken
+from mldeploy.providers.targets.azure.arm import ArmError, ContainerGroups, StaticToken
 
 pytestmark = [pytest.mark.docker]
 
@@ -150,7 +150,7 @@ def test_an_expired_token_is_named_and_a_fresh_one_works(fake):
 
 def test_credentials_that_cannot_get_a_token_give_the_chains_own_words(fake, monkeypatch):
     """DefaultAzureCredential limited to its environment source (no network): its message, no stack trace."""
-    from mldeploy.providers.clients.arm import CredentialError
+    from mldeploy.providers.targets.azure.arm import CredentialError
 
     monkeypatch.delenv("MLDEPLOY_ARM_TOKEN")
     for k in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_USERNAME"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mldeploy.providers.service import diff_service
+from mldeploy.providers.targets.service import diff_service
 from mldeploy.providers.targets import ArgsInvalid, target_for
 from mldeploy.providers.targets import aci
 

@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from fake_acr import TokenRegistry
-from mldeploy.providers.clients import oci_registry
-from mldeploy.providers.clients.arm import ArmError
+from mldeploy.providers.image_registry import oci_registry
+from mldeploy.providers.targets.azure.arm import ArmError
 
 pytestmark = [pytest.mark.docker]
 
@@ -72,7 +72,7 @@ def test_pushes_and_reads_need_credentials(registry):
 
 
 def images_cleanup(repo: str, *tags: str) -> None:
-    from mldeploy.providers.clients import images
+    from mldeploy.providers.images import build as images
 
     for t in tags:
         images.remove_image(f"{repo}:{t}")
@@ -103,7 +103,7 @@ def test_a_model_only_update_pushes_only_the_model_layer(registry, tmp_path):
 
 
 def test_acr_credentials_come_from_list_credentials(fake, registry):
-    from mldeploy.providers.clients import acr
+    from mldeploy.providers.image_registry import acr
 
     fake.add_registry(SUB, "rg-ml", "mldeployacr", registry.address, registry.username, registry.password)
     got = acr.registry_auth(SUB, "rg-ml", "mldeployacr", fake.url)
@@ -125,7 +125,7 @@ def test_acr_credentials_come_from_list_credentials(fake, registry):
 
 def test_aci_pulls_with_the_registry_credentials_and_arm_never_returns_them(fake, registry):
     """The group's image lives only in the registry with auth: the fake pulls it with imageRegistryCredentials."""
-    from mldeploy.providers.clients.arm import ContainerGroups
+    from mldeploy.providers.targets.azure.arm import ContainerGroups
     from test_aci_fake_arm import WEB, body
 
     repo = f"{registry.address}/mldeploy-test/web"
@@ -150,7 +150,7 @@ def test_aci_pulls_with_the_registry_credentials_and_arm_never_returns_them(fake
     finally:
         groups.delete("web")
         oci_registry.delete_repository(repo, auth=auth(registry))
-        from mldeploy.providers.clients import images
+        from mldeploy.providers.images import build as images
 
         images.remove_image(f"{repo}@{digest}")  # what the fake's pull left
 
@@ -159,7 +159,7 @@ def test_aci_body_carries_the_credentials_and_passes_the_spec():
     from arm_spec import check
     from test_aci_unit import props
 
-    from mldeploy.providers.service import diff_service
+    from mldeploy.providers.targets.service import diff_service
     from mldeploy.providers.targets import aci
 
     creds = {"registry_server": "myacr.azurecr.io", "registry_username": "myacr", "registry_password": "p4ss"}
@@ -172,7 +172,7 @@ def test_aci_body_carries_the_credentials_and_passes_the_spec():
 
 
 def test_registry_credentials_provider_checks_and_diffs():
-    from mldeploy.providers.registry_credentials import check_credentials, diff_credentials
+    from mldeploy.providers.image_registry.credentials import check_credentials, diff_credentials
 
     ok = {"source": "acr", "subscription_id": SUB, "resource_group": "rg", "registry_name": "mldeployacr"}
     assert check_credentials(ok) == []
@@ -269,8 +269,8 @@ def test_an_entra_id_token_is_exchanged_for_an_acr_refresh_token(fake, tmp_path)
     """For a registry whose admin user is off: ACR's /oauth2/exchange, as `az acr login` does."""
     import time
 
-    from mldeploy.providers.clients import acr
-    from mldeploy.providers.clients.arm import StaticToken
+    from mldeploy.providers.image_registry import acr
+    from mldeploy.providers.targets.azure.arm import StaticToken
 
     reg = TokenRegistry(tmp_path / "exchange", accept_access_token=lambda t: fake.tokens.get(t, 0) > time.time())
     try:

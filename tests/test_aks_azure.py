@@ -18,10 +18,10 @@ import yaml
 
 from mldeploy.components._common import ArgsError
 from fake_arm import FakeArm
-from mldeploy.providers import azure
-from mldeploy.providers import managed_cluster as mc
-from mldeploy.providers.clients.aks import ManagedClusters, managed_cluster_body, parse_resource_id
-from mldeploy.providers.clients.arm import ArmError, CredentialError
+from mldeploy.providers.targets import azure
+from mldeploy.providers.targets.kubernetes import managed_cluster as mc
+from mldeploy.providers.targets.azure.aks import ManagedClusters, managed_cluster_body, parse_resource_id
+from mldeploy.providers.targets.azure.arm import ArmError, CredentialError
 from test_components_unit import project  # noqa: F401 - fixture
 
 SUB = "00000000-1111-2222-3333-444444444444"

@@ -28,7 +28,7 @@ def aci_body() -> dict:
 
 
 def aks_body() -> dict:
-    from mldeploy.providers.clients.aks import managed_cluster_body
+    from mldeploy.providers.targets.azure.aks import managed_cluster_body
 
     return managed_cluster_body(location="westeurope", dns_prefix="dev-aks", agent_count=1,
                                 vm_size="Standard_D4s_v5", tags={"mldeploy.stack": "dev"})

@@ -6,7 +6,7 @@ setting, and nothing is created or changed.
 - a wrong passphrase;
 - a registry path that is a file.
 
-The checks themselves first (`mldeploy.providers.clients.state_backend`, against Azurite),
+The checks themselves first (`mldeploy.providers.core.state_backend`, against Azurite),
 then `scripts/stack.py` as an operator runs it.
 """
 
@@ -23,7 +23,12 @@ import docker
 import pytest
 
 from conftest import AZURITE_KEY, azblob_url
-from mldeploy.providers.clients.state_backend import BackendError, blob_backend_problem, check_backend, file_backend_problem
+from mldeploy.providers.core.state_backend import (
+    BackendError,
+    blob_backend_problem,
+    check_backend,
+    file_backend_problem,
+)
 
 # ---------------------------------------------------------------- the checks
 

@@ -26,8 +26,8 @@ import pytest
 
 from mldeploy.components import inference_image
 from mldeploy.components._common import ArgsError
-from mldeploy.providers.clients import images, wheelhouse
-from mldeploy.providers.image import ImageProvider
+from mldeploy.providers.images import build as images, wheelhouse
+from mldeploy.providers.images.provider import ImageProvider
 
 # The fixtures of the components' unit tests: a project folder, Pulumi mocks, no Docker.
 from test_components_unit import RecordingMocks, make_image, mocks, no_docker, project  # noqa: F401

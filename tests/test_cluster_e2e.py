@@ -21,7 +21,8 @@ import pytest
 import requests
 
 from conftest import ROOT
-from mldeploy.providers.clients import cluster, oci_registry
+from mldeploy.providers.targets.kubernetes import local_cluster as cluster
+from mldeploy.providers.image_registry import oci_registry
 
 pytestmark = [pytest.mark.k8s]
 

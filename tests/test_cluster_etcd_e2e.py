@@ -23,7 +23,7 @@ import pytest
 import requests
 from cryptography import x509
 
-from mldeploy.providers.clients import cluster
+from mldeploy.providers.targets.kubernetes import local_cluster as cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s]
 

@@ -25,7 +25,7 @@ from mldeploy.components._common import ArgsError
 from mldeploy.components._common import StackConfig
 from fake_target import ComposedTarget, FakeTarget
 from mldeploy.providers import targets
-from mldeploy.providers.clients.registry import ModelRegistry, content_hash
+from mldeploy.providers.models.registry import ModelRegistry, content_hash
 from mldeploy.providers.targets.local import PORT_RANGE, _claimed_ports, default_port
 
 PROJECT = "proj"

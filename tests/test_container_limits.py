@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mldeploy.providers.clients import containers
-from mldeploy.providers.clients.edge_agent import AgentError, container_body
+from mldeploy.providers.core import containers
+from mldeploy.providers.targets.iotedge.edge_agent import AgentError, container_body
 
 MODULE = {"settings": {"image": "127.0.0.1:5000/x/scorer:1", "createOptions": json.dumps({"HostConfig": {}})},
           "env": {}, "status": "running", "restartPolicy": "always", "version": "1"}
@@ -102,7 +102,7 @@ def test_a_running_scoring_container_has_the_limits(workdir: Path, engine_stack)
 
 def test_the_preview_smoke_test_container_is_hardened_as_the_scoring_ones(tmp_path: Path, monkeypatch) -> None:
     """Issue 18, items 7 and 8: the throwaway container that loads a new model at preview."""
-    from mldeploy.providers import smoke_test
+    from mldeploy.providers.gate import smoke_test
 
     asked: dict = {}
 

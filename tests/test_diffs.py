@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from pulumi.dynamic import CheckFailure
 
-from mldeploy.providers.image import ImageProvider, diff_image, image_name
-from mldeploy.providers.model import ModelVersionProvider, diff_model
-from mldeploy.providers.service import REPLACE_ON, ROLL_ON, ServiceProvider, diff_service, needs_roll, rules
+from mldeploy.providers.images.provider import ImageProvider, diff_image, image_name
+from mldeploy.providers.models.provider import ModelVersionProvider, diff_model
+from mldeploy.providers.targets.service import REPLACE_ON, ROLL_ON, ServiceProvider, diff_service, needs_roll, rules
 from mldeploy.providers.targets.local import TARGET as LOCAL
 
 # ---------------------------------------------------------------- fixtures
@@ -471,12 +471,12 @@ class TestCheckoutIndependence:
         ],
     )
     def test_same_place(self, old: Any, new: Any, same: bool) -> None:
-        from mldeploy.providers.paths import same_place
+        from mldeploy.providers.core.paths import same_place
 
         assert same_place(old, new) is same
 
     def test_portable_and_local_round_trip(self, tmp_path: Any) -> None:
-        from mldeploy.providers.paths import local, portable
+        from mldeploy.providers.core.paths import local, portable
 
         root = tmp_path / "checkout"
         assert portable(root / "sample" / "src", root) == "sample/src"
@@ -487,7 +487,7 @@ class TestCheckoutIndependence:
 
     def test_providers_find_relative_paths_under_the_project(self, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         """At apply time the engine starts providers in the project's folder; MLDEPLOY_PROJECT_DIR wins when set."""
-        from mldeploy.providers.paths import project_dir
+        from mldeploy.providers.core.paths import project_dir
         from mldeploy.providers.targets.local import model_mounts
 
         monkeypatch.delenv("MLDEPLOY_PROJECT_DIR", raising=False)

@@ -36,7 +36,7 @@ def score(uri: str) -> requests.Response:
 def test_edge_module_deploy_score_bump_drift_destroy(workdir: Path, engine_stack, local_registry: str) -> None:
     import preview_markdown
     import stack as stack_cli
-    from mldeploy.providers.clients import oci_registry
+    from mldeploy.providers.image_registry import oci_registry
 
     model_path = train_model(workdir / "sample" / "models" / "sklearn_regression_model.pkl", alpha=0.1)
     v1 = joblib.load(model_path)

@@ -34,7 +34,7 @@ def test_an_at_scale_deployment_is_a_configuration_replaced_on_a_new_manifest_an
     workdir: Path, engine_stack, local_registry: str, hub: FakeHub
 ) -> None:
     from mldeploy.components import EdgeDevice, EdgeModule, InferenceImage, RegisteredModel
-    from mldeploy.providers.clients import oci_registry
+    from mldeploy.providers.image_registry import oci_registry
 
     model_path = train_model(workdir / "models" / "a" / "sklearn_regression_model.pkl", alpha=0.1)
     priority = [0]
@@ -136,7 +136,7 @@ def two_module_program(hub: FakeHub, foreign_modules: str = "fail"):
 
 def test_two_modules_sent_to_one_hub_device_are_one_manifest_holding_both(workdir: Path, engine_stack, local_registry: str, hub: FakeHub) -> None:
     """Issue 17, part 2: before, the second module's manifest replaced the first's on the device."""
-    from mldeploy.providers import edge_manifest
+    from mldeploy.providers.targets.iotedge import edge_manifest
 
     train_model(workdir / "models" / "a" / "sklearn_regression_model.pkl", alpha=0.1)
     st = engine_stack(two_module_program(hub))
@@ -154,7 +154,7 @@ def test_two_modules_sent_to_one_hub_device_are_one_manifest_holding_both(workdi
 def test_a_foreign_module_on_the_hub_device_fails_the_preview_or_is_kept(workdir: Path, engine_stack, local_registry: str, hub: FakeHub) -> None:
     from pulumi.automation import errors as auto_errors
 
-    from mldeploy.providers import edge_manifest
+    from mldeploy.providers.targets.iotedge import edge_manifest
 
     theirs = edge_manifest.render([{"name": "theirs", "image": "example.invalid/theirs:1", "create_options": {}}])
     hub.applied["edge1"] = theirs

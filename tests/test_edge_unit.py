@@ -17,10 +17,10 @@ from pulumi.runtime import rpc
 
 from fake_iothub import FakeHub
 from preview_markdown import describe_edge_deployment
-from mldeploy.providers import edge_device, edge_manifest
-from mldeploy.providers.clients import iothub
-from mldeploy.providers.clients.edge_agent import AgentError, LocalAgent, container_body, spec_hash
-from mldeploy.providers.edge_device import EdgeDeploymentProvider, diff_edge_deployment, module_versions
+from mldeploy.providers.targets.iotedge import device as edge_device, edge_manifest
+from mldeploy.providers.targets.iotedge import iothub
+from mldeploy.providers.targets.iotedge.edge_agent import AgentError, LocalAgent, container_body, spec_hash
+from mldeploy.providers.targets.iotedge.device import EdgeDeploymentProvider, diff_edge_deployment, module_versions
 from mldeploy.providers.targets import iotedge, target_for
 from mldeploy.providers.targets.iotedge import EdgeModuleArgs
 
@@ -818,7 +818,7 @@ def test_azure_iot_hub_sdk_configurations_are_accepted_by_the_fake_hub(hub: Fake
 
 
 def test_configuration_drift_rule() -> None:
-    from mldeploy.providers.edge_device import configuration_drift
+    from mldeploy.providers.targets.iotedge.device import configuration_drift
 
     props = {"target_condition": PROD, "priority": 3}
     assert configuration_drift(props, None) == {"configuration": "deleted on the hub"}
@@ -828,7 +828,7 @@ def test_configuration_drift_rule() -> None:
 
 
 def test_refresh_finds_a_configuration_deleted_or_changed_on_the_hub_and_up_restores_it(hub: FakeHub) -> None:
-    from mldeploy.providers.edge_device import diff_edge_deployment
+    from mldeploy.providers.targets.iotedge.device import diff_edge_deployment
 
     p = EdgeDeploymentProvider()
     props = at_scale_props(hub)
@@ -882,7 +882,7 @@ def test_at_scale_a_new_device_id_replaces_nothing() -> None:
 
 
 def test_at_scale_the_previous_image_stays_one_update_longer(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mldeploy.providers.clients import oci_registry
+    from mldeploy.providers.image_registry import oci_registry
 
     deleted: list[str] = []
     monkeypatch.setattr(oci_registry, "delete_manifest", lambda repo, digest, **_k: deleted.append(f"{repo}@{digest}"))
@@ -1034,7 +1034,7 @@ def test_a_deployment_of_the_previous_release_leaves_a_device_that_runs_others(h
 def test_the_local_device_groups_by_stack_and_names_foreign_containers(provider_docker: "FakeDocker") -> None:
     p = EdgeDeploymentProvider()
     monkey_health = pytest.MonkeyPatch()
-    from mldeploy.providers.clients import containers
+    from mldeploy.providers.core import containers
 
     waited: list[str] = []
     monkey_health.setattr(containers, "wait_healthy", lambda rc, timeout: waited.append(rc.name))

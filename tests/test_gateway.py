@@ -1,4 +1,4 @@
-"""Tests of the gateway's runtime client (`mldeploy.providers.clients.gateway`).
+"""Tests of the gateway's runtime client (`mldeploy.providers.targets.local.gateway`).
 
 The renderers have their own tests (tests/test_gateway_config.py). Unit tests
 here check the lock and the files with a fake Docker; integration tests
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from mldeploy.providers.clients import gateway as gw_mod
-from mldeploy.providers.clients.gateway import (
+from mldeploy.providers.targets.local import gateway as gw_mod
+from mldeploy.providers.targets.local.gateway import (
     DEFAULT_IMAGE,
     Gateway,
     GatewayError,

@@ -1,4 +1,4 @@
-"""Tests of the pure gateway renderers (`mldeploy.providers.clients.gateway_config`).
+"""Tests of the pure gateway renderers (`mldeploy.providers.front.gateway_config`).
 
 Auth, validation, no keys in logs, TCP and Unix-socket backends, the retry rule
 that never sends a POST twice, and (with Docker) that the output passes the
@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from mldeploy.providers.clients.gateway_config import (
+from mldeploy.providers.front.gateway_config import (
     DEFAULT_IMAGE,
     backend_socket,
     parse_route_meta,

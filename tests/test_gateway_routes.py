@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from mldeploy.providers.clients import gateway_config
-from mldeploy.providers.clients.gateway_config import render_service_conf, upgrade_route
+from mldeploy.providers.front import gateway_config
+from mldeploy.providers.front.gateway_config import render_service_conf, upgrade_route
 
 PREVIOUS_RELEASE = "367aa84d43074b008dab6eb4b5a789c251693143"
 KEY = "k" * 32

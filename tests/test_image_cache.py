@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mldeploy.providers.clients import env_cache, images, wheelhouse  # noqa: E402
-from mldeploy.providers.clients.env_cache import EnvCache, Entry, env_key, plan_eviction  # noqa: E402
+from mldeploy.providers.images import env_cache, build as images, wheelhouse  # noqa: E402
+from mldeploy.providers.images.env_cache import EnvCache, Entry, env_key, plan_eviction  # noqa: E402
 
 MB = 1024 * 1024
 BASE = "mldeploy/base:bookworm-py3.11"

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from conftest import train_model
-from mldeploy.providers.clients import env_cache
+from mldeploy.providers.images import env_cache
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -135,6 +135,6 @@ def test_private_base_registry_credentials_stay_secret_in_the_state(workdir: Pat
             api.remove_image(ref)
         except docker.errors.ImageNotFound:
             pass
-        from mldeploy.providers.clients import oci_registry
+        from mldeploy.providers.image_registry import oci_registry
 
         oci_registry.delete_repository(ref.rsplit(":", 1)[0])  # the test's own repository in the registry

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mldeploy.providers import image as provider  # noqa: E402
-from mldeploy.providers.clients import images  # noqa: E402
+from mldeploy.providers.images import provider as provider  # noqa: E402
+from mldeploy.providers.images import build as images  # noqa: E402
 
 REF = "127.0.0.1:5000/team/base:py3.11"
 PULLED_ID = "sha256:" + "5" * 64

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mldeploy.providers.clients import env_cache, images, wheelhouse  # noqa: E402
+from mldeploy.providers.images import env_cache, build as images, wheelhouse  # noqa: E402
 
 pytestmark = pytest.mark.docker
 
@@ -279,7 +279,7 @@ def test_private_base_image_is_pulled_with_the_registry_credentials(dc: docker.D
     finally:
         with contextlib.suppress(docker.errors.ImageNotFound):
             api.remove_image(ref)
-        from mldeploy.providers.clients import oci_registry
+        from mldeploy.providers.image_registry import oci_registry
 
         oci_registry.delete_repository(ref.rsplit(":", 1)[0])  # the test's own repository in the registry
 

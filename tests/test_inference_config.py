@@ -24,8 +24,12 @@ if str(ROOT) not in sys.path:
 
 from mldeploy.components import ContainerInstanceService, InferenceImage, inference_image  # noqa: E402
 from mldeploy.components._common import ArgsError  # noqa: E402
-from mldeploy.components.azureml_config import loads_lenient, read_deployment_config, read_inference_config  # noqa: E402
-from mldeploy.providers.clients import images  # noqa: E402
+from mldeploy.components.azureml_config import (  # noqa: E402
+    loads_lenient,
+    read_deployment_config,
+    read_inference_config,
+)
+from mldeploy.providers.images import build as images  # noqa: E402
 from mldeploy.providers.targets import kubernetes  # noqa: E402
 
 SEED = ROOT / "tests" / "fixtures" / "seed"

@@ -160,7 +160,7 @@ def test_two_services_score_roll_fail_safely_and_clean_up(workdir: Path, engine_
     good = score(out["a_uri"], out["a_key"]).json()
     loop = ScoringLoop(out["a_uri"], out["a_key"])
     loop.start()
-    # pulumi-kubernetes alone sometimes called this update done (providers/rollout.py says
+    # pulumi-kubernetes alone sometimes called this update done (providers/targets/kubernetes/rollout.py says
     # why); the service's rollout check refuses it every time, with the pod's own traceback.
     with pytest.raises(auto.CommandError) as failed:
         st.up()
@@ -182,7 +182,7 @@ def test_two_services_score_roll_fail_safely_and_clean_up(workdir: Path, engine_
     else:
         assert "NotFound" in gone.stderr
     # No image is left in the registry (every version of each repository) or in Docker.
-    from mldeploy.providers.clients import oci_registry
+    from mldeploy.providers.image_registry import oci_registry
 
     prefix = f"127.0.0.1:5000/mldeploy-mldeploy-{st.name.lower()}"
     for repo in ("svc-a", "svc-b", "front"):

@@ -2,7 +2,7 @@
 
 Without `sample_request` the pods roll on their readiness probe, as before.
 With it, a startup probe inside the scoring container sends the request
-(`mldeploy.providers.sample_probe`), so a pod whose model cannot answer never
+(`mldeploy.providers.gate.sample_probe`), so a pod whose model cannot answer never
 becomes ready: the rolling update stops, the old pod keeps serving, and `up`
 fails with the probe's report. Clients reach the service only through its
 NodePort on 127.0.0.1.

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.k8s]
 @pytest.fixture
 def private_registry(tmp_path: Path, k8s_cluster: str) -> Iterator[TokenRegistry]:
     """The registry, and containerd's plain-HTTP setting for its address (removed afterwards)."""
-    from mldeploy.providers.clients import cluster
+    from mldeploy.providers.targets.kubernetes import local_cluster as cluster
 
     reg = TokenRegistry(tmp_path / "acr")
     hosts = cluster.run_dir() / "conf" / "certs.d" / reg.address
@@ -117,7 +117,7 @@ def test_pods_pull_with_the_registry_credentials_and_a_rotated_password_rolls_no
     else:
         assert "NotFound" in gone.stderr
     # Every image is gone from the private registry: destroy used the rotated password.
-    from mldeploy.providers.clients import oci_registry
+    from mldeploy.providers.image_registry import oci_registry
 
     auth = oci_registry.auth_from({"server": reg.address, "username": reg.username, "password": reg.password})
     prefix = f"{reg.address}/mldeploy-mldeploy-{st.name.lower()}"

@@ -15,11 +15,12 @@ import pytest
 import yaml
 
 from mldeploy.components._common import ArgsError
-from mldeploy.providers import cluster as cluster_provider
-from mldeploy.providers import keys as keys_provider
-from mldeploy.providers import registry_image
-from mldeploy.providers.clients import kube, oci_registry
-from mldeploy.providers.clients.gateway_config import render_service_conf
+from mldeploy.providers.targets.kubernetes import cluster as cluster_provider
+from mldeploy.providers.core import keys as keys_provider
+from mldeploy.providers.image_registry import image as registry_image
+from mldeploy.providers.targets.kubernetes import kube
+from mldeploy.providers.image_registry import oci_registry
+from mldeploy.providers.front.gateway_config import render_service_conf
 from mldeploy.providers.targets import kubernetes as target
 from test_components_unit import make_image, make_model, no_docker, project  # noqa: F401 - fixtures
 
@@ -581,7 +582,7 @@ def test_the_sample_probe_in_the_pod(tmp_path) -> None:
     import json as _json
     import threading
 
-    from mldeploy.providers import sample_probe
+    from mldeploy.providers.gate import sample_probe
 
     answers = {"body": b"[3.0]", "status": 200}
 
@@ -624,7 +625,7 @@ def test_the_sample_probe_in_the_pod(tmp_path) -> None:
 
 
 def test_a_probe_report_with_exit_0_reaches_the_rollouts_error() -> None:
-    from mldeploy.providers.rollout import pod_problems
+    from mldeploy.providers.targets.kubernetes.rollout import pod_problems
 
     pod = {"metadata": {"name": "svc-1"}, "status": {"containerStatuses": [{
         "name": "scoring", "ready": False, "restartCount": 1,

@@ -36,8 +36,9 @@ import docker
 import pytest
 
 from conftest import ROOT
-from mldeploy.providers.clients import containers, images
-from mldeploy.providers.clients.gateway_config import CONTAINER_BACKENDS_DIR, SCORING_SOCKET_DIR
+from mldeploy.providers.core import containers
+from mldeploy.providers.images import build as images
+from mldeploy.providers.front.gateway_config import CONTAINER_BACKENDS_DIR, SCORING_SOCKET_DIR
 from mldeploy.providers.targets import local
 
 pytestmark = pytest.mark.docker

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from mldeploy.providers.clients import oci_registry
+from mldeploy.providers.image_registry import oci_registry
 
 pytestmark = [pytest.mark.e2e]
 

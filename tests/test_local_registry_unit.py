@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import requests
 
-from mldeploy.providers.clients import oci_registry
-from mldeploy.providers.clients.oci_registry import RegistryAuth
+from mldeploy.providers.image_registry import oci_registry
+from mldeploy.providers.image_registry.oci_registry import RegistryAuth
 
 ACCESS = RegistryAuth("127.0.0.1:5001", "mldeploy", "s3cret")
 

@@ -65,8 +65,9 @@ runtime:
 PROBE = """
 import importlib.util, json, sys, sysconfig
 import mldeploy, mldeploy.components as c
-from mldeploy.providers import edge_manifest
-from mldeploy.providers.clients import gateway_config, images
+from mldeploy.providers.targets.iotedge import edge_manifest
+from mldeploy.providers.front import gateway_config
+from mldeploy.providers.images import build as images
 print(json.dumps({
     "mldeploy": mldeploy.__file__, "path": list(mldeploy.__path__), "components": c.__file__,
     "purelib": sysconfig.get_paths()["purelib"],
@@ -117,8 +118,8 @@ def test_the_wheel_is_one_package_that_another_project_deploys_and_scores_with(t
         metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     name, version = wheel.name.split("-")[:2]
     assert {n.split("/")[0] for n in names} == {"mldeploy", f"{name}-{version}.dist-info"}, "one top-level package"
-    for needed in ("mldeploy/__init__.py", "mldeploy/components/__init__.py", "mldeploy/providers/model.py",
-                   "mldeploy/runtime/nginx/service.conf.tmpl", "mldeploy/providers/schemas/iotedge/LICENSE"):
+    for needed in ("mldeploy/__init__.py", "mldeploy/components/__init__.py", "mldeploy/providers/models/provider.py",
+                   "mldeploy/runtime/nginx/service.conf.tmpl", "mldeploy/providers/targets/iotedge/schemas/LICENSE"):
         assert needed in names, needed
     for folder in ("components", "providers", "runtime"):  # every file of the folders travels
         tree = {f"mldeploy/{p.relative_to(ROOT).as_posix()}" for p in (ROOT / folder).rglob("*")

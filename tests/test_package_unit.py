@@ -143,7 +143,7 @@ def test_the_wheel_layout_carries_every_file_of_the_folders() -> None:
             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
                 assert f"mldeploy/{p.relative_to(ROOT).as_posix()}" in files, p
     # Folders that code finds from __file__ sit at the same place relative to it as in the checkout.
-    for folder in ("mldeploy/runtime/nginx/", "mldeploy/providers/schemas/iotedge/"):
+    for folder in ("mldeploy/runtime/nginx/", "mldeploy/providers/targets/iotedge/schemas/"):
         assert any(f.startswith(folder) for f in files), folder
     assert "mldeploy/__init__.py" in files
     assert {f.split("/")[0] for f in files} == {"mldeploy"}
@@ -200,8 +200,8 @@ def test_the_locked_environment_satisfies_the_declared_dependencies() -> None:
 
 def test_an_installed_package_says_what_the_local_cluster_needs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # The wheel has no scripts/ beside it: the local cluster's scripts come from a checkout.
-    from mldeploy.providers import cluster as cluster_provider
-    from mldeploy.providers.clients import cluster
+    from mldeploy.providers.targets.kubernetes import cluster as cluster_provider
+    from mldeploy.providers.targets.kubernetes import local_cluster as cluster
 
     monkeypatch.setattr(cluster, "CLUSTER_SH", tmp_path / "site-packages" / "scripts" / "k8s" / "cluster.sh")
     monkeypatch.delenv("MLDEPLOY_ROOT", raising=False)

@@ -156,7 +156,7 @@ def test_the_backend_check_accepts_a_read_and_list_sas(azurite: dict[str, str], 
     from conftest import AZURITE_ACCOUNT, azblob_url
     from test_pr_preview_e2e import read_list_sas
 
-    from mldeploy.providers.clients.state_backend import blob_backend_problem
+    from mldeploy.providers.core.state_backend import blob_backend_problem
 
     env = {"AZURE_STORAGE_ACCOUNT": AZURITE_ACCOUNT, "AZURE_STORAGE_SAS_TOKEN": read_list_sas(blob_container)}
     assert blob_backend_problem(azblob_url(azurite, blob_container), env) is None

@@ -31,8 +31,8 @@ class _Plant:
 def test_mldeploys_own_providers_load_and_anything_else_is_refused_unrun(tmp_path: Path) -> None:
     from pulumi.dynamic.dynamic import serialize_provider
 
-    from mldeploy.providers.rollout import RolloutProvider
-    from mldeploy.providers.service import ServiceProvider
+    from mldeploy.providers.targets.kubernetes.rollout import RolloutProvider
+    from mldeploy.providers.targets.service import ServiceProvider
 
     for provider in (ServiceProvider(), RolloutProvider()):
         loaded = load_provider(base64.b64decode(serialize_provider(provider)))
@@ -42,8 +42,8 @@ def test_mldeploys_own_providers_load_and_anything_else_is_refused_unrun(tmp_pat
         load_provider(pickle.dumps(_Plant(marker)))
     assert not marker.exists(), "nothing of the forged pickle ran"
     # A class of ours that is not a provider is refused too.
-    with pytest.raises(ForgedProvider, match="mldeploy.providers.sample_check.SampleCheck"):
-        load_provider(pickle.dumps(__import__("mldeploy.providers.sample_check", fromlist=["x"]).SampleCheck(False, True)))
+    with pytest.raises(ForgedProvider, match="mldeploy.providers.gate.sample_check.SampleCheck"):
+        load_provider(pickle.dumps(__import__("mldeploy.providers.gate.sample_check", fromlist=["x"]).SampleCheck(False, True)))
 
 
 # What the release before the `mldeploy` package (c1fb50a) wrote into its stacks' state, in plain text.

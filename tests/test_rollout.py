@@ -1,4 +1,4 @@
-"""The rollout check of the Kubernetes target (providers/rollout.py), with a fake API reader and clock."""
+"""The rollout check of the Kubernetes target (providers/targets/kubernetes/rollout.py), with a fake API reader and clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mldeploy.providers import rollout
+from mldeploy.providers.targets.kubernetes import rollout
 
 OLD_DONE = {
     "metadata": {"generation": 4, "annotations": {"deployment.kubernetes.io/revision": "2"}},

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from mldeploy.providers.service import diff_service, rules
+from mldeploy.providers.targets.service import diff_service, rules
 from mldeploy.providers.targets import TARGETS, target_for
 from preview_markdown import describe_service
 

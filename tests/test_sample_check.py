@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from pulumi.runtime import rpc
 
-from mldeploy.providers.clients.containers import redact
-from mldeploy.providers.sample_check import Answer, check_sample, input_sample, output_errors
-from mldeploy.providers.smoke_test import AT_UP, cache_key, smoke_test
+from mldeploy.providers.core.containers import redact
+from mldeploy.providers.gate.sample_check import Answer, check_sample, input_sample, output_errors
+from mldeploy.providers.gate.smoke_test import AT_UP, cache_key, smoke_test
 
 SWAGGER = {
     "definitions": {
@@ -87,7 +87,7 @@ def _news(tmp_path, image_id: Any = "sha256:abc", version: int = 2) -> dict[str,
 
 
 def test_smoke_test_decisions(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mldeploy.providers.smoke_test as st
+    import mldeploy.providers.gate.smoke_test as st
 
     runs: list[str] = []
 
@@ -148,7 +148,7 @@ def test_logs_kubernetes_shows_previous_for_a_restarted_container(monkeypatch: p
     import subprocess
 
     import service_logs
-    from mldeploy.providers.clients import cluster
+    from mldeploy.providers.targets.kubernetes import local_cluster as cluster
 
     monkeypatch.setattr(cluster, "kubectl_path", lambda: "kubectl")
     monkeypatch.setattr(cluster, "kubeconfig_path", lambda: "/kc")

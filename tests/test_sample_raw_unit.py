@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from mldeploy.providers.sample_check import Answer, check_sample
-from mldeploy.providers.sample_probe import answer_differences, declared_input_sample, is_placeholder, judge
+from mldeploy.providers.gate.sample_check import Answer, check_sample
+from mldeploy.providers.gate.sample_probe import answer_differences, declared_input_sample, is_placeholder, judge
 
 RAW_SCRIPT = '''
 import json
@@ -183,14 +183,14 @@ def test_a_remote_ref_in_the_backends_swagger_is_never_fetched() -> None:
     ("def run(:\n", None),
 ])
 def test_the_preview_reads_the_entry_script_for_a_declared_sample(source: str, declared: bool | None) -> None:
-    from mldeploy.providers.sample_check import declares_input_sample
+    from mldeploy.providers.gate.sample_check import declares_input_sample
 
     assert declares_input_sample(source) is declared
 
 
 def test_the_service_check_says_what_gates_the_roll(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """The preview's one line: in the diff (the `sample_gate` input) and on the provider's stderr."""
-    from mldeploy.providers.service import ServiceProvider
+    from mldeploy.providers.targets.service import ServiceProvider
 
     monkeypatch.setenv("MLDEPLOY_PROJECT_DIR", str(tmp_path))
     (tmp_path / "src").mkdir()
@@ -213,7 +213,7 @@ def test_the_service_check_says_what_gates_the_roll(tmp_path: Path, monkeypatch:
 
 
 def test_a_target_without_the_gate_says_sample_request_is_not_sent(capsys) -> None:
-    from mldeploy.providers.service import ServiceProvider
+    from mldeploy.providers.targets.service import ServiceProvider
 
     news = {"service_name": "svc", "target": "aci", "sample_request": {"body": "[1]"}, "models": [{"name": "m", "version": 1}],
             "cpu_cores": 1, "memory_gb": 1}

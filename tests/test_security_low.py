@@ -61,7 +61,7 @@ def test_the_logs_tool_runs_kubectl_with_that_kubeconfig_in_a_private_file(monke
 
 def test_kubectl_gets_the_given_kubeconfig(monkeypatch: pytest.MonkeyPatch) -> None:
     import service_logs
-    from mldeploy.providers.clients import cluster
+    from mldeploy.providers.targets.kubernetes import local_cluster as cluster
 
     monkeypatch.setattr(cluster, "kubectl_path", lambda: "kubectl")
     monkeypatch.setattr(cluster, "kubeconfig_path", lambda: "/local-admin.kubeconfig")
@@ -79,7 +79,7 @@ def test_kubectl_gets_the_given_kubeconfig(monkeypatch: pytest.MonkeyPatch) -> N
 # ------------------------------------------------- the scoring URI of an attached cluster's service
 
 def test_a_nodeport_is_reached_at_a_ready_nodes_address() -> None:
-    from mldeploy.providers.clients.kube import node_address
+    from mldeploy.providers.targets.kubernetes.kube import node_address
 
     def node(ready: str, *addresses: tuple[str, str]) -> dict:
         return {"status": {"conditions": [{"type": "Ready", "status": ready}],
@@ -92,7 +92,7 @@ def test_a_nodeport_is_reached_at_a_ready_nodes_address() -> None:
 
 
 def test_the_scoring_host_is_loopback_only_on_the_local_cluster() -> None:
-    from mldeploy.providers.cluster import scoring_host
+    from mldeploy.providers.targets.kubernetes.cluster import scoring_host
 
     assert scoring_host(True, "10.0.0.5", "https://10.0.0.1:6443") == "127.0.0.1"
     assert scoring_host(False, "10.0.0.5", "https://10.0.0.1:6443") == "10.0.0.5"

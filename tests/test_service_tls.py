@@ -13,9 +13,9 @@ import pulumi
 import pytest
 
 from mldeploy.components._common import ArgsError
-from mldeploy.providers.clients.gateway_config import render_service_conf
+from mldeploy.providers.front.gateway_config import render_service_conf
 from mldeploy.providers.targets import kubernetes as target
-from mldeploy.providers import tls
+from mldeploy.providers.front import tls
 from test_components_unit import make_image, make_model, no_docker, project  # noqa: F401 - fixtures
 from test_kubernetes_unit import SECRET_SIG, SECRET_VALUE, K8sMocks, k8s_mocks, spec_for  # noqa: F401 - fixtures
 from tls_certs import make_ca_and_cert

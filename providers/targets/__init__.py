@@ -1,7 +1,7 @@
 """Compute targets: what each one takes, checks, and does with a change.
 
 A target is one module here that exports `TARGET`, an instance of a `Target`
-subclass, and one line in `TARGETS`. The Service provider (`mldeploy.providers.service`)
+subclass, and one line in `TARGETS`. The Service provider (`mldeploy.providers.targets.service`)
 keeps what every target shares and hands everything else to the target named
 in its inputs. How to add one: README.md beside this file.
 """
@@ -15,7 +15,7 @@ from pulumi.dynamic import CheckFailure
 from pulumi.runtime import rpc
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from mldeploy.providers.clients.gateway_config import MAX_BODY_LIMIT as MAX_REQUEST_BYTES  # what every front end holds
+from mldeploy.providers.front.gateway_config import MAX_BODY_LIMIT as MAX_REQUEST_BYTES  # what every front end holds
 
 # Name -> the module that exports its TARGET. Modules load on first use, so
 # validating stack config does not import a target's clients.
@@ -134,7 +134,7 @@ class NoArgs(BaseModel):
 class Target:
     """What one compute target knows. Subclass it in `providers/targets/<name>.py`.
 
-    The rule tuples name Service inputs; the shared ones (`mldeploy.providers.service`)
+    The rule tuples name Service inputs; the shared ones (`mldeploy.providers.targets.service`)
     are added to them. An input in none of them changes nothing when it changes.
     """
 
@@ -150,14 +150,14 @@ class Target:
     OUTPUTS: ClassVar[tuple[str, ...]] = ()
     """Outputs beyond the shared ones that the state keeps (what `read` and `delete` need)."""
     PATHS: ClassVar[tuple[str, ...]] = ()
-    """Inputs that hold a path, relative to the project (`mldeploy.providers.paths`): diffs compare
+    """Inputs that hold a path, relative to the project (`mldeploy.providers.core.paths`): diffs compare
     them as places, so where a checkout lives changes nothing; backends find them with
-    `mldeploy.providers.paths.local`."""
+    `mldeploy.providers.core.paths.local`."""
     pulls_images: ClassVar[bool] = False
     """True: the component pushes the scoring image (with its model layer) and the front
     end's image to the stack's registry and passes `image_ref` and `front_image_ref`."""
     sample_gate: ClassVar[bool] = False
-    """True: a new backend must answer a sample before it gets traffic (`mldeploy.providers.sample_check`)."""
+    """True: a new backend must answer a sample before it gets traffic (`mldeploy.providers.gate.sample_check`)."""
     deployed_by: ClassVar[str | None] = None
     """None: the Service resource runs it. Otherwise the component that composes the
     target's own Pulumi resources (Kubernetes: `AksService`), named in errors."""

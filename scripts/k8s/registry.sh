@@ -9,7 +9,7 @@
 #   127.0.0.1:5001  the same images, every request with the project's own
 #                   credentials (htpasswd, bcrypt), deletes allowed. The
 #                   credentials are in $MLDEPLOY_CACHE/registry/credentials.json
-#                   (0600), which mldeploy.providers.clients.oci_registry reads
+#                   (0600), which mldeploy.providers.image_registry.oci_registry reads
 #                   to delete from the local registry.
 #
 # Neither caches blob descriptors in memory, so a delete through one is seen

@@ -1,1 +1,0 @@
-"""Thin clients for the side effects: the model registry, Docker images, the gateway."""

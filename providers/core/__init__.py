@@ -1,0 +1,1 @@
+"""What every part shares and nothing else owns: paths written relative to the project, progress lines, service keys, the Docker containers and scoring calls that the local target, the sample gate and the IoT Edge agent all use, and the look at the state backend."""

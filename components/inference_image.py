@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ast
-import hashlib
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,8 +12,8 @@ from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from mldeploy.components._common import PACKAGE, ArgsError, Settings, resolve, slug, validate
-from mldeploy.providers.models.registry import content_hash
-from mldeploy.providers.images.provider import ImageProvider
+from mldeploy.providers.model_registry.registry import content_hash
+from mldeploy.providers.images.provider import ImageProvider, check_python_pin, python_in_tag
 from mldeploy.providers.core.paths import portable
 
 RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
@@ -154,16 +152,15 @@ class InferenceImageArgs(BaseModel):
         return value
 
 
-def build_hash(args: InferenceImageArgs, base_image: str) -> str:
-    """Everything that goes into the image; the model is not part of it.
+def build_parts(args: InferenceImageArgs, base_image: str) -> list[str]:
+    """Everything that goes into the image but the base image's id (the model is not part of it).
 
-    A private base (base_image_registry) may not be here yet: its id is added by the
-    provider's check, which pulls it with the credentials.
+    The id needs Docker, so the image provider's check adds it (`mldeploy.providers.images.provider.build_hash`):
+    the program runs to completion with Docker stopped. A private base (base_image_registry) may
+    not be here yet: its id is added by the same check, which pulls it with the credentials.
     """
-    h = hashlib.sha256()
     parts = [
         base_image,
-        "" if args.base_image_registry else _image_id(base_image),
         args.entry_script,
         content_hash(args.source_directory),
         content_hash(args.conda_file) if args.conda_file else "",
@@ -178,87 +175,7 @@ def build_hash(args: InferenceImageArgs, base_image: str) -> str:
         parts.append(f"gpu:cuda{args.cuda_version}")
     if args.base_image_registry:
         parts.append("registry:" + args.base_image_registry.address)
-    for part in parts:
-        h.update(part.encode() + b"\0")
-    return "sha256:" + h.hexdigest()
-
-
-def _base_python_version(ref: str) -> str | None:
-    """The base image's Python (major.minor): its tag says it (`…-py3.11`), else Docker's record
-    of the image (`mldeploy.python` label, PYTHON_VERSION). None when nothing says: then a conda
-    `python` pin is not checked.
-    """
-    m = re.search(r"py(\d+\.\d+)", ref.rsplit("/", 1)[-1])
-    if m:
-        return m.group(1)
-    import docker
-
-    from mldeploy.providers.images.build import python_of_image
-
-    try:
-        client = docker.from_env(timeout=DOCKER_TIMEOUT)
-        try:
-            return python_of_image(client.images.get(ref).attrs, ref)
-        finally:
-            client.close()
-    except Exception:  # noqa: BLE001 - unknown: the pin is not checked (build_hash already needs Docker)
-        return None
-
-
-def check_python_pin(conda_file: str | None, base_image: str, base_python: str | None) -> str | None:
-    """Why the conda file's `python` pin cannot be met by the base image, or None."""
-    from mldeploy.providers.images.build import pin_allows, python_pin
-
-    if not conda_file or not base_python:
-        return None
-    pin = python_pin(conda_file)
-    if pin is None:
-        return None
-    try:
-        if pin_allows(pin, base_python):
-            return None
-    except ValueError as exc:
-        return f"{conda_file}: {exc}"
-    return (f"{conda_file} pins python {pin}, which base image {base_image!r} cannot meet: it has Python "
-            f"{base_python}; change the pin or name another base_image")
-
-
-DOCKER_TIMEOUT = 30
-"""Seconds to wait for Docker's answer about the base image (a busy daemon is slow, not gone)."""
-
-
-class BaseImageError(Exception):
-    """Docker could not say the base image's id; the preview stops rather than guess."""
-
-
-def _image_id(ref: str) -> str:
-    """The base image's id, so a rebuilt base rebuilds its images.
-
-    Raises `BaseImageError` when Docker does not answer or has no such image: an
-    id left out would change `build_hash`, and the image would be rebuilt (and its
-    services rolled) for nothing.
-    """
-    import docker
-    import docker.errors
-
-    try:
-        client = docker.from_env(timeout=DOCKER_TIMEOUT)
-    except docker.errors.DockerException as exc:
-        raise BaseImageError(f"cannot reach Docker to read the id of base image {ref!r}: {exc}") from None
-    try:
-        return client.images.get(ref).id
-    except docker.errors.ImageNotFound:
-        raise BaseImageError(
-            f"base image {ref!r} is not present in Docker; build it with scripts/base-image.sh "
-            "(scripts/setup.sh does), or name another one with mldeploy:baseImage"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - any other failure: say what Docker said
-        raise BaseImageError(
-            f"Docker did not say the id of base image {ref!r} ({type(exc).__name__}: {exc}); "
-            "check that Docker runs (scripts/docker.sh) and preview again"
-        ) from None
-    finally:
-        client.close()
+    return parts
 
 
 class Image(Resource, module=PACKAGE, name="Image"):
@@ -321,13 +238,11 @@ class InferenceImage(pulumi.ComponentResource):
                 f"InferenceImage '{resource_name}': base_image_registry: base image {base!r} is not in registry "
                 f"{args.base_image_registry.address!r}; name it as {args.base_image_registry.address}/<repository>:<tag>"
             )
-        pin_problem = check_python_pin(args.conda_file, base, _base_python_version(base))
+        # A pin the tag already says cannot be met fails here; one Docker must answer for, in the provider's check.
+        pin_problem = check_python_pin(args.conda_file, base, python_in_tag(base))
         if pin_problem:
             raise ArgsError(f"InferenceImage '{resource_name}': conda_file: {pin_problem}")
-        try:
-            digest = build_hash(args, base)
-        except BaseImageError as exc:
-            raise ArgsError(f"InferenceImage '{resource_name}': base_image: {exc}") from None
+        parts = build_parts(args, base)
         super().__init__(f"{PACKAGE}:index:InferenceImage", resource_name, None, opts)
         # Services read it at preview to say whether run() declares an input sample.
         self.entry_script_path = portable(Path(args.source_directory) / args.entry_script)
@@ -340,7 +255,8 @@ class InferenceImage(pulumi.ComponentResource):
                 "source_directory": portable(args.source_directory),
                 "entry_script": args.entry_script,
                 "dependency_file": portable(args.conda_file) if args.conda_file else "",
-                "build_hash": digest,
+                # The provider's check turns these and the base image's id into `build_hash`.
+                "build_parts": parts,
                 # Not diffed (build_hash covers them); they tell a reviewer what changed.
                 "source_hash": content_hash(args.source_directory),
                 "dependency_hash": content_hash(args.conda_file) if args.conda_file else "",

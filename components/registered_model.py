@@ -9,8 +9,8 @@ from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from mldeploy.components._common import PACKAGE, ArgsError, Settings, resolve, validate
-from mldeploy.providers.models.registry import RegistryError, content_hash, is_remote, materialize, open_registry
-from mldeploy.providers.models.provider import ModelVersionProvider, model_folder
+from mldeploy.providers.model_registry.registry import RegistryError, content_hash, is_remote, materialize, open_registry
+from mldeploy.providers.model_registry.provider import ModelVersionProvider, model_folder
 from mldeploy.providers.core.paths import local, portable
 
 

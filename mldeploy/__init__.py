@@ -4,7 +4,7 @@
 
 - `mldeploy.components`: the component resources (the public surface, see its `__all__`).
 - `mldeploy.providers`: the dynamic providers and their clients. Pulumi pickles a
-  provider by reference (`mldeploy.providers.models.provider.ModelProvider`), so the
+  provider by reference (`mldeploy.providers.model_registry.provider.ModelProvider`), so the
   `python -m pulumi.dynamic` process that runs it must import the same name.
 - `mldeploy/runtime`: files, not code to import: the serving runtime copied into
   every inference image and the gateway's nginx templates.

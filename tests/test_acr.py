@@ -186,7 +186,7 @@ def test_registry_credentials_provider_checks_and_diffs():
 
 # ------------------------------------------------------------ the component's wiring, mocked
 
-from test_components_unit import make_image, make_model, mocks, no_docker, project  # noqa: E402,F401 - fixtures
+from test_components_unit import make_image, make_model, mocks, project  # noqa: E402,F401 - fixtures
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how the Pulumi SDK marks a secret on the wire
 

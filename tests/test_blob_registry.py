@@ -1,4 +1,4 @@
-"""The shared model registry on Azure Blob Storage (`mldeploy.providers.models.blob_registry`).
+"""The shared model registry on Azure Blob Storage (`mldeploy.providers.model_registry.blob_registry`).
 
 Pure parts (URL reading, version choice) on their own; the rest against Azurite,
 Microsoft's storage emulator, on 127.0.0.1 (the `azurite` fixture starts it), so
@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from conftest import AZURITE_ACCOUNT, AZURITE_KEY, azblob_url
-from mldeploy.providers.models import blob_registry as br
-from mldeploy.providers.models.blob_registry import BlobModelRegistry, Entry
+from mldeploy.providers.model_registry import blob_registry as br
+from mldeploy.providers.model_registry.blob_registry import BlobModelRegistry, Entry
 from mldeploy.providers.core.blob_store import BlobLocationError, credential_kind, parse_blob_url
-from mldeploy.providers.models.registry import RegistryError, content_hash, materialize, open_registry
+from mldeploy.providers.model_registry.registry import RegistryError, content_hash, materialize, open_registry
 
 OWNER = "mldeploy/dev/ridge"
 OTHER = "mldeploy/prod/ridge"

@@ -30,7 +30,7 @@ from mldeploy.providers.images import build as images, wheelhouse
 from mldeploy.providers.images.provider import ImageProvider
 
 # The fixtures of the components' unit tests: a project folder, Pulumi mocks, no Docker.
-from test_components_unit import RecordingMocks, make_image, mocks, no_docker, project  # noqa: F401
+from test_components_unit import RecordingMocks, make_image, mocks, project  # noqa: F401
 
 SECRETS = {
     "PULUMI_CONFIG_PASSPHRASE": "pass-" + uuid.uuid4().hex,

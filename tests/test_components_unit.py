@@ -21,11 +21,13 @@ from pulumi.runtime.mocks import MockMonitor
 import mldeploy.components as components
 from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
 from mldeploy.components import inference_image
+from mldeploy.providers.images import provider as image_provider
+from engine_check import BASE_IMAGE_ID, image_checked
 from mldeploy.components._common import ArgsError
 from mldeploy.components._common import StackConfig
 from fake_target import ComposedTarget, FakeTarget
 from mldeploy.providers import targets
-from mldeploy.providers.models.registry import ModelRegistry, content_hash
+from mldeploy.providers.model_registry.registry import ModelRegistry, content_hash
 from mldeploy.providers.targets.local import PORT_RANGE, _claimed_ports, default_port
 
 PROJECT = "proj"
@@ -70,6 +72,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.types: dict[str, str] = {}
         self.monitor: RecordingMonitor | None = None
         self.registered: dict[str, int] = {}
+        self.base_ids: dict[str, str] = {}
+        """Resource name -> the base image id the image provider's check gets from Docker."""
         self._lock = threading.Lock()
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
@@ -87,6 +91,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
             )
             rid = outs["model_id"]
         elif args.typ.endswith("mldeploy:Image"):
+            inputs = image_checked(inputs, self.base_ids.get(args.name, BASE_IMAGE_ID))
+            outs = dict(inputs)
             name = f"{inputs['image_repo']}:{inputs['build_hash'].split(':')[-1][:12]}"
             outs.update(image_name=name, image_id=PROVIDER_IMAGE_ID, present=True)
             rid = name
@@ -148,18 +154,11 @@ class RecordingMonitor(MockMonitor):
         return super().RegisterResource(request)
 
 
-BASE_IMAGE_ID = "sha256:" + "ba5e" * 16
-REAL_IMAGE_ID = inference_image._image_id
-
-
 @pytest.fixture(autouse=True)
 def no_docker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never ask Docker for the base image's id: the tests give the same answer with or without it.
-
-    (Without a daemon, docker-py leaks the socket of its failed connect, which the
-    warnings-as-errors setting turns into a failure; see test_image_id_without_docker.)
-    """
-    monkeypatch.setattr(inference_image, "_image_id", lambda ref: BASE_IMAGE_ID)
+    """The program never asks Docker (issue 19, item 4): with DOCKER_HOST on a socket that does
+    not exist, every component here is still declared."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/mldeploy-no-docker.sock")
 
 
 def _set_mocks(preview: bool) -> RecordingMocks:
@@ -449,7 +448,7 @@ def test_inference_image_wiring(mocks: RecordingMocks, project: Path) -> Any:
         assert re.fullmatch(rf"mldeploy-{PROJECT}-{STACK}/scoring:[0-9a-f]{{12}}", name)
         assert name.endswith(props["build_hash"].split(":")[-1][:12])
         assert image_id == PROVIDER_IMAGE_ID  # the built image's id, as the provider said it
-        assert props["build_hash"] == inference_image.build_hash(
+        parts = inference_image.build_parts(
             inference_image.InferenceImageArgs(
                 entry_script="score.py",
                 source_directory=str(project / "src"),
@@ -457,6 +456,8 @@ def test_inference_image_wiring(mocks: RecordingMocks, project: Path) -> Any:
             ),
             "mldeploy/base:bookworm-py3.11",
         )
+        assert props["build_hash"] == image_provider.build_hash(parts, BASE_IMAGE_ID)
+        assert "build_parts" not in props, "the state keeps the hash only, as earlier releases did"
         # Relative to the project: the image's inputs name no checkout's path.
         assert props["source_directory"] == "src"
         assert props["entry_script"] == "score.py"
@@ -490,7 +491,7 @@ def test_inference_image_build_hash_follows_source(mocks: RecordingMocks, projec
 @pulumi.runtime.test
 def test_inference_image_build_hash_follows_base_image(mocks: RecordingMocks, monkeypatch: pytest.MonkeyPatch) -> Any:
     first = make_image("first")
-    monkeypatch.setattr(inference_image, "_image_id", lambda ref: "sha256:" + "0" * 64)  # base rebuilt
+    mocks.base_ids["second-image"] = "sha256:" + "0" * 64  # the base rebuilt: Docker says a new id
     second = make_image("second")
     other_base = make_image("third", base_image="python:3.11-slim")
 
@@ -505,28 +506,32 @@ def test_inference_image_build_hash_follows_base_image(mocks: RecordingMocks, mo
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_image_id_without_docker_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No guess when Docker does not answer: an empty id would change build_hash and rebuild for nothing."""
-    monkeypatch.setattr(inference_image, "_image_id", REAL_IMAGE_ID)
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-docker.sock'}")
     for var in ("DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(inference_image.BaseImageError) as exc:
-        inference_image._image_id("mldeploy/base:bookworm-py3.11")
+    with pytest.raises(image_provider.BaseImageError) as exc:
+        image_provider.base_image_id("mldeploy/base:bookworm-py3.11")
     message = str(exc.value)
-    assert "'mldeploy/base:bookworm-py3.11'" in message and "Docker" in message
+    assert "Docker" in message and "scripts/docker.sh" in message
     gc.collect()  # docker-py's leaked socket is reported here, not in a later test
 
 
 @pulumi.runtime.test
-def test_base_image_id_unknown_fails_the_preview(preview_mocks: RecordingMocks, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A slow or absent Docker stops the preview, naming the resource and the field; nothing is declared."""
+def test_base_image_id_unknown_fails_in_the_provider_not_the_program(preview_mocks: RecordingMocks) -> Any:
+    """A slow or absent Docker: the program still declares the image; the provider's check names the field."""
+    image = make_image("img9")
 
     def slow_docker(ref: str) -> str:
-        raise inference_image.BaseImageError(f"Docker did not say the id of base image {ref!r} (ReadTimeout: timed out)")
+        raise image_provider.BaseImageError(f"Docker did not say the id of base image {ref!r} (ReadTimeout: timed out)")
 
-    monkeypatch.setattr(inference_image, "_image_id", slow_docker)
-    message = _raises(lambda: make_image("img9"), "InferenceImage 'img9'", "base_image", "ReadTimeout")
-    assert "mldeploy/base:bookworm-py3.11" in message
-    assert not any(name.startswith("img9") for name in preview_mocks.resources)
+    def check(_: Any) -> None:
+        inputs = {**preview_mocks.resources["img9-image"], "build_parts": ["mldeploy/base:bookworm-py3.11", "score.py"]}
+        inputs.pop("build_hash", None)
+        _, failures = image_provider.complete(inputs, image_id=slow_docker)
+        assert [f.property for f in failures] == ["base_image"]
+        assert "ReadTimeout" in failures[0].reason and "mldeploy/base:bookworm-py3.11" in failures[0].reason
+
+    return image.image_name.apply(check)
 
 
 # ---------------------------------------------------------------- ContainerInstanceService

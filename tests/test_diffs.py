@@ -13,7 +13,7 @@ import pytest
 from pulumi.dynamic import CheckFailure
 
 from mldeploy.providers.images.provider import ImageProvider, diff_image, image_name
-from mldeploy.providers.models.provider import ModelVersionProvider, diff_model
+from mldeploy.providers.model_registry.provider import ModelVersionProvider, diff_model
 from mldeploy.providers.targets.service import REPLACE_ON, ROLL_ON, ServiceProvider, diff_service, needs_roll, rules
 from mldeploy.providers.targets.local import TARGET as LOCAL
 

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mldeploy.components import ContainerInstanceService, InferenceImage, inference_image  # noqa: E402
+from engine_check import image_checked
+from mldeploy.components import ContainerInstanceService, InferenceImage  # noqa: E402
 from mldeploy.components._common import ArgsError  # noqa: E402
 from mldeploy.components.azureml_config import (  # noqa: E402
     loads_lenient,
@@ -43,8 +44,11 @@ class Mocks(pulumi.runtime.Mocks):
         self.resources: dict[str, dict[str, Any]] = {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        self.resources[args.name] = dict(args.inputs)
-        outs = dict(args.inputs)
+        inputs = dict(args.inputs)
+        if args.typ.endswith("mldeploy:Image"):
+            inputs = image_checked(inputs)
+        self.resources[args.name] = inputs
+        outs = dict(inputs)
         if args.typ.endswith("mldeploy:Image"):
             outs.update(image_name="x:1", image_id="sha256:1")
         return f"{args.name}-id", outs
@@ -75,7 +79,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MLDEPLOY_STATE_DIR", str(tmp_path / "state"))
     for var in ("MLDEPLOY_REGISTRY_PATH", "MLDEPLOY_BASE_IMAGE", "MLDEPLOY_GATEWAY_IMAGE", "PULUMI_CONFIG"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(inference_image, "_image_id", lambda ref: "sha256:" + "ba5e" * 16)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/mldeploy-no-docker.sock")  # the program never asks it
     pulumi.runtime.set_all_config({})
     return proj
 

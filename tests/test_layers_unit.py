@@ -23,7 +23,7 @@ FOLDERS = {"components": "mldeploy.components", "providers": "mldeploy.providers
 LAYERS: list[tuple[str, ...]] = [
     ("mldeploy.runtime",),
     ("mldeploy.providers.core",),
-    ("mldeploy.providers.front", "mldeploy.providers.gate", "mldeploy.providers.models", "mldeploy.providers.images"),
+    ("mldeploy.providers.front", "mldeploy.providers.gate", "mldeploy.providers.model_registry", "mldeploy.providers.images"),
     # the image registry, and what the Azure targets share (ARM, AKS on Azure): ACR is both
     ("mldeploy.providers.image_registry", "mldeploy.providers.targets.azure"),
     ("mldeploy.providers.targets",),  # the seam: targets/__init__.py

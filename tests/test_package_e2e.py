@@ -118,7 +118,7 @@ def test_the_wheel_is_one_package_that_another_project_deploys_and_scores_with(t
         metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     name, version = wheel.name.split("-")[:2]
     assert {n.split("/")[0] for n in names} == {"mldeploy", f"{name}-{version}.dist-info"}, "one top-level package"
-    for needed in ("mldeploy/__init__.py", "mldeploy/components/__init__.py", "mldeploy/providers/models/provider.py",
+    for needed in ("mldeploy/__init__.py", "mldeploy/components/__init__.py", "mldeploy/providers/model_registry/provider.py",
                    "mldeploy/runtime/nginx/service.conf.tmpl", "mldeploy/providers/targets/iotedge/schemas/LICENSE"):
         assert needed in names, needed
     for folder in ("components", "providers", "runtime"):  # every file of the folders travels

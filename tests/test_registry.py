@@ -1,4 +1,4 @@
-"""Unit tests of the local model registry (`mldeploy.providers.models.registry`) on tmp_path."""
+"""Unit tests of the local model registry (`mldeploy.providers.model_registry.registry`) on tmp_path."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mldeploy.providers.models.registry import ModelRegistry, RegistryError, content_hash
+from mldeploy.providers.model_registry.registry import ModelRegistry, RegistryError, content_hash
 
 OWNER = "proj/dev/ridge"
 OTHER = "proj/prod/ridge"

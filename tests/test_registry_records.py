@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mldeploy.providers.models import blob_registry as br
-from mldeploy.providers.models.blob_registry import Entry
-from mldeploy.providers.models.registry import ModelRegistry, RegistryError, write_atomically
+from mldeploy.providers.model_registry import blob_registry as br
+from mldeploy.providers.model_registry.blob_registry import Entry
+from mldeploy.providers.model_registry.registry import ModelRegistry, RegistryError, write_atomically
 
 
 def test_a_record_is_written_whole_and_leaves_no_temporary_file(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import pulumi
 import pytest
 
 from conftest import azblob_url
-from mldeploy.providers.models.registry import content_hash, open_registry
-from mldeploy.providers.models.provider import ModelVersionProvider, diff_model
+from mldeploy.providers.model_registry.registry import content_hash, open_registry
+from mldeploy.providers.model_registry.provider import ModelVersionProvider, diff_model
 from test_components_unit import (  # noqa: F401 - fixtures
     RecordingMocks,
     _raises,

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import re
+from typing import Any, Callable
 
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
 from mldeploy.providers.core.paths import local
 
 REPLACE_ON = ("image_repo",)
+BASE_ID_AT = 1
+"""Where the base image's id sits among the hashed parts (the order of every release so far)."""
+DOCKER_TIMEOUT = 30
+"""Seconds to wait for Docker's answer about the base image (a busy daemon is slow, not gone)."""
+START_DOCKER = "start Docker (scripts/docker.sh starts dockerd here) and preview again"
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 """What the engine sends for a value not known at preview."""
 
@@ -21,6 +27,122 @@ def diff_image(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
     if not olds.get("present", True):
         changed.append("present")
     return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=False)
+
+
+class BaseImageError(Exception):
+    """Docker could not say the base image's id; the preview stops rather than guess."""
+
+
+def build_hash(parts: list[str], base_image_id: str) -> str:
+    """The image's identity: the component's parts (sources, dependencies, runtime) and the base's id.
+
+    A base rebuilt under the same tag has a new id, so its images rebuild too.
+    """
+    h = hashlib.sha256()
+    for part in [*parts[:BASE_ID_AT], base_image_id, *parts[BASE_ID_AT:]]:
+        h.update(str(part).encode() + b"\0")
+    return "sha256:" + h.hexdigest()
+
+
+def _docker() -> Any:
+    import docker
+    import docker.errors
+
+    try:
+        return docker.from_env(timeout=DOCKER_TIMEOUT)
+    except docker.errors.DockerException as exc:
+        raise BaseImageError(f"cannot reach Docker ({exc}); {START_DOCKER}") from None
+
+
+def base_image_id(ref: str) -> str:
+    """The base image's id from Docker; `BaseImageError` names Docker and what to do.
+
+    No guess when Docker does not answer: an id left out would change `build_hash`, and
+    the image would be rebuilt (and its services rolled) for nothing.
+    """
+    import docker.errors
+
+    client = _docker()
+    try:
+        return client.images.get(ref).id
+    except docker.errors.ImageNotFound:
+        raise BaseImageError(
+            f"base image {ref!r} is not present in Docker; build it with scripts/base-image.sh "
+            "(scripts/setup.sh does), or name another one with mldeploy:baseImage"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any other failure: say what Docker said
+        raise BaseImageError(
+            f"Docker did not say the id of base image {ref!r} ({type(exc).__name__}: {exc}); {START_DOCKER}"
+        ) from None
+    finally:
+        client.close()
+
+
+def python_in_tag(ref: str) -> str | None:
+    """The base image's Python (major.minor) when its tag says it (`…-py3.11`)."""
+    m = re.search(r"py(\d+\.\d+)", ref.rsplit("/", 1)[-1])
+    return m.group(1) if m else None
+
+
+def base_python(ref: str) -> str | None:
+    """The base image's Python (major.minor) from Docker's record of it; None when nothing says."""
+    from mldeploy.providers.images.build import python_of_image
+
+    client = _docker()
+    try:
+        return python_of_image(client.images.get(ref).attrs, ref)
+    except Exception:  # noqa: BLE001 - not found or unreadable: the pin is not checked
+        return None
+    finally:
+        client.close()
+
+
+def check_python_pin(conda_file: str | None, base_image: str, base_python: str | None) -> str | None:
+    """Why the conda file's `python` pin cannot be met by the base image, or None."""
+    from mldeploy.providers.images.build import pin_allows, python_pin
+
+    if not conda_file or not base_python:
+        return None
+    pin = python_pin(conda_file)
+    if pin is None:
+        return None
+    try:
+        if pin_allows(pin, base_python):
+            return None
+    except ValueError as exc:
+        return f"{conda_file}: {exc}"
+    return (f"{conda_file} pins python {pin}, which base image {base_image!r} cannot meet: it has Python "
+            f"{base_python}; change the pin or name another base_image")
+
+
+def complete(news: dict[str, Any], image_id: Callable[[str], str] | None = None,
+             python_of: Callable[[str], str | None] | None = None) -> tuple[dict[str, Any], list[CheckFailure]]:
+    """The component's `build_parts` and Docker's answers become `build_hash` (what the state keeps).
+
+    `image_id`/`python_of` default to asking Docker; tests pass their own.
+    """
+    parts = news.get("build_parts")
+    if parts is None or UNKNOWN in str(parts):
+        return news, []
+    news = {k: v for k, v in news.items() if k != "build_parts"}
+    failures: list[CheckFailure] = []
+    base = news.get("base_image") or ""
+    private = bool(news.get("base_image_registry"))
+    dependency_file = news.get("dependency_file")
+    if dependency_file and base and not private and python_in_tag(base) is None:
+        # The tag does not say the base's Python (the component checked the pin when it does): Docker's record may.
+        try:
+            problem = check_python_pin(str(local(dependency_file)), base, (python_of or base_python)(base))
+        except BaseImageError:
+            problem = None  # the id below says Docker is missing
+        if problem:
+            failures.append(CheckFailure("conda_file", problem))
+    try:
+        base_id = "" if private else (image_id or base_image_id)(base)
+    except BaseImageError as exc:
+        return news, [CheckFailure("base_image", str(exc))]
+    news["build_hash"] = build_hash(list(parts), base_id)
+    return news, failures
 
 
 def image_name(props: dict[str, Any]) -> str:
@@ -58,9 +180,13 @@ class ImageProvider(ResourceProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = [
             CheckFailure(k, f"{k} is required")
-            for k in ("image_repo", "base_image", "source_directory", "entry_script", "build_hash")
+            for k in ("image_repo", "base_image", "source_directory", "entry_script")
             if not news.get(k)
         ]
+        news, found = complete(news)
+        failures += found
+        if not found and not news.get("build_hash"):
+            failures.append(CheckFailure("build_hash", "build_hash is required (the component's build_parts make it)"))
         registry = news.get("base_image_registry")
         failures += check_registry(registry)
         if registry and not failures and UNKNOWN not in str(registry):

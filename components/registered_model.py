@@ -8,8 +8,8 @@ import pulumi
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from mldeploy.components._common import PACKAGE, ArgsError, Settings, resolve, validate
-from mldeploy.providers.model_registry.registry import RegistryError, content_hash, is_remote, materialize, open_registry
+from mldeploy.components._common import PACKAGE, Settings, resolve, validate
+from mldeploy.providers.model_registry.registry import content_hash, is_remote, materialize
 from mldeploy.providers.model_registry.provider import ModelVersionProvider, model_folder
 from mldeploy.providers.core.paths import local, portable
 
@@ -81,19 +81,12 @@ class RegisteredModel(pulumi.ComponentResource):
         shared = is_remote(settings.registry_root)
         # The shared registry's services mount this machine's copy of the content (named by its hash).
         cache_dir = f"{settings.state_dir.rstrip('/')}/registry-cache" if shared else ""
-        try:
-            registry = open_registry(settings.registry_root)
-            # Planned here, from the registry, so that preview shows "version N => N+1".
-            planned = registry.planned_version(args.model_name, digest, owner)
-        except RegistryError as exc:
-            # An unreachable account or a missing container stops the preview, before anything changes.
-            key = "registry" if shared else "registryPath"
-            raise ArgsError(f"RegisteredModel '{resource_name}': {PACKAGE}:{key}: {exc}") from None
         if shared and not pulumi.runtime.is_dry_run():
-            # Services on this machine that roll without a new version still find the files.
+            # Services on this machine that roll without a new version still find the files. The one
+            # file copy left in the program: a provider's check cannot tell an up from a preview, and a
+            # preview must write nothing (docs/architecture.md).
             materialize(args.model_path, local(model_folder(settings.registry_root, args.model_name, 0, digest, cache_dir)), digest)
         super().__init__(f"{PACKAGE}:index:RegisteredModel", resource_name, None, opts)
-        self.planned_version = planned
         self.cache_dir = cache_dir
         self.args = args
         self.digest = digest
@@ -110,7 +103,8 @@ class RegisteredModel(pulumi.ComponentResource):
                 "model_name": args.model_name,
                 "model_path": portable(args.model_path),  # relative to the project: no checkout's path
                 "content_hash": digest,
-                "version": self.planned_version,
+                # The provider's check plans it from the registry, so that preview shows "version N => N+1".
+                "version": None,
                 "tags": args.tags,
                 "description": args.description,
                 "registry_root": settings.registry_root,
@@ -129,21 +123,22 @@ class RegisteredModel(pulumi.ComponentResource):
     def service_entry(self) -> pulumi.Input[dict[str, Any]]:
         """What a service needs of this model: name, version and the version's folder.
 
-        In preview the planned version is used, so a service's diff names the version
-        change; in an update the registered one, which carries the dependency. The
-        folder is as the registry input holds it (relative to the project when inside
-        it); providers find it with `mldeploy.providers.core.paths.local` when they apply.
+        In preview the version the provider's check planned (the engine previews a
+        dynamic resource's outputs from its checked inputs), so a service's diff names
+        the version change; in an update the registered one, which carries the
+        dependency. The folder is as the registry input holds it (relative to the
+        project when inside it); providers find it with `mldeploy.providers.core.paths.local`
+        when they apply.
         """
         name, root, digest, cache = self.args.model_name, self.registry_root, self.digest, self.cache_dir
+        smoke_test = self._smoke_test if pulumi.runtime.is_dry_run() else None
 
         def entry(version: Any) -> dict[str, Any]:
-            return {"name": name, "version": int(version), "model_dir": model_folder(root, name, int(version), digest, cache)}
-
-        if pulumi.runtime.is_dry_run():
-            planned = entry(self.planned_version)
-            if self._smoke_test:
+            found = {"name": name, "version": int(version), "model_dir": model_folder(root, name, int(version), digest, cache)}
+            if smoke_test:
                 # Preview only (not stored by an update): where the unregistered content is, for the
                 # Service's smoke test. Diffs compare name, version and folder, never this.
-                planned["preview"] = dict(self._smoke_test)
-            return planned
+                found["preview"] = dict(smoke_test)
+            return found
+
         return self._version.version.apply(entry)

@@ -20,3 +20,13 @@ def image_checked(inputs: dict[str, Any], base_id: str = BASE_IMAGE_ID) -> dict[
     if failures:
         raise ValueError("; ".join(f"{f.property}: {f.reason}" for f in failures))
     return news
+
+
+def model_checked(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The ModelVersion resource's inputs as its provider's check leaves them: the version planned from the registry."""
+    from mldeploy.providers.model_registry.provider import plan
+
+    news, failures = plan({k: v for k, v in inputs.items() if v is not None})
+    if failures:
+        raise ValueError("; ".join(f"{f.property}: {f.reason}" for f in failures))
+    return news

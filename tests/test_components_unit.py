@@ -22,7 +22,7 @@ import mldeploy.components as components
 from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
 from mldeploy.components import inference_image
 from mldeploy.providers.images import provider as image_provider
-from engine_check import BASE_IMAGE_ID, image_checked
+from engine_check import BASE_IMAGE_ID, image_checked, model_checked
 from mldeploy.components._common import ArgsError
 from mldeploy.components._common import StackConfig
 from fake_target import ComposedTarget, FakeTarget
@@ -81,6 +81,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
         outs = dict(inputs)
         rid = f"{args.name}-id"
         if args.typ.endswith("mldeploy:ModelVersion"):
+            inputs = model_checked(inputs)
+            outs = dict(inputs)
             version = self.registered.get(inputs["model_name"], int(inputs["version"]))
             outs.update(
                 version=version,
@@ -229,7 +231,6 @@ def test_args_error_is_a_run_error() -> None:
 @pulumi.runtime.test
 def test_registered_model_first_version(mocks: RecordingMocks, project: Path) -> Any:
     model = make_model(tags={"area": "demo"}, description="Ridge")
-    assert model.planned_version == 1
 
     def check(name: str) -> None:
         assert name == "ridge"
@@ -252,7 +253,6 @@ def test_registered_model_exposes_what_the_registry_registered(mocks: RecordingM
     """The component's version and hash are the provider's answer, not the plan; so is what services get."""
     mocks.registered["ridge"] = 7  # e.g. another runner registered versions meanwhile
     model = make_model()
-    assert model.planned_version == 1
     entry = model.service_entry()
 
     def check(args: list[Any]) -> None:
@@ -271,12 +271,12 @@ def test_registered_model_plans_next_version(mocks: RecordingMocks, project: Pat
     registry.register("ridge", project / "models" / "ridge.pkl", f"{PROJECT}/{STACK}/ridge")
     (project / "models" / "ridge.pkl").write_bytes(b"retrained")
     model = make_model()
-    assert model.planned_version == 2
-    # planning wrote nothing
-    assert [v.version for v in registry.versions("ridge")] == [1]
 
     def check(version: int) -> None:
         assert version == 2
+        assert mocks.resources["ridge-version"]["version"] == 2, "planned by the provider's check"
+        # planning wrote nothing
+        assert [v.version for v in registry.versions("ridge")] == [1]
         assert mocks.resources["ridge-version"]["content_hash"] == content_hash(project / "models" / "ridge.pkl")
 
     return model.version.apply(check)
@@ -754,11 +754,6 @@ def test_service_preview_uses_planned_version(preview_mocks: RecordingMocks, pro
     (project / "models" / "ridge.pkl").write_bytes(b"retrained")
     model = make_model()
     service = make_service(models=[model])
-    assert model.service_entry() == {
-        "name": "ridge",
-        "version": 2,
-        "model_dir": str(state_dir(project) / "registry" / "ridge" / "2"),
-    }
 
     def check(_: Any) -> None:
         # preview shows the service's diff naming the new version

@@ -360,7 +360,7 @@ class K8sMocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         outs = dict(args.inputs)
         if args.typ.endswith("mldeploy:ModelVersion"):
-            outs.update(version=int(args.inputs["version"]), model_dir="/r/m/1", content_hash="h", present=True)
+            outs.update(version=int(args.inputs.get("version") or 1), model_dir="/r/m/1", content_hash="h", present=True)
         elif args.typ.endswith("mldeploy:Image"):
             outs.update(image_name="img:1", image_id="sha256:" + "1" * 64, present=True)
         elif args.typ.endswith("mldeploy:Cluster"):

@@ -148,18 +148,28 @@ def test_a_stack_shared_registry_wins_over_a_folder_in_the_environment(
 # ---------------------------------------------------------------- bad input: named, nothing declared
 
 
-@pulumi.runtime.test
-def test_a_container_that_does_not_exist(mocks: RecordingMocks, project: Path, azurite: dict[str, str], blob_container: str) -> None:
-    pulumi.runtime.set_all_config({"mldeploy:registry": azblob_url(azurite, "no-such-container")})
-    _raises(make_model, "RegisteredModel 'ridge'", "mldeploy:registry", "/no-such-container", "the container does not exist")
-    assert mocks.resources == {}
+def _planned(project: Path, registry: str) -> list[Any]:
+    """The provider's check of a model on `registry` (the program declares it; the check reads the registry)."""
+    from mldeploy.providers.model_registry.provider import plan
+
+    digest = content_hash(project / "models" / "ridge.pkl")
+    props = {"model_name": "ridge", "model_path": "models/ridge.pkl", "content_hash": digest, "registry_root": registry,
+             "owner": "p/s/ridge", "cache_dir": "cache"}
+    return plan(props)[1]
 
 
-@pulumi.runtime.test
-def test_an_account_that_cannot_be_reached(mocks: RecordingMocks, project: Path, blob_container: str) -> None:
-    pulumi.runtime.set_all_config({"mldeploy:registry": "azblob://models?domain=127.0.0.1:9&protocol=http&localemu=true"})
-    _raises(make_model, "mldeploy:registry", "cannot reach the storage account", "http://127.0.0.1:9/devstoreaccount1/models")
-    assert mocks.resources == {}
+def test_a_container_that_does_not_exist(project: Path, azurite: dict[str, str], blob_container: str) -> None:
+    [failure] = _planned(project, azblob_url(azurite, "no-such-container"))
+    assert failure.property == "registry_root"
+    for fragment in ("mldeploy:registry", "/no-such-container", "the container does not exist"):
+        assert fragment in failure.reason
+
+
+def test_an_account_that_cannot_be_reached(project: Path, blob_container: str) -> None:
+    [failure] = _planned(project, "azblob://models?domain=127.0.0.1:9&protocol=http&localemu=true")
+    assert failure.property == "registry_root"
+    for fragment in ("mldeploy:registry", "cannot reach the storage account", "http://127.0.0.1:9/devstoreaccount1/models"):
+        assert fragment in failure.reason
 
 
 @pytest.mark.parametrize(

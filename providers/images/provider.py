@@ -6,6 +6,7 @@ import hashlib
 import re
 from typing import Any, Callable
 
+from pulumi.runtime.rpc import UNKNOWN  # what the engine sends for a value not known at preview
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
 from mldeploy.providers.core.paths import local
@@ -16,8 +17,6 @@ BASE_ID_AT = 1
 DOCKER_TIMEOUT = 30
 """Seconds to wait for Docker's answer about the base image (a busy daemon is slow, not gone)."""
 START_DOCKER = "start Docker (scripts/docker.sh starts dockerd here) and preview again"
-UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
-"""What the engine sends for a value not known at preview."""
 
 
 def diff_image(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:

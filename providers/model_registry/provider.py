@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pulumi.runtime.rpc import UNKNOWN  # what the engine sends for a value not known at preview
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from mldeploy.providers.models.registry import is_remote, materialize, open_registry
+from mldeploy.providers.model_registry.registry import RegistryError, is_remote, materialize, open_registry
 from mldeploy.providers.core.paths import local, same_place
 
 REPLACE_ON = ("model_name", "registry_root", "owner")
@@ -63,6 +64,26 @@ def _outs(inputs: dict[str, Any], mv: Any) -> dict[str, Any]:
     }
 
 
+REGISTRY_SETTING = {False: "mldeploy:registryPath", True: "mldeploy:registry"}
+"""The stack setting that names each kind of registry, for errors."""
+
+
+def plan(news: dict[str, Any]) -> tuple[dict[str, Any], list[CheckFailure]]:
+    """The version this content gets, read from the registry without writing anything (preview says "N => N+1").
+
+    A preview writes nothing.
+    """
+    if any(news.get(k) == UNKNOWN for k in ("model_name", "model_path", "content_hash", "registry_root", "owner")):
+        return news, []
+    root = news["registry_root"]
+    try:
+        planned = open_registry(root).planned_version(news["model_name"], news["content_hash"], news["owner"])
+    except RegistryError as exc:
+        # An unreachable account or a missing container stops the preview, before anything changes.
+        return news, [CheckFailure("registry_root", f"{REGISTRY_SETTING[is_remote(root)]}: {exc}")]
+    return {**news, "version": planned}, []
+
+
 class ModelVersionProvider(ResourceProvider):
     """Registers content; a changed file or folder becomes version N+1."""
 
@@ -73,6 +94,8 @@ class ModelVersionProvider(ResourceProvider):
                 failures.append(CheckFailure(key, f"{key} is required"))
         if is_remote(news.get("registry_root")) and not news.get("cache_dir"):
             failures.append(CheckFailure("cache_dir", "cache_dir is required with a shared registry"))
+        if not failures:
+            news, failures = plan(news)
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:

@@ -1,9 +1,9 @@
 """Components that declare Azure ML's deployment workflow in Pulumi."""
 
 from mldeploy.components.aks_cluster import AksCluster, AksClusterArgs
-from mldeploy.components.aks_service import AksService
+from mldeploy.components.aks_service import AksService, AksServiceArgs
 from mldeploy.components.container_instance_service import ContainerInstanceService, ContainerInstanceServiceArgs
-from mldeploy.components.edge_module import EdgeDevice, EdgeModule
+from mldeploy.components.edge_module import EdgeDevice, EdgeModule, EdgeModuleArgs
 from mldeploy.components.inference_image import InferenceImage, InferenceImageArgs
 from mldeploy.components.registered_model import RegisteredModel, RegisteredModelArgs
 
@@ -11,10 +11,12 @@ __all__ = [
     "AksCluster",
     "AksClusterArgs",
     "AksService",
+    "AksServiceArgs",
     "ContainerInstanceService",
     "ContainerInstanceServiceArgs",
     "EdgeDevice",
     "EdgeModule",
+    "EdgeModuleArgs",
     "InferenceImage",
     "InferenceImageArgs",
     "RegisteredModel",

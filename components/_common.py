@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import os
 import re
 from dataclasses import dataclass
@@ -9,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pulumi
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from mldeploy.providers.core.paths import local, portable, project_dir
 
@@ -177,17 +180,100 @@ class Settings:
         )
 
 
+def _problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(args)"
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{field}: {msg}")
+    return problems
+
+
+def _late_model(model: type[M], late: frozenset[str]) -> type[M]:
+    """`model` with the fields in `late` taken as they are (they are Outputs, checked once known)."""
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        f"{model.__name__}Late", __base__=model, **{k: (Any, None) for k in late}
+    )
+
+
 def validate(model: type[M], kind: str, name: str, data: dict[str, Any], **context: Any) -> M:
-    """Validate args with pydantic; fail with the resource and the field named."""
+    """Validate args with pydantic; fail with the resource and the field named.
+
+    Plain values are checked now. A `pulumi.Output` is checked by the same model once it is
+    known (preview, when the engine knows it; else up), with the same message; the args then
+    hold the checked Output, so a resource that takes it fails on a bad value before it is made.
+    """
+    ctx = {"root": project_root(), **context}
+    late = frozenset(k for k, v in data.items() if isinstance(v, pulumi.Output) and k in model.model_fields)
+    target = _late_model(model, late) if late else model
     try:
-        return model.model_validate(data, context={"root": project_root(), **context})
+        args = target.model_validate({k: v for k, v in data.items() if k not in late}, context=ctx)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"]) or "(args)"
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{field}: {msg}")
-        raise ArgsError(f"{kind} '{name}': invalid arguments: " + "; ".join(problems)) from None
+        raise ArgsError(f"{kind} '{name}': invalid arguments: " + "; ".join(_problems(exc))) from None
+    for key in late:
+        object.__setattr__(args, key, data[key].apply(_checker(model, kind, name, key, ctx)))
+    return args  # type: ignore[return-value]
+
+
+def _checker(model: type[BaseModel], kind: str, name: str, key: str, ctx: dict[str, Any]) -> Any:
+    def check(value: Any) -> Any:
+        try:
+            return model.__pydantic_validator__.validate_assignment(model.model_construct(), key, value, context=ctx).__dict__[key]
+        except ValidationError as exc:
+            raise ArgsError(f"{kind} '{name}': invalid arguments: " + "; ".join(_problems(exc))) from None
+
+    return check
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+"""An argument not given in an `args=` object: the component's own default applies."""
+
+
+def args_class(component: type, doc: str) -> type:
+    """`<Component>Args`: the component's arguments as one object, as pulumi-eks and pulumi-awsx take them.
+
+    Built from the component's own signature, so the object and the keywords can never
+    disagree. Each field takes a `pulumi.Input`; fields left out keep the component's defaults.
+    """
+    fields: list[Any] = []
+    for p in inspect.signature(component.__init__).parameters.values():
+        if p.name in ("self", "resource_name", "opts", "args") or p.name.startswith("_") or p.kind not in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+        ):
+            continue
+        required = p.default is inspect.Parameter.empty
+        fields.append((p.name, p.annotation, dataclasses.field() if required else dataclasses.field(default=UNSET)))
+    cls = dataclasses.make_dataclass(f"{component.__name__}Args", fields, kw_only=True)
+    cls.__doc__ = doc
+    cls.__module__ = component.__module__
+    return cls
+
+
+def takes_args(init: Any) -> Any:
+    """Let a component's `__init__` take `args=<Component>Args(...)` as well as keywords (not both for one field)."""
+
+    @functools.wraps(init)
+    def wrapper(self: Any, resource_name: str, *positional: Any, args: Any = None, **keywords: Any) -> None:
+        if args is not None:
+            given = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if getattr(args, f.name) is not UNSET}
+            both = sorted(set(given) & set(keywords))
+            if both or positional:
+                raise TypeError(f"{type(self).__name__} '{resource_name}': give {', '.join(both) or 'arguments'} "
+                                "either in args= or as keywords, not both")
+            keywords = {**given, **keywords}
+        init(self, resource_name, *positional, **keywords)
+
+    return wrapper
+
+
+def is_output(value: Any) -> bool:
+    """A value only the engine will know (an Output of another resource)."""
+    return isinstance(value, pulumi.Output)
 
 
 def slug(value: str) -> str:

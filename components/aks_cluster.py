@@ -19,7 +19,7 @@ import pulumi_kubernetes as k8s
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mldeploy.components._common import PACKAGE, ArgsError, Settings, slug, validate
+from mldeploy.components._common import PACKAGE, ArgsError, Settings, args_class, slug, takes_args, validate
 from mldeploy.components.registry_image import RegistryImage
 from mldeploy.providers.targets.kubernetes.cluster import ClusterProvider
 from mldeploy.providers.targets.kubernetes.managed_cluster import ClusterCredentialsProvider, ManagedClusterProvider
@@ -30,7 +30,7 @@ AKS_ID_RE = (r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[-\w._()]+/provid
              r"Microsoft\.ContainerService/managedClusters/[a-zA-Z0-9][-_a-zA-Z0-9]{0,62}$")
 
 
-class AksClusterArgs(BaseModel):
+class AksClusterSpec(BaseModel):
     """`AksCompute.provisioning_configuration`'s arguments, with its defaults."""
 
     model_config = ConfigDict(extra="forbid")
@@ -48,7 +48,7 @@ class AksClusterArgs(BaseModel):
     """With target='azure': attach this existing managed cluster instead of creating one."""
 
     @model_validator(mode="after")
-    def _one_source(self) -> "AksClusterArgs":
+    def _one_source(self) -> "AksClusterSpec":
         if self.target == "azure" and self.kubeconfig is not None:
             raise ValueError("kubeconfig: not with target='azure' (its kubeconfig comes from listClusterUserCredential)")
         if self.target != "azure" and self.resource_id is not None:
@@ -106,7 +106,7 @@ def credentials_props(cluster: dict[str, Any]) -> dict[str, Any]:
             "cluster_key": hashlib.sha256(json.dumps(new_cluster, sort_keys=True).encode()).hexdigest()[:16]}
 
 
-def azure_cluster_props(args: AksClusterArgs, settings: Settings, resource_name: str) -> dict[str, Any]:
+def azure_cluster_props(args: AksClusterSpec, settings: Settings, resource_name: str) -> dict[str, Any]:
     """The managed cluster's inputs: its place from stack config, its name and DNS prefix from the names. Pure."""
     base = re.sub(r"[^a-z0-9-]+", "-", f"{settings.project}-{settings.stack}-{resource_name}".lower()).strip("-")
     common = {
@@ -137,6 +137,7 @@ class AksCluster(pulumi.ComponentResource):
     node_count: pulumi.Output[int]
     allocatable_vcpus: pulumi.Output[float]
 
+    @takes_args
     def __init__(
         self,
         resource_name: str,
@@ -149,7 +150,7 @@ class AksCluster(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ):
         args = validate(
-            AksClusterArgs,
+            AksClusterSpec,
             "AksCluster",
             resource_name,
             {"cluster_purpose": cluster_purpose, "agent_count": agent_count, "vm_size": vm_size, "kubeconfig": kubeconfig,
@@ -302,3 +303,6 @@ class AksCluster(pulumi.ComponentResource):
                 pulumi.ResourceOptions(parent=self, depends_on=[self._cluster]),
             )
         return self._front
+
+
+AksClusterArgs = args_class(AksCluster, "The arguments of `AksCluster` as one object: Azure ML's provisioning or attach configuration.")

@@ -14,7 +14,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 from pulumi.dynamic import Resource
 
-from mldeploy.components._common import PACKAGE, ArgsError, sample_request_input, validate
+from mldeploy.components._common import PACKAGE, ArgsError, args_class, sample_request_input, takes_args, validate
 from mldeploy.components.aks_cluster import AksCluster
 from mldeploy.components.registry_image import RegistryImage
 from mldeploy.components.inference_image import InferenceImage
@@ -57,6 +57,7 @@ class AksService(pulumi.ComponentResource):
     model_versions: pulumi.Output[dict[str, int]]
     node_port: pulumi.Output[int]
 
+    @takes_args
     def __init__(
         self,
         resource_name: str,
@@ -243,3 +244,6 @@ class AksService(pulumi.ComponentResource):
         if warning:
             pulumi.log.warn(warning, resource=self)
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})
+
+
+AksServiceArgs = args_class(AksService, "The arguments of `AksService` as one object: Azure ML's AksWebservice.deploy_configuration.")

@@ -9,7 +9,7 @@ import pulumi
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mldeploy.components._common import PACKAGE, ArgsError, Settings, sample_request_input, slug, validate
+from mldeploy.components._common import PACKAGE, ArgsError, Settings, args_class, sample_request_input, slug, takes_args, validate
 from mldeploy.components.inference_image import InferenceImage
 from mldeploy.components.registered_model import RegisteredModel
 from mldeploy.components.registry_credentials import RegistryCredentials, registry_credentials_for
@@ -20,7 +20,7 @@ from mldeploy.providers.targets import MAX_REQUEST_BYTES, TARGETS, ArgsInvalid, 
 OUTPUTS = ("scoring_uri", "swagger_uri", "primary_key", "secondary_key", "state", "model_versions")
 
 
-class ContainerInstanceServiceArgs(BaseModel):
+class ContainerInstanceServiceSpec(BaseModel):
     """Arguments of `ContainerInstanceService`, as Azure ML's deployment configuration takes them.
 
     Arguments of one target only (the local target's `port`) are its own:
@@ -112,6 +112,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
     state: pulumi.Output[str]
     model_versions: pulumi.Output[dict[str, int]]
 
+    @takes_args
     def __init__(
         self,
         resource_name: str,
@@ -155,7 +156,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
         except ValueError as exc:
             raise ArgsError(f"ContainerInstanceService '{resource_name}': invalid arguments: {exc}") from None
         args = validate(
-            ContainerInstanceServiceArgs,
+            ContainerInstanceServiceSpec,
             "ContainerInstanceService",
             resource_name,
             {
@@ -236,7 +237,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
         self.register_outputs({k: getattr(self, k) for k in OUTPUTS})
 
     def _create_registry_images(
-        self, resource_name: str, args: ContainerInstanceServiceArgs, settings: Settings, image: InferenceImage, entries: list[Any],
+        self, resource_name: str, args: ContainerInstanceServiceSpec, settings: Settings, image: InferenceImage, entries: list[Any],
         creds: RegistryCredentials | None = None,
     ) -> tuple[RegistryImage, RegistryImage]:
         """For targets that pull: the inference image plus a model layer, and the front end's nginx image."""
@@ -274,7 +275,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
 
     @staticmethod
     def _target_inputs(
-        resource_name: str, args: ContainerInstanceServiceArgs, settings: Settings, given: dict[str, Any]
+        resource_name: str, args: ContainerInstanceServiceSpec, settings: Settings, given: dict[str, Any]
     ) -> tuple[dict[str, Any], tuple[str, ...]]:
         """The target picks (and claims) its own inputs; its errors read as this component's."""
         target = target_for(args.target)
@@ -297,3 +298,6 @@ class ContainerInstanceService(pulumi.ComponentResource):
         if shared:
             raise ArgsError(problem + "; ".join(f"{f.property}: {f.reason}" for f in shared))
         return own, target.OUTPUTS
+
+
+ContainerInstanceServiceArgs = args_class(ContainerInstanceService, "The arguments of `ContainerInstanceService` as one object: Azure ML's deployment configuration.")

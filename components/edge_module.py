@@ -32,7 +32,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import Resource
 
-from mldeploy.components._common import PACKAGE, ArgsError, Settings, slug, validate
+from mldeploy.components._common import PACKAGE, ArgsError, Settings, args_class, slug, takes_args, validate
 from mldeploy.components.inference_image import InferenceImage
 from mldeploy.components.registered_model import RegisteredModel
 from mldeploy.components.registry_image import RegistryImage
@@ -169,6 +169,7 @@ class EdgeModule(pulumi.ComponentResource):
     configuration_id: pulumi.Output[str]
     """The at-scale deployment's IoT Hub configuration id (new with each manifest); "" for one device."""
 
+    @takes_args
     def __init__(
         self,
         resource_name: str,
@@ -310,3 +311,6 @@ def edge_device_uris(backend: str, port: int | None) -> dict[str, str]:
     if backend != "local" or not port:
         return {"scoring_uri": "", "swagger_uri": ""}
     return {"scoring_uri": f"http://127.0.0.1:{int(port)}/score", "swagger_uri": f"http://127.0.0.1:{int(port)}/swagger.json"}
+
+
+EdgeModuleArgs = args_class(EdgeModule, "The arguments of `EdgeModule` as one object.")

@@ -11,7 +11,7 @@ import yaml
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from mldeploy.components._common import PACKAGE, ArgsError, Settings, resolve, slug, validate
+from mldeploy.components._common import PACKAGE, ArgsError, Settings, args_class, resolve, slug, takes_args, validate
 from mldeploy.providers.model_registry.registry import content_hash
 from mldeploy.providers.images.provider import ImageProvider, check_python_pin, python_in_tag
 from mldeploy.providers.core.paths import portable
@@ -42,7 +42,7 @@ class BaseImageRegistry(BaseModel):
         return value
 
 
-class InferenceImageArgs(BaseModel):
+class InferenceImageSpec(BaseModel):
     """Arguments of `InferenceImage`, as Azure ML's InferenceConfig takes them."""
 
     model_config = ConfigDict(extra="forbid")
@@ -152,7 +152,7 @@ class InferenceImageArgs(BaseModel):
         return value
 
 
-def build_parts(args: InferenceImageArgs, base_image: str) -> list[str]:
+def build_parts(args: InferenceImageSpec, base_image: str) -> list[str]:
     """Everything that goes into the image but the base image's id (the model is not part of it).
 
     The id needs Docker, so the image provider's check adds it (`mldeploy.providers.images.provider.build_hash`):
@@ -194,6 +194,7 @@ class InferenceImage(pulumi.ComponentResource):
     image_name: pulumi.Output[str]
     image_id: pulumi.Output[str]
 
+    @takes_args
     def __init__(
         self,
         resource_name: str,
@@ -215,7 +216,7 @@ class InferenceImage(pulumi.ComponentResource):
         if isinstance(base_image_registry, BaseImageRegistry):
             base_image_registry = base_image_registry.model_dump()
         args = validate(
-            InferenceImageArgs,
+            InferenceImageSpec,
             "InferenceImage",
             resource_name,
             {
@@ -282,7 +283,7 @@ class InferenceImage(pulumi.ComponentResource):
         self.register_outputs({"image_name": self.image_name, "image_id": self.image_id})
 
     @staticmethod
-    def _extra_props(args: InferenceImageArgs) -> dict[str, Any]:
+    def _extra_props(args: InferenceImageSpec) -> dict[str, Any]:
         """The seed's other InferenceConfig fields, only when set (older stacks' inputs stay as they were)."""
         props: dict[str, Any] = {}
         if args.extra_docker_file_steps:
@@ -317,3 +318,6 @@ class InferenceImage(pulumi.ComponentResource):
             return cls(resource_name, opts=opts, _root=config.folder, **config.kwargs)
         except ArgsError as exc:
             raise ArgsError(config.explain(str(exc))) from None
+
+
+InferenceImageArgs = args_class(InferenceImage, "The arguments of `InferenceImage` as one object: Azure ML's InferenceConfig.")

@@ -8,13 +8,13 @@ import pulumi
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from mldeploy.components._common import PACKAGE, Settings, resolve, validate
+from mldeploy.components._common import PACKAGE, Settings, args_class, is_output, resolve, takes_args, validate
 from mldeploy.providers.model_registry.registry import content_hash, is_remote, materialize
 from mldeploy.providers.model_registry.provider import ModelVersionProvider, model_folder
 from mldeploy.providers.core.paths import local, portable
 
 
-class RegisteredModelArgs(BaseModel):
+class RegisteredModelSpec(BaseModel):
     """Arguments of `RegisteredModel`, as `Model.register` takes them in Azure ML."""
 
     model_config = ConfigDict(extra="forbid")
@@ -59,33 +59,46 @@ class RegisteredModel(pulumi.ComponentResource):
     version: pulumi.Output[int]
     content_hash: pulumi.Output[str]
 
+    @takes_args
     def __init__(
         self,
         resource_name: str,
         model_name: str,
-        model_path: str,
-        tags: dict[str, str] | None = None,
-        description: str | None = None,
+        model_path: pulumi.Input[str],
+        tags: pulumi.Input[dict[str, str]] | None = None,
+        description: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         # Validate before registering anything, so bad input creates nothing.
         settings = Settings.load()
         args = validate(
-            RegisteredModelArgs,
+            RegisteredModelSpec,
             "RegisteredModel",
             resource_name,
             {"model_name": model_name, "model_path": model_path, "tags": tags or {}, "description": description or ""},
         )
-        digest = content_hash(args.model_path)
         owner = f"{settings.project}/{settings.stack}/{resource_name}"
         shared = is_remote(settings.registry_root)
         # The shared registry's services mount this machine's copy of the content (named by its hash).
         cache_dir = f"{settings.state_dir.rstrip('/')}/registry-cache" if shared else ""
-        if shared and not pulumi.runtime.is_dry_run():
-            # Services on this machine that roll without a new version still find the files. The one
-            # file copy left in the program: a provider's check cannot tell an up from a preview, and a
-            # preview must write nothing (docs/architecture.md).
-            materialize(args.model_path, local(model_folder(settings.registry_root, args.model_name, 0, digest, cache_dir)), digest)
+        copy_here = shared and not pulumi.runtime.is_dry_run()
+
+        def declared(path: str) -> tuple[str, str]:
+            """(content hash, path relative to the project) of the model's file or folder."""
+            digest = content_hash(path)
+            if copy_here:
+                # Services on this machine that roll without a new version still find the files. The one
+                # file copy left in the program: a provider's check cannot tell an up from a preview, and
+                # a preview must write nothing (docs/architecture.md).
+                materialize(path, local(model_folder(settings.registry_root, args.model_name, 0, digest, cache_dir)), digest)
+            return digest, portable(path)
+
+        if is_output(args.model_path):  # another resource's output: hashed once the engine knows it
+            found = args.model_path.apply(declared)
+            digest: pulumi.Input[str] = found.apply(lambda f: f[0])
+            model_path: pulumi.Input[str] = found.apply(lambda f: f[1])
+        else:
+            digest, model_path = declared(args.model_path)
         super().__init__(f"{PACKAGE}:index:RegisteredModel", resource_name, None, opts)
         self.cache_dir = cache_dir
         self.args = args
@@ -93,7 +106,7 @@ class RegisteredModel(pulumi.ComponentResource):
         self.registry_root = settings.registry_root
         # `mldeploy:previewSmokeTest`: at preview a service loads this content before it is registered.
         self._smoke_test = (
-            {"source": portable(args.model_path), "content_hash": digest, "cache_dir": f"{settings.state_dir.rstrip('/')}/smoke-tests"}
+            {"source": model_path, "content_hash": digest, "cache_dir": f"{settings.state_dir.rstrip('/')}/smoke-tests"}
             if settings.preview_smoke_test
             else None
         )
@@ -101,7 +114,7 @@ class RegisteredModel(pulumi.ComponentResource):
             f"{resource_name}-version",
             {
                 "model_name": args.model_name,
-                "model_path": portable(args.model_path),  # relative to the project: no checkout's path
+                "model_path": model_path,  # relative to the project: no checkout's path
                 "content_hash": digest,
                 # The provider's check plans it from the registry, so that preview shows "version N => N+1".
                 "version": None,
@@ -133,12 +146,16 @@ class RegisteredModel(pulumi.ComponentResource):
         name, root, digest, cache = self.args.model_name, self.registry_root, self.digest, self.cache_dir
         smoke_test = self._smoke_test if pulumi.runtime.is_dry_run() else None
 
-        def entry(version: Any) -> dict[str, Any]:
-            found = {"name": name, "version": int(version), "model_dir": model_folder(root, name, int(version), digest, cache)}
-            if smoke_test:
+        def entry(known: list[Any]) -> dict[str, Any]:
+            version, content, smoke = int(known[0]), known[1], known[2]
+            found = {"name": name, "version": version, "model_dir": model_folder(root, name, version, content, cache)}
+            if smoke:
                 # Preview only (not stored by an update): where the unregistered content is, for the
                 # Service's smoke test. Diffs compare name, version and folder, never this.
-                found["preview"] = dict(smoke_test)
+                found["preview"] = dict(smoke)
             return found
 
-        return self._version.version.apply(entry)
+        return pulumi.Output.all(self._version.version, digest, pulumi.Output.from_input(smoke_test)).apply(entry)
+
+
+RegisteredModelArgs = args_class(RegisteredModel, "The arguments of `RegisteredModel` as one object: Azure ML's `Model.register`.")

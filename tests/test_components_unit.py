@@ -20,7 +20,7 @@ from pulumi.runtime.mocks import MockMonitor
 
 import mldeploy.components as components
 from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
-from mldeploy.components import inference_image
+from mldeploy.components import container_instance_service, inference_image, registered_model
 from mldeploy.providers.images import provider as image_provider
 from engine_check import BASE_IMAGE_ID, image_checked, model_checked
 from mldeploy.components._common import ArgsError
@@ -207,10 +207,12 @@ def test_public_surface() -> None:
         "AksCluster",
         "AksClusterArgs",
         "AksService",
+        "AksServiceArgs",
         "ContainerInstanceService",
         "ContainerInstanceServiceArgs",
         "EdgeDevice",
         "EdgeModule",
+        "EdgeModuleArgs",
         "InferenceImage",
         "InferenceImageArgs",
         "RegisteredModel",
@@ -449,7 +451,7 @@ def test_inference_image_wiring(mocks: RecordingMocks, project: Path) -> Any:
         assert name.endswith(props["build_hash"].split(":")[-1][:12])
         assert image_id == PROVIDER_IMAGE_ID  # the built image's id, as the provider said it
         parts = inference_image.build_parts(
-            inference_image.InferenceImageArgs(
+            inference_image.InferenceImageSpec(
                 entry_script="score.py",
                 source_directory=str(project / "src"),
                 conda_file=str(project / "env" / "myenv.yml"),
@@ -947,9 +949,10 @@ def test_service_image_must_be_inference_image(mocks: RecordingMocks) -> None:
 @pytest.mark.parametrize(
     "args_model,kind,data",
     [
-        (components.RegisteredModelArgs, "RegisteredModel", {"model_name": "m", "model_path": "models/ridge.pkl"}),
-        (components.InferenceImageArgs, "InferenceImage", {"entry_script": "score.py", "source_directory": "src"}),
-        (components.ContainerInstanceServiceArgs, "ContainerInstanceService", {"service_name": "svc9", "models": [], "image": None}),
+        (registered_model.RegisteredModelSpec, "RegisteredModel", {"model_name": "m", "model_path": "models/ridge.pkl"}),
+        (inference_image.InferenceImageSpec, "InferenceImage", {"entry_script": "score.py", "source_directory": "src"}),
+        (container_instance_service.ContainerInstanceServiceSpec, "ContainerInstanceService",
+         {"service_name": "svc9", "models": [], "image": None}),
     ],
 )
 def test_unknown_argument_is_named(project: Path, args_model: Any, kind: str, data: dict[str, Any]) -> None:
@@ -961,12 +964,12 @@ def test_unknown_argument_is_named(project: Path, args_model: Any, kind: str, da
 
 
 def test_several_problems_reported_together(project: Path) -> None:
-    from mldeploy.components.inference_image import InferenceImageArgs
+    from mldeploy.components.inference_image import InferenceImageSpec
     from mldeploy.components._common import validate
 
     message = _raises(
         lambda: validate(
-            InferenceImageArgs,
+            InferenceImageSpec,
             "InferenceImage",
             "img",
             {"entry_script": "score.py", "source_directory": "nowhere", "conda_file": "env/none.yml"},

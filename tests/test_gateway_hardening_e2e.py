@@ -61,9 +61,9 @@ def test_keyless_routes_take_only_a_bodiless_get_and_the_score_route_stays_up(wo
 
 def test_max_request_bytes_above_what_the_front_end_holds_fails_naming_it(workdir: Path) -> None:
     from mldeploy.components import ContainerInstanceService  # noqa: F401 - the args model
-    from mldeploy.components.container_instance_service import ContainerInstanceServiceArgs
+    from mldeploy.components.container_instance_service import ContainerInstanceServiceSpec
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="max_request_bytes"):
-        ContainerInstanceServiceArgs.model_validate({"service_name": "svc", "models": [], "image": None,
+        ContainerInstanceServiceSpec.model_validate({"service_name": "svc", "models": [], "image": None,
                                                      "max_request_bytes": 64 * 1024 * 1024})

@@ -1,7 +1,7 @@
 """The model registry on Azure Blob Storage: what every operator and CI runner of a stack shares.
 
 Same interface and the same version rules as the folder registry
-(`mldeploy.providers.models.registry.ModelRegistry`): immutable versions that follow
+(`mldeploy.providers.model_registry.registry.ModelRegistry`): immutable versions that follow
 content. What a folder lock did there, conditional requests do here:
 
 - A version is claimed by creating its record blob `<name>/versions/<N>.json`
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from mldeploy.providers.models import base
-from mldeploy.providers.models.base import NAME_RE, ModelVersion, RegistryError, content_hash
+from mldeploy.providers.model_registry import base
+from mldeploy.providers.model_registry.base import NAME_RE, ModelVersion, RegistryError, content_hash
 
 UPLOADING, COMPLETE, DELETING = "uploading", "complete", "deleting"
 STALE_CLAIM_SECONDS = 600.0

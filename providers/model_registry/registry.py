@@ -18,7 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from mldeploy.providers.models.base import NAME_RE, ModelVersion, RegistryError, content_hash, next_version, with_content  # noqa: F401
+from mldeploy.providers.model_registry.base import NAME_RE, ModelVersion, RegistryError, content_hash, next_version, with_content  # noqa: F401
+
 
 class ModelRegistry:
     """Thin client over the registry folder; safe across threads and processes."""
@@ -200,7 +201,7 @@ def open_registry(location: str, root: Path | None = None):
     `update_metadata`, `release`); only the folder one is on this machine alone.
     """
     if is_remote(location):
-        from mldeploy.providers.models.blob_registry import BlobModelRegistry
+        from mldeploy.providers.model_registry.blob_registry import BlobModelRegistry
 
         return BlobModelRegistry.from_url(location)
     from mldeploy.providers.core.paths import local

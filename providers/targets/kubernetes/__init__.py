@@ -466,6 +466,8 @@ def replicas_floor(args: KubernetesServiceArgs) -> int:
 
 
 def needs_pdb(args: KubernetesServiceArgs) -> bool:
+    if not args.autoscale and not isinstance(args.num_replicas, (int, float)):
+        return True  # another resource's Output, known at apply: one replica at a time holds for any count
     return replicas_floor(args) > 1 or (args.autoscale and args.autoscale_max_replicas > 1 and replicas_floor(args) > 1)
 
 

@@ -83,12 +83,9 @@ def test_value_rules_name_the_field(kw: dict[str, Any], field: str) -> None:
         K(service_name="svc", **kw)
     assert field in {str(e["loc"][0]) for e in err.value.errors()}
 
-def test_plan_sorts_changes_into_replace_roll_and_in_place() -> None:
-    old = {"service_name": "a", "namespace": "ns", "models": [{"name": "m", "version": 1}], "autoscale_max_replicas": 10}
-    assert target.plan(old, {**old, "models": [{"name": "m", "version": 2}]}) == {"replace": [], "roll": ["models"], "in_place": []}
-    assert target.plan(old, {**old, "autoscale_max_replicas": 4})["in_place"] == ["autoscale_max_replicas"]
-    assert target.plan(old, {**old, "namespace": "other"})["replace"] == ["namespace"]
-    assert target.plan(old, dict(old)) == {"replace": [], "roll": [], "in_place": []}
+def test_rule_groups_name_what_kubernetes_does() -> None:
+    """Each argument's rule is proved against the renderers in tests/test_rules_agree.py; here the groups' shape."""
+    assert ("namespace" in target.REPLACE_ON and "cpu_cores" in target.ROLL_ON and "num_replicas" in target.IN_PLACE_ON)
 
 # ------------------------------------------------------------------ the objects
 

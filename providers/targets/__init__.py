@@ -147,6 +147,9 @@ class Target:
     """A change needs new backends (a rolling update)."""
     ROUTE_ON: ClassVar[tuple[str, ...]] = ()
     """A change only touches the route or front end, in place."""
+    INERT: ClassVar[tuple[str, ...]] = ()
+    """Inputs a change of which does nothing on its own (read when something else rolls, or words
+    only). Every input the target sends is in exactly one of the four tuples: a test says so."""
     OUTPUTS: ClassVar[tuple[str, ...]] = ()
     """Outputs beyond the shared ones that the state keeps (what `read` and `delete` need)."""
     PATHS: ClassVar[tuple[str, ...]] = ()

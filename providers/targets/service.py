@@ -22,6 +22,9 @@ from mldeploy.providers.targets import TARGETS, Number, UnknownTarget, check_mod
 REPLACE_ON = ("service_name", "target", "project", "stack")
 # New code or new models need a new process on every target.
 ROLL_ON = ("image_id", "models")
+# Read when something else rolls (the image by its id; the entry script and the sample by the gate
+# and the preview's words), so alone they change nothing.
+INERT = ("image_name", "startup_timeout_seconds", "entry_script", "sample_request")
 # States found by refresh that need a new backend; "Orphaned" (leftovers of an
 # interrupted roll next to a healthy backend) only needs the leftovers removed.
 BROKEN_STATES = ("Missing", "Stopped", "Unhealthy")
@@ -48,6 +51,14 @@ def rules(news: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], tuple
     except UnknownTarget:
         return REPLACE_ON, ROLL_ON, ()  # check has failed already; the shared rules still hold
     return _merge(REPLACE_ON, target.REPLACE_ON), _merge(ROLL_ON, target.ROLL_ON), _merge(target.ROUTE_ON)
+
+
+def inert(news: dict[str, Any]) -> tuple[str, ...]:
+    """Inputs that change nothing on their own: the shared ones and the target's."""
+    try:
+        return _merge(INERT, target_for(news.get("target")).INERT)
+    except UnknownTarget:
+        return INERT
 
 
 def path_inputs(news: dict[str, Any]) -> tuple[str, ...]:

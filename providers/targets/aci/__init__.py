@@ -285,6 +285,8 @@ class AciTarget(Target):
     ROLL_ON = ("image_ref", "front_image_ref", "environment_variables", "registry_server", "registry_username", "registry_password",
                "secure_environment_variables", "ssl_enabled", "ssl_certificate", "ssl_key")
     ROUTE_ON = ("dns_name_label", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes", "ssl_cname")
+    # Where the PEM files were read from: their contents (ssl_certificate, ssl_key) are what roll.
+    INERT = ("ssl_cert_pem_file", "ssl_key_pem_file")
     OUTPUTS = ("fqdn", "group_id")
 
     def check(self, news: Mapping[str, Any]) -> list[CheckFailure]:

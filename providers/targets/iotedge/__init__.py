@@ -236,10 +236,13 @@ def join_problems(members: list[Mapping[str, Any]], new: Mapping[str, Any]) -> l
     return problems
 
 
-REPLACE_ON = ("device",)
-"""Another device, or another backend: the old device loses the module."""
-ROLL_ON = ("modules", "routes")
-"""A new image, model version, env, createOptions, status or restart policy: a new manifest, applied."""
+REPLACE_ON = ("device", "target_condition")
+"""Another device (its `DEVICE_IDENTITY` in `device.py`; its other fields are an update), or a device's
+manifest to an at-scale configuration or back (within at scale, a new condition is an update)."""
+ROLL_ON = ("manifest", "port", "policy_key", "registry_password", "startup_timeout_seconds", "configuration_id",
+           "priority", "configuration_labels")
+"""A new manifest (every module's image, model versions, env, createOptions, status, restart policy,
+routes), applied; the rest is how it is applied. The EdgeDeployment provider's diff reads both."""
 
 
 class IotEdgeTarget(Target):

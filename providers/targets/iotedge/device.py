@@ -44,7 +44,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 from pulumi.runtime import rpc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from mldeploy.providers.targets.iotedge import edge_manifest
+from mldeploy.providers.targets.iotedge import REPLACE_ON, ROLL_ON, edge_manifest
 from mldeploy.providers.core.progress import say
 
 SECRET_PLACEHOLDER = "[secret]"
@@ -290,8 +290,7 @@ def diff_edge_deployment(olds: Mapping[str, Any], news: Mapping[str, Any]) -> Di
     if at_scale(olds) != at_scale(news):
         replaces.append("target_condition")
     changed = list(replaces)
-    keys = ("manifest", "device", "port", "policy_key", "registry_password", "startup_timeout_seconds", "configuration_id", *AT_SCALE_MUTABLE)
-    for key in keys:
+    for key in (*REPLACE_ON, *ROLL_ON):
         if key not in changed and (olds.get(key) != news.get(key) or _unknown(news.get(key))):
             changed.append(key)
     if "port" not in changed and module_ports(olds) != module_ports(news):

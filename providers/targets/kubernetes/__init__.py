@@ -146,8 +146,9 @@ def check(args: KubernetesServiceArgs) -> list[tuple[str, str]]:
 
 
 # What a change does on this target. Kubernetes itself applies these rules (a
-# changed pod template rolls, a changed immutable field replaces); they are
-# written down here so the preview can say it in words and tests can pin them.
+# changed pod template rolls, a changed name replaces); they are written down
+# here once, and tests/test_rules_agree.py renders every argument through the
+# objects AksService declares to prove each one does what its rule says.
 REPLACE_ON = ("service_name", "namespace")
 ROLL_ON = (
     "image",
@@ -176,16 +177,6 @@ ROLL_ON = (
 IN_PLACE_ON = AUTOSCALE_FIELDS + ("autoscale_enabled", "num_replicas", "startup_timeout_seconds", "ssl_cname")
 
 
-def plan(olds: dict[str, Any], news: dict[str, Any]) -> dict[str, list[str]]:
-    """Which changed inputs replace the service, roll its pods, or change it in place."""
-    changed = [k for k in sorted(set(olds) | set(news)) if olds.get(k) != news.get(k)]
-    return {
-        "replace": [k for k in changed if k in REPLACE_ON],
-        "roll": [k for k in changed if k in ROLL_ON],
-        "in_place": [k for k in changed if k in IN_PLACE_ON],
-    }
-
-
 class KubernetesTarget(Target):
     """Deployed by `AksService` from pulumi-kubernetes resources, never by the Service provider."""
 
@@ -195,6 +186,7 @@ class KubernetesTarget(Target):
     REPLACE_ON = REPLACE_ON
     ROLL_ON = ROLL_ON
     ROUTE_ON = IN_PLACE_ON
+    INERT = ("token_auth_enabled",)  # refused by check: Azure AD tokens are not available here
 
     def check_args(self, args: KubernetesServiceArgs) -> list[CheckFailure]:  # type: ignore[override]
         return [CheckFailure(f, m) for f, m in check(args)]

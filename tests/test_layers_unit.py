@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from mldeploy.providers.targets import TARGETS
+
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +29,8 @@ LAYERS: list[tuple[str, ...]] = [
     # the image registry, and what the Azure targets share (ARM, AKS on Azure): ACR is both
     ("mldeploy.providers.image_registry", "mldeploy.providers.targets.azure"),
     ("mldeploy.providers.targets",),  # the seam: targets/__init__.py
-    ("mldeploy.providers.targets.local", "mldeploy.providers.targets.kubernetes", "mldeploy.providers.targets.aci",
-     "mldeploy.providers.targets.iotedge", "mldeploy.providers.targets.azureml"),
+    # every registered target's package (a new target needs no line here)
+    tuple(sorted({entry if isinstance(entry, str) else type(entry).__module__ for entry in TARGETS.values()})),
     ("mldeploy.providers.targets.service", "mldeploy.providers.rollouts"),
     # one-line shims where earlier releases pickled a provider, and the provider host
     ("mldeploy.providers",),

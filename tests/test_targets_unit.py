@@ -421,3 +421,29 @@ class TestLocalRollOrder:
         outs = local.TARGET.update(olds, {**olds, "backend_port": None}, roll=False)
         assert "start new" in calls and "nginx workers drained" in calls and calls[-1] == "remove old-id"
         assert "backend_port" not in outs and outs["backend_socket"].endswith(".sock")
+
+
+# ---------------------------------------------------------------- the recipe (providers/targets/README.md)
+
+
+def test_a_target_registered_by_one_line_works_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A target is its package plus one line in TARGETS: stack config, the provider, the rules and
+    the review take it from there, with no other file touched."""
+    from mldeploy.components._common import StackConfig
+    from mldeploy.providers.targets.service import diff_service, inert, rules
+    from preview_markdown import describe_service
+
+    fake = FakeTarget()
+    monkeypatch.setitem(targets.TARGETS, "fake", fake)  # the one line
+    assert StackConfig(target="fake").target == "fake"
+    provider = ServiceProvider()
+    checked = provider.check({}, fake_props())
+    assert checked.failures == []
+    made = provider.create(checked.inputs)
+    assert made.outs["scoring_uri"] == "https://default.fake.example/api/v1/service/svc/score"
+    assert [c[0] for c in fake.calls] == ["create"]
+    new = {**made.outs, "namespace": "other"}
+    assert diff_service(made.outs, new).replaces == ["namespace"], "its own rule, read by the shared diff"
+    assert any("namespace" in w for w in describe_service(made.outs, new)), "and by the review"
+    replace_on, roll_on, route_on = rules(new)
+    assert "namespace" in replace_on and set(fake.INERT) <= set(inert(new))

@@ -15,6 +15,7 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from mldeploy.providers.core.paths import local, portable, project_dir
+from mldeploy.providers.targets.azure.arm import DEFAULT_ENDPOINT
 
 PACKAGE = "mldeploy"
 DEFAULT_BASE_IMAGE = "mldeploy/base:bookworm-py3.11"
@@ -53,7 +54,7 @@ class StackConfig(BaseModel):
     azureSubscriptionId: str = ""
     azureResourceGroup: str = ""
     azureLocation: str = ""
-    armEndpoint: str = "https://management.azure.com"
+    armEndpoint: str = DEFAULT_ENDPOINT
     # A registry that wants credentials: an ACR (listCredentials through ARM), or a username
     # with the secret mldeploy:imageRegistryPassword (read with get_secret, never here).
     acrName: str = Field(default="", pattern=r"^([a-zA-Z0-9]{5,50})?$")
@@ -120,7 +121,7 @@ class Settings:
     azure_subscription_id: str = ""
     azure_resource_group: str = ""
     azure_location: str = ""
-    arm_endpoint: str = "https://management.azure.com"
+    arm_endpoint: str = DEFAULT_ENDPOINT
     acr_name: str = ""
     """An ACR whose admin credentials (listCredentials) push and pull the stack's images."""
     image_registry_username: str = ""

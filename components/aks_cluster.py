@@ -24,6 +24,7 @@ from mldeploy.components.registry_image import RegistryImage
 from mldeploy.providers.targets.kubernetes.cluster import ClusterProvider
 from mldeploy.providers.targets.kubernetes.managed_cluster import ClusterCredentialsProvider, ManagedClusterProvider
 from mldeploy.providers.targets.kubernetes import NAMESPACE_RE, PULL_SECRET_NAME, docker_config_json
+from mldeploy.providers.targets.azure.arm import DEFAULT_ENDPOINT
 
 OUTPUTS = ("kubeconfig", "kubernetes_version", "node_count", "allocatable_vcpus")
 AKS_ID_RE = (r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[-\w._()]+/providers/"
@@ -111,7 +112,7 @@ def azure_cluster_props(args: AksClusterSpec, settings: Settings, resource_name:
     base = re.sub(r"[^a-z0-9-]+", "-", f"{settings.project}-{settings.stack}-{resource_name}".lower()).strip("-")
     common = {
         "cluster_purpose": args.cluster_purpose,
-        "arm_endpoint": settings.arm_endpoint or "https://management.azure.com",
+        "arm_endpoint": settings.arm_endpoint or DEFAULT_ENDPOINT,
     }
     if args.resource_id:
         return {**common, "mode": "attach", "resource_id": args.resource_id}

@@ -24,8 +24,8 @@ from pulumi.dynamic import CheckFailure
 from pulumi.runtime import rpc
 
 from mldeploy.providers.core.paths import local
+from mldeploy.providers.core.naming import MODELS_ROOT
 
-MODELS_ROOT = "/var/azureml-app/azureml-models"
 CACHE_VERSION = 1
 AT_UP = "the image changes, so the new model is checked at `up`: the new backend must answer the input sample before traffic moves"
 

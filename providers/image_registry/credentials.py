@@ -58,9 +58,10 @@ def resolve(props: dict[str, Any]) -> dict[str, Any]:
     if props["source"] == "given":
         return {"server": props["server"], "username": props["username"], "password": props["password"]}
     from mldeploy.providers.image_registry import acr
+    from mldeploy.providers.targets.azure.arm import DEFAULT_ENDPOINT
 
     auth = acr.registry_auth(props["subscription_id"], props["resource_group"], props["registry_name"],
-                             props.get("arm_endpoint") or "https://management.azure.com")
+                             props.get("arm_endpoint") or DEFAULT_ENDPOINT)
     return {"server": auth.server, "username": auth.username, "password": auth.password}
 
 

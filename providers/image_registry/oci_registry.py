@@ -23,8 +23,8 @@ import docker
 import requests
 
 from mldeploy.providers.images import build as images
+from mldeploy.providers.core.naming import MODELS_ROOT
 
-MODELS_ROOT = "/var/azureml-app/azureml-models"
 
 
 class RegistryError(RuntimeError):

@@ -16,6 +16,7 @@ from pulumi.runtime import rpc
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from mldeploy.providers.front.gateway_config import MAX_BODY_LIMIT as MAX_REQUEST_BYTES  # what every front end holds
+from mldeploy.providers.core.naming import service_path
 
 # Name -> the module that exports its TARGET. Modules load on first use, so
 # validating stack config does not import a target's clients.
@@ -121,7 +122,7 @@ def check_environment(env: Any, reserved: Mapping[str, str] = SERVER_SETTINGS) -
 
 def service_uris(origin: str, service_name: str) -> dict[str, str]:
     """Every target serves Azure ML's paths; only the origin (scheme, host, port) is its own."""
-    base = f"{origin}/api/v1/service/{service_name}"
+    base = f"{origin}{service_path(service_name)}"
     return {"scoring_uri": f"{base}/score", "swagger_uri": f"{base}/swagger.json"}
 
 

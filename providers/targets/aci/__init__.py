@@ -26,6 +26,8 @@ from mldeploy.providers.targets import azure
 from mldeploy.providers.front import tls
 from mldeploy.providers.targets import ArgsInvalid, Target, check_environment, service_uris, validate_args
 from mldeploy.providers.core.progress import say
+from mldeploy.providers.core.naming import service_path
+from mldeploy.providers.targets.azure.arm import DEFAULT_ENDPOINT
 
 # ACI's limits for one Linux container group (learn.microsoft.com container-instances-
 # resource-and-quota-limits, 2023 version; regions may offer less). Keep them here only.
@@ -69,7 +71,7 @@ class AciArgs(BaseModel):
     """The container group: derived from project, stack and service names."""
     dns_name_label: str = Field(pattern=DNS_LABEL_RE)
     """Derived from the stack and service names: `<label>.<location>.azurecontainer.io`."""
-    arm_endpoint: str = Field(default="https://management.azure.com", pattern=r"^https://[A-Za-z0-9.:-]+/?$")
+    arm_endpoint: str = Field(default=DEFAULT_ENDPOINT, pattern=r"^https://[A-Za-z0-9.:-]+/?$")
     """ARM's base URL (`mldeploy:armEndpoint`); sovereign clouds and local fakes differ."""
     image_ref: str = Field(min_length=1)
     """The scoring image with its model layer, by digest (from `RegistryImage`)."""
@@ -122,7 +124,7 @@ def check_resources(cpu_cores: Any, memory_gb: Any) -> list[CheckFailure]:
 
 
 def scoring_path(service_name: str) -> str:
-    return f"/api/v1/service/{service_name}"
+    return service_path(service_name)
 
 
 def uris(props: Mapping[str, Any]) -> dict[str, str]:
@@ -313,7 +315,7 @@ class AciTarget(Target):
             "subscription_id": settings.get("azure_subscription_id") or "",
             "resource_group": settings.get("azure_resource_group") or "",
             "location": settings.get("azure_location") or "",
-            "arm_endpoint": settings.get("arm_endpoint") or "https://management.azure.com",
+            "arm_endpoint": settings.get("arm_endpoint") or DEFAULT_ENDPOINT,
             "group_name": group_name(settings["project"], settings["stack"], service_name),
             "dns_name_label": dns_label(settings["stack"], service_name),
             "image_ref": "(set by the component)",
@@ -354,7 +356,7 @@ class AciTarget(Target):
     def _groups(self, props: Mapping[str, Any]) -> Any:
         from mldeploy.providers.targets.azure.arm import ContainerGroups
 
-        return ContainerGroups(props["subscription_id"], props["resource_group"], props.get("arm_endpoint") or "https://management.azure.com")
+        return ContainerGroups(props["subscription_id"], props["resource_group"], props.get("arm_endpoint") or DEFAULT_ENDPOINT)
 
     def _keys(self, olds: dict[str, Any] | None, news: dict[str, Any]) -> dict[str, str]:
         from mldeploy.providers.core.keys import rotate

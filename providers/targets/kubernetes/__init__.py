@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mldeploy.providers.gate import sample_probe
 from mldeploy.providers.front import tls
 from mldeploy.providers.targets import MAX_REQUEST_BYTES, Target
+from mldeploy.providers.core.naming import service_path
 
 NAMESPACE_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 SERVICE_NAME_RE = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
@@ -220,7 +221,7 @@ def selector(service_name: str) -> dict[str, str]:
 
 
 def scoring_path(service_name: str) -> str:
-    return f"/api/v1/service/{service_name}"
+    return service_path(service_name)
 
 
 def deployment_spec(

@@ -28,6 +28,7 @@ from mldeploy.providers.targets import azure
 from mldeploy.providers.targets.kubernetes.cluster import (  # Azure ML's rule, the same for every cluster
     FAST_PROD_MIN_VCPUS,
 )
+from mldeploy.providers.targets.azure.arm import DEFAULT_ENDPOINT
 MODES = ("create", "attach")
 # Where the cluster is, its name, its DNS prefix and its pool's VM size cannot change in place.
 REPLACE_ON = ("mode", "subscription_id", "resource_group", "location", "cluster_name", "dns_prefix", "vm_size", "resource_id", "arm_endpoint")
@@ -135,7 +136,7 @@ def diff_managed_cluster(olds: dict[str, Any], news: dict[str, Any]) -> DiffResu
 def _clusters(props: dict[str, Any]) -> Any:
     from mldeploy.providers.targets.azure.aks import ManagedClusters
 
-    return ManagedClusters(props["subscription_id"], props["resource_group"], props.get("arm_endpoint") or "https://management.azure.com")
+    return ManagedClusters(props["subscription_id"], props["resource_group"], props.get("arm_endpoint") or DEFAULT_ENDPOINT)
 
 
 def _where(props: dict[str, Any]) -> dict[str, Any]:

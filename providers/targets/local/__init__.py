@@ -41,8 +41,8 @@ from mldeploy.providers.core.paths import local
 from mldeploy.providers.gate.sample_check import check_sample
 from mldeploy.providers.targets import ArgsInvalid, Target, WholeNumber, check_environment, service_uris, validate_args
 from mldeploy.providers.core.progress import say
+from mldeploy.providers.core.naming import MODELS_ROOT
 
-MODELS_ROOT = "/var/azureml-app/azureml-models"
 PORT_RANGE = (20000, 29999)
 # Ports claimed by services of this program run, so two services never share one.
 # A context variable: the Automation API runs each program in a fresh context of

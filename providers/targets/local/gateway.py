@@ -57,6 +57,7 @@ from mldeploy.providers.front.gateway_config import (  # noqa: F401 - re-exporte
     upgrade_route,
     validate_service_name,
 )
+from mldeploy.providers.core.naming import service_path
 
 # Counts nginx workers by process title (nginx rewrites argv[0]): accepting
 # ones, and old ones that finish their requests after a reload.
@@ -527,7 +528,7 @@ class Gateway:
         GatewayError carries nginx's message."""
         text = render_service_conf(service_name, port, backend_port, keys, max_body_bytes, backend_socket=backend_socket)
         want = str((parse_route_meta(text) or {}).get("marker") or backend_port)
-        health = f"/api/v1/service/{service_name}/health"
+        health = f"{service_path(service_name)}/health"
         path = self._route_file(service_name)
         # One hold of the lock from starting the gateway to the live route: a client
         # removing an unused gateway in between would leave this route with none.
@@ -625,7 +626,7 @@ class Gateway:
             port = meta.get("port")
             if isinstance(port, int):
                 deadline = time.monotonic() + timeout
-                while _marker(port, f"/api/v1/service/{service_name}/health") is not None:
+                while _marker(port, f"{service_path(service_name)}/health") is not None:
                     if time.monotonic() > deadline:
                         raise GatewayError(f"127.0.0.1:{port} still answers {timeout}s after removing the route")
                     time.sleep(0.05)

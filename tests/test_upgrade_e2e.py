@@ -6,9 +6,11 @@ model registry and the stack's config file stay), and this release previews no
 change, `up` changes nothing (the backend and the module keep their containers),
 the service still scores on 127.0.0.1, and `destroy` removes everything.
 
-Run for the `dev` program on the local target, and for the same program on the
+Run for the `dev` program on the local target, for the same program on the
 local IoT Edge device (one module per device: the new per-device deployment takes
-the old per-module one over by its alias).
+the old per-module one over by its alias), and for the `prod` program on the local
+Kubernetes cluster. There the first preview shows one deliberate roll, issue 18's
+hardened pods and front-end configuration, and says so; after it, no change.
 """
 
 from __future__ import annotations
@@ -40,6 +42,16 @@ def containers_of(stack_name: str) -> dict[str, str]:
     return {c.name: c.attrs["State"]["StartedAt"] for c in docker.from_env().containers.list(all=True, filters=flt)}
 
 
+def pods_of(stack_name: str) -> dict[str, str]:
+    """The stack's pods on the local cluster (every namespace), with when each started."""
+    from test_kubernetes_e2e import kubectl
+
+    from mldeploy.providers.targets.kubernetes import local_cluster
+
+    items = kubectl(local_cluster.kubeconfig_path(), "get", "pods", "-A", "-l", f"mldeploy.azureml.net/stack={stack_name}")["items"]
+    return {p["metadata"]["name"]: p["status"].get("startTime", "") for p in items}
+
+
 def pull_this_release(project: Path) -> None:
     """This release's files over the previous release's, as `git pull` leaves a checkout."""
     for item in project.iterdir():
@@ -52,7 +64,7 @@ def pull_this_release(project: Path) -> None:
         shutil.copytree(item, dest, ignore=COPY_IGNORE) if item.is_dir() else shutil.copy2(item, dest)
 
 
-@pytest.mark.parametrize("target", ["local", "iotedge"])
+@pytest.mark.parametrize("target", ["local", "iotedge", pytest.param("kubernetes", marks=pytest.mark.k8s)])
 def test_a_stack_of_the_previous_release_previews_and_applies_no_change(
     target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
@@ -60,11 +72,15 @@ def test_a_stack_of_the_previous_release_previews_and_applies_no_change(
 
     if target == "iotedge":
         request.getfixturevalue("local_registry")  # the edge device pulls its module from it
+    if target == "kubernetes":
+        request.getfixturevalue("k8s_cluster")  # the prod program's cluster, with its registry
     project = checkout_of(PREVIOUS_RELEASE, tmp_path / "team" / "mldeploy")
     train_model(project / MODEL)
     name = f"t{uuid.uuid4().hex[:8]}"
     (project / "stacks" / f"Pulumi.{name}.yaml").write_text(
-        (project / "stacks" / "Pulumi.edge.yaml").read_text() if target == "iotedge" else "config: {}\n")
+        (project / "stacks" / {"iotedge": "Pulumi.edge.yaml", "kubernetes": "Pulumi.prod.yaml"}[target]).read_text()
+        if target != "local" else "config: {}\n")
+    running = pods_of if target == "kubernetes" else containers_of
     backend = project / ".pulumi-state" / "backend"
     backend.mkdir(parents=True)
     env = {
@@ -85,17 +101,25 @@ def test_a_stack_of_the_previous_release_previews_and_applies_no_change(
         outputs = json.loads(subprocess.run([sys.executable, str(project / "scripts" / "stack.py"), "outputs", name,
                                              "--show-secrets"], cwd=project, env=env, capture_output=True, text=True,
                                             timeout=300, check=True).stdout)
-        before = containers_of(name)
+        before = running(name)
         assert before, "the previous release runs the service"
         print(f"[upgrade] {target}: {sorted(before)}", file=sys.__stderr__)
 
         pull_this_release(project)
         st = EngineStack(project, stack_cli.project_program(project), name)
         pre = st.preview(diff=True)
+        if target == "kubernetes":
+            # Issue 18 hardened the pods (restricted Pod Security: nobody, no capabilities, a read-only root) and
+            # the front end's configuration: a stack of the previous release rolls its pods once, and says why.
+            assert pre.change_summary == {"same": pre.change_summary["same"], "update": 2, "replace": 1}, pre.text[-4000:]
+            assert "runAsNonRoot" in pre.text and "readOnlyRootFilesystem" in pre.text, pre.text[-4000:]
+            assert st.up().summary.result == "succeeded"
+            before = running(name)
+            pre = st.preview(diff=True)
         assert set(pre.change_summary) == {"same"}, (pre.change_summary, pre.text[-4000:])
         up2 = st.up()
         assert set(up2.summary.resource_changes or {}) == {"same"}, (up2.summary.resource_changes, up2.text[-4000:])
-        assert containers_of(name) == before, "no container was replaced or restarted"
+        assert running(name) == before, "no container or pod was replaced or restarted"
         uri = outputs["scoring_uri"]
         assert uri.startswith("http://127.0.0.1:")
         headers = {"Authorization": f"Bearer {outputs['primary_key']}"} if outputs.get("primary_key") else {}
@@ -103,6 +127,7 @@ def test_a_stack_of_the_previous_release_previews_and_applies_no_change(
         assert r.status_code == 200, r.text
         assert st.destroy().summary.result == "succeeded"
         assert stack_leftovers(name)["containers"] == []
+        assert running(name) == {}, "destroy removed every pod"
     finally:
         if st is not None:
             st.remove()

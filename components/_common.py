@@ -15,6 +15,7 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from mldeploy.providers.core.paths import local, portable, project_dir
+from mldeploy.providers.core.settings import Settings as CoreSettings
 from mldeploy.providers.targets.azure.arm import DEFAULT_ENDPOINT
 
 PACKAGE = "mldeploy"
@@ -101,32 +102,8 @@ REGISTRY_KEYS = ("registry", "registryPath")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Per-stack settings from the `mldeploy:` config namespace.
-
-    Paths are as resource inputs hold them: relative to the project when inside
-    it (`mldeploy.providers.core.paths.portable`), so they name no checkout's location.
-    """
-
-    project: str
-    stack: str
-    state_dir: str
-    registry_root: str
-    base_image: str
-    gateway_image: str
-    """The gateway runs nginx from our own base image, whatever base users pick for models."""
-    target: str
-    image_registry: str = "127.0.0.1:5000"
-    """Where targets that pull (Kubernetes, IoT Edge, ACI) get their images: ACR's stand-in locally."""
-    azure_subscription_id: str = ""
-    azure_resource_group: str = ""
-    azure_location: str = ""
-    arm_endpoint: str = DEFAULT_ENDPOINT
-    acr_name: str = ""
-    """An ACR whose admin credentials (listCredentials) push and pull the stack's images."""
-    image_registry_username: str = ""
-    preview_smoke_test: bool = False
-    """`preview` loads a service's new model versions in a throwaway container and scores the sample."""
+class Settings(CoreSettings):
+    """Per-stack settings (`mldeploy.providers.core.settings.Settings`), as the program reads them."""
 
     @staticmethod
     def load() -> "Settings":

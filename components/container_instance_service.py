@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pulumi
@@ -287,7 +286,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
                 {k: v for k, v in given.items() if v is not None},
                 service_name=args.service_name,
                 resource_name=resource_name,
-                settings=dataclasses.asdict(settings),
+                settings=settings,
             )
         except ArgsInvalid as exc:
             raise ArgsError(problem + str(exc)) from None

@@ -30,3 +30,12 @@ def model_checked(inputs: dict[str, Any]) -> dict[str, Any]:
     if failures:
         raise ValueError("; ".join(f"{f.property}: {f.reason}" for f in failures))
     return news
+
+
+def stack_settings(**given: Any) -> Any:
+    """The typed settings a target's `service_inputs` gets, with placeholders for what a test leaves out."""
+    from mldeploy.providers.core.settings import Settings
+
+    base = {"project": "proj", "stack": "dev", "state_dir": "/proj/.pulumi-state", "registry_root": "/proj/.pulumi-state/registry",
+            "base_image": "mldeploy/base:bookworm-py3.11", "gateway_image": "mldeploy/base:bookworm-py3.11", "target": "local"}
+    return Settings(**{**base, **given})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from engine_check import stack_settings
 from mldeploy.providers.targets.service import diff_service
 from mldeploy.providers.targets import ArgsInvalid, target_for
 from mldeploy.providers.targets import aci
@@ -20,7 +21,7 @@ def props(**over):
         "cpu_cores": 1.0, "memory_gb": 1.5, "auth_enabled": True, "environment_variables": {"A": "1"},
         "primary_key_version": 1, "secondary_key_version": 1, "max_request_bytes": 1_048_576,
         "startup_timeout_seconds": 180,
-        **aci.TARGET.service_inputs({}, service_name="aciservice", resource_name="aciservice", settings=SETTINGS),
+        **aci.TARGET.service_inputs({}, service_name="aciservice", resource_name="aciservice", settings=stack_settings(**SETTINGS)),
         "image_ref": "127.0.0.1:5000/x/aciservice@sha256:" + "a" * 64,
         "front_image_ref": "127.0.0.1:5000/x/aciservice-front@sha256:" + "b" * 64,
     }
@@ -50,13 +51,13 @@ def test_service_inputs_from_settings():
 )
 def test_bad_settings_name_the_field(settings, field):
     with pytest.raises(ArgsInvalid) as err:
-        aci.TARGET.service_inputs({}, service_name="aciservice", resource_name="s", settings={**SETTINGS, **settings})
+        aci.TARGET.service_inputs({}, service_name="aciservice", resource_name="s", settings=stack_settings(**{**SETTINGS, **settings}))
     assert err.value.failures[0].property == field
 
 
 def test_port_is_refused():
     with pytest.raises(ArgsInvalid) as err:
-        aci.TARGET.service_inputs({"port": 8080}, service_name="aciservice", resource_name="s", settings=SETTINGS)
+        aci.TARGET.service_inputs({"port": 8080}, service_name="aciservice", resource_name="s", settings=stack_settings(**SETTINGS))
     assert err.value.failures[0].property == "port"
 
 

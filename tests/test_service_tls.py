@@ -12,6 +12,7 @@ from typing import Any
 import pulumi
 import pytest
 
+from engine_check import stack_settings
 from mldeploy.components._common import ArgsError
 from mldeploy.providers.front.gateway_config import render_service_conf
 from mldeploy.providers.targets import kubernetes as target
@@ -164,7 +165,7 @@ from test_aci_unit import SETTINGS, props  # noqa: E402
 
 def aci_tls_inputs(pem: dict[str, Path], **over: Any) -> dict[str, Any]:
     given = {"ssl_enabled": True, "ssl_cert_pem_file": str(pem["cert"]), "ssl_key_pem_file": str(pem["key"]), **over}
-    return aci.TARGET.service_inputs(given, service_name="aciservice", resource_name="aciservice", settings=SETTINGS)
+    return aci.TARGET.service_inputs(given, service_name="aciservice", resource_name="aciservice", settings=stack_settings(**SETTINGS))
 
 
 def test_aci_without_tls_keeps_its_inputs_and_body() -> None:
@@ -209,12 +210,12 @@ def test_aci_with_tls_serves_443_from_a_secret_volume(pem: dict[str, Path]) -> N
 def test_aci_tls_errors_name_the_field(pem: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ArgsInvalid, match=r"^ssl_key_pem_file: is required"):
         aci.TARGET.service_inputs({"ssl_enabled": True, "ssl_cert_pem_file": str(pem["cert"])}, service_name="aciservice",
-                                  resource_name="aciservice", settings=SETTINGS)
+                                  resource_name="aciservice", settings=stack_settings(**SETTINGS))
     with pytest.raises(ArgsInvalid, match=r"^ssl_key_pem_file: .* is not the key"):
         aci_tls_inputs(pem, ssl_key_pem_file=str(make_ca_and_cert(tmp_path / "o")["key"]))
     with pytest.raises(ArgsInvalid, match=r"^ssl_cname: is only used with ssl_enabled"):
         aci.TARGET.service_inputs({"ssl_cname": "x.example.com"}, service_name="aciservice", resource_name="aciservice",
-                                  settings=SETTINGS)
+                                  settings=stack_settings(**SETTINGS))
 
 
 def test_aci_secret_environment_variables_travel_as_secure_values() -> None:

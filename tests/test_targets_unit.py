@@ -13,6 +13,7 @@ from typing import Any, Callable
 import pytest
 from pydantic import BaseModel
 
+from engine_check import stack_settings
 from fake_target import ComposedTarget, FakeTarget
 from mldeploy.providers import targets
 from mldeploy.providers.targets.service import REPLACE_ON, ROLL_ON, ServiceProvider, diff_service, needs_roll, rules
@@ -199,7 +200,7 @@ class TestDispatch:
         ]
 
     def test_service_inputs_default_to_the_args_model(self, fake: FakeTarget) -> None:
-        kw = {"service_name": "svc", "resource_name": "svc", "settings": SETTINGS}
+        kw = {"service_name": "svc", "resource_name": "svc", "settings": stack_settings(**SETTINGS)}
         assert fake.service_inputs({}, **kw) == {"namespace": "default"}
         with pytest.raises(ArgsInvalid) as exc:
             fake.service_inputs({"port": 25000}, **kw)
@@ -212,7 +213,7 @@ class TestDispatch:
 class TestLocalTarget:
     def inputs(self, given: dict[str, Any], service_name: str = "svc", resource_name: str = "svc", **settings: Any) -> dict[str, Any]:
         return local.TARGET.service_inputs(
-            given, service_name=service_name, resource_name=resource_name, settings={**SETTINGS, **settings}
+            given, service_name=service_name, resource_name=resource_name, settings=stack_settings(**{**SETTINGS, **settings})
         )
 
     def test_default_port_from_the_names(self) -> None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from mldeploy.providers.front.gateway_config import MAX_BODY_LIMIT as MAX_REQUEST_BYTES  # what every front end holds
 from mldeploy.providers.core.naming import service_path
+from mldeploy.providers.core.settings import Settings
 
 # Name -> the module that exports its TARGET. Modules load on first use, so
 # validating stack config does not import a target's clients.
@@ -187,7 +188,7 @@ class Target:
         return False
 
     def service_inputs(
-        self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Mapping[str, Any]
+        self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Settings
     ) -> dict[str, Any]:
         """The target's own Service inputs at program time, from the user's target
         arguments and the stack's settings. No I/O; raises `ArgsInvalid`."""

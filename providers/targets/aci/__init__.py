@@ -27,6 +27,7 @@ from mldeploy.providers.front import tls
 from mldeploy.providers.targets import ArgsInvalid, Target, check_environment, service_uris, validate_args
 from mldeploy.providers.core.progress import say
 from mldeploy.providers.core.naming import service_path
+from mldeploy.providers.core.settings import Settings
 from mldeploy.providers.targets.azure.arm import DEFAULT_ENDPOINT
 
 # ACI's limits for one Linux container group (learn.microsoft.com container-instances-
@@ -307,17 +308,17 @@ class AciTarget(Target):
         return [CheckFailure(f, m) for f, m in tls.check_args(args.ssl_enabled, args.ssl_cert_pem_file, args.ssl_key_pem_file, args.ssl_cname)]
 
     def service_inputs(
-        self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Mapping[str, Any]
+        self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Settings
     ) -> dict[str, Any]:
         """Everything from the stack's settings; the image refs come from the component."""
         data = {
             **given,
-            "subscription_id": settings.get("azure_subscription_id") or "",
-            "resource_group": settings.get("azure_resource_group") or "",
-            "location": settings.get("azure_location") or "",
-            "arm_endpoint": settings.get("arm_endpoint") or DEFAULT_ENDPOINT,
-            "group_name": group_name(settings["project"], settings["stack"], service_name),
-            "dns_name_label": dns_label(settings["stack"], service_name),
+            "subscription_id": settings.azure_subscription_id,
+            "resource_group": settings.azure_resource_group,
+            "location": settings.azure_location,
+            "arm_endpoint": settings.arm_endpoint or DEFAULT_ENDPOINT,
+            "group_name": group_name(settings.project, settings.stack, service_name),
+            "dns_name_label": dns_label(settings.stack, service_name),
             "image_ref": "(set by the component)",
             "front_image_ref": "(set by the component)",
         }

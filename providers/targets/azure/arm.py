@@ -18,12 +18,14 @@ import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
+
 from mldeploy.providers.core.progress import say
+from mldeploy.providers.core.settings import DEFAULT_ARM_ENDPOINT
 
 ACI_API_VERSION = "2025-09-01"
 """The api-version sent for container groups (Azure docs' default; pinned)."""
 AKS_API_VERSION = "2025-10-01"
-DEFAULT_ENDPOINT = "https://management.azure.com"
+DEFAULT_ENDPOINT = DEFAULT_ARM_ENDPOINT
 MAX_WAIT_SECONDS = 30 * 60
 """ACI fails a deployment that has not finished after 30 minutes (container-state.md)."""
 TERMINAL = ("Succeeded", "Failed", "Canceled")

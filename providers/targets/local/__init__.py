@@ -42,6 +42,7 @@ from mldeploy.providers.gate.sample_check import check_sample
 from mldeploy.providers.targets import ArgsInvalid, Target, WholeNumber, check_environment, service_uris, validate_args
 from mldeploy.providers.core.progress import say
 from mldeploy.providers.core.naming import MODELS_ROOT
+from mldeploy.providers.core.settings import Settings
 
 PORT_RANGE = (20000, 29999)
 # Ports claimed by services of this program run, so two services never share one.
@@ -149,13 +150,13 @@ class LocalTarget(Target):
     sample_gate = True
 
     def service_inputs(
-        self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Mapping[str, Any]
+        self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Settings
     ) -> dict[str, Any]:
         """Picks and claims the port, so two services of one program never share it."""
         port = given.get("port")
         if port is None:
-            port = default_port(settings["project"], settings["stack"], service_name)
-        data = {**given, "port": port, "gateway_image": settings["gateway_image"], "state_dir": settings["state_dir"]}
+            port = default_port(settings.project, settings.stack, service_name)
+        data = {**given, "port": port, "gateway_image": settings.gateway_image, "state_dir": settings.state_dir}
         data.setdefault("worker_count", None)
         args = validate_args(LocalArgs, data)
         claimed = _claimed_ports()

@@ -188,6 +188,12 @@ def test_registry_credentials_provider_checks_and_diffs():
 
 from test_components_unit import make_image, make_model, mocks, project  # noqa: E402,F401 - fixtures
 
+
+@pytest.fixture
+def program_without_docker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The program never asks Docker: these tests declare with DOCKER_HOST on a socket that does not exist."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/mldeploy-no-docker.sock")
+
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how the Pulumi SDK marks a secret on the wire
 
 
@@ -199,7 +205,7 @@ def _aci_config(**extra: str) -> None:
                                    "mldeploy:imageRegistry": "mldeployacr.azurecr.io", **extra})
 
 
-@pytest.mark.usefixtures("no_docker")
+@pytest.mark.usefixtures("program_without_docker")
 def test_an_acr_in_stack_config_gives_pushes_and_the_group_its_credentials(mocks):
     import pulumi
 
@@ -237,7 +243,7 @@ def test_an_acr_in_stack_config_gives_pushes_and_the_group_its_credentials(mocks
     program()
 
 
-@pytest.mark.usefixtures("no_docker")
+@pytest.mark.usefixtures("program_without_docker")
 def test_no_credentials_configured_means_none_are_sent(mocks):
     import pulumi
 

@@ -149,13 +149,29 @@ def test_wait_returns_once_the_new_generation_is_available(capsys: pytest.Captur
 
 def test_wait_fails_at_the_deadline_with_the_pods_own_words() -> None:
     rolling = with_(OLD_DONE, metadata__generation=5, status__observedGeneration=5, status__replicas=2)
+    pulling = copy.deepcopy(CRASHING_POD)
+    pulling["status"]["containerStatuses"][1]["state"] = {"waiting": {"reason": "ImagePullBackOff", "message": "back-off pulling"}}
+    clock = Clock()
+    with pytest.raises(rollout.RolloutFailed) as failed:
+        rollout.wait_for_rollout(FakeReader([rolling], [HEALTHY_POD, pulling]), PROPS, clock, clock.sleep)
+    message = str(failed.value)
+    assert message.startswith("Deployment ns1/svc-a: the rollout of generation 5 failed: not done after 30s")
+    assert "ImagePullBackOff" in message and "UnpicklingError" in message
+    assert 30 <= clock.now <= 31
+
+
+def test_a_crash_loop_fails_at_once_with_the_pods_own_words() -> None:
+    """init() that raises exits the same way every time: no need to wait for the deadline (the pod's status says it)."""
+    rolling = with_(OLD_DONE, metadata__generation=5, status__observedGeneration=5, status__replicas=2)
     clock = Clock()
     with pytest.raises(rollout.RolloutFailed) as failed:
         rollout.wait_for_rollout(FakeReader([rolling], [HEALTHY_POD, CRASHING_POD]), PROPS, clock, clock.sleep)
     message = str(failed.value)
-    assert message.startswith("Deployment ns1/svc-a: the rollout of generation 5 failed: not done after 30s")
-    assert "UnpicklingError" in message
-    assert 30 <= clock.now <= 31
+    assert message.startswith("Deployment ns1/svc-a: the rollout of generation 5 failed: a new pod crashes at start")
+    assert "UnpicklingError" in message and clock.now == 0
+    once = copy.deepcopy(CRASHING_POD)
+    once["status"]["containerStatuses"][1]["restartCount"] = 1
+    assert not rollout.crash_looping([once]), "one restart may be a slow start"
 
 
 def test_diff_follows_the_generation_not_the_timeout_or_credentials() -> None:

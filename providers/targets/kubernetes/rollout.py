@@ -30,6 +30,11 @@ WAITING_REASONS = {"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "Crea
                    "CreateContainerError", "RunContainerError"}
 
 
+CRASH_LOOP_RESTARTS = 2
+"""A new pod's container in CrashLoopBackOff after this many restarts fails the rollout at once: it
+exits the same way each time (init() raised, the sample was refused), and the deadline would only wait."""
+
+
 class RolloutFailed(RuntimeError):
     pass
 
@@ -89,6 +94,16 @@ def pod_problems(pods: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def crash_looping(pods: list[dict[str, Any]]) -> bool:
+    """True when a container that is not ready is in Kubernetes's crash back-off after repeated restarts."""
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if not cs.get("ready") and waiting.get("reason") == "CrashLoopBackOff" and int(cs.get("restartCount") or 0) >= CRASH_LOOP_RESTARTS:
+                return True
+    return False
+
+
 class DeploymentReader(Protocol):
     def deployment(self, namespace: str, name: str) -> dict[str, Any]: ...
 
@@ -113,9 +128,13 @@ def wait_for_rollout(
             say(f"{ns}/{name}: rolled out generation {generation} ({state.message})")
             revision = (deployment.get("metadata", {}).get("annotations") or {}).get("deployment.kubernetes.io/revision", "")
             return {"revision": revision, "available_replicas": int((deployment.get("status") or {}).get("availableReplicas") or 0)}
-        problems = pod_problems(reader.pods(ns, props.get("selector") or {}))
-        if state.failed or clock() >= deadline:
-            why = state.message if state.failed else f"not done after {timeout:g}s: {state.message}"
+        pods = reader.pods(ns, props.get("selector") or {})
+        problems = pod_problems(pods)
+        crashing = crash_looping(pods)
+        if state.failed or crashing or clock() >= deadline:
+            why = (state.message if state.failed
+                   else f"a new pod crashes at start ({CRASH_LOOP_RESTARTS}+ restarts, CrashLoopBackOff)" if crashing
+                   else f"not done after {timeout:g}s: {state.message}")
             detail = "\n".join(problems) if problems else "no pod reported an error"
             raise RolloutFailed(f"Deployment {ns}/{name}: the rollout of generation {generation} failed: {why}\n{detail}")
         line = state.message + (f"; {problems[0].splitlines()[0]}" if problems else "")

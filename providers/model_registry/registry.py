@@ -115,15 +115,8 @@ class ModelRegistry:
             version = next_version(mv.version for mv in existing)
             folder = self.root / name
             folder.mkdir(parents=True, exist_ok=True)
-            # Copy into a temp dir then rename, so a crash never leaves a half version.
-            staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=folder))
+            staging = staged_copy(src, folder, f".{version}-", digest, f"model {name}: ")
             try:
-                if src.is_file():
-                    shutil.copy2(src, staging / src.name)
-                else:
-                    shutil.copytree(src, staging / src.name)
-                if content_hash(staging / src.name) != digest:
-                    raise RegistryError(f"model {name}: {src} changed while it was being copied")
                 final = folder / str(version)
                 if final.exists():
                     shutil.rmtree(final)
@@ -209,6 +202,25 @@ def open_registry(location: str, root: Path | None = None):
     return ModelRegistry(local(location, root))
 
 
+def staged_copy(src: Path, parent: Path, prefix: str, digest: str, what: str = "") -> Path:
+    """A copy of `src` in a new staging folder under `parent`, checked against `digest`.
+
+    The caller renames the folder into place, so a crash never leaves half a version.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        if src.is_file():
+            shutil.copy2(src, staging / src.name)
+        else:
+            shutil.copytree(src, staging / src.name)
+        if content_hash(staging / src.name) != digest:
+            raise RegistryError(f"{what}{src} changed while it was being copied")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
 def materialize(src: str | os.PathLike[str], dest: str | os.PathLike[str], digest: str) -> Path:
     """A copy of `src` at `dest/<src name>`, for services to mount; nothing to do when it is there already.
 
@@ -222,14 +234,8 @@ def materialize(src: str | os.PathLike[str], dest: str | os.PathLike[str], diges
     if content_hash(src) != digest:
         raise RegistryError(f"{src} does not hold content {digest}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    staging = staged_copy(src, dest.parent, f".{dest.name}-", digest)
     try:
-        if src.is_file():
-            shutil.copy2(src, staging / src.name)
-        else:
-            shutil.copytree(src, staging / src.name)
-        if content_hash(staging / src.name) != digest:
-            raise RegistryError(f"{src} changed while it was being copied")
         os.chmod(staging, 0o755)
         if dest.exists():
             shutil.rmtree(dest)

@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
 from mldeploy.providers.targets.service import _differs as service_input_differs  # noqa: E402 - after the path set-up
 from mldeploy.providers.targets.service import path_inputs as service_path_inputs  # noqa: E402
 from mldeploy.providers.targets.service import rules as service_rules  # noqa: E402
+from mldeploy.providers.targets import UnknownTarget, target_for  # noqa: E402
 
 OP_WORDS = {
     "create": "➕ create",
@@ -161,19 +162,22 @@ def describe_service(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
         out.append(new["sample_gate"])  # what the new backend must answer before traffic moves
     if new.get("smoke_test"):
         out.append(f"preview smoke test: {new['smoke_test']}")
-    if out and new.get("target") == "aci":
-        out.append(_aci_words(old, new))
+    if out:
+        out += _target_words(old, new)
     return out
 
 
 
 
-def _aci_words(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    """ACI has no rolling update: say what the change costs (its replace rule is the provider's)."""
+def _target_words(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The target's own words for what the change costs (its `change_words`, beside its rules)."""
+    try:
+        target = target_for(new.get("target"))
+    except UnknownTarget:
+        return []
     replace_on, _, _ = service_rules(new)
-    if any(service_input_differs(k, old, new, service_path_inputs(new)) for k in replace_on if k in new):
-        return "ACI cannot change this in place: the container group is deleted and created again, so the service is down meanwhile"
-    return "ACI restarts the container group in place: a short outage (the Kubernetes target rolls with no downtime)"
+    replaced = any(service_input_differs(k, old, new, service_path_inputs(new)) for k in replace_on if k in new)
+    return target.change_words(old, new, replaced)
 
 
 def describe_cluster(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

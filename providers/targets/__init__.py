@@ -194,6 +194,10 @@ class Target:
         arguments and the stack's settings. No I/O; raises `ArgsInvalid`."""
         return validate_args(self.Args, given).model_dump()
 
+    def change_words(self, old: Mapping[str, Any], new: Mapping[str, Any], replaced: bool) -> list[str]:
+        """What a change costs on this target, in the review's words, beyond the shared ones (its preview words)."""
+        return []
+
     def uris(self, props: Mapping[str, Any]) -> dict[str, str]:
         raise NotImplementedError(f"target {self.name!r} does not say its URIs")
 

@@ -292,6 +292,12 @@ class AciTarget(Target):
     INERT = ("ssl_cert_pem_file", "ssl_key_pem_file")
     OUTPUTS = ("fqdn", "group_id")
 
+    def change_words(self, old: Mapping[str, Any], new: Mapping[str, Any], replaced: bool) -> list[str]:
+        """ACI has no rolling update: say what the change costs."""
+        if replaced:
+            return ["ACI cannot change this in place: the container group is deleted and created again, so the service is down meanwhile"]
+        return ["ACI restarts the container group in place: a short outage (the Kubernetes target rolls with no downtime)"]
+
     def check(self, news: Mapping[str, Any]) -> list[CheckFailure]:
         from pulumi.output import Unknown
         from pulumi.runtime import rpc

@@ -145,3 +145,15 @@ def test_the_review_says_what_gates_a_roll() -> None:
     assert created[1] == words
     # Nothing rolls: the words alone change nothing.
     assert describe_service(service(), service(sample_gate=words)) == []
+
+
+def test_the_target_says_what_a_change_costs_on_it() -> None:
+    """ACI's words come from the ACI package (`change_words`), chosen by its own replace rule."""
+    old = {"service_name": "svc", "target": "aci", "project": "p", "stack": "s", "image_id": "sha256:a", "cpu_cores": 1.0,
+           "memory_gb": 1.0, "environment_variables": {}, "models": [], "state": "Healthy"}
+    resized = describe_service(old, {**old, "cpu_cores": 2.0})
+    assert resized[-1].startswith("ACI cannot change this in place: the container group is deleted and created again")
+    env = describe_service(old, {**old, "environment_variables": {"A": "1"}})
+    assert env[-1].startswith("ACI restarts the container group in place")
+    local = describe_service({**old, "target": "local"}, {**old, "target": "local", "cpu_cores": 2.0})
+    assert not any("ACI" in w for w in local)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import os
-import secrets
 import time
 import uuid
 from pathlib import Path
@@ -41,6 +40,7 @@ from mldeploy.providers.core.paths import local
 from mldeploy.providers.gate.sample_check import check_sample
 from mldeploy.providers.targets import ArgsInvalid, Target, WholeNumber, check_environment, service_uris, validate_args
 from mldeploy.providers.core.progress import say
+from mldeploy.providers.core import keys as service_keys
 from mldeploy.providers.core.naming import MODELS_ROOT
 from mldeploy.providers.core.settings import Settings
 
@@ -52,10 +52,6 @@ _claims: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar(
 
 
 _progress = say  # one style of progress line for every provider
-
-
-def new_key() -> str:
-    return secrets.token_urlsafe(32)
 
 
 def model_mounts(models: list[dict[str, Any]]) -> tuple[dict[str, str], str]:
@@ -193,13 +189,8 @@ class LocalTarget(Target):
         """Keys are made once and kept; bumping a key's version rotates that key alone."""
         if not news.get("auth_enabled"):
             return None, None
-        olds = olds or {}
-        keys = []
-        for which in ("primary", "secondary"):
-            old_key = olds.get(f"{which}_key")
-            same_version = olds.get(f"{which}_key_version") == news.get(f"{which}_key_version")
-            keys.append(old_key if old_key and same_version else new_key())
-        return keys[0], keys[1]
+        made = service_keys.rotate(olds, news)
+        return made["primary_key"], made["secondary_key"]
 
     def _start_backend(self, gw: Gateway, props: dict[str, Any]) -> containers.RunningContainer:
         mounts, model_dir = model_mounts(props["models"])

@@ -7,16 +7,8 @@ STACK="${1:-dev}"
 ACTION="${2:-up}"
 source "$HERE/env.sh"
 # Before the (long) set-up: a stack other than dev needs a passphrase somebody
-# chose (scripts/stack.py checks the same, with the same words).
-secrets="$(sed -n 's/^secretsprovider:[[:space:]]*//p' "$MLDEPLOY_ROOT/stacks/Pulumi.$STACK.yaml" 2>/dev/null | head -n1 || true)"
-if [ "$STACK" != dev ] && [ -z "${PULUMI_CONFIG_PASSPHRASE+set}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ] \
-  && case "$secrets" in ""|passphrase*) true ;; *) false ;; esac \
-  && case "${PULUMI_BACKEND_URL:-}" in http://*|https://*) false ;; *) true ;; esac; then
-  echo "error: stack '$STACK' needs a secrets passphrase of its own: set PULUMI_CONFIG_PASSPHRASE" \
-    "(or PULUMI_CONFIG_PASSPHRASE_FILE, the path of a file that holds it) and run again." \
-    "The documented dev passphrase is for the 'dev' stack only." >&2
-  exit 1
-fi
+# chose. The rule is scripts/stack.py's (standard library only, so any python3 runs it).
+python3 "$HERE/stack.py" check-passphrase "$STACK"
 if grep -qE '^\s*mldeploy:target:\s*kubernetes' "$MLDEPLOY_ROOT/stacks/Pulumi.$STACK.yaml" 2>/dev/null; then
   "$HERE/setup.sh" --kubernetes
 else

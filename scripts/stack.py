@@ -272,6 +272,14 @@ TOOLS = {"profile": "profile_service", "logs": "service_logs", "image-cache": "i
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "check-passphrase":
+        # Standard library only: scripts/deploy.sh asks this before the set-up, with the system python3.
+        try:
+            passphrase_env(argv[1] if len(argv) > 1 else DEV_STACK)
+        except PassphraseMissing as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if argv and argv[0] in TOOLS:
         import importlib
 

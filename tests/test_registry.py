@@ -287,7 +287,7 @@ class TestPlannedVersion:
         assert registry.register("ridge", model_file, OTHER).version == planned
 
     def test_a_revert_gets_the_version_that_had_the_content(self, registry: ModelRegistry, model_file: Path) -> None:
-        """Decided: identical content reuses its version (Azure ML would count up to 3; see README)."""
+        """Decided: identical content reuses its version (Azure ML would count up to 3; see docs/usage.md)."""
         registry.register("ridge", model_file, OWNER)
         model_file.write_bytes(b"weights-v2")
         registry.register("ridge", model_file, OWNER)

@@ -58,3 +58,38 @@ def test_serving_options(bench) -> None:
     assert (a.only, a.runs, a.serve_seconds, a.concurrency, a.wrk_threads) == (["serve"], 1, 3, 8, 2)
     with pytest.raises(SystemExit):
         bench.parse_args(["--concurrency", "1", "--wrk-threads", "2"])
+
+
+def test_cgroup_cpu_time_is_read_in_nanoseconds(bench) -> None:
+    v2 = "usage_usec 1234567\nuser_usec 1000000\nsystem_usec 234567\nnr_periods 0\n"
+    assert bench.parse_cgroup_cpu_ns("cpu.stat", v2) == 1_234_567_000
+    assert bench.parse_cgroup_cpu_ns("cpuacct.usage", "987654321\n") == 987_654_321
+    with pytest.raises(ValueError, match="usage_usec"):
+        bench.parse_cgroup_cpu_ns("cpu.stat", "nr_periods 0\n")
+    with pytest.raises(ValueError, match="not a CPU accounting file"):
+        bench.parse_cgroup_cpu_ns("memory.stat", "1")
+
+
+def test_proc_stat_gives_process_group_and_cpu_ticks(bench) -> None:
+    # A command name with a space and a parenthesis, as /proc allows.
+    stat = "4242 (python (x) y) S 1 4240 4240 0 -1 4194560 100 0 0 0 70 30 5 2 20 0 3 0 123 0 0"
+    assert bench.parse_proc_stat_cpu_ticks(stat) == (4240, 107)
+
+
+def test_cpu_per_thousand_requests(bench) -> None:
+    assert bench.cpu_ms_per_1000(2_000_000_000, 4000) == pytest.approx(500.0)  # 2 CPU-s over 4,000 requests
+    assert bench.cpu_ms_per_1000(1, 0) != bench.cpu_ms_per_1000(1, 0)  # NaN: no requests, no figure
+
+
+def test_cpu_goals_compare_medians(bench) -> None:
+    local = {"bare": {"cpu_per_1k": [100.0, 110.0, 90.0]}, "ours1": {"cpu_per_1k": [105.0, 108.0, 200.0]},
+             "ours2": {"cpu_per_1k": [130.0]}}
+    rows = bench.cpu_goals(local, {})
+    assert rows[0] == "| ours (`cpu_cores=1`) / bare, CPU per request ≤ 1.10× | 1.080× | yes |"
+    assert rows[1].endswith("| 1.204× | **no** |") and "2 workers / 1 worker" in rows[1]
+    assert len(rows) == 2, "no Kubernetes figures, no Kubernetes row"
+
+
+def test_kubernetes_sections_can_be_picked(bench) -> None:
+    a = bench.parse_args(["--only", "kubernetes,kserve", "--runs", "1"])
+    assert a.only == ["kubernetes", "kserve"]

@@ -267,7 +267,7 @@ def explain_engine_error(stack_name: str, text: str) -> str | None:
 
 
 # Operations with arguments of their own, each in its own module.
-TOOLS = {"profile": "profile_service", "logs": "service_logs", "image-cache": "image_cache"}
+TOOLS = {"profile": "profile_service", "logs": "service_logs", "image-cache": "image_cache", "rollout": "rollout_record"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,3 +165,41 @@ def test_step_lines_say_limits_without_p99_too() -> None:
 
     line = step_line(Canary(steps=[100], step_seconds=1, min_requests=1), StepRecord(1, 100, 5, 0.0, None, "passed"))
     assert line == ("canary step 1: 0 % current / 100 % candidate; 5 requests (≥ 1), error rate 0.00 % (≤ 1 %), p99 n/a: passed")
+
+
+# ---------------------------------------------------------------- the record `stack.py rollout` prints
+
+
+def test_the_record_is_kept_also_when_the_rollout_rolls_back(tmp_path: Any) -> None:
+    from mldeploy.providers.rollouts.engine import RolloutRecord
+    from mldeploy.providers.rollouts.records import load_record, record_path, render, save_record
+
+    clock, record = Clock(), RolloutRecord()
+    control = FakeControl([HEALTHY, Metrics(requests=300, errors=100, p99_ms=100.0)], clock)
+    canary = Canary(**GOOD)
+    with pytest.raises(RolledBack):
+        run_canary(control, canary, lambda _: None, clock, clock.sleep, record=record)
+    path = record_path(tmp_path, "mldeploy", "dev", "aciservice")
+    assert path == tmp_path / "rollouts" / "mldeploy-dev" / "aciservice.json"
+    save_record(path, record, plan=canary_words(canary))
+    assert path.stat().st_mode & 0o777 == 0o600
+    loaded, about = load_record(path)
+    assert loaded == record and about == {"plan": canary_words(canary)}
+    text = render(loaded, about).splitlines()
+    assert text[0].startswith("canary: 10 % → 50 % → 100 %")
+    assert text[1] == "step 1: 90 % current / 10 % candidate; 400 requests, error rate 0.25 %, p99 120 ms: passed"
+    assert text[2].startswith("step 2: 50 % current / 50 % candidate; 300 requests, error rate 33.33 %")
+    assert text[-1].startswith("decision: canary rolled back at step 2 (50 %): error rate 33.33 %")
+    assert load_record(tmp_path / "none.json") is None
+
+
+def test_stack_py_rollout_is_a_tool() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("stack_for_test", Path(__file__).parent.parent / "scripts" / "stack.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.TOOLS["rollout"] == "rollout_record"
+    assert (Path(__file__).parent.parent / "scripts" / "rollout_record.py").is_file()

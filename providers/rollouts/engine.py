@@ -115,9 +115,13 @@ def run_canary(
     say: Callable[[str], None] = print,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
+    record: RolloutRecord | None = None,
 ) -> RolloutRecord:
-    """Run the canary to promotion, or roll back and raise `RolledBack`; the record says what happened."""
-    record = RolloutRecord()
+    """Run the canary to promotion, or roll back and raise `RolledBack`; the record says what happened.
+
+    Pass `record` to keep it also when this raises (the provider saves it for `stack.py rollout`).
+    """
+    record = RolloutRecord() if record is None else record
     control.start_candidate()
     try:
         for number, percent in enumerate(canary.steps, start=1):

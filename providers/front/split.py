@@ -1,0 +1,151 @@
+"""The nginx pieces of a traffic split between two versions of one service: pure, no files (issue 20).
+
+Why nginx splits, and not the client or two ports: the gateway already holds every request, so a
+split there is by request (not by connection or pod), needs no new moving part, and the gateway can
+record each version's own status and time, which is what the rollout judges (never what a client
+says). `split_clients` hashes `$request_id`, a fresh random value per request, so the shares follow
+the declared weights per request, and moving a weight is a reload: requests in flight finish on
+the worker that took them.
+
+Each request's line in the split log: `<msec> <version> <status> <request_time>`, where version is
+`current`, `candidate` or `mirror` (a mirrored copy: its answer is discarded by nginx's `mirror`, only
+its line is kept). `metrics_from_log` reads a version's own requests, non-2xx answers and p99 from it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Iterable, NamedTuple
+
+VERSIONS = ("current", "candidate")
+MIRROR_LOCATION = "/_mldeploy_mirror"
+_IDENT_RE = re.compile(r"^[a-z0-9_]{1,32}$")
+_PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]{1,120}$")
+
+
+def _weight(field: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise ValueError(f"{field}: must be an integer percentage in 0-100, got {value!r}")
+    return value
+
+
+def split_variable(ident: str) -> str:
+    return f"$mldeploy_{ident}_version"
+
+
+def upstream_name(ident: str, version: str) -> str:
+    return f"mldeploy_{ident}_{version}"
+
+
+def log_format(ident: str, mirror: bool = False) -> str:
+    return f"mldeploy_{ident}_{'mirror' if mirror else 'split'}"
+
+
+def render_split(ident: str, sockets: dict[str, str], candidate: int, mirror_percent: int = 0) -> str:
+    """The http-level part: one upstream per version, the split, the mirror share, the log format.
+
+    `sockets`: each version's Unix socket as the gateway sees it; `candidate`: its percentage of live
+    requests (the current version takes the rest); `mirror_percent`: the share of live requests
+    whose copy also goes to the candidate (answers discarded). nginx refuses a 0 % line in
+    `split_clients`, so 0 % and 100 % are written as one catch-all line.
+    """
+    if not _IDENT_RE.match(ident):
+        raise ValueError(f"ident: must be [a-z0-9_], 1-32 characters, got {ident!r}")
+    candidate = _weight("candidate", candidate)
+    mirror_percent = _weight("mirror_percent", mirror_percent)
+    if set(sockets) != set(VERSIONS):
+        raise ValueError(f"sockets: must name exactly {', '.join(VERSIONS)}, got {sorted(sockets)}")
+    parts = []
+    for version in VERSIONS:
+        path = sockets[version]
+        if not _PATH_RE.match(path) or ".." in path or not path.endswith(".sock"):
+            raise ValueError(f"sockets.{version}: must be an absolute path of [A-Za-z0-9_./-] ending in .sock, got {path!r}")
+        parts.append(f"upstream {upstream_name(ident, version)} {{\n    server unix:{path} max_fails=0;\n}}\n")
+    if candidate in (0, 100):
+        lines = f"    * {'candidate' if candidate else 'current'};\n"
+    else:
+        lines = f"    {candidate}% candidate;\n    * current;\n"
+    parts.append(f'split_clients "${{request_id}}" {split_variable(ident)} {{\n{lines}}}\n')
+    mirror_lines = f"    {mirror_percent}% 1;\n    * \"\";\n" if 0 < mirror_percent < 100 else f"    * {'1' if mirror_percent else chr(34) * 2};\n"
+    # A second hash of the same id, salted, so the mirrored share is independent of the split.
+    parts.append(f'split_clients "mirror${{request_id}}" $mldeploy_{ident}_mirror {{\n{mirror_lines}}}\n')
+    # Two formats with the version in the format itself: a mirror subrequest shares its parent's
+    # variables, so a variable set in the mirror location would relabel the live request's line.
+    parts.append(f"log_format {log_format(ident)} '$msec {split_variable(ident)} $status $request_time';\n")
+    parts.append(f"log_format {log_format(ident, mirror=True)} '$msec mirror $status $request_time';\n")
+    return "".join(parts)
+
+
+def render_score_location(ident: str, log_path: str) -> str:
+    """The lines inside the score location: proxy to the request's version, mirror, log each version.
+
+    The mirror location is internal; a request not chosen for mirroring ends there at once (204, never
+    sent to the candidate, not logged), and a chosen one is sent with its body. nginx discards mirror
+    answers.
+    """
+    if not _IDENT_RE.match(ident):
+        raise ValueError(f"ident: must be [a-z0-9_], 1-32 characters, got {ident!r}")
+    if not _PATH_RE.match(log_path) or ".." in log_path:
+        raise ValueError(f"log_path: must be an absolute path of [A-Za-z0-9_./-], got {log_path!r}")
+    var = split_variable(ident)
+    return (
+        f"        access_log {log_path} {log_format(ident)};\n"
+        f"        mirror {MIRROR_LOCATION}_{ident};\n"
+        "        mirror_request_body on;\n"
+        f"        proxy_pass http://mldeploy_{ident}_{var};\n"
+    )
+
+
+def render_mirror_location(ident: str, log_path: str) -> str:
+    """The internal location a mirrored copy goes through; its answer never reaches a client."""
+    return (
+        f"    location = {MIRROR_LOCATION}_{ident} {{\n"
+        "        internal;\n"
+        "        log_subrequest on;\n"
+        f"        access_log {log_path} {log_format(ident, mirror=True)};\n"
+        f"        if ($mldeploy_{ident}_mirror = \"\") {{\n            access_log off;\n            return 204;\n        }}\n"
+        f"        proxy_pass http://{upstream_name(ident, 'candidate')}$request_uri;\n"
+        "    }\n"
+    )
+
+
+class Recorded(NamedTuple):
+    """What the split log says of one version (the rollout's `engine.Metrics` is built from it)."""
+
+    requests: int
+    errors: int
+    """Answers that were not 2xx."""
+    p99_ms: float | None
+
+
+def p99(times_ms: list[float]) -> float | None:
+    """The nearest-rank 99th percentile, or None without requests."""
+    if not times_ms:
+        return None
+    ordered = sorted(times_ms)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def metrics_from_log(lines: Iterable[str], version: str, since: float) -> Recorded:
+    """One version's own requests, non-2xx answers and p99 since `since` (seconds since the epoch).
+
+    `version`: current, candidate, or mirror (the candidate's mirrored copies). Lines that do not parse
+    (a half-written last line) are skipped.
+    """
+    requests = errors = 0
+    times: list[float] = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 4 or fields[1] != version:
+            continue
+        try:
+            at, status, seconds = float(fields[0]), int(fields[2]), float(fields[3])
+        except ValueError:
+            continue
+        if at < since:
+            continue
+        requests += 1
+        errors += not 200 <= status < 300
+        times.append(seconds * 1000)
+    return Recorded(requests, errors, p99(times))

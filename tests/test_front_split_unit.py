@@ -1,0 +1,67 @@
+"""The nginx split's pure parts (issue 20): what is rendered for each weight, bad input named, and
+the per-version metrics read back from the split log."""
+
+from __future__ import annotations
+
+import pytest
+
+from mldeploy.providers.front import split
+
+pytestmark = pytest.mark.unit
+
+SOCKETS = {"current": "/run/b/svc/current.sock", "candidate": "/run/b/svc/candidate.sock"}
+
+
+def test_weights_render_as_split_clients_and_0_or_100_as_one_catch_all() -> None:
+    conf = split.render_split("svc", SOCKETS, 10)
+    assert 'split_clients "${request_id}" $mldeploy_svc_version {\n    10% candidate;\n    * current;\n}' in conf
+    assert "upstream mldeploy_svc_candidate {\n    server unix:/run/b/svc/candidate.sock max_fails=0;" in conf
+    assert "{\n    * current;\n}" in split.render_split("svc", SOCKETS, 0)
+    assert "{\n    * candidate;\n}" in split.render_split("svc", SOCKETS, 100)
+    assert "0%" not in split.render_split("svc", SOCKETS, 0)  # nginx refuses a 0 % line
+
+
+def test_the_mirror_share_and_its_own_log_format() -> None:
+    conf = split.render_split("svc", SOCKETS, 0, mirror_percent=20)
+    assert '$mldeploy_svc_mirror {\n    20% 1;\n    * "";\n}' in conf
+    assert "log_format mldeploy_svc_mirror '$msec mirror $status $request_time';" in conf
+    location = split.render_mirror_location("svc", "/tmp/gw/split-svc.log")
+    assert "internal;" in location and "return 204;" in location
+    assert "proxy_pass http://mldeploy_svc_candidate$request_uri;" in location
+    score = split.render_score_location("svc", "/tmp/gw/split-svc.log")
+    assert "proxy_pass http://mldeploy_svc_$mldeploy_svc_version;" in score and "mirror_request_body on;" in score
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda: split.render_split("svc", SOCKETS, 101), "candidate"),
+    (lambda: split.render_split("svc", SOCKETS, True), "candidate"),
+    (lambda: split.render_split("svc", SOCKETS, 10, -1), "mirror_percent"),
+    (lambda: split.render_split("Svc;", SOCKETS, 10), "ident"),
+    (lambda: split.render_split("svc", {"current": SOCKETS["current"]}, 10), "sockets"),
+    (lambda: split.render_split("svc", {**SOCKETS, "candidate": "/run/../x.sock"}, 10), "sockets.candidate"),
+    (lambda: split.render_score_location("svc", "relative.log"), "log_path"),
+])
+def test_bad_input_names_the_field(call, field: str) -> None:
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        call()
+
+
+def test_metrics_are_each_versions_own_since_a_moment() -> None:
+    log = [
+        "100.000 candidate 200 0.010",  # before `since`
+        "200.000 candidate 200 0.020",
+        "200.500 candidate 500 0.030",
+        "201.000 current 500 0.900",
+        "201.500 mirror 502 0.001",
+        "202.000 candidate 2",  # a half-written line
+        "202.5 candidate",
+    ]
+    m = split.metrics_from_log(log, "candidate", since=150)
+    assert m == (2, 1, 30.0)
+    assert split.metrics_from_log(log, "mirror", 0).errors == 1
+    assert split.metrics_from_log([], "candidate", 0).p99_ms is None
+
+
+def test_p99_is_the_nearest_rank() -> None:
+    assert split.p99([float(i) for i in range(1, 101)]) == 99.0
+    assert split.p99([5.0]) == 5.0

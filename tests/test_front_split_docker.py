@@ -27,6 +27,7 @@ import http.server, os, socketserver, sys, time
 path, status, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
+        assert self.path == "/score", self.path  # the scoring server's own route, never the client's
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         time.sleep(delay)
         body = sys.argv[4].encode()
@@ -45,7 +46,7 @@ import http.client, json, sys
 answers = {}
 for i in range(int(sys.argv[1])):
     c = http.client.HTTPConnection("127.0.0.1", 18080, timeout=10)
-    c.request("POST", "/score", body=b'{"data": [[1]]}', headers={"Content-Type": "application/json"})
+    c.request("POST", "/api/v1/service/svc/score", body=b'{"data": [[1]]}', headers={"Content-Type": "application/json"})
     r = c.getresponse(); key = f"{r.status} {r.read().decode()}"; c.close()
     answers[key] = answers.get(key, 0) + 1
 print(json.dumps(answers))
@@ -55,7 +56,7 @@ print(json.dumps(answers))
 def run_split(candidate: int, mirror: int, candidate_status: int, candidate_delay: float, n: int) -> tuple[dict, list[str]]:
     conf = ("user root;\nworker_processes 1;\nerror_log /tmp/error.log;\npid /tmp/nginx.pid;\nevents {}\nhttp {\n"
             + split.render_split("svc", SOCKETS, candidate, mirror)
-            + "server {\n    listen 127.0.0.1:18080;\n    location = /score {\n"
+            + "server {\n    listen 127.0.0.1:18080;\n    location = /api/v1/service/svc/score {\n"
             + split.render_score_location("svc", LOG) + "    }\n"
             + split.render_mirror_location("svc", LOG) + "}\n}\n")
     script = f"""set -e

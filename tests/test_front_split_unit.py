@@ -27,9 +27,9 @@ def test_the_mirror_share_and_its_own_log_format() -> None:
     assert "log_format mldeploy_svc_mirror '$msec mirror $status $request_time';" in conf
     location = split.render_mirror_location("svc", "/tmp/gw/split-svc.log")
     assert "internal;" in location and "return 204;" in location
-    assert "proxy_pass http://mldeploy_svc_candidate$request_uri;" in location
+    assert "proxy_pass http://mldeploy_svc_candidate/score;" in location
     score = split.render_score_location("svc", "/tmp/gw/split-svc.log")
-    assert "proxy_pass http://mldeploy_svc_$mldeploy_svc_version;" in score and "mirror_request_body on;" in score
+    assert "proxy_pass http://mldeploy_svc_$mldeploy_svc_version/score;" in score and "mirror_request_body on;" in score
 
 
 @pytest.mark.parametrize("call, field", [
@@ -40,6 +40,7 @@ def test_the_mirror_share_and_its_own_log_format() -> None:
     (lambda: split.render_split("svc", {"current": SOCKETS["current"]}, 10), "sockets"),
     (lambda: split.render_split("svc", {**SOCKETS, "candidate": "/run/../x.sock"}, 10), "sockets.candidate"),
     (lambda: split.render_score_location("svc", "relative.log"), "log_path"),
+    (lambda: split.render_mirror_location("svc", "/tmp/x.log", "score"), "backend_path"),
 ])
 def test_bad_input_names_the_field(call, field: str) -> None:
     with pytest.raises(ValueError, match=f"^{field}:"):

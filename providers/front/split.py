@@ -77,12 +77,19 @@ def render_split(ident: str, sockets: dict[str, str], candidate: int, mirror_per
     return "".join(parts)
 
 
-def render_score_location(ident: str, log_path: str) -> str:
+def _check_backend_path(backend_path: str) -> str:
+    if not re.match(r"^/[A-Za-z0-9_./-]{0,120}$", backend_path) or ".." in backend_path:
+        raise ValueError(f"backend_path: must be an absolute path of [A-Za-z0-9_./-], got {backend_path!r}")
+    return backend_path
+
+
+def render_score_location(ident: str, log_path: str, backend_path: str = "/score") -> str:
     """The lines inside the score location: proxy to the request's version, mirror, log each version.
 
     The mirror location is internal; a request not chosen for mirroring ends there at once (204, never
     sent to the candidate, not logged), and a chosen one is sent with its body. nginx discards mirror
-    answers.
+    answers. `backend_path`: the scoring server's route (with a variable in `proxy_pass`, nginx sends
+    the URI written there, never the client's own).
     """
     if not _IDENT_RE.match(ident):
         raise ValueError(f"ident: must be [a-z0-9_], 1-32 characters, got {ident!r}")
@@ -93,11 +100,11 @@ def render_score_location(ident: str, log_path: str) -> str:
         f"        access_log {log_path} {log_format(ident)};\n"
         f"        mirror {MIRROR_LOCATION}_{ident};\n"
         "        mirror_request_body on;\n"
-        f"        proxy_pass http://mldeploy_{ident}_{var};\n"
+        f"        proxy_pass http://mldeploy_{ident}_{var}{_check_backend_path(backend_path)};\n"
     )
 
 
-def render_mirror_location(ident: str, log_path: str) -> str:
+def render_mirror_location(ident: str, log_path: str, backend_path: str = "/score") -> str:
     """The internal location a mirrored copy goes through; its answer never reaches a client."""
     return (
         f"    location = {MIRROR_LOCATION}_{ident} {{\n"
@@ -105,7 +112,7 @@ def render_mirror_location(ident: str, log_path: str) -> str:
         "        log_subrequest on;\n"
         f"        access_log {log_path} {log_format(ident, mirror=True)};\n"
         f"        if ($mldeploy_{ident}_mirror = \"\") {{\n            access_log off;\n            return 204;\n        }}\n"
-        f"        proxy_pass http://{upstream_name(ident, 'candidate')}$request_uri;\n"
+        f"        proxy_pass http://{upstream_name(ident, 'candidate')}{_check_backend_path(backend_path)};\n"
         "    }\n"
     )
 

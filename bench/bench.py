@@ -1068,6 +1068,12 @@ class Bench:
                 for im in dc.images.list(filters=flt):
                     problems.append(f"leftover image {im.tags or im.id} removed")
                     dc.images.remove(im.id, force=True)
+            # Images the fake ARM pulled from the local registry for the ACI stacks (named after the stack).
+            for im in dc.images.list():
+                for tag in im.tags:
+                    if f"mldeploy-bench-aci-{self.run_id}-" in tag:
+                        with contextlib.suppress(docker.errors.APIError):
+                            dc.images.remove(tag)
             # Environment images of the cold runs' own caches (built on the bench's bases) go first,
             # or the bases could only be untagged.
             from mldeploy.providers.images import env_cache

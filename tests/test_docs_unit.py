@@ -76,7 +76,14 @@ def test_the_readme_program_is_short_and_imports_what_exists() -> None:
 
 # Named in the README while other engineers write them; a name here may exist or not.
 BEING_WRITTEN = {"providers/targets/azureml/", "docs/targets/azureml.md", "docs/rollouts.md"}
+# Made on first use, never committed: a page may name it if the script that makes it does too.
+GENERATED = {"sample/models/sklearn_regression_model.pkl": "scripts/deploy.sh"}
 PATH_IN_CODE = re.compile(r"`((?:components|providers|scripts|runtime|tests|bench|stacks|examples|sample|docs|\.ci)/[\w./-]*)`")
+
+
+def _made_by_a_script(path: str) -> bool:
+    maker = GENERATED.get(path)
+    return maker is not None and path in (ROOT / maker).read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -85,6 +92,6 @@ def test_every_path_a_page_names_exists(page: Path) -> None:
     missing = [
         path
         for path in PATH_IN_CODE.findall(page.read_text(encoding="utf-8"))
-        if path not in BEING_WRITTEN and not (ROOT / path).exists()
+        if path not in BEING_WRITTEN and not (ROOT / path).exists() and not _made_by_a_script(path)
     ]
     assert not missing, f"{page.relative_to(ROOT)}: {missing}"

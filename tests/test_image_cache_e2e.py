@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from conftest import train_model
+from mldeploy.providers.image_registry import oci_registry
 from mldeploy.providers.images import env_cache
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -105,10 +106,8 @@ def test_private_base_registry_credentials_stay_secret_in_the_state(workdir: Pat
     repo, tag = f"{local_registry}/mldeploy-test/privbase", uuid.uuid4().hex[:8]
     ref = f"{repo}:{tag}"
     password = f"s3cret-{uuid.uuid4().hex}"
-    api.tag("mldeploy/base:bookworm-py3.11", repo, tag)
     try:
-        for _ in api.push(repo, tag=tag, stream=True, decode=True):
-            pass
+        oci_registry.push("mldeploy/base:bookworm-py3.11", repo, tag)  # through the write listener, as the providers push
         api.remove_image(ref)  # only in the registry now
 
         def program() -> None:
@@ -135,6 +134,5 @@ def test_private_base_registry_credentials_stay_secret_in_the_state(workdir: Pat
             api.remove_image(ref)
         except docker.errors.ImageNotFound:
             pass
-        from mldeploy.providers.image_registry import oci_registry
 
         oci_registry.delete_repository(ref.rsplit(":", 1)[0])  # the test's own repository in the registry

@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mldeploy.providers.images import env_cache, build as images, wheelhouse  # noqa: E402
+from mldeploy.providers.image_registry import oci_registry  # noqa: E402
 
 pytestmark = pytest.mark.docker
 
@@ -266,10 +267,9 @@ def test_private_base_image_is_pulled_with_the_registry_credentials(dc: docker.D
                                                                     local_registry: str) -> None:
     ref = f"{local_registry}/mldeploy-test/privbase:{uuid.uuid4().hex[:8]}"
     api = images.client()
-    api.tag(base_image, ref.rsplit(":", 1)[0], ref.rsplit(":", 1)[1])
     try:
-        for _ in api.push(ref.rsplit(":", 1)[0], tag=ref.rsplit(":", 1)[1], stream=True, decode=True):
-            pass
+        # The local registry takes pushes only with the project's credentials (oci_registry routes them).
+        oci_registry.push(base_image, ref.rsplit(":", 1)[0], ref.rsplit(":", 1)[1])
         api.remove_image(ref)  # only the tag: the base keeps its other names
         assert images.image_info(ref) is None
         registry = {"address": local_registry, "username": "mldeploy", "password": "not-checked-by-this-registry"}
@@ -279,8 +279,6 @@ def test_private_base_image_is_pulled_with_the_registry_credentials(dc: docker.D
     finally:
         with contextlib.suppress(docker.errors.ImageNotFound):
             api.remove_image(ref)
-        from mldeploy.providers.image_registry import oci_registry
-
         oci_registry.delete_repository(ref.rsplit(":", 1)[0])  # the test's own repository in the registry
 
 

@@ -82,3 +82,44 @@ def test_deletes_from_the_local_registry_carry_the_project_credentials(calls: li
     calls.clear()
     oci_registry.delete_manifest("127.0.0.1:5000/p/x", "sha256:1")
     assert calls == [("DELETE", "http://127.0.0.1:5001/v2/p/x/manifests/sha256:1", ("mldeploy", "s3cret"))]
+
+
+class RecordingApi:
+    """docker's APIClient as push uses it: tag, push (a stream of progress), remove_image."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def tag(self, image: str, repository: str, tag: str) -> None:
+        self.calls.append(("tag", repository, tag))
+
+    def push(self, repository: str, tag: str, stream: bool, decode: bool, **kw: Any):
+        self.calls.append(("push", repository, tag, kw.get("auth_config")))
+        yield {"id": "l1", "status": "Pushed"}
+        yield {"aux": {"Digest": "sha256:" + "a" * 64}}
+
+    def remove_image(self, ref: str, force: bool = False, noprune: bool = False) -> None:
+        self.calls.append(("remove", ref))
+
+
+def test_an_anonymous_push_to_the_local_registry_goes_to_its_write_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = RecordingApi()
+    monkeypatch.setattr(oci_registry.images, "client", lambda: api)
+    monkeypatch.setattr(oci_registry, "local_delete_access", lambda cache=None: ACCESS)
+    digest = oci_registry.push("sha256:img", "127.0.0.1:5000/p/x", "t1")
+    assert digest == "sha256:" + "a" * 64  # the same storage: 127.0.0.1:5000/p/x@digest pulls it
+    assert api.calls == [
+        ("tag", "127.0.0.1:5000/p/x", "t1"),  # the name the providers and the local copy use
+        ("tag", "127.0.0.1:5001/p/x", "t1"),
+        ("push", "127.0.0.1:5001/p/x", "t1", ACCESS.docker_auth_config()),
+        ("remove", "127.0.0.1:5001/p/x:t1"),  # only the write listener's alias goes
+    ]
+
+
+def test_without_the_credentials_file_a_local_push_names_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = RecordingApi()
+    monkeypatch.setattr(oci_registry.images, "client", lambda: api)
+    monkeypatch.setattr(oci_registry, "local_delete_access", lambda cache=None: None)
+    with pytest.raises(oci_registry.RegistryError, match=r"credentials\.json is missing \(scripts/k8s/registry\.sh up"):
+        oci_registry.push("sha256:img", "127.0.0.1:5000/p/x", "t1")
+    assert not [c for c in api.calls if c[0] == "push"]

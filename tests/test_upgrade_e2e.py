@@ -11,6 +11,12 @@ local IoT Edge device (one module per device: the new per-device deployment take
 the old per-module one over by its alias), and for the `prod` program on the local
 Kubernetes cluster. There the first preview shows one deliberate roll, issue 18's
 hardened pods and front-end configuration, and says so; after it, no change.
+
+The edge and Kubernetes stacks push images, and the previous release pushed to
+the local registry's 127.0.0.1:5000, which this release serves read-only. So
+those two deploy against the previous release's own registry (its
+scripts/k8s/registry.sh), and the pull brings this release's, whose `up`
+restarts it read-only: the migration a user makes.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -52,6 +60,38 @@ def pods_of(stack_name: str) -> dict[str, str]:
     return {p["metadata"]["name"]: p["status"].get("startTime", "") for p in items}
 
 
+def registry_dir() -> Path:
+    return Path(os.environ.get("MLDEPLOY_CACHE") or Path.home() / ".cache" / "mldeploy") / "registry"
+
+
+def stop_pull_listener() -> None:
+    """Stop this release's 127.0.0.1:5000 process (its pid file, checked against its command line)."""
+    pidf = registry_dir() / "registry.pid"
+    try:
+        pid = int(pidf.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError):
+        return
+    if "docker-registry" not in cmdline or "config.yml" not in cmdline:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def registry_up(project: Path) -> str:
+    """`scripts/k8s/registry.sh up` of the release checked out in `project`; returns its log."""
+    env = {**os.environ, "MLDEPLOY_CACHE": str(registry_dir().parent)}
+    run = subprocess.run([str(project / "scripts" / "k8s" / "registry.sh"), "up"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stderr
+
+
+def pull_listener_takes_uploads() -> bool:
+    return requests.post("http://127.0.0.1:5000/v2/mldeploy-test/upgrade-probe/blobs/uploads/", timeout=10).status_code == 202
+
+
 def pull_this_release(project: Path) -> None:
     """This release's files over the previous release's, as `git pull` leaves a checkout."""
     for item in project.iterdir():
@@ -75,6 +115,11 @@ def test_a_stack_of_the_previous_release_previews_and_applies_no_change(
     if target == "kubernetes":
         request.getfixturevalue("k8s_cluster")  # the prod program's cluster, with its registry
     project = checkout_of(PREVIOUS_RELEASE, tmp_path / "team" / "mldeploy")
+    pushes = target != "local"
+    if pushes:  # the previous release's registry, which took its anonymous pushes on 5000
+        stop_pull_listener()
+        registry_up(project)
+        assert pull_listener_takes_uploads()
     train_model(project / MODEL)
     name = f"t{uuid.uuid4().hex[:8]}"
     (project / "stacks" / f"Pulumi.{name}.yaml").write_text(
@@ -106,6 +151,9 @@ def test_a_stack_of_the_previous_release_previews_and_applies_no_change(
         print(f"[upgrade] {target}: {sorted(before)}", file=sys.__stderr__)
 
         pull_this_release(project)
+        if pushes:  # this release's registry.sh restarts 5000 read-only, as the pull's setup does
+            assert "changed: restarting it" in registry_up(project)
+            assert not pull_listener_takes_uploads()
         st = EngineStack(project, stack_cli.project_program(project), name)
         pre = st.preview(diff=True)
         if target == "kubernetes":
@@ -134,3 +182,5 @@ def test_a_stack_of_the_previous_release_previews_and_applies_no_change(
         else:  # the previous release's own destroy, so nothing is left running
             subprocess.run([sys.executable, str(project / "scripts" / "stack.py"), "destroy", name], cwd=project, env=env,
                            capture_output=True, text=True, timeout=900)
+        if pushes:
+            registry_up(ROOT)  # read-only again whatever happened

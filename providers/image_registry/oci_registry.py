@@ -173,11 +173,25 @@ def push(
     `stats`, when given, gets how many layers were uploaded (`pushed`) and how
     many the registry had already (`existing`): a model-only update uploads one.
     """
+    api = images.client()
+    api.tag(image, repository, tag)
+    if auth is None and split(repository)[0] == LOCAL_REGISTRY:
+        # The local registry's pull listener is read-only: the push goes to its write listener, with
+        # the project's credentials, over the same storage, so `repository@digest` pulls as before.
+        access = local_delete_access()
+        if access is None:
+            raise RegistryError(
+                f"push of {repository}:{tag} failed: the local registry takes pushes only with the project's "
+                "credentials, and $MLDEPLOY_CACHE/registry/credentials.json is missing (scripts/k8s/registry.sh up writes it)"
+            )
+        routed, _ = write_route(repository, None, access)
+        try:
+            return push(image, routed, tag, on_log=on_log, auth=access, stats=stats)
+        finally:
+            images.remove_image(f"{routed}:{tag}")
     if auth is None:
         _refuse_anonymous_push(repository, tag)
-    api = images.client()
     log = on_log or (lambda _l: None)
-    api.tag(image, repository, tag)
     digest = None
     layers: dict[str, str] = {}
     extra = {"auth_config": auth.docker_auth_config()} if auth is not None else {}
@@ -229,11 +243,11 @@ def manifest_exists(repository: str, digest: str, session: requests.Session | No
 
 
 LOCAL_REGISTRY = "127.0.0.1:5000"
-"""The local registry (scripts/k8s/registry.sh): pulls and pushes without credentials, no deletes."""
+"""The local registry (scripts/k8s/registry.sh): pulls without credentials, read-only there."""
 
 
 def local_delete_access(cache: str | None = None) -> RegistryAuth | None:
-    """The local registry's delete listener and the project's credentials, from the file registry.sh writes.
+    """The local registry's write listener (pushes, deletes) and the project's credentials, from the file registry.sh writes.
 
     None when the file is absent (a registry set up before deletes needed them) or unreadable.
     """
@@ -245,14 +259,17 @@ def local_delete_access(cache: str | None = None) -> RegistryAuth | None:
         return None
 
 
-def delete_route(repository: str, auth: RegistryAuth | None, access: RegistryAuth | None) -> tuple[str, RegistryAuth | None]:
-    """Where a delete goes: the local registry takes deletes only on its listener with the
+def write_route(repository: str, auth: RegistryAuth | None, access: RegistryAuth | None) -> tuple[str, RegistryAuth | None]:
+    """Where a push or a delete goes: the local registry takes writes only on its listener with the
     project's credentials (`access`, from local_delete_access), so a repository there moves to
     that listener with them (credentials given for :5000 open nothing there); any other stays."""
     host, path = split(repository)
     if host != LOCAL_REGISTRY or access is None:
         return repository, auth
     return f"{access.server}/{path}", access
+
+
+delete_route = write_route
 
 
 def _delete_session(repository: str, session: requests.Session | None, auth: RegistryAuth | None) -> tuple[str, requests.Session, RegistryAuth | None]:

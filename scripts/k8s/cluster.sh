@@ -11,7 +11,7 @@
 # 127.0.0.1:6443, controller-manager, scheduler, kubelet (127.0.0.1:10250),
 # kube-proxy (iptables; NodePorts on 127.0.0.0/8 only), CNI bridge cni0 with
 # host-local 10.244.0.0/24, services 10.96.0.0/16. Images come from the local
-# registry on 127.0.0.1:5000 (scripts/k8s/registry.sh), pulled over plain HTTP.
+# registry on 127.0.0.1:5000 (scripts/k8s/registry.sh, read-only there), pulled over plain HTTP.
 # Cluster objects (in etcd) survive down/up; `down` deletes the pods so that
 # their sandboxes, veths and mounts go, and the controllers recreate them on up.
 set -euo pipefail
@@ -387,6 +387,22 @@ registry_has_manifest() {
 # containerd runs sandboxes from (PAUSE_PINNED), so a tag moved in the registry
 # changes nothing. Pushed again (from the tar) when the registry lost it.
 PAUSE_PINNED=""
+# push_with_credentials IMAGE : the registry's pull listener ($REGISTRY) is read-only, so IMAGE
+# goes to its write listener with the project's credentials (scripts/k8s/registry.sh), logged
+# in under a throwaway DOCKER_CONFIG so the password is never left in ~/.docker.
+WRITE_REGISTRY=""
+push_with_credentials() {
+  local creds="$MLDEPLOY_CACHE/registry/credentials.json" cfg target user rc=0
+  read -r WRITE_REGISTRY user < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["address"], d["username"])' "$creds")
+  target="${1/#$REGISTRY/$WRITE_REGISTRY}"
+  cfg="$(mktemp -d)"
+  docker tag "$1" "$target"
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["password"])' "$creds" \
+    | DOCKER_CONFIG="$cfg" docker login -u "$user" --password-stdin "$WRITE_REGISTRY" >/dev/null 2>&1 || rc=1
+  [ "$rc" = 0 ] && { DOCKER_CONFIG="$cfg" docker push -q "$target" >/dev/null || rc=1; }
+  rm -rf "$cfg"
+  [ "$rc" = 0 ] || { log "could not push $1 to $WRITE_REGISTRY (with $creds)"; exit 1; }
+}
 build_pause() {
   local tar digest_file digest
   tar="$(pause_tar)"; digest_file="${tar%.tar}.digest"
@@ -409,9 +425,9 @@ build_pause() {
     docker save -o "$tar.tmp" "$PAUSE_IMAGE"
     mv "$tar.tmp" "$tar"
   fi
-  docker push -q "$PAUSE_IMAGE" >/dev/null || { log "could not push $PAUSE_IMAGE to $REGISTRY"; exit 1; }
-  digest="$(docker inspect -f '{{range .RepoDigests}}{{println .}}{{end}}' "$PAUSE_IMAGE" | sed -n "s|^$REGISTRY/mldeploy/pause@||p" | head -1)"
-  docker rmi "$PAUSE_IMAGE" >/dev/null 2>&1 || true
+  push_with_credentials "$PAUSE_IMAGE"
+  digest="$(docker inspect -f '{{range .RepoDigests}}{{println .}}{{end}}' "$PAUSE_IMAGE" | sed -n "s|^$WRITE_REGISTRY/mldeploy/pause@||p" | head -1)"
+  docker rmi "$PAUSE_IMAGE" "${PAUSE_IMAGE/#$REGISTRY/$WRITE_REGISTRY}" >/dev/null 2>&1 || true
   [[ "$digest" =~ ^sha256:[0-9a-f]{64}$ ]] || { log "no registry digest for $PAUSE_IMAGE after its push"; exit 1; }
   printf '%s\n' "$digest" >"$digest_file"
   PAUSE_PINNED="$REGISTRY/mldeploy/pause@$digest"

@@ -3,14 +3,17 @@
 # Debian's docker-registry (distribution 2.8), two processes on one storage
 # folder ($MLDEPLOY_CACHE/registry/storage), both on 127.0.0.1, plain HTTP:
 #
-#   127.0.0.1:5000  pull and push without credentials (the cluster's containerd,
-#                   dockerd, the providers, the edge device, tests, bench);
-#                   deletes refused (405 UNSUPPORTED).
+#   127.0.0.1:5000  pulls without credentials (the cluster's containerd, dockerd,
+#                   the edge device) and nothing else: the storage is read-only
+#                   there, so pushes and deletes are refused (405 UNSUPPORTED).
 #   127.0.0.1:5001  the same images, every request with the project's own
-#                   credentials (htpasswd, bcrypt), deletes allowed. The
+#                   credentials (htpasswd, bcrypt): pushes and deletes. The
 #                   credentials are in $MLDEPLOY_CACHE/registry/credentials.json
-#                   (0600), which mldeploy.providers.image_registry.oci_registry reads
-#                   to delete from the local registry.
+#                   (0600), which mldeploy.providers.image_registry.oci_registry
+#                   reads to push to and delete from the local registry.
+#
+# A registry set up by an earlier release (5000 writable) is restarted
+# read-only by `up`, because its config changes.
 #
 # Neither caches blob descriptors in memory, so a delete through one is seen
 # by the other at once.
@@ -40,7 +43,7 @@ admin_answers() { [ "$(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http
 ours() { pid_alive "$PIDF" "$BIN serve $CONF"; }
 admin_ours() { pid_alive "$ADMIN_PIDF" "$BIN serve $ADMIN_CONF"; }
 
-# config ADDR DELETE [AUTH] : a docker-registry config on stdout.
+# config ADDR WRITABLE [AUTH] : a docker-registry config on stdout.
 config() {
   cat <<EOF
 # Written by scripts/k8s/registry.sh: the local stand-in for Azure Container Registry.
@@ -54,6 +57,9 @@ storage:
     rootdirectory: $DIR/storage
   delete:
     enabled: $2
+  maintenance:
+    readonly:
+      enabled: $([ "$2" = true ] && echo false || echo true)
 http:
   addr: $1
   secret: $(cat "$DIR/http.secret")
@@ -114,12 +120,12 @@ up() {
   credentials
   (umask 077; config "$ADDR" false >"$CONF.new"; config "$ADMIN_ADDR" true auth >"$ADMIN_CONF.new")
   serve docker-registry "$CONF" "$ADDR" "$PIDF" "$LOGF" answers
-  serve "docker-registry (deletes, with credentials)" "$ADMIN_CONF" "$ADMIN_ADDR" "$ADMIN_PIDF" "$ADMIN_LOGF" admin_answers
-  log "up: http://$ADDR (pull, push), http://$ADMIN_ADDR (with $CREDS: deletes too); storage $DIR/storage"
+  serve "docker-registry (writes, with credentials)" "$ADMIN_CONF" "$ADMIN_ADDR" "$ADMIN_PIDF" "$ADMIN_LOGF" admin_answers
+  log "up: http://$ADDR (pull only), http://$ADMIN_ADDR (with $CREDS: push and delete); storage $DIR/storage"
 }
 
 down() {
-  stop_pid "$ADMIN_PIDF" "docker-registry (deletes)" "$BIN serve $ADMIN_CONF"
+  stop_pid "$ADMIN_PIDF" "docker-registry (writes)" "$BIN serve $ADMIN_CONF"
   stop_pid "$PIDF" docker-registry "$BIN serve $CONF"
   log "down"
 }
@@ -129,8 +135,8 @@ status() {
   if ours && answers; then echo "registry: running (pid $(cat "$PIDF")) on http://$ADDR, storage $DIR/storage"
   elif ours; then echo "registry: process $(cat "$PIDF") runs but $ADDR does not answer"; rc=1
   else echo "registry: not running"; rc=3; fi
-  if admin_ours && admin_answers; then echo "registry deletes: running (pid $(cat "$ADMIN_PIDF")) on http://$ADMIN_ADDR, credentials $CREDS"
-  else echo "registry deletes: not running on $ADMIN_ADDR"; [ "$rc" != 0 ] || rc=3; fi
+  if admin_ours && admin_answers; then echo "registry writes: running (pid $(cat "$ADMIN_PIDF")) on http://$ADMIN_ADDR, credentials $CREDS"
+  else echo "registry writes: not running on $ADMIN_ADDR"; [ "$rc" != 0 ] || rc=3; fi
   return "$rc"
 }
 

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # New machine, one command: set everything up, then run the whole test suite
 # (unit tests and end-to-end tests against the real engine and Docker).
+#
+#   bash scripts/test.sh [pytest options]       # the whole suite, in lanes (scripts/lanes.py)
+#   bash scripts/test.sh -m unit                # a subset (-m, -k or test paths): one plain pytest run
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # The Kubernetes suite needs the cluster and the provider plugin: built from Go
@@ -9,4 +12,10 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$HERE/setup.sh" --kubernetes
 source "$HERE/env.sh"
 cd "$MLDEPLOY_ROOT"
-exec python -m pytest "$@"
+for arg in "$@"; do
+  case "$arg" in
+    -m|-m*|-k|-k*|tests/*|*.py|*::*) exec python -m pytest "$@" ;;
+  esac
+done
+# The whole suite: the cluster's tests beside the rest, then those that must run alone.
+exec python scripts/lanes.py "$@"

@@ -105,7 +105,7 @@ def pull_this_release(project: Path) -> None:
 
 
 @pytest.mark.parametrize("target", ["local", pytest.param("iotedge", marks=pytest.mark.alone),
-                                    pytest.param("kubernetes", marks=[pytest.mark.k8s, pytest.mark.alone)])
+                                    pytest.param("kubernetes", marks=[pytest.mark.k8s, pytest.mark.alone])])
 def test_a_stack_of_the_previous_release_previews_and_applies_no_change(
     target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:

@@ -1,0 +1,197 @@
+"""Unit tests of the Azure ML target: its arguments, its rules and diff, its bodies, and the roll's order.
+
+No network, no Docker: the roll runs over a recording client.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from mldeploy.providers.targets.azureml import bodies, rules
+from mldeploy.providers.targets.azureml.args import AzureMLArgs, endpoint_name, timeout_iso
+from mldeploy.providers.targets.azureml.rollout import RolloutFailed, execute, next_deployment, plan_roll
+
+pytestmark = pytest.mark.unit
+
+SUB = "00000000-0000-0000-0000-000000000000"
+GOOD = {"subscription_id": SUB, "resource_group": "rg-ml", "workspace": "ws-ml", "location": "westeurope", "endpoint_name": "churn"}
+
+
+def args(**over: Any) -> dict[str, Any]:
+    return AzureMLArgs.model_validate({**GOOD, **over}).model_dump()
+
+
+def props(**over: Any) -> dict[str, Any]:
+    return {"service_name": "churn", "target": "azureml", "project": "p", "stack": "dev", "image_id": "sha256:" + "a" * 64,
+            "image_name": "scoring:1", "models": [{"name": "ridge", "version": 3, "model_dir": "reg/ridge/3"}],
+            "environment_variables": {"A": "1"}, "primary_key_version": 1, "secondary_key_version": 1,
+            "entry_script": "sample/score.py", **args(), **over}
+
+
+# ------------------------------------------------------------------ arguments
+
+
+def test_defaults_are_azures():
+    a = args()
+    assert a["request_timeout_ms"] == 5000 and a["max_concurrent_requests_per_instance"] == 1
+    assert a["liveness_probe"] == {"initial_delay": 10, "period": 10, "timeout": 2, "failure_threshold": 30, "success_threshold": 1}
+    assert a["auth_mode"] == "key" and a["traffic_steps"] == [100] and a["instance_count"] == 1
+
+
+@pytest.mark.parametrize("field, value", [
+    ("endpoint_name", "ab"), ("endpoint_name", "9churn"), ("endpoint_name", "churn_1"), ("endpoint_name", "c" * 33),
+    ("instance_type", "Standard_XL_v9"), ("instance_count", 0), ("request_timeout_ms", 180_001),
+    ("auth_mode", "aad_token"), ("mirror_percent", 51), ("subscription_id", "nope"), ("workspace", "w"),
+    ("location", "atlantis"), ("traffic_steps", [50, 10, 100]), ("traffic_steps", [10, 50]),
+])
+def test_bad_input_names_the_field(field, value):
+    with pytest.raises(ValidationError) as err:
+        AzureMLArgs.model_validate({**GOOD, field: value})
+    assert err.value.errors()[0]["loc"][0] == field
+
+
+def test_mirror_with_a_split_is_refused():
+    with pytest.raises(ValidationError, match="mirror_percent cannot go with canary"):
+        AzureMLArgs.model_validate({**GOOD, "mirror_percent": 10, "traffic_steps": [10, 100]})
+    assert args(mirror_percent=50)["mirror_percent"] == 50
+
+
+def test_names_and_durations():
+    assert endpoint_name("dev", "churn") == "dev-churn" and len(endpoint_name("s" * 40, "x")) == 32
+    assert endpoint_name("9dev", "x")[0].isalpha()
+    assert timeout_iso(5000) == "PT5S" and timeout_iso(1500) == "PT1.5S"
+
+
+# ------------------------------------------------------------------ rules and diff
+
+
+def test_each_input_has_one_rule():
+    groups = [rules.REPLACE_ON, rules.ROLL_ON + rules.ROLL_SHARED, rules.PATCH_ON, rules.INERT]
+    seen = [k for g in groups for k in g]
+    assert len(seen) == len(set(seen))
+    assert set(AzureMLArgs.model_fields) <= set(seen)
+
+
+@pytest.mark.parametrize("key, value, kind", [
+    ("endpoint_name", "other", "replace"), ("workspace", "ws-2", "replace"), ("auth_mode", "aml_token", "replace"),
+    ("models", [{"name": "ridge", "version": 4, "model_dir": "reg/ridge/4"}], "roll"), ("image_id", "sha256:" + "b" * 64, "roll"),
+    ("instance_type", "Standard_F4s_v2", "roll"), ("request_timeout_ms", 9000, "roll"), ("environment_variables", {"A": "2"}, "roll"),
+    ("instance_count", 3, "patch"), ("primary_key_version", 2, "patch"), ("mirror_percent", 10, "patch"),
+    ("traffic_steps", [10, 100], "none"), ("cpu_cores", 4, "none"),
+])
+def test_diff_says_the_cost(key, value, kind):
+    old = props()
+    change = rules.diff(old, {**old, key: value})
+    assert change.kind == kind and (kind == "none" or key in change.fields)
+
+
+def test_a_model_moved_on_disk_is_no_change_and_the_costliest_wins():
+    old = props()
+    assert rules.diff(old, {**old, "models": [{"name": "ridge", "version": 3, "model_dir": "/elsewhere"}]}).kind == "none"
+    both = {**old, "instance_count": 2, "endpoint_name": "x-y-z"}
+    assert rules.diff(old, both) == rules.Change("replace", ("endpoint_name",))
+
+
+# ------------------------------------------------------------------ bodies
+
+
+def test_bodies_carry_what_the_issue_lists():
+    p = props(auth_mode="aml_token", request_timeout_ms=1500)
+    d = bodies.deployment_body(p, "mid", "eid", "cid", "score.py")
+    assert d["sku"] == {"name": "Default", "capacity": 1}
+    assert d["properties"]["requestSettings"] == {"requestTimeout": "PT1.5S", "maxConcurrentRequestsPerInstance": 1}
+    assert d["properties"]["livenessProbe"]["failureThreshold"] == 30 and d["properties"]["codeConfiguration"]["scoringScript"] == "score.py"
+    assert bodies.endpoint_body(p, {})["properties"]["authMode"] == "AMLToken"
+    name, version, _ = bodies.environment_asset(p)
+    assert (name, version) == ("churn-env", "a" * 12)
+    assert bodies.code_asset(p, "x")[1] == bodies.code_asset(p, "x")[1] != bodies.code_asset(p, "y")[1]
+    assert bodies.asset_id(p, "models", "ridge", "3").endswith("/workspaces/ws-ml/models/ridge/versions/3")
+
+
+# ------------------------------------------------------------------ the roll's order
+
+
+class Check:
+    def __init__(self, ok: bool):
+        self.ok = ok
+
+    def report(self) -> str:
+        return "sample request: POST /score {} \nanswer: 500 in 3 ms: boom\nproblem: answered 500, not 200"
+
+
+class Recorder:
+    """A client that records calls; `fail` names an op that raises, `gate_ok` what the gate says."""
+
+    def __init__(self, fail: str | None = None, gate_ok: bool = True):
+        self.calls: list[tuple] = []
+        self.fail, self.gate_ok = fail, gate_ok
+
+    def __getattr__(self, op: str):
+        def call(*a: Any) -> Any:
+            self.calls.append((op, *[x for x in a if not isinstance(x, dict) or op == "set_traffic"]))
+            if op == self.fail:
+                raise RuntimeError(f"409 Conflict: {op} refused")
+            return Check(self.gate_ok) if op == "gate" else {}
+        return call
+
+
+def roll(old: str | None = "v3", **kw: Any):
+    new = next_deployment(old)
+    return plan_roll("churn", old, new, [("models", "ridge", "4", {})], None if old else {"loc": 1}, {}, **{"steps": [100], **kw})
+
+
+def test_blue_green_order():
+    plan = roll()
+    rec = Recorder()
+    execute(plan, rec, progress=lambda s: None)
+    assert [c[0] for c in rec.calls] == ["ensure_asset", "put_deployment", "gate", "set_traffic", "delete_deployment"]
+    assert rec.calls[3] == ("set_traffic", "churn", {"v4": 100}, {})
+    assert plan.words() == "endpoint `churn`: deployment `v4` created at 0 %, sample checked, traffic v3 100 % → v4 100 %, v3 deleted"
+
+
+def test_canary_steps_and_a_new_endpoint():
+    plan = roll(steps=[10, 50, 100])
+    traffic = [s.args[1] for s in plan.steps if s.op == "set_traffic"]
+    assert traffic == [{"v3": 90, "v4": 10}, {"v3": 50, "v4": 50}, {"v4": 100}]
+    first = roll(old=None)
+    assert [s.op for s in first.steps] == ["ensure_asset", "put_endpoint", "put_deployment", "gate", "set_traffic"]
+    assert first.new == "v1" and first.steps[-1].args[1] == {"v1": 100}
+
+
+def test_mirror_goes_before_any_live_traffic():
+    plan = roll(mirror_percent=20)
+    ops = [(s.op, s.args[1:]) for s in plan.steps if s.op == "set_traffic"]
+    assert ops[0] == ("set_traffic", ({"v3": 100}, {"v4": 20})) and ops[-1][1] == ({"v4": 100}, {})
+
+
+def test_a_refused_sample_leaves_traffic_on_the_old_deployment():
+    rec = Recorder(gate_ok=False)
+    with pytest.raises(RolloutFailed) as err:
+        execute(roll(), rec, progress=lambda s: None)
+    assert [c[0] for c in rec.calls] == ["ensure_asset", "put_deployment", "gate", "set_traffic", "delete_deployment"]
+    assert rec.calls[3] == ("set_traffic", "churn", {"v3": 100}, {}) and rec.calls[4] == ("delete_deployment", "churn", "v4")
+    text = str(err.value)
+    assert "sample checked" in text and "azureml-model-deployment: v4" in text and "answered 500" in text
+    assert "traffic is back on `v3`" in text
+
+
+def test_a_failed_deployment_is_removed_and_named():
+    rec = Recorder(fail="put_deployment")
+    with pytest.raises(RolloutFailed, match="deployment `v4` created at 0 %' failed: 409 Conflict"):
+        execute(roll(), rec, progress=lambda s: None)
+    assert [c[0] for c in rec.calls] == ["ensure_asset", "put_deployment"]  # nothing was created: nothing to undo
+
+
+def test_a_failure_after_all_traffic_moved_does_not_undo():
+    rec = Recorder(fail="delete_deployment")
+    with pytest.raises(RolloutFailed, match="v3 deleted' failed"):
+        execute(roll(), rec, progress=lambda s: None)
+    assert [c[0] for c in rec.calls][-1] == "delete_deployment" and ("set_traffic", "churn", {"v3": 100}, {}) not in rec.calls
+
+
+def test_next_deployment():
+    assert next_deployment(None) == "v1" and next_deployment("v9") == "v10" and next_deployment("blue") == "v1"

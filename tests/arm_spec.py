@@ -22,6 +22,8 @@ SPEC_FILES = {
         "specification/containerinstance/resource-manager/Microsoft.ContainerInstance/stable/2025-09-01/containerInstance.json",
     ("Microsoft.ContainerService", "2025-10-01"):
         "specification/containerservice/resource-manager/Microsoft.ContainerService/aks/stable/2025-10-01/managedClusters.json",
+    ("Microsoft.MachineLearningServices", "2024-04-01"):
+        "specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/stable/2024-04-01/mfe.json",
 }
 
 
@@ -35,9 +37,21 @@ def _registry() -> Any:
     from referencing.jsonschema import DRAFT4
 
     return Registry().with_resources(
-        (p.resolve().as_uri(), DRAFT4.create_resource(json.loads(p.read_text(encoding="utf-8"))))
+        (p.resolve().as_uri(), DRAFT4.create_resource(_swagger_semantics(json.loads(p.read_text(encoding="utf-8")))))
         for p in SPECS_ROOT.rglob("*.json")
     )
+
+
+def _swagger_semantics(node: Any) -> Any:
+    """Drop `additionalProperties: false`: in Swagger 2.0 (AutoRest) it closes an object over
+    the members of its whole `allOf` chain, while JSON Schema would refuse every inherited
+    member (`location` of a TrackedResource). The second walk (`_unknown`) refuses members
+    that no part of the chain declares, which is what ARM does."""
+    if isinstance(node, dict):
+        return {k: _swagger_semantics(v) for k, v in node.items() if not (k == "additionalProperties" and v is False)}
+    if isinstance(node, list):
+        return [_swagger_semantics(v) for v in node]
+    return node
 
 
 def api_versions(namespace: str) -> list[str]:

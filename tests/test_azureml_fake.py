@@ -1,0 +1,196 @@
+"""The Azure ML client and the roll against the local fake (tests/fake_azureml.py), which follows
+Azure's REST specification of 2024-04-01. This is a fake: nothing here runs on Azure.
+
+No Docker: the fake's deployments answer with a scorer function the test gives.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+import arm_spec
+from fake_azureml import FakeAzureML
+from mldeploy.providers.targets.azure.arm import ArmError, StaticToken
+from mldeploy.providers.targets.azureml import bodies
+from mldeploy.providers.targets.azureml.client import WorkspaceClient
+from mldeploy.providers.targets.azureml.rollout import RolloutFailed, execute, plan_roll
+from test_azureml_unit import props
+
+pytestmark = pytest.mark.unit
+
+ML = ("Microsoft.MachineLearningServices", "2024-04-01")
+SWAGGER = {"swagger": "2.0", "definitions": {
+    "ServiceInput": {"type": "object", "example": {"data": [[1, 2]]}},
+    "ServiceOutput": {"type": "array", "items": {"type": "number"}},
+}}
+
+
+def scorer(bad: set[str]):
+    def answer(deployment: str, method: str, path: str, body: bytes) -> tuple[int, str]:
+        if path == "/swagger.json":
+            return 200, json.dumps(SWAGGER)
+        if deployment in bad:
+            return 500, "model load failed"
+        return 200, json.dumps([0.5])
+    return answer
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    f = FakeAzureML(tmp_path, scorer=scorer(set()), op_seconds=0.05, retry_after=0)
+    monkeypatch.setenv("MLDEPLOY_ARM_CA_BUNDLE", str(f.ca_path))
+    yield f
+    f.close()
+
+
+def client(fake: FakeAzureML, p: dict[str, Any] | None = None, token: str | None = None) -> WorkspaceClient:
+    return WorkspaceClient({**(p or props()), "arm_endpoint": fake.url}, cred=StaticToken(token or fake.issue_token()), poll_seconds=0.05)
+
+
+def assets(p: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    m = bodies.model_asset(p, p["models"][0])
+    e = bodies.environment_asset(p)
+    c = bodies.code_asset(p, "def run(x): return x\n")
+    return [("models", *m), ("environments", *e), ("codes", *c)]
+
+
+def roll(fake: FakeAzureML, p: dict[str, Any], old: str | None, new: str, steps: list[int] = [100]) -> None:
+    a = assets(p)
+    ids = [bodies.asset_id(p, kind, name, version) for kind, name, version, _ in a]
+    dep = bodies.deployment_body(p, ids[0], ids[1], ids[2], "score.py")
+    plan = plan_roll(p["endpoint_name"], old, new, a, None if old else bodies.endpoint_body(p, {}), dep, steps)
+    execute(plan, client(fake, p), progress=lambda s: None)
+
+
+def test_our_bodies_pass_the_specification():
+    p = props()
+    for kind, name, version, body in assets(p):
+        arm_spec.check(*ML, {"models": "ModelVersionResource", "environments": "EnvironmentVersionResource", "codes": "CodeVersionResource"}[kind], body)
+    arm_spec.check(*ML, "OnlineEndpointTrackedResource", bodies.endpoint_body(p, {"v1": 100}, {"v2": 10}))
+    dep = bodies.deployment_body(p, "m", "e", "c", "score.py")
+    arm_spec.check(*ML, "OnlineDeploymentTrackedResource", dep)
+    arm_spec.check(*ML, "ManagedOnlineDeployment", dep["properties"])
+    arm_spec.check(*ML, "RegenerateEndpointKeysRequest", {"keyType": "Secondary"})
+
+
+def test_create_then_blue_green_roll(fake: FakeAzureML):
+    p = props()
+    roll(fake, p, None, "v1")
+    e = fake.endpoint("churn")
+    assert e.state == "Succeeded" and e.body["properties"]["traffic"] == {"v1": 100}
+    assert len(fake.asset_puts) == 3
+    # A new model version: a new deployment beside v1, gated, then all traffic, then v1 gone.
+    p2 = props(models=[{"name": "ridge", "version": 4, "model_dir": "reg/ridge/4"}])
+    roll(fake, p2, "v1", "v2")
+    assert e.body["properties"]["traffic"] == {"v2": 100} and sorted(e.deployments) == ["v2"]
+    assert fake.asset_puts[3:] == [("models", "ridge", "4")]  # environment and code unchanged: nothing registered
+    gate_calls = [r for r in fake.scored if r[1] == "v2"]
+    assert gate_calls and all(s == 200 for _, _, s in gate_calls)
+    # Every ARM request was a long-running operation where the specification says so.
+    assert any(m == "GET" and "mfeOperationsStatus" in path for m, path, _ in fake.requests)
+
+
+def test_canary_steps_score_through_the_endpoint(fake: FakeAzureML):
+    roll(fake, props(), None, "v1")
+    roll(fake, props(image_id="sha256:" + "b" * 64), "v1", "v2", steps=[10, 50, 100])
+    assert fake.endpoint("churn").body["properties"]["traffic"] == {"v2": 100}
+    puts = [json.loads(json.dumps(x)) for x in fake.requests if x[0] == "PUT" and x[1].split("?")[0].endswith("/onlineEndpoints/churn")]
+    assert len(puts) == 1 + 3 + 1  # created, the three steps (and the first roll's 100 %)
+
+
+def test_a_refused_sample_leaves_traffic_on_the_old_deployment(fake: FakeAzureML):
+    roll(fake, props(), None, "v1")
+    fake.scorer = scorer({"v2"})
+    with pytest.raises(RolloutFailed) as err:
+        roll(fake, props(image_id="sha256:" + "c" * 64), "v1", "v2")
+    e = fake.endpoint("churn")
+    assert e.body["properties"]["traffic"] == {"v1": 100} and sorted(e.deployments) == ["v1"]
+    text = str(err.value)
+    assert "sample checked' failed" in text and "azureml-model-deployment: v2" in text
+    assert '{"data": [[1, 2]]}' in text and "model load failed" in text
+    # Clients of the endpoint never saw v2.
+    key = e.keys["primaryKey"]
+    r = requests.post(f"{fake.url}/inference/churn/score", json={"data": [[1, 2]]},
+                      headers={"Authorization": f"Bearer {key}"}, verify=str(fake.ca_path))
+    assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "v1"
+
+
+def test_a_failed_deployment_fails_the_roll_and_is_removed(fake: FakeAzureML):
+    roll(fake, props(), None, "v1")
+    fake.fail_deployment("v2", message="User container has crashed or terminated: exit code 1")
+    with pytest.raises(RolloutFailed, match="deployment `v2` created at 0 %' failed: .*User container has crashed"):
+        roll(fake, props(image_id="sha256:" + "d" * 64), "v1", "v2")
+    e = fake.endpoint("churn")
+    assert e.body["properties"]["traffic"] == {"v1": 100}
+    # The next up converges: the same roll goes through.
+    roll(fake, props(image_id="sha256:" + "d" * 64), "v1", "v2")
+    assert fake.endpoint("churn").body["properties"]["traffic"] == {"v2": 100}
+
+
+def test_arm_errors_in_arms_words(fake: FakeAzureML):
+    roll(fake, props(), None, "v1")
+    fake.inject("PUT", "/deployments/v2", 409, "QuotaExceeded",
+                "Not enough quota available for Standard_DS3_v2 in SubscriptionId 00000000-0000-0000-0000-000000000000.")
+    with pytest.raises(RolloutFailed, match="409 QuotaExceeded: Not enough quota available for Standard_DS3_v2"):
+        roll(fake, props(image_id="sha256:" + "e" * 64), "v1", "v2")
+    # A 429 with Retry-After is retried by azure-core's policy, honouring the header.
+    fake.inject("GET", "/onlineEndpoints/churn", 429, "TooManyRequests", "throttled", {"Retry-After": "1"})
+    assert client(fake).get_endpoint("churn")["properties"]["traffic"] == {"v1": 100}
+    # An expired token: ARM's own 401.
+    with pytest.raises(ArmError, match="401 ExpiredAuthenticationToken"):
+        client(fake, token=fake.issue_token(ttl=-10)).get_endpoint("churn")
+
+
+def test_the_fake_enforces_azures_rules(fake: FakeAzureML):
+    c = client(fake)
+    p = props()
+    c.put_endpoint("churn", bodies.endpoint_body(p, {}))
+    with pytest.raises(ArmError, match="deployment 'v9' was not found"):
+        c.set_traffic("churn", {"v9": 100})
+    dep = bodies.deployment_body(p, "m", "e", None, None)
+    c.put_deployment("churn", "v1", dep)
+    c.put_deployment("churn", "v2", dep)
+    with pytest.raises(ArmError, match="sum to 0 or 100"):
+        c.set_traffic("churn", {"v1": 60, "v2": 30})
+    with pytest.raises(ArmError, match="cannot exceed 50"):
+        c.set_traffic("churn", {"v1": 100}, {"v2": 60})
+    c.set_traffic("churn", {"v1": 100}, {"v2": 50})
+    with pytest.raises(ArmError, match="v1 has 100 % traffic"):
+        c.delete_deployment("churn", "v1")
+    with pytest.raises(ArmError, match="400 UserError: The request is invalid: body.properties.authMode"):
+        c.put_endpoint("other", {"location": "westeurope", "properties": {"authMode": "Basic"}})
+    with pytest.raises(ArmError, match="could not find member 'replicas'"):
+        c.put_deployment("churn", "v3", {**dep, "properties": {**dep["properties"], "replicas": 2}})
+    # An endpoint name is unique within its region, across workspaces.
+    with pytest.raises(ArmError, match="409 UserError: An endpoint named 'churn' already exists in region westeurope"):
+        client(fake, props(workspace="ws-other")).put_endpoint("churn", bodies.endpoint_body(p, {}))
+
+
+def test_keys_rotate_one_at_a_time_and_scoring_checks_them(fake: FakeAzureML):
+    roll(fake, props(), None, "v1")
+    c = client(fake)
+    before = c.list_keys("churn")
+    c.regenerate_key("churn", "Primary")
+    after = c.list_keys("churn")
+    assert after["primary_key"] != before["primary_key"] and after["secondary_key"] == before["secondary_key"]
+    url = f"{fake.url}/inference/churn/score"
+    ca = str(fake.ca_path)
+    assert requests.post(url, json={}, headers={"Authorization": f"Bearer {before['primary_key']}"}, verify=ca).status_code == 401
+    assert requests.post(url, json={}, headers={"Authorization": f"Bearer {after['secondary_key']}"}, verify=ca).status_code == 200
+    ok = requests.post(url, json={}, headers={"Authorization": f"Bearer {after['primary_key']}", "azureml-model-deployment": "v9"}, verify=ca)
+    assert ok.status_code == 404
+
+
+def test_aml_token_endpoints_score_with_a_token(fake: FakeAzureML):
+    p = props(auth_mode="aml_token", endpoint_name="churn-tok")
+    roll(fake, p, None, "v1")
+    c = client(fake, p)
+    with pytest.raises(ArmError, match="Keys are only for endpoints with authMode Key"):
+        c.list_keys("churn-tok")
+    check = c.gate("churn-tok", "v1")
+    assert check.ok and check.gated

@@ -6,12 +6,14 @@ from mldeploy.components.container_instance_service import ContainerInstanceServ
 from mldeploy.components.edge_module import EdgeDevice, EdgeModule, EdgeModuleArgs
 from mldeploy.components.inference_image import InferenceImage, InferenceImageArgs
 from mldeploy.components.registered_model import RegisteredModel, RegisteredModelArgs
+from mldeploy.providers.rollouts.spec import Canary
 
 __all__ = [
     "AksCluster",
     "AksClusterArgs",
     "AksService",
     "AksServiceArgs",
+    "Canary",
     "ContainerInstanceService",
     "ContainerInstanceServiceArgs",
     "EdgeDevice",

@@ -13,6 +13,7 @@ from mldeploy.components.inference_image import InferenceImage
 from mldeploy.components.registered_model import RegisteredModel
 from mldeploy.components.registry_credentials import RegistryCredentials, registry_credentials_for
 from mldeploy.components.registry_image import RegistryImage
+from mldeploy.providers.rollouts.spec import Canary, check_rollout
 from mldeploy.providers.targets.service import ServiceProvider
 from mldeploy.providers.targets import MAX_REQUEST_BYTES, TARGETS, ArgsInvalid, target_for
 
@@ -79,6 +80,19 @@ class ContainerInstanceServiceSpec(BaseModel):
         return value
 
 
+def _canary(rollout: Any, target: str) -> dict[str, Any] | None:
+    """The canary as the provider gets it; a bad one names its field (`rollout.steps: ...`)."""
+    if rollout is None:
+        return None
+    if not isinstance(rollout, (Canary, dict)):
+        raise ValueError(f"rollout: must be a Canary (from mldeploy.components import Canary), got {type(rollout).__name__}")
+    given = rollout.model_dump() if isinstance(rollout, Canary) else rollout
+    problems = check_rollout(target, {"rollout": given})
+    if problems:
+        raise ValueError("; ".join(f"{field}: {reason}" for field, reason in problems))
+    return Canary.model_validate(given).model_dump()
+
+
 async def _secret_names(env: dict[str, Any]) -> list[str]:
     """The names of `environment_variables` whose values are Pulumi secrets (known once they resolve)."""
     return sorted([name for name, v in env.items() if isinstance(v, pulumi.Output) and await v.is_secret()])
@@ -136,6 +150,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
         ssl_cert_pem_file: str | None = None,
         ssl_key_pem_file: str | None = None,
         ssl_cname: str | None = None,
+        rollout: Canary | None = None,
     ):
         """`port` and `worker_count` are the local target's (`mldeploy.providers.targets.local.LocalArgs`;
         by default one scoring worker per whole core of `cpu_cores`); other targets refuse them.
@@ -148,10 +163,16 @@ class ContainerInstanceService(pulumi.ComponentResource):
 
         `ssl_enabled`, `ssl_cert_pem_file`, `ssl_key_pem_file` and `ssl_cname` are ACI's, as in
         `AciWebservice.deploy_configuration`: the front end serves HTTPS on 443 with that
-        certificate, and the two files' contents are kept as Pulumi secrets."""
+        certificate, and the two files' contents are kept as Pulumi secrets.
+
+        `rollout` (`Canary`, local target): a new version takes each step's share of live
+        requests, and is promoted or rolled back on its own error rate and p99 as the gateway
+        recorded them (docs/rollouts.md). Without it a roll moves all traffic at once, after
+        the sample gate."""
         settings = Settings.load()
         try:
             sample = sample_request_input(sample_request, sample_response)
+            canary = _canary(rollout, target or settings.target)
         except ValueError as exc:
             raise ArgsError(f"ContainerInstanceService '{resource_name}': invalid arguments: {exc}") from None
         args = validate(
@@ -217,6 +238,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
                 "entry_script": image.entry_script_path,
                 # Only when given, so a service without one keeps the inputs it had.
                 **({"sample_request": sample} if sample is not None else {}),
+                **({"rollout": canary} if canary is not None else {}),
             },
             pulumi.ResourceOptions(
                 parent=self,

@@ -160,6 +160,8 @@ def describe_service(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
         out.append(f"{key} {shown} ({how})")
     if out and new.get("sample_gate"):
         out.append(new["sample_gate"])  # what the new backend must answer before traffic moves
+    if out and new.get("rollout_plan"):
+        out.append(new["rollout_plan"])  # how traffic moves to it: the canary's steps and limits
     if new.get("smoke_test"):
         out.append(f"preview smoke test: {new['smoke_test']}")
     if out:

@@ -208,6 +208,7 @@ def test_public_surface() -> None:
         "AksClusterArgs",
         "AksService",
         "AksServiceArgs",
+        "Canary",
         "ContainerInstanceService",
         "ContainerInstanceServiceArgs",
         "EdgeDevice",

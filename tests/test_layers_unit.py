@@ -25,13 +25,15 @@ FOLDERS = {"components": "mldeploy.components", "providers": "mldeploy.providers
 LAYERS: list[tuple[str, ...]] = [
     ("mldeploy.runtime",),
     ("mldeploy.providers.core",),
-    ("mldeploy.providers.front", "mldeploy.providers.gate", "mldeploy.providers.model_registry", "mldeploy.providers.images"),
+    # what targets share: the front end, the gates, the model registry, images, and the rollout engine
+    ("mldeploy.providers.front", "mldeploy.providers.gate", "mldeploy.providers.model_registry", "mldeploy.providers.images",
+     "mldeploy.providers.rollouts"),
     # the image registry, and what the Azure targets share (ARM, AKS on Azure): ACR is both
     ("mldeploy.providers.image_registry", "mldeploy.providers.targets.azure"),
     ("mldeploy.providers.targets",),  # the seam: targets/__init__.py
     # every registered target's package (a new target needs no line here)
     tuple(sorted({entry if isinstance(entry, str) else type(entry).__module__ for entry in TARGETS.values()})),
-    ("mldeploy.providers.targets.service", "mldeploy.providers.rollouts"),
+    ("mldeploy.providers.targets.service",),
     # one-line shims where earlier releases pickled a provider, and the provider host
     ("mldeploy.providers",),
     ("mldeploy.components",),

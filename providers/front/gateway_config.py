@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -38,6 +39,8 @@ MAIN_CONF = "nginx.conf"
 
 # A service's socket folder: `<backends>/<service>/current.sock -> run/<backend>.sock`.
 CURRENT_LINK = "current.sock"
+CANDIDATE_LINK = "candidate.sock"
+"""A canary's new backend, beside the current one while the split lasts."""
 RUN_SUBDIR = "run"
 """The only part of a service's folder that its scoring containers can write (mounted at SCORING_SOCKET_DIR)."""
 SCORING_SOCKET_DIR = "/run/mldeploy"
@@ -93,7 +96,7 @@ _PLACEHOLDER_RE = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 __all__ = [
     "CONTAINER_BACKENDS_DIR", "CONTAINER_CONF_DIR", "CONTAINER_RUNTIME_DIR", "CURRENT_LINK", "DEFAULT_IMAGE",
     "KEY_RE", "LABEL_PREFIX", "MAIN_CONF", "MARKER_HEADER", "MAX_BODY_LIMIT", "MAX_KEYS", "ROUTES_SUBDIR",
-    "RUN_SUBDIR", "SCOPE_RE", "SCORING_SOCKET_DIR", "SERVICE_NAME_RE", "SOCKET_GROUP", "TEMPLATE_DIR",
+    "RUN_SUBDIR", "SCOPE_RE", "SCORING_SOCKET_DIR", "SERVICE_NAME_RE", "SOCKET_GROUP", "SplitRoute", "TEMPLATE_DIR",
     "backend_socket", "parse_route_meta", "render_nginx_conf", "render_service_conf", "upgrade_route",
     "validate_service_name",
 ]
@@ -202,6 +205,20 @@ def render_nginx_conf(
     )
 
 
+@dataclass(frozen=True)
+class SplitRoute:
+    """A canary's place in one route: the candidate's socket, its share, the mirrored share, the log."""
+
+    candidate_socket: str
+    candidate: int
+    log_path: str
+    mirror_percent: int = 0
+
+    def facts(self) -> dict[str, object]:
+        return {"candidate_socket": self.candidate_socket, "candidate": self.candidate,
+                "mirror_percent": self.mirror_percent, "log_path": self.log_path}
+
+
 def render_service_conf(
     service_name: str,
     port: int,
@@ -212,11 +229,16 @@ def render_service_conf(
     read_timeout_s: int = 60,
     *,
     backend_socket: str | None = None,
+    split: SplitRoute | None = None,
 ) -> str:
     """One service's upstream + server block. Keys (if any) are matched
     exactly against ``Authorization: Bearer <key>`` on the score route only.
-    The backend is `backend_port` on 127.0.0.1 or the Unix socket `backend_socket`."""
+    The backend is `backend_port` on 127.0.0.1 or the Unix socket `backend_socket`.
+    `split` (socket backends only): a canary's second version beside it, its share of
+    scoring requests, and the log each version's answers are judged from."""
     validate_service_name(service_name)
+    if split is not None and backend_socket is None:
+        raise ValueError("split: a traffic split needs socket backends (backend_socket)")
     # On the shared host only unprivileged ports; a front end in its own network
     # namespace (a pod, a container group) may take a low one such as ACI's 80.
     _check_port("port", port, low=1 if listen_host == "0.0.0.0" else 1024)
@@ -269,6 +291,20 @@ def render_service_conf(
             "    keepalive 16;\n"
             "    keepalive_timeout 1s;"
         )
+    score_pass = f"        proxy_pass http://mldeploy_backend_{ident}/score;"
+    split_http = split_locations = ""
+    if split is not None:
+        from mldeploy.providers.front import split as front_split
+
+        sockets = {"current": backend_socket, "candidate": split.candidate_socket}
+        split_http = front_split.render_split(ident, sockets, split.candidate, split.mirror_percent)  # type: ignore[arg-type]
+        log_if = f"$mldeploy_authorized_{ident}" if checked_keys else None  # a refused key reached no version
+        score_pass = front_split.render_score_location(ident, split.log_path, log_if=log_if).rstrip("\n")
+        split_locations = front_split.render_mirror_location(ident, split.log_path)
+        meta["split"] = split.facts()
+        if backend_socket is not None:  # the marker names the split too, so a weight's reload is confirmed
+            marker = "r" + hashlib.sha256(json.dumps([marker, split.facts()], sort_keys=True).encode()).hexdigest()[:12]
+            meta["marker"] = marker
     if checked_keys:
         auth_map = _template(
             "service-auth-map.conf.tmpl", ident=ident, key_alternatives="|".join(checked_keys)
@@ -290,9 +326,11 @@ def render_service_conf(
         upstream=upstream,
         marker=marker,
         max_body_bytes=max_body_bytes,
-        auth_map=auth_map,
+        auth_map=auth_map + split_http,
         auth_check=auth_check,
         keyless_guard=KEYLESS_GUARD,
+        score_pass=score_pass,
+        split_locations=split_locations,
     )
 
 

@@ -83,21 +83,25 @@ def _check_backend_path(backend_path: str) -> str:
     return backend_path
 
 
-def render_score_location(ident: str, log_path: str, backend_path: str = "/score") -> str:
+def render_score_location(ident: str, log_path: str, backend_path: str = "/score", log_if: str | None = None) -> str:
     """The lines inside the score location: proxy to the request's version, mirror, log each version.
 
     The mirror location is internal; a request not chosen for mirroring ends there at once (204, never
     sent to the candidate, not logged), and a chosen one is sent with its body. nginx discards mirror
     answers. `backend_path`: the scoring server's route (with a variable in `proxy_pass`, nginx sends
-    the URI written there, never the client's own).
+    the URI written there, never the client's own). `log_if`: an nginx variable that is "0" or empty
+    for requests the front end refused itself (a wrong key), which never reached either version
+    and so are not logged against it.
     """
+    if log_if is not None and not re.match(r"^\$[a-z0-9_]{1,64}$", log_if):
+        raise ValueError(f"log_if: must be an nginx variable ($name), got {log_if!r}")
     if not _IDENT_RE.match(ident):
         raise ValueError(f"ident: must be [a-z0-9_], 1-32 characters, got {ident!r}")
     if not _PATH_RE.match(log_path) or ".." in log_path:
         raise ValueError(f"log_path: must be an absolute path of [A-Za-z0-9_./-], got {log_path!r}")
     var = split_variable(ident)
     return (
-        f"        access_log {log_path} {log_format(ident)};\n"
+        f"        access_log {log_path} {log_format(ident)}{f' if={log_if}' if log_if else ''};\n"
         f"        mirror {MIRROR_LOCATION}_{ident};\n"
         "        mirror_request_body on;\n"
         f"        proxy_pass http://mldeploy_{ident}_{var}{_check_backend_path(backend_path)};\n"

@@ -35,7 +35,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mldeploy.providers.core import containers, scoring
 from mldeploy.providers.targets.local.gateway import Gateway, port_free
-from mldeploy.providers.front.gateway_config import SCORING_SOCKET_DIR, backend_socket
+from mldeploy.providers.targets.local.canary import LocalTrafficControl
+from mldeploy.providers.front.gateway_config import SCORING_SOCKET_DIR, SplitRoute, backend_socket
+from mldeploy.providers.rollouts.engine import RolledBack, RolloutRecord, run_canary
+from mldeploy.providers.rollouts.records import record_path, save_record
+from mldeploy.providers.rollouts.spec import Canary
+from mldeploy.providers.rollouts.words import canary_words
 from mldeploy.providers.core.paths import local
 from mldeploy.providers.gate.sample_check import check_sample
 from mldeploy.providers.targets import ArgsInvalid, Target, WholeNumber, check_environment, service_uris, validate_args
@@ -263,8 +268,8 @@ class LocalTarget(Target):
         for f in folder.glob("*.log") if folder.is_dir() else []:
             f.unlink(missing_ok=True)
 
-    def _route(self, gw: Gateway, props: dict[str, Any], keys: tuple[str | None, str | None]) -> None:
-        """The route names the service's socket link, whichever backend it points at."""
+    def _route(self, gw: Gateway, props: dict[str, Any], keys: tuple[str | None, str | None], split: SplitRoute | None = None) -> None:
+        """The route names the service's socket link, whichever backend it points at (and a canary's, during one)."""
         gw.put_route(
             props["service_name"],
             int(props["port"]),
@@ -272,6 +277,7 @@ class LocalTarget(Target):
             [k for k in keys if k] if props.get("auth_enabled") else None,
             int(props.get("max_request_bytes") or 1_048_576),
             backend_socket=backend_socket(props["service_name"]),
+            split=split,
         )
 
     def _outs(self, props: dict[str, Any], rc_id: str, socket_name: str, keys: tuple[str | None, str | None]) -> dict[str, Any]:
@@ -323,17 +329,21 @@ class LocalTarget(Target):
             self._route(gw, news, keys)
             self._remove_orphans(news, keep={old_id})
             return self._outs(news, old_id, old_socket, keys)
-        rc = self._start_backend(gw, news)  # on failure the old backend keeps serving
-        socket_name = os.path.basename(rc.socket or "")
-        previous = gw.current_backend(news["service_name"])
-        try:
-            gw.switch_backend(news["service_name"], socket_name)
-            self._route(gw, news, keys)
-        except BaseException:
-            if previous:
-                gw.switch_backend(news["service_name"], previous)
-            containers.remove(rc.id, stop_timeout=2)
-            raise
+        if news.get("rollout") and old_id and old_socket and containers.status(old_id) == "running":
+            rc = self._canary(gw, olds, news, keys)  # on rollback the old backend never stopped serving
+            socket_name = os.path.basename(rc.socket or "")
+        else:
+            rc = self._start_backend(gw, news)  # on failure the old backend keeps serving
+            socket_name = os.path.basename(rc.socket or "")
+            previous = gw.current_backend(news["service_name"])
+            try:
+                gw.switch_backend(news["service_name"], socket_name)
+                self._route(gw, news, keys)
+            except BaseException:
+                if previous:
+                    gw.switch_backend(news["service_name"], previous)
+                containers.remove(rc.id, stop_timeout=2)
+                raise
         if old_id and old_socket:
             # Requests the old backend accepted before the switch are answered first.
             if not containers.wait_idle(old_id, f"{SCORING_SOCKET_DIR}/{old_socket}"):
@@ -349,6 +359,27 @@ class LocalTarget(Target):
             remove_image(olds["image_name"])  # kept when something still uses it
         self._forget_failures(news)
         return self._outs(news, rc.id, socket_name, keys)
+
+    def _canary(self, gw: Gateway, olds: dict[str, Any], news: dict[str, Any], keys: tuple[str | None, str | None]) -> containers.RunningContainer:
+        """The new backend takes each step's share of live requests, judged on the gateway's split log
+        (`mldeploy.providers.rollouts.engine.run_canary`); the record is kept whatever the outcome."""
+        canary = Canary.model_validate(news["rollout"])
+        control = LocalTrafficControl(self, gw, olds, news, keys)
+        record = RolloutRecord()
+        name = news["service_name"]
+        versions = {m["name"]: int(m["version"]) for m in news["models"]}
+        _progress(f"{name}: {canary_words(canary)}")
+        try:
+            run_canary(control, canary, say=lambda line: _progress(f"{name}: {line}"), record=record)
+        except RolledBack as exc:
+            raise containers.ServiceStartError(
+                f"{exc}. The new backend was removed (its log: `scripts/stack.py logs`); the state stays on the "
+                "old version, so the next preview shows the same change") from None
+        finally:
+            save_record(record_path(local(news["state_dir"]), news["project"], news["stack"], name), record,
+                        plan=canary_words(canary), versions=versions)
+        assert control.candidate is not None
+        return control.candidate
 
     def read(self, props: dict[str, Any]) -> dict[str, Any]:
         current = props.get("container_id") or ""

@@ -36,6 +36,7 @@ from mldeploy.providers.front.gateway_config import (  # noqa: F401 - re-exporte
     CONTAINER_BACKENDS_DIR,
     CONTAINER_CONF_DIR,
     CONTAINER_RUNTIME_DIR,
+    CANDIDATE_LINK,
     CURRENT_LINK,
     DEFAULT_IMAGE,
     KEY_RE,
@@ -50,6 +51,7 @@ from mldeploy.providers.front.gateway_config import (  # noqa: F401 - re-exporte
     SERVICE_NAME_RE,
     SOCKET_GROUP,
     TEMPLATE_DIR,
+    SplitRoute,
     backend_socket,
     parse_route_meta,
     render_nginx_conf,
@@ -229,18 +231,41 @@ class Gateway:
         os.chmod(run, 0o750)
         return run
 
-    def switch_backend(self, service_name: str, socket_name: str) -> None:
+    def switch_backend(self, service_name: str, socket_name: str, link: str = CURRENT_LINK) -> None:
         """Point the service's route at `run/<socket_name>`: one atomic rename of a
         relative link, so every new connection reaches the new backend and none
-        fails; connections made before it finish on the old one."""
+        fails; connections made before it finish on the old one. `link`: the
+        canary's `candidate.sock` instead, while a split lasts."""
         if not re.match(r"^[A-Za-z0-9_-]{1,64}\.sock$", socket_name):
             raise ValueError(f"socket_name: must be [A-Za-z0-9_-]+.sock, got {socket_name!r}")
+        if link not in (CURRENT_LINK, CANDIDATE_LINK):
+            raise ValueError(f"link: must be {CURRENT_LINK} or {CANDIDATE_LINK}, got {link!r}")
         svc = self.service_dir(service_name)
-        tmp = svc / f".{CURRENT_LINK}.{os.getpid()}.tmp"
+        tmp = svc / f".{link}.{os.getpid()}.tmp"
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         os.symlink(f"{RUN_SUBDIR}/{socket_name}", tmp)
-        os.replace(tmp, svc / CURRENT_LINK)
+        os.replace(tmp, svc / link)
+
+    def drop_candidate(self, service_name: str) -> None:
+        """The canary's link goes once no route names it (idempotent)."""
+        with contextlib.suppress(FileNotFoundError, GatewayError):
+            (self.service_dir(service_name) / CANDIDATE_LINK).unlink()
+
+    def split_log(self, path: str) -> list[str]:
+        """The lines of a split log inside the gateway (`providers/front/split.py`); [] before any."""
+        with self._docker() as dc:
+            c = self._running(dc)
+            if c is None:
+                raise GatewayError(f"gateway {self.container_name} is not running")
+            code, out = self._exec(c, "cat", path)
+        return out.splitlines() if code == 0 else []
+
+    def remove_split_log(self, path: str) -> None:
+        with self._docker() as dc:
+            c = self._running(dc)
+            if c is not None:
+                self._exec(c, "rm", "-f", path)
 
     def current_backend(self, service_name: str) -> str | None:
         """The socket name the route's link points at, None without one."""
@@ -521,12 +546,13 @@ class Gateway:
         live_timeout: float = 15.0,
         *,
         backend_socket: str | None = None,
+        split: SplitRoute | None = None,
     ) -> RouteUpdate:
         """Create or change a route and return once new connections to
         127.0.0.1:<port> get it (backend_port, or the service's socket link with
         backend_socket). On any failure the previous route file is restored and
         GatewayError carries nginx's message."""
-        text = render_service_conf(service_name, port, backend_port, keys, max_body_bytes, backend_socket=backend_socket)
+        text = render_service_conf(service_name, port, backend_port, keys, max_body_bytes, backend_socket=backend_socket, split=split)
         want = str((parse_route_meta(text) or {}).get("marker") or backend_port)
         health = f"{service_path(service_name)}/health"
         path = self._route_file(service_name)

@@ -1,0 +1,132 @@
+"""Canary rollouts on the local target, applied by the real engine with live traffic (issue 20).
+
+A client scores at 20 requests a second on 127.0.0.1 while `up` rolls a
+service declared with `rollout=Canary(...)`:
+- a new version that answers well takes 25 % of the requests, then all of
+  them, and is promoted: no client request fails, and the record names each
+  step with the requests the gateway saw;
+- a version that fails one request in three is rolled back at its first step:
+  `up` fails naming the metric, its value, its limit and the step, the old
+  backend never stopped serving, and the next preview shows the same change.
+The entry script is the sample's, plus a switch that makes every third `run()`
+raise; the switch is an environment variable, so turning it on rolls the
+service without rebuilding the image.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import train_model
+from mldeploy.providers.rollouts.records import load_record
+from test_deploy_e2e import SEED_REQUEST, ScoringLoop, stack_leftovers
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+
+FAILING_RUN = '''
+
+_calls = 0
+_sample_run = run
+
+
+def run(data):
+    """Every CANARY_TEST_FAIL_EVERY-th call raises (a 500), when the variable is set."""
+    global _calls
+    _calls += 1
+    every = int(os.environ.get("CANARY_TEST_FAIL_EVERY") or 0)
+    if every and _calls % every == 0:
+        raise RuntimeError("failing on purpose")
+    return _sample_run(data)
+'''
+
+
+def rollout_file(workdir: Path, stack: str) -> Path:
+    """The service's rollout record (`scripts/stack.py rollout` reads the same file)."""
+    (path,) = (workdir / ".pulumi-state" / "rollouts").glob(f"*-{stack}/canary.json")
+    return path
+
+
+def make_program(workdir: Path, env: dict[str, str]):
+    def program() -> None:
+        import pulumi
+
+        from mldeploy.components import Canary, ContainerInstanceService, InferenceImage, RegisteredModel
+
+        model = RegisteredModel("ridge", model_name="ridge", model_path="sample/models/sklearn_regression_model.pkl")
+        image = InferenceImage("scoring", entry_script="score.py", source_directory="canary_src",
+                               conda_file="sample/env/myenv.yml")
+        svc = ContainerInstanceService(
+            "canary", models=[model], image=image, auth_enabled=True, environment_variables=env, worker_count=1,
+            rollout=Canary(steps=[25, 100], step_seconds=3, min_requests=15, max_error_rate=0.05, max_wait_seconds=40),
+        )
+        pulumi.export("scoring_uri", svc.scoring_uri)
+        pulumi.export("primary_key", svc.primary_key)
+        pulumi.export("model_versions", svc.model_versions)
+
+    return program
+
+
+def test_a_good_version_is_promoted_and_a_failing_one_rolled_back_under_live_traffic(workdir: Path, engine_stack) -> None:
+    src = workdir / "canary_src"
+    src.mkdir()
+    (src / "score.py").write_text((workdir / "sample" / "src" / "score.py").read_text() + FAILING_RUN)
+    model_path = train_model(workdir / "sample" / "models" / "sklearn_regression_model.pkl", alpha=0.1)
+    st = engine_stack(make_program(workdir, {}))
+    up = st.up()
+    assert up.summary.result == "succeeded", st.log[-40:]
+    uri, key = up.outputs["scoring_uri"].value, up.outputs["primary_key"].value
+    assert requests.post(uri, json=SEED_REQUEST, headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code == 200
+    service = next(c for c in stack_leftovers(st.name)["containers"] if "-canary-" in c)
+
+    # A failing version: every third run() raises. Rolled back at step 1, the old backend serving throughout.
+    failing = make_program(workdir, {"CANARY_TEST_FAIL_EVERY": "3"})
+    pre = st.preview(diff=True, program=failing)
+    assert "canary: 25 % → 100 %, 3 s a step" in pre.text, pre.text[-3000:]
+    loop = ScoringLoop(uri, key, rate=20, max_seconds=120)
+    loop.start()
+    with pytest.raises(Exception) as failed:
+        st.up(program=failing)
+    loop.finish()
+    message = str(failed.value)
+    assert "canary rolled back at step 1 (25 %): error rate" in message and "is over its limit 5.00 %" in message, message[-3000:]
+    # Only requests the split sent to the candidate can have failed: about 25 % × 1/3 of them.
+    assert loop.ok > 40 and all(f.startswith("500") for f in loop.failures), loop.failures[:5]
+    assert len(loop.failures) < 0.2 * (loop.ok + len(loop.failures)), (len(loop.failures), loop.ok)
+    left = stack_leftovers(st.name)["containers"]
+    assert service in left and not [c for c in left if "-canary-" in c and c != service], left
+    for _ in range(20):  # the route is the plain one again: every request answers
+        assert requests.post(uri, json=SEED_REQUEST, headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code == 200
+    assert st.preview(diff=True, program=failing).change_summary.get("update") == 1, "the state stayed on the old version"
+    record = rollout_file(workdir, st.name)
+    found = load_record(record)
+    assert found is not None and found[0].decision.startswith("canary rolled back at step 1"), found
+    assert found[0].steps[0].requests >= 15 and found[0].steps[0].error_rate > 0.05, found[0].steps
+
+    # A good version (a new model, the switch off): promoted after both steps, no client request failed.
+    train_model(model_path, alpha=50.0)
+    good = make_program(workdir, {})
+    loop = ScoringLoop(uri, key, rate=20, max_seconds=120)
+    loop.start()
+    time.sleep(1)
+    up = st.up(program=good)
+    time.sleep(1)
+    loop.finish()
+    assert up.summary.result == "succeeded", st.log[-40:]
+    assert not loop.failures, loop.failures[:5]
+    assert up.outputs["model_versions"].value == {"ridge": 2}
+    assert len(loop.answers) >= 2, "the client saw both versions"
+    log = "\n".join(st.log)
+    assert "canary step 1: 75 % current / 25 % candidate" in log and "canary step 2: 0 % current / 100 % candidate" in log, log[-3000:]
+    assert "canary: promoted after 2 steps" in log
+    found = load_record(rollout_file(workdir, st.name))
+    assert found is not None and found[0].decision == "promoted after 2 steps"
+    assert [s.percent for s in found[0].steps] == [25, 100] and all(s.requests >= 15 for s in found[0].steps)
+    left = stack_leftovers(st.name)["containers"]
+    assert service not in left and len([c for c in left if "-canary-" in c]) == 1, left
+
+    assert st.destroy().summary.result == "succeeded"
+    assert stack_leftovers(st.name)["containers"] == []

@@ -7,7 +7,8 @@ service declared with `rollout=Canary(...)`:
   step with the requests the gateway saw;
 - a version that fails one request in three is rolled back at its first step:
   `up` fails naming the metric, its value, its limit and the step, the old
-  backend never stopped serving, and the next preview shows the same change.
+  backend never stopped serving, and the next preview shows the same change;
+- a version that takes 1.5 s for one request in four is rolled back on p99.
 The entry script is the sample's, plus a switch that makes every third `run()`
 raise; the switch is an environment variable, so turning it on rolls the
 service without rebuilding the image.
@@ -34,12 +35,17 @@ _sample_run = run
 
 
 def run(data):
-    """Every CANARY_TEST_FAIL_EVERY-th call raises (a 500), when the variable is set."""
+    """Every CANARY_TEST_FAIL_EVERY-th call raises (a 500), every CANARY_TEST_SLOW_EVERY-th takes 1.5 s."""
     global _calls
     _calls += 1
     every = int(os.environ.get("CANARY_TEST_FAIL_EVERY") or 0)
     if every and _calls % every == 0:
         raise RuntimeError("failing on purpose")
+    slow = int(os.environ.get("CANARY_TEST_SLOW_EVERY") or 0)
+    if slow and _calls % slow == 0:
+        import time
+
+        time.sleep(1.5)
     return _sample_run(data)
 '''
 
@@ -61,7 +67,8 @@ def make_program(workdir: Path, env: dict[str, str]):
                                conda_file="sample/env/myenv.yml")
         svc = ContainerInstanceService(
             "canary", models=[model], image=image, auth_enabled=True, environment_variables=env, worker_count=1,
-            rollout=Canary(steps=[25, 100], step_seconds=3, min_requests=15, max_error_rate=0.05, max_wait_seconds=40),
+            rollout=Canary(steps=[25, 100], step_seconds=3, min_requests=15, max_error_rate=0.05, max_p99_ms=1000,
+                           max_wait_seconds=40),
         )
         pulumi.export("scoring_uri", svc.scoring_uri)
         pulumi.export("primary_key", svc.primary_key)
@@ -105,6 +112,16 @@ def test_a_good_version_is_promoted_and_a_failing_one_rolled_back_under_live_tra
     found = load_record(record)
     assert found is not None and found[0].decision.startswith("canary rolled back at step 1"), found
     assert found[0].steps[0].requests >= 15 and found[0].steps[0].error_rate > 0.05, found[0].steps
+
+    # A slow version: every fourth run() takes 1.5 s. Rolled back on p99, the old backend serving throughout.
+    loop = ScoringLoop(uri, key, rate=20, max_seconds=120)
+    loop.start()
+    with pytest.raises(Exception) as failed:
+        st.up(program=make_program(workdir, {"CANARY_TEST_SLOW_EVERY": "4"}))
+    loop.finish()
+    message = str(failed.value)
+    assert "canary rolled back at step 1 (25 %): p99" in message and "is over its limit 1000 ms" in message, message[-3000:]
+    assert service in stack_leftovers(st.name)["containers"] and loop.ok > 40
 
     # A good version (a new model, the switch off): promoted after both steps, no client request failed.
     train_model(model_path, alpha=50.0)

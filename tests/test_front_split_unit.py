@@ -66,3 +66,32 @@ def test_metrics_are_each_versions_own_since_a_moment() -> None:
 def test_p99_is_the_nearest_rank() -> None:
     assert split.p99([float(i) for i in range(1, 101)]) == 99.0
     assert split.p99([5.0]) == 5.0
+
+
+def test_a_route_with_a_split_names_both_links_and_a_weight_is_a_new_marker() -> None:
+    from mldeploy.providers.front.gateway_config import SplitRoute, parse_route_meta, render_service_conf
+
+    current = "/run/mldeploy-backends/svc-a/current.sock"
+    split = SplitRoute("/run/mldeploy-backends/svc-a/candidate.sock", 25, "/tmp/mldeploy-gw/split-svc-a-1.log")
+    keys = ["k" * 20]
+    plain = render_service_conf("svc-a", 21000, None, keys, backend_socket=current)
+    at25 = render_service_conf("svc-a", 21000, None, keys, backend_socket=current, split=split)
+    at100 = render_service_conf("svc-a", 21000, None, keys, backend_socket=current,
+                                split=SplitRoute(split.candidate_socket, 100, split.log_path))
+    markers = {parse_route_meta(t)["marker"] for t in (plain, at25, at100)}
+    assert len(markers) == 3, "each weight is a reload Gateway.put_route can confirm"
+    assert "split_clients" not in plain and "mirror" not in plain
+    assert "25% candidate;" in at25 and f"server unix:{split.candidate_socket}" in at25 and f"server unix:{current}" in at25
+    # A wrong key never reaches either version: not logged against the candidate.
+    assert f"access_log {split.log_path} mldeploy_svc_a_split if=$mldeploy_authorized_svc_a;" in at25
+    keyless = render_service_conf("svc-a", 21000, None, None, backend_socket=current, split=split)
+    assert f"access_log {split.log_path} mldeploy_svc_a_split;" in keyless
+    # Swagger and health stay on the current version.
+    assert "proxy_pass http://mldeploy_backend_svc_a/swagger.json;" in at25
+
+
+def test_a_split_needs_socket_backends() -> None:
+    from mldeploy.providers.front.gateway_config import SplitRoute, render_service_conf
+
+    with pytest.raises(ValueError, match="split: a traffic split needs socket backends"):
+        render_service_conf("svc-a", 21000, 21001, None, split=SplitRoute("/run/x/candidate.sock", 10, "/tmp/x.log"))

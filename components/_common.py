@@ -56,6 +56,7 @@ class StackConfig(BaseModel):
     azureResourceGroup: str = ""
     azureLocation: str = ""
     armEndpoint: str = DEFAULT_ENDPOINT
+    azureMlWorkspace: str = ""  # the azureml target's workspace (checked by the target)
     # A registry that wants credentials: an ACR (listCredentials through ARM), or a username
     # with the secret mldeploy:imageRegistryPassword (read with get_secret, never here).
     acrName: str = Field(default="", pattern=r"^([a-zA-Z0-9]{5,50})?$")
@@ -152,6 +153,7 @@ class Settings(CoreSettings):
             azure_resource_group=conf.azureResourceGroup,
             azure_location=conf.azureLocation,
             arm_endpoint=conf.armEndpoint,
+            azure_ml_workspace=conf.azureMlWorkspace,
             acr_name=conf.acrName,
             image_registry_username=conf.imageRegistryUsername,
             preview_smoke_test=conf.previewSmokeTest,

@@ -44,6 +44,7 @@ def scorer(bad: set[str]):
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     f = FakeAzureML(tmp_path, scorer=scorer(set()), op_seconds=0.05, retry_after=0)
     monkeypatch.setenv("MLDEPLOY_ARM_CA_BUNDLE", str(f.ca_path))
+    monkeypatch.setenv("MLDEPLOY_ARM_POLL_SECONDS", "0.05")
     yield f
     f.close()
 
@@ -194,3 +195,81 @@ def test_aml_token_endpoints_score_with_a_token(fake: FakeAzureML):
         c.list_keys("churn-tok")
     check = c.gate("churn-tok", "v1")
     assert check.ok and check.gated
+
+
+# ------------------------------------------------------------------ the target through the Service provider
+
+
+def service_props(fake: FakeAzureML, **over: Any) -> dict[str, Any]:
+    from engine_check import stack_settings
+    from mldeploy.providers.targets import target_for
+
+    settings = stack_settings(project="p", stack="dev", azure_subscription_id="00000000-0000-0000-0000-000000000000",
+                              azure_resource_group="rg-ml", azure_ml_workspace="ws-ml", azure_location="westeurope",
+                              arm_endpoint=fake.url)
+    own = target_for("azureml").service_inputs({}, service_name="churn", resource_name="churn", settings=settings)
+    base = {"service_name": "churn", "target": "azureml", "project": "p", "stack": "dev", "image_name": "scoring:1",
+            "image_id": "sha256:" + "a" * 64, "models": [{"name": "ridge", "version": 1, "model_dir": "reg/ridge/1"}],
+            "cpu_cores": 1.0, "memory_gb": 1.0, "auth_enabled": True, "environment_variables": {},
+            "primary_key_version": 1, "secondary_key_version": 1, "max_request_bytes": 1048576,
+            "startup_timeout_seconds": 180, "entry_script": "sample/score.py"}
+    return {**base, **own, **over}
+
+
+def test_a_service_with_target_azureml_creates_rolls_rotates_and_deletes(fake: FakeAzureML, monkeypatch: pytest.MonkeyPatch):
+    from mldeploy.providers.targets.service import ServiceProvider
+
+    monkeypatch.setenv("MLDEPLOY_ARM_TOKEN", fake.issue_token())
+    provider = ServiceProvider()
+    news = service_props(fake)
+    checked = provider.check({}, news)
+    assert not checked.failures
+    created = provider.create(checked.inputs)
+    outs = created.outs
+    assert created.id == "dev/churn" and outs["deployment"] == "v1" and outs["state"] == "Healthy"
+    assert outs["scoring_uri"] == f"{fake.url}/inference/dev-churn/score"
+    assert outs["primary_key"] == fake.endpoint("dev-churn").keys["primaryKey"]
+    # A new model version: the diff rolls, the review says the roll in Azure's words, up does it.
+    news2 = service_props(fake, models=[{"name": "ridge", "version": 2, "model_dir": "reg/ridge/2"}])
+    diff = provider.diff("dev/churn", outs, news2)
+    assert diff.changes and not diff.replaces
+    from mldeploy.providers.targets import target_for
+    assert target_for("azureml").change_words(outs, news2, False) == [
+        "endpoint `dev-churn`: deployment `v2` created at 0 %, sample checked, traffic v1 100 % → v2 100 %, v1 deleted"]
+    outs2 = provider.update("dev/churn", outs, provider.check(outs, news2).inputs).outs
+    assert outs2["deployment"] == "v2" and fake.endpoint("dev-churn").body["properties"]["traffic"] == {"v2": 100}
+    # A key version bump regenerates that key only, in place.
+    news3 = {**news2, "primary_key_version": 2}
+    assert target_for("azureml").change_words(outs2, news3, False)[0].startswith("Azure ML: endpoint `dev-churn` changed in place")
+    outs3 = provider.update("dev/churn", outs2, news3).outs
+    assert outs3["primary_key"] != outs2["primary_key"] and outs3["secondary_key"] == outs2["secondary_key"]
+    assert outs3["deployment"] == "v2"
+    # Scale in place: the same deployment, a new capacity.
+    outs4 = provider.update("dev/churn", outs3, {**news3, "instance_count": 2}).outs
+    assert outs4["deployment"] == "v2" and fake.endpoint("dev-churn").deployments["v2"]["body"]["sku"]["capacity"] == 2
+    # Refresh: deleted behind our back reads as Missing (the next up restores it).
+    assert provider.read("dev/churn", outs4).outs["state"] == "Healthy"
+    provider.delete("dev/churn", outs4)
+    assert fake.endpoint("dev-churn") is None
+    assert provider.read("dev/churn", outs4).outs["state"] == "Missing"
+
+
+def test_bad_service_inputs_name_the_field(fake: FakeAzureML):
+    from engine_check import stack_settings
+    from mldeploy.providers.targets import ArgsInvalid, target_for
+    from mldeploy.providers.targets.service import ServiceProvider
+
+    target = target_for("azureml")
+    with pytest.raises(ArgsInvalid) as err:
+        target.service_inputs({}, service_name="churn", resource_name="churn",
+                              settings=stack_settings(project="p", stack="dev", azure_subscription_id="00000000-0000-0000-0000-000000000000",
+                                                      azure_resource_group="rg", azure_location="westeurope"))
+    assert [f.property for f in err.value.failures] == ["workspace"] and "mldeploy:azureMlWorkspace" in str(err.value)
+    with pytest.raises(ArgsInvalid, match="port"):
+        target.service_inputs({"port": 8080}, service_name="churn", resource_name="churn",
+                              settings=stack_settings(project="p", stack="dev", azure_subscription_id="00000000-0000-0000-0000-000000000000",
+                                                      azure_resource_group="rg", azure_location="westeurope", azure_ml_workspace="ws"))
+    two = service_props(fake, models=[{"name": "a", "version": 1}, {"name": "b", "version": 1}])
+    assert [f.property for f in ServiceProvider().check({}, two).failures] == ["models"]
+    bad = service_props(fake, instance_count=0, endpoint_name="9-bad")
+    assert sorted(f.property for f in ServiceProvider().check({}, bad).failures) == ["endpoint_name", "instance_count"]

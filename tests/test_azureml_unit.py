@@ -80,7 +80,7 @@ def test_each_input_has_one_rule():
     ("endpoint_name", "other", "replace"), ("workspace", "ws-2", "replace"), ("auth_mode", "aml_token", "replace"),
     ("models", [{"name": "ridge", "version": 4, "model_dir": "reg/ridge/4"}], "roll"), ("image_id", "sha256:" + "b" * 64, "roll"),
     ("instance_type", "Standard_F4s_v2", "roll"), ("request_timeout_ms", 9000, "roll"), ("environment_variables", {"A": "2"}, "roll"),
-    ("instance_count", 3, "patch"), ("primary_key_version", 2, "patch"), ("mirror_percent", 10, "patch"),
+    ("instance_count", 3, "patch"), ("primary_key_version", 2, "patch"), ("mirror_percent", 10, "none"),
     ("traffic_steps", [10, 100], "none"), ("cpu_cores", 4, "none"),
 ])
 def test_diff_says_the_cost(key, value, kind):

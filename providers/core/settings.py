@@ -34,6 +34,8 @@ class Settings:
     azure_resource_group: str = ""
     azure_location: str = ""
     arm_endpoint: str = DEFAULT_ARM_ENDPOINT
+    azure_ml_workspace: str = ""
+    """The Azure ML workspace that holds the `azureml` target's endpoints and assets."""
     acr_name: str = ""
     """An ACR whose admin credentials (listCredentials) push and pull the stack's images."""
     image_registry_username: str = ""

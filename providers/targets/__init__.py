@@ -26,6 +26,7 @@ TARGETS: dict[str, str | Target] = {
     "kubernetes": "mldeploy.providers.targets.kubernetes",
     "iotedge": "mldeploy.providers.targets.iotedge",
     "aci": "mldeploy.providers.targets.aci",
+    "azureml": "mldeploy.providers.targets.azureml",
 }
 
 

@@ -1,4 +1,213 @@
-"""The Azure ML target: managed online endpoints (Azure ML v2), through ARM's REST API.
+"""The Azure ML target: a service is a managed online endpoint (Azure ML v2) and its deployments.
 
-Not yet registered in `TARGETS`: args, rules, bodies and the roll's plan come first.
+What maps to what:
+- `RegisteredModel` -> a workspace model asset, version = our version (which follows content);
+- `InferenceImage` -> a workspace environment, version = the image digest's first 12 hex digits;
+- the entry script -> a code asset (version from its text) and the deployment's `codeConfiguration`;
+- the service -> one endpoint (`<stack>-<service>`) and one live deployment (`v1`, `v2`, ...).
+
+A new model or image is a blue/green roll (`rollout.py`): new deployment at 0 %, the sample
+through the endpoint to it alone, traffic moved, old deployment deleted. An asset version
+that exists is not registered again. Control plane: ARM's REST API, api-version 2024-04-01
+(`client.py`). Tested only against a local fake (tests/fake_azureml.py), never against Azure.
 """
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from pulumi.dynamic import CheckFailure
+
+from mldeploy.providers.core.progress import say
+from mldeploy.providers.core.settings import Settings
+from mldeploy.providers.targets import ArgsInvalid, Target, validate_args
+from mldeploy.providers.targets.azureml import bodies, rules
+from mldeploy.providers.targets.azureml.args import AzureMLArgs, endpoint_name
+from mldeploy.providers.targets.azureml.rollout import Plan, execute, next_deployment, plan_roll
+
+_progress = say
+
+
+def predicted_uris(props: Mapping[str, Any]) -> dict[str, str]:
+    """Azure's scoring URI shape (`https://<endpoint>.<region>.inference.ml.azure.com/score`) until ARM reports the real one."""
+    origin = f"https://{props['endpoint_name']}.{props['location']}.inference.ml.azure.com"
+    return {"scoring_uri": f"{origin}/score", "swagger_uri": f"{origin}/swagger.json"}
+
+
+def endpoint_state(endpoint: Mapping[str, Any] | None, deployment: Mapping[str, Any] | None, name: str | None) -> str:
+    """Refresh's word: Missing, Unhealthy (failed, or traffic not on our deployment) or Healthy."""
+    if endpoint is None or deployment is None:
+        return "Missing"
+    props = endpoint.get("properties") or {}
+    if props.get("provisioningState") == "Failed" or (deployment.get("properties") or {}).get("provisioningState") == "Failed":
+        return "Unhealthy"
+    if (props.get("traffic") or {}).get(name) != 100:
+        return "Unhealthy"
+    return "Healthy"
+
+
+def roll_words(olds: Mapping[str, Any] | None, news: Mapping[str, Any]) -> str:
+    """The roll the next `up` makes, in Azure's words (the plan's own words; no I/O, any inputs)."""
+    old = (olds or {}).get("deployment") or None
+    steps = news.get("traffic_steps") if isinstance(news.get("traffic_steps"), list) else [100]
+    mirror = news.get("mirror_percent") if isinstance(news.get("mirror_percent"), int) else 0
+    plan = plan_roll(str(news.get("endpoint_name") or "?"), old, next_deployment(old), [], None if old else {}, {}, steps, mirror)
+    return plan.words()
+
+
+def _script_text(entry_script: Any) -> str | None:
+    from mldeploy.providers.core.paths import local
+
+    if not entry_script:
+        return None
+    try:
+        return local(str(entry_script)).read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+class AzureMLTarget(Target):
+    """Managed online endpoints through ARM; the Service resource runs it."""
+
+    name = "azureml"
+    Args = AzureMLArgs
+    sample_gate = True
+    REPLACE_ON = rules.REPLACE_ON
+    ROLL_ON = rules.ROLL_ON
+    ROUTE_ON = rules.PATCH_ON
+    INERT = rules.INERT
+    OUTPUTS = ("deployment", "endpoint_id")
+
+    def check(self, news: Mapping[str, Any]) -> list[CheckFailure]:
+        failures = super().check(news)
+        models = news.get("models")
+        if isinstance(models, list) and len(models) > 1:
+            failures.append(CheckFailure("models", f"a managed online deployment serves one model asset; got {len(models)}"))
+        return failures
+
+    def service_inputs(self, given: Mapping[str, Any], *, service_name: str, resource_name: str, settings: Settings) -> dict[str, Any]:
+        data = {
+            **given,
+            "subscription_id": settings.azure_subscription_id,
+            "resource_group": settings.azure_resource_group,
+            "workspace": getattr(settings, "azure_ml_workspace", ""),
+            "location": settings.azure_location,
+            "arm_endpoint": settings.arm_endpoint,
+            "endpoint_name": given.get("endpoint_name") or endpoint_name(settings.stack, service_name),
+        }
+        missing = [
+            CheckFailure(field, f"missing: set stack config mldeploy:{key}")
+            for field, key in (("subscription_id", "azureSubscriptionId"), ("resource_group", "azureResourceGroup"),
+                               ("workspace", "azureMlWorkspace"), ("location", "azureLocation"))
+            if not data[field]
+        ]
+        if missing:
+            raise ArgsInvalid(missing)
+        return validate_args(AzureMLArgs, data).model_dump()
+
+    def change_words(self, old: Mapping[str, Any], new: Mapping[str, Any], replaced: bool) -> list[str]:
+        change = rules.diff(old, new)
+        if replaced or change.kind == "replace":
+            return [f"Azure ML: a new online endpoint `{new.get('endpoint_name')}` ({', '.join(change.fields)}); "
+                    "the old endpoint and its deployments are deleted, and the scoring URI and keys change"]
+        if change.kind == "roll":
+            return [roll_words(old, new)]
+        if change.kind == "patch":
+            return [f"Azure ML: endpoint `{new.get('endpoint_name')}` changed in place ({', '.join(change.fields)}); no new deployment"]
+        return []
+
+    def uris(self, props: Mapping[str, Any]) -> dict[str, str]:
+        if props.get("scoring_uri") and props.get("swagger_uri"):
+            return {"scoring_uri": props["scoring_uri"], "swagger_uri": props["swagger_uri"]}
+        return predicted_uris(props)
+
+    # -- the plan ----------------------------------------------------------------
+    def _plan(self, olds: Mapping[str, Any] | None, news: Mapping[str, Any], endpoint_exists: bool = False) -> Plan:
+        old = (olds or {}).get("deployment") or None
+        new = next_deployment(old)
+        model_name, model_version, model_body = bodies.model_asset(news, news["models"][0])
+        env_name, env_version, env_body = bodies.environment_asset(news)
+        assets = [("models", model_name, model_version, model_body), ("environments", env_name, env_version, env_body)]
+        script = _script_text(news.get("entry_script"))
+        code_id = None
+        if script is not None:
+            code_name, code_version, code_body = bodies.code_asset(news, script)
+            assets.append(("codes", code_name, code_version, code_body))
+            code_id = bodies.asset_id(news, "codes", code_name, code_version)
+        deployment = bodies.deployment_body(
+            news,
+            bodies.asset_id(news, "models", model_name, model_version),
+            bodies.asset_id(news, "environments", env_name, env_version),
+            code_id,
+            bodies.scoring_script(news.get("entry_script")) if code_id else None,
+        )
+        endpoint = None if (old or endpoint_exists) else bodies.endpoint_body(news, {})
+        return plan_roll(news["endpoint_name"], old, new, assets, endpoint, deployment,
+                         list(news.get("traffic_steps") or [100]), int(news.get("mirror_percent") or 0))
+
+    # -- the backend ------------------------------------------------------------------
+    def _client(self, props: Mapping[str, Any]) -> Any:
+        from mldeploy.providers.targets.azureml.client import WorkspaceClient
+
+        return WorkspaceClient(props, sample_request=props.get("sample_request"))
+
+    def _outputs(self, client: Any, news: Mapping[str, Any], deployment: str) -> dict[str, Any]:
+        endpoint = client.get_endpoint(news["endpoint_name"]) or {}
+        props = endpoint.get("properties") or {}
+        keys = client.list_keys(news["endpoint_name"]) if news.get("auth_mode", "key") == "key" else {"primary_key": "", "secondary_key": ""}
+        return {
+            **news,
+            **keys,
+            "scoring_uri": props.get("scoringUri") or predicted_uris(news)["scoring_uri"],
+            "swagger_uri": props.get("swaggerUri") or predicted_uris(news)["swagger_uri"],
+            "deployment": deployment,
+            "endpoint_id": endpoint.get("id") or bodies.endpoint_id(news),
+            "state": "Healthy",
+            "model_versions": {m["name"]: int(m["version"]) for m in news["models"]},
+        }
+
+    def create(self, props: dict[str, Any]) -> dict[str, Any]:
+        client = self._client(props)
+        existing = client.get_endpoint(props["endpoint_name"])
+        plan = self._plan(None, props, endpoint_exists=existing is not None)
+        if existing is not None:
+            # An earlier up created the endpoint and failed after it: converge from what is there.
+            _progress(f"endpoint {plan.endpoint}: exists already (an earlier up stopped part way); continuing")
+        execute(plan, client)
+        return self._outputs(client, props, plan.new)
+
+    def update(self, olds: dict[str, Any], news: dict[str, Any], roll: bool) -> dict[str, Any]:
+        client = self._client(news)
+        deployment = olds.get("deployment") or ""
+        change = rules.diff(olds, news)
+        if roll or change.rolls or not deployment:
+            plan = self._plan(olds if deployment else None, news, endpoint_exists=client.get_endpoint(news["endpoint_name"]) is not None)
+            execute(plan, client)
+            deployment = plan.new
+        else:
+            if olds.get("instance_count") != news.get("instance_count"):
+                live = client.get_deployment(news["endpoint_name"], deployment) or {}
+                body = {k: live[k] for k in ("location", "tags", "sku", "properties") if k in live}
+                body["properties"] = {k: v for k, v in body.get("properties", {}).items() if k != "provisioningState"}
+                body["sku"] = {**body.get("sku", {"name": "Default"}), "capacity": int(news["instance_count"])}
+                client.put_deployment(news["endpoint_name"], deployment, body)
+                _progress(f"endpoint {news['endpoint_name']}: deployment {deployment} scaled to {news['instance_count']} instances in place")
+            for which in ("primary", "secondary"):
+                if olds.get(f"{which}_key_version") != news.get(f"{which}_key_version") and news.get("auth_mode", "key") == "key":
+                    client.regenerate_key(news["endpoint_name"], which.capitalize())
+                    _progress(f"endpoint {news['endpoint_name']}: {which} key regenerated (the other keeps working meanwhile)")
+        return self._outputs(client, news, deployment)
+
+    def read(self, props: dict[str, Any]) -> dict[str, Any]:
+        client = self._client(props)
+        endpoint = client.get_endpoint(props["endpoint_name"])
+        dep = client.get_deployment(props["endpoint_name"], props.get("deployment") or "") if endpoint and props.get("deployment") else None
+        return {**props, "state": endpoint_state(endpoint, dep, props.get("deployment"))}
+
+    def delete(self, props: dict[str, Any]) -> None:
+        # Deleting an endpoint deletes its deployments; the model, environment and code assets stay
+        # (versions are immutable and other services may use them).
+        self._client(props).delete_endpoint(props["endpoint_name"])
+
+
+TARGET = AzureMLTarget()

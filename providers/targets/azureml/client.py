@@ -36,7 +36,7 @@ class WorkspaceClient:
     """Online endpoints, deployments and assets of one workspace; builds no clients until used."""
 
     def __init__(self, props: Mapping[str, Any], cred: Any = None, transport: Any = None,
-                 sample_request: Mapping[str, Any] | None = None, poll_seconds: float = 5.0):
+                 sample_request: Mapping[str, Any] | None = None, poll_seconds: float | None = None):
         from azure.core.pipeline import policies
         from azure.core.pipeline.transport import RequestsTransport
         from azure.mgmt.core import ARMPipelineClient
@@ -46,7 +46,8 @@ class WorkspaceClient:
         self.base = workspace_id(props)
         self.auth_mode = props.get("auth_mode") or "key"
         self.sample_request = sample_request
-        self.poll_seconds = poll_seconds
+        # Between polls when ARM sends no Retry-After; MLDEPLOY_ARM_POLL_SECONDS shortens it for a local fake.
+        self.poll_seconds = poll_seconds if poll_seconds is not None else float(os.environ.get("MLDEPLOY_ARM_POLL_SECONDS") or 5.0)
         self.ca = os.environ.get("MLDEPLOY_ARM_CA_BUNDLE") or None
         pipeline_policies = [
             policies.RequestIdPolicy(),

@@ -21,11 +21,12 @@ ROLL_ON = ("instance_type", "request_timeout_ms", "max_concurrent_requests_per_i
            "readiness_probe", "environment_variables")
 """A new deployment (the shared rule adds `image_id` and `models`)."""
 ROLL_SHARED = ("image_id", "models")
-PATCH_ON = ("instance_count", "primary_key_version", "secondary_key_version", "mirror_percent")
-"""In place: the live deployment's `sku.capacity`, `regenerateKeys`, the endpoint's `mirrorTraffic`."""
-INERT = ("traffic_steps", "cpu_cores", "memory_gb", "auth_enabled", "max_request_bytes")
-"""Read at the next roll (`traffic_steps`), or not Azure ML's to take: the instance type sets
-CPU and memory, the endpoint checks keys itself and has no body limit of ours."""
+PATCH_ON = ("instance_count", "primary_key_version", "secondary_key_version")
+"""In place: the live deployment's `sku.capacity`, or `regenerateKeys` of one key."""
+INERT = ("traffic_steps", "mirror_percent", "cpu_cores", "memory_gb", "auth_enabled", "max_request_bytes")
+"""Read at the next roll (`traffic_steps`, `mirror_percent`), or not Azure ML's to take: the
+instance type sets CPU and memory, the endpoint always checks a key or token itself, and it
+has no request-size limit of ours."""
 
 
 @dataclass(frozen=True)

@@ -149,14 +149,13 @@ class AksService(pulumi.ComponentResource):
                 string_data=pulumi.Output.secret(target.tls_secret_data(*pem)),
                 opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps, delete_before_replace=True)),
             )
-        sample_config = None
-        if sample is not None:
-            sample_config = k8s.core.v1.ConfigMap(
-                f"{resource_name}-sample",
-                metadata={**meta, "name": f"{name}-sample"},
-                data=target.sample_config_data(sample),
-                opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps)),
-            )
+        # Every new pod answers a sample before it gets traffic: `sample_request`, else the entry script's own.
+        sample_config = k8s.core.v1.ConfigMap(
+            f"{resource_name}-sample",
+            metadata={**meta, "name": f"{name}-sample"},
+            data=target.sample_config_data(sample),
+            opts=k8s_opts.merge(pulumi.ResourceOptions(depends_on=ns_deps)),
+        )
         # Planned versions at preview (as the local target shows them), registered ones at up.
         planned = [pulumi.Output.from_input(e).apply(lambda e: int(e["version"])) for e in entries]
         versions = {n: v.apply(str) for n, v in zip(names, planned)}
@@ -171,7 +170,7 @@ class AksService(pulumi.ComponentResource):
             # A digest of two random 256-bit keys reveals nothing, and a secret here would hide the whole spec from review.
             config_checksum=pulumi.Output.unsecret(front_files.apply(target.checksum)),
             image_pull_secret=target.PULL_SECRET_NAME if pull_secret is not None else None,
-            sample_config=f"{name}-sample" if sample_config is not None else None,
+            sample_config=f"{name}-sample",
             tls_secret=f"{name}-tls" if tls_secret is not None else None,
             # A digest of the certificate and key rolls the pods when they are renewed; like the keys', it reveals nothing.
             tls_checksum=target.checksum(target.tls_secret_data(*pem)) if pem is not None else None,
@@ -187,7 +186,7 @@ class AksService(pulumi.ComponentResource):
             spec=spec,
             opts=k8s_opts.merge(pulumi.ResourceOptions(
                 depends_on=[secret, *ns_deps, *([pull_secret] if pull_secret is not None else []),
-                            *([sample_config] if sample_config is not None else []),
+                            sample_config,
                             *([tls_secret] if tls_secret is not None else [])],
                 delete_before_replace=True)),
         )

@@ -632,7 +632,8 @@ def test_a_probe_report_with_exit_0_reaches_the_rollouts_error() -> None:
 
 
 @pulumi.runtime.test
-def test_aks_service_with_sample_request_gets_its_configmap_and_probe(k8s_mocks: K8sMocks):
+def test_every_aks_service_gets_the_sample_gate_with_sample_request_or_the_entry_scripts_own(k8s_mocks: K8sMocks):
+    """Issue 20, item 1: the same rule as the local target; the ConfigMap holds the request only when given."""
     from mldeploy.components import AksCluster, AksService
 
     cluster = AksCluster("aks", cluster_purpose="DevTest")
@@ -647,8 +648,10 @@ def test_aks_service_with_sample_request_gets_its_configmap_and_probe(k8s_mocks:
         assert cm["data"]["request.json"] == '{"data": [[1, 2]]}' and cm["data"]["response.json"] == "[3.0]"
         scoring = k8s_mocks.resources["gated-deployment"][1]["spec"]["template"]["spec"]["containers"][0]
         assert scoring["startupProbe"]["exec"]["command"][-1] == "/etc/mldeploy/sample/probe.py"
-        assert "plain-sample" not in k8s_mocks.resources
-        assert "startupProbe" not in k8s_mocks.resources["plain-deployment"][1]["spec"]["template"]["spec"]["containers"][0]
+        plain_cm = k8s_mocks.resources["plain-sample"][1]
+        assert set(plain_cm["data"]) == {"probe.py"}, "without sample_request the probe reads the entry script's sample"
+        plain_scoring = k8s_mocks.resources["plain-deployment"][1]["spec"]["template"]["spec"]["containers"][0]
+        assert plain_scoring["startupProbe"]["exec"]["command"][-1] == "/etc/mldeploy/sample/probe.py"
 
     return pulumi.Output.all(gated.scoring_uri, plain.scoring_uri, gated.deployment.id).apply(check)
 

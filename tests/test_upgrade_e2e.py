@@ -10,7 +10,8 @@ Run for the `dev` program on the local target, for the same program on the
 local IoT Edge device (one module per device: the new per-device deployment takes
 the old per-module one over by its alias), and for the `prod` program on the local
 Kubernetes cluster. There the first preview shows one deliberate roll, issue 18's
-hardened pods and front-end configuration, and says so; after it, no change.
+hardened pods and front-end configuration and issue 20's sample gate on every
+pod, and says so; after it, no change.
 
 The edge and Kubernetes stacks push images, and the previous release pushed to
 the local registry's 127.0.0.1:5000, which this release serves read-only. So
@@ -159,9 +160,11 @@ def test_a_stack_of_the_previous_release_previews_and_applies_no_change(
         pre = st.preview(diff=True)
         if target == "kubernetes":
             # Issue 18 hardened the pods (restricted Pod Security: nobody, no capabilities, a read-only root) and
-            # the front end's configuration: a stack of the previous release rolls its pods once, and says why.
-            assert pre.change_summary == {"same": pre.change_summary["same"], "update": 2, "replace": 1}, pre.text[-4000:]
+            # the front end's configuration, and issue 20 gates every new pod on the entry script's sample (its
+            # ConfigMap is new): a stack of the previous release rolls its pods once, and says why.
+            assert pre.change_summary == {"same": pre.change_summary["same"], "create": 1, "update": 2, "replace": 1}, pre.text[-4000:]
             assert "runAsNonRoot" in pre.text and "readOnlyRootFilesystem" in pre.text, pre.text[-4000:]
+            assert "startupProbe" in pre.text and "probe.py" in pre.text, pre.text[-4000:]
             assert st.up().summary.result == "succeeded"
             before = running(name)
             pre = st.preview(diff=True)

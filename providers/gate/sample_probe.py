@@ -1,9 +1,9 @@
 """What counts as a declared sample, and as the expected answer: one rule for the provider and the pod.
 
 Standard library only: on Kubernetes this file itself runs inside the scoring
-container, as the startup probe that gates a new pod on the user's
-`sample_request` (`python /etc/mldeploy/sample/probe.py`), so it cannot import
-the rest of the package. The local target and the preview's smoke test import
+container, as the startup probe that gates every new pod on the entry script's
+own input sample, or the user's `sample_request` (`python
+/etc/mldeploy/sample/probe.py`), so it cannot import the rest of the package. The local target and the preview's smoke test import
 the same functions through `mldeploy.providers.gate.sample_check`.
 
 The generic placeholder. `azmlinfsrv` (azureml-inference-server-http 1.5.1,
@@ -97,6 +97,75 @@ def judge(status: int, body: str, expected: Any = None, has_expected: bool = Fal
     return "", []
 
 
+_JSON_TYPES: dict[str, Any] = {
+    "object": dict, "array": list, "string": str, "boolean": bool, "null": type(None),
+    "number": (int, float), "integer": int,
+}
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if name in ("number", "integer") and isinstance(value, bool):
+        return False
+    if name == "integer" and isinstance(value, float):
+        return value.is_integer()
+    kind = _JSON_TYPES.get(name)
+    return kind is None or isinstance(value, kind)
+
+
+def schema_errors(schema: Any, body: Any, definitions: dict[str, Any], path: str = "", depth: int = 0) -> list[str]:
+    """Where `body` departs from a Swagger output schema: `$ref` (to `#/definitions/` only), `type`,
+    `enum`, `items`, `properties` and `required`; other keywords are annotations here.
+
+    The startup probe on a pod has only the standard library (the scoring image has no jsonschema),
+    so it checks this subset; the local target checks the whole schema with jsonschema
+    (`mldeploy.providers.gate.sample_check.output_errors`). For the schemas inference-schema writes
+    (arrays of numbers, objects of them) both say the same.
+    """
+    here = path or "(top)"
+    if not isinstance(schema, dict) or depth > 32:
+        return []
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        name = ref.removeprefix("#/definitions/")
+        if name == ref or name not in definitions:
+            return [f"at {here}: $ref {ref!r} is not a #/definitions/ entry of the document"]
+        return schema_errors(definitions[name], body, definitions, path, depth + 1)
+    types = schema.get("type")
+    names = [types] if isinstance(types, str) else list(types) if isinstance(types, list) else []
+    if names and not any(_is_type(body, t) for t in names):
+        return [f"at {here}: {json.dumps(body)[:120]} is not of type {' or '.join(names)}"]
+    if isinstance(schema.get("enum"), list) and body not in schema["enum"]:
+        return [f"at {here}: {json.dumps(body)[:120]} is not one of {json.dumps(schema['enum'])[:120]}"]
+    out: list[str] = []
+    if isinstance(body, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(body):
+            out += schema_errors(schema["items"], item, definitions, f"{path}/{i}" if path else str(i), depth + 1)
+            if len(out) >= SHOWN_DIFFERENCES:
+                break
+    if isinstance(body, dict):
+        for key in schema.get("required") or []:
+            if key not in body:
+                out.append(f"at {here}: {key!r} is a required property")
+        for key, sub in (schema.get("properties") or {}).items():
+            if key in body:
+                out += schema_errors(sub, body[key], definitions, f"{path}/{key}" if path else str(key), depth + 1)
+    return out[:SHOWN_DIFFERENCES]
+
+
+def output_schema_problem(swagger: Any, text: str) -> tuple[str, list[str]]:
+    """(problem, details) when an answer's body departs from the document's `ServiceOutput`; ("", []) otherwise."""
+    definitions = swagger.get("definitions") if isinstance(swagger, dict) else None
+    output = definitions.get("ServiceOutput") if isinstance(definitions, dict) else None
+    if not isinstance(output, dict) or is_placeholder(output):
+        return "", []
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return "the answer is not JSON", []
+    errors = schema_errors(output, body, definitions)
+    return ("the answer does not match the output schema", errors) if errors else ("", [])
+
+
 # --- the startup probe, run inside the scoring container ---------------------------------
 
 PROBE_DIR = "/etc/mldeploy/sample"
@@ -108,6 +177,14 @@ def _post(port: str, body: bytes, timeout: float) -> tuple[int, str]:
                                  headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+
+
+def _get(port: str, path: str, timeout: float) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
             return resp.status, resp.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", "replace")
@@ -126,24 +203,42 @@ def probe(folder: str = PROBE_DIR, port: str = "5001", timeout: float = 8.0,
     server is stopped, so the pod's status says why at once instead of after
     the probe's whole failure budget.
     """
-    with open(os.path.join(folder, "request.json"), "rb") as fh:
-        body = fh.read()
-    expected, has_expected = None, os.path.exists(os.path.join(folder, "response.json"))
-    if has_expected:
-        with open(os.path.join(folder, "response.json"), encoding="utf-8") as fh:
-            expected = json.load(fh)
+    given = os.path.exists(os.path.join(folder, "request.json"))
+    swagger: Any = None
     try:
+        if given:
+            with open(os.path.join(folder, "request.json"), "rb") as fh:
+                body = fh.read()
+        else:
+            # The entry script's own input_sample, from the Swagger document the server wrote from it.
+            code, doc = _get(port, "/swagger.json", timeout)
+            if code != 200:
+                print(f"the scoring server does not serve its Swagger document yet: {code}")
+                return 1
+            swagger = json.loads(doc)
+            declared, sample = declared_input_sample(swagger)
+            if not declared:
+                print(NO_SAMPLE_WORDS)
+                return 0
+            body = json.dumps(sample).encode()
+        expected, has_expected = None, os.path.exists(os.path.join(folder, "response.json"))
+        if has_expected:
+            with open(os.path.join(folder, "response.json"), encoding="utf-8") as fh:
+                expected = json.load(fh)
         status, text = _post(port, body, timeout)
-    except (OSError, urllib.error.URLError) as exc:
+    except (OSError, urllib.error.URLError, ValueError) as exc:
         print(f"the scoring server does not answer yet: {exc}")
         return 1
     problem, details = judge(status, text, expected, has_expected)
+    if not problem and swagger is not None:
+        problem, details = output_schema_problem(swagger, text)
+    what = "sample_request" if given else "the entry script's input sample"
     if not problem:
-        print(f"sample_request answered {status}")
+        print(f"{what} answered {status}")
         return 0
     shown = body.decode("utf-8", "replace").strip()
     report = "\n".join([
-        "the new version failed sample_request, so it gets no traffic:",
+        f"the new version failed {what}, so it gets no traffic:",
         f"sample request: POST /score {shown[:600]}",
         f"answer: {status}: {text.strip()[:600]}",
         f"problem: {problem}",

@@ -350,7 +350,6 @@ def deployment_spec(
         },
     }
     if sample_config:
-        # Only with `sample_request`: without one the spec is what it always was.
         add_sample_gate(spec, sample_config, args.startup_timeout_seconds)
     if tls_secret:
         # Only with `ssl_enabled`: without it the spec is what it always was.
@@ -364,16 +363,19 @@ def deployment_spec(
     return spec
 
 
-def sample_config_data(sample: dict[str, Any]) -> dict[str, str]:
-    """The ConfigMap that gates a new pod on `sample_request`: the probe itself, the request, the answer to expect."""
-    data = {"probe.py": Path(sample_probe.__file__).read_text(encoding="utf-8"), "request.json": sample["body"]}
-    if "response" in sample:
-        data["response.json"] = sample["response"]
+def sample_config_data(sample: dict[str, Any] | None) -> dict[str, str]:
+    """The ConfigMap that gates a new pod: the probe itself and, with `sample_request`, the request and the
+    answer to expect; without one the probe sends the entry script's own input sample (from /swagger.json)."""
+    data = {"probe.py": Path(sample_probe.__file__).read_text(encoding="utf-8")}
+    if sample is not None:
+        data["request.json"] = sample["body"]
+        if "response" in sample:
+            data["response.json"] = sample["response"]
     return data
 
 
 def add_sample_gate(spec: dict[str, Any], config_map: str, startup_timeout_seconds: int) -> None:
-    """A startup probe on the scoring container that sends `sample_request` (`mldeploy.providers.gate.sample_probe`).
+    """A startup probe on the scoring container that sends the sample (`mldeploy.providers.gate.sample_probe`).
 
     A pod is not ready, so it gets no traffic and the rolling update does not
     go on, until the probe passes once; a wrong answer ends the container with

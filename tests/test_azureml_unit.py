@@ -193,5 +193,11 @@ def test_a_failure_after_all_traffic_moved_does_not_undo():
     assert [c[0] for c in rec.calls][-1] == "delete_deployment" and ("set_traffic", "churn", {"v3": 100}, {}) not in rec.calls
 
 
+def test_numbers_as_providers_get_them():
+    plan = roll(steps=[10.0, 100.0], mirror_percent=0.0)
+    assert [s.args[1] for s in plan.steps if s.op == "set_traffic"] == [{"v3": 90, "v4": 10}, {"v4": 100}]
+    assert "v4 10 %" in plan.words() and "10.0" not in plan.words()
+
+
 def test_next_deployment():
     assert next_deployment(None) == "v1" and next_deployment("v9") == "v10" and next_deployment("blue") == "v1"

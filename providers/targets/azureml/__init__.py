@@ -49,8 +49,9 @@ def endpoint_state(endpoint: Mapping[str, Any] | None, deployment: Mapping[str, 
 def roll_words(olds: Mapping[str, Any] | None, news: Mapping[str, Any]) -> str:
     """The roll the next `up` makes, in Azure's words (the plan's own words; no I/O, any inputs)."""
     old = (olds or {}).get("deployment") or None
-    steps = news.get("traffic_steps") if isinstance(news.get("traffic_steps"), list) else [100]
-    mirror = news.get("mirror_percent") if isinstance(news.get("mirror_percent"), int) else 0
+    steps = news.get("traffic_steps")
+    steps = steps if isinstance(steps, list) and all(isinstance(s, (int, float)) for s in steps) else [100]
+    mirror = news.get("mirror_percent") if isinstance(news.get("mirror_percent"), (int, float)) else 0
     plan = plan_roll(str(news.get("endpoint_name") or "?"), old, next_deployment(old), [], None if old else {}, {}, steps, mirror)
     return plan.words()
 
@@ -180,8 +181,10 @@ class AzureMLTarget(Target):
         client = self._client(news)
         deployment = olds.get("deployment") or ""
         change = rules.diff(olds, news)
-        if roll or change.rolls or not deployment:
-            plan = self._plan(olds if deployment else None, news, endpoint_exists=client.get_endpoint(news["endpoint_name"]) is not None)
+        exists = client.get_endpoint(news["endpoint_name"]) is not None
+        if roll or change.rolls or not deployment or not exists:
+            # Gone behind our back (refresh said Missing): make it again, from v1.
+            plan = self._plan(olds if deployment and exists else None, news, endpoint_exists=exists)
             execute(plan, client)
             deployment = plan.new
         else:

@@ -75,6 +75,8 @@ def plan_roll(endpoint: str, old: str | None, new: str, assets: list[tuple[str, 
     """
     plan = Plan(endpoint, new, old)
     add = plan.steps.append
+    steps = [int(s) for s in steps]  # providers get every number as a float; ARM wants int32 shares
+    mirror_percent = int(mirror_percent)
     for kind, name, version, body in assets:
         add(Step("ensure_asset", (kind, name, version, body)))
     if endpoint_body is not None:

@@ -1,0 +1,170 @@
+"""A Service with `target="azureml"` through the real Pulumi engine, against the local fake of
+Azure ML (tests/fake_azureml.py). The fake is not Azure; nothing here deploys to Azure.
+
+No Docker: the program declares the `Service` resource as `ContainerInstanceService` does
+(its shared inputs plus the target's own from stack config), without building an image, and
+the fake's deployments answer with the test's scorer. While a roll runs, a client scores
+through the endpoint's URI at 20 requests a second and must see no failed request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import requests
+from pulumi import automation as auto
+
+from fake_azureml import FakeAzureML
+
+pytestmark = [pytest.mark.e2e]
+
+SUB = "00000000-1111-2222-3333-444444444444"
+SWAGGER = {"swagger": "2.0", "definitions": {
+    "ServiceInput": {"type": "object", "example": {"data": [[1, 2, 3]]}},
+    "ServiceOutput": {"type": "array", "items": {"type": "number"}},
+}}
+
+
+class Scorer:
+    """Deployments named in `bad` answer 500; the others a prediction."""
+
+    def __init__(self) -> None:
+        self.bad: set[str] = set()
+
+    def __call__(self, deployment: str, method: str, path: str, body: bytes) -> tuple[int, str]:
+        if path == "/swagger.json":
+            return 200, json.dumps(SWAGGER)
+        if deployment in self.bad:
+            return 500, f"{deployment}: the model did not load"
+        return 200, json.dumps([1.5])
+
+
+@pytest.fixture
+def fake_ml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Asked for before a stack, so it still serves when the stack is destroyed at teardown."""
+    fake = FakeAzureML(tmp_path / "azureml", scorer=Scorer(), op_seconds=0.1, retry_after=0)
+    for k, v in {**fake.env(), "MLDEPLOY_ARM_POLL_SECONDS": "0.2"}.items():
+        monkeypatch.setenv(k, v)
+    yield fake
+    fake.close()
+
+
+def program_for(version: dict[str, int]):
+    def program() -> None:
+        from mldeploy.components._common import Settings
+        from mldeploy.components.container_instance_service import Service
+        from mldeploy.providers.targets import target_for
+
+        settings = Settings.load()
+        own = target_for("azureml").service_inputs({}, service_name="churn", resource_name="churn", settings=settings)
+        svc = Service("churn-service", {
+            **own,
+            "service_name": "churn", "target": "azureml", "project": settings.project, "stack": settings.stack,
+            "image_name": "mldeploy/scoring:e2e", "image_id": "sha256:" + "a" * 64,
+            "models": [{"name": "ridge", "version": version["model"], "model_dir": f"reg/ridge/{version['model']}"}],
+            "cpu_cores": 1.0, "memory_gb": 1.0, "auth_enabled": True, "environment_variables": {},
+            "primary_key_version": version.get("key", 1), "secondary_key_version": 1, "max_request_bytes": 1048576,
+            "startup_timeout_seconds": 180, "entry_script": "sample/src/score.py",
+        }, pulumi.ResourceOptions(additional_secret_outputs=["primary_key", "secondary_key"]), target_outputs=("deployment", "endpoint_id"))
+        for k in ("scoring_uri", "primary_key", "deployment", "state", "model_versions"):
+            pulumi.export(k, getattr(svc, k))
+    return program
+
+
+class Load:
+    """A client at 20 requests a second through the endpoint (no deployment header: the traffic map decides)."""
+
+    def __init__(self, uri: str, key: str, ca: str):
+        self.uri, self.key, self.ca = uri, key, ca
+        self.results: list[tuple[int, str]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            t0 = time.monotonic()
+            try:
+                r = requests.post(self.uri, json={"data": [[1, 2, 3]]}, headers={"Authorization": f"Bearer {self.key}"},
+                                  verify=self.ca, timeout=5)
+                self.results.append((r.status_code, r.headers.get("azureml-model-deployment", "")))
+            except requests.RequestException as exc:
+                self.results.append((0, str(exc)))
+            self.stop.wait(max(0.0, 0.05 - (time.monotonic() - t0)))
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def outputs(result: Any) -> dict[str, Any]:
+    return {k: v.value for k, v in result.outputs.items()}
+
+
+def test_azureml_target_creates_rolls_under_load_refuses_a_bad_sample_and_converges(fake_ml: FakeAzureML, workdir: Path, engine_stack) -> None:
+    version = {"model": 1}
+    st = engine_stack(program_for(version))
+    for key, value in {"target": "azureml", "azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureMlWorkspace": "ws-ml",
+                       "azureLocation": "westeurope", "armEndpoint": fake_ml.url}.items():
+        st.stack.set_config(f"mldeploy:{key}", auto.ConfigValue(value))
+    endpoint = f"{st.name}-churn"
+
+    up = st.up()
+    assert up.summary.result == "succeeded", st.log[-40:]
+    out = outputs(up)
+    assert out["deployment"] == "v1" and out["state"] == "Healthy" and out["model_versions"] == {"ridge": 1}
+    assert out["scoring_uri"] == f"{fake_ml.url}/inference/{endpoint}/score"
+    assert up.outputs["primary_key"].secret and out["primary_key"] == fake_ml.endpoint(endpoint).keys["primaryKey"]
+
+    # Nothing changed: nothing to do, nothing registered again.
+    puts = len(fake_ml.asset_puts)
+    assert st.preview().change_summary.get("update", 0) == 0
+    assert len(fake_ml.asset_puts) == puts
+
+    # A new model version: the preview says the roll in Azure's words; up rolls blue/green under load.
+    version["model"] = 2
+    preview = st.preview()
+    assert preview.change_summary.get("update") == 1
+    with Load(out["scoring_uri"], out["primary_key"], str(fake_ml.ca_path)) as load:
+        time.sleep(0.5)
+        up = st.up()
+        time.sleep(0.5)
+    assert up.summary.result == "succeeded", st.log[-40:]
+    assert outputs(up)["deployment"] == "v2"
+    failed = [r for r in load.results if r[0] != 200]
+    assert len(load.results) >= 10 and not failed, failed[:5]
+    assert {d for _, d in load.results} <= {"v1", "v2"} and load.results[-1][1] == "v2"
+    assert fake_ml.asset_puts[puts:] == [("models", "ridge", "2")]  # the environment and the code did not change
+
+    # The sample gate refuses v3: up fails naming the step, the request and the answer; traffic stays on v2.
+    fake_ml.scorer.bad.add("v3")
+    version["model"] = 3
+    with pytest.raises(auto.CommandError):
+        st.up()
+    said = "\n".join(st.log[-80:])
+    assert "sample checked' failed" in said and "azureml-model-deployment: v3" in said and "the model did not load" in said
+    e = fake_ml.endpoint(endpoint)
+    assert e.body["properties"]["traffic"] == {"v2": 100} and sorted(e.deployments) == ["v2"]
+    # Fixed: the next up converges to v3.
+    fake_ml.scorer.bad.clear()
+    up = st.up()
+    assert up.summary.result == "succeeded" and outputs(up)["deployment"] == "v3"
+
+    # Deleted behind our back: refresh says Missing, up makes it again.
+    fake_ml.endpoints.clear()
+    st.refresh()
+    up = st.up()
+    assert up.summary.result == "succeeded" and outputs(up)["state"] == "Healthy"
+    assert fake_ml.endpoint(endpoint).body["properties"]["traffic"] == {outputs(up)["deployment"]: 100}
+
+    st.destroy()
+    assert fake_ml.endpoint(endpoint) is None

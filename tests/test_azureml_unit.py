@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from mldeploy.providers.targets.azureml import bodies, rules
 from mldeploy.providers.targets.azureml.args import AzureMLArgs, endpoint_name, timeout_iso
 from mldeploy.providers.targets.azureml.rollout import RolloutFailed, execute, next_deployment, plan_roll
+from test_components_unit import no_docker, project  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.unit
 
@@ -201,3 +202,53 @@ def test_numbers_as_providers_get_them():
 
 def test_next_deployment():
     assert next_deployment(None) == "v1" and next_deployment("v9") == "v10" and next_deployment("blue") == "v1"
+
+
+# ------------------------------------------------------------------ bad input through the component, at program time
+
+
+def _declare(config: dict[str, str], **kw: Any) -> Any:
+    """ContainerInstanceService(target="azureml") under mocks: what the program raises, if anything."""
+    import pulumi
+
+    from test_components_unit import make_image, make_model
+    from test_kubernetes_unit import K8sMocks
+
+    mocks = K8sMocks()
+    pulumi.runtime.set_mocks(mocks, project="proj", stack="dev", preview=True)
+    pulumi.runtime.set_all_config({"mldeploy:target": "azureml", **config}, [])
+
+    @pulumi.runtime.test
+    def program() -> Any:
+        from mldeploy.components import ContainerInstanceService
+
+        return ContainerInstanceService("svc", models=[make_model()], image=make_image(), **kw).state
+
+    try:
+        program()
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+    return mocks
+
+
+AZ = {"mldeploy:azureSubscriptionId": SUB, "mldeploy:azureResourceGroup": "rg-ml", "mldeploy:azureLocation": "westeurope",
+      "mldeploy:azureMlWorkspace": "ws-ml"}
+
+
+@pytest.mark.parametrize("config, kw, field", [
+    ({**AZ, "mldeploy:azureMlWorkspace": ""}, {}, "workspace: missing: set stack config mldeploy:azureMlWorkspace"),
+    ({**AZ, "mldeploy:azureMlWorkspace": "w"}, {}, "workspace"),
+    ({**AZ, "mldeploy:azureLocation": "atlantis"}, {}, "location"),
+    (AZ, {"port": 8080}, "port"),
+])
+def test_bad_input_fails_in_the_program_naming_the_field(project, config, kw, field):
+    with pytest.raises(Exception) as err:
+        _declare(config, **kw)
+    assert field in str(err.value) and "ContainerInstanceService 'svc'" in str(err.value)
+
+
+def test_a_good_service_declares_the_endpoint(project):
+    mocks = _declare(AZ)
+    inputs = mocks.resources["svc-service"][1]
+    assert inputs["target"] == "azureml" and inputs["endpoint_name"] == "dev-svc" and inputs["workspace"] == "ws-ml"
+    assert inputs["instance_type"] == "Standard_DS3_v2" and inputs["traffic_steps"] == [100]

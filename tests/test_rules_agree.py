@@ -76,9 +76,10 @@ def _service_inputs(target: str, **kw: Any) -> dict[str, Any]:
     mocks = K8sMocks()
     pulumi.runtime.set_mocks(mocks, project="proj", stack="dev", preview=False)
     config = {"mldeploy:target": target}
-    if target == "aci":
+    if target in ("aci", "azureml"):
         config.update({"mldeploy:azureSubscriptionId": "00000000-0000-0000-0000-000000000000",
-                       "mldeploy:azureResourceGroup": "rg-ml", "mldeploy:azureLocation": "westeurope"})
+                       "mldeploy:azureResourceGroup": "rg-ml", "mldeploy:azureLocation": "westeurope",
+                       "mldeploy:azureMlWorkspace": "ws-ml"})
     pulumi.runtime.set_all_config(config, [])
 
     @pulumi.runtime.test
@@ -95,7 +96,7 @@ def _service_inputs(target: str, **kw: Any) -> dict[str, Any]:
     return mocks.resources["svc-service"][1]
 
 
-@pytest.mark.parametrize("target", ["local", "aci"])
+@pytest.mark.parametrize("target", ["local", "aci", "azureml"])
 def test_every_input_a_service_sends_has_exactly_one_rule(target: str, project: Any, tmp_path: Any) -> None:
     """A property added to what the component sends, and to no rule, fails here (and so one the rules name twice)."""
     import pulumi
@@ -108,6 +109,8 @@ def test_every_input_a_service_sends_has_exactly_one_rule(target: str, project: 
         pem = make_ca_and_cert(tmp_path / "tls")
         kw = {"environment_variables": env, "ssl_enabled": True, "ssl_cname": "svc.example.org",
               "ssl_cert_pem_file": str(pem["cert"]), "ssl_key_pem_file": str(pem["key"])}
+    elif target == "azureml":
+        kw = {"environment_variables": env, "sample_request": {"data": [[1.0]]}}
     else:
         kw = {"environment_variables": env, "sample_request": {"data": [[1.0]]}, "worker_count": 1}
     inputs = _service_inputs(target, **kw)

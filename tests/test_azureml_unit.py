@@ -252,3 +252,48 @@ def test_a_good_service_declares_the_endpoint(project):
     inputs = mocks.resources["svc-service"][1]
     assert inputs["target"] == "azureml" and inputs["endpoint_name"] == "dev-svc" and inputs["workspace"] == "ws-ml"
     assert inputs["instance_type"] == "Standard_DS3_v2" and inputs["traffic_steps"] == [100]
+
+
+def _declare_endpoint(config: dict[str, str], **kw: Any) -> Any:
+    import pulumi
+
+    from test_components_unit import make_image, make_model
+    from test_kubernetes_unit import K8sMocks
+
+    mocks = K8sMocks()
+    pulumi.runtime.set_mocks(mocks, project="proj", stack="dev", preview=True)
+    pulumi.runtime.set_all_config(config, [])
+
+    @pulumi.runtime.test
+    def program() -> Any:
+        from mldeploy.components.azureml_service import OnlineEndpointService
+
+        return OnlineEndpointService("churn", models=[make_model()], image=make_image(), **kw).state
+
+    try:
+        program()
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+    return mocks
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"endpoint_name": "9-churn"}, "endpoint_name"), ({"instance_type": "Standard_Q1"}, "instance_type"),
+    ({"instance_count": 0}, "instance_count"), ({"request_timeout_ms": 200_000}, "request_timeout_ms"),
+    ({"auth_mode": "aad_token"}, "auth_mode"), ({"mirror_percent": 60}, "mirror_percent"),
+    ({"mirror_percent": 10, "traffic_steps": [10, 100]}, "mirror_percent cannot go with canary traffic_steps"),
+    ({"liveness_probe": {"period": 0}}, "liveness_probe.period"),
+])
+def test_online_endpoint_service_refuses_bad_input_naming_the_field(project, kw, field):
+    with pytest.raises(Exception) as err:
+        _declare_endpoint(AZ, **kw)
+    assert field in str(err.value) and "ContainerInstanceService 'churn'" in str(err.value)
+
+
+def test_online_endpoint_service_sends_its_arguments(project):
+    mocks = _declare_endpoint(AZ, instance_type="Standard_F4s_v2", instance_count=2, auth_mode="aml_token",
+                              traffic_steps=[20, 100], liveness_probe={"initial_delay": 30})
+    inputs = mocks.resources["churn-service"][1]
+    assert inputs["target"] == "azureml" and inputs["instance_type"] == "Standard_F4s_v2" and inputs["instance_count"] == 2
+    assert inputs["auth_mode"] == "aml_token" and inputs["traffic_steps"] == [20, 100]
+    assert inputs["liveness_probe"]["initial_delay"] == 30 and inputs["liveness_probe"]["failure_threshold"] == 30

@@ -1,0 +1,67 @@
+"""OnlineEndpointService: a scoring service as an Azure ML managed online endpoint (the `azureml` target).
+
+Why a component of its own: `ContainerInstanceService` keeps Azure ML v1's deployment
+configuration (CPU, memory, keys), and an online deployment is sized and tuned with other
+words (instance type and count, request settings, probes, auth mode). This component is
+`ContainerInstanceService` on the `azureml` target plus those arguments, so models, images,
+keys, the sample gate and the outputs stay one code path; the arguments are checked by the
+target (`mldeploy.providers.targets.azureml.args.AzureMLArgs`) in the program, naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mldeploy.components._common import args_class
+from mldeploy.components.container_instance_service import ContainerInstanceService
+from mldeploy.components.inference_image import InferenceImage
+from mldeploy.components.registered_model import RegisteredModel
+
+
+class OnlineEndpointService(ContainerInstanceService):
+    """A managed online endpoint and its live deployment; a new model version rolls blue/green."""
+
+    def __init__(
+        self,
+        resource_name: str,
+        models: list[RegisteredModel],
+        image: InferenceImage,
+        *,
+        endpoint_name: str | None = None,
+        instance_type: str = "Standard_DS3_v2",
+        instance_count: int = 1,
+        request_timeout_ms: int = 5000,
+        max_concurrent_requests_per_instance: int = 1,
+        auth_mode: str = "key",
+        liveness_probe: dict[str, int] | None = None,
+        readiness_probe: dict[str, int] | None = None,
+        traffic_steps: list[int] | None = None,
+        mirror_percent: int = 0,
+        **kwargs: Any,
+    ):
+        """`endpoint_name` defaults to `<stack>-<service>`. Probes take `initial_delay`, `period`,
+        `timeout`, `failure_threshold`, `success_threshold` (Azure's defaults: 10, 10, 2, 30, 1).
+        `traffic_steps` (default `[100]`) is the new deployment's share at each step of a roll;
+        `mirror_percent` (at most 50, not with steps) is mirrored to it first. Everything else is
+        `ContainerInstanceService`'s (the target is `azureml`). docs/targets/azureml.md."""
+        given = {
+            "endpoint_name": endpoint_name,
+            "instance_type": instance_type,
+            "instance_count": instance_count,
+            "request_timeout_ms": request_timeout_ms,
+            "max_concurrent_requests_per_instance": max_concurrent_requests_per_instance,
+            "auth_mode": auth_mode,
+            "liveness_probe": liveness_probe,
+            "readiness_probe": readiness_probe,
+            "traffic_steps": traffic_steps,
+            "mirror_percent": mirror_percent,
+        }
+        self._endpoint_args = {k: v for k, v in given.items() if v is not None}
+        super().__init__(resource_name, models, image, target="azureml", **kwargs)
+
+    def _target_inputs(self, resource_name: str, args: Any, settings: Any, given: dict[str, Any]) -> Any:  # type: ignore[override]
+        # The endpoint's own arguments join the ones ContainerInstanceService hands the target.
+        return ContainerInstanceService._target_inputs(resource_name, args, settings, {**given, **self._endpoint_args})
+
+
+OnlineEndpointServiceArgs = args_class(OnlineEndpointService, "The arguments of `OnlineEndpointService` as one object.")

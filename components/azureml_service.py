@@ -36,13 +36,13 @@ class OnlineEndpointService(ContainerInstanceService):
         liveness_probe: dict[str, int] | None = None,
         readiness_probe: dict[str, int] | None = None,
         traffic_steps: list[int] | None = None,
-        mirror_percent: int = 0,
+        mirror_traffic_percent: int = 0,
         **kwargs: Any,
     ):
         """`endpoint_name` defaults to `<stack>-<service>`. Probes take `initial_delay`, `period`,
         `timeout`, `failure_threshold`, `success_threshold` (Azure's defaults: 10, 10, 2, 30, 1).
         `traffic_steps` (default `[100]`) is the new deployment's share at each step of a roll;
-        `mirror_percent` (at most 50, not with steps) is mirrored to it first. Everything else is
+        `mirror_traffic_percent` (at most 50, not with steps) is mirrored to it first. Everything else is
         `ContainerInstanceService`'s (the target is `azureml`). docs/targets/azureml.md."""
         given = {
             "endpoint_name": endpoint_name,
@@ -54,7 +54,7 @@ class OnlineEndpointService(ContainerInstanceService):
             "liveness_probe": liveness_probe,
             "readiness_probe": readiness_probe,
             "traffic_steps": traffic_steps,
-            "mirror_percent": mirror_percent,
+            "mirror_traffic_percent": mirror_traffic_percent,
         }
         self._endpoint_args = {k: v for k, v in given.items() if v is not None}
         super().__init__(resource_name, models, image, target="azureml", **kwargs)

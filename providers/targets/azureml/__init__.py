@@ -51,7 +51,7 @@ def roll_words(olds: Mapping[str, Any] | None, news: Mapping[str, Any]) -> str:
     old = (olds or {}).get("deployment") or None
     steps = news.get("traffic_steps")
     steps = steps if isinstance(steps, list) and all(isinstance(s, (int, float)) for s in steps) else [100]
-    mirror = news.get("mirror_percent") if isinstance(news.get("mirror_percent"), (int, float)) else 0
+    mirror = news.get("mirror_traffic_percent") if isinstance(news.get("mirror_traffic_percent"), (int, float)) else 0
     plan = plan_roll(str(news.get("endpoint_name") or "?"), old, next_deployment(old), [], None if old else {}, {}, steps, mirror)
     return plan.words()
 
@@ -144,7 +144,7 @@ class AzureMLTarget(Target):
         )
         endpoint = None if (old or endpoint_exists) else bodies.endpoint_body(news, {})
         return plan_roll(news["endpoint_name"], old, new, assets, endpoint, deployment,
-                         list(news.get("traffic_steps") or [100]), int(news.get("mirror_percent") or 0))
+                         list(news.get("traffic_steps") or [100]), int(news.get("mirror_traffic_percent") or 0))
 
     # -- the backend ------------------------------------------------------------------
     def _client(self, props: Mapping[str, Any]) -> Any:

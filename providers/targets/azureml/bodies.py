@@ -83,7 +83,9 @@ def endpoint_body(p: Mapping[str, Any], traffic: Mapping[str, int], mirror: Mapp
     }
     if mirror:
         props["mirrorTraffic"] = {k: int(v) for k, v in mirror.items()}
-    return {"location": p["location"], "tags": tags(p), "properties": props}
+    # A system-assigned identity, as the Azure ML SDK and CLI create endpoints by default (it pulls the
+    # environment's image and reads the model's files).
+    return {"location": p["location"], "tags": tags(p), "identity": {"type": "SystemAssigned"}, "properties": props}
 
 
 def _probe(probe: Mapping[str, Any]) -> dict[str, Any]:

@@ -139,6 +139,8 @@ class WorkspaceClient:
         props["traffic"] = dict(traffic)
         props["mirrorTraffic"] = dict(mirror or {})
         body = {"location": current["location"], "tags": current.get("tags") or {}, "properties": props}
+        if (current.get("identity") or {}).get("type"):
+            body["identity"] = {"type": current["identity"]["type"]}
         return self.put_endpoint(endpoint, body)
 
     def list_keys(self, endpoint: str) -> dict[str, str]:

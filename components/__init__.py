@@ -6,7 +6,7 @@ from mldeploy.components.container_instance_service import ContainerInstanceServ
 from mldeploy.components.edge_module import EdgeDevice, EdgeModule, EdgeModuleArgs
 from mldeploy.components.inference_image import InferenceImage, InferenceImageArgs
 from mldeploy.components.registered_model import RegisteredModel, RegisteredModelArgs
-from mldeploy.providers.rollouts.spec import Canary
+from mldeploy.providers.rollouts.spec import Canary, TrafficSplit
 
 __all__ = [
     "AksCluster",
@@ -23,4 +23,5 @@ __all__ = [
     "InferenceImageArgs",
     "RegisteredModel",
     "RegisteredModelArgs",
+    "TrafficSplit",
 ]

@@ -13,7 +13,7 @@ from mldeploy.components.inference_image import InferenceImage
 from mldeploy.components.registered_model import RegisteredModel
 from mldeploy.components.registry_credentials import RegistryCredentials, registry_credentials_for
 from mldeploy.components.registry_image import RegistryImage
-from mldeploy.providers.rollouts.spec import Canary, check_rollout
+from mldeploy.providers.rollouts.spec import Canary, TrafficSplit, check_rollout
 from mldeploy.providers.targets.service import ServiceProvider
 from mldeploy.providers.targets import MAX_REQUEST_BYTES, TARGETS, ArgsInvalid, target_for
 
@@ -80,17 +80,25 @@ class ContainerInstanceServiceSpec(BaseModel):
         return value
 
 
-def _canary(rollout: Any, target: str) -> dict[str, Any] | None:
-    """The canary as the provider gets it; a bad one names its field (`rollout.steps: ...`)."""
-    if rollout is None:
-        return None
-    if not isinstance(rollout, (Canary, dict)):
+def _rollout(rollout: Any, traffic: Any, mirror_percent: Any, target: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The canary, and a held split or mirror, as the provider gets them; a bad one names its field."""
+    if rollout is not None and not isinstance(rollout, (Canary, dict)):
         raise ValueError(f"rollout: must be a Canary (from mldeploy.components import Canary), got {type(rollout).__name__}")
-    given = rollout.model_dump() if isinstance(rollout, Canary) else rollout
-    problems = check_rollout(target, {"rollout": given})
+    if traffic is not None and not isinstance(traffic, (TrafficSplit, dict)):
+        raise ValueError(f"traffic: must be a TrafficSplit or a dict like {{'current': 90, 'candidate': 10}}, got {type(traffic).__name__}")
+    given = {
+        "rollout": rollout.model_dump() if isinstance(rollout, Canary) else rollout,
+        "traffic": traffic.model_dump() if isinstance(traffic, TrafficSplit) else traffic,
+        "mirror_percent": mirror_percent,
+    }
+    problems = check_rollout(target, given)
     if problems:
         raise ValueError("; ".join(f"{field}: {reason}" for field, reason in problems))
-    return Canary.model_validate(given).model_dump()
+    canary = Canary.model_validate(given["rollout"]).model_dump() if rollout is not None else None
+    held = {k: v for k, v in (("traffic", given["traffic"]), ("mirror_percent", mirror_percent)) if v is not None}
+    if "traffic" in held:
+        held["traffic"] = TrafficSplit.model_validate(held["traffic"]).model_dump()
+    return canary, held
 
 
 async def _secret_names(env: dict[str, Any]) -> list[str]:
@@ -151,6 +159,8 @@ class ContainerInstanceService(pulumi.ComponentResource):
         ssl_key_pem_file: str | None = None,
         ssl_cname: str | None = None,
         rollout: Canary | None = None,
+        traffic: TrafficSplit | dict[str, int] | None = None,
+        mirror_percent: int | None = None,
     ):
         """`port` and `worker_count` are the local target's (`mldeploy.providers.targets.local.LocalArgs`;
         by default one scoring worker per whole core of `cpu_cores`); other targets refuse them.
@@ -168,11 +178,13 @@ class ContainerInstanceService(pulumi.ComponentResource):
         `rollout` (`Canary`, local target): a new version takes each step's share of live
         requests, and is promoted or rolled back on its own error rate and p99 as the gateway
         recorded them (docs/rollouts.md). Without it a roll moves all traffic at once, after
-        the sample gate."""
+        the sample gate. `traffic` (`{"current": 90, "candidate": 10}`) and `mirror_percent`
+        (a copy of that share of requests, answers discarded) hold a new version beside the
+        current one until the program drops them; then it takes all traffic."""
         settings = Settings.load()
         try:
             sample = sample_request_input(sample_request, sample_response)
-            canary = _canary(rollout, target or settings.target)
+            canary, held = _rollout(rollout, traffic, mirror_percent, target or settings.target)
         except ValueError as exc:
             raise ArgsError(f"ContainerInstanceService '{resource_name}': invalid arguments: {exc}") from None
         args = validate(
@@ -239,6 +251,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
                 # Only when given, so a service without one keeps the inputs it had.
                 **({"sample_request": sample} if sample is not None else {}),
                 **({"rollout": canary} if canary is not None else {}),
+                **held,
             },
             pulumi.ResourceOptions(
                 parent=self,

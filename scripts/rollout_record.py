@@ -34,12 +34,34 @@ def main(argv: list[str] | None = None) -> int:
     except (service_logs.LogsError, stack_cli.PassphraseMissing, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if props.get("candidate"):
+        print(held_now(props))
     found = load_record(path)
+    if found is None and props.get("candidate"):
+        return 0
     if found is None:
         print(f"{args.service}: no rollout recorded (a canary, a held split or a mirror writes {path})")
         return 0
     print(render(*found))
     return 0
+
+
+def held_now(props: dict) -> str:
+    """A held split or mirror, live: each version's requests, non-2xx answers and p99 from the gateway's split log."""
+    from mldeploy.providers.front.split import metrics_from_log
+    from mldeploy.providers.rollouts.words import held_words
+    from mldeploy.providers.targets.local import TARGET
+
+    candidate = props["candidate"]
+    lines = TARGET._gateway(props).split_log(candidate["split_log"])
+    versions = ", ".join(f"{k} v{v}" for k, v in sorted((candidate.get("model_versions") or {}).items()))
+    out = [f"held: {held_words(props)} (candidate {versions})"]
+    for version in ("current", "candidate", "mirror"):
+        m = metrics_from_log(lines, version, 0.0)
+        p99 = "n/a" if m.p99_ms is None else f"{m.p99_ms:.0f} ms"
+        rate = f"{m.errors / m.requests * 100:.2f} %" if m.requests else "n/a"
+        out.append(f"{version}: {m.requests} requests, {m.errors} not 2xx (error rate {rate}), p99 {p99}")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

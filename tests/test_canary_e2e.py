@@ -147,3 +147,80 @@ def test_a_good_version_is_promoted_and_a_failing_one_rolled_back_under_live_tra
 
     assert st.destroy().summary.result == "succeeded"
     assert stack_leftovers(st.name)["containers"] == []
+
+
+def held_program(traffic: dict[str, int] | None = None, mirror_percent: int | None = None):
+    def program() -> None:
+        import pulumi
+
+        from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
+
+        model = RegisteredModel("ridge", model_name="ridge", model_path="sample/models/sklearn_regression_model.pkl")
+        image = InferenceImage("scoring", entry_script="score.py", source_directory="sample/src", conda_file="sample/env/myenv.yml")
+        svc = ContainerInstanceService("held", models=[model], image=image, auth_enabled=True, worker_count=1,
+                                       traffic=traffic, mirror_percent=mirror_percent)
+        pulumi.export("scoring_uri", svc.scoring_uri)
+        pulumi.export("primary_key", svc.primary_key)
+        pulumi.export("model_versions", svc.model_versions)
+
+    return program
+
+
+def rollout_command(work: Path, stack_name: str, monkeypatch: pytest.MonkeyPatch, capsys) -> str:
+    import stack as stack_cli
+
+    monkeypatch.setattr(stack_cli, "ROOT", work)
+    real_select = stack_cli.select_stack
+    monkeypatch.setattr(stack_cli, "select_stack", lambda name, **kw: real_select(name, program=stack_cli.project_program(work), root=work))
+    capsys.readouterr()
+    assert stack_cli.main(["rollout", stack_name, "held"]) == 0
+    return capsys.readouterr().out
+
+
+def test_a_mirror_then_a_held_split_then_promotion(workdir: Path, engine_stack, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """mirror_percent: clients only ever get the live version's answers while the candidate's are recorded;
+    traffic: both versions answer; dropping both: the held version takes everything, the old one goes."""
+    model_path = train_model(workdir / "sample" / "models" / "sklearn_regression_model.pkl", alpha=0.1)
+    st = engine_stack(held_program())
+    up = st.up()
+    assert up.summary.result == "succeeded", st.log[-40:]
+    uri, key = up.outputs["scoring_uri"].value, up.outputs["primary_key"].value
+    first = next(c for c in stack_leftovers(st.name)["containers"] if "-held-" in c)
+
+    train_model(model_path, alpha=50.0)  # version 2, mirrored at 50 %
+    pre = st.preview(diff=True, program=held_program(mirror_percent=50))
+    assert "50 % of requests mirrored to the candidate; its answers are discarded" in pre.text, pre.text[-3000:]
+    up = st.up(program=held_program(mirror_percent=50))
+    assert up.summary.result == "succeeded", st.log[-40:]
+    assert up.outputs["model_versions"].value == {"ridge": 1}, "the current version still answers"
+    loop = ScoringLoop(uri, key, rate=20, max_seconds=60, max_requests=100)
+    loop.start()
+    loop.join(timeout=90)
+    assert loop.ok == 100 and not loop.failures and len(loop.answers) == 1, (loop.ok, loop.failures[:3], loop.answers)
+    shown = rollout_command(workdir, st.name, monkeypatch, capsys)
+    counts = {line.split(":")[0]: int(line.split(": ")[1].split()[0]) for line in shown.splitlines()
+              if line.startswith(("current:", "candidate:", "mirror:"))}
+    assert counts["current"] >= 100 and counts["candidate"] == 0, shown
+    assert 25 <= counts["mirror"] <= 75, shown  # about half of 100 copies, recorded, never answered to a client
+    assert "mirror: " in shown and "0 not 2xx" in shown.split("mirror:")[1], shown
+
+    # A held split at 50/50: no new backend (same version), both answer now.
+    up = st.up(program=held_program(traffic={"current": 50, "candidate": 50}))
+    assert up.summary.result == "succeeded" and up.summary.resource_changes.get("update") == 1, st.log[-40:]
+    loop = ScoringLoop(uri, key, rate=20, max_seconds=60, max_requests=60)
+    loop.start()
+    loop.join(timeout=90)
+    assert not loop.failures and len(loop.answers) == 2, (loop.failures[:3], loop.answers)
+
+    # Dropped: the held version takes every request and the first backend goes.
+    up = st.up(program=held_program())
+    assert up.summary.result == "succeeded", st.log[-40:]
+    assert up.outputs["model_versions"].value == {"ridge": 2}
+    loop = ScoringLoop(uri, key, rate=20, max_seconds=60, max_requests=40)
+    loop.start()
+    loop.join(timeout=90)
+    assert not loop.failures and len(loop.answers) == 1, (loop.failures[:3], loop.answers)
+    left = [c for c in stack_leftovers(st.name)["containers"] if "-held-" in c]
+    assert first not in left and len(left) == 1, left
+    assert set(st.preview(diff=True, program=held_program()).change_summary) == {"same"}
+    assert st.destroy().summary.result == "succeeded"

@@ -218,6 +218,7 @@ def test_public_surface() -> None:
         "InferenceImageArgs",
         "RegisteredModel",
         "RegisteredModelArgs",
+        "TrafficSplit",
     ]
     for name in components.__all__:
         assert getattr(components, name) is not None

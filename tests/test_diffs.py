@@ -225,6 +225,8 @@ ROUTE_CHANGES = {
     "secondary_key_version": 2,
     "max_request_bytes": 2_000_000,
     "gateway_image": "nginx:1",
+    "traffic": {"current": 90, "candidate": 10},
+    "mirror_percent": 20,
 }
 # Inputs whose change alone does nothing: the image's name moves with its id,
 # and the start-up timeout only matters to the next roll.
@@ -278,6 +280,7 @@ class TestDiffService:
         replace_on, roll_on, route_on = rules(service_props())
         ruled = set(replace_on) | set(roll_on) | set(route_on)
         assert set(service_props()) - ruled == set(NO_CHANGE_ALONE)
+        assert {"traffic", "mirror_percent"} <= set(route_on), "a held split's weights change the route in place"
         assert set(ROLL_CHANGES) == set(roll_on)
         assert set(ROUTE_CHANGES) == set(route_on)
 

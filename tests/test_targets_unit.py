@@ -276,7 +276,7 @@ class TestLocalTarget:
         }
 
     def test_outputs_kept_in_state(self) -> None:
-        assert local.TARGET.OUTPUTS == ("container_id", "backend_socket")
+        assert local.TARGET.OUTPUTS == ("container_id", "backend_socket", "candidate")
 
     # -- issue 11: workers, cores, server settings, backends of an earlier release
 

@@ -17,7 +17,7 @@ from mldeploy.providers.core.progress import say
 from mldeploy.providers.gate.sample_check import gate_words
 from mldeploy.providers.gate.smoke_test import smoke_test
 from mldeploy.providers.rollouts.spec import Canary, check_rollout
-from mldeploy.providers.rollouts.words import canary_words
+from mldeploy.providers.rollouts.words import canary_words, held_weights, held_words
 from mldeploy.providers.targets import TARGETS, Number, UnknownTarget, check_model, target_for
 
 # A different name, target or stack is a different service: its URI changes.
@@ -27,6 +27,7 @@ ROLL_ON = ("image_id", "models")
 # Read when something else rolls (the image by its id; the entry script and the sample by the gate
 # and the preview's words; the rollout by the roll), so alone they change nothing.
 INERT = ("image_name", "startup_timeout_seconds", "entry_script", "sample_request", "rollout")
+# A held split's or mirror's inputs are the target's (a target that can split puts them in ROUTE_ON).
 # States found by refresh that need a new backend; "Orphaned" (leftovers of an
 # interrupted roll next to a healthy backend) only needs the leftovers removed.
 BROKEN_STATES = ("Missing", "Stopped", "Unhealthy")
@@ -152,12 +153,20 @@ class ServiceProvider(ResourceProvider):
                 failures.append(CheckFailure("target", f"{target.name!r} services are deployed with {target.deployed_by}"))
             else:
                 failures += target.check(news)
-        if news.get("rollout") is not None and not failures:
-            failures += [CheckFailure(f, reason) for f, reason in check_rollout(news.get("target"), {"rollout": news["rollout"]})]
+        declared = {k: news.get(k) for k in ("rollout", "traffic", "mirror_percent")}
+        if any(v is not None for v in declared.values()) and not failures:
+            failures += [CheckFailure(f, reason) for f, reason in check_rollout(news.get("target"), declared)]
         rolls = bool(olds) and not failures and needs_roll(olds, news)
+        plan = None
         if rolls and news.get("rollout"):
-            news = {**news, "rollout_plan": canary_words(Canary.model_validate(news["rollout"]))}
-            say(f"{news.get('service_name')}: {news['rollout_plan']}")
+            plan = canary_words(Canary.model_validate(news["rollout"]))
+        elif not failures and held_weights(news) is not None and (rolls or not (olds or {}).get("candidate")):
+            plan = held_words(news)
+        elif not failures and olds and olds.get("candidate") and held_weights(news) is None:
+            plan = "the held version takes all traffic (traffic and mirror_percent dropped)"
+        if plan and olds:
+            news = {**news, "rollout_plan": plan}
+            say(f"{news.get('service_name')}: {plan}")
         words = sample_gate_words(news) if not failures and target.sample_gate and (not olds or needs_roll(olds, news)) else None
         if words:
             news = {**news, "sample_gate": words}

@@ -36,11 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from mldeploy.providers.core import containers, scoring
 from mldeploy.providers.targets.local.gateway import Gateway, port_free
 from mldeploy.providers.targets.local.canary import LocalTrafficControl
-from mldeploy.providers.front.gateway_config import SCORING_SOCKET_DIR, SplitRoute, backend_socket
+from mldeploy.providers.front.gateway_config import (
+    CANDIDATE_LINK, CONTAINER_BACKENDS_DIR, CONTAINER_RUNTIME_DIR, SCORING_SOCKET_DIR, SplitRoute, backend_socket,
+)
 from mldeploy.providers.rollouts.engine import RolledBack, RolloutRecord, run_canary
 from mldeploy.providers.rollouts.records import record_path, save_record
 from mldeploy.providers.rollouts.spec import Canary
-from mldeploy.providers.rollouts.words import canary_words
+from mldeploy.providers.rollouts.words import canary_words, held_words, held_weights
 from mldeploy.providers.core.paths import local
 from mldeploy.providers.gate.sample_check import check_sample
 from mldeploy.providers.targets import ArgsInvalid, Target, WholeNumber, check_environment, service_uris, validate_args
@@ -145,8 +147,10 @@ class LocalTarget(Target):
     # Limits, environment and the state folder (a mount) are fixed when a container starts.
     ROLL_ON = ("cpu_cores", "memory_gb", "environment_variables", "state_dir", "worker_count")
     # The gateway holds the port and the keys: the backend keeps running.
-    ROUTE_ON = ("port", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes", "gateway_image")
-    OUTPUTS = ("container_id", "backend_socket")
+    # A held split or mirror moves weights in the route; removing it promotes the held version.
+    ROUTE_ON = ("port", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes", "gateway_image",
+                "traffic", "mirror_percent")
+    OUTPUTS = ("container_id", "backend_socket", "candidate")
     PATHS = ("state_dir",)
     sample_gate = True
 
@@ -325,6 +329,14 @@ class LocalTarget(Target):
         old_id = olds.get("container_id") or ""
         old_socket = olds.get("backend_socket") or ""
         roll = roll or self.needs_roll(olds)
+        held, candidate = held_weights(news), olds.get("candidate") or None
+        serving = bool(old_socket) and containers.status(old_id) == "running"
+        if held is not None and serving and (roll or candidate):
+            return self._hold(gw, olds, news, keys, held, candidate, restart=roll)
+        if candidate and held is None and not roll and serving:
+            return self._promote_held(gw, olds, news, keys, candidate)
+        if candidate:
+            self._drop_held(gw, news, candidate)  # a newer version replaces the one held beside the current
         if not roll and containers.status(old_id) == "running":
             self._route(gw, news, keys)
             self._remove_orphans(news, keep={old_id})
@@ -381,6 +393,53 @@ class LocalTarget(Target):
         assert control.candidate is not None
         return control.candidate
 
+    def _hold(self, gw: Gateway, olds: dict[str, Any], news: dict[str, Any], keys: tuple[str | None, str | None],
+              held: tuple[int, int], candidate: dict[str, Any] | None, restart: bool) -> dict[str, Any]:
+        """The new version serves beside the current one until the program says otherwise: `traffic`
+        sends it a share of requests, `mirror_percent` a copy of a share (answers discarded)."""
+        name = news["service_name"]
+        if restart or candidate is None or containers.status(candidate.get("container_id") or "") != "running":
+            if candidate:
+                self._drop_held(gw, news, candidate)
+            rc = self._start_backend(gw, news)  # its sample gate first; on failure nothing moved
+            socket_name = os.path.basename(rc.socket or "")
+            gw.switch_backend(name, socket_name, link=CANDIDATE_LINK)
+            candidate = {
+                "container_id": rc.id,
+                "socket": socket_name,
+                "split_log": f"{CONTAINER_RUNTIME_DIR}/split-{name}-{uuid.uuid4().hex[:8]}.log",
+                "model_versions": {m["name"]: int(m["version"]) for m in news["models"]},
+            }
+        weight, mirror = held
+        split = SplitRoute(f"{CONTAINER_BACKENDS_DIR}/{name}/{CANDIDATE_LINK}", weight, candidate["split_log"], mirror)
+        self._route(gw, news, keys, split=split)
+        _progress(f"{name}: {held_words(news)}")
+        outs = self._outs(news, olds["container_id"], olds["backend_socket"], keys)
+        # The current version still serves most requests: its versions stay the service's.
+        return {**outs, "model_versions": olds.get("model_versions") or outs["model_versions"], "candidate": candidate}
+
+    def _promote_held(self, gw: Gateway, olds: dict[str, Any], news: dict[str, Any], keys: tuple[str | None, str | None],
+                      candidate: dict[str, Any]) -> dict[str, Any]:
+        """The held version takes every request: `current.sock` moves to it, the split goes, the old backend drains."""
+        name = news["service_name"]
+        gw.switch_backend(name, candidate["socket"])
+        self._route(gw, news, keys)
+        gw.drop_candidate(name)
+        gw.remove_split_log(candidate["split_log"])
+        _progress(f"{name}: the held version takes all traffic")
+        old_id = olds["container_id"]
+        if not containers.wait_idle(old_id, f"{SCORING_SOCKET_DIR}/{olds['backend_socket']}"):
+            _progress(f"{name}: the old backend still had connections after 90 s; stopping it")
+        containers.remove(old_id)
+        return {**self._outs(news, candidate["container_id"], candidate["socket"], keys), "candidate": None}
+
+    def _drop_held(self, gw: Gateway, props: dict[str, Any], candidate: dict[str, Any]) -> None:
+        """The held version goes; the route is rewritten by whoever called this."""
+        gw.drop_candidate(props["service_name"])
+        gw.remove_split_log(candidate.get("split_log") or "")
+        if candidate.get("container_id"):
+            containers.remove(candidate["container_id"], stop_timeout=2)
+
     def read(self, props: dict[str, Any]) -> dict[str, Any]:
         current = props.get("container_id") or ""
         status = containers.status(current)
@@ -388,7 +447,10 @@ class LocalTarget(Target):
         routed = props["service_name"] in gw.routes() and gw.is_running()
         if props.get("backend_socket") and gw.current_backend(props["service_name"]) != props["backend_socket"]:
             routed = False  # the route's link points elsewhere (or is gone): the next up re-points it
-        leftovers = [c for c in containers.find(self._labels(props)) if c != current]
+        held = (props.get("candidate") or {}).get("container_id")
+        leftovers = [c for c in containers.find(self._labels(props)) if c not in (current, held)]
+        if held and containers.status(held) != "running":
+            routed = False  # the held version is gone: the next up starts it again
         if status == "running" and routed:
             # Containers of an interrupted roll: the next up removes them, no roll needed.
             state = "Orphaned" if leftovers else "Healthy"
@@ -401,6 +463,8 @@ class LocalTarget(Target):
     def delete(self, props: dict[str, Any]) -> None:
         gw = self._gateway(props)
         gw.remove_route(props["service_name"])
+        if props.get("candidate"):
+            self._drop_held(gw, props, props["candidate"])
         if props.get("container_id"):
             containers.remove(props["container_id"])
         self._remove_orphans(props, keep=set())

@@ -16,6 +16,8 @@ service without rebuilding the image.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from mldeploy.providers.rollouts.records import load_record
 from test_deploy_e2e import SEED_REQUEST, ScoringLoop, stack_leftovers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 FAILING_RUN = '''
 
@@ -224,3 +227,52 @@ def test_a_mirror_then_a_held_split_then_promotion(workdir: Path, engine_stack, 
     assert first not in left and len(left) == 1, left
     assert set(st.preview(diff=True, program=held_program()).change_summary) == {"same"}
     assert st.destroy().summary.result == "succeeded"
+
+
+def test_a_canary_interrupted_twice_converges_on_the_next_up(workdir: Path) -> None:
+    """Ctrl-C twice mid-step: the engine stops hard with the split live; the next up runs the rollout again
+    and leaves one backend, a plain route, no candidate link and no provider process."""
+    import os
+    import signal
+
+    import stack as stack_cli
+    from test_operations_e2e import _multi_inputs, _service_containers, _stack_process
+
+    _multi_inputs(workdir)
+    name = f"cint{os.getpid() % 10000}{int(time.time()) % 1000}"
+    route = workdir / ".pulumi-state" / "gateway"
+    try:
+        first = _stack_process(workdir, name, "up", "0")
+        log, _ = first.communicate(timeout=540)
+        assert first.returncode == 0, log[-3000:]
+
+        proc = subprocess.Popen(
+            [sys.executable, str(FIXTURES / "run_stack.py"), str(workdir), name, "up", "1", "canary-slow"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.monotonic() + 180
+        split_live = False
+        while time.monotonic() < deadline and not split_live:
+            split_live = any("split_clients" in f.read_text() for f in route.glob(f"*-{name}/services/svc.conf"))
+            time.sleep(0.5)
+        assert split_live and len(_service_containers(name)) == 2, "the canary's first step should be live"
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)
+        log, _ = proc.communicate(timeout=120)
+        assert proc.returncode != 0, log[-3000:]
+
+        again = subprocess.run([sys.executable, str(FIXTURES / "run_stack.py"), str(workdir), name, "up", "1", "canary-fast"],
+                               capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+        assert "canary: promoted after 1 steps" in again.stdout, again.stdout[-3000:]
+        assert len(_service_containers(name)) == 1, _service_containers(name)
+        (conf,) = route.glob(f"*-{name}/services/svc.conf")
+        assert "split_clients" not in conf.read_text()
+        assert not list((workdir / ".pulumi-state" / "sockets").glob(f"*-{name}/svc/candidate.sock"))
+    finally:
+        down = _stack_process(workdir, name, "destroy", "0")
+        log, _ = down.communicate(timeout=300)
+        _stack_process(workdir, name, "rm", "0").communicate(timeout=120)
+    assert down.returncode == 0, log[-3000:]
+    assert stack_leftovers(name)["containers"] == []
+    assert stack_cli.orphaned_providers(workdir) == []

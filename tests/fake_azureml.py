@@ -6,7 +6,10 @@ Control plane (HTTPS on 127.0.0.1, a test CA made at test time, api-version 2024
   (201/202 with `Azure-AsyncOperation`, and `Location` for DELETE), `provisioningState`
   goes Creating/Updating/Deleting, then Succeeded or Failed;
 - `listKeys`, `regenerateKeys` (202, then `Location`), `token`;
-- model, environment and code versions (GET, PUT);
+- model, environment and code versions (GET, PUT); the default datastore `workspaceblobstore`
+  (GET, `listSecrets`) over a storage account the test gives (Azurite). A model or code
+  version whose files are not under its datastore path yet is refused (the fake's own check,
+  so tests prove the files go up first);
 - every request body is checked against Azure's REST specification of 2024-04-01, kept as
   extracts in tests/azure-specs (`arm_spec.check`): a body the specification refuses gets
   ARM's 400. A managed deployment is also checked as `ManagedOnlineDeployment` (the
@@ -48,6 +51,7 @@ WS = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/"
     r"workspaces/(?P<ws>[^/]+)(?P<rest>/.*)$"
 )
+DATASTORE = re.compile(r"^/datastores/(?P<name>[^/]+)(?P<rest>/listSecrets)?$")
 ASSET = re.compile(r"^/(?P<kind>models|environments|codes)/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
 ENDPOINT = re.compile(r"^/onlineEndpoints/(?P<ep>[^/]+)(?P<rest>/.*)?$")
 DEPLOYMENT = re.compile(r"^/deployments/(?P<d>[^/]+)$")
@@ -90,9 +94,13 @@ class Endpoint:
 class FakeAzureML:
     """Start with `FakeAzureML(tmp_path)`; `env()` is what a client needs; `close()` stops it."""
 
-    def __init__(self, tmp_dir: Path, scorer: Scorer = echo_scorer, op_seconds: float = 0.2, retry_after: int = 1):
+    def __init__(self, tmp_dir: Path, scorer: Scorer = echo_scorer, op_seconds: float = 0.2, retry_after: int = 1,
+                 blob: dict[str, str] | None = None):
+        """`blob` ({"service_url", "account", "key", "container"}): the storage account (Azurite in tests) behind
+        the workspace's default datastore `workspaceblobstore`; without it the workspace has no datastore."""
         import trustme
 
+        self.blob = blob
         self.scorer = scorer
         self.op_seconds = op_seconds
         self.retry_after = str(retry_after)  # 0: no pause asked (the client's own polling interval applies)
@@ -295,6 +303,10 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
                     self._error(404, "InvalidResourceNamespace", f"no route for {url.path}")
                     return
                 rest = m.group("rest")
+                ds = DATASTORE.match(rest)
+                if ds:
+                    self._datastore(m, ds.group("name"), bool(ds.group("rest")))
+                    return
                 a = ASSET.match(rest)
                 if a:
                     self._asset(m, a, body)
@@ -324,6 +336,37 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(200, None)
 
+        def _datastore(self, m: re.Match[str], name: str, secrets_: bool) -> None:
+            if fake.blob is None or name != "workspaceblobstore":
+                self._error(404, "UserError", f"datastore {name} not found")
+                return
+            if secrets_:
+                if self.command != "POST":
+                    self._error(405, "MethodNotAllowed", self.command)
+                else:
+                    self._send(200, {"secretsType": "AccountKey", "key": fake.blob["key"]})
+                return
+            ident = f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}/providers/{NS}/workspaces/{m['ws']}/datastores/{name}"
+            self._send(200, {"id": ident, "name": name, "type": f"{NS}/workspaces/datastores", "properties": {
+                "datastoreType": "AzureBlob", "isDefault": True, "accountName": fake.blob["account"],
+                "containerName": fake.blob["container"], "endpoint": "core.windows.net", "protocol": "https",
+                "serviceDataAccessAuthIdentity": "None", "credentials": {"credentialsType": "AccountKey"}}})
+
+        def _files_missing(self, uri: str) -> str | None:
+            """The fake's own check (so tests prove files go up before the asset is registered): an
+            `azureml://datastores/workspaceblobstore/paths/<p>` with no blob under <p> is refused."""
+            prefix = "azureml://datastores/workspaceblobstore/paths/"
+            if fake.blob is None or not uri.startswith(prefix):
+                return None
+            from azure.storage.blob import ContainerClient
+
+            path = uri[len(prefix):]
+            client = ContainerClient(fake.blob["service_url"], fake.blob["container"],
+                                     credential={"account_name": fake.blob["account"], "account_key": fake.blob["key"]})
+            if next(iter(client.list_blobs(name_starts_with=path)), None) is None:
+                return f"no files under {uri} in the workspace's datastore"
+            return None
+
         def _asset(self, m: re.Match[str], a: re.Match[str], body: Any) -> None:
             key = (m["sub"], m["rg"], m["ws"], a["kind"], a["name"], a["version"])
             ident = f"/subscriptions/{m['sub']}/resourceGroups/{m['rg']}/providers/{NS}/workspaces/{m['ws']}/{a['kind']}/{a['name']}/versions/{a['version']}"
@@ -336,6 +379,10 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
                 return
             if self.command == "PUT":
                 if not self._valid(ASSET_DEFINITIONS[a["kind"]], body):
+                    return
+                missing = self._files_missing(str(body["properties"].get("modelUri") or body["properties"].get("codeUri") or ""))
+                if missing:
+                    self._error(400, "UserError", missing)
                     return
                 existed = key in fake.assets
                 if existed and {k: v for k, v in fake.assets[key]["properties"].items() if k != "provisioningState"} != body["properties"]:

@@ -46,10 +46,13 @@ class Scorer:
 
 
 @pytest.fixture
-def fake_ml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Asked for before a stack, so it still serves when the stack is destroyed at teardown."""
-    fake = FakeAzureML(tmp_path / "azureml", scorer=Scorer(), op_seconds=0.1, retry_after=0)
-    for k, v in {**fake.env(), "MLDEPLOY_ARM_POLL_SECONDS": "0.2"}.items():
+def fake_ml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, azurite: dict[str, str], blob_container: str):
+    """Asked for before a stack, so it still serves when the stack is destroyed at teardown.
+    Its default datastore is a container of this test in Azurite (the local storage emulator)."""
+    blob = {"service_url": azurite["service_url"], "account": azurite["AZURE_STORAGE_ACCOUNT"],
+            "key": azurite["AZURE_STORAGE_KEY"], "container": blob_container}
+    fake = FakeAzureML(tmp_path / "azureml", scorer=Scorer(), op_seconds=0.1, retry_after=0, blob=blob)
+    for k, v in {**fake.env(), "MLDEPLOY_ARM_POLL_SECONDS": "0.2", "MLDEPLOY_BLOB_ACCOUNT_URL": azurite["service_url"]}.items():
         monkeypatch.setenv(k, v)
     yield fake
     fake.close()
@@ -111,6 +114,10 @@ def outputs(result: Any) -> dict[str, Any]:
 
 
 def test_azureml_target_creates_rolls_under_load_refuses_a_bad_sample_and_converges(fake_ml: FakeAzureML, workdir: Path, engine_stack) -> None:
+    for n in (1, 2, 3):  # the model versions' folders, as the model registry holds them
+        folder = workdir / "reg" / "ridge" / str(n)
+        folder.mkdir(parents=True)
+        (folder / "model.pkl").write_bytes(f"model {n}".encode())
     version = {"model": 1}
     st = engine_stack(program_for(version))
     for key, value in {"target": "azureml", "azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureMlWorkspace": "ws-ml",

@@ -7,6 +7,7 @@ No Docker: the fake's deployments answer with a scorer function the test gives.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,11 @@ def scorer(bad: set[str]):
 
 
 @pytest.fixture
-def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    f = FakeAzureML(tmp_path, scorer=scorer(set()), op_seconds=0.05, retry_after=0)
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, azurite: dict[str, str], blob_container: str):
+    blob = {"service_url": azurite["service_url"], "account": azurite["AZURE_STORAGE_ACCOUNT"],
+            "key": azurite["AZURE_STORAGE_KEY"], "container": blob_container}
+    monkeypatch.setenv("MLDEPLOY_BLOB_ACCOUNT_URL", azurite["service_url"])
+    f = FakeAzureML(tmp_path, scorer=scorer(set()), op_seconds=0.05, retry_after=0, blob=blob)
     monkeypatch.setenv("MLDEPLOY_ARM_CA_BUNDLE", str(f.ca_path))
     monkeypatch.setenv("MLDEPLOY_ARM_POLL_SECONDS", "0.05")
     yield f
@@ -53,16 +57,23 @@ def client(fake: FakeAzureML, p: dict[str, Any] | None = None, token: str | None
     return WorkspaceClient({**(p or props()), "arm_endpoint": fake.url}, cred=StaticToken(token or fake.issue_token()), poll_seconds=0.05)
 
 
-def assets(p: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
+MODEL_DIR = Path(tempfile.mkdtemp(prefix="azureml-model-"))
+(MODEL_DIR / "model.pkl").write_bytes(b"not really a pickle")
+SCRIPT = MODEL_DIR.parent / f"{MODEL_DIR.name}-score.py"
+SCRIPT.write_text("def run(x): return x\n")
+
+
+def assets(p: dict[str, Any]) -> list[tuple[Any, ...]]:
     m = bodies.model_asset(p, p["models"][0])
     e = bodies.environment_asset(p)
-    c = bodies.code_asset(p, "def run(x): return x\n")
-    return [("models", *m), ("environments", *e), ("codes", *c)]
+    c = bodies.code_asset(p, SCRIPT.read_text())
+    return [("models", *m, {"local": str(MODEL_DIR), "path": bodies.model_path(m[0], m[1])}), ("environments", *e),
+            ("codes", *c, {"local": str(SCRIPT), "path": bodies.code_path(c[0], c[1])})]
 
 
 def roll(fake: FakeAzureML, p: dict[str, Any], old: str | None, new: str, steps: list[int] = [100]) -> None:
     a = assets(p)
-    ids = [bodies.asset_id(p, kind, name, version) for kind, name, version, _ in a]
+    ids = [bodies.asset_id(p, kind, name, version) for kind, name, version, *_ in a]
     dep = bodies.deployment_body(p, ids[0], ids[1], ids[2], "score.py")
     plan = plan_roll(p["endpoint_name"], old, new, a, None if old else bodies.endpoint_body(p, {}), dep, steps)
     execute(plan, client(fake, p), progress=lambda s: None)
@@ -70,7 +81,7 @@ def roll(fake: FakeAzureML, p: dict[str, Any], old: str | None, new: str, steps:
 
 def test_our_bodies_pass_the_specification():
     p = props()
-    for kind, name, version, body in assets(p):
+    for kind, name, version, body, *_ in assets(p):
         arm_spec.check(*ML, {"models": "ModelVersionResource", "environments": "EnvironmentVersionResource", "codes": "CodeVersionResource"}[kind], body)
     arm_spec.check(*ML, "OnlineEndpointTrackedResource", bodies.endpoint_body(p, {"v1": 100}, {"v2": 10}))
     dep = bodies.deployment_body(p, "m", "e", "c", "score.py")
@@ -90,6 +101,15 @@ def test_create_then_blue_green_roll(fake: FakeAzureML):
     roll(fake, p2, "v1", "v2")
     assert e.body["properties"]["traffic"] == {"v2": 100} and sorted(e.deployments) == ["v2"]
     assert fake.asset_puts[3:] == [("models", "ridge", "4")]  # environment and code unchanged: nothing registered
+    # The files went to the workspace's default datastore first (the fake refuses an asset without them).
+    from azure.storage.blob import ContainerClient
+
+    blobs = ContainerClient(fake.blob["service_url"], fake.blob["container"],
+                            credential={"account_name": fake.blob["account"], "account_key": fake.blob["key"]})
+    names = sorted(b.name for b in blobs.list_blobs(name_starts_with="mldeploy/"))
+    code_version = bodies.code_asset(p, SCRIPT.read_text())[1]
+    assert names == ["mldeploy/code/churn-code/" + code_version + "/" + SCRIPT.name,
+                     "mldeploy/models/ridge/3/model.pkl", "mldeploy/models/ridge/4/model.pkl"]
     gate_calls = [r for r in fake.scored if r[1] == "v2"]
     assert gate_calls and all(s == 200 for _, _, s in gate_calls)
     # Every ARM request was a long-running operation where the specification says so.
@@ -209,10 +229,10 @@ def service_props(fake: FakeAzureML, **over: Any) -> dict[str, Any]:
                               arm_endpoint=fake.url)
     own = target_for("azureml").service_inputs({}, service_name="churn", resource_name="churn", settings=settings)
     base = {"service_name": "churn", "target": "azureml", "project": "p", "stack": "dev", "image_name": "scoring:1",
-            "image_id": "sha256:" + "a" * 64, "models": [{"name": "ridge", "version": 1, "model_dir": "reg/ridge/1"}],
+            "image_id": "sha256:" + "a" * 64, "models": [{"name": "ridge", "version": 1, "model_dir": str(MODEL_DIR)}],
             "cpu_cores": 1.0, "memory_gb": 1.0, "auth_enabled": True, "environment_variables": {},
             "primary_key_version": 1, "secondary_key_version": 1, "max_request_bytes": 1048576,
-            "startup_timeout_seconds": 180, "entry_script": "sample/score.py"}
+            "startup_timeout_seconds": 180, "entry_script": str(SCRIPT)}
     return {**base, **own, **over}
 
 
@@ -230,7 +250,7 @@ def test_a_service_with_target_azureml_creates_rolls_rotates_and_deletes(fake: F
     assert outs["scoring_uri"] == f"{fake.url}/inference/dev-churn/score"
     assert outs["primary_key"] == fake.endpoint("dev-churn").keys["primaryKey"]
     # A new model version: the diff rolls, the review says the roll in Azure's words, up does it.
-    news2 = service_props(fake, models=[{"name": "ridge", "version": 2, "model_dir": "reg/ridge/2"}])
+    news2 = service_props(fake, models=[{"name": "ridge", "version": 2, "model_dir": str(MODEL_DIR)}])
     diff = provider.diff("dev/churn", outs, news2)
     assert diff.changes and not diff.replaces
     from mldeploy.providers.targets import target_for
@@ -273,3 +293,13 @@ def test_bad_service_inputs_name_the_field(fake: FakeAzureML):
     assert [f.property for f in ServiceProvider().check({}, two).failures] == ["models"]
     bad = service_props(fake, instance_count=0, endpoint_name="9-bad")
     assert sorted(f.property for f in ServiceProvider().check({}, bad).failures) == ["endpoint_name", "instance_count"]
+
+
+def test_an_asset_without_its_files_is_refused_and_a_missing_folder_named(fake: FakeAzureML, tmp_path: Path):
+    c = client(fake)
+    p = props()
+    name, version, body = bodies.model_asset(p, {"name": "lost", "version": 1})
+    with pytest.raises(ArmError, match="no files under azureml://datastores/workspaceblobstore/paths/mldeploy/models/lost/1/"):
+        c.ensure_asset("models", name, version, body)
+    with pytest.raises(ArmError, match=f"nothing at {tmp_path}/nowhere"):
+        c.ensure_asset("models", name, version, body, {"local": str(tmp_path / "nowhere"), "path": bodies.model_path(name, version)})

@@ -126,14 +126,20 @@ class AzureMLTarget(Target):
     def _plan(self, olds: Mapping[str, Any] | None, news: Mapping[str, Any], endpoint_exists: bool = False) -> Plan:
         old = (olds or {}).get("deployment") or None
         new = next_deployment(old)
-        model_name, model_version, model_body = bodies.model_asset(news, news["models"][0])
+        from mldeploy.providers.core.paths import local
+
+        model = news["models"][0]
+        model_name, model_version, model_body = bodies.model_asset(news, model)
         env_name, env_version, env_body = bodies.environment_asset(news)
-        assets = [("models", model_name, model_version, model_body), ("environments", env_name, env_version, env_body)]
+        model_files = {"local": str(local(str(model.get("model_dir") or ""))), "path": bodies.model_path(model_name, model_version)}
+        assets: list[tuple[Any, ...]] = [("models", model_name, model_version, model_body, model_files),
+                                         ("environments", env_name, env_version, env_body, None)]
         script = _script_text(news.get("entry_script"))
         code_id = None
         if script is not None:
             code_name, code_version, code_body = bodies.code_asset(news, script)
-            assets.append(("codes", code_name, code_version, code_body))
+            code_files = {"local": str(local(str(news["entry_script"]))), "path": bodies.code_path(code_name, code_version)}
+            assets.append(("codes", code_name, code_version, code_body, code_files))
             code_id = bodies.asset_id(news, "codes", code_name, code_version)
         deployment = bodies.deployment_body(
             news,

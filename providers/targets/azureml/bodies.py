@@ -43,12 +43,21 @@ def short_digest(text: str, n: int = 12) -> str:
     return hexpart[:n]
 
 
+def model_path(name: str, version: str) -> str:
+    """Where a model version's files lie in the default datastore."""
+    return f"mldeploy/models/{name}/{version}"
+
+
+def code_path(name: str, version: str) -> str:
+    return f"mldeploy/code/{name}/{version}"
+
+
 def model_asset(p: Mapping[str, Any], model: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """(name, version, body): our version is already content's, so the asset keeps it."""
     name, version = str(model["name"]), str(int(model["version"]))
     body = {"properties": {
         "modelType": "custom_model",
-        "modelUri": f"azureml://datastores/{DATASTORE}/paths/mldeploy/models/{name}/{version}/",
+        "modelUri": f"azureml://datastores/{DATASTORE}/paths/{model_path(name, version)}/",
         "description": f"registered by mldeploy for {p['service_name']}",
         "tags": tags(p),
         "properties": {"mldeploy.content": str(model.get("content_hash") or "")} if model.get("content_hash") else {},
@@ -69,7 +78,7 @@ def code_asset(p: Mapping[str, Any], script_text: str) -> tuple[str, str, dict[s
     """(name, version, body): the entry script, versioned by its text."""
     name = f"{p['service_name']}-code"
     version = short_digest(script_text)
-    body = {"properties": {"codeUri": f"azureml://datastores/{DATASTORE}/paths/mldeploy/code/{name}/{version}/",
+    body = {"properties": {"codeUri": f"azureml://datastores/{DATASTORE}/paths/{code_path(name, version)}/",
                            "tags": tags(p)}}
     return name, version, body
 

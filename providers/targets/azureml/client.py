@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from mldeploy.providers.core.scoring import Answer
 from mldeploy.providers.targets.azure import arm
 from mldeploy.providers.targets.azureml.args import API_VERSION
-from mldeploy.providers.targets.azureml.bodies import workspace_id
+from mldeploy.providers.targets.azureml.bodies import DATASTORE, workspace_id
 
 SCOPE = "https://management.azure.com/.default"
 MAX_WAIT_SECONDS = 30 * 60
@@ -49,6 +49,7 @@ class WorkspaceClient:
         # Between polls when ARM sends no Retry-After; MLDEPLOY_ARM_POLL_SECONDS shortens it for a local fake.
         self.poll_seconds = poll_seconds if poll_seconds is not None else float(os.environ.get("MLDEPLOY_ARM_POLL_SECONDS") or 5.0)
         self.ca = os.environ.get("MLDEPLOY_ARM_CA_BUNDLE") or None
+        self._datastore: tuple[str, str, Any] | None = None
         pipeline_policies = [
             policies.RequestIdPolicy(),
             policies.HeadersPolicy(),
@@ -105,13 +106,64 @@ class WorkspaceClient:
     def _call(self, what: str, fn: Any) -> Any:
         return arm.call(what, fn)
 
+    # -- the default datastore -------------------------------------------------
+    def datastore(self, name: str = DATASTORE) -> tuple[str, str, Any]:
+        """(account URL, container, credential) of a blob datastore, from GET and `listSecrets`.
+
+        `MLDEPLOY_BLOB_ACCOUNT_URL` replaces the account URL, for a local storage emulator in tests only."""
+        if self._datastore is None:
+            ds = self._call(f"GET datastore {name}", lambda: self._get(f"/datastores/{name}"))
+            if ds is None:
+                raise arm.ArmError(f"workspace {self.base.rsplit('/', 1)[-1]}: no datastore {name}")
+            props = ds.get("properties") or {}
+            if props.get("datastoreType") != "AzureBlob":
+                raise arm.ArmError(f"datastore {name}: {props.get('datastoreType')}, not AzureBlob")
+            secrets = self._call(f"POST listSecrets {name}",
+                                 lambda: _json(self._run("POST", f"/datastores/{name}/listSecrets", ok=(200,)).http_response)) or {}
+            if secrets.get("secretsType") == "AccountKey":
+                cred: Any = {"account_name": props["accountName"], "account_key": secrets.get("key")}
+            elif secrets.get("secretsType") == "Sas":
+                cred = secrets.get("sasToken")
+            else:
+                raise arm.ArmError(f"datastore {name}: secrets of type {secrets.get('secretsType')!r} are not supported here")
+            url = os.environ.get("MLDEPLOY_BLOB_ACCOUNT_URL") or (
+                f"{props.get('protocol') or 'https'}://{props['accountName']}.blob.{props.get('endpoint') or 'core.windows.net'}")
+            self._datastore = (url, str(props["containerName"]), cred)
+        return self._datastore
+
+    def upload(self, local: str, path: str) -> int:
+        """Every file under `local` (a file or a folder) to `path/` in the default datastore; the count."""
+        from pathlib import Path
+
+        from azure.core.exceptions import AzureError
+        from azure.storage.blob import ContainerClient
+
+        src = Path(local)
+        if not src.exists():
+            raise arm.ArmError(f"upload to {DATASTORE}/{path}: nothing at {src}")
+        files = [src] if src.is_file() else sorted(f for f in src.rglob("*") if f.is_file())
+        url, container, cred = self.datastore()
+        client = ContainerClient(url, container, credential=cred, connection_verify=self.ca or True)
+        try:
+            for f in files:
+                rel = f.name if src.is_file() else f.relative_to(src).as_posix()
+                with open(f, "rb") as data:
+                    client.upload_blob(f"{path}/{rel}", data, overwrite=True)
+        except AzureError as exc:
+            raise arm.ArmError(f"upload to {DATASTORE}/{path}: {arm.describe(exc)}") from None
+        return len(files)
+
     # -- assets --------------------------------------------------------------
-    def ensure_asset(self, kind: str, name: str, version: str, body: dict[str, Any]) -> bool:
+    def ensure_asset(self, kind: str, name: str, version: str, body: dict[str, Any], upload: Mapping[str, str] | None = None) -> bool:
         """Register `kind`/`name`/`version` unless it is there: versions follow content, so a
-        version that exists holds this content. True when it was registered now."""
+        version that exists holds this content. True when it was registered now. `upload`
+        ({"local", "path"}): files that go to the default datastore first."""
         path = f"/{kind}/{name}/versions/{version}"
         if self._call(f"GET {kind} {name}:{version}", lambda: self._get(path)) is not None:
             return False
+        if upload:
+            count = self.upload(upload["local"], upload["path"])
+            arm._progress(f"workspace: {count} file(s) of {kind} {name}:{version} uploaded to {DATASTORE}/{upload['path']}")
         self._call(f"PUT {kind} {name}:{version}", lambda: self._lro("PUT", path, body))
         arm._progress(f"workspace: {kind} {name}:{version} registered")
         return True

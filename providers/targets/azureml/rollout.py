@@ -26,7 +26,7 @@ from mldeploy.providers.core.scoring import Answer
 class Client(Protocol):
     """What the executor needs of Azure ML (`client.WorkspaceClient`; a recording fake in unit tests)."""
 
-    def ensure_asset(self, kind: str, name: str, version: str, body: dict[str, Any]) -> bool: ...
+    def ensure_asset(self, kind: str, name: str, version: str, body: dict[str, Any], upload: Mapping[str, str] | None = None) -> bool: ...
     def put_endpoint(self, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
     def put_deployment(self, endpoint: str, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
     def delete_deployment(self, endpoint: str, name: str) -> bool: ...
@@ -65,20 +65,20 @@ def next_deployment(old: str | None) -> str:
     return f"v{int(m.group(1)) + 1}" if m else "v1"
 
 
-def plan_roll(endpoint: str, old: str | None, new: str, assets: list[tuple[str, str, str, dict[str, Any]]],
+def plan_roll(endpoint: str, old: str | None, new: str, assets: list[tuple[Any, ...]],
               endpoint_body: dict[str, Any] | None, deployment_body: dict[str, Any],
               steps: list[int], mirror_traffic_percent: int = 0) -> Plan:
     """The ordered steps from `old` (None: a new endpoint) to `new`.
 
-    `assets`: (kind, name, version, body), registered only when absent. `endpoint_body`:
+    `assets`: (kind, name, version, body[, upload]), registered only when absent (files uploaded first). `endpoint_body`:
     given for a new endpoint (created first, with an empty traffic map).
     """
     plan = Plan(endpoint, new, old)
     add = plan.steps.append
     steps = [int(s) for s in steps]  # providers get every number as a float; ARM wants int32 shares
     mirror_traffic_percent = int(mirror_traffic_percent)
-    for kind, name, version, body in assets:
-        add(Step("ensure_asset", (kind, name, version, body)))
+    for asset in assets:
+        add(Step("ensure_asset", tuple(asset)))
     if endpoint_body is not None:
         add(Step("put_endpoint", (endpoint, endpoint_body), "created"))
     add(Step("put_deployment", (endpoint, new, deployment_body), f"deployment `{new}` created at 0 %"))

@@ -267,8 +267,16 @@ def test_a_service_with_target_azureml_creates_rolls_rotates_and_deletes(fake: F
     # Scale in place: the same deployment, a new capacity.
     outs4 = provider.update("dev/churn", outs3, {**news3, "instance_count": 2}).outs
     assert outs4["deployment"] == "v2" and fake.endpoint("dev-churn").deployments["v2"]["body"]["sku"]["capacity"] == 2
-    # Refresh: deleted behind our back reads as Missing (the next up restores it).
+    # Refresh: a leftover deployment with no traffic (an interrupted roll) reads as Orphaned; up removes it.
     assert provider.read("dev/churn", outs4).outs["state"] == "Healthy"
+    c = client(fake, outs4)
+    c.put_deployment("dev-churn", "v3", {k: v for k, v in fake.deployment_view(fake.endpoint("dev-churn"), "v2").items()
+                                         if k in ("location", "tags", "sku")} | {"properties": fake.endpoint("dev-churn").deployments["v2"]["body"]["properties"]})
+    orphaned = provider.read("dev/churn", outs4).outs
+    assert orphaned["state"] == "Orphaned" and provider.diff("dev/churn", orphaned, news3 | {"instance_count": 2}).changes
+    outs4 = provider.update("dev/churn", orphaned, {**news3, "instance_count": 2}).outs
+    assert sorted(fake.endpoint("dev-churn").deployments) == ["v2"] and outs4["state"] == "Healthy"
+    # Deleted behind our back reads as Missing (the next up restores it).
     provider.delete("dev/churn", outs4)
     assert fake.endpoint("dev-churn") is None
     assert provider.read("dev/churn", outs4).outs["state"] == "Missing"

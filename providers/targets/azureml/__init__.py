@@ -34,8 +34,10 @@ def predicted_uris(props: Mapping[str, Any]) -> dict[str, str]:
     return {"scoring_uri": f"{origin}/score", "swagger_uri": f"{origin}/swagger.json"}
 
 
-def endpoint_state(endpoint: Mapping[str, Any] | None, deployment: Mapping[str, Any] | None, name: str | None) -> str:
-    """Refresh's word: Missing, Unhealthy (failed, or traffic not on our deployment) or Healthy."""
+def endpoint_state(endpoint: Mapping[str, Any] | None, deployment: Mapping[str, Any] | None, name: str | None,
+                   others: list[str] | None = None) -> str:
+    """Refresh's word: Missing, Unhealthy (failed, or traffic not on our deployment), Orphaned (other
+    deployments left by an interrupted roll, with no traffic) or Healthy."""
     if endpoint is None or deployment is None:
         return "Missing"
     props = endpoint.get("properties") or {}
@@ -43,7 +45,7 @@ def endpoint_state(endpoint: Mapping[str, Any] | None, deployment: Mapping[str, 
         return "Unhealthy"
     if (props.get("traffic") or {}).get(name) != 100:
         return "Unhealthy"
-    return "Healthy"
+    return "Orphaned" if [o for o in others or [] if o != name] else "Healthy"
 
 
 def roll_words(olds: Mapping[str, Any] | None, news: Mapping[str, Any]) -> str:
@@ -81,6 +83,9 @@ class AzureMLTarget(Target):
 
     def check(self, news: Mapping[str, Any]) -> list[CheckFailure]:
         failures = super().check(news)
+        if news.get("auth_enabled") is False:
+            _progress(f"{news.get('service_name')}: Azure ML endpoints always check a key or an AML token "
+                      f"(auth_mode {news.get('auth_mode') or 'key'}); auth_enabled=False changes nothing on this target")
         models = news.get("models")
         if isinstance(models, list) and len(models) > 1:
             failures.append(CheckFailure("models", f"a managed online deployment serves one model asset; got {len(models)}"))
@@ -205,13 +210,25 @@ class AzureMLTarget(Target):
                 if olds.get(f"{which}_key_version") != news.get(f"{which}_key_version") and news.get("auth_mode", "key") == "key":
                     client.regenerate_key(news["endpoint_name"], which.capitalize())
                     _progress(f"endpoint {news['endpoint_name']}: {which} key regenerated (the other keeps working meanwhile)")
+        if olds.get("state") == "Orphaned":
+            self._remove_leftovers(client, news, deployment)
         return self._outputs(client, news, deployment)
 
     def read(self, props: dict[str, Any]) -> dict[str, Any]:
         client = self._client(props)
         endpoint = client.get_endpoint(props["endpoint_name"])
         dep = client.get_deployment(props["endpoint_name"], props.get("deployment") or "") if endpoint and props.get("deployment") else None
-        return {**props, "state": endpoint_state(endpoint, dep, props.get("deployment"))}
+        others = client.list_deployments(props["endpoint_name"]) if dep is not None else []
+        return {**props, "state": endpoint_state(endpoint, dep, props.get("deployment"), others)}
+
+    def _remove_leftovers(self, client: Any, news: Mapping[str, Any], keep: str) -> None:
+        """Deployments other than ours that hold no traffic: left by a roll that was interrupted."""
+        endpoint = client.get_endpoint(news["endpoint_name"]) or {}
+        traffic = (endpoint.get("properties") or {}).get("traffic") or {}
+        for name in client.list_deployments(news["endpoint_name"]):
+            if name != keep and not traffic.get(name):
+                client.delete_deployment(news["endpoint_name"], name)
+                _progress(f"endpoint {news['endpoint_name']}: leftover deployment {name} deleted (no traffic)")
 
     def delete(self, props: dict[str, Any]) -> None:
         # Deleting an endpoint deletes its deployments; the model, environment and code assets stay

@@ -1015,6 +1015,79 @@ class Bench:
                "base, wheels and source, so that build reuses Docker's layer cache: the scale figures are about "
                "services, not image builds.")
 
+    def steady_latency(self, uri: str, key: str | None, seconds: float) -> tuple[list[float], int]:
+        """Latencies (ms) of a client at the update rate for `seconds`, and its failed requests."""
+        client = PacedClient(uri, key, self.args.update_rate, max_seconds=seconds, max_requests=int(self.args.update_rate * seconds) + 1)
+        client.start()
+        client.join(timeout=seconds + 30)
+        client.finish()
+        recs = list(client.records)
+        return [r[1] * 1000 for r in recs if r[2]], sum(1 for r in recs if not r[2])
+
+    def phase_rollout(self) -> None:
+        """The local target's rollouts: a canary's time to promotion against its declared steps, the latency a
+        held split and a mirror add against the plain route, and the requests that fail while one rolls back."""
+        R, a = self.results, self.args
+        S = (f"rollout (local target; canary {' → '.join(f'{x} %' for x in ROLLOUT_STEPS)}, "
+             f"{ROLLOUT_STEP_SECONDS:g} s a step; client at {a.update_rate:g} req/s)")
+        src = self.work / "bench_rollout_src"
+        src.mkdir(exist_ok=True)
+        (src / "score.py").write_text((self.work / "sample" / "src" / "score.py").read_text() + FAILING_RUN)
+        model = self.work / "bench_models" / "rollout" / MODEL_FILE
+        self.train(0.1, model)
+        st = BenchStack(self, f"bench-rollout-{self.run_id}", rollout_program(model, {}))
+        st.run("up")
+        out = st.outputs()
+        uri, key = out["scoring_uri"], out.get("primary_key")
+        measure = max(5.0, a.serve_seconds)
+        for i in range(a.runs):
+            log(f"rollout run {i + 1}/{a.runs}: plain, held split 50/50, mirror 50 %, promote, canary, rollback")
+            lat, _ = self.steady_latency(uri, key, measure)
+            R.add(S, "plain route: latency p50", "ms", percentile(lat, 50))
+            R.add(S, "plain route: latency p99", "ms", percentile(lat, 99))
+            self.train(1.0 + i, model)
+            st.run("up", program=rollout_program(model, {}, traffic=50))
+            lat, failed = self.steady_latency(uri, key, measure)
+            R.add(S, "held split 50/50: latency p50", "ms", percentile(lat, 50))
+            R.add(S, "held split 50/50: latency p99", "ms", percentile(lat, 99))
+            st.run("up", program=rollout_program(model, {}, mirror=50))
+            lat, failed2 = self.steady_latency(uri, key, measure)
+            R.add(S, "mirror 50 % (answers discarded): latency p50", "ms", percentile(lat, 50))
+            R.add(S, "mirror 50 % (answers discarded): latency p99", "ms", percentile(lat, 99))
+            R.add(S, "failed requests while split or mirrored", "requests", failed + failed2)
+            st.run("up", program=rollout_program(model, {}))  # dropped: the held version takes everything
+            # A canary to promotion, timed against its declared steps.
+            self.train(50.0 * 4**i, model)
+            client = PacedClient(uri, key, a.update_rate, max_seconds=a.update_timeout, max_requests=int(a.update_rate * a.update_timeout) + 1)
+            client.start()
+            t0 = time.perf_counter()
+            try:
+                _, dt, _ = st.run("up", program=rollout_program(model, {}, canary=True))
+            finally:
+                client.finish()
+            R.add(S, f"canary `up` to promotion (its steps declare {len(ROLLOUT_STEPS) * ROLLOUT_STEP_SECONDS:g} s)", "s", dt)
+            R.add(S, "failed requests during a promoted canary", "requests", sum(1 for r in client.records if r[0] >= t0 and not r[2]))
+            # A version failing one request in three, rolled back at its first step.
+            client = PacedClient(uri, key, a.update_rate, max_seconds=a.update_timeout, max_requests=int(a.update_rate * a.update_timeout) + 1)
+            client.start()
+            t0 = time.perf_counter()
+            try:
+                st.run("up", program=rollout_program(model, {"BENCH_FAIL_EVERY": "3"}, canary=True))
+                R.note(f"{S}, run {i + 1}: the failing version was promoted, not rolled back")
+            except Exception:  # noqa: BLE001 - the rollback fails `up`, as it should
+                pass
+            finally:
+                dt = time.perf_counter() - t0
+                client.finish()
+            recs = [r for r in client.records if r[0] >= t0]
+            R.add(S, "rollback: `up` start to failing (rolled back)", "s", dt)
+            R.add(S, "rollback: failed requests (the candidate's share of its first step)", "requests", sum(1 for r in recs if not r[2]))
+            R.add(S, "rollback: requests sent meanwhile", "requests", len(recs))
+        st.run("destroy")
+        R.note(f"{S}: each latency figure is {measure:g} s of one client at {a.update_rate:g} req/s through the gateway; "
+               "the split and the mirror cost what nginx adds per request plus, for the mirror, the candidate's work on "
+               "the same 2 cores.")
+
     def scale_step(self, st: BenchStack, n: int) -> None:
         R, a = self.results, self.args
         S = f"scale: {n} service{'s' if n > 1 else ''} (1 model, 1 image)"
@@ -1163,6 +1236,47 @@ def aci_program(model_path: Path) -> Callable[[], None]:
                                        memory_gb=1, auth_enabled=True)
         pulumi.export("model_version", model.version)
         pulumi.export("image_name", image.image_name)
+        pulumi.export("scoring_uri", svc.scoring_uri)
+        pulumi.export("primary_key", svc.primary_key)
+
+    return program
+
+
+FAILING_RUN = '''
+
+_calls = 0
+_sample_run = run
+
+
+def run(data):
+    """Every BENCH_FAIL_EVERY-th call raises (a 500), when the variable is set: a version to roll back."""
+    global _calls
+    _calls += 1
+    every = int(os.environ.get("BENCH_FAIL_EVERY") or 0)
+    if every and _calls % every == 0:
+        raise RuntimeError("failing on purpose")
+    return _sample_run(data)
+'''
+ROLLOUT_STEPS, ROLLOUT_STEP_SECONDS = [25, 100], 5.0
+
+
+def rollout_program(model_path: Path, env: dict[str, str], canary: bool = False, traffic: int | None = None,
+                    mirror: int | None = None) -> Callable[[], None]:
+    """One local service whose rollout the bench declares: a canary, a held split or a mirror."""
+    def program() -> None:
+        import pulumi
+
+        from mldeploy.components import Canary, ContainerInstanceService, InferenceImage, RegisteredModel
+
+        model = RegisteredModel("ridge", model_name="bench_rollout_model", model_path=str(model_path))
+        image = InferenceImage("scoring", entry_script="score.py", source_directory="bench_rollout_src",
+                               conda_file="sample/env/myenv.yml")
+        svc = ContainerInstanceService(
+            "rollout", models=[model], image=image, cpu_cores=1, memory_gb=0.5, auth_enabled=True, environment_variables=env,
+            rollout=Canary(steps=ROLLOUT_STEPS, step_seconds=ROLLOUT_STEP_SECONDS, min_requests=10, max_error_rate=0.05,
+                           max_wait_seconds=30) if canary else None,
+            traffic={"current": 100 - traffic, "candidate": traffic} if traffic is not None else None,
+            mirror_percent=mirror)
         pulumi.export("scoring_uri", svc.scoring_uri)
         pulumi.export("primary_key", svc.primary_key)
 
@@ -1355,7 +1469,7 @@ def DEFINITIONS(a: argparse.Namespace) -> list[str]:  # noqa: N802 - reads like 
 # --- main ----------------------------------------------------------------------
 
 
-PHASES = ("deploy", "noop", "update", "serve", "scale", "kubernetes", "kserve", "iotedge", "aci")
+PHASES = ("deploy", "noop", "update", "serve", "scale", "rollout", "kubernetes", "kserve", "iotedge", "aci")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -1,9 +1,9 @@
 """A thin client for one Azure ML workspace: ARM's REST API (api-version 2024-04-01) over azure-core.
 
-Why not `azure-ai-ml`: it is not installed here and cannot be pointed at a local
-fake's HTTPS endpoint as simply; this client sends the documented REST calls
-through azure-mgmt-core's ARM pipeline (the same retry, `Retry-After` and bearer
-token policies the SDKs use) and azure-core's `ARMPolling` for long-running
+Why no Azure ML SDK (`azure-ai-ml`, `azure-mgmt-machinelearningservices`): no new
+package, and the api-version sent is ours to pin. This client sends the documented
+REST calls through azure-mgmt-core's ARM pipeline (the retry, `Retry-After` and
+bearer-token policies the SDKs use) and azure-core's `ARMPolling` for long-running
 operations (`Azure-AsyncOperation`, then the resource). The transport is a
 parameter, so tests can hand it any azure-core transport.
 

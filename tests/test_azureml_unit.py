@@ -297,3 +297,64 @@ def test_online_endpoint_service_sends_its_arguments(project):
     assert inputs["target"] == "azureml" and inputs["instance_type"] == "Standard_F4s_v2" and inputs["instance_count"] == 2
     assert inputs["auth_mode"] == "aml_token" and inputs["traffic_steps"] == [20, 100]
     assert inputs["liveness_probe"]["initial_delay"] == 30 and inputs["liveness_probe"]["failure_threshold"] == 30
+
+
+# ------------------------------------------------------------------ the client's transport seam
+
+
+class RecordingTransport:
+    """An azure-core transport that answers from a table and records each request: no network at all."""
+
+    def __init__(self, answers: dict[tuple[str, str], tuple[int, Any]]):
+        self.answers = answers
+        self.sent: list[Any] = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a: Any) -> None:
+        pass
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        import json as _json
+
+        import requests
+        from azure.core.pipeline.transport import RequestsTransportResponse
+        from urllib.parse import urlparse
+
+        self.sent.append(request)
+        status, body = self.answers.get((request.method, urlparse(request.url).path), (404, {"error": {"code": "NotFound", "message": "no"}}))
+        r = requests.Response()
+        r.status_code = status
+        r._content = _json.dumps(body).encode() if body is not None else b""
+        r.headers["Content-Type"] = "application/json"
+        r.url = request.url
+        return RequestsTransportResponse(request, r)
+
+
+def test_the_client_sends_the_pinned_api_version_and_a_bearer_token_through_any_transport():
+    from mldeploy.providers.targets.azure.arm import ArmError, StaticToken
+    from mldeploy.providers.targets.azureml.client import WorkspaceClient
+
+    p = props()
+    ep = bodies.endpoint_id(p)
+    transport = RecordingTransport({
+        ("GET", ep): (200, {"id": ep, "location": "westeurope", "properties": {"authMode": "Key", "traffic": {"v1": 100}}}),
+        ("POST", ep + "/listKeys"): (200, {"primaryKey": "k1", "secondaryKey": "k2"}),
+        ("GET", ep + "/deployments/v9"): (404, {"error": {"code": "UserError", "message": "deployment v9 not found"}}),
+        ("PUT", ep + "/deployments/v2"): (409, {"error": {"code": "QuotaExceeded", "message": "Not enough quota"}}),
+    })
+    c = WorkspaceClient({**p, "arm_endpoint": "https://arm.example"}, cred=StaticToken("t0k"), transport=transport)
+    assert c.get_endpoint("churn")["properties"]["traffic"] == {"v1": 100}
+    assert c.list_keys("churn") == {"primary_key": "k1", "secondary_key": "k2"}
+    assert c.get_deployment("churn", "v9") is None
+    with pytest.raises(ArmError, match="PUT deployment churn/v2: 409 QuotaExceeded: Not enough quota"):
+        c.put_deployment("churn", "v2", {"location": "westeurope"})
+    assert all(r.url.startswith("https://arm.example/subscriptions/") and r.url.endswith("?api-version=2024-04-01") for r in transport.sent)
+    assert all(r.headers["Authorization"] == "Bearer t0k" for r in transport.sent)

@@ -264,18 +264,24 @@ def test_a_service_with_target_azureml_creates_rolls_rotates_and_deletes(fake: F
     outs3 = provider.update("dev/churn", outs2, news3).outs
     assert outs3["primary_key"] != outs2["primary_key"] and outs3["secondary_key"] == outs2["secondary_key"]
     assert outs3["deployment"] == "v2"
+    # A roll and a key bump in the same up: both happen.
+    news_both = {**news3, "image_id": "sha256:" + "f" * 64, "secondary_key_version": 2}
+    outs_both = provider.update("dev/churn", outs3, news_both).outs
+    assert outs_both["deployment"] == "v3" and outs_both["secondary_key"] != outs3["secondary_key"]
+    assert outs_both["primary_key"] == outs3["primary_key"]
+    outs3, news3 = outs_both, news_both
     # Scale in place: the same deployment, a new capacity.
     outs4 = provider.update("dev/churn", outs3, {**news3, "instance_count": 2}).outs
-    assert outs4["deployment"] == "v2" and fake.endpoint("dev-churn").deployments["v2"]["body"]["sku"]["capacity"] == 2
+    assert outs4["deployment"] == "v3" and fake.endpoint("dev-churn").deployments["v3"]["body"]["sku"]["capacity"] == 2
     # Refresh: a leftover deployment with no traffic (an interrupted roll) reads as Orphaned; up removes it.
     assert provider.read("dev/churn", outs4).outs["state"] == "Healthy"
     c = client(fake, outs4)
-    c.put_deployment("dev-churn", "v3", {k: v for k, v in fake.deployment_view(fake.endpoint("dev-churn"), "v2").items()
-                                         if k in ("location", "tags", "sku")} | {"properties": fake.endpoint("dev-churn").deployments["v2"]["body"]["properties"]})
+    c.put_deployment("dev-churn", "v9", {k: v for k, v in fake.deployment_view(fake.endpoint("dev-churn"), "v3").items()
+                                         if k in ("location", "tags", "sku")} | {"properties": fake.endpoint("dev-churn").deployments["v3"]["body"]["properties"]})
     orphaned = provider.read("dev/churn", outs4).outs
     assert orphaned["state"] == "Orphaned" and provider.diff("dev/churn", orphaned, news3 | {"instance_count": 2}).changes
     outs4 = provider.update("dev/churn", orphaned, {**news3, "instance_count": 2}).outs
-    assert sorted(fake.endpoint("dev-churn").deployments) == ["v2"] and outs4["state"] == "Healthy"
+    assert sorted(fake.endpoint("dev-churn").deployments) == ["v3"] and outs4["state"] == "Healthy"
     # Deleted behind our back reads as Missing (the next up restores it).
     provider.delete("dev/churn", outs4)
     assert fake.endpoint("dev-churn") is None

@@ -114,7 +114,8 @@ class AzureMLTarget(Target):
     def change_words(self, old: Mapping[str, Any], new: Mapping[str, Any], replaced: bool) -> list[str]:
         change = rules.diff(old, new)
         if replaced or change.kind == "replace":
-            return [f"Azure ML: a new online endpoint `{new.get('endpoint_name')}` ({', '.join(change.fields)}); "
+            why = f" ({', '.join(change.fields)})" if change.fields else ""
+            return [f"Azure ML: a new online endpoint `{new.get('endpoint_name')}`{why}; "
                     "the old endpoint and its deployments are deleted, and the scoring URI and keys change"]
         if change.kind == "roll":
             return [roll_words(old, new)]
@@ -129,10 +130,11 @@ class AzureMLTarget(Target):
 
     # -- the plan ----------------------------------------------------------------
     def _plan(self, olds: Mapping[str, Any] | None, news: Mapping[str, Any], endpoint_exists: bool = False) -> Plan:
-        old = (olds or {}).get("deployment") or None
-        new = next_deployment(old)
+        """The roll from `olds` (None: a new endpoint, or one to make again) to `news`; no I/O but reading the script."""
         from mldeploy.providers.core.paths import local
 
+        old = (olds or {}).get("deployment") or None
+        new = next_deployment(old)
         model = news["models"][0]
         model_name, model_version, model_body = bodies.model_asset(news, model)
         env_name, env_version, env_body = bodies.environment_asset(news)
@@ -206,10 +208,11 @@ class AzureMLTarget(Target):
                 body["sku"] = {**body.get("sku", {"name": "Default"}), "capacity": int(news["instance_count"])}
                 client.put_deployment(news["endpoint_name"], deployment, body)
                 _progress(f"endpoint {news['endpoint_name']}: deployment {deployment} scaled to {news['instance_count']} instances in place")
-            for which in ("primary", "secondary"):
-                if olds.get(f"{which}_key_version") != news.get(f"{which}_key_version") and news.get("auth_mode", "key") == "key":
-                    client.regenerate_key(news["endpoint_name"], which.capitalize())
-                    _progress(f"endpoint {news['endpoint_name']}: {which} key regenerated (the other keeps working meanwhile)")
+        for which in ("primary", "secondary"):
+            # Also after a roll: a key version bumped in the same up is rotated all the same.
+            if olds.get(f"{which}_key_version") != news.get(f"{which}_key_version") and news.get("auth_mode", "key") == "key":
+                client.regenerate_key(news["endpoint_name"], which.capitalize())
+                _progress(f"endpoint {news['endpoint_name']}: {which} key regenerated (the other keeps working meanwhile)")
         if olds.get("state") == "Orphaned":
             self._remove_leftovers(client, news, deployment)
         return self._outputs(client, news, deployment)

@@ -10,6 +10,7 @@ through the endpoint's URI at 20 requests a second and must see no failed reques
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -113,7 +114,9 @@ def outputs(result: Any) -> dict[str, Any]:
     return {k: v.value for k, v in result.outputs.items()}
 
 
-def test_azureml_target_creates_rolls_under_load_refuses_a_bad_sample_and_converges(fake_ml: FakeAzureML, workdir: Path, engine_stack) -> None:
+def test_azureml_target_creates_rolls_under_load_refuses_a_bad_sample_and_converges(
+    fake_ml: FakeAzureML, workdir: Path, engine_stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for n in (1, 2, 3):  # the model versions' folders, as the model registry holds them
         folder = workdir / "reg" / "ridge" / str(n)
         folder.mkdir(parents=True)
@@ -165,6 +168,18 @@ def test_azureml_target_creates_rolls_under_load_refuses_a_bad_sample_and_conver
     fake_ml.scorer.bad.clear()
     up = st.up()
     assert up.summary.result == "succeeded" and outputs(up)["deployment"] == "v3"
+
+    # An expired ARM token: up fails in ARM's words and changes nothing; a fresh token converges.
+    good = os.environ["MLDEPLOY_ARM_TOKEN"]
+    monkeypatch.setenv("MLDEPLOY_ARM_TOKEN", fake_ml.issue_token(ttl=-60))
+    version["model"] = 1
+    with pytest.raises(auto.CommandError):
+        st.up()
+    assert "401 ExpiredAuthenticationToken" in "\n".join(st.log[-60:])
+    assert fake_ml.endpoint(endpoint).body["properties"]["traffic"] == {"v3": 100}
+    monkeypatch.setenv("MLDEPLOY_ARM_TOKEN", good)
+    up = st.up()
+    assert up.summary.result == "succeeded" and outputs(up)["deployment"] == "v4" and outputs(up)["model_versions"] == {"ridge": 1}
 
     # Deleted behind our back: refresh says Missing, up makes it again.
     fake_ml.endpoints.clear()

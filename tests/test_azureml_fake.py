@@ -159,9 +159,12 @@ def test_arm_errors_in_arms_words(fake: FakeAzureML):
                 "Not enough quota available for Standard_DS3_v2 in SubscriptionId 00000000-0000-0000-0000-000000000000.")
     with pytest.raises(RolloutFailed, match="409 QuotaExceeded: Not enough quota available for Standard_DS3_v2"):
         roll(fake, props(image_id="sha256:" + "e" * 64), "v1", "v2")
+    assert fake.endpoint("churn").body["properties"]["traffic"] == {"v1": 100}
+    roll(fake, props(image_id="sha256:" + "e" * 64), "v1", "v2")  # quota granted: the same roll converges
+    assert fake.endpoint("churn").body["properties"]["traffic"] == {"v2": 100}
     # A 429 with Retry-After is retried by azure-core's policy, honouring the header.
     fake.inject("GET", "/onlineEndpoints/churn", 429, "TooManyRequests", "throttled", {"Retry-After": "1"})
-    assert client(fake).get_endpoint("churn")["properties"]["traffic"] == {"v1": 100}
+    assert client(fake).get_endpoint("churn")["properties"]["traffic"] == {"v2": 100}
     # An expired token: ARM's own 401.
     with pytest.raises(ArmError, match="401 ExpiredAuthenticationToken"):
         client(fake, token=fake.issue_token(ttl=-10)).get_endpoint("churn")

@@ -2,6 +2,7 @@
 
 from mldeploy.components.aks_cluster import AksCluster, AksClusterArgs
 from mldeploy.components.aks_service import AksService, AksServiceArgs
+from mldeploy.components.azureml_service import OnlineEndpointService, OnlineEndpointServiceArgs
 from mldeploy.components.container_instance_service import ContainerInstanceService, ContainerInstanceServiceArgs
 from mldeploy.components.edge_module import EdgeDevice, EdgeModule, EdgeModuleArgs
 from mldeploy.components.inference_image import InferenceImage, InferenceImageArgs
@@ -21,6 +22,8 @@ __all__ = [
     "EdgeModuleArgs",
     "InferenceImage",
     "InferenceImageArgs",
+    "OnlineEndpointService",
+    "OnlineEndpointServiceArgs",
     "RegisteredModel",
     "RegisteredModelArgs",
     "TrafficSplit",

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mldeploy.components._common import args_class
+import pulumi
+
+from mldeploy.components._common import args_class, takes_args
 from mldeploy.components.container_instance_service import ContainerInstanceService
 from mldeploy.components.inference_image import InferenceImage
 from mldeploy.components.registered_model import RegisteredModel
@@ -21,6 +23,7 @@ from mldeploy.components.registered_model import RegisteredModel
 class OnlineEndpointService(ContainerInstanceService):
     """A managed online endpoint and its live deployment; a new model version rolls blue/green."""
 
+    @takes_args
     def __init__(
         self,
         resource_name: str,
@@ -37,13 +40,21 @@ class OnlineEndpointService(ContainerInstanceService):
         readiness_probe: dict[str, int] | None = None,
         traffic_steps: list[int] | None = None,
         mirror_traffic_percent: int = 0,
-        **kwargs: Any,
+        service_name: str | None = None,
+        environment_variables: dict[str, str] | None = None,
+        primary_key_version: int = 1,
+        secondary_key_version: int = 1,
+        sample_request: Any = None,
+        sample_response: Any = None,
+        opts: pulumi.ResourceOptions | None = None,
     ):
         """`endpoint_name` defaults to `<stack>-<service>`. Probes take `initial_delay`, `period`,
         `timeout`, `failure_threshold`, `success_threshold` (Azure's defaults: 10, 10, 2, 30, 1).
         `traffic_steps` (default `[100]`) is the new deployment's share at each step of a roll;
-        `mirror_traffic_percent` (at most 50, not with steps) is mirrored to it first. Everything else is
-        `ContainerInstanceService`'s (the target is `azureml`). docs/targets/azureml.md."""
+        `mirror_traffic_percent` (at most 50, not with steps) is mirrored to it first. The rest is
+        as `ContainerInstanceService` takes it; CPU, memory and `auth_enabled` are not Azure ML's words
+        for a deployment (the instance type sizes it; the endpoint always checks a key or token).
+        docs/targets/azureml.md."""
         given = {
             "endpoint_name": endpoint_name,
             "instance_type": instance_type,
@@ -57,7 +68,10 @@ class OnlineEndpointService(ContainerInstanceService):
             "mirror_traffic_percent": mirror_traffic_percent,
         }
         self._endpoint_args = {k: v for k, v in given.items() if v is not None}
-        super().__init__(resource_name, models, image, target="azureml", **kwargs)
+        super().__init__(resource_name, models, image, target="azureml", service_name=service_name,
+                         environment_variables=environment_variables, primary_key_version=primary_key_version,
+                         secondary_key_version=secondary_key_version, sample_request=sample_request,
+                         sample_response=sample_response, opts=opts, auth_enabled=True)
 
     def _target_inputs(self, resource_name: str, args: Any, settings: Any, given: dict[str, Any]) -> Any:  # type: ignore[override]
         # The endpoint's own arguments join the ones ContainerInstanceService hands the target.

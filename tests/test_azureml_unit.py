@@ -358,3 +358,31 @@ def test_the_client_sends_the_pinned_api_version_and_a_bearer_token_through_any_
         c.put_deployment("churn", "v2", {"location": "westeurope"})
     assert all(r.url.startswith("https://arm.example/subscriptions/") and r.url.endswith("?api-version=2024-04-01") for r in transport.sent)
     assert all(r.headers["Authorization"] == "Bearer t0k" for r in transport.sent)
+
+
+def test_online_endpoint_service_takes_its_args_object(project):
+    from mldeploy.components import OnlineEndpointServiceArgs
+
+    import pulumi
+
+    from test_components_unit import make_image, make_model
+    from test_kubernetes_unit import K8sMocks
+
+    mocks = K8sMocks()
+    pulumi.runtime.set_mocks(mocks, project="proj", stack="dev", preview=True)
+    pulumi.runtime.set_all_config(AZ, [])
+
+    @pulumi.runtime.test
+    def program() -> Any:
+        from mldeploy.components import OnlineEndpointService
+
+        return OnlineEndpointService("churn", args=OnlineEndpointServiceArgs(
+            models=[make_model()], image=make_image(), instance_count=3, environment_variables={"A": "1"})).state
+
+    try:
+        program()
+    finally:
+        pulumi.runtime.set_all_config({}, [])
+    inputs = mocks.resources["churn-service"][1]
+    assert inputs["instance_count"] == 3 and inputs["environment_variables"] == {"A": "1"} and inputs["auth_enabled"] is True
+    assert "cpu_cores" not in [f.name for f in __import__("dataclasses").fields(OnlineEndpointServiceArgs)]

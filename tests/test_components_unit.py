@@ -216,6 +216,8 @@ def test_public_surface() -> None:
         "EdgeModuleArgs",
         "InferenceImage",
         "InferenceImageArgs",
+        "OnlineEndpointService",
+        "OnlineEndpointServiceArgs",
         "RegisteredModel",
         "RegisteredModelArgs",
         "TrafficSplit",

@@ -358,3 +358,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)
     # Restarting dockerd stops every container, the cluster's too: after everything else.
     items.sort(key=lambda item: item.get_closest_marker("restarts_docker") is not None)
+
+
+def parse_python(text: str, filename: str = "<unknown>") -> "ast.Module":
+    """`ast.parse` in a thread of its own: CPython 3.11.7 can raise `SystemError: AST constructor
+    recursion depth mismatch` when the calling thread's recursion count was left skewed by an
+    earlier test (seen only in full runs); a fresh thread starts from zero."""
+    import ast
+    import threading
+
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["tree"] = ast.parse(text, filename=filename)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            result["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
+    return result["tree"]  # type: ignore[return-value]

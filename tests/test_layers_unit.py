@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import parse_python
+
 from mldeploy.providers.targets import TARGETS
 
 pytestmark = pytest.mark.unit
@@ -72,7 +74,7 @@ def resolve(name: str) -> str | None:
 def imports_of(mod: str, path: Path) -> set[str]:
     out: set[str] = set()
     package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(parse_python(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, parse_python
 
 FOLDERS = ("components", "providers", "runtime")
 """The top-level folders that are subpackages of mldeploy (never top-level packages of their own)."""
@@ -75,7 +75,7 @@ def test_code_imports_the_package_by_its_one_name() -> None:
     for path in files:
         if "__pycache__" in path.parts:
             continue
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in ast.walk(parse_python(path.read_text(), str(path))):
             names = []
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
@@ -171,7 +171,7 @@ def test_every_third_party_import_of_the_package_is_a_declared_dependency() -> N
     missing = set()
     for folder in ("components", "providers"):  # runtime/ runs inside the images
         for path in (ROOT / folder).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text())):
+            for node in ast.walk(parse_python(path.read_text(), str(path))):
                 if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                     names = [node.module]
                 elif isinstance(node, ast.Import):

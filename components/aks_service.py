@@ -76,6 +76,12 @@ class AksService(pulumi.ComponentResource):
                                           deploy_configuration.pop("sample_response", None))
         except ValueError as exc:
             raise ArgsError(f"AksService '{resource_name}': invalid arguments: {exc}") from None
+        for name in ("rollout", "traffic", "mirror_percent"):
+            if deploy_configuration.get(name) is not None:
+                # Declared but not built yet on Kubernetes: said plainly rather than as an unknown argument.
+                raise ArgsError(f"AksService '{resource_name}': invalid arguments: {name}: canary rollouts, held splits and "
+                                "mirroring run on the local target only for now (ContainerInstanceService); on Kubernetes "
+                                "every new pod is gated on the sample and the rolling update moves traffic (docs/rollouts.md)")
         args = validate(
             target.KubernetesServiceArgs,
             "AksService",

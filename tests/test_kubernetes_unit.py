@@ -680,3 +680,15 @@ def test_pods_meet_the_restricted_pod_security_standard() -> None:
     assert {"name": "front-conf", "secret": {"secretName": "svc-front", "defaultMode": 0o440}} in pod["volumes"]
     assert target.NAMESPACE_LABELS["pod-security.kubernetes.io/enforce"] == "restricted"
     assert target.deny_egress_policy() == {"podSelector": {}, "policyTypes": ["Egress"], "egress": []}
+
+
+def test_a_rollout_on_kubernetes_is_refused_saying_where_it_runs(k8s_mocks: K8sMocks) -> None:
+    from mldeploy.components import AksCluster, AksService, Canary
+    from mldeploy.components._common import ArgsError
+
+    cluster = AksCluster("aks", cluster_purpose="DevTest")
+    with pytest.raises(ArgsError, match=r"AksService 'c': invalid arguments: rollout: canary rollouts, held splits and mirroring run on the local target only"):
+        AksService("c", cluster=cluster, models=[make_model()], image=make_image(),
+                   rollout=Canary(steps=[50, 100], step_seconds=5))
+    with pytest.raises(ArgsError, match=r"mirror_percent: canary rollouts"):
+        AksService("m", cluster=cluster, models=[make_model()], image=make_image(), mirror_percent=10)

@@ -1032,7 +1032,9 @@ class Bench:
              f"{ROLLOUT_STEP_SECONDS:g} s a step; client at {a.update_rate:g} req/s)")
         src = self.work / "bench_rollout_src"
         src.mkdir(exist_ok=True)
-        (src / "score.py").write_text((self.work / "sample" / "src" / "score.py").read_text() + FAILING_RUN)
+        # The sample plus the switches the canary tests use (tests/fixtures/canary_run.py).
+        (src / "score.py").write_text((self.work / "sample" / "src" / "score.py").read_text() + "\n\n"
+                                      + (self.work / "tests" / "fixtures" / "canary_run.py").read_text())
         model = self.work / "bench_models" / "rollout" / MODEL_FILE
         self.train(0.1, model)
         st = BenchStack(self, f"bench-rollout-{self.run_id}", rollout_program(model, {}))
@@ -1072,7 +1074,7 @@ class Bench:
             client.start()
             t0 = time.perf_counter()
             try:
-                st.run("up", program=rollout_program(model, {"BENCH_FAIL_EVERY": "3"}, canary=True))
+                st.run("up", program=rollout_program(model, {"CANARY_FAIL_EVERY": "3"}, canary=True))
                 R.note(f"{S}, run {i + 1}: the failing version was promoted, not rolled back")
             except Exception:  # noqa: BLE001 - the rollback fails `up`, as it should
                 pass
@@ -1242,21 +1244,6 @@ def aci_program(model_path: Path) -> Callable[[], None]:
     return program
 
 
-FAILING_RUN = '''
-
-_calls = 0
-_sample_run = run
-
-
-def run(data):
-    """Every BENCH_FAIL_EVERY-th call raises (a 500), when the variable is set: a version to roll back."""
-    global _calls
-    _calls += 1
-    every = int(os.environ.get("BENCH_FAIL_EVERY") or 0)
-    if every and _calls % every == 0:
-        raise RuntimeError("failing on purpose")
-    return _sample_run(data)
-'''
 ROLLOUT_STEPS, ROLLOUT_STEP_SECONDS = [25, 100], 5.0
 
 

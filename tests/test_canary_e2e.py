@@ -9,9 +9,9 @@ service declared with `rollout=Canary(...)`:
   `up` fails naming the metric, its value, its limit and the step, the old
   backend never stopped serving, and the next preview shows the same change;
 - a version that takes 1.5 s for one request in four is rolled back on p99.
-The entry script is the sample's, plus a switch that makes every third `run()`
-raise; the switch is an environment variable, so turning it on rolls the
-service without rebuilding the image.
+The entry script is the sample's plus tests/fixtures/canary_run.py, whose
+switches (environment variables) make run() fail or slow down, so turning one
+on rolls the service without rebuilding the image.
 """
 
 from __future__ import annotations
@@ -31,26 +31,6 @@ from test_deploy_e2e import SEED_REQUEST, ScoringLoop, stack_leftovers
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
-FAILING_RUN = '''
-
-_calls = 0
-_sample_run = run
-
-
-def run(data):
-    """Every CANARY_TEST_FAIL_EVERY-th call raises (a 500), every CANARY_TEST_SLOW_EVERY-th takes 1.5 s."""
-    global _calls
-    _calls += 1
-    every = int(os.environ.get("CANARY_TEST_FAIL_EVERY") or 0)
-    if every and _calls % every == 0:
-        raise RuntimeError("failing on purpose")
-    slow = int(os.environ.get("CANARY_TEST_SLOW_EVERY") or 0)
-    if slow and _calls % slow == 0:
-        import time
-
-        time.sleep(1.5)
-    return _sample_run(data)
-'''
 
 
 def rollout_file(workdir: Path, stack: str) -> Path:
@@ -83,7 +63,7 @@ def make_program(workdir: Path, env: dict[str, str]):
 def test_a_good_version_is_promoted_and_a_failing_one_rolled_back_under_live_traffic(workdir: Path, engine_stack) -> None:
     src = workdir / "canary_src"
     src.mkdir()
-    (src / "score.py").write_text((workdir / "sample" / "src" / "score.py").read_text() + FAILING_RUN)
+    (src / "score.py").write_text((workdir / "sample" / "src" / "score.py").read_text() + "\n\n" + (FIXTURES / "canary_run.py").read_text())
     model_path = train_model(workdir / "sample" / "models" / "sklearn_regression_model.pkl", alpha=0.1)
     st = engine_stack(make_program(workdir, {}))
     up = st.up()
@@ -93,7 +73,7 @@ def test_a_good_version_is_promoted_and_a_failing_one_rolled_back_under_live_tra
     service = next(c for c in stack_leftovers(st.name)["containers"] if "-canary-" in c)
 
     # A failing version: every third run() raises. Rolled back at step 1, the old backend serving throughout.
-    failing = make_program(workdir, {"CANARY_TEST_FAIL_EVERY": "3"})
+    failing = make_program(workdir, {"CANARY_FAIL_EVERY": "3"})
     pre = st.preview(diff=True, program=failing)
     assert "canary: 25 % → 100 %, 3 s a step" in pre.text, pre.text[-3000:]
     loop = ScoringLoop(uri, key, rate=20, max_seconds=120)
@@ -120,7 +100,7 @@ def test_a_good_version_is_promoted_and_a_failing_one_rolled_back_under_live_tra
     loop = ScoringLoop(uri, key, rate=20, max_seconds=120)
     loop.start()
     with pytest.raises(Exception) as failed:
-        st.up(program=make_program(workdir, {"CANARY_TEST_SLOW_EVERY": "4"}))
+        st.up(program=make_program(workdir, {"CANARY_SLOW_EVERY": "4"}))
     loop.finish()
     message = str(failed.value)
     assert "canary rolled back at step 1 (25 %): p99" in message and "is over its limit 1000 ms" in message, message[-3000:]

@@ -237,9 +237,17 @@ def test_install_is_offline_exact_and_from_a_read_only_wheelhouse(tmp_path: Path
     images.ensure_env_image(api, BASE, wheels, "3.11", lambda _l: None, cache_for(api, tmp_path))
     (made,) = api.created
     assert made["host_config"]["network_mode"] == "none"
-    assert made["host_config"]["binds"] == {str(wheels[0].parent): {"bind": images.WHEELS_MOUNT, "mode": "ro"}}
+    binds = {str(wheels[0].parent): {"bind": images.WHEELS_MOUNT, "mode": "ro"}}
+    uv = images.uv_binary()
+    assert uv is not None, "requirements.lock installs uv beside the project's Python"
+    binds[uv] = {"bind": images.UV_MOUNT, "mode": "ro"}  # issue 22: uv installs, pip is the fallback
+    assert made["host_config"]["binds"] == binds, "only the wheelhouse and the uv binary, both read-only"
     script = made["command"][-1]
     assert "--no-index" in script and "--no-deps" in script and "--no-cache-dir" in script
+    uv_part, pip_part = script.split("; else ")
+    assert f"{images.UV_MOUNT} pip install" in uv_part and "--no-index" in uv_part and "--no-deps" in uv_part
+    assert "--compile-bytecode" in uv_part, "the same bytecode pip would compile"
+    assert f"{images.ENV_DIR}/bin/pip install" in pip_part
     for w in wheels:
         assert f"{images.WHEELS_MOUNT}/{w.name}" in script
     changes = api.commits[0]["changes"]

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections import deque
@@ -324,12 +325,30 @@ WHEELS_MOUNT = "/tmp/mldeploy-wheelhouse"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+UV_MOUNT = "/tmp/mldeploy-uv"
+"""Where the host's `uv` binary is mounted, read-only, in the throwaway install container."""
+
+
+def uv_binary() -> str | None:
+    """The project environment's `uv` (requirements.lock), or None: the install then uses pip alone."""
+    beside = Path(sys.executable).with_name("uv")
+    found = str(beside) if beside.is_file() else shutil.which("uv")
+    return found if found and os.access(found, os.X_OK) else None
+
+
 def install_command(wheel_names: list[str]) -> list[str]:
-    """Install exactly the resolved wheels (no resolution, no index) into a fresh venv."""
+    """Install exactly the resolved wheels (no resolution, no index) into a fresh venv.
+
+    With uv mounted (and able to run on the base: it needs glibc) uv installs them, in parallel and
+    with the same bytecode compiled; otherwise the venv's own pip does. The venv keeps its pip either
+    way, so the environment is the same to whoever uses it.
+    """
     wheels = " ".join(f"{WHEELS_MOUNT}/{n}" for n in wheel_names)
+    pip = f"{ENV_DIR}/bin/pip install --no-cache-dir --no-index --no-deps --disable-pip-version-check {wheels}"
+    uv = (f"{UV_MOUNT} pip install --python {ENV_DIR}/bin/python --no-index --no-deps --no-cache --link-mode copy "
+          f"--compile-bytecode --quiet {wheels}")
     return ["/bin/sh", "-c",
-            f"python3 -m venv {ENV_DIR} && {ENV_DIR}/bin/pip install --no-cache-dir --no-index --no-deps "
-            f"--disable-pip-version-check {wheels}"]
+            f"python3 -m venv {ENV_DIR} && if {UV_MOUNT} --version >/dev/null 2>&1; then {uv}; else {pip}; fi"]
 
 
 def ensure_env_image(
@@ -388,9 +407,13 @@ def _install_env(api: Any, base_image: str, wheels: list[Path], tag: str, key: s
         api.remove_container(name, force=True)
     except docker.errors.NotFound:
         pass
+    binds = {house: {"bind": WHEELS_MOUNT, "mode": "ro"}}
+    uv = uv_binary()
+    if uv is not None:
+        binds[uv] = {"bind": UV_MOUNT, "mode": "ro"}
     container = api.create_container(
         base_image, install_command([w.name for w in wheels]), name=name,
-        host_config=api.create_host_config(binds={house: {"bind": WHEELS_MOUNT, "mode": "ro"}}, network_mode="none"),
+        host_config=api.create_host_config(binds=binds, network_mode="none"),
     )
     cid = container["Id"]
     shown = f"$ {' '.join(install_command(['<wheels>']))}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import re
@@ -360,11 +361,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("restarts_docker") is not None)
 
 
-def parse_python(text: str, filename: str = "<unknown>") -> "ast.Module":
+def parse_python(text: str, filename: str = "<unknown>") -> ast.Module:
     """`ast.parse` in a thread of its own: CPython 3.11.7 can raise `SystemError: AST constructor
     recursion depth mismatch` when the calling thread's recursion count was left skewed by an
     earlier test (seen only in full runs); a fresh thread starts from zero."""
-    import ast
     import threading
 
     result: dict[str, object] = {}

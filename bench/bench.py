@@ -1057,6 +1057,14 @@ class Bench:
             R.add(S, "mirror 50 % (answers discarded): latency p50", "ms", percentile(lat, 50))
             R.add(S, "mirror 50 % (answers discarded): latency p99", "ms", percentile(lat, 99))
             R.add(S, "failed requests while split or mirrored", "requests", failed + failed2)
+            # The same mirror to a candidate that takes 1.5 s per request: live answers must not wait for it.
+            self.train(2.0 + i, model)
+            st.run("up", program=rollout_program(model, {"CANARY_SLOW_EVERY": "1"}, mirror=50))
+            lat, failed3 = self.steady_latency(uri, key, measure)
+            R.add(S, "mirror 50 % to a candidate taking 1.5 s a request: latency p50", "ms", percentile(lat, 50))
+            R.add(S, "mirror 50 % to a candidate taking 1.5 s a request: latency p99", "ms", percentile(lat, 99))
+            R.add(S, "mirror 50 % to a slow candidate: failed requests", "requests", failed3)
+            self.train(3.0 + i, model)
             st.run("up", program=rollout_program(model, {}))  # dropped: the held version takes everything
             # A canary to promotion, timed against its declared steps.
             self.train(50.0 * 4**i, model)

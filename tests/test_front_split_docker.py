@@ -54,11 +54,12 @@ print(json.dumps(answers))
 
 
 def run_split(candidate: int, mirror: int, candidate_status: int, candidate_delay: float, n: int) -> tuple[dict, list[str]]:
+    relay = split.MirrorRelay("/tmp/mirror-svc.sock", LOG, 1_048_576)
     conf = ("user root;\nworker_processes 1;\nerror_log /tmp/error.log;\npid /tmp/nginx.pid;\nevents {}\nhttp {\n"
-            + split.render_split("svc", SOCKETS, candidate, mirror)
+            + split.render_split("svc", SOCKETS, candidate, mirror, relay)
             + "server {\n    listen 127.0.0.1:18080;\n    location = /api/v1/service/svc/score {\n"
             + split.render_score_location("svc", LOG) + "    }\n"
-            + split.render_mirror_location("svc", LOG) + "}\n}\n")
+            + split.render_mirror_location("svc", relay.socket) + "}\n}\n")
     script = f"""set -e
 cat > /tmp/nginx.conf <<'CONF'
 {conf}CONF

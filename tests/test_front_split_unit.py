@@ -22,12 +22,18 @@ def test_weights_render_as_split_clients_and_0_or_100_as_one_catch_all() -> None
 
 
 def test_the_mirror_share_and_its_own_log_format() -> None:
-    conf = split.render_split("svc", SOCKETS, 0, mirror_percent=20)
+    relay = split.MirrorRelay("/tmp/gw/mirror-svc.sock", "/tmp/gw/split-svc.log", 1_048_576)
+    conf = split.render_split("svc", SOCKETS, 0, mirror_percent=20, relay=relay)
     assert '$mldeploy_svc_mirror {\n    20% 1;\n    * "";\n}' in conf
     assert "log_format mldeploy_svc_mirror '$msec mirror $status $request_time';" in conf
-    location = split.render_mirror_location("svc", "/tmp/gw/split-svc.log")
+    # The copy goes to the relay, which answers at once and mirrors it on to the candidate, logging its answer.
+    location = split.render_mirror_location("svc", relay.socket)
     assert "internal;" in location and "return 204;" in location
-    assert "proxy_pass http://mldeploy_svc_candidate/score;" in location
+    assert "proxy_pass http://unix:/tmp/gw/mirror-svc.sock:/relay;" in location
+    assert "listen unix:/tmp/gw/mirror-svc.sock;" in conf and "empty_gif;" in conf
+    assert "proxy_pass http://mldeploy_svc_candidate/score;" in conf
+    assert "access_log /tmp/gw/split-svc.log mldeploy_svc_mirror;" in conf
+    assert "listen unix" not in split.render_split("svc", SOCKETS, 10, relay=relay), "no relay without a mirror"
     score = split.render_score_location("svc", "/tmp/gw/split-svc.log")
     assert "proxy_pass http://mldeploy_svc_$mldeploy_svc_version/score;" in score and "mirror_request_body on;" in score
 
@@ -40,7 +46,9 @@ def test_the_mirror_share_and_its_own_log_format() -> None:
     (lambda: split.render_split("svc", {"current": SOCKETS["current"]}, 10), "sockets"),
     (lambda: split.render_split("svc", {**SOCKETS, "candidate": "/run/../x.sock"}, 10), "sockets.candidate"),
     (lambda: split.render_score_location("svc", "relative.log"), "log_path"),
-    (lambda: split.render_mirror_location("svc", "/tmp/x.log", "score"), "backend_path"),
+    (lambda: split.render_mirror_location("svc", "/tmp/x.log"), "relay_socket"),
+    (lambda: split.render_mirror_relay("svc", split.MirrorRelay("/tmp/m.sock", "/tmp/x.log", 1024, "score")), "backend_path"),
+    (lambda: split.render_mirror_relay("svc", split.MirrorRelay("/tmp/m.sock", "/tmp/x.log", 0)), "relay.max_body_bytes"),
 ])
 def test_bad_input_names_the_field(call, field: str) -> None:
     with pytest.raises(ValueError, match=f"^{field}:"):

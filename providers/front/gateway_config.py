@@ -297,10 +297,12 @@ def render_service_conf(
         from mldeploy.providers.front import split as front_split
 
         sockets = {"current": backend_socket, "candidate": split.candidate_socket}
-        split_http = front_split.render_split(ident, sockets, split.candidate, split.mirror_percent)  # type: ignore[arg-type]
+        relay_socket = f"{CONTAINER_RUNTIME_DIR}/mirror-{ident}.sock"
+        relay = front_split.MirrorRelay(relay_socket, split.log_path, max_body_bytes)
+        split_http = front_split.render_split(ident, sockets, split.candidate, split.mirror_percent, relay)  # type: ignore[arg-type]
         log_if = f"$mldeploy_authorized_{ident}" if checked_keys else None  # a refused key reached no version
         score_pass = front_split.render_score_location(ident, split.log_path, log_if=log_if).rstrip("\n")
-        split_locations = front_split.render_mirror_location(ident, split.log_path)
+        split_locations = front_split.render_mirror_location(ident, relay_socket)
         meta["split"] = split.facts()
         if backend_socket is not None:  # the marker names the split too, so a weight's reload is confirmed
             marker = "r" + hashlib.sha256(json.dumps([marker, split.facts()], sort_keys=True).encode()).hexdigest()[:12]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
 VERSIONS = ("current", "candidate")
@@ -42,7 +43,8 @@ def log_format(ident: str, mirror: bool = False) -> str:
     return f"mldeploy_{ident}_{'mirror' if mirror else 'split'}"
 
 
-def render_split(ident: str, sockets: dict[str, str], candidate: int, mirror_percent: int = 0) -> str:
+def render_split(ident: str, sockets: dict[str, str], candidate: int, mirror_percent: int = 0,
+                 relay: MirrorRelay | None = None) -> str:
     """The http-level part: one upstream per version, the split, the mirror share, the log format.
 
     `sockets`: each version's Unix socket as the gateway sees it; `candidate`: its percentage of live
@@ -74,6 +76,8 @@ def render_split(ident: str, sockets: dict[str, str], candidate: int, mirror_per
     # variables, so a variable set in the mirror location would relabel the live request's line.
     parts.append(f"log_format {log_format(ident)} '$msec {split_variable(ident)} $status $request_time';\n")
     parts.append(f"log_format {log_format(ident, mirror=True)} '$msec mirror $status $request_time';\n")
+    if mirror_percent and relay is not None:
+        parts.append(render_mirror_relay(ident, relay))
     return "".join(parts)
 
 
@@ -108,15 +112,72 @@ def render_score_location(ident: str, log_path: str, backend_path: str = "/score
     )
 
 
-def render_mirror_location(ident: str, log_path: str, backend_path: str = "/score") -> str:
-    """The internal location a mirrored copy goes through; its answer never reaches a client."""
+MIRROR_BUDGET_MS = 300
+"""How long the live request's copy may take to reach the relay (which answers at once)."""
+RELAY_LOCATION = "/_mldeploy_relay"
+
+
+@dataclass(frozen=True)
+class MirrorRelay:
+    """Where mirrored copies go first: a server of the gateway's own on a Unix socket in its runtime folder.
+
+    Why a relay: nginx finishes a live request only once its mirror subrequest has ended, so a mirror
+    straight to a slow candidate holds every mirrored client's connection (measured: a live p50 of
+    1.45 s behind a candidate taking 1.5 s). The relay answers the copy at once and sends it on to
+    the candidate in a mirror of its own, which no client waits for (live p50 1.6 ms, the same
+    candidate; every copy still logged with the candidate's status and time).
+    """
+
+    socket: str
+    log_path: str
+    max_body_bytes: int
+    backend_path: str = "/score"
+
+
+def render_mirror_relay(ident: str, relay: MirrorRelay) -> str:
+    """The relay's server block (http level): answer at once, mirror to the candidate, log its answer."""
+    if not _PATH_RE.match(relay.socket) or ".." in relay.socket or not relay.socket.endswith(".sock"):
+        raise ValueError(f"relay.socket: must be an absolute path of [A-Za-z0-9_./-] ending in .sock, got {relay.socket!r}")
+    if not _PATH_RE.match(relay.log_path) or ".." in relay.log_path:
+        raise ValueError(f"relay.log_path: must be an absolute path of [A-Za-z0-9_./-], got {relay.log_path!r}")
+    if isinstance(relay.max_body_bytes, bool) or not isinstance(relay.max_body_bytes, int) or relay.max_body_bytes < 1:
+        raise ValueError(f"relay.max_body_bytes: must be a positive integer, got {relay.max_body_bytes!r}")
+    return (
+        "server {\n"
+        f"    listen unix:{relay.socket};\n"
+        "    access_log off;\n"
+        f"    client_max_body_size {relay.max_body_bytes};\n"
+        f"    client_body_buffer_size {relay.max_body_bytes};\n"
+        "    location / {\n"
+        f"        mirror {RELAY_LOCATION}_{ident};\n"
+        "        mirror_request_body on;\n"
+        "        # The answer (405 to a POST) goes back to the live request's mirror, which discards it.\n"
+        "        empty_gif;\n"
+        "    }\n"
+        f"    location = {RELAY_LOCATION}_{ident} {{\n"
+        "        internal;\n"
+        "        log_subrequest on;\n"
+        f"        access_log {relay.log_path} {log_format(ident, mirror=True)};\n"
+        f"        proxy_pass http://{upstream_name(ident, 'candidate')}{_check_backend_path(relay.backend_path)};\n"
+        "    }\n"
+        "}\n"
+    )
+
+
+def render_mirror_location(ident: str, relay_socket: str) -> str:
+    """The internal location a live request's copy goes through: to the relay, or nowhere (204) when the
+    request was not chosen; its answer never reaches a client."""
+    if not _PATH_RE.match(relay_socket) or ".." in relay_socket or not relay_socket.endswith(".sock"):
+        raise ValueError(f"relay_socket: must be an absolute path of [A-Za-z0-9_./-] ending in .sock, got {relay_socket!r}")
     return (
         f"    location = {MIRROR_LOCATION}_{ident} {{\n"
         "        internal;\n"
-        "        log_subrequest on;\n"
-        f"        access_log {log_path} {log_format(ident, mirror=True)};\n"
-        f"        if ($mldeploy_{ident}_mirror = \"\") {{\n            access_log off;\n            return 204;\n        }}\n"
-        f"        proxy_pass http://{upstream_name(ident, 'candidate')}{_check_backend_path(backend_path)};\n"
+        "        access_log off;\n"
+        f"        if ($mldeploy_{ident}_mirror = \"\") {{\n            return 204;\n        }}\n"
+        f"        proxy_connect_timeout {MIRROR_BUDGET_MS}ms;\n"
+        f"        proxy_send_timeout {MIRROR_BUDGET_MS}ms;\n"
+        f"        proxy_read_timeout {MIRROR_BUDGET_MS}ms;\n"
+        f"        proxy_pass http://unix:{relay_socket}:/relay;\n"
         "    }\n"
     )
 

@@ -39,7 +39,7 @@ class OnlineEndpointService(ContainerInstanceService):
         liveness_probe: dict[str, int] | None = None,
         readiness_probe: dict[str, int] | None = None,
         traffic_steps: list[int] | None = None,
-        mirror_traffic_percent: int = 0,
+        mirror_percent: int = 0,
         service_name: str | None = None,
         environment_variables: dict[str, str] | None = None,
         primary_key_version: int = 1,
@@ -51,7 +51,7 @@ class OnlineEndpointService(ContainerInstanceService):
         """`endpoint_name` defaults to `<stack>-<service>`. Probes take `initial_delay`, `period`,
         `timeout`, `failure_threshold`, `success_threshold` (Azure's defaults: 10, 10, 2, 30, 1).
         `traffic_steps` (default `[100]`) is the new deployment's share at each step of a roll;
-        `mirror_traffic_percent` (at most 50, not with steps) is mirrored to it first. The rest is
+        `mirror_percent` (at most 50, not with steps) is mirrored to it first. The rest is
         as `ContainerInstanceService` takes it; CPU, memory and `auth_enabled` are not Azure ML's words
         for a deployment (the instance type sizes it; the endpoint always checks a key or token).
         docs/targets/azureml.md."""
@@ -65,7 +65,7 @@ class OnlineEndpointService(ContainerInstanceService):
             "liveness_probe": liveness_probe,
             "readiness_probe": readiness_probe,
             "traffic_steps": traffic_steps,
-            "mirror_traffic_percent": mirror_traffic_percent,
+            "mirror_percent": mirror_percent,
         }
         self._endpoint_args = {k: v for k, v in given.items() if v is not None}
         super().__init__(resource_name, models, image, target="azureml", service_name=service_name,

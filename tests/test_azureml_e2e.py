@@ -142,8 +142,11 @@ def test_azureml_target_creates_rolls_under_load_refuses_a_bad_sample_and_conver
 
     # A new model version: the preview says the roll in Azure's words; up rolls blue/green under load.
     version["model"] = 2
-    preview = st.preview()
+    preview = st.preview(diff=True)
     assert preview.change_summary.get("update") == 1
+    said = (f"endpoint `{endpoint}`: deployment `v2` created at 0 %, sample checked, "
+            f"traffic v1 100 % → v2 100 %, v1 deleted")
+    assert said in preview.stdout, preview.stdout[-3000:]  # the engine's own preview shows the roll's sentence
     with Load(out["scoring_uri"], out["primary_key"], str(fake_ml.ca_path)) as load:
         time.sleep(0.5)
         up = st.up()

@@ -46,7 +46,7 @@ def test_defaults_are_azures():
 @pytest.mark.parametrize("field, value", [
     ("endpoint_name", "ab"), ("endpoint_name", "9churn"), ("endpoint_name", "churn_1"), ("endpoint_name", "c" * 33),
     ("instance_type", "Standard_XL_v9"), ("instance_count", 0), ("request_timeout_ms", 180_001),
-    ("auth_mode", "aad_token"), ("mirror_traffic_percent", 51), ("subscription_id", "nope"), ("workspace", "w"),
+    ("auth_mode", "aad_token"), ("mirror_percent", 51), ("subscription_id", "nope"), ("workspace", "w"),
     ("location", "atlantis"), ("traffic_steps", [50, 10, 100]), ("traffic_steps", [10, 50]),
 ])
 def test_bad_input_names_the_field(field, value):
@@ -56,9 +56,9 @@ def test_bad_input_names_the_field(field, value):
 
 
 def test_mirror_with_a_split_is_refused():
-    with pytest.raises(ValidationError, match="mirror_traffic_percent cannot go with canary"):
-        AzureMLArgs.model_validate({**GOOD, "mirror_traffic_percent": 10, "traffic_steps": [10, 100]})
-    assert args(mirror_traffic_percent=50)["mirror_traffic_percent"] == 50
+    with pytest.raises(ValidationError, match="mirror_percent cannot go with canary"):
+        AzureMLArgs.model_validate({**GOOD, "mirror_percent": 10, "traffic_steps": [10, 100]})
+    assert args(mirror_percent=50)["mirror_percent"] == 50
 
 
 def test_names_and_durations():
@@ -81,7 +81,7 @@ def test_each_input_has_one_rule():
     ("endpoint_name", "other", "replace"), ("workspace", "ws-2", "replace"), ("auth_mode", "aml_token", "replace"),
     ("models", [{"name": "ridge", "version": 4, "model_dir": "reg/ridge/4"}], "roll"), ("image_id", "sha256:" + "b" * 64, "roll"),
     ("instance_type", "Standard_F4s_v2", "roll"), ("request_timeout_ms", 9000, "roll"), ("environment_variables", {"A": "2"}, "roll"),
-    ("instance_count", 3, "patch"), ("primary_key_version", 2, "patch"), ("mirror_traffic_percent", 10, "none"),
+    ("instance_count", 3, "patch"), ("primary_key_version", 2, "patch"), ("mirror_percent", 10, "none"),
     ("traffic_steps", [10, 100], "none"), ("cpu_cores", 4, "none"),
 ])
 def test_diff_says_the_cost(key, value, kind):
@@ -164,7 +164,7 @@ def test_canary_steps_and_a_new_endpoint():
 
 
 def test_mirror_goes_before_any_live_traffic():
-    plan = roll(mirror_traffic_percent=20)
+    plan = roll(mirror_percent=20)
     ops = [(s.op, s.args[1:]) for s in plan.steps if s.op == "set_traffic"]
     assert ops[0] == ("set_traffic", ({"v3": 100}, {"v4": 20})) and ops[-1][1] == ({"v4": 100}, {})
 
@@ -195,7 +195,7 @@ def test_a_failure_after_all_traffic_moved_does_not_undo():
 
 
 def test_numbers_as_providers_get_them():
-    plan = roll(steps=[10.0, 100.0], mirror_traffic_percent=0.0)
+    plan = roll(steps=[10.0, 100.0], mirror_percent=0.0)
     assert [s.args[1] for s in plan.steps if s.op == "set_traffic"] == [{"v3": 90, "v4": 10}, {"v4": 100}]
     assert "v4 10 %" in plan.words() and "10.0" not in plan.words()
 
@@ -280,8 +280,8 @@ def _declare_endpoint(config: dict[str, str], **kw: Any) -> Any:
 @pytest.mark.parametrize("kw, field", [
     ({"endpoint_name": "9-churn"}, "endpoint_name"), ({"instance_type": "Standard_Q1"}, "instance_type"),
     ({"instance_count": 0}, "instance_count"), ({"request_timeout_ms": 200_000}, "request_timeout_ms"),
-    ({"auth_mode": "aad_token"}, "auth_mode"), ({"mirror_traffic_percent": 60}, "mirror_traffic_percent"),
-    ({"mirror_traffic_percent": 10, "traffic_steps": [10, 100]}, "mirror_traffic_percent cannot go with canary traffic_steps"),
+    ({"auth_mode": "aad_token"}, "auth_mode"), ({"mirror_percent": 60}, "mirror_percent"),
+    ({"mirror_percent": 10, "traffic_steps": [10, 100]}, "mirror_percent cannot go with canary traffic_steps"),
     ({"liveness_probe": {"period": 0}}, "liveness_probe.period"),
 ])
 def test_online_endpoint_service_refuses_bad_input_naming_the_field(project, kw, field):
@@ -386,3 +386,43 @@ def test_online_endpoint_service_takes_its_args_object(project):
     inputs = mocks.resources["churn-service"][1]
     assert inputs["instance_count"] == 3 and inputs["environment_variables"] == {"A": "1"} and inputs["auth_enabled"] is True
     assert "cpu_cores" not in [f.name for f in __import__("dataclasses").fields(OnlineEndpointServiceArgs)]
+
+
+# ------------------------------------------------------------------ the provider's check: mirror_percent and the preview's words
+
+
+def _checked(olds: dict[str, Any], news: dict[str, Any]):
+    from mldeploy.providers.targets.service import ServiceProvider
+
+    shared = {"cpu_cores": 1.0, "memory_gb": 1.0, "auth_enabled": True, "max_request_bytes": 1048576, "startup_timeout_seconds": 180}
+    return ServiceProvider().check({**shared, **olds} if olds else olds, {**shared, **news})
+
+
+def test_mirror_percent_is_the_endpoints_mirror_traffic_checked_at_preview():
+    """The shared `mirror_percent` is taken (not refused as a split this target cannot make), with Azure's limits."""
+    assert not _checked({}, props(mirror_percent=20)).failures
+    assert [f.property for f in _checked({}, props(mirror_percent=60)).failures] == ["mirror_percent"]
+    bad = _checked({}, props(mirror_percent=10, traffic_steps=[10, 100])).failures
+    assert bad and "mirror_percent cannot go with canary traffic_steps" in bad[0].reason
+    # ... and it reaches the endpoint's mirrorTraffic during the roll, before live traffic moves.
+    plan = roll(mirror_percent=20)
+    assert ("set_traffic", ("churn", {"v3": 100}, {"v4": 20})) in [(s.op, s.args) for s in plan.steps]
+
+
+def test_the_preview_says_the_roll_in_azures_words():
+    """`rollout_plan` is an input the preview's diff shows: the roll's sentence, in Azure's words."""
+    olds = {**props(), "live_deployment": "v3"}  # what check carried in the inputs at the last up
+    news = props(models=[{"name": "ridge", "version": 4, "model_dir": "reg/ridge/4"}])
+    checked = _checked(olds, news)
+    assert not checked.failures
+    assert checked.inputs["rollout_plan"] == ("endpoint `churn`: deployment `v4` created at 0 %, sample checked, "
+                                              "traffic v3 100 % → v4 100 %, v3 deleted")
+    mirrored = _checked(olds, {**news, "mirror_percent": 20}).inputs["rollout_plan"]
+    assert "20 % mirrored to v4" in mirrored and mirrored.endswith("v3 deleted")
+    # An unchanged service and a new endpoint (replace) carry no roll sentence.
+    assert checked.inputs["live_deployment"] == "v4"
+    same = _checked(olds, props()).inputs
+    assert "rollout_plan" not in same and same["live_deployment"] == "v3"
+    remade = _checked(olds, {**news, "endpoint_name": "churn2"}).inputs
+    assert "rollout_plan" not in remade and remade["live_deployment"] == "v1"
+    assert _checked({}, props()).inputs["live_deployment"] == "v1"

@@ -164,6 +164,9 @@ class Target:
     end's image to the stack's registry and passes `image_ref` and `front_image_ref`."""
     sample_gate: ClassVar[bool] = False
     """True: a new backend must answer a sample before it gets traffic (`mldeploy.providers.gate.sample_check`)."""
+    mirrors_itself: ClassVar[bool] = False
+    """True: `mirror_percent` is the target's own argument, checked by its `Args` (Azure ML's
+    `mirrorTraffic`), not refused as a split the target cannot make."""
     deployed_by: ClassVar[str | None] = None
     """None: the Service resource runs it. Otherwise the component that composes the
     target's own Pulumi resources (Kubernetes: `AksService`), named in errors."""
@@ -194,6 +197,12 @@ class Target:
         """The target's own Service inputs at program time, from the user's target
         arguments and the stack's settings. No I/O; raises `ArgsInvalid`."""
         return validate_args(self.Args, given).model_dump()
+
+    def roll_plan(self, olds: Mapping[str, Any], news: Mapping[str, Any], rolls: bool) -> tuple[str | None, dict[str, Any]]:
+        """At check: the roll the next `up` makes, in the target's own words, for the preview's
+        `rollout_plan` (None: the shared words, if any), and inputs to carry for the next preview's
+        words (check sees old inputs, not outputs). No I/O."""
+        return None, {}
 
     def change_words(self, old: Mapping[str, Any], new: Mapping[str, Any], replaced: bool) -> list[str]:
         """What a change costs on this target, in the review's words, beyond the shared ones (its preview words)."""

@@ -153,16 +153,24 @@ class ServiceProvider(ResourceProvider):
                 failures.append(CheckFailure("target", f"{target.name!r} services are deployed with {target.deployed_by}"))
             else:
                 failures += target.check(news)
-        declared = {k: news.get(k) for k in ("rollout", "traffic", "mirror_percent")}
+        own_mirror = news.get("target") in TARGETS and target_for(news.get("target")).mirrors_itself
+        declared = {k: news.get(k) for k in ("rollout", "traffic") + (() if own_mirror else ("mirror_percent",))}
         if any(v is not None for v in declared.values()) and not failures:
             failures += [CheckFailure(f, reason) for f, reason in check_rollout(news.get("target"), declared)]
         rolls = bool(olds) and not failures and needs_roll(olds, news)
+        # A target's own mirror (Azure ML's mirrorTraffic) is its roll's words, not a held mirror's.
+        shared = {k: v for k, v in news.items() if k != "mirror_percent"} if own_mirror else news
         plan = None
-        if rolls and news.get("rollout"):
+        if not failures:
+            plan, carried = target.roll_plan(olds, news, rolls)
+            news = {**news, **carried}
+        if plan:
+            pass
+        elif rolls and news.get("rollout"):
             plan = canary_words(Canary.model_validate(news["rollout"]))
-        elif not failures and held_weights(news) is not None and (rolls or not (olds or {}).get("candidate")):
-            plan = held_words(news)
-        elif not failures and olds and olds.get("candidate") and held_weights(news) is None:
+        elif not failures and held_weights(shared) is not None and (rolls or not (olds or {}).get("candidate")):
+            plan = held_words(shared)
+        elif not failures and olds and olds.get("candidate") and held_weights(shared) is None:
             plan = "the held version takes all traffic (traffic and mirror_percent dropped)"
         if plan and olds:
             news = {**news, "rollout_plan": plan}

@@ -53,7 +53,7 @@ def roll_words(olds: Mapping[str, Any] | None, news: Mapping[str, Any]) -> str:
     old = (olds or {}).get("deployment") or None
     steps = news.get("traffic_steps")
     steps = steps if isinstance(steps, list) and all(isinstance(s, (int, float)) for s in steps) else [100]
-    mirror = news.get("mirror_traffic_percent") if isinstance(news.get("mirror_traffic_percent"), (int, float)) else 0
+    mirror = news.get("mirror_percent") if isinstance(news.get("mirror_percent"), (int, float)) else 0
     plan = plan_roll(str(news.get("endpoint_name") or "?"), old, next_deployment(old), [], None if old else {}, {}, steps, mirror)
     return plan.words()
 
@@ -75,6 +75,7 @@ class AzureMLTarget(Target):
     name = "azureml"
     Args = AzureMLArgs
     sample_gate = True
+    mirrors_itself = True
     REPLACE_ON = rules.REPLACE_ON
     ROLL_ON = rules.ROLL_ON
     ROUTE_ON = rules.PATCH_ON
@@ -110,6 +111,19 @@ class AzureMLTarget(Target):
         if missing:
             raise ArgsInvalid(missing)
         return validate_args(AzureMLArgs, data).model_dump()
+
+    def roll_plan(self, olds: Mapping[str, Any], news: Mapping[str, Any], rolls: bool) -> tuple[str | None, dict[str, Any]]:
+        # Check sees the old inputs, not the deployment the state holds, so the live deployment's
+        # name is carried as an (inert) input: v1 on create and on a new endpoint, one more on a roll.
+        # If the endpoint was remade behind our back it can be off until then (words only; up reads the state).
+        if not olds or rules.diff(olds, news).kind == "replace":
+            return None, {"live_deployment": "v1"}
+        live = olds.get("live_deployment")
+        if not live:
+            return None, {}
+        if not rolls:
+            return None, {"live_deployment": live}
+        return roll_words({"deployment": live}, news), {"live_deployment": next_deployment(live)}
 
     def change_words(self, old: Mapping[str, Any], new: Mapping[str, Any], replaced: bool) -> list[str]:
         change = rules.diff(old, new)
@@ -157,7 +171,7 @@ class AzureMLTarget(Target):
         )
         endpoint = None if (old or endpoint_exists) else bodies.endpoint_body(news, {})
         return plan_roll(news["endpoint_name"], old, new, assets, endpoint, deployment,
-                         list(news.get("traffic_steps") or [100]), int(news.get("mirror_traffic_percent") or 0))
+                         list(news.get("traffic_steps") or [100]), int(news.get("mirror_percent") or 0))
 
     # -- the backend ------------------------------------------------------------------
     def _client(self, props: Mapping[str, Any]) -> Any:

@@ -86,7 +86,7 @@ class AzureMLArgs(BaseModel):
     readiness_probe: ProbeArgs = Field(default_factory=ProbeArgs)
     traffic_steps: list[WholeNumber] = Field(default_factory=lambda: [100])
     """The new deployment's share at each step of a roll, rising to 100 (the default: all at once)."""
-    mirror_traffic_percent: WholeNumber = Field(default=0, ge=0, le=MAX_MIRROR_PERCENT)
+    mirror_percent: WholeNumber = Field(default=0, ge=0, le=MAX_MIRROR_PERCENT)
     """A copy of this share of live traffic goes to the new deployment before it takes any (`mirrorTraffic`)."""
 
     @field_validator("location")
@@ -114,9 +114,9 @@ class AzureMLArgs(BaseModel):
 
     @model_validator(mode="after")
     def _mirror_not_with_a_split(self) -> AzureMLArgs:
-        if self.mirror_traffic_percent and self.traffic_steps != [100]:
+        if self.mirror_percent and self.traffic_steps != [100]:
             # Azure mirrors to one deployment and not while live traffic is split (how-to-safely-rollout-online-endpoints).
-            raise ValueError("mirror_traffic_percent cannot go with canary traffic_steps: Azure mirrors to one deployment, "
+            raise ValueError("mirror_percent cannot go with canary traffic_steps: Azure mirrors to one deployment, "
                              "not while live traffic is split; use one or the other")
         return self
 

@@ -67,7 +67,7 @@ def next_deployment(old: str | None) -> str:
 
 def plan_roll(endpoint: str, old: str | None, new: str, assets: list[tuple[Any, ...]],
               endpoint_body: dict[str, Any] | None, deployment_body: dict[str, Any],
-              steps: list[int], mirror_traffic_percent: int = 0) -> Plan:
+              steps: list[int], mirror_percent: int = 0) -> Plan:
     """The ordered steps from `old` (None: a new endpoint) to `new`.
 
     `assets`: (kind, name, version, body[, upload]), registered only when absent (files uploaded first). `endpoint_body`:
@@ -76,15 +76,15 @@ def plan_roll(endpoint: str, old: str | None, new: str, assets: list[tuple[Any, 
     plan = Plan(endpoint, new, old)
     add = plan.steps.append
     steps = [int(s) for s in steps]  # providers get every number as a float; ARM wants int32 shares
-    mirror_traffic_percent = int(mirror_traffic_percent)
+    mirror_percent = int(mirror_percent)
     for asset in assets:
         add(Step("ensure_asset", tuple(asset)))
     if endpoint_body is not None:
         add(Step("put_endpoint", (endpoint, endpoint_body), "created"))
     add(Step("put_deployment", (endpoint, new, deployment_body), f"deployment `{new}` created at 0 %"))
     add(Step("gate", (endpoint, new), "sample checked"))
-    if old and mirror_traffic_percent:
-        add(Step("set_traffic", (endpoint, {old: 100}, {new: mirror_traffic_percent}), f"{mirror_traffic_percent} % mirrored to {new}"))
+    if old and mirror_percent:
+        add(Step("set_traffic", (endpoint, {old: 100}, {new: mirror_percent}), f"{mirror_percent} % mirrored to {new}"))
     before = f"{old} 100 %" if old else "none"
     for share in steps:
         traffic = {new: share} if not old or share == 100 else {old: 100 - share, new: share}

@@ -61,6 +61,21 @@ def pods_of(stack_name: str) -> dict[str, str]:
     return {p["metadata"]["name"]: p["status"].get("startTime", "") for p in items}
 
 
+def settled_pods(stack_name: str, timeout: float = 90) -> dict[str, str]:
+    """The stack's pods once the roll's old ones have finished terminating (their preStop drain takes
+    seconds after `up` returns), so a later comparison sees only what the Deployment keeps."""
+    from test_kubernetes_e2e import kubectl
+
+    from mldeploy.providers.targets.kubernetes import local_cluster
+
+    deadline = time.monotonic() + timeout
+    while True:
+        items = kubectl(local_cluster.kubeconfig_path(), "get", "pods", "-A", "-l", f"mldeploy.azureml.net/stack={stack_name}")["items"]
+        if not any(p["metadata"].get("deletionTimestamp") for p in items) or time.monotonic() > deadline:
+            return {p["metadata"]["name"]: p["status"].get("startTime", "") for p in items}
+        time.sleep(1)
+
+
 def registry_dir() -> Path:
     return Path(os.environ.get("MLDEPLOY_CACHE") or Path.home() / ".cache" / "mldeploy") / "registry"
 
@@ -166,7 +181,7 @@ def test_a_stack_of_the_previous_release_previews_and_applies_no_change(
             assert "runAsNonRoot" in pre.text and "readOnlyRootFilesystem" in pre.text, pre.text[-4000:]
             assert "startupProbe" in pre.text and "probe.py" in pre.text, pre.text[-4000:]
             assert st.up().summary.result == "succeeded"
-            before = running(name)
+            before = settled_pods(name)
             pre = st.preview(diff=True)
         assert set(pre.change_summary) == {"same"}, (pre.change_summary, pre.text[-4000:])
         up2 = st.up()

@@ -95,13 +95,14 @@ class FakeAzureML:
     """Start with `FakeAzureML(tmp_path)`; `env()` is what a client needs; `close()` stops it."""
 
     def __init__(self, tmp_dir: Path, scorer: Scorer = echo_scorer, op_seconds: float = 0.2, retry_after: int = 1,
-                 blob: dict[str, str] | None = None):
+                 blob: dict[str, str] | None = None, containers: "DockerDeployments | None" = None):
         """`blob` ({"service_url", "account", "key", "container"}): the storage account (Azurite in tests) behind
         the workspace's default datastore `workspaceblobstore`; without it the workspace has no datastore."""
         import trustme
 
         self.blob = blob
         self.scorer = scorer
+        self.containers = containers  # None: deployments answer with `scorer`; else one Docker container each
         self.op_seconds = op_seconds
         self.retry_after = str(retry_after)  # 0: no pause asked (the client's own polling interval applies)
         self.tokens: dict[str, float] = {}
@@ -150,6 +151,8 @@ class FakeAzureML:
         return next((e for k, e in self.endpoints.items() if k[3] == name), None)
 
     def close(self) -> None:
+        if self.containers is not None:
+            self.containers.close()
         self.server.shutdown()
         self.server.server_close()
 
@@ -482,7 +485,12 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
                     return
                 e.state = "Deleting"
                 op = uuid.uuid4().hex
-                fake._start(op, lambda: fake.endpoints.pop(key, None) and None)
+                def endpoint_gone() -> None:  # its deployments go with it, as in Azure
+                    fake.endpoints.pop(key, None)
+                    if fake.containers is not None:
+                        for deployment in list(e.deployments):
+                            fake.containers.stop(e.key[3], deployment)
+                fake._start(op, endpoint_gone)
                 self._lro(202, None, m["sub"], e.body["location"], op, location_header=True)
                 return
             self._error(405, "MethodNotAllowed", self.command)
@@ -509,8 +517,14 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
                 rec = e.deployments[name]
 
                 def done() -> dict[str, str] | None:
-                    rec["state"] = "Failed" if failure else "Succeeded"
-                    return failure
+                    problem = failure
+                    if not problem and fake.containers is not None:
+                        try:  # the real image with the real model; provisioning ends when it is healthy
+                            fake.containers.start(fake, e.key[3], name, body)
+                        except Exception as exc:  # noqa: BLE001 - the deployment ends Failed with the reason
+                            problem = {"code": "ResourceNotReady", "message": f"the deployment's container did not start: {exc}"[:4000]}
+                    rec["state"] = "Failed" if problem else "Succeeded"
+                    return problem
                 fake._start(op, done)
                 self._lro(201 if created else 200, fake.deployment_view(e, name), m["sub"], body["location"], op)
                 return
@@ -525,7 +539,11 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
                     return
                 e.deployments[name]["state"] = "Deleting"
                 op = uuid.uuid4().hex
-                fake._start(op, lambda: e.deployments.pop(name, None) and None)
+                def gone() -> None:
+                    e.deployments.pop(name, None)
+                    if fake.containers is not None:
+                        fake.containers.stop(e.key[3], name)
+                fake._start(op, gone)
                 self._lro(202, None, m["sub"], e.body["location"], op, location_header=True)
                 return
             self._error(405, "MethodNotAllowed", self.command)
@@ -563,10 +581,108 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
                     self._send(503, raw=f"deployment '{target}' is {e.deployments[target]['state']}")
                     return
             path = "/score" if what == "score" else "/swagger.json"
-            status, text = fake.scorer(target, self.command, path, raw)
-            if mirror and mirror != target:
-                fake.scorer(mirror, self.command, path, raw)
+            if fake.containers is not None:
+                status, text = fake.containers.score(name, target, self.command, path, raw)
+                if mirror and mirror != target:
+                    fake.containers.score(name, mirror, self.command, path, raw)
+            else:
+                status, text = fake.scorer(target, self.command, path, raw)
+                if mirror and mirror != target:
+                    fake.scorer(mirror, self.command, path, raw)
             fake.scored.append((name, target, status))
             self._send(status, raw=text, headers={"azureml-model-deployment": target})
 
     return Handler
+
+
+class DockerDeployments:
+    """The fake's data plane with real containers: each deployment runs as a container of its
+    environment's image (`images` maps an environment's image reference to a local Docker image;
+    unmapped, the reference itself), with its model asset's files copied out of the datastore
+    (Azurite) into a folder mounted read-only where AZUREML_MODEL_DIR points, as the local target
+    does (no network, a Unix socket: `providers/core/containers.run_socket_container`). Requests are
+    proxied to the chosen deployment's socket. A deleted deployment's container is removed, and
+    every one at `close()`."""
+
+    def __init__(self, work_dir: Path, images: dict[str, str] | None = None, labels: dict[str, str] | None = None,
+                 startup_timeout: float = 180.0):
+        self.work_dir = work_dir
+        self.images = dict(images or {})
+        self.labels = {"mldeploy.test": "fake_azureml", **(labels or {})}
+        self.startup_timeout = startup_timeout
+        self.running: dict[tuple[str, str], Any] = {}  # (endpoint, deployment) -> RunningContainer
+        self.lock = threading.Lock()
+
+    def _asset(self, fake: FakeAzureML, asset_id: str) -> dict[str, Any]:
+        got = next((v for v in fake.assets.values() if str(v["id"]).lower() == asset_id.lower()), None)
+        if got is None:
+            raise RuntimeError(f"asset {asset_id} is not registered in the workspace")
+        return got
+
+    def _model_files(self, fake: FakeAzureML, uri: str, into: Path) -> None:
+        from azure.storage.blob import ContainerClient
+
+        prefix = "azureml://datastores/workspaceblobstore/paths/"
+        if fake.blob is None or not uri.startswith(prefix):
+            raise RuntimeError(f"model files at {uri} are not in the workspace's datastore")
+        path = uri[len(prefix):].rstrip("/") + "/"
+        client = ContainerClient(fake.blob["service_url"], fake.blob["container"],
+                                 credential={"account_name": fake.blob["account"], "account_key": fake.blob["key"]})
+        into.mkdir(parents=True, exist_ok=True)
+        count = 0
+        for b in client.list_blobs(name_starts_with=path):
+            target = into / b.name[len(path):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(client.download_blob(b.name).readall())
+            count += 1
+        if not count:
+            raise RuntimeError(f"no model files under {uri}")
+        for f in [into, *into.rglob("*")]:
+            f.chmod(0o755 if f.is_dir() else 0o644)  # the scoring user reads them
+
+    def start(self, fake: FakeAzureML, endpoint: str, deployment: str, body: dict[str, Any]) -> None:
+        from mldeploy.providers.core import containers
+        from mldeploy.providers.core.naming import MODELS_ROOT
+
+        self.stop(endpoint, deployment)  # an update of a deployment starts it again
+        props = body["properties"]
+        env = self._asset(fake, str(props["environmentId"]))
+        image = self.images.get(env["properties"]["image"], env["properties"]["image"])
+        model = self._asset(fake, str(props["model"]))
+        model_name = str(props["model"]).rstrip("/").split("/")[-3]
+        inside = f"{MODELS_ROOT}/{model_name}/{model['name']}"
+        token = uuid.uuid4().hex[:8]
+        folder = self.work_dir / f"{endpoint}-{deployment}-{token}"
+        self._model_files(fake, str(model["properties"]["modelUri"]), folder / "model")
+        run_dir = folder / "run"
+        run_dir.mkdir(parents=True)
+        run_dir.chmod(0o777)  # the scoring user makes its socket here
+        rc = containers.run_socket_container(
+            f"mldeploy-fakeaml-{endpoint}-{deployment}-{token}"[:120], image, self.labels,
+            {**(props.get("environmentVariables") or {}), "AZUREML_MODEL_DIR": inside, "WORKER_COUNT": "1"},
+            {str(folder / "model"): inside}, 1.0, 1.0, str(run_dir), "score.sock", "/run/mldeploy")
+        with self.lock:
+            self.running[(endpoint, deployment)] = rc
+        containers.wait_healthy(rc, timeout=self.startup_timeout)
+
+    def score(self, endpoint: str, deployment: str, method: str, path: str, body: bytes) -> tuple[int, str]:
+        from mldeploy.providers.core.scoring import unix_request
+
+        with self.lock:
+            rc = self.running.get((endpoint, deployment))
+        if rc is None:
+            return 502, f"deployment '{deployment}' has no container running"
+        answer = unix_request(rc.socket, method, path, body or None, timeout=30)
+        return (answer.status or 502), answer.body
+
+    def stop(self, endpoint: str, deployment: str) -> None:
+        from mldeploy.providers.core import containers
+
+        with self.lock:
+            rc = self.running.pop((endpoint, deployment), None)
+        if rc is not None:
+            containers.remove(rc.id, stop_timeout=2)
+
+    def close(self) -> None:
+        for endpoint, deployment in list(self.running):
+            self.stop(endpoint, deployment)

@@ -1,10 +1,12 @@
 """A Service with `target="azureml"` through the real Pulumi engine, against the local fake of
 Azure ML (tests/fake_azureml.py). The fake is not Azure; nothing here deploys to Azure.
 
-No Docker: the program declares the `Service` resource as `ContainerInstanceService` does
-(its shared inputs plus the target's own from stack config), without building an image, and
-the fake's deployments answer with the test's scorer. While a roll runs, a client scores
-through the endpoint's URI at 20 requests a second and must see no failed request.
+The program declares the `Service` resource as `ContainerInstanceService` does (its shared
+inputs plus the target's own from stack config). In the first test the fake's deployments
+answer with the test's scorer (failures on demand, no Docker); in the second each deployment
+is a container of the sample's real image with the real model, fetched back from the
+datastore. While a roll runs, a client scores through the endpoint's URI at 20 requests a
+second and must see no failed request.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def fake_ml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, azurite: dict[str, 
     fake.close()
 
 
-def program_for(version: dict[str, int]):
+def program_for(version: dict[str, int], image: tuple[str, str] = ("mldeploy/scoring:e2e", "sha256:" + "a" * 64)):
     def program() -> None:
         from mldeploy.components._common import Settings
         from mldeploy.components.container_instance_service import Service
@@ -70,7 +72,7 @@ def program_for(version: dict[str, int]):
         svc = Service("churn-service", {
             **own,
             "service_name": "churn", "target": "azureml", "project": settings.project, "stack": settings.stack,
-            "image_name": "mldeploy/scoring:e2e", "image_id": "sha256:" + "a" * 64,
+            "image_name": image[0], "image_id": image[1],
             "models": [{"name": "ridge", "version": version["model"], "model_dir": f"reg/ridge/{version['model']}"}],
             "cpu_cores": 1.0, "memory_gb": 1.0, "auth_enabled": True, "environment_variables": {},
             "primary_key_version": version.get("key", 1), "secondary_key_version": 1, "max_request_bytes": 1048576,
@@ -84,8 +86,10 @@ def program_for(version: dict[str, int]):
 class Load:
     """A client at 20 requests a second through the endpoint (no deployment header: the traffic map decides)."""
 
-    def __init__(self, uri: str, key: str, ca: str):
+    def __init__(self, uri: str, key: str, ca: str, body: Any = None):
         self.uri, self.key, self.ca = uri, key, ca
+        self.body = body if body is not None else {"data": [[1, 2, 3]]}
+        self.answers: list[tuple[str, Any]] = []  # (deployment, JSON answer) of each 200
         self.results: list[tuple[int, str]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -94,9 +98,11 @@ class Load:
         while not self.stop.is_set():
             t0 = time.monotonic()
             try:
-                r = requests.post(self.uri, json={"data": [[1, 2, 3]]}, headers={"Authorization": f"Bearer {self.key}"},
+                r = requests.post(self.uri, json=self.body, headers={"Authorization": f"Bearer {self.key}"},
                                   verify=self.ca, timeout=5)
                 self.results.append((r.status_code, r.headers.get("azureml-model-deployment", "")))
+                if r.status_code == 200:
+                    self.answers.append((r.headers.get("azureml-model-deployment", ""), r.json()))
             except requests.RequestException as exc:
                 self.results.append((0, str(exc)))
             self.stop.wait(max(0.0, 0.05 - (time.monotonic() - t0)))
@@ -193,3 +199,88 @@ def test_azureml_target_creates_rolls_under_load_refuses_a_bad_sample_and_conver
 
     st.destroy()
     assert fake_ml.endpoint(endpoint) is None
+
+
+SEED_REQUEST = {"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]]}
+
+
+@pytest.fixture
+def sample_image() -> Any:
+    """The sample's scoring image, built as InferenceImage builds it (the environment layer comes from this machine's cache)."""
+    import subprocess
+    import uuid
+
+    from mldeploy.providers.images import build as images
+
+    root = Path(__file__).resolve().parent.parent
+    base = subprocess.run(["bash", str(root / "scripts" / "base-image.sh")], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    tag = f"mldeploy-test/azureml-sample:{uuid.uuid4().hex[:8]}"
+    image_id = images.build_inference_image(tag, base, str(root / "sample" / "src"), "score.py", str(root / "sample" / "env" / "myenv.yml"),
+                                            {"mldeploy.test": "test_azureml_e2e"})
+    yield tag, image_id
+    images.remove_image(tag)
+
+
+@pytest.mark.docker
+def test_azureml_fake_runs_each_deployment_as_a_container_of_the_real_image_with_the_real_model(
+    tmp_path: Path, workdir: Path, engine_stack, monkeypatch: pytest.MonkeyPatch, azurite: dict[str, str], blob_container: str,
+    sample_image: tuple[str, str],
+):
+    """The fake's data plane with real containers: real predictions through the scoring URI, and a
+    blue/green roll under 20 req/s with no failed request, every answer the model's own."""
+    import subprocess
+    import sys
+
+    import joblib
+    import numpy as np
+
+    from fake_azureml import DockerDeployments
+    from mldeploy.providers.core import containers as core_containers
+
+    blob = {"service_url": azurite["service_url"], "account": azurite["AZURE_STORAGE_ACCOUNT"],
+            "key": azurite["AZURE_STORAGE_KEY"], "container": blob_container}
+    label = {"mldeploy.fake": tmp_path.name}
+    docker_deployments = DockerDeployments(tmp_path / "deployments", labels=label, startup_timeout=180)
+    fake_ml = FakeAzureML(tmp_path / "azureml", op_seconds=0.1, retry_after=0, blob=blob, containers=docker_deployments)
+    for k, v in {**fake_ml.env(), "MLDEPLOY_ARM_POLL_SECONDS": "0.2", "MLDEPLOY_BLOB_ACCOUNT_URL": azurite["service_url"]}.items():
+        monkeypatch.setenv(k, v)
+    try:
+        models = {}
+        for n, alpha in ((1, 0.1), (2, 5.0)):  # two real models that predict differently
+            folder = workdir / "reg" / "ridge" / str(n)
+            folder.mkdir(parents=True)
+            pkl = folder / "sklearn_regression_model.pkl"
+            subprocess.run([sys.executable, str(workdir / "sample" / "train.py"), "--out", str(pkl), "--alpha", str(alpha), "--seed", str(n)],
+                           check=True, capture_output=True)
+            models[n] = joblib.load(pkl).predict(np.array(SEED_REQUEST["data"], dtype=float))
+        assert not np.allclose(models[1], models[2])
+        version = {"model": 1}
+        st = engine_stack(program_for(version, sample_image))
+        for key, value in {"target": "azureml", "azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureMlWorkspace": "ws-ml",
+                           "azureLocation": "westeurope", "armEndpoint": fake_ml.url}.items():
+            st.stack.set_config(f"mldeploy:{key}", auto.ConfigValue(value))
+        up = st.up()
+        assert up.summary.result == "succeeded", st.log[-40:]
+        out = outputs(up)
+        headers = {"Authorization": f"Bearer {out['primary_key']}"}
+        r = requests.post(out["scoring_uri"], json=SEED_REQUEST, headers=headers, verify=str(fake_ml.ca_path), timeout=30)
+        assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "v1", r.text
+        assert np.allclose(r.json(), models[1])  # the model's own prediction, from the container
+
+        version["model"] = 2
+        with Load(out["scoring_uri"], out["primary_key"], str(fake_ml.ca_path), body=SEED_REQUEST) as load:
+            time.sleep(0.5)
+            up = st.up()
+            time.sleep(0.5)
+        assert up.summary.result == "succeeded", st.log[-40:]
+        failed = [x for x in load.results if x[0] != 200]
+        assert len(load.results) >= 10 and not failed, failed[:5]
+        for deployment, answer in load.answers:
+            assert np.allclose(answer, models[1 if deployment == "v1" else 2]), (deployment, answer)
+        assert load.answers[-1][0] == "v2"
+        assert [k for k in docker_deployments.running] == [(f"{st.name}-churn", "v2")]  # v1's container is gone with v1
+        st.destroy()
+        assert not docker_deployments.running
+    finally:
+        fake_ml.close()
+    assert core_containers.find(label) == []

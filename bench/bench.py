@@ -403,20 +403,30 @@ class BenchStack:
         lines: list[str] = []
         events: list[tuple[str, str]] = []
 
+        timeline: list[str] = []  # when each engine event reached us, after the call: where the time goes
+
         def on_event(ev: Any) -> None:
+            at = time.perf_counter() - t
             pre = getattr(ev, "resource_pre_event", None)
             if pre is not None and pre.metadata is not None:
                 events.append((str(getattr(pre.metadata.op, "value", pre.metadata.op)), pre.metadata.type))
+                timeline.append(f"+{at:6.2f}s pre {pre.metadata.op} {pre.metadata.urn.split('::')[-1]}")
+            outs = getattr(ev, "res_outputs_event", None)
+            if outs is not None and outs.metadata is not None:
+                timeline.append(f"+{at:6.2f}s done {outs.metadata.op} {outs.metadata.urn.split('::')[-1]}")
+            diag = getattr(ev, "diagnostic_event", None)
+            if diag is not None:
+                timeline.append(f"+{at:6.2f}s {diag.message.strip()[:160]}")
 
         self.bench.last_op = f"`{op}` of {self.name}"
         t = time.perf_counter()
         try:
             res = getattr(self.stack, op)(on_output=lines.append, on_event=on_event, color="never", **kw)
         except BaseException:
-            self.bench.engine_log(self.name, op, lines)
+            self.bench.engine_log(self.name, op, lines + ["--- timeline ---", *timeline])
             raise
         dt = time.perf_counter() - t
-        self.bench.engine_log(self.name, op, lines)
+        self.bench.engine_log(self.name, op, lines + ["--- timeline ---", *timeline])
         return res, dt, events
 
     def outputs(self) -> dict[str, Any]:

@@ -246,7 +246,8 @@ def test_install_is_offline_exact_and_from_a_read_only_wheelhouse(tmp_path: Path
     assert "--no-index" in script and "--no-deps" in script and "--no-cache-dir" in script
     uv_part, pip_part = script.split("; else ")
     assert f"{images.UV_MOUNT} pip install" in uv_part and "--no-index" in uv_part and "--no-deps" in uv_part
-    assert "--compile-bytecode" in uv_part, "the same bytecode pip would compile"
+    assert "-m compileall" in uv_part and images.NOT_COMPILED in uv_part, "compiled as pip would, but tests and pip"
+    assert "--without-pip" in uv_part and "$BUNDLED_PIP" in uv_part, "the venv keeps its pip, from the bundled wheel"
     assert f"{images.ENV_DIR}/bin/pip install" in pip_part
     for w in wheels:
         assert f"{images.WHEELS_MOUNT}/{w.name}" in script

@@ -129,6 +129,13 @@ def test_image_has_runtime_layout(dc: docker.DockerClient, sample_image) -> None
     # azmlinfsrv, started through our launcher (schema-rejected input is a 400).
     assert cfg["Cmd"][:5] == ["python", "-m", "mldeploy_serving", "--entry_script", "/var/azureml-app/score.py"]
     assert env["PYTHONPATH"] == "/opt/mldeploy"
+    # The venv keeps its pip; what serving imports is compiled, the packages' own test suites are not.
+    site = "/opt/azureml-env/lib/python3.11/site-packages"
+    out = dc.containers.run(tag, ["sh", "-c", f"pip --version; ls {site}/sklearn/__pycache__ | grep -c pyc; "
+                                 f"find {site}/sklearn/tests {site}/scipy -path '*/tests/*' -name '*.pyc' | wc -l"],
+                            remove=True, network_mode="none", labels=TEST_LABELS).decode().split()
+    assert out[0] == "pip" and "/opt/azureml-env/" in " ".join(out), out
+    assert int(out[-2]) > 5 and int(out[-1]) == 0, out
 
 
 def test_score_matches_local_model(service: str, model_dir: Path) -> None:

@@ -32,7 +32,7 @@ LABEL = "mldeploy.env-cache"
 """Label on every dependency image; its value is the full cache key."""
 ROOT_LABEL = "mldeploy.env-cache.root"
 """The index folder of the cache that made the image: a cache adopts only its own images."""
-RECIPE = "venv-commit-v2-uv"
+RECIPE = "venv-commit-v3-uv-compileall"
 """Changes when the way an environment is installed changes, so old entries are not reused."""
 IN_FLIGHT_SECONDS = 600
 """An entry used this recently is not evicted automatically: a build may be starting FROM it."""

@@ -84,6 +84,7 @@ else:
         cpu_cores=1 if cpu_cores is None else cpu_cores,
         memory_gb=1 if memory_gb is None else memory_gb,
         auth_enabled=True,
+        warm_standby=config.get_bool("warmStandby") or None,
     )
 
 pulumi.export("model_name", model.model_name)

@@ -161,6 +161,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
         rollout: Canary | None = None,
         traffic: TrafficSplit | dict[str, int] | None = None,
         mirror_percent: int | None = None,
+        warm_standby: bool | None = None,
     ):
         """`port` and `worker_count` are the local target's (`mldeploy.providers.targets.local.LocalArgs`;
         by default one scoring worker per whole core of `cpu_cores`); other targets refuse them.
@@ -180,7 +181,11 @@ class ContainerInstanceService(pulumi.ComponentResource):
         recorded them (docs/rollouts.md). Without it a roll moves all traffic at once, after
         the sample gate. `traffic` (`{"current": 90, "candidate": 10}`) and `mirror_percent`
         (a copy of that share of requests, answers discarded) hold a new version beside the
-        current one until the program drops them; then it takes all traffic."""
+        current one until the program drops them; then it takes all traffic.
+
+        `warm_standby` (local target): the next backend waits beside the live one with its
+        libraries imported, so a model-only update hands it the new version instead of starting
+        a container (a second idle server's memory; one-model services)."""
         settings = Settings.load()
         try:
             sample = sample_request_input(sample_request, sample_response)
@@ -208,7 +213,7 @@ class ContainerInstanceService(pulumi.ComponentResource):
         )
         own_inputs, target_outputs = self._target_inputs(
             resource_name, args, settings,
-            {"port": port, "worker_count": worker_count, "ssl_enabled": ssl_enabled or None, "ssl_cert_pem_file": ssl_cert_pem_file,
+            {"port": port, "worker_count": worker_count, "warm_standby": warm_standby or None, "ssl_enabled": ssl_enabled or None, "ssl_cert_pem_file": ssl_cert_pem_file,
              "ssl_key_pem_file": ssl_key_pem_file, "ssl_cname": ssl_cname},
         )
         for k in ("ssl_certificate", "ssl_key"):

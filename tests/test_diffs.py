@@ -227,6 +227,7 @@ ROUTE_CHANGES = {
     "gateway_image": "nginx:1",
     "traffic": {"current": 90, "candidate": 10},
     "mirror_percent": 20,
+    "warm_standby": True,  # starts (or removes) the standby; the live backend keeps serving
 }
 # Inputs whose change alone does nothing: the image's name moves with its id,
 # and the start-up timeout only matters to the next roll.

@@ -220,7 +220,8 @@ class TestLocalTarget:
         def run() -> None:
             expected = local.default_port("proj", "dev", "svc")  # before it is claimed
             own = self.inputs({})
-            assert own == {"port": expected, "gateway_image": SETTINGS["gateway_image"], "state_dir": SETTINGS["state_dir"], "worker_count": None}
+            assert own == {"port": expected, "gateway_image": SETTINGS["gateway_image"], "state_dir": SETTINGS["state_dir"], "worker_count": None,
+                           "warm_standby": None}
             assert local.PORT_RANGE[0] <= own["port"] <= local.PORT_RANGE[1]
             assert local._claimed_ports() == {own["port"]: "svc"}
 
@@ -276,7 +277,7 @@ class TestLocalTarget:
         }
 
     def test_outputs_kept_in_state(self) -> None:
-        assert local.TARGET.OUTPUTS == ("container_id", "backend_socket", "candidate")
+        assert local.TARGET.OUTPUTS == ("container_id", "backend_socket", "candidate", "standby")
 
     # -- issue 11: workers, cores, server settings, backends of an earlier release
 

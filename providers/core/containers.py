@@ -101,6 +101,7 @@ def run_socket_container(
     socket_dir: str,
     socket_name: str,
     container_socket_dir: str,
+    command: list[str] | None = None,
 ) -> RunningContainer:
     """Start a scoring container with no network that serves on `<socket_dir>/<socket_name>`.
 
@@ -113,6 +114,7 @@ def run_socket_container(
     volumes[socket_dir] = {"bind": container_socket_dir, "mode": "rw"}
     container = dc.containers.run(
         image,
+        **({"command": command} if command else {}),  # else the image's own
         name=name,
         detach=True,
         labels=labels,
@@ -128,6 +130,11 @@ def run_socket_container(
         **run_limits(),
     )
     return RunningContainer(container.id, name, 0, os.path.join(socket_dir, socket_name))
+
+
+def image_command(image: str) -> list[str] | None:
+    """The image's own CMD, as Docker reports it."""
+    return (client().images.get(image).attrs.get("Config") or {}).get("Cmd")
 
 
 def keep_running(container_id: str) -> None:

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mldeploy.providers.core import containers, scoring
 from mldeploy.providers.targets.local.gateway import Gateway, port_free
 from mldeploy.providers.targets.local.canary import LocalTrafficControl
+from mldeploy.providers.targets.local import standby as warm
 from mldeploy.providers.front.gateway_config import (
     CANDIDATE_LINK, CONTAINER_BACKENDS_DIR, CONTAINER_RUNTIME_DIR, SCORING_SOCKET_DIR, SplitRoute, backend_socket,
 )
@@ -137,6 +138,10 @@ class LocalArgs(BaseModel):
     """The gateway's config lives under it (`mldeploy:stateDir`); relative to the project."""
     worker_count: WholeNumber | None = Field(default=None, ge=1, le=64)
     """Scoring workers; None: one per whole core of `cpu_cores` (`workers_for`)."""
+    warm_standby: bool | None = None
+    """True: the next backend waits beside the live one, libraries imported, for a model-only
+    update to hand it the new version (`mldeploy.providers.targets.local.standby`). It costs the
+    memory of a second idle server; one-model services only."""
 
 
 class LocalTarget(Target):
@@ -149,8 +154,8 @@ class LocalTarget(Target):
     # The gateway holds the port and the keys: the backend keeps running.
     # A held split or mirror moves weights in the route; removing it promotes the held version.
     ROUTE_ON = ("port", "auth_enabled", "primary_key_version", "secondary_key_version", "max_request_bytes", "gateway_image",
-                "traffic", "mirror_percent")
-    OUTPUTS = ("container_id", "backend_socket", "candidate")
+                "traffic", "mirror_percent", "warm_standby")
+    OUTPUTS = ("container_id", "backend_socket", "candidate", "standby")
     PATHS = ("state_dir",)
     sample_gate = True
 
@@ -201,36 +206,52 @@ class LocalTarget(Target):
         made = service_keys.rotate(olds, news)
         return made["primary_key"], made["secondary_key"]
 
-    def _start_backend(self, gw: Gateway, props: dict[str, Any]) -> containers.RunningContainer:
+    def _env(self, props: dict[str, Any], model_dir: str | None) -> dict[str, str]:
+        env = {
+            **(props.get("environment_variables") or {}),
+            "WORKER_COUNT": str(workers_for(float(props["cpu_cores"]), props.get("worker_count"))),
+            # The Swagger document then names the paths clients call through the gateway.
+            "SERVICE_NAME": props["service_name"],
+            "SERVICE_PATH_PREFIX": f"api/v1/service/{props['service_name']}",
+        }
+        if model_dir is not None:
+            env["AZUREML_MODEL_DIR"] = model_dir
+        return env
+
+    def _start_backend(self, gw: Gateway, props: dict[str, Any], standby: dict[str, Any] | None = None) -> containers.RunningContainer:
+        """A new backend, proven; `standby` (a usable one from the state) is handed the model instead of starting one."""
         mounts, model_dir = model_mounts(props["models"])
         for host_dir in mounts:
             if not os.path.isdir(host_dir):
                 raise containers.ServiceStartError(f"model directory {host_dir} is missing from the registry")
         workers = workers_for(float(props["cpu_cores"]), props.get("worker_count"))
-        env = {
-            **(props.get("environment_variables") or {}),
-            "AZUREML_MODEL_DIR": model_dir,
-            "WORKER_COUNT": str(workers),
-            # The Swagger document then names the paths clients call through the gateway.
-            "SERVICE_NAME": props["service_name"],
-            "SERVICE_PATH_PREFIX": f"api/v1/service/{props['service_name']}",
-        }
-        token = uuid.uuid4().hex[:8]
-        name = f"mldeploy-{props['project']}-{props['stack']}-{props['service_name']}-{token}"
-        _progress(f"{props['service_name']}: starting {name} from {props['image_name']} ({workers} worker(s))")
         run_dir = gw.prepare_service(props["service_name"])
-        rc = containers.run_socket_container(
-            name,
-            props["image_name"],
-            self._labels(props),
-            env,
-            mounts,
-            float(props["cpu_cores"]),
-            float(props["memory_gb"]),
-            str(run_dir),
-            f"{token}.sock",
-            SCORING_SOCKET_DIR,
-        )
+        if standby is not None:
+            name = standby["name"]
+            _progress(f"{props['service_name']}: handing {model_dir} to the warm standby {name}")
+            rc = containers.RunningContainer(standby["id"], name, 0, str(run_dir / standby["socket"]))
+            warm.write_go(run_dir, standby["socket"], model_dir)
+        else:
+            env = self._env(props, model_dir)
+            command = warm.boot_command(containers.image_command(props["image_name"])) if warm.wanted(props) else None
+            if command is not None:  # it records what its worker imports, for the next standby
+                env["MLDEPLOY_WARM_OUT"] = f"{SCORING_SOCKET_DIR}/{warm.WARM_MODULES}"
+            token = uuid.uuid4().hex[:8]
+            name = f"mldeploy-{props['project']}-{props['stack']}-{props['service_name']}-{token}"
+            _progress(f"{props['service_name']}: starting {name} from {props['image_name']} ({workers} worker(s))")
+            rc = containers.run_socket_container(
+                name,
+                props["image_name"],
+                self._labels(props),
+                env,
+                mounts,
+                float(props["cpu_cores"]),
+                float(props["memory_gb"]),
+                str(run_dir),
+                f"{token}.sock",
+                SCORING_SOCKET_DIR,
+                command=command,
+            )
         try:
             containers.wait_healthy(rc, timeout=float(props.get("startup_timeout_seconds") or 180))
             _progress(f"{props['service_name']}: {name} is healthy on its socket")
@@ -241,6 +262,47 @@ class LocalTarget(Target):
             containers.remove(rc.id, stop_timeout=2)
             raise
         return rc
+
+    def _start_standby(self, gw: Gateway, props: dict[str, Any]) -> dict[str, Any] | None:
+        """Start the next backend, with no model; never fails the update (a cold roll is the fallback)."""
+        command = warm.boot_command(containers.image_command(props["image_name"]))
+        home = warm.model_home(props)
+        if command is None or home is None:
+            return None
+        token = uuid.uuid4().hex[:8]
+        name = f"mldeploy-{props['project']}-{props['stack']}-{props['service_name']}-{token}"
+        inside = f"{SCORING_SOCKET_DIR}/{warm.WARM_MODULES}"
+        env = {**self._env(props, None), "MLDEPLOY_STANDBY_GO": f"{SCORING_SOCKET_DIR}/{warm.go_file(token + '.sock')}",
+               "MLDEPLOY_WARM_IN": inside, "MLDEPLOY_WARM_OUT": inside}
+        try:
+            rc = containers.run_socket_container(
+                name, props["image_name"], {**self._labels(props), warm.STARTED_AS_LABEL: warm.KIND}, env, {home[0]: home[1]},
+                float(props["cpu_cores"]), float(props["memory_gb"]), str(gw.prepare_service(props["service_name"])),
+                f"{token}.sock", SCORING_SOCKET_DIR, command=command,
+            )
+        except Exception as exc:  # noqa: BLE001 - said, and the next model update starts a container as before
+            _progress(f"{props['service_name']}: no warm standby ({exc})")
+            return None
+        _progress(f"{props['service_name']}: warm standby {name} waits for the next model version")
+        return {"id": rc.id, "name": name, "socket": f"{token}.sock", "signature": warm.signature(props)}
+
+    def _usable_standby(self, olds: Mapping[str, Any], news: Mapping[str, Any]) -> dict[str, Any] | None:
+        standby = olds.get("standby")
+        if warm.usable(standby, news) and containers.status(standby["id"]) == "running":
+            return dict(standby)
+        return None
+
+    def _sync_standby(self, gw: Gateway, props: dict[str, Any], live_id: str, keep: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The standby the state keeps after this operation: `keep` while still usable, else a new one
+        when wanted; any other standby of the service is removed."""
+        current = keep if keep and keep.get("id") != live_id and warm.usable(keep, props) \
+            and containers.status(keep["id"]) == "running" else None
+        if current is None and warm.wanted(props):
+            current = self._start_standby(gw, props)
+        for cid in containers.find({**self._labels(props), warm.STARTED_AS_LABEL: warm.KIND}):
+            if cid not in (live_id, (current or {}).get("id")):
+                containers.remove(cid, stop_timeout=1)
+        return current
 
     def _prove(self, props: dict[str, Any], rc: containers.RunningContainer) -> None:
         """The new backend answers the entry script's input sample as its output schema says, or fails."""
@@ -297,9 +359,12 @@ class LocalTarget(Target):
             "model_versions": {m["name"]: int(m["version"]) for m in props["models"]},
         }
 
-    def _remove_orphans(self, props: dict[str, Any], keep: set[str]) -> None:
+    def _remove_orphans(self, props: dict[str, Any], keep: set[str], standbys: bool = False) -> None:
+        """Backends not in `keep`. Containers started as standbys are `_sync_standby`'s (it knows
+        which one is live now), unless `standbys` (nothing of the service is live: create, delete)."""
+        spared = set() if standbys else set(containers.find({**self._labels(props), warm.STARTED_AS_LABEL: warm.KIND}))
         for cid in containers.find(self._labels(props)):
-            if cid not in keep:
+            if cid not in keep and cid not in spared:
                 _progress(f"{props['service_name']}: removing leftover container {cid[:12]}")
                 containers.remove(cid, stop_timeout=2)
 
@@ -308,7 +373,7 @@ class LocalTarget(Target):
         port = int(props["port"])
         if props["service_name"] not in gw.routes() and not port_free(port):
             raise containers.ServiceStartError(f"port {port} on 127.0.0.1 is already in use; choose another `port`")
-        self._remove_orphans(props, keep=set())
+        self._remove_orphans(props, keep=set(), standbys=True)
         keys = self._keys(None, props)
         gw.ensure()
         rc = self._start_backend(gw, props)
@@ -320,9 +385,14 @@ class LocalTarget(Target):
             containers.remove(rc.id, stop_timeout=2)
             raise
         self._forget_failures(props)
-        return self._outs(props, rc.id, socket_name, keys)
+        return {**self._outs(props, rc.id, socket_name, keys), "standby": self._sync_standby(gw, props, rc.id, None)}
 
     def update(self, olds: dict[str, Any], news: dict[str, Any], roll: bool) -> dict[str, Any]:
+        outs = self._update(olds, news, roll)
+        live = outs.get("container_id") or ""
+        return {**outs, "standby": self._sync_standby(self._gateway(news), news, live, olds.get("standby"))}
+
+    def _update(self, olds: dict[str, Any], news: dict[str, Any], roll: bool) -> dict[str, Any]:
         gw = self._gateway(news)
         keys = self._keys(olds, news)
         gw.ensure()
@@ -345,7 +415,8 @@ class LocalTarget(Target):
             rc = self._canary(gw, olds, news, keys)  # on rollback the old backend never stopped serving
             socket_name = os.path.basename(rc.socket or "")
         else:
-            rc = self._start_backend(gw, news)  # on failure the old backend keeps serving
+            # On failure the old backend keeps serving; a warm standby, when usable, is handed the new version.
+            rc = self._start_backend(gw, news, standby=self._usable_standby(olds, news))
             socket_name = os.path.basename(rc.socket or "")
             previous = gw.current_backend(news["service_name"])
             try:
@@ -467,7 +538,7 @@ class LocalTarget(Target):
             self._drop_held(gw, props, props["candidate"])
         if props.get("container_id"):
             containers.remove(props["container_id"])
-        self._remove_orphans(props, keep=set())
+        self._remove_orphans(props, keep=set(), standbys=True)
         self._forget_failures(props)
         gw.remove_service_dir(props["service_name"])
         gw.remove_if_unused()

@@ -20,6 +20,8 @@ from mldeploy.components.registry_image import RegistryImage
 from mldeploy.components.inference_image import InferenceImage
 from mldeploy.components.registered_model import RegisteredModel
 from mldeploy.providers.core.keys import ServiceKeysProvider
+from mldeploy.providers.rollouts.spec import Canary, check_rollout
+from mldeploy.providers.targets.kubernetes.canary import CanaryProvider
 from mldeploy.providers.targets.kubernetes.rollout import RolloutProvider
 from mldeploy.providers.targets import kubernetes as target
 from mldeploy.providers.front import tls
@@ -45,6 +47,30 @@ class Rollout(Resource, module=PACKAGE, name="Rollout"):
 
     def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
         super().__init__(RolloutProvider(), name, {**props, "revision": None, "available_replicas": None}, opts)
+
+
+class KubernetesCanary(Resource, module=PACKAGE, name="KubernetesCanary"):
+    """An AksService's canary, run before its Deployment is updated (dynamic resource; see
+    mldeploy.providers.targets.kubernetes.canary)."""
+
+    last: pulumi.Output[str]
+
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None):
+        super().__init__(CanaryProvider(), name, {**props, "last": None}, opts)
+
+
+def _canary(resource_name: str, rollout: Any) -> dict[str, Any] | None:
+    """`rollout=Canary(...)` as plain data, its rules checked now, each failure naming its field."""
+    if rollout is None:
+        return None
+    if not isinstance(rollout, (Canary, dict)):
+        raise ArgsError(f"AksService '{resource_name}': invalid arguments: rollout: must be a Canary "
+                        f"(from mldeploy.components import Canary), got {type(rollout).__name__}")
+    given = rollout.model_dump() if isinstance(rollout, Canary) else rollout
+    problems = [(f, m) for f, m in check_rollout("kubernetes", {"rollout": given})]
+    if problems:
+        raise ArgsError(f"AksService '{resource_name}': invalid arguments: " + "; ".join(f"{f}: {m}" for f, m in problems))
+    return Canary.model_validate(given).model_dump()
 
 
 class AksService(pulumi.ComponentResource):
@@ -76,12 +102,13 @@ class AksService(pulumi.ComponentResource):
                                           deploy_configuration.pop("sample_response", None))
         except ValueError as exc:
             raise ArgsError(f"AksService '{resource_name}': invalid arguments: {exc}") from None
-        for name in ("rollout", "traffic", "mirror_percent"):
+        for name in ("traffic", "mirror_percent"):
             if deploy_configuration.get(name) is not None:
                 # Declared but not built yet on Kubernetes: said plainly rather than as an unknown argument.
-                raise ArgsError(f"AksService '{resource_name}': invalid arguments: {name}: canary rollouts, held splits and "
-                                "mirroring run on the local target only for now (ContainerInstanceService); on Kubernetes "
-                                "every new pod is gated on the sample and the rolling update moves traffic (docs/rollouts.md)")
+                raise ArgsError(f"AksService '{resource_name}': invalid arguments: {name}: held splits and mirroring run on "
+                                "the local target only for now (ContainerInstanceService); on Kubernetes a canary "
+                                "(rollout=Canary(...)) splits traffic while it runs (docs/rollouts.md)")
+        canary = _canary(resource_name, deploy_configuration.pop("rollout", None))
         args = validate(
             target.KubernetesServiceArgs,
             "AksService",
@@ -137,7 +164,7 @@ class AksService(pulumi.ComponentResource):
         front_image = cluster.front_image()
 
         key_list = pulumi.Output.all(keys.primary_key, keys.secondary_key)
-        front_files = pulumi.Output.secret(key_list.apply(lambda ks: target.front_config(args, [k for k in ks if k])))
+        front_files = pulumi.Output.secret(key_list.apply(lambda ks: target.front_config(args, [k for k in ks if k], canary=canary is not None)))
         meta = {"namespace": ns, "labels": target.labels(settings.project, settings.stack, name)}
         secret = k8s.core.v1.Secret(
             f"{resource_name}-front-config",
@@ -180,7 +207,32 @@ class AksService(pulumi.ComponentResource):
             tls_secret=f"{name}-tls" if tls_secret is not None else None,
             # A digest of the certificate and key rolls the pods when they are renewed; like the keys', it reveals nothing.
             tls_checksum=target.checksum(target.tls_secret_data(*pem)) if pem is not None else None,
+            canary=canary is not None,
         )
+        object_deps = [secret, *ns_deps, *([pull_secret] if pull_secret is not None else []), sample_config,
+                       *([tls_secret] if tls_secret is not None else [])]
+        canary_run = None
+        if canary is not None:
+            # Before the Deployment: a rollback fails up here, and the Deployment keeps the old version.
+            canary_run = KubernetesCanary(
+                f"{resource_name}-canary",
+                {
+                    "kubeconfig": cluster.kubeconfig,
+                    "namespace": ns,
+                    "name": name,
+                    "labels": meta["labels"],
+                    "rollout": canary,
+                    "spec": spec,
+                    "front": args.model_dump(mode="json"),
+                    "keys": pulumi.Output.secret(key_list.apply(lambda ks: [k for k in ks if k])),
+                    "versions": versions,
+                    "timeout_seconds": args.startup_timeout_seconds,
+                    "state_dir": settings.state_dir,
+                    "project": settings.project,
+                    "stack": settings.stack,
+                },
+                pulumi.ResourceOptions(parent=self, depends_on=object_deps, additional_secret_outputs=["kubeconfig", "keys"]),
+            )
         deployment = k8s.apps.v1.Deployment(
             f"{resource_name}-deployment",
             metadata={
@@ -191,9 +243,7 @@ class AksService(pulumi.ComponentResource):
             },
             spec=spec,
             opts=k8s_opts.merge(pulumi.ResourceOptions(
-                depends_on=[secret, *ns_deps, *([pull_secret] if pull_secret is not None else []),
-                            sample_config,
-                            *([tls_secret] if tls_secret is not None else [])],
+                depends_on=[*object_deps, *([canary_run] if canary_run is not None else [])],
                 delete_before_replace=True)),
         )
         service = k8s.core.v1.Service(
@@ -212,6 +262,8 @@ class AksService(pulumi.ComponentResource):
                 "selector": target.selector(name),
                 "generation": deployment.metadata.generation,
                 "timeout_seconds": args.startup_timeout_seconds,
+                # With a canary: its candidate is removed once the Deployment has rolled to the same version.
+                **({"candidate": target.canary_name(name)} if canary is not None else {}),
             },
             pulumi.ResourceOptions(parent=self, depends_on=[deployment], additional_secret_outputs=["kubeconfig"]),
         )

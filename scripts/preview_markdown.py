@@ -46,6 +46,7 @@ KIND = {
     "pulumi-python:dynamic/mldeploy:RegistryImage": "Image in registry",
     "pulumi-python:dynamic/mldeploy:ServiceKeys": "Service keys",
     "kubernetes:apps/v1:Deployment": "AksService",
+    "pulumi-python:dynamic/mldeploy:KubernetesCanary": "AksService canary",
     "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": "AksService autoscaler",
     "pulumi-python:dynamic/mldeploy:EdgeDeployment": "EdgeModule",
 }
@@ -410,6 +411,11 @@ def describe_edge_deployment(old: Mapping[str, Any], new: Mapping[str, Any]) -> 
     return out
 
 
+def describe_canary(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """An AksService's canary: its steps and limits when a roll runs it, or why this roll is a plain one."""
+    return [new["rollout_plan"]] if new.get("rollout_plan") else []
+
+
 DESCRIBE = {
     "RegisteredModel": describe_model,
     "InferenceImage": describe_image,
@@ -420,6 +426,7 @@ DESCRIBE = {
     "Service keys": describe_keys,
     "AksService": describe_deployment,
     "AksService autoscaler": describe_hpa,
+    "AksService canary": describe_canary,
     "EdgeModule": describe_edge_deployment,
 }
 

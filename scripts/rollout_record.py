@@ -25,16 +25,21 @@ def main(argv: list[str] | None = None) -> int:
 
     if str(stack_cli.ROOT) not in sys.path:
         sys.path.insert(0, str(stack_cli.ROOT))
+    from mldeploy.providers.core.paths import local
     from mldeploy.providers.rollouts.records import load_record, record_path, render
 
     try:
         st = stack_cli.select_stack(args.stack)
-        _, props = service_logs.find_service(st.export_stack().deployment or {}, args.service)
-        path = record_path(props["state_dir"], props["project"], props["stack"], args.service)
+        deployment = st.export_stack().deployment or {}
+        kind, props = service_logs.find_service(deployment, args.service)
+        if kind == "kubernetes":
+            # An AksService's canary keeps where its record is in its own resource's inputs.
+            props = kubernetes_canary(deployment, args.service) or props
+        path = record_path(local(props["state_dir"]), props["project"], props["stack"], args.service)
     except (service_logs.LogsError, stack_cli.PassphraseMissing, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if props.get("candidate"):
+    if kind == "local" and props.get("candidate"):
         print(held_now(props))
     found = load_record(path)
     if found is None and props.get("candidate"):
@@ -44,6 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(render(*found))
     return 0
+
+
+CANARY_TYPE = "pulumi-python:dynamic/mldeploy:KubernetesCanary"
+
+
+def kubernetes_canary(deployment: dict, service: str) -> dict | None:
+    """The inputs of an AksService's canary resource in the state, or None when it declares no canary."""
+    for res in deployment.get("resources") or []:
+        inputs = res.get("inputs") or {}
+        if res.get("type") == CANARY_TYPE and inputs.get("name") == service:
+            return inputs
+    return None
 
 
 def held_now(props: dict) -> str:

@@ -98,8 +98,12 @@ def test_a_route_with_a_split_names_both_links_and_a_weight_is_a_new_marker() ->
     assert "proxy_pass http://mldeploy_backend_svc_a/swagger.json;" in at25
 
 
-def test_a_split_needs_socket_backends() -> None:
+def test_a_split_beside_a_port_backend_takes_the_candidate_s_address() -> None:
+    """A Kubernetes pod's front end: its own scoring server on 127.0.0.1, the candidate at an address:port."""
     from mldeploy.providers.front.gateway_config import SplitRoute, render_service_conf
 
-    with pytest.raises(ValueError, match="split: a traffic split needs socket backends"):
-        render_service_conf("svc-a", 21000, 21001, None, split=SplitRoute("/run/x/candidate.sock", 10, "/tmp/x.log"))
+    conf = render_service_conf("svc-a", 21000, 21001, None, split=SplitRoute("10.96.0.7:5001", 10, "/tmp/x.log"))
+    assert "upstream mldeploy_svc_a_current {\n    server 127.0.0.1:21001 max_fails=0;" in conf
+    assert "upstream mldeploy_svc_a_candidate {\n    server 10.96.0.7:5001 max_fails=0;" in conf
+    with pytest.raises(ValueError, match="sockets.candidate"):
+        render_service_conf("svc-a", 21000, 21001, None, split=SplitRoute("candidate-host:5001", 10, "/tmp/x.log"))

@@ -682,13 +682,19 @@ def test_pods_meet_the_restricted_pod_security_standard() -> None:
     assert target.deny_egress_policy() == {"podSelector": {}, "policyTypes": ["Egress"], "egress": []}
 
 
-def test_a_rollout_on_kubernetes_is_refused_saying_where_it_runs(k8s_mocks: K8sMocks) -> None:
+def test_a_canary_on_kubernetes_is_checked_and_a_held_split_or_mirror_refused_saying_where_it_runs(k8s_mocks: K8sMocks) -> None:
     from mldeploy.components import AksCluster, AksService, Canary
     from mldeploy.components._common import ArgsError
 
     cluster = AksCluster("aks", cluster_purpose="DevTest")
-    with pytest.raises(ArgsError, match=r"AksService 'c': invalid arguments: rollout: canary rollouts, held splits and mirroring run on the local target only"):
-        AksService("c", cluster=cluster, models=[make_model()], image=make_image(),
-                   rollout=Canary(steps=[50, 100], step_seconds=5))
-    with pytest.raises(ArgsError, match=r"mirror_percent: canary rollouts"):
-        AksService("m", cluster=cluster, models=[make_model()], image=make_image(), mirror_percent=10)
+    svc = AksService("svc-c", cluster=cluster, models=[make_model()], image=make_image(),
+                     rollout=Canary(steps=[50, 100], step_seconds=5))
+    assert svc.args.service_name == "svc-c"
+    with pytest.raises(ArgsError, match=r"AksService 'svc-b': invalid arguments: rollout.steps: steps must end at 100"):
+        AksService("svc-b", cluster=cluster, models=[make_model()], image=make_image(), rollout={"steps": [50, 90], "step_seconds": 5})
+    with pytest.raises(ArgsError, match=r"rollout: must be a Canary"):
+        AksService("svc-b", cluster=cluster, models=[make_model()], image=make_image(), rollout=[50, 100])
+    with pytest.raises(ArgsError, match=r"mirror_percent: held splits and mirroring run on the local target only"):
+        AksService("svc-m", cluster=cluster, models=[make_model()], image=make_image(), mirror_percent=10)
+    with pytest.raises(ArgsError, match=r"traffic: held splits and mirroring run on the local target only"):
+        AksService("svc-t", cluster=cluster, models=[make_model()], image=make_image(), traffic={"current": 90, "candidate": 10})

@@ -234,11 +234,9 @@ def render_service_conf(
     """One service's upstream + server block. Keys (if any) are matched
     exactly against ``Authorization: Bearer <key>`` on the score route only.
     The backend is `backend_port` on 127.0.0.1 or the Unix socket `backend_socket`.
-    `split` (socket backends only): a canary's second version beside it, its share of
+    `split`: a canary's second version beside it (a socket, or an address:port beside a port backend), its share of
     scoring requests, and the log each version's answers are judged from."""
     validate_service_name(service_name)
-    if split is not None and backend_socket is None:
-        raise ValueError("split: a traffic split needs socket backends (backend_socket)")
     # On the shared host only unprivileged ports; a front end in its own network
     # namespace (a pod, a container group) may take a low one such as ACI's 80.
     _check_port("port", port, low=1 if listen_host == "0.0.0.0" else 1024)
@@ -296,7 +294,8 @@ def render_service_conf(
     if split is not None:
         from mldeploy.providers.front import split as front_split
 
-        sockets = {"current": backend_socket, "candidate": split.candidate_socket}
+        # A port backend (a Kubernetes pod's own scoring server) is 127.0.0.1:<port>; its candidate an address:port.
+        sockets = {"current": backend_socket or f"127.0.0.1:{backend_port}", "candidate": split.candidate_socket}
         relay_socket = f"{CONTAINER_RUNTIME_DIR}/mirror-{ident}.sock"
         relay = front_split.MirrorRelay(relay_socket, split.log_path, max_body_bytes)
         split_http = front_split.render_split(ident, sockets, split.candidate, split.mirror_percent, relay)  # type: ignore[arg-type]
@@ -304,9 +303,9 @@ def render_service_conf(
         score_pass = front_split.render_score_location(ident, split.log_path, log_if=log_if).rstrip("\n")
         split_locations = front_split.render_mirror_location(ident, relay_socket)
         meta["split"] = split.facts()
-        if backend_socket is not None:  # the marker names the split too, so a weight's reload is confirmed
-            marker = "r" + hashlib.sha256(json.dumps([marker, split.facts()], sort_keys=True).encode()).hexdigest()[:12]
-            meta["marker"] = marker
+        # The marker names the split too, so a weight's reload is confirmed.
+        marker = "r" + hashlib.sha256(json.dumps([marker, split.facts()], sort_keys=True).encode()).hexdigest()[:12]
+        meta["marker"] = marker
     if checked_keys:
         auth_map = _template(
             "service-auth-map.conf.tmpl", ident=ident, key_alternatives="|".join(checked_keys)

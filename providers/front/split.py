@@ -47,7 +47,7 @@ def render_split(ident: str, sockets: dict[str, str], candidate: int, mirror_per
                  relay: MirrorRelay | None = None) -> str:
     """The http-level part: one upstream per version, the split, the mirror share, the log format.
 
-    `sockets`: each version's Unix socket as the gateway sees it; `candidate`: its percentage of live
+    `sockets`: each version's Unix socket as the gateway sees it, or its IPv4 `address:port`; `candidate`: its percentage of live
     requests (the current version takes the rest); `mirror_percent`: the share of live requests
     whose copy also goes to the candidate (answers discarded). nginx refuses a 0 % line in
     `split_clients`, so 0 % and 100 % are written as one catch-all line.
@@ -60,10 +60,7 @@ def render_split(ident: str, sockets: dict[str, str], candidate: int, mirror_per
         raise ValueError(f"sockets: must name exactly {', '.join(VERSIONS)}, got {sorted(sockets)}")
     parts = []
     for version in VERSIONS:
-        path = sockets[version]
-        if not _PATH_RE.match(path) or ".." in path or not path.endswith(".sock"):
-            raise ValueError(f"sockets.{version}: must be an absolute path of [A-Za-z0-9_./-] ending in .sock, got {path!r}")
-        parts.append(f"upstream {upstream_name(ident, version)} {{\n    server unix:{path} max_fails=0;\n}}\n")
+        parts.append(f"upstream {upstream_name(ident, version)} {{\n    server {_server(version, sockets[version])} max_fails=0;\n}}\n")
     if candidate in (0, 100):
         lines = f"    * {'candidate' if candidate else 'current'};\n"
     else:
@@ -79,6 +76,21 @@ def render_split(ident: str, sockets: dict[str, str], candidate: int, mirror_per
     if mirror_percent and relay is not None:
         parts.append(render_mirror_relay(ident, relay))
     return "".join(parts)
+
+
+_ADDRESS_RE = re.compile(r"^(\d{1,3}\.){3}\d{1,3}:\d{1,5}$")
+
+
+def _server(version: str, address: str) -> str:
+    """An upstream's server: a Unix socket path (the local gateway), or an IPv4 `address:port` (a Kubernetes
+    pod's front end: its own scoring server on 127.0.0.1, a candidate's ClusterIP)."""
+    if _ADDRESS_RE.match(address) and 1 <= int(address.rsplit(":", 1)[1]) <= 65535 \
+            and all(0 <= int(b) <= 255 for b in address.rsplit(":", 1)[0].split(".")):
+        return address
+    if not _PATH_RE.match(address) or ".." in address or not address.endswith(".sock"):
+        raise ValueError(f"sockets.{version}: must be an absolute path of [A-Za-z0-9_./-] ending in .sock, "
+                         f"or an IPv4 address:port, got {address!r}")
+    return f"unix:{address}"
 
 
 def _check_backend_path(backend_path: str) -> str:

@@ -493,12 +493,25 @@ rewrite_secrets() {
   printf '%s\n' "$want" >"$mark"
 }
 
+# allow_pods : pods reach each other across cni0 (a canary's front ends send the candidate its share). With
+# bridge-nf-call-iptables on, bridged packets pass the FORWARD chain, whose policy Docker sets to DROP, and
+# no rule accepted pod-to-pod traffic: connections timed out. One chain of ours, MLDEPLOY-PODS, accepts
+# packets between pod addresses on the bridge; down removes it with kube-proxy's chains (clean_iptables).
+allow_pods() {
+  iptables -w -N MLDEPLOY-PODS 2>/dev/null || true
+  iptables -w -C MLDEPLOY-PODS -s "$POD_CIDR" -d "$POD_CIDR" -j ACCEPT 2>/dev/null ||
+    iptables -w -A MLDEPLOY-PODS -s "$POD_CIDR" -d "$POD_CIDR" -j ACCEPT
+  iptables -w -C FORWARD -i cni0 -o cni0 -j MLDEPLOY-PODS 2>/dev/null ||
+    iptables -w -I FORWARD 1 -i cni0 -o cni0 -j MLDEPLOY-PODS
+}
+
 up() {
   prereqs
   "$HERE/registry.sh" up
   if running containerd && running etcd && running kube-apiserver && running kube-controller-manager \
      && running kube-scheduler && running kubelet && running kube-proxy && kubelet_healthy && node_ready \
      && ! stale etcd && ! stale kube-apiserver; then
+    allow_pods
     log "already up: node $NODE Ready; kubeconfig $KUBECONFIG_ADMIN"
     return 0
   fi
@@ -507,6 +520,7 @@ up() {
   log "starting Kubernetes v$K8S_VERSION in $RUN"
   mkdir -p "$RUN" "$PIDS" "$LOGS"
   any_running || snapshot_host
+  allow_pods
   certs
   build_pause
   configs
@@ -637,15 +651,15 @@ clean_iptables() {
   for ipt in iptables ip6tables; do
     for table in filter nat mangle raw; do
       out="$("$ipt-save" -t "$table" 2>/dev/null)" || continue
-      grep -q 'KUBE-' <<<"$out" || continue
+      grep -qE '(KUBE|MLDEPLOY)-' <<<"$out" || continue
       {
         echo "*$table"
-        # rules in other chains that jump to ours, then our chains
-        grep -E '^-A [^ ]+ .*-j KUBE-' <<<"$out" | grep -vE '^-A KUBE-' | sed 's/^-A /-D /'
-        grep -oE '^:KUBE-[^ ]+' <<<"$out" | sed 's/^:/-F /'
-        grep -oE '^:KUBE-[^ ]+' <<<"$out" | sed 's/^:/-X /'
+        # rules in other chains that jump to ours (kube-proxy's, and allow_pods'), then our chains
+        grep -E '^-A [^ ]+ .*-j (KUBE|MLDEPLOY)-' <<<"$out" | grep -vE '^-A (KUBE|MLDEPLOY)-' | sed 's/^-A /-D /'
+        grep -oE '^:(KUBE|MLDEPLOY)-[^ ]+' <<<"$out" | sed 's/^:/-F /'
+        grep -oE '^:(KUBE|MLDEPLOY)-[^ ]+' <<<"$out" | sed 's/^:/-X /'
         echo COMMIT
-      } | "$ipt-restore" --noflush || log "could not remove KUBE-* rules from $ipt $table"
+      } | "$ipt-restore" --noflush || log "could not remove KUBE-*/MLDEPLOY-* rules from $ipt $table"
     done
   done
   # nfacct counters kube-proxy created (only deletable once no rule uses them).

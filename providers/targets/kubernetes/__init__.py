@@ -38,6 +38,13 @@ MAX_REPLICAS = 100
 FRONT_CONF_DIR = "/etc/mldeploy-fe"
 FRONT_RUNTIME_DIR = "/tmp/mldeploy-fe"
 FRONT_TLS_DIR = "/etc/mldeploy-fe-tls"
+ROUTE_DIR = f"{FRONT_RUNTIME_DIR}/route"
+"""With a canary declared: the front end's route, copied at start from the config into this writable
+folder (the pod's `front-run` emptyDir), so a canary can rewrite it (a split) and reload nginx."""
+ROUTE_BEFORE = "service.before"
+"""The route as the pod started with it, kept beside the live one: a rollback writes it back."""
+CANARY_SUFFIX = "-canary"
+CANARY_ROLE_LABEL = "mldeploy.azureml.net/role"
 LABEL_APP = "mldeploy.azureml.net/service"
 POD_SECURITY = {
     "runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534,
@@ -238,8 +245,12 @@ def deployment_spec(
     sample_config: str | None = None,
     tls_secret: str | None = None,
     tls_checksum: Any = None,
+    canary: bool = False,
 ) -> dict[str, Any]:
     """The Deployment's spec: rolls with no replica down, probes from the Azure ML parameters.
+
+    `canary`: the front end starts from a writable copy of its route (`ROUTE_DIR`), which a canary
+    rewrites into a split; without it the spec is what it always was.
 
     Values typed Any may be Pulumi outputs: they are only placed, never read,
     so the spec's shape stays known at preview.
@@ -354,6 +365,9 @@ def deployment_spec(
     if tls_secret:
         # Only with `ssl_enabled`: without it the spec is what it always was.
         add_tls(spec, tls_secret, tls_checksum)
+    if canary:
+        front = next(c for c in spec["template"]["spec"]["containers"] if c["name"] == "front")
+        front["command"] = ["sh", "-c", front_start_script()]
     if image_pull_secret:
         # Only for a registry that wants credentials: without one the spec is what it always was.
         spec["template"]["spec"]["imagePullSecrets"] = [{"name": image_pull_secret}]
@@ -471,13 +485,96 @@ def pdb_spec(service_name: str) -> dict[str, Any]:
     return {"maxUnavailable": 1, "selector": {"matchLabels": selector(service_name)}}
 
 
-def front_config(args: KubernetesServiceArgs, keys: list[str] | None) -> dict[str, str]:
-    """The front container's nginx files (they hold the keys: they go into a Secret)."""
+def front_start_script() -> str:
+    """The front container's command with a canary declared: its route copied where a canary can rewrite it."""
+    return (f"mkdir -p {ROUTE_DIR} && cp {FRONT_CONF_DIR}/service.conf {ROUTE_DIR}/service.conf && "
+            f"cp {FRONT_CONF_DIR}/service.conf {ROUTE_DIR}/{ROUTE_BEFORE} && "
+            f"exec nginx -e stderr -c {FRONT_CONF_DIR}/nginx.main -g 'daemon off;'")
+
+
+def route_write_script() -> str:
+    """Run in a front container with the new route on stdin: nginx checks it, then reloads; a route nginx
+    refuses is put back and the script fails (exit 3), so a pod never keeps a broken route."""
+    main = f"{FRONT_CONF_DIR}/nginx.main"
+    # umask 077: the route holds the keys. The last route is kept to put back if nginx refuses the new one.
+    return (f"set -e; umask 077; cd {ROUTE_DIR}; cat > service.next; rm -f service.prev; cp service.conf service.prev; "
+            "mv service.next service.conf; "
+            f"if ! nginx -e stderr -q -t -c {main}; then mv service.prev service.conf; exit 3; fi; "
+            f"nginx -e stderr -c {main} -s reload")
+
+
+def canary_name(service_name: str) -> str:
+    return f"{service_name}{CANARY_SUFFIX}"
+
+
+def candidate_deployment_spec(spec: dict[str, Any], service_name: str) -> dict[str, Any]:
+    """The candidate's Deployment: the new pod template, one replica, labelled so that neither the service's
+    NodePort, HPA nor PodDisruptionBudget selects it; its scoring server listens on the pod's address, so the
+    current pods' front ends can send it their share (no key: they checked it; only they may reach it)."""
+    import copy
+
+    cand = canary_name(service_name)
+    out = copy.deepcopy(spec)
+    out["replicas"] = 1
+    out["selector"] = {"matchLabels": {LABEL_APP: cand}}
+    template = out["template"]
+    template["metadata"]["labels"] = {**template["metadata"]["labels"], LABEL_APP: cand, CANARY_ROLE_LABEL: "candidate"}
+    scoring = next(c for c in template["spec"]["containers"] if c["name"] == "scoring")
+    scoring["env"] = [e for e in scoring["env"] if e["name"] != "MLDEPLOY_BIND_HOST"] + [
+        {"name": "MLDEPLOY_BIND_HOST", "value": "0.0.0.0"}]
+    scoring["ports"] = [{"name": "scoring", "containerPort": SCORING_PORT}]
+    return out
+
+
+def candidate_service_spec(service_name: str) -> dict[str, Any]:
+    """A ClusterIP in front of the candidate's scoring servers: the split's second upstream."""
+    return {
+        "type": "ClusterIP",
+        "selector": {LABEL_APP: canary_name(service_name)},
+        "ports": [{"name": "scoring", "port": SCORING_PORT, "targetPort": SCORING_PORT, "protocol": "TCP"}],
+    }
+
+
+def canary_egress_policy(service_name: str) -> dict[str, Any]:
+    """The one way out of the namespace's deny-egress policy during a canary: the service's own pods to its
+    candidate's scoring port, nothing else."""
+    return {
+        "podSelector": {"matchLabels": selector(service_name)},
+        "policyTypes": ["Egress"],
+        "egress": [{"to": [{"podSelector": {"matchLabels": {LABEL_APP: canary_name(service_name)}}}],
+                    "ports": [{"protocol": "TCP", "port": SCORING_PORT}]}],
+    }
+
+
+def split_route(args: KubernetesServiceArgs, keys: list[str] | None, candidate_address: str, candidate: int,
+                log_path: str) -> str:
+    """The current pods' route during a canary: their own scoring server and the candidate's address, split by
+    request, each answer logged with its version (`providers/front/split.py`). Rendered from the current
+    version's own arguments and keys, so nothing else about the route changes."""
+    from mldeploy.providers.front.gateway_config import SplitRoute, render_service_conf
+
+    service = render_service_conf(
+        args.service_name,
+        FRONT_PORT,
+        SCORING_PORT,
+        keys if args.auth_enabled else None,
+        args.max_request_bytes,
+        listen_host="0.0.0.0",
+        read_timeout_s=max(1, -(-(args.scoring_timeout_ms + args.max_request_wait_time) // 1000)),
+        split=SplitRoute(candidate_address, candidate, log_path),
+    )
+    return tls.with_tls(service, FRONT_TLS_DIR) if args.ssl_enabled else service
+
+
+def front_config(args: KubernetesServiceArgs, keys: list[str] | None, canary: bool = False) -> dict[str, str]:
+    """The front container's nginx files (they hold the keys: they go into a Secret).
+
+    `canary`: nginx includes the writable copy of the route (`ROUTE_DIR`) instead of the Secret's."""
     from mldeploy.providers.front.gateway_config import render_nginx_conf, render_service_conf
 
     # nginx includes every *.conf of the folder, so the main file is named otherwise.
     main = render_nginx_conf(
-        include_dir=f"{FRONT_CONF_DIR}",
+        include_dir=ROUTE_DIR if canary else f"{FRONT_CONF_DIR}",
         runtime_dir=FRONT_RUNTIME_DIR,
         worker_processes=1,
         user=None,

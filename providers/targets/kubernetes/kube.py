@@ -208,3 +208,60 @@ class Reader:
     def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
         query = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
         return self.get(f"/api/v1/namespaces/{namespace}/pods?labelSelector={query}").get("items") or []
+
+    def _send(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201, 202)) -> Any:
+        assert self._session is not None, "use Reader as a context manager"
+        url = self._ep.server + path
+        try:
+            r = self._session.request(method, url, json=body, timeout=self._timeout)
+        except requests.RequestException as exc:
+            raise ClusterUnreachable(f"{method} {url}: {exc}") from None
+        if r.status_code not in ok:
+            try:
+                message = r.json().get("message") or r.text
+            except ValueError:
+                message = r.text
+            raise ClusterUnreachable(f"{method} {url}: {r.status_code} {message.strip()[:300]}")
+        return r.json() if r.content else {}
+
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST an object to its collection (`path`), e.g. /apis/apps/v1/namespaces/ns/deployments."""
+        return self._send("POST", path, body)
+
+    def delete(self, path: str) -> bool:
+        """DELETE an object, its dependents in the background; False when it was already gone."""
+        out = self._send("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+                         ok=(200, 202, 404))
+        return out.get("code") != 404
+
+
+def kubectl() -> str:
+    """The kubectl to exec with: the one on PATH, else the local cluster's own build."""
+    import glob
+    import shutil
+
+    found = shutil.which("kubectl") or next(iter(sorted(glob.glob(os.path.expanduser(
+        "~/.cache/mldeploy/kubernetes/*/bin/kubectl")), reverse=True)), None)
+    if not found:
+        raise ClusterUnreachable("kubectl not found (on PATH or in ~/.cache/mldeploy/kubernetes): a canary execs in the front containers with it")
+    return found
+
+
+def exec_in(kubeconfig: str, namespace: str, pod: str, container: str, argv: list[str], stdin: str | None = None,
+            timeout: float = 30.0) -> str:
+    """Run `argv` in a pod's container through the API server (kubectl exec); its stdout, or raise with stderr."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="mldeploy-kube-") as tmp:
+        path = os.path.join(tmp, "kubeconfig")
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write(kubeconfig)
+        cmd = [kubectl(), "--kubeconfig", path, "-n", namespace, "exec", *(["-i"] if stdin is not None else []),
+               pod, "-c", container, "--", *argv]
+        try:
+            done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ClusterUnreachable(f"exec in {namespace}/{pod} ({container}): no answer in {timeout:g} s") from None
+    if done.returncode != 0:
+        raise ClusterUnreachable(f"exec in {namespace}/{pod} ({container}) exited {done.returncode}: {done.stderr.strip()[-500:]}")
+    return done.stdout

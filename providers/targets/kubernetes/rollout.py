@@ -171,10 +171,50 @@ class RolloutProvider(ResourceProvider):
 
     def _wait(self, props: dict[str, Any]) -> dict[str, Any]:
         with self._open(str(props.get("kubeconfig") or "")) as reader:
-            return {**props, **wait_for_rollout(reader, props)}
+            outs = {**props, **wait_for_rollout(reader, props)}
+            if props.get("candidate"):
+                # A canary's candidate took the old pods' requests until they were gone: it goes now.
+                remove_after_roll(reader, props["namespace"], props["name"])
+            return outs
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult(f"{props['namespace']}/{props['name']}", self._wait(props))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(self._wait(news))
+
+
+DRAIN_WAIT_SECONDS = 60
+
+
+def candidate_paths(namespace: str, service_name: str) -> dict[str, tuple[str, str]]:
+    """Each candidate object's (collection, object) API paths, in the order they are created. Pure."""
+    from mldeploy.providers.targets import kubernetes as target
+
+    cand = target.canary_name(service_name)
+    out = {}
+    for kind, base in (("networkpolicies", f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"),
+                       ("services", f"/api/v1/namespaces/{namespace}/services"),
+                       ("deployments", f"/apis/apps/v1/namespaces/{namespace}/deployments")):
+        out[kind] = (base, f"{base}/{cand}")
+    return out
+
+
+def remove_after_roll(ops: Any, namespace: str, name: str, clock: Callable[[], float] = time.monotonic,
+                      sleep: Callable[[float], None] = time.sleep) -> bool:
+    """After the Deployment rolled: once no old pod is still draining (they sent the candidate their requests),
+    remove the candidate's objects. True when there was a candidate to remove."""
+    from mldeploy.providers.targets import kubernetes as target
+
+    deadline = clock() + DRAIN_WAIT_SECONDS
+    if not ops.get(f"/apis/apps/v1/namespaces/{namespace}/deployments?labelSelector={target.LABEL_APP}={target.canary_name(name)}").get("items"):
+        return False
+    while clock() < deadline:
+        pods = ops.pods(namespace, target.selector(name))
+        if not any((p.get("metadata") or {}).get("deletionTimestamp") for p in pods):
+            break
+        sleep(1.0)
+    for kind in ("deployments", "services", "networkpolicies"):
+        ops.delete(candidate_paths(namespace, name)[kind][1])
+    say(f"{namespace}/{name}: the candidate {target.canary_name(name)} removed")
+    return True

@@ -1,0 +1,311 @@
+"""The Kubernetes target's side of a canary (`mldeploy.providers.rollouts.engine.TrafficControl`), issue 20.
+
+Real Kubernetes objects a user can inspect with kubectl: the service's own Deployment (the current
+version), and during a canary a candidate Deployment `<service>-canary` of the new pod template (one
+replica, gated on the sample like any pod), its ClusterIP Service, and a NetworkPolicy letting the
+service's pods reach the candidate's scoring port and nothing else.
+
+The split is per request, in the front container (nginx) of each CURRENT pod, rendered by the same
+`providers/front/split.py` as the local gateway: each weight is the route rewritten in the pod's
+writable `ROUTE_DIR` and a reload (kubectl exec through the API server); requests in flight finish on
+the workers that took them. A step is judged on the split log those front ends write, read the same
+way: the candidate's own status codes and times, never a client's view.
+
+The `KubernetesCanary` resource runs before the service's Deployment is updated. A rollback (or an
+interruption) writes every current pod's route back as it started, removes the candidate and fails
+`up`: the Deployment was never touched, so the state stays on the old version. Promotion leaves the
+candidate taking every request; the Deployment then rolls to the same template, and the `Rollout`
+check removes the candidate once the old pods, which sent it their requests, have finished
+(`remove_after_roll`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Callable, Protocol
+
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ResourceProvider, UpdateResult
+
+from mldeploy.providers.core.progress import say
+from mldeploy.providers.front.split import metrics_from_log
+from mldeploy.providers.rollouts.engine import Metrics, RolledBack, RolloutRecord, run_canary
+from mldeploy.providers.rollouts.spec import Canary
+from mldeploy.providers.rollouts.words import canary_words
+from mldeploy.providers.targets import kubernetes as target
+from mldeploy.providers.targets.kubernetes.rollout import RolloutFailed, candidate_paths as paths, wait_for_rollout
+
+RELOAD_SETTLE_SECONDS = 0.5
+"""After `nginx -s reload` the old workers finish what they hold; new requests meet the new route."""
+CREATE_RETRY_SECONDS = 30
+
+
+class ClusterOps(Protocol):
+    """What a canary does to a cluster: the seam a unit test fakes (`kube.Reader` plus exec)."""
+
+    def get(self, path: str) -> Any: ...
+
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def delete(self, path: str) -> bool: ...
+
+    def deployment(self, namespace: str, name: str) -> dict[str, Any]: ...
+
+    def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]: ...
+
+    def exec(self, namespace: str, pod: str, container: str, argv: list[str], stdin: str | None = None) -> str: ...
+
+
+def whole_numbers(value: Any) -> Any:
+    """Inputs reach a dynamic provider through protobuf, where every number is a float; the API server takes
+    2.0 for no int32 field. Whole floats become ints again (a spec holds no fractional number). Pure."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [whole_numbers(v) for v in value]
+    return value
+
+
+def candidate_objects(namespace: str, service_name: str, spec: dict[str, Any], labels: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The candidate's NetworkPolicy, Service and Deployment, as the API server takes them. Pure."""
+    cand = target.canary_name(service_name)
+    meta = {"name": cand, "namespace": namespace,
+            "labels": {**labels, target.LABEL_APP: cand, target.CANARY_ROLE_LABEL: "candidate"}}
+    return whole_numbers({
+        "networkpolicies": {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta,
+                            "spec": target.canary_egress_policy(service_name)},
+        "services": {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+                     "spec": target.candidate_service_spec(service_name)},
+        "deployments": {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+                        "spec": target.candidate_deployment_spec(spec, service_name)},
+    })
+
+
+def serving_pods(pods: list[dict[str, Any]]) -> list[str]:
+    """The names of the pods that take requests now: running, ready, not being deleted. Pure."""
+    names = []
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        ready = {c.get("type"): c.get("status") for c in status.get("conditions") or []}.get("Ready") == "True"
+        if status.get("phase") == "Running" and ready and not meta.get("deletionTimestamp"):
+            names.append(str(meta.get("name")))
+    return sorted(names)
+
+
+def can_split(spec: dict[str, Any] | None) -> bool:
+    """Whether pods of this Deployment spec start from a writable route (the front's start script). Pure."""
+    try:
+        containers = spec["template"]["spec"]["containers"]  # type: ignore[index]
+        front = next(c for c in containers if c.get("name") == "front")
+    except (KeyError, TypeError, StopIteration):
+        return False
+    return front.get("command") == ["sh", "-c", target.front_start_script()]
+
+
+def plan(olds: dict[str, Any], news: dict[str, Any]) -> tuple[bool, str | None]:
+    """(run the canary, why not in words) for an update from `olds` to `news`. Pure."""
+    old_spec, new_spec = olds.get("spec") or {}, news.get("spec") or {}
+    if old_spec.get("template") == new_spec.get("template"):
+        return False, None  # nothing rolls: a changed `rollout` alone rolls nothing
+    if not can_split(old_spec):
+        return False, ("the current pods were started before the canary was declared and cannot split traffic: "
+                       "this roll is a plain rolling update, gated on the sample; the next roll runs the canary")
+    if olds.get("keys") != news.get("keys") or olds.get("front", {}).get("auth_enabled") != news.get("front", {}).get("auth_enabled"):
+        return False, ("the keys change with this roll, and a canary sends requests checked with the current "
+                       "keys: this roll is a plain rolling update; change keys and versions in separate ups to canary")
+    return True, None
+
+
+def check_words(olds: dict[str, Any], news: dict[str, Any], canary: Canary) -> str | None:
+    """What the preview says of this change: the canary's steps and limits, why this roll is plain, or
+    (declared now) when it starts. Pure."""
+    if not olds:
+        return (f"{canary_words(canary)}; from the next roll: the pods start now with a route the canary can "
+                "split")
+    if not olds.get("spec") or news.get("spec") == olds.get("spec"):
+        return None
+    runs, why = plan(olds, news)
+    return canary_words(canary) if runs else why
+
+
+class KubeTrafficControl:
+    """One service's current pods split requests between their own scoring server and the candidate's."""
+
+    def __init__(self, ops: ClusterOps, olds: dict[str, Any], news: dict[str, Any],
+                 wait: Callable[..., Any] = wait_for_rollout, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
+        self.ops, self.olds, self.news, self.wait, self.sleep, self.clock = ops, olds, news, wait, sleep, clock
+        self.ns, self.name = news["namespace"], news["name"]
+        self.paths = paths(self.ns, self.name)
+        self.log_path = f"{target.FRONT_RUNTIME_DIR}/split-{uuid.uuid4().hex[:8]}.log"
+        self.pods: list[str] = []
+        self.before: str | None = None
+        self.address: str | None = None
+
+    # ---- the TrafficControl interface
+
+    def start_candidate(self) -> None:
+        """The candidate's objects, then its rollout (every pod answers the sample first); on failure none remain."""
+        self.pods = serving_pods(self.ops.pods(self.ns, target.selector(self.name)))
+        if not self.pods:
+            raise RolloutFailed(f"Deployment {self.ns}/{self.name}: no current pod is serving, so nothing can split traffic")
+        self.before = self._exec(self.pods[0], ["cat", f"{target.ROUTE_DIR}/{target.ROUTE_BEFORE}"])
+        self.remove_candidate()  # a candidate left by an interrupted up
+        objects = candidate_objects(self.ns, self.name, self.news["spec"], self.news.get("labels") or {})
+        try:
+            for kind in ("networkpolicies", "services", "deployments"):
+                created = self._create(kind, objects[kind])
+            service = self.ops.get(self.paths["services"][1])
+            self.address = f"{service['spec']['clusterIP']}:{target.SCORING_PORT}"
+            cand = target.canary_name(self.name)
+            say(f"{self.ns}/{self.name}: candidate Deployment {cand} created; waiting for its pod to answer the sample")
+            self.wait(self.ops, {"namespace": self.ns, "name": cand, "generation": int(created["metadata"].get("generation") or 1),
+                                 "selector": {target.LABEL_APP: cand}, "timeout_seconds": self.news.get("timeout_seconds") or 600})
+        except BaseException:
+            self.remove_candidate()
+            raise
+
+    def set_weights(self, current: int, candidate: int) -> None:
+        """Every current pod's route: the split at these weights, or (candidate 0) the route it started with."""
+        if candidate == 0:
+            route = self.before or ""
+        else:
+            args = target.KubernetesServiceArgs.model_validate(self.olds["front"])
+            route = target.split_route(args, list(self.olds.get("keys") or []), str(self.address), candidate, self.log_path)
+        for pod in self.pods:
+            self._exec(pod, ["sh", "-c", target.route_write_script()], stdin=route)
+        self.sleep(RELOAD_SETTLE_SECONDS)
+
+    def candidate_metrics(self, since: float) -> Metrics:
+        lines: list[str] = []
+        for pod in self.pods:
+            lines += self._exec(pod, ["sh", "-c", f"cat {self.log_path} 2>/dev/null || true"]).splitlines()
+        recorded = metrics_from_log(lines, "candidate", since)
+        return Metrics(recorded.requests, recorded.errors, recorded.p99_ms)
+
+    def promote(self) -> None:
+        """The candidate takes every request already (the last step is 100 %); the Deployment rolls next,
+        and the `Rollout` check removes the candidate once the old pods are gone."""
+        say(f"{self.ns}/{self.name}: the candidate takes every request; the Deployment rolls to it next")
+
+    def remove_candidate(self) -> None:
+        for kind in ("deployments", "services", "networkpolicies"):
+            self.ops.delete(self.paths[kind][1])
+
+    # ---- helpers
+
+    def _exec(self, pod: str, argv: list[str], stdin: str | None = None) -> str:
+        return self.ops.exec(self.ns, pod, "front", argv, stdin)
+
+    def _create(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create; while an earlier candidate's object of that name is still being deleted, try again."""
+        deadline = self.clock() + CREATE_RETRY_SECONDS
+        while True:
+            try:
+                return self.ops.create(self.paths[kind][0], body)
+            except Exception as exc:  # the API server's 409 AlreadyExists while the last one goes
+                if " 409 " not in str(exc) or self.clock() >= deadline:
+                    raise
+                self.sleep(1.0)
+
+
+class Ops:
+    """`ClusterOps` over one API server: `kube.Reader`'s requests, and exec through kubectl."""
+
+    def __init__(self, kubeconfig: str):
+        from mldeploy.providers.targets.kubernetes import kube
+
+        self._kube, self._kubeconfig = kube, kubeconfig
+        self._reader = kube.Reader(kubeconfig)
+
+    def __enter__(self) -> "Ops":
+        self._reader.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._reader.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:  # get, create, delete, deployment, pods
+        return getattr(self._reader, name)
+
+    def exec(self, namespace: str, pod: str, container: str, argv: list[str], stdin: str | None = None) -> str:
+        return self._kube.exec_in(self._kubeconfig, namespace, pod, container, argv, stdin)
+
+
+WATCHED = ("spec", "rollout", "keys", "front", "namespace", "name")
+
+
+def diff_canary(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+    """Pure: any watched input that changed is an update, never a replacement."""
+    changed = [k for k in WATCHED if olds.get(k) != news.get(k)]
+    return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+
+class CanaryProvider(ResourceProvider):
+    """Runs an AksService's canary when its pod template changes, before its Deployment is updated."""
+
+    def __init__(self, ops: Callable[[str], Any] | None = None):
+        self._ops = ops
+
+    def _open(self, kubeconfig: str) -> Any:
+        return self._ops(kubeconfig) if self._ops is not None else Ops(kubeconfig)
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = [CheckFailure(k, "is required") for k in ("namespace", "name", "rollout") if not news.get(k)]
+        if not failures:
+            try:
+                canary = Canary.model_validate(news["rollout"])
+            except ValueError as exc:
+                failures.append(CheckFailure("rollout", str(exc)))
+            else:
+                words = check_words(olds, news, canary)
+                if words:
+                    news = {**news, "rollout_plan": words}  # for the Markdown review (scripts/preview_markdown.py)
+                    if olds:
+                        say(f"{news['name']}: {words}")
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return diff_canary(olds, news)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        # The first version, or one whose pods are not yet ready to split: nothing to compare it with.
+        return CreateResult(f"{props['namespace']}/{target.canary_name(props['name'])}", {**props, "last": "created"})
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        runs, why = plan(olds, news)
+        if not runs:
+            if why:
+                say(f"{news['name']}: {why}")
+            return UpdateResult({**news, "last": olds.get("last") or "created"})
+        return UpdateResult({**news, "last": self._run(olds, news)})
+
+    def _run(self, olds: dict[str, Any], news: dict[str, Any]) -> str:
+        from mldeploy.providers.core.paths import local
+        from mldeploy.providers.rollouts.records import record_path, save_record
+
+        canary = Canary.model_validate(news["rollout"])
+        name = news["name"]
+        record = RolloutRecord()
+        say(f"{name}: {canary_words(canary)}")
+        try:
+            with self._open(str(news.get("kubeconfig") or "")) as ops:
+                control = KubeTrafficControl(ops, olds, news)
+                run_canary(control, canary, say=lambda line: say(f"{name}: {line}"), record=record)
+        except RolledBack as exc:
+            raise RolloutFailed(f"{exc}. The candidate Deployment {target.canary_name(name)} was removed and "
+                                f"Deployment {news['namespace']}/{name} was not changed; the state stays on the old "
+                                "version, so the next preview shows the same change") from None
+        finally:
+            if news.get("state_dir"):
+                save_record(record_path(local(news["state_dir"]), news.get("project", ""), news.get("stack", ""), name), record,
+                            plan=canary_words(canary), versions=news.get("versions") or {})
+        return record.decision
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        """A candidate left by an interrupted up goes with the service."""
+        with self._open(str(props.get("kubeconfig") or "")) as ops:
+            for kind in ("deployments", "services", "networkpolicies"):
+                ops.delete(paths(props["namespace"], props["name"])[kind][1])

@@ -1,0 +1,254 @@
+"""A canary on the Kubernetes target (issue 20), without a cluster: the pure parts, and the order of a roll
+driven by the real `run_canary` over `KubeTrafficControl` with a fake cluster (`ClusterOps`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mldeploy.providers.front import split
+from mldeploy.providers.rollouts.engine import RolledBack, run_canary
+from mldeploy.providers.rollouts.records import load_record, record_path
+from mldeploy.providers.rollouts.spec import Canary
+from mldeploy.providers.targets import kubernetes as target
+from mldeploy.providers.targets.kubernetes import canary as kcanary
+from mldeploy.providers.targets.kubernetes.rollout import remove_after_roll
+
+pytestmark = pytest.mark.unit
+
+NS, NAME = "ns1", "svc"
+KEYS = ["k" * 43, "q" * 43]
+
+
+def spec(canary: bool = True, env: str = "1") -> dict[str, Any]:
+    args = target.KubernetesServiceArgs(service_name=NAME, num_replicas=2, environment_variables={"V": env})
+    return target.deployment_spec(args, project="p", stack="s", image_ref="img", front_image_ref="front",
+                                  model_versions={"m": "1"}, config_secret=f"{NAME}-front", config_checksum="c",
+                                  sample_config=f"{NAME}-sample", canary=canary)
+
+
+def props(**over: Any) -> dict[str, Any]:
+    args = target.KubernetesServiceArgs(service_name=NAME, num_replicas=2)
+    base = {"kubeconfig": "kc", "namespace": NS, "name": NAME, "labels": target.labels("p", "s", NAME),
+            "rollout": Canary(steps=[50, 100], step_seconds=3, min_requests=10).model_dump(),
+            "spec": spec(), "front": args.model_dump(mode="json"), "keys": KEYS, "timeout_seconds": 60}
+    return {**base, **over}
+
+
+def pod(name: str, ready: bool = True, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-05T00:00:00Z"
+    return {"metadata": meta, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+class FakeCluster:
+    """Records every call in order; the front ends' split log answers what `log` holds."""
+
+    def __init__(self, log: str = "") -> None:
+        self.calls: list[tuple] = []
+        self.log = log
+        self.routes: dict[str, str] = {}
+
+    def get(self, path: str) -> Any:
+        self.calls.append(("get", path))
+        if path.endswith(f"/services/{NAME}-canary"):
+            return {"spec": {"clusterIP": "10.96.0.7"}}
+        return {"items": [{"metadata": {"name": f"{NAME}-canary"}}]}
+
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", path.rsplit("/", 1)[1], body["metadata"]["name"]))
+        return {"metadata": {"generation": 1}}
+
+    def delete(self, path: str) -> bool:
+        self.calls.append(("delete", path.rsplit("/", 2)[1], path.rsplit("/", 1)[1]))
+        return True
+
+    def deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        raise AssertionError("the service's own Deployment is never read or changed by the canary")
+
+    def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+        self.calls.append(("pods", selector[target.LABEL_APP]))
+        return [pod("svc-b"), pod("svc-a"), pod("svc-old", deleting=True), pod("svc-new", ready=False)]
+
+    def exec(self, namespace: str, pod: str, container: str, argv: list[str], stdin: str | None = None) -> str:
+        assert container == "front"
+        if argv[0] == "cat":
+            self.calls.append(("read-before", pod))
+            return "BEFORE ROUTE"
+        if "service.next" in argv[-1]:
+            self.routes[pod] = stdin or ""
+            weight = "before" if stdin == "BEFORE ROUTE" else [ln.strip() for ln in (stdin or "").splitlines() if "% candidate" in ln or "* candidate" in ln][0]
+            self.calls.append(("route", pod, weight))
+            return ""
+        self.calls.append(("read-log", pod))
+        return self.log
+
+
+def run(cluster: FakeCluster, canary: Canary) -> tuple[Any, list[str]]:
+    olds = props(spec=spec(env="0"))
+    control = kcanary.KubeTrafficControl(cluster, olds, props(), wait=lambda ops, p: cluster.calls.append(("wait", p["name"])),
+                                         sleep=lambda s: None)
+    lines: list[str] = []
+    clock = iter(range(1000, 10_000))
+    record = run_canary(control, canary, say=lines.append, clock=lambda: float(next(clock)), sleep=lambda s: None)
+    return record, lines
+
+
+def test_a_passing_canary_splits_in_every_serving_pod_then_leaves_the_candidate_for_the_roll() -> None:
+    good = "".join(f"{1500 + i}.0 candidate 200 0.010\n" for i in range(20))
+    cluster = FakeCluster(good)
+    record, lines = run(cluster, Canary(steps=[50, 100], step_seconds=3, min_requests=10))
+    assert record.decision == "promoted after 2 steps"
+    calls = cluster.calls
+    assert calls[:6] == [("pods", NAME), ("read-before", "svc-a"), ("delete", "deployments", "svc-canary"),
+                         ("delete", "services", "svc-canary"), ("delete", "networkpolicies", "svc-canary"),
+                         ("create", "networkpolicies", "svc-canary")]
+    assert calls[6:9] == [("create", "services", "svc-canary"), ("create", "deployments", "svc-canary"),
+                          ("get", f"/api/v1/namespaces/{NS}/services/svc-canary")]
+    # The candidate's own rollout (its sample gate) before any weight moves; then both serving pods, each step.
+    assert calls[9] == ("wait", "svc-canary")
+    assert calls[10:12] == [("route", "svc-a", "50% candidate;"), ("route", "svc-b", "50% candidate;")]
+    assert calls[12:14] == [("read-log", "svc-a"), ("read-log", "svc-b")]
+    assert calls[14:16] == [("route", "svc-a", "* candidate;"), ("route", "svc-b", "* candidate;")]
+    assert not [c for c in calls[9:] if c[0] == "delete"], "promotion keeps the candidate until the Deployment rolled"
+    assert "upstream mldeploy_svc_candidate {\n    server 10.96.0.7:5001 max_fails=0;" in cluster.routes["svc-a"]
+    assert lines[0].startswith("canary step 1: 50 % current / 50 % candidate; 40 requests")
+
+
+def test_a_failing_step_puts_the_routes_back_and_removes_the_candidate() -> None:
+    bad = "".join(f"{1500 + i}.0 candidate {500 if i % 3 == 0 else 200} 0.010\n" for i in range(12))
+    cluster = FakeCluster(bad)
+    with pytest.raises(RolledBack, match="error rate"):
+        run(cluster, Canary(steps=[50, 100], step_seconds=3, min_requests=10, max_error_rate=0.05))
+    tail = cluster.calls[-7:]
+    assert tail[:2] == [("read-log", "svc-a"), ("read-log", "svc-b")]
+    assert tail[2:4] == [("route", "svc-a", "before"), ("route", "svc-b", "before")]
+    assert tail[4:] == [("delete", "deployments", "svc-canary"), ("delete", "services", "svc-canary"),
+                        ("delete", "networkpolicies", "svc-canary")]
+
+
+def test_a_candidate_that_fails_its_sample_gate_is_removed_and_no_route_moves() -> None:
+    cluster = FakeCluster()
+
+    def fail(ops: Any, p: dict[str, Any]) -> None:
+        raise RuntimeError("sample refused")
+
+    control = kcanary.KubeTrafficControl(cluster, props(spec=spec(env="0")), props(), wait=fail, sleep=lambda s: None)
+    with pytest.raises(RuntimeError, match="sample refused"):
+        run_canary(control, Canary(steps=[100], step_seconds=1), say=lambda s: None, sleep=lambda s: None)
+    assert not [c for c in cluster.calls if c[0] == "route"]
+    assert cluster.calls[-3:] == [("delete", "deployments", "svc-canary"), ("delete", "services", "svc-canary"),
+                                  ("delete", "networkpolicies", "svc-canary")]
+
+
+def test_plan_runs_a_canary_only_when_the_template_changes_on_pods_that_can_split_with_the_same_keys() -> None:
+    olds = props(spec=spec(env="0"))
+    assert kcanary.plan(olds, props()) == (True, None)
+    assert kcanary.plan(props(), props(rollout={"steps": [100], "step_seconds": 1})) == (False, None)
+    runs, why = kcanary.plan(props(spec=spec(canary=False, env="0")), props())
+    assert not runs and "cannot split traffic" in why
+    runs, why = kcanary.plan(olds, props(keys=["z" * 43]))
+    assert not runs and "keys change" in why
+    assert kcanary.can_split(spec()) and not kcanary.can_split(spec(canary=False)) and not kcanary.can_split(None)
+    assert not kcanary.diff_canary(props(), props()).changes
+    d = kcanary.diff_canary(olds, props())
+    assert d.changes and d.replaces == []
+
+
+def test_the_candidate_is_selected_by_nothing_of_the_service_and_reachable_only_from_its_pods() -> None:
+    # Numbers arrive as floats through the engine: the API server gets ints again.
+    floats = kcanary.whole_numbers  # (identity on ints)
+    objs = kcanary.candidate_objects(NS, NAME, {**spec(), "revisionHistoryLimit": 3.0}, target.labels("p", "s", NAME))
+    assert type(objs["deployments"]["spec"]["revisionHistoryLimit"]) is int and floats(0.5) == 0.5
+    dep = objs["deployments"]["spec"]
+    assert dep["replicas"] == 1 and dep["selector"] == {"matchLabels": {target.LABEL_APP: "svc-canary"}}
+    labels = dep["template"]["metadata"]["labels"]
+    assert labels[target.LABEL_APP] == "svc-canary", "the NodePort, HPA and PDB select the service's label only"
+    scoring = next(c for c in dep["template"]["spec"]["containers"] if c["name"] == "scoring")
+    assert {e["name"]: e["value"] for e in scoring["env"]}["MLDEPLOY_BIND_HOST"] == "0.0.0.0"
+    assert "startupProbe" in scoring, "the candidate is gated on the sample like any pod"
+    assert objs["services"]["spec"]["selector"] == {target.LABEL_APP: "svc-canary"}
+    assert objs["services"]["spec"]["type"] == "ClusterIP"
+    policy = objs["networkpolicies"]["spec"]
+    assert policy["podSelector"] == {"matchLabels": target.selector(NAME)}
+    assert policy["egress"] == [{"to": [{"podSelector": {"matchLabels": {target.LABEL_APP: "svc-canary"}}}],
+                                 "ports": [{"protocol": "TCP", "port": target.SCORING_PORT}]}]
+    # The service's own pods without a canary are what they always were.
+    front = next(c for c in spec(canary=False)["template"]["spec"]["containers"] if c["name"] == "front")
+    assert front["command"][0] == "nginx"
+    main = target.front_config(target.KubernetesServiceArgs(service_name=NAME), KEYS, canary=True)["nginx.main"]
+    assert f"include {target.ROUTE_DIR}/*.conf;" in main
+
+
+def test_the_split_takes_a_tcp_address_and_refuses_anything_else() -> None:
+    conf = split.render_split("svc", {"current": "127.0.0.1:5001", "candidate": "10.96.0.7:5001"}, 10)
+    assert "server 127.0.0.1:5001 max_fails=0;" in conf and "server 10.96.0.7:5001 max_fails=0;" in conf
+    for bad in ("10.96.0.7", "10.96.0.700:5001", "10.96.0.7:99999", "host:5001", "/tmp/x"):
+        with pytest.raises(ValueError, match="sockets.candidate"):
+            split.render_split("svc", {"current": "127.0.0.1:5001", "candidate": bad}, 10)
+
+
+def test_the_provider_keeps_the_record_whatever_the_outcome(tmp_path, monkeypatch) -> None:
+    bad = "".join(f"{4_000_000_000 + i}.0 candidate 500 0.010\n" for i in range(12))
+    cluster = FakeCluster(bad)
+
+    class Opened:
+        def __enter__(self) -> FakeCluster:
+            return cluster
+
+        def __exit__(self, *exc: Any) -> None:
+            pass
+
+    monkeypatch.setattr(kcanary, "wait_for_rollout", lambda ops, p: None)
+    monkeypatch.setattr(kcanary.KubeTrafficControl.__init__, "__defaults__",
+                        (lambda ops, p: None, lambda s: None, kcanary.time.monotonic))
+    monkeypatch.setattr("mldeploy.providers.rollouts.engine.time.sleep", lambda s: None)
+    provider = kcanary.CanaryProvider(ops=lambda kubeconfig: Opened())
+    news = props(state_dir=str(tmp_path), project="p", stack="s", versions={"m": "2"},
+                 rollout=Canary(steps=[50, 100], step_seconds=0.01, min_requests=1, max_wait_seconds=0.02).model_dump())
+    with pytest.raises(kcanary.RolloutFailed, match="was not changed; the state stays on the old version"):
+        provider.update("id", props(spec=spec(env="0")), news)
+    record, about = load_record(record_path(tmp_path, "p", "s", NAME))
+    assert record.decision.startswith("canary rolled back at step 1 (50 %): error rate")
+    assert about["plan"].startswith("canary: 50 % → 100 %")
+    # A roll without a template change runs nothing.
+    assert provider.update("id", news, news).outs["last"] == "created"
+
+
+def test_the_candidate_goes_after_the_roll_once_no_old_pod_drains() -> None:
+    class Draining(FakeCluster):
+        rounds = 0
+
+        def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+            self.rounds += 1
+            self.calls.append(("pods", self.rounds))
+            return [pod("new"), *([pod("old", deleting=True)] if self.rounds < 3 else [])]
+
+    cluster = Draining()
+    assert remove_after_roll(cluster, NS, NAME, clock=lambda: 0.0, sleep=lambda s: None)
+    assert [c for c in cluster.calls if c[0] == "pods"] == [("pods", 1), ("pods", 2), ("pods", 3)]
+    assert cluster.calls[-3:] == [("delete", "deployments", "svc-canary"), ("delete", "services", "svc-canary"),
+                                  ("delete", "networkpolicies", "svc-canary")]
+
+
+def test_the_preview_says_the_steps_or_why_this_roll_is_plain_in_the_terminal_and_the_review(capsys) -> None:
+    import preview_markdown
+
+    provider = kcanary.CanaryProvider(ops=lambda kubeconfig: None)
+    words = "canary: 50 % → 100 %, 3 s a step; promote if error rate ≤ 1 % over ≥ 10 requests; otherwise roll back"
+    checked = provider.check(props(spec=spec(env="0")), props())
+    assert checked.failures == [] and checked.inputs["rollout_plan"] == words
+    assert f"svc: {words}" in capsys.readouterr().err
+    assert preview_markdown.describe_canary({}, checked.inputs) == [words]
+    plain = provider.check(props(spec=spec(canary=False, env="0")), props()).inputs["rollout_plan"]
+    assert "cannot split traffic" in plain and "plain rolling update" in plain
+    assert "rollout_plan" not in provider.check(props(), props()).inputs, "nothing rolls: nothing to say"
+    assert provider.check({}, props()).inputs["rollout_plan"].endswith("from the next roll: the pods start now with a route the canary can split")
+    bad = provider.check({}, props(rollout={"steps": [50], "step_seconds": 3}))
+    assert [f.property for f in bad.failures] == ["rollout"]
+    step = [{"op": "update", "type": "pulumi-python:dynamic/mldeploy:KubernetesCanary",
+             "urn": "urn:pulumi:s::p::mldeploy:index:AksService$pulumi-python:dynamic/mldeploy:KubernetesCanary::svc-canary",
+             "old": props(spec=spec(env="0")), "new": checked.inputs}]
+    assert f"| ✏️ update | AksService canary `svc-canary` | {words} |" in preview_markdown.render("s", step, {"update": 1})

@@ -368,6 +368,7 @@ def check_down_leaves_nothing_behind() -> float:
     assert not Path("/sys/class/net/cni0").exists()
     assert "KUBE-" not in run("iptables-save").stdout
     assert "KUBE-" not in run("ip6tables-save").stdout
+    assert "MLDEPLOY-" not in run("iptables-save").stdout, "the pod-to-pod chain (cluster.sh allow_pods) is left"
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
     assert [m for m in mounts if m.startswith((str(RUN), RUNTIME_DIR, "/run/netns", "/var/lib/kubelet"))] == []
     assert not Path(RUNTIME_DIR).exists()

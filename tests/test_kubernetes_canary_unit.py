@@ -252,3 +252,20 @@ def test_the_preview_says_the_steps_or_why_this_roll_is_plain_in_the_terminal_an
              "urn": "urn:pulumi:s::p::mldeploy:index:AksService$pulumi-python:dynamic/mldeploy:KubernetesCanary::svc-canary",
              "old": props(spec=spec(env="0")), "new": checked.inputs}]
     assert f"| ✏️ update | AksService canary `svc-canary` | {words} |" in preview_markdown.render("s", step, {"update": 1})
+
+
+def test_the_split_route_is_the_pod_s_own_route_plus_the_split() -> None:
+    """Rendered from the current version's arguments and keys: TLS, keys and limits stay as the pod started."""
+    args = target.KubernetesServiceArgs(service_name=NAME, num_replicas=1, ssl_enabled=True, ssl_cert_pem_file="c",
+                                        ssl_key_pem_file="k", max_request_bytes=2048)
+    plain = target.front_config(args, KEYS, canary=True)["service.conf"]
+    routed = target.split_route(args, KEYS, "10.96.0.7:5001", 10, f"{target.FRONT_RUNTIME_DIR}/split-x.log")
+    assert "listen 0.0.0.0:8080 ssl;" in routed and "client_max_body_size 2048;" in routed and KEYS[1] in routed
+    assert f"access_log {target.FRONT_RUNTIME_DIR}/split-x.log mldeploy_svc_split if=$mldeploy_authorized_svc;" in routed
+    # Every line of the pod's own route is still there but the marker and the score location's proxy_pass.
+    missing = [ln for ln in plain.splitlines() if ln not in routed.splitlines()]
+    assert all("mldeploy-route" in ln or "X-Mldeploy-Backend" in ln or "proxy_pass http://mldeploy_backend_svc/score" in ln
+               for ln in missing), missing
+    keyless = target.split_route(target.KubernetesServiceArgs(service_name=NAME, auth_enabled=False), KEYS,
+                                 "10.96.0.7:5001", 10, "/tmp/mldeploy-fe/split-x.log")
+    assert KEYS[0] not in keyless and "if=$mldeploy_authorized" not in keyless

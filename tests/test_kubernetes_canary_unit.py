@@ -269,3 +269,19 @@ def test_the_split_route_is_the_pod_s_own_route_plus_the_split() -> None:
     keyless = target.split_route(target.KubernetesServiceArgs(service_name=NAME, auth_enabled=False), KEYS,
                                  "10.96.0.7:5001", 10, "/tmp/mldeploy-fe/split-x.log")
     assert KEYS[0] not in keyless and "if=$mldeploy_authorized" not in keyless
+
+
+def test_an_interrupted_canary_puts_the_routes_back_and_removes_the_candidate() -> None:
+    """Ctrl-C mid-step: run_canary's rollback runs before the interruption goes on, so no route or object is left."""
+    cluster = FakeCluster()
+    control = kcanary.KubeTrafficControl(cluster, props(spec=spec(env="0")), props(),
+                                         wait=lambda ops, p: None, sleep=lambda s: None)
+
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_canary(control, Canary(steps=[50, 100], step_seconds=3), say=lambda s: None, sleep=interrupt)
+    assert cluster.calls[-5:] == [("route", "svc-a", "before"), ("route", "svc-b", "before"),
+                                  ("delete", "deployments", "svc-canary"), ("delete", "services", "svc-canary"),
+                                  ("delete", "networkpolicies", "svc-canary")]

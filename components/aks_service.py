@@ -20,7 +20,7 @@ from mldeploy.components.registry_image import RegistryImage
 from mldeploy.components.inference_image import InferenceImage
 from mldeploy.components.registered_model import RegisteredModel
 from mldeploy.providers.core.keys import ServiceKeysProvider
-from mldeploy.providers.rollouts.spec import Canary, check_rollout
+from mldeploy.providers.rollouts.spec import Canary, TrafficSplit, check_rollout
 from mldeploy.providers.targets.kubernetes.canary import CanaryProvider
 from mldeploy.providers.targets.kubernetes.rollout import RolloutProvider
 from mldeploy.providers.targets import kubernetes as target
@@ -59,18 +59,18 @@ class KubernetesCanary(Resource, module=PACKAGE, name="KubernetesCanary"):
         super().__init__(CanaryProvider(), name, {**props, "last": None}, opts)
 
 
-def _canary(resource_name: str, rollout: Any) -> dict[str, Any] | None:
-    """`rollout=Canary(...)` as plain data, its rules checked now, each failure naming its field."""
-    if rollout is None:
-        return None
-    if not isinstance(rollout, (Canary, dict)):
+def _canary(resource_name: str, rollout: Any, traffic: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """`rollout=Canary(...)` and `traffic=` as plain data, the shared rules checked now, each failure naming its field."""
+    if rollout is not None and not isinstance(rollout, (Canary, dict)):
         raise ArgsError(f"AksService '{resource_name}': invalid arguments: rollout: must be a Canary "
                         f"(from mldeploy.components import Canary), got {type(rollout).__name__}")
-    given = rollout.model_dump() if isinstance(rollout, Canary) else rollout
-    problems = [(f, m) for f, m in check_rollout("kubernetes", {"rollout": given})]
+    given = {"rollout": rollout.model_dump() if isinstance(rollout, Canary) else rollout,
+             "traffic": traffic.model_dump() if isinstance(traffic, TrafficSplit) else traffic}
+    problems = check_rollout("kubernetes", given)
     if problems:
         raise ArgsError(f"AksService '{resource_name}': invalid arguments: " + "; ".join(f"{f}: {m}" for f, m in problems))
-    return Canary.model_validate(given).model_dump()
+    return (Canary.model_validate(given["rollout"]).model_dump() if rollout is not None else None,
+            TrafficSplit.model_validate(given["traffic"]).model_dump() if traffic is not None else None)
 
 
 class AksService(pulumi.ComponentResource):
@@ -96,19 +96,22 @@ class AksService(pulumi.ComponentResource):
     ):
         """`deploy_configuration` takes `AksWebservice.deploy_configuration`'s parameters, plus
         `sample_request` (a dict, or a JSON file) and `sample_response`: a new pod must answer
-        that request (with that answer, when given) before it gets traffic."""
+        that request (with that answer, when given) before it gets traffic. `rollout=Canary(...)`: a new
+        version takes each step's share of live requests first and is promoted or rolled back on what the
+        pods' front ends recorded; `traffic={"current": 90, "candidate": 10}` holds it beside the current
+        one until the program drops it (docs/rollouts.md, "On Kubernetes")."""
         try:
             sample = sample_request_input(deploy_configuration.pop("sample_request", None),
                                           deploy_configuration.pop("sample_response", None))
         except ValueError as exc:
             raise ArgsError(f"AksService '{resource_name}': invalid arguments: {exc}") from None
-        for name in ("traffic", "mirror_percent"):
-            if deploy_configuration.get(name) is not None:
-                # Declared but not built yet on Kubernetes: said plainly rather than as an unknown argument.
-                raise ArgsError(f"AksService '{resource_name}': invalid arguments: {name}: held splits and mirroring run on "
-                                "the local target only for now (ContainerInstanceService); on Kubernetes a canary "
-                                "(rollout=Canary(...)) splits traffic while it runs (docs/rollouts.md)")
-        canary = _canary(resource_name, deploy_configuration.pop("rollout", None))
+        if deploy_configuration.get("mirror_percent") is not None:
+            # Declared but not built yet on Kubernetes: said plainly rather than as an unknown argument.
+            raise ArgsError(f"AksService '{resource_name}': invalid arguments: mirror_percent: mirroring runs on "
+                            "the local target only for now (ContainerInstanceService); on Kubernetes a canary "
+                            "(rollout=Canary(...)) or a held split (traffic=) sends the new version real requests (docs/rollouts.md)")
+        canary, held = _canary(resource_name, deploy_configuration.pop("rollout", None), deploy_configuration.pop("traffic", None))
+        splits = canary is not None or held is not None
         args = validate(
             target.KubernetesServiceArgs,
             "AksService",
@@ -164,7 +167,7 @@ class AksService(pulumi.ComponentResource):
         front_image = cluster.front_image()
 
         key_list = pulumi.Output.all(keys.primary_key, keys.secondary_key)
-        front_files = pulumi.Output.secret(key_list.apply(lambda ks: target.front_config(args, [k for k in ks if k], canary=canary is not None)))
+        front_files = pulumi.Output.secret(key_list.apply(lambda ks: target.front_config(args, [k for k in ks if k], canary=splits)))
         meta = {"namespace": ns, "labels": target.labels(settings.project, settings.stack, name)}
         secret = k8s.core.v1.Secret(
             f"{resource_name}-front-config",
@@ -207,12 +210,12 @@ class AksService(pulumi.ComponentResource):
             tls_secret=f"{name}-tls" if tls_secret is not None else None,
             # A digest of the certificate and key rolls the pods when they are renewed; like the keys', it reveals nothing.
             tls_checksum=target.checksum(target.tls_secret_data(*pem)) if pem is not None else None,
-            canary=canary is not None,
+            canary=splits,
         )
         object_deps = [secret, *ns_deps, *([pull_secret] if pull_secret is not None else []), sample_config,
                        *([tls_secret] if tls_secret is not None else [])]
         canary_run = None
-        if canary is not None:
+        if splits:
             # Before the Deployment: a rollback fails up here, and the Deployment keeps the old version.
             canary_run = KubernetesCanary(
                 f"{resource_name}-canary",
@@ -222,6 +225,7 @@ class AksService(pulumi.ComponentResource):
                     "name": name,
                     "labels": meta["labels"],
                     "rollout": canary,
+                    "traffic": held,
                     "spec": spec,
                     "front": args.model_dump(mode="json"),
                     "keys": pulumi.Output.secret(key_list.apply(lambda ks: [k for k in ks if k])),
@@ -231,7 +235,7 @@ class AksService(pulumi.ComponentResource):
                     "project": settings.project,
                     "stack": settings.stack,
                 },
-                pulumi.ResourceOptions(parent=self, depends_on=object_deps, additional_secret_outputs=["kubeconfig", "keys"]),
+                pulumi.ResourceOptions(parent=self, depends_on=object_deps, additional_secret_outputs=["kubeconfig", "keys", "held"]),
             )
         deployment = k8s.apps.v1.Deployment(
             f"{resource_name}-deployment",
@@ -244,6 +248,8 @@ class AksService(pulumi.ComponentResource):
             spec=spec,
             opts=k8s_opts.merge(pulumi.ResourceOptions(
                 depends_on=[*object_deps, *([canary_run] if canary_run is not None else [])],
+                # A held split keeps the Deployment on the current version; dropping `traffic` rolls it.
+                ignore_changes=["spec"] if held is not None else None,
                 delete_before_replace=True)),
         )
         service = k8s.core.v1.Service(
@@ -263,7 +269,8 @@ class AksService(pulumi.ComponentResource):
                 "generation": deployment.metadata.generation,
                 "timeout_seconds": args.startup_timeout_seconds,
                 # With a canary: its candidate is removed once the Deployment has rolled to the same version.
-                **({"candidate": target.canary_name(name)} if canary is not None else {}),
+                # (Always: a held split dropped with no canary left still has a candidate to remove.)
+                "candidate": target.canary_name(name),
             },
             pulumi.ResourceOptions(parent=self, depends_on=[deployment], additional_secret_outputs=["kubeconfig"]),
         )

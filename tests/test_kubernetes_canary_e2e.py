@@ -11,6 +11,8 @@ requests with a candidate Deployment and judge it on their own split log.
 2. A version whose every fourth run() takes 1.5 s is rolled back on p99, with no failed request.
 3. A good new model is promoted: 0 failed requests, the new model answers, the candidate is removed
    once the Deployment has rolled, and `scripts/stack.py rollout` shows the steps and the decision.
+4. A held split (`traffic=`): a newer model answers beside the current one, the Deployment unchanged.
+5. The split dropped: the held version takes all traffic and the Deployment rolls to it.
 """
 
 from __future__ import annotations
@@ -59,15 +61,15 @@ def test_a_failing_version_is_rolled_back_and_a_good_one_promoted(workdir: Path,
     (src / "score.py").write_text((workdir / "sample" / "src" / "score.py").read_text() + "\n\n" + (FIXTURES / "canary_run.py").read_text())
     model_path = train_model(workdir / "models" / "m" / "sklearn_regression_model.pkl", alpha=0.1)
     env: dict[str, str] = {}
+    canary = Canary(steps=[50, 100], step_seconds=3, min_requests=10, max_error_rate=0.05, max_p99_ms=1000, max_wait_seconds=30)
+    split: dict = {"rollout": canary}
 
     def program() -> None:
         model = RegisteredModel("model-m", model_name="model_m", model_path="models/m/sklearn_regression_model.pkl")
         image = InferenceImage("scoring", entry_script="score.py", source_directory="canary_src", conda_file="sample/env/myenv.yml")
         cluster = AksCluster("aks", cluster_purpose="DevTest")
         svc = AksService("svc", cluster=cluster, models=[model], image=image, namespace=ns, num_replicas=1,
-                         environment_variables=dict(env), startup_timeout_seconds=120, initial_delay_seconds=30,
-                         rollout=Canary(steps=[50, 100], step_seconds=3, min_requests=10, max_error_rate=0.05,
-                                        max_p99_ms=1000, max_wait_seconds=30))
+                         environment_variables=dict(env), startup_timeout_seconds=120, initial_delay_seconds=30, **split)
         pulumi.export("uri", svc.scoring_uri)
         pulumi.export("key", svc.primary_key)
 
@@ -141,4 +143,43 @@ def test_a_failing_version_is_rolled_back_and_a_good_one_promoted(workdir: Path,
                          capture_output=True, text=True, timeout=120, cwd=workdir)
     assert out.returncode == 0, out.stderr
     assert "step 2: 0 % current / 100 % candidate" in out.stdout and "decision: promoted after 2 steps" in out.stdout, out.stdout
+
+    # 4. A held split: a newer model serves half the requests beside the current one; the Deployment stays.
+    promoted = generation(k8s_cluster, ns, "svc")
+    split.clear()
+    split["traffic"] = {"current": 50, "candidate": 50}
+    train_model(model_path, alpha=1.0)
+    v3 = round(float(joblib.load(model_path).predict(np.array([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]))[0]), 6)
+    loop = ScoringLoop(uri, key, rate=20, max_seconds=150)
+    loop.start()
+    started = time.monotonic()
+    up = st.up()
+    print(f"holding up: {time.monotonic() - started:.0f} s")
+    deadline = time.monotonic() + 20
+    while {v2, v3} - loop.answers and time.monotonic() < deadline:
+        time.sleep(0.5)
+    loop.finish()
+    assert up.summary.result == "succeeded"
+    assert loop.failures == [], loop.failures[:5]
+    assert {v2, v3} <= loop.answers, loop.answers
+    assert "traffic held at 50 % current / 50 % candidate" in "\n".join(st.log)
+    assert generation(k8s_cluster, ns, "svc") == promoted, "a held split leaves the Deployment on the current version"
+    assert len(candidate_objects(k8s_cluster, ns).splitlines()) == 3
+
+    # 5. Dropped: the held version takes all traffic, the Deployment rolls to it, the candidate goes.
+    split.clear()
+    split["rollout"] = canary
+    loop = ScoringLoop(uri, key, rate=20, max_seconds=150)
+    loop.start()
+    started = time.monotonic()
+    up = st.up()
+    print(f"releasing up: {time.monotonic() - started:.0f} s")
+    loop.answers.clear()
+    time.sleep(2.0)
+    loop.finish()
+    assert up.summary.result == "succeeded"
+    assert loop.failures == [], loop.failures[:5]
+    assert loop.answers == {v3}, loop.answers
+    assert generation(k8s_cluster, ns, "svc") != promoted
+    assert candidate_objects(k8s_cluster, ns) == ""
     st.destroy()

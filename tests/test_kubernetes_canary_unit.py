@@ -285,3 +285,60 @@ def test_an_interrupted_canary_puts_the_routes_back_and_removes_the_candidate() 
     assert cluster.calls[-5:] == [("route", "svc-a", "before"), ("route", "svc-b", "before"),
                                   ("delete", "deployments", "svc-canary"), ("delete", "services", "svc-canary"),
                                   ("delete", "networkpolicies", "svc-canary")]
+
+
+class Opened:
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.cluster = cluster
+
+    def __enter__(self) -> FakeCluster:
+        return self.cluster
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def test_a_held_split_starts_once_moves_its_weights_by_routes_only_and_hands_over_when_dropped(monkeypatch) -> None:
+    """traffic={...}: the candidate starts beside the current version (the Deployment keeps ignoring the new spec);
+    a new weight rewrites the routes only; dropped, the candidate takes every request before the Deployment rolls."""
+    cluster = FakeCluster()
+    monkeypatch.setattr(kcanary.KubeTrafficControl.__init__, "__defaults__",
+                        (lambda ops, p: cluster.calls.append(("wait", p["name"])), lambda s: None, kcanary.time.monotonic))
+    provider = kcanary.CanaryProvider(ops=lambda kubeconfig: Opened(cluster))
+    current = props(spec=spec(env="0"), rollout=None, traffic=None)
+    held_news = props(rollout=None, traffic={"current": 90, "candidate": 10})
+    assert kcanary.held_plan(current, held_news) == "start"
+    outs = provider.update("id", current, held_news).outs
+    held = outs["held"]
+    assert held["weights"] == [90, 10] and held["address"] == "10.96.0.7:5001" and held["candidate_spec"] == spec()
+    assert held["current"]["spec"] == spec(env="0"), "the current version's own route is what the split is rendered from"
+    assert ("wait", "svc-canary") in cluster.calls
+    assert [c for c in cluster.calls if c[0] == "route"] == [("route", "svc-a", "10% candidate;"), ("route", "svc-b", "10% candidate;")]
+
+    cluster.calls.clear()
+    moved = props(rollout=None, traffic={"current": 50, "candidate": 50})
+    assert kcanary.held_plan(outs, moved) == "weights"
+    assert "was 90 % / 10 %" in kcanary.held_plan_words(outs, moved)
+    outs2 = provider.update("id", outs, moved).outs
+    assert outs2["held"]["weights"] == [50, 50]
+    assert not [c for c in cluster.calls if c[0] in ("create", "delete", "wait")], "a new weight starts nothing"
+    assert [c for c in cluster.calls if c[0] == "route"] == [("route", "svc-a", "50% candidate;"), ("route", "svc-b", "50% candidate;")]
+    assert kcanary.held_plan_words(outs2, moved) is None
+
+    cluster.calls.clear()
+    dropped = props()  # a canary declared again, no traffic
+    assert kcanary.check_words(outs2, dropped, Canary.model_validate(dropped["rollout"])).startswith("the held version takes all traffic")
+    outs3 = provider.update("id", outs2, dropped).outs
+    assert outs3["held"] is None
+    assert [c for c in cluster.calls if c[0] == "route"] == [("route", "svc-a", "* candidate;"), ("route", "svc-b", "* candidate;")]
+    assert not [c for c in cluster.calls if c[0] == "delete"], "the Rollout check removes it once the Deployment rolled"
+
+
+def test_a_held_split_needs_pods_that_can_split_and_the_same_keys() -> None:
+    provider = kcanary.CanaryProvider(ops=lambda kubeconfig: Opened(FakeCluster()))
+    held_news = props(rollout=None, traffic={"current": 90, "candidate": 10})
+    with pytest.raises(kcanary.RolloutFailed, match="traffic: the running pods were started before a split was declared"):
+        provider.update("id", props(spec=spec(canary=False, env="0")), held_news)
+    with pytest.raises(kcanary.RolloutFailed, match="traffic: the keys change with this version"):
+        provider.update("id", props(spec=spec(env="0"), keys=["z" * 43]), held_news)
+    assert provider.update("id", props(), held_news).outs.get("held") is None, "nothing new to hold"

@@ -17,6 +17,10 @@ interruption) writes every current pod's route back as it started, removes the c
 candidate taking every request; the Deployment then rolls to the same template, and the `Rollout`
 check removes the candidate once the old pods, which sent it their requests, have finished
 (`remove_after_roll`).
+
+A held split (`traffic=`) uses the same objects and routes, kept across ups in this resource's state
+(`held`) while the Deployment ignores its new spec; dropping it hands every request to the candidate
+and lets the Deployment roll.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 from mldeploy.providers.core.progress import say
 from mldeploy.providers.front.split import metrics_from_log
 from mldeploy.providers.rollouts.engine import Metrics, RolledBack, RolloutRecord, run_canary
-from mldeploy.providers.rollouts.spec import Canary
-from mldeploy.providers.rollouts.words import canary_words
+from mldeploy.providers.rollouts.spec import Canary, TrafficSplit
+from mldeploy.providers.rollouts.words import canary_words, split_words
 from mldeploy.providers.targets import kubernetes as target
 from mldeploy.providers.targets.kubernetes.rollout import RolloutFailed, candidate_paths as paths, wait_for_rollout
 
@@ -118,9 +122,13 @@ def plan(olds: dict[str, Any], news: dict[str, Any]) -> tuple[bool, str | None]:
     return True, None
 
 
-def check_words(olds: dict[str, Any], news: dict[str, Any], canary: Canary) -> str | None:
+def check_words(olds: dict[str, Any], news: dict[str, Any], canary: Canary | None) -> str | None:
     """What the preview says of this change: the canary's steps and limits, why this roll is plain, or
-    (declared now) when it starts. Pure."""
+    (declared now) when it starts; for a held split, its weights or its end. Pure."""
+    if canary is None:
+        return held_plan_words(olds, news)
+    if olds.get("held"):
+        return "the held version takes all traffic (traffic dropped); the Deployment rolls to it"
     if not olds:
         return (f"{canary_words(canary)}; from the next roll: the pods start now with a route the canary can "
                 "split")
@@ -128,6 +136,32 @@ def check_words(olds: dict[str, Any], news: dict[str, Any], canary: Canary) -> s
         return None
     runs, why = plan(olds, news)
     return canary_words(canary) if runs else why
+
+
+def held_plan_words(olds: dict[str, Any], news: dict[str, Any]) -> str | None:
+    """A held split's words at preview: what it holds, or nothing when nothing changes. Pure."""
+    split = TrafficSplit.model_validate(news["traffic"])
+    held = olds.get("held") or {}
+    if not olds:
+        return (f"{split_words(split)}, from the next new version: the pods start now with a route that can split")
+    if held and held.get("candidate_spec") == news.get("spec"):
+        if list(held.get("weights") or []) == [split.current, split.candidate]:
+            return None
+        return f"{split_words(split)} (was {held['weights'][0]} % / {held['weights'][1]} %): the routes change, nothing rolls"
+    if not held and (olds.get("spec") or {}).get("template") == (news.get("spec") or {}).get("template"):
+        return None
+    return (f"{split_words(split)}; the new version starts beside the current one (the Deployment stays on the current "
+            "version) and is held until the program drops traffic, then the Deployment rolls to it")
+
+
+def held_plan(olds: dict[str, Any], news: dict[str, Any]) -> str:
+    """What an update with `traffic` does: "weights" (same candidate), "start" (a new candidate), "none". Pure."""
+    held = olds.get("held") or {}
+    if held and held.get("candidate_spec") == news.get("spec"):
+        return "weights"
+    if not held and (olds.get("spec") or {}).get("template") == (news.get("spec") or {}).get("template"):
+        return "none"
+    return "start"
 
 
 class KubeTrafficControl:
@@ -144,14 +178,18 @@ class KubeTrafficControl:
         self.before: str | None = None
         self.address: str | None = None
 
-    # ---- the TrafficControl interface
-
-    def start_candidate(self) -> None:
-        """The candidate's objects, then its rollout (every pod answers the sample first); on failure none remain."""
+    def attach(self) -> None:
+        """The serving pods and the route they started with, for a split that an earlier up set up."""
         self.pods = serving_pods(self.ops.pods(self.ns, target.selector(self.name)))
         if not self.pods:
             raise RolloutFailed(f"Deployment {self.ns}/{self.name}: no current pod is serving, so nothing can split traffic")
         self.before = self._exec(self.pods[0], ["cat", f"{target.ROUTE_DIR}/{target.ROUTE_BEFORE}"])
+
+    # ---- the TrafficControl interface
+
+    def start_candidate(self) -> None:
+        """The candidate's objects, then its rollout (every pod answers the sample first); on failure none remain."""
+        self.attach()
         self.remove_candidate()  # a candidate left by an interrupted up
         objects = candidate_objects(self.ns, self.name, self.news["spec"], self.news.get("labels") or {})
         try:
@@ -253,12 +291,16 @@ class CanaryProvider(ResourceProvider):
         return self._ops(kubeconfig) if self._ops is not None else Ops(kubeconfig)
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        failures = [CheckFailure(k, "is required") for k in ("namespace", "name", "rollout") if not news.get(k)]
+        failures = [CheckFailure(k, "is required") for k in ("namespace", "name") if not news.get(k)]
+        if not news.get("rollout") and not news.get("traffic"):
+            failures.append(CheckFailure("rollout", "a canary (rollout) or a held split (traffic) is required"))
         if not failures:
             try:
-                canary = Canary.model_validate(news["rollout"])
+                canary = Canary.model_validate(news["rollout"]) if news.get("rollout") else None
+                if news.get("traffic"):
+                    TrafficSplit.model_validate(news["traffic"])
             except ValueError as exc:
-                failures.append(CheckFailure("rollout", str(exc)))
+                failures.append(CheckFailure("traffic" if news.get("traffic") else "rollout", str(exc)))
             else:
                 words = check_words(olds, news, canary)
                 if words:
@@ -275,6 +317,11 @@ class CanaryProvider(ResourceProvider):
         return CreateResult(f"{props['namespace']}/{target.canary_name(props['name'])}", {**props, "last": "created"})
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        if news.get("traffic"):
+            return UpdateResult({**news, "last": "held", "held": self._hold(olds, news)})
+        if olds.get("held"):
+            self._release(olds, news)
+            return UpdateResult({**news, "last": "held version promoted", "held": None})
         runs, why = plan(olds, news)
         if not runs:
             if why:
@@ -303,6 +350,56 @@ class CanaryProvider(ResourceProvider):
                 save_record(record_path(local(news["state_dir"]), news.get("project", ""), news.get("stack", ""), name), record,
                             plan=canary_words(canary), versions=news.get("versions") or {})
         return record.decision
+
+    def _held_control(self, ops: Any, olds: dict[str, Any], news: dict[str, Any]) -> KubeTrafficControl:
+        """The traffic control of a split held by an earlier up: its current version, candidate address and log."""
+        held = olds["held"]
+        control = KubeTrafficControl(ops, held["current"], news)
+        control.address, control.log_path = held["address"], held["log_path"]
+        control.attach()
+        return control
+
+    def _hold(self, olds: dict[str, Any], news: dict[str, Any]) -> dict[str, Any] | None:
+        """Start (or keep) the new version beside the current one at the declared weights; the Deployment stays."""
+        split = TrafficSplit.model_validate(news["traffic"])
+        name, what = news["name"], held_plan(olds, news)
+        if what == "none":
+            return olds.get("held")
+        with self._open(str(news.get("kubeconfig") or "")) as ops:
+            if what == "weights":
+                control = self._held_control(ops, olds, news)
+                control.set_weights(split.current, split.candidate)
+                say(f"{name}: {split_words(split)}")
+                return {**olds["held"], "weights": [split.current, split.candidate]}
+            current = (olds.get("held") or {}).get("current") or {"front": olds.get("front"), "keys": olds.get("keys"),
+                                                                   "spec": olds.get("spec")}
+            if not can_split(current.get("spec")):
+                raise RolloutFailed("traffic: the running pods were started before a split was declared and cannot hold "
+                                    "one; run one up with rollout=Canary(...) (the pods roll once to take a front end "
+                                    "that can split), then declare traffic with the new version")
+            if current.get("keys") != news.get("keys"):
+                raise RolloutFailed("traffic: the keys change with this version; a held split sends requests checked "
+                                    "with the current keys: change keys and versions in separate ups")
+            if olds.get("held"):  # a newer version replaces the held one: the routes first go back as they started
+                self._held_control(ops, olds, news).set_weights(100, 0)
+            control = KubeTrafficControl(ops, current, news)
+            control.start_candidate()
+            try:
+                control.set_weights(split.current, split.candidate)
+            except BaseException:
+                control.set_weights(100, 0)
+                control.remove_candidate()
+                raise
+            say(f"{name}: {split_words(split)}; held until the program drops traffic")
+            return {"current": current, "address": control.address, "log_path": control.log_path,
+                    "candidate_spec": news.get("spec"), "weights": [split.current, split.candidate]}
+
+    def _release(self, olds: dict[str, Any], news: dict[str, Any]) -> None:
+        """traffic dropped: the held version takes every request; the Deployment rolls to it next, and the
+        Rollout check removes the candidate once the old pods are gone."""
+        with self._open(str(news.get("kubeconfig") or "")) as ops:
+            self._held_control(ops, olds, news).set_weights(0, 100)
+        say(f"{news['name']}: the held version takes all traffic; the Deployment rolls to it next")
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         """A candidate left by an interrupted up goes with the service."""

@@ -59,13 +59,15 @@ class KubernetesCanary(Resource, module=PACKAGE, name="KubernetesCanary"):
         super().__init__(CanaryProvider(), name, {**props, "last": None}, opts)
 
 
-def _canary(resource_name: str, rollout: Any, traffic: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """`rollout=Canary(...)` and `traffic=` as plain data, the shared rules checked now, each failure naming its field."""
+def _canary(resource_name: str, rollout: Any, traffic: Any, mirror_percent: Any = None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """`rollout=Canary(...)` and `traffic=` as plain data, the shared rules (with `mirror_percent`'s) checked now,
+    each failure naming its field."""
     if rollout is not None and not isinstance(rollout, (Canary, dict)):
         raise ArgsError(f"AksService '{resource_name}': invalid arguments: rollout: must be a Canary "
                         f"(from mldeploy.components import Canary), got {type(rollout).__name__}")
     given = {"rollout": rollout.model_dump() if isinstance(rollout, Canary) else rollout,
-             "traffic": traffic.model_dump() if isinstance(traffic, TrafficSplit) else traffic}
+             "traffic": traffic.model_dump() if isinstance(traffic, TrafficSplit) else traffic,
+             "mirror_percent": mirror_percent}
     problems = check_rollout("kubernetes", given)
     if problems:
         raise ArgsError(f"AksService '{resource_name}': invalid arguments: " + "; ".join(f"{f}: {m}" for f, m in problems))
@@ -99,19 +101,18 @@ class AksService(pulumi.ComponentResource):
         that request (with that answer, when given) before it gets traffic. `rollout=Canary(...)`: a new
         version takes each step's share of live requests first and is promoted or rolled back on what the
         pods' front ends recorded; `traffic={"current": 90, "candidate": 10}` holds it beside the current
-        one until the program drops it (docs/rollouts.md, "On Kubernetes")."""
+        one until the program drops it, and `mirror_percent=20` copies that share of requests to it (answers
+        discarded) (docs/rollouts.md, "On Kubernetes")."""
         try:
             sample = sample_request_input(deploy_configuration.pop("sample_request", None),
                                           deploy_configuration.pop("sample_response", None))
         except ValueError as exc:
             raise ArgsError(f"AksService '{resource_name}': invalid arguments: {exc}") from None
-        if deploy_configuration.get("mirror_percent") is not None:
-            # Declared but not built yet on Kubernetes: said plainly rather than as an unknown argument.
-            raise ArgsError(f"AksService '{resource_name}': invalid arguments: mirror_percent: mirroring runs on "
-                            "the local target only for now (ContainerInstanceService); on Kubernetes a canary "
-                            "(rollout=Canary(...)) or a held split (traffic=) sends the new version real requests (docs/rollouts.md)")
-        canary, held = _canary(resource_name, deploy_configuration.pop("rollout", None), deploy_configuration.pop("traffic", None))
-        splits = canary is not None or held is not None
+        mirror = deploy_configuration.pop("mirror_percent", None)
+        canary, held = _canary(resource_name, deploy_configuration.pop("rollout", None), deploy_configuration.pop("traffic", None),
+                               mirror)
+        holds = held is not None or bool(mirror)
+        splits = canary is not None or holds
         args = validate(
             target.KubernetesServiceArgs,
             "AksService",
@@ -226,6 +227,7 @@ class AksService(pulumi.ComponentResource):
                     "labels": meta["labels"],
                     "rollout": canary,
                     "traffic": held,
+                    "mirror_percent": mirror,
                     "spec": spec,
                     "front": args.model_dump(mode="json"),
                     "keys": pulumi.Output.secret(key_list.apply(lambda ks: [k for k in ks if k])),
@@ -249,7 +251,7 @@ class AksService(pulumi.ComponentResource):
             opts=k8s_opts.merge(pulumi.ResourceOptions(
                 depends_on=[*object_deps, *([canary_run] if canary_run is not None else [])],
                 # A held split keeps the Deployment on the current version; dropping `traffic` rolls it.
-                ignore_changes=["spec"] if held is not None else None,
+                ignore_changes=["spec"] if holds else None,
                 delete_before_replace=True)),
         )
         service = k8s.core.v1.Service(

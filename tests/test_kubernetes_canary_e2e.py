@@ -13,6 +13,8 @@ requests with a candidate Deployment and judge it on their own split log.
    once the Deployment has rolled, and `scripts/stack.py rollout` shows the steps and the decision.
 4. A held split (`traffic=`): a newer model answers beside the current one, the Deployment unchanged.
 5. The split dropped: the held version takes all traffic and the Deployment rolls to it.
+6. A mirror (`mirror_percent=`) to a failing version: clients get only live answers; the candidate's
+   errors are in the split log.
 """
 
 from __future__ import annotations
@@ -182,4 +184,28 @@ def test_a_failing_version_is_rolled_back_and_a_good_one_promoted(workdir: Path,
     assert loop.answers == {v3}, loop.answers
     assert generation(k8s_cluster, ns, "svc") != promoted
     assert candidate_objects(k8s_cluster, ns) == ""
+
+    # 6. A mirror to a version failing every other request: clients only ever get the live answers; the
+    # candidate's errors are in the front end's split log as mirrored lines.
+    split.clear()
+    split["mirror_percent"] = 50
+    env["CANARY_FAIL_EVERY"] = "2"
+    loop = ScoringLoop(uri, key, rate=20, max_seconds=150)
+    loop.start()
+    started = time.monotonic()
+    up = st.up()
+    time.sleep(3.0)
+    loop.finish()
+    print(f"mirroring up: {time.monotonic() - started:.0f} s, {loop.ok} ok, {len(loop.failures)} failed")
+    assert up.summary.result == "succeeded"
+    assert loop.failures == [], loop.failures[:5]
+    assert loop.answers == {v3}, loop.answers
+    assert "50 % of requests mirrored to the candidate; its answers are discarded" in "\n".join(st.log)
+    pod = subprocess.run([KUBECTL, "--kubeconfig", k8s_cluster, "get", "pods", "-n", ns, "-l", "mldeploy.azureml.net/service=svc",
+                          "-o", "jsonpath={.items[0].metadata.name}"], capture_output=True, text=True, timeout=60).stdout
+    log = subprocess.run([KUBECTL, "--kubeconfig", k8s_cluster, "exec", "-n", ns, pod, "-c", "front", "--", "sh", "-c",
+                          "cat /tmp/mldeploy-fe/split-*.log"], capture_output=True, text=True, timeout=60).stdout.splitlines()
+    mirrored = [line.split()[2] for line in log if line.split()[1:2] == ["mirror"]]
+    assert "500" in mirrored and "200" in mirrored, log[-20:]
+    assert not [line for line in log if line.split()[1:2] == ["candidate"]], "no live request went to the candidate"
     st.destroy()

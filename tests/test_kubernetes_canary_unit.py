@@ -79,7 +79,8 @@ class FakeCluster:
             return "BEFORE ROUTE"
         if "service.next" in argv[-1]:
             self.routes[pod] = stdin or ""
-            weight = "before" if stdin == "BEFORE ROUTE" else [ln.strip() for ln in (stdin or "").splitlines() if "% candidate" in ln or "* candidate" in ln][0]
+            lines = [ln.strip() for ln in (stdin or "").splitlines() if ln.strip().endswith(("% candidate;", "* candidate;", "* current;"))]
+            weight = "before" if stdin == "BEFORE ROUTE" else lines[0]
             self.calls.append(("route", pod, weight))
             return ""
         self.calls.append(("read-log", pod))
@@ -310,7 +311,7 @@ def test_a_held_split_starts_once_moves_its_weights_by_routes_only_and_hands_ove
     assert kcanary.held_plan(current, held_news) == "start"
     outs = provider.update("id", current, held_news).outs
     held = outs["held"]
-    assert held["weights"] == [90, 10] and held["address"] == "10.96.0.7:5001" and held["candidate_spec"] == spec()
+    assert held["weights"] == [90, 10, 0] and held["address"] == "10.96.0.7:5001" and held["candidate_spec"] == spec()
     assert held["current"]["spec"] == spec(env="0"), "the current version's own route is what the split is rendered from"
     assert ("wait", "svc-canary") in cluster.calls
     assert [c for c in cluster.calls if c[0] == "route"] == [("route", "svc-a", "10% candidate;"), ("route", "svc-b", "10% candidate;")]
@@ -318,9 +319,9 @@ def test_a_held_split_starts_once_moves_its_weights_by_routes_only_and_hands_ove
     cluster.calls.clear()
     moved = props(rollout=None, traffic={"current": 50, "candidate": 50})
     assert kcanary.held_plan(outs, moved) == "weights"
-    assert "was 90 % / 10 %" in kcanary.held_plan_words(outs, moved)
+    assert "was 90 % / 10 % / 0 %" in kcanary.held_plan_words(outs, moved)
     outs2 = provider.update("id", outs, moved).outs
-    assert outs2["held"]["weights"] == [50, 50]
+    assert outs2["held"]["weights"] == [50, 50, 0]
     assert not [c for c in cluster.calls if c[0] in ("create", "delete", "wait")], "a new weight starts nothing"
     assert [c for c in cluster.calls if c[0] == "route"] == [("route", "svc-a", "50% candidate;"), ("route", "svc-b", "50% candidate;")]
     assert kcanary.held_plan_words(outs2, moved) is None
@@ -342,3 +343,21 @@ def test_a_held_split_needs_pods_that_can_split_and_the_same_keys() -> None:
     with pytest.raises(kcanary.RolloutFailed, match="traffic: the keys change with this version"):
         provider.update("id", props(spec=spec(env="0"), keys=["z" * 43]), held_news)
     assert provider.update("id", props(), held_news).outs.get("held") is None, "nothing new to hold"
+
+
+def test_a_mirror_is_held_like_a_split_its_copies_relayed_inside_the_pod(monkeypatch) -> None:
+    """mirror_percent=50: no live request goes to the candidate, half are copied to it through the front end's
+    own relay socket in its writable runtime folder; the weights kept are [current, candidate, mirrored]."""
+    cluster = FakeCluster()
+    monkeypatch.setattr(kcanary.KubeTrafficControl.__init__, "__defaults__",
+                        (lambda ops, p: None, lambda s: None, kcanary.time.monotonic))
+    provider = kcanary.CanaryProvider(ops=lambda kubeconfig: Opened(cluster))
+    news = props(rollout=None, traffic=None, mirror_percent=50)
+    checked = provider.check(props(spec=spec(env="0")), news).inputs
+    assert checked["rollout_plan"].startswith("50 % of requests mirrored to the candidate; its answers are discarded; the new")
+    held = provider.update("id", props(spec=spec(env="0"), rollout=None), news).outs["held"]
+    assert held["weights"] == [100, 0, 50]
+    route = cluster.routes["svc-a"]
+    assert "split_clients \"${request_id}\" $mldeploy_svc_version {\n    * current;\n}" in route
+    assert f"listen unix:{target.FRONT_RUNTIME_DIR}/mirror-svc.sock;" in route
+    assert f"proxy_pass http://unix:{target.FRONT_RUNTIME_DIR}/mirror-svc.sock:/relay;" in route

@@ -682,7 +682,7 @@ def test_pods_meet_the_restricted_pod_security_standard() -> None:
     assert target.deny_egress_policy() == {"podSelector": {}, "policyTypes": ["Egress"], "egress": []}
 
 
-def test_a_canary_and_a_held_split_on_kubernetes_are_checked_and_a_mirror_refused_saying_where_it_runs(k8s_mocks: K8sMocks) -> None:
+def test_a_canary_a_held_split_and_a_mirror_on_kubernetes_are_checked_naming_the_field(k8s_mocks: K8sMocks) -> None:
     from mldeploy.components import AksCluster, AksService, Canary
     from mldeploy.components._common import ArgsError
 
@@ -694,8 +694,12 @@ def test_a_canary_and_a_held_split_on_kubernetes_are_checked_and_a_mirror_refuse
         AksService("svc-b", cluster=cluster, models=[make_model()], image=make_image(), rollout={"steps": [50, 90], "step_seconds": 5})
     with pytest.raises(ArgsError, match=r"rollout: must be a Canary"):
         AksService("svc-b", cluster=cluster, models=[make_model()], image=make_image(), rollout=[50, 100])
-    with pytest.raises(ArgsError, match=r"mirror_percent: mirroring runs on the local target only"):
-        AksService("svc-m", cluster=cluster, models=[make_model()], image=make_image(), mirror_percent=10)
+    assert AksService("svc-m", cluster=cluster, models=[make_model()], image=make_image(), mirror_percent=10).args
+    with pytest.raises(ArgsError, match=r"mirror_percent: cannot be combined with a canary rollout"):
+        AksService("svc-m", cluster=cluster, models=[make_model()], image=make_image(), mirror_percent=10,
+                   rollout=Canary(steps=[50, 100], step_seconds=5))
+    with pytest.raises(ArgsError, match=r"mirror_percent: .*less than or equal to 100"):
+        AksService("svc-m", cluster=cluster, models=[make_model()], image=make_image(), mirror_percent=120)
     held = AksService("svc-t", cluster=cluster, models=[make_model()], image=make_image(), traffic={"current": 90, "candidate": 10})
     assert held.args.service_name == "svc-t"
     with pytest.raises(ArgsError, match=r"traffic: current and candidate must sum to 100"):

@@ -230,6 +230,7 @@ def render_service_conf(
     *,
     backend_socket: str | None = None,
     split: SplitRoute | None = None,
+    runtime_dir: str = CONTAINER_RUNTIME_DIR,
 ) -> str:
     """One service's upstream + server block. Keys (if any) are matched
     exactly against ``Authorization: Bearer <key>`` on the score route only.
@@ -296,7 +297,7 @@ def render_service_conf(
 
         # A port backend (a Kubernetes pod's own scoring server) is 127.0.0.1:<port>; its candidate an address:port.
         sockets = {"current": backend_socket or f"127.0.0.1:{backend_port}", "candidate": split.candidate_socket}
-        relay_socket = f"{CONTAINER_RUNTIME_DIR}/mirror-{ident}.sock"
+        relay_socket = f"{runtime_dir}/mirror-{ident}.sock"  # the mirror's relay: in the front end's own runtime folder
         relay = front_split.MirrorRelay(relay_socket, split.log_path, max_body_bytes)
         split_http = front_split.render_split(ident, sockets, split.candidate, split.mirror_percent, relay)  # type: ignore[arg-type]
         log_if = f"$mldeploy_authorized_{ident}" if checked_keys else None  # a refused key reached no version

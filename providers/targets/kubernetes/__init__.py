@@ -547,7 +547,7 @@ def canary_egress_policy(service_name: str) -> dict[str, Any]:
 
 
 def split_route(args: KubernetesServiceArgs, keys: list[str] | None, candidate_address: str, candidate: int,
-                log_path: str) -> str:
+                log_path: str, mirror_percent: int = 0) -> str:
     """The current pods' route during a canary: their own scoring server and the candidate's address, split by
     request, each answer logged with its version (`providers/front/split.py`). Rendered from the current
     version's own arguments and keys, so nothing else about the route changes."""
@@ -561,7 +561,8 @@ def split_route(args: KubernetesServiceArgs, keys: list[str] | None, candidate_a
         args.max_request_bytes,
         listen_host="0.0.0.0",
         read_timeout_s=max(1, -(-(args.scoring_timeout_ms + args.max_request_wait_time) // 1000)),
-        split=SplitRoute(candidate_address, candidate, log_path),
+        split=SplitRoute(candidate_address, candidate, log_path, mirror_percent),
+        runtime_dir=FRONT_RUNTIME_DIR,
     )
     return tls.with_tls(service, FRONT_TLS_DIR) if args.ssl_enabled else service
 

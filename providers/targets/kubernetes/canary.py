@@ -35,7 +35,7 @@ from mldeploy.providers.core.progress import say
 from mldeploy.providers.front.split import metrics_from_log
 from mldeploy.providers.rollouts.engine import Metrics, RolledBack, RolloutRecord, run_canary
 from mldeploy.providers.rollouts.spec import Canary, TrafficSplit
-from mldeploy.providers.rollouts.words import canary_words, split_words
+from mldeploy.providers.rollouts.words import canary_words, held_words
 from mldeploy.providers.targets import kubernetes as target
 from mldeploy.providers.targets.kubernetes.rollout import RolloutFailed, candidate_paths as paths, wait_for_rollout
 
@@ -140,18 +140,24 @@ def check_words(olds: dict[str, Any], news: dict[str, Any], canary: Canary | Non
 
 def held_plan_words(olds: dict[str, Any], news: dict[str, Any]) -> str | None:
     """A held split's words at preview: what it holds, or nothing when nothing changes. Pure."""
-    split = TrafficSplit.model_validate(news["traffic"])
+    words = held_words(news).split("; held until")[0]
     held = olds.get("held") or {}
     if not olds:
-        return (f"{split_words(split)}, from the next new version: the pods start now with a route that can split")
+        return f"{words}, from the next new version: the pods start now with a route that can split"
     if held and held.get("candidate_spec") == news.get("spec"):
-        if list(held.get("weights") or []) == [split.current, split.candidate]:
+        if list(held.get("weights") or []) == held_weights_of(news):
             return None
-        return f"{split_words(split)} (was {held['weights'][0]} % / {held['weights'][1]} %): the routes change, nothing rolls"
+        return f"{words} (was {' / '.join(f'{w} %' for w in held['weights'])}): the routes change, nothing rolls"
     if not held and (olds.get("spec") or {}).get("template") == (news.get("spec") or {}).get("template"):
         return None
-    return (f"{split_words(split)}; the new version starts beside the current one (the Deployment stays on the current "
-            "version) and is held until the program drops traffic, then the Deployment rolls to it")
+    return (f"{words}; the new version starts beside the current one (the Deployment stays on the current "
+            "version) and is held until the program drops it, then the Deployment rolls to it")
+
+
+def held_weights_of(news: dict[str, Any]) -> list[int]:
+    """[current, candidate, mirrored] shares of a held split and/or mirror. Pure."""
+    split = TrafficSplit.model_validate(news["traffic"]) if news.get("traffic") else TrafficSplit(current=100, candidate=0)
+    return [split.current, split.candidate, int(news.get("mirror_percent") or 0)]
 
 
 def held_plan(olds: dict[str, Any], news: dict[str, Any]) -> str:
@@ -205,13 +211,15 @@ class KubeTrafficControl:
             self.remove_candidate()
             raise
 
-    def set_weights(self, current: int, candidate: int) -> None:
-        """Every current pod's route: the split at these weights, or (candidate 0) the route it started with."""
-        if candidate == 0:
+    def set_weights(self, current: int, candidate: int, mirror_percent: int = 0) -> None:
+        """Every current pod's route: the split at these weights (and the mirrored share), or (candidate 0,
+        no mirror) the route it started with."""
+        if candidate == 0 and not mirror_percent:
             route = self.before or ""
         else:
             args = target.KubernetesServiceArgs.model_validate(self.olds["front"])
-            route = target.split_route(args, list(self.olds.get("keys") or []), str(self.address), candidate, self.log_path)
+            route = target.split_route(args, list(self.olds.get("keys") or []), str(self.address), candidate, self.log_path,
+                                       mirror_percent)
         for pod in self.pods:
             self._exec(pod, ["sh", "-c", target.route_write_script()], stdin=route)
         self.sleep(RELOAD_SETTLE_SECONDS)
@@ -292,13 +300,12 @@ class CanaryProvider(ResourceProvider):
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = [CheckFailure(k, "is required") for k in ("namespace", "name") if not news.get(k)]
-        if not news.get("rollout") and not news.get("traffic"):
-            failures.append(CheckFailure("rollout", "a canary (rollout) or a held split (traffic) is required"))
+        if not news.get("rollout") and not news.get("traffic") and not news.get("mirror_percent"):
+            failures.append(CheckFailure("rollout", "a canary (rollout), a held split (traffic) or a mirror is required"))
         if not failures:
             try:
                 canary = Canary.model_validate(news["rollout"]) if news.get("rollout") else None
-                if news.get("traffic"):
-                    TrafficSplit.model_validate(news["traffic"])
+                held_weights_of(news)
             except ValueError as exc:
                 failures.append(CheckFailure("traffic" if news.get("traffic") else "rollout", str(exc)))
             else:
@@ -317,7 +324,7 @@ class CanaryProvider(ResourceProvider):
         return CreateResult(f"{props['namespace']}/{target.canary_name(props['name'])}", {**props, "last": "created"})
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        if news.get("traffic"):
+        if news.get("traffic") or news.get("mirror_percent"):
             return UpdateResult({**news, "last": "held", "held": self._hold(olds, news)})
         if olds.get("held"):
             self._release(olds, news)
@@ -361,38 +368,39 @@ class CanaryProvider(ResourceProvider):
 
     def _hold(self, olds: dict[str, Any], news: dict[str, Any]) -> dict[str, Any] | None:
         """Start (or keep) the new version beside the current one at the declared weights; the Deployment stays."""
-        split = TrafficSplit.model_validate(news["traffic"])
+        weights = held_weights_of(news)
         name, what = news["name"], held_plan(olds, news)
         if what == "none":
             return olds.get("held")
         with self._open(str(news.get("kubeconfig") or "")) as ops:
             if what == "weights":
                 control = self._held_control(ops, olds, news)
-                control.set_weights(split.current, split.candidate)
-                say(f"{name}: {split_words(split)}")
-                return {**olds["held"], "weights": [split.current, split.candidate]}
+                control.set_weights(*weights)
+                say(f"{name}: {held_words(news)}")
+                return {**olds["held"], "weights": weights}
             current = (olds.get("held") or {}).get("current") or {"front": olds.get("front"), "keys": olds.get("keys"),
                                                                    "spec": olds.get("spec")}
+            field = "traffic" if news.get("traffic") else "mirror_percent"
             if not can_split(current.get("spec")):
-                raise RolloutFailed("traffic: the running pods were started before a split was declared and cannot hold "
+                raise RolloutFailed(f"{field}: the running pods were started before a split was declared and cannot hold "
                                     "one; run one up with rollout=Canary(...) (the pods roll once to take a front end "
                                     "that can split), then declare traffic with the new version")
             if current.get("keys") != news.get("keys"):
-                raise RolloutFailed("traffic: the keys change with this version; a held split sends requests checked "
+                raise RolloutFailed(f"{field}: the keys change with this version; a held split sends requests checked "
                                     "with the current keys: change keys and versions in separate ups")
             if olds.get("held"):  # a newer version replaces the held one: the routes first go back as they started
                 self._held_control(ops, olds, news).set_weights(100, 0)
             control = KubeTrafficControl(ops, current, news)
             control.start_candidate()
             try:
-                control.set_weights(split.current, split.candidate)
+                control.set_weights(*weights)
             except BaseException:
                 control.set_weights(100, 0)
                 control.remove_candidate()
                 raise
-            say(f"{name}: {split_words(split)}; held until the program drops traffic")
+            say(f"{name}: {held_words(news)}")
             return {"current": current, "address": control.address, "log_path": control.log_path,
-                    "candidate_spec": news.get("spec"), "weights": [split.current, split.candidate]}
+                    "candidate_spec": news.get("spec"), "weights": weights}
 
     def _release(self, olds: dict[str, Any], news: dict[str, Any]) -> None:
         """traffic dropped: the held version takes every request; the Deployment rolls to it next, and the

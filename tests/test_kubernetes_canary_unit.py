@@ -361,3 +361,15 @@ def test_a_mirror_is_held_like_a_split_its_copies_relayed_inside_the_pod(monkeyp
     assert "split_clients \"${request_id}\" $mldeploy_svc_version {\n    * current;\n}" in route
     assert f"listen unix:{target.FRONT_RUNTIME_DIR}/mirror-svc.sock;" in route
     assert f"proxy_pass http://unix:{target.FRONT_RUNTIME_DIR}/mirror-svc.sock:/relay;" in route
+
+
+def test_stack_py_rollout_shows_each_version_from_a_split_log() -> None:
+    import rollout_record
+
+    lines = ["4000000000.0 current 200 0.004", "4000000000.1 mirror 500 0.010", "4000000000.2 mirror 200 0.020", "junk"]
+    assert rollout_record.version_lines(lines) == [
+        "current: 1 requests, 0 not 2xx (error rate 0.00 %), p99 4 ms",
+        "candidate: 0 requests, 0 not 2xx (error rate n/a), p99 n/a",
+        "mirror: 2 requests, 1 not 2xx (error rate 50.00 %), p99 20 ms",
+    ]
+    assert rollout_record.held_now_kubernetes({"resources": []}, "svc") is None

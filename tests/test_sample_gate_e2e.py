@@ -150,18 +150,30 @@ def test_preview_smoke_test_loads_the_new_model(workdir: Path, engine_stack) -> 
 
     # Only the model changes: the preview loads v2 in a throwaway container and scores the sample.
     (workdir / "gate_model" / "scale.json").write_text(json.dumps({"scale": 3}))
+    import docker
+
+    def smoke_containers_created(since: int) -> list:
+        return list(docker.from_env().api.events(since=since, until=int(time.time()) + 1, decode=True, filters={
+            "type": "container", "event": "create", "label": [f"mldeploy.stack={st.name}", "mldeploy.managed=true"]}))
+
+    started = int(time.time()) - 1
     first, pre = _timed_preview(st, diff=True)
+    assert len(smoke_containers_created(started)) == 1, "the fresh smoke test ran in one throwaway container"
     assert "model `scale_model` v2 loads and scores the sample: 200 in" in pre.text, pre.text[-2000:]
     steps, summary = preview_markdown.preview_steps(st.stack)
     review = preview_markdown.render(st.name, steps, summary)
     assert "preview smoke test: model `scale_model` v2 loads and scores the sample: 200 in" in review, review
-    # Cached by image and model content: a repeat costs at most 0.5 s more than a preview without the check.
+    # Cached by image and model content: a repeat starts no throwaway container (Docker's own events say so;
+    # the times are printed for the record, never asserted).
+    time.sleep(1)  # Docker's event times are whole seconds
+    since = int(time.time())
     cached = min(_timed_preview(st)[0] for _ in range(2))
+    created = smoke_containers_created(since)
+    assert created == [], [e.get("Actor", {}).get("Attributes", {}).get("name") for e in created]
     st.stack.set_config("mldeploy:previewSmokeTest", auto.ConfigValue("false"))
     without = min(_timed_preview(st)[0] for _ in range(2))
     st.stack.set_config("mldeploy:previewSmokeTest", auto.ConfigValue("true"))
     print(f"[timing] preview with a fresh smoke test {first:.2f}s, cached {cached:.2f}s, without {without:.2f}s", file=sys.__stderr__)
-    assert cached - without <= 0.5, (first, cached, without)
     assert "smoke-" not in " ".join(stack_leftovers(st.name)["containers"]), "the throwaway container is removed"
     up = st.up()
     assert up.summary.result == "succeeded"

@@ -66,6 +66,8 @@ class OnlineEndpointService(ContainerInstanceService):
             "readiness_probe": readiness_probe,
             "traffic_steps": traffic_steps,
             "mirror_percent": mirror_percent,
+            # Azure ML runs the scoring script from this folder, uploaded whole (providers/targets/azureml/code.py).
+            "code_directory": getattr(image, "source_directory_path", None),
         }
         self._endpoint_args = {k: v for k, v in given.items() if v is not None}
         super().__init__(resource_name, models, image, target="azureml", service_name=service_name,

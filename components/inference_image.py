@@ -247,6 +247,8 @@ class InferenceImage(pulumi.ComponentResource):
         super().__init__(f"{PACKAGE}:index:InferenceImage", resource_name, None, opts)
         # Services read it at preview to say whether run() declares an input sample.
         self.entry_script_path = portable(Path(args.source_directory) / args.entry_script)
+        # The azureml target uploads this folder whole as the deployment's code.
+        self.source_directory_path = portable(args.source_directory)
         self._image = Image(
             f"{resource_name}-image",
             {

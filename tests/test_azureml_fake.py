@@ -19,6 +19,7 @@ from fake_azureml import FakeAzureML
 from mldeploy.providers.targets.azure.arm import ArmError, StaticToken
 from mldeploy.providers.targets.azureml import bodies
 from mldeploy.providers.targets.azureml.client import WorkspaceClient
+from mldeploy.providers.targets.azureml.code import code_folder
 from mldeploy.providers.targets.azureml.rollout import RolloutFailed, execute, plan_roll
 from test_azureml_unit import props
 
@@ -59,16 +60,23 @@ def client(fake: FakeAzureML, p: dict[str, Any] | None = None, token: str | None
 
 MODEL_DIR = Path(tempfile.mkdtemp(prefix="azureml-model-"))
 (MODEL_DIR / "model.pkl").write_bytes(b"not really a pickle")
-SCRIPT = MODEL_DIR.parent / f"{MODEL_DIR.name}-score.py"
-SCRIPT.write_text("def run(x): return x\n")
+# A code folder as an image's source folder is: the entry script, a module it imports, and an
+# interpreter cache that must not be uploaded nor change the version.
+CODE_DIR = Path(tempfile.mkdtemp(prefix="azureml-code-"))
+SCRIPT = CODE_DIR / "score.py"
+SCRIPT.write_text("from helpers import f\ndef run(x): return f(x)\n")
+(CODE_DIR / "helpers.py").write_text("def f(x): return x\n")
+(CODE_DIR / "__pycache__").mkdir()
+(CODE_DIR / "__pycache__" / "helpers.cpython-311.pyc").write_bytes(b"\0cache")
+CODE = code_folder(CODE_DIR, SCRIPT)
 
 
 def assets(p: dict[str, Any]) -> list[tuple[Any, ...]]:
     m = bodies.model_asset(p, p["models"][0])
     e = bodies.environment_asset(p)
-    c = bodies.code_asset(p, SCRIPT.read_text())
+    c = bodies.code_asset(p, CODE.version)
     return [("models", *m, {"local": str(MODEL_DIR), "path": bodies.model_path(m[0], m[1])}), ("environments", *e),
-            ("codes", *c, {"local": str(SCRIPT), "path": bodies.code_path(c[0], c[1])})]
+            ("codes", *c, {"local": str(CODE_DIR), "files": list(CODE.files), "path": bodies.code_path(c[0], c[1])})]
 
 
 def roll(fake: FakeAzureML, p: dict[str, Any], old: str | None, new: str, steps: list[int] = [100]) -> None:
@@ -107,9 +115,9 @@ def test_create_then_blue_green_roll(fake: FakeAzureML):
     blobs = ContainerClient(fake.blob["service_url"], fake.blob["container"],
                             credential={"account_name": fake.blob["account"], "account_key": fake.blob["key"]})
     names = sorted(b.name for b in blobs.list_blobs(name_starts_with="mldeploy/"))
-    code_version = bodies.code_asset(p, SCRIPT.read_text())[1]
-    assert names == ["mldeploy/code/churn-code/" + code_version + "/" + SCRIPT.name,
-                     "mldeploy/models/ridge/3/model.pkl", "mldeploy/models/ridge/4/model.pkl"]
+    # The whole code folder, without the interpreter's cache, under a version that follows its content.
+    code = "mldeploy/code/churn-code/" + CODE.version + "/"
+    assert names == [code + "helpers.py", code + "score.py", "mldeploy/models/ridge/3/model.pkl", "mldeploy/models/ridge/4/model.pkl"]
     gate_calls = [r for r in fake.scored if r[1] == "v2"]
     assert gate_calls and all(s == 200 for _, _, s in gate_calls)
     # Every ARM request was a long-running operation where the specification says so.

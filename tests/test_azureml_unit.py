@@ -109,7 +109,7 @@ def test_bodies_carry_what_the_issue_lists():
     assert bodies.endpoint_body(p, {})["properties"]["authMode"] == "AMLToken"
     name, version, _ = bodies.environment_asset(p)
     assert (name, version) == ("churn-env", "a" * 12)
-    assert bodies.code_asset(p, "x")[1] == bodies.code_asset(p, "x")[1] != bodies.code_asset(p, "y")[1]
+    assert bodies.code_asset(p, "0123456789ab")[0:2] == ("churn-code", "0123456789ab")
     assert bodies.asset_id(p, "models", "ridge", "3").endswith("/workspaces/ws-ml/models/ridge/versions/3")
 
 
@@ -426,3 +426,35 @@ def test_the_preview_says_the_roll_in_azures_words():
     remade = _checked(olds, {**news, "endpoint_name": "churn2"}).inputs
     assert "rollout_plan" not in remade and remade["live_deployment"] == "v1"
     assert _checked({}, props()).inputs["live_deployment"] == "v1"
+
+
+# ------------------------------------------------------------------ the code folder
+
+
+def test_the_code_is_the_whole_source_folder_versioned_by_its_content_without_caches(tmp_path):
+    from mldeploy.providers.targets.azureml.code import code_folder
+
+    src = tmp_path / "src"
+    (src / "lib").mkdir(parents=True)
+    (src / "score.py").write_text("import lib.util\n")
+    (src / "lib" / "util.py").write_text("X = 1\n")
+    first = code_folder(src, src / "score.py")
+    assert first.files == ("lib/util.py", "score.py") and first.scoring_script == "score.py" and len(first.version) == 12
+    # Caches and version control change without the code changing: same files, same version.
+    (src / "__pycache__").mkdir()
+    (src / "__pycache__" / "score.cpython-311.pyc").write_bytes(b"\0")
+    (src / "lib" / "util.pyc").write_bytes(b"\0")
+    (src / ".git").mkdir()
+    (src / ".git" / "HEAD").write_text("ref: main\n")
+    assert code_folder(src, src / "score.py") == first
+    # A module beside the script is code: a change to it is a new version, and so is a new file or a renamed one.
+    (src / "lib" / "util.py").write_text("X = 2\n")
+    changed = code_folder(src, src / "score.py")
+    assert changed.version != first.version
+    (src / "lib" / "util.py").rename(src / "lib" / "util2.py")
+    assert code_folder(src, src / "score.py").version not in (first.version, changed.version)
+    # An entry script in a subfolder keeps its path inside the folder, as Azure ML's scoring_script does.
+    (src / "lib" / "serve.py").write_text("def run(x): return x\n")
+    assert code_folder(src, src / "lib" / "serve.py").scoring_script == "lib/serve.py"
+    with pytest.raises(ValueError, match="not inside the code folder"):
+        code_folder(src / "lib", src / "score.py")

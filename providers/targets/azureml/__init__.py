@@ -58,15 +58,15 @@ def roll_words(olds: Mapping[str, Any] | None, news: Mapping[str, Any]) -> str:
     return plan.words()
 
 
-def _script_text(entry_script: Any) -> str | None:
+def _code(news: Mapping[str, Any]) -> Any:
+    """The code folder to upload (`code.CodeFolder`), or None without an entry script."""
     from mldeploy.providers.core.paths import local
+    from mldeploy.providers.targets.azureml.code import code_folder
 
-    if not entry_script:
+    if not news.get("entry_script"):
         return None
-    try:
-        return local(str(entry_script)).read_text(encoding="utf-8")
-    except OSError:
-        return None
+    script = local(str(news["entry_script"]))
+    return code_folder(local(str(news["code_directory"])) if news.get("code_directory") else script.parent, script)
 
 
 class AzureMLTarget(Target):
@@ -155,11 +155,11 @@ class AzureMLTarget(Target):
         model_files = {"local": str(local(str(model.get("model_dir") or ""))), "path": bodies.model_path(model_name, model_version)}
         assets: list[tuple[Any, ...]] = [("models", model_name, model_version, model_body, model_files),
                                          ("environments", env_name, env_version, env_body, None)]
-        script = _script_text(news.get("entry_script"))
+        code = _code(news)
         code_id = None
-        if script is not None:
-            code_name, code_version, code_body = bodies.code_asset(news, script)
-            code_files = {"local": str(local(str(news["entry_script"]))), "path": bodies.code_path(code_name, code_version)}
+        if code is not None:
+            code_name, code_version, code_body = bodies.code_asset(news, code.version)
+            code_files = {"local": str(code.root), "files": list(code.files), "path": bodies.code_path(code_name, code_version)}
             assets.append(("codes", code_name, code_version, code_body, code_files))
             code_id = bodies.asset_id(news, "codes", code_name, code_version)
         deployment = bodies.deployment_body(
@@ -167,7 +167,7 @@ class AzureMLTarget(Target):
             bodies.asset_id(news, "models", model_name, model_version),
             bodies.asset_id(news, "environments", env_name, env_version),
             code_id,
-            bodies.scoring_script(news.get("entry_script")) if code_id else None,
+            code.scoring_script if code is not None else None,
         )
         endpoint = None if (old or endpoint_exists) else bodies.endpoint_body(news, {})
         return plan_roll(news["endpoint_name"], old, new, assets, endpoint, deployment,

@@ -86,6 +86,9 @@ class AzureMLArgs(BaseModel):
     readiness_probe: ProbeArgs = Field(default_factory=ProbeArgs)
     traffic_steps: list[WholeNumber] = Field(default_factory=lambda: [100])
     """The new deployment's share at each step of a roll, rising to 100 (the default: all at once)."""
+    code_directory: str = ""
+    """The image's source folder (project-relative), uploaded whole as the deployment's code; set by
+    `OnlineEndpointService` from its `InferenceImage`. Empty: the entry script's own folder."""
     mirror_percent: WholeNumber = Field(default=0, ge=0, le=MAX_MIRROR_PERCENT)
     """A copy of this share of live traffic goes to the new deployment before it takes any (`mirrorTraffic`)."""
 

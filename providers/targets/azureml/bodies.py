@@ -9,7 +9,6 @@ kept extracts of that specification.
 from __future__ import annotations
 
 import hashlib
-import posixpath
 from typing import Any, Mapping
 
 from mldeploy.providers.targets.azureml.args import timeout_iso
@@ -74,10 +73,9 @@ def environment_asset(p: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
     return name, version, body
 
 
-def code_asset(p: Mapping[str, Any], script_text: str) -> tuple[str, str, dict[str, Any]]:
-    """(name, version, body): the entry script, versioned by its text."""
+def code_asset(p: Mapping[str, Any], version: str) -> tuple[str, str, dict[str, Any]]:
+    """(name, version, body): the code folder, versioned by its content (`code.code_folder`)."""
     name = f"{p['service_name']}-code"
-    version = short_digest(script_text)
     body = {"properties": {"codeUri": f"azureml://datastores/{DATASTORE}/paths/{code_path(name, version)}/",
                            "tags": tags(p)}}
     return name, version, body
@@ -123,5 +121,3 @@ def deployment_body(p: Mapping[str, Any], model_id: str, environment_id: str, co
             "properties": props}
 
 
-def scoring_script(entry_script: Any) -> str | None:
-    return posixpath.basename(str(entry_script)) if entry_script else None

@@ -131,8 +131,9 @@ class WorkspaceClient:
             self._datastore = (url, str(props["containerName"]), cred)
         return self._datastore
 
-    def upload(self, local: str, path: str) -> int:
-        """Every file under `local` (a file or a folder) to `path/` in the default datastore; the count."""
+    def upload(self, local: str, path: str, only: list[str] | None = None) -> int:
+        """Every file under `local` (a file or a folder; `only`: these relative paths of it) to
+        `path/` in the default datastore; the count."""
         from pathlib import Path
 
         from azure.core.exceptions import AzureError
@@ -141,7 +142,10 @@ class WorkspaceClient:
         src = Path(local)
         if not src.exists():
             raise arm.ArmError(f"upload to {DATASTORE}/{path}: nothing at {src}")
-        files = [src] if src.is_file() else sorted(f for f in src.rglob("*") if f.is_file())
+        if only is not None:
+            files = [src / rel for rel in only]
+        else:
+            files = [src] if src.is_file() else sorted(f for f in src.rglob("*") if f.is_file())
         url, container, cred = self.datastore()
         client = ContainerClient(url, container, credential=cred, connection_verify=self.ca or True)
         try:
@@ -154,15 +158,15 @@ class WorkspaceClient:
         return len(files)
 
     # -- assets --------------------------------------------------------------
-    def ensure_asset(self, kind: str, name: str, version: str, body: dict[str, Any], upload: Mapping[str, str] | None = None) -> bool:
+    def ensure_asset(self, kind: str, name: str, version: str, body: dict[str, Any], upload: Mapping[str, Any] | None = None) -> bool:
         """Register `kind`/`name`/`version` unless it is there: versions follow content, so a
         version that exists holds this content. True when it was registered now. `upload`
-        ({"local", "path"}): files that go to the default datastore first."""
+        ({"local", "path"}, and "files" to send only those): files that go to the default datastore first."""
         path = f"/{kind}/{name}/versions/{version}"
         if self._call(f"GET {kind} {name}:{version}", lambda: self._get(path)) is not None:
             return False
         if upload:
-            count = self.upload(upload["local"], upload["path"])
+            count = self.upload(upload["local"], upload["path"], upload.get("files"))
             arm._progress(f"workspace: {count} file(s) of {kind} {name}:{version} uploaded to {DATASTORE}/{upload['path']}")
         self._call(f"PUT {kind} {name}:{version}", lambda: self._lro("PUT", path, body))
         arm._progress(f"workspace: {kind} {name}:{version} registered")

@@ -23,11 +23,13 @@ ROLL_ON = ("instance_type", "request_timeout_ms", "max_concurrent_requests_per_i
 ROLL_SHARED = ("image_id", "models")
 PATCH_ON = ("instance_count", "primary_key_version", "secondary_key_version")
 """In place: the live deployment's `sku.capacity`, or `regenerateKeys` of one key."""
-INERT = ("traffic_steps", "mirror_percent", "cpu_cores", "memory_gb", "auth_enabled", "max_request_bytes", "live_deployment")
+INERT = ("traffic_steps", "mirror_percent", "cpu_cores", "memory_gb", "auth_enabled", "max_request_bytes", "live_deployment",
+         "code_directory")
 """Read at the next roll (`traffic_steps`, `mirror_percent`), words only (`live_deployment`, carried
 by check for the preview's sentence), or not Azure ML's to take: the
 instance type sets CPU and memory, the endpoint always checks a key or token itself, and it
-has no request-size limit of ours."""
+has no request-size limit of ours. `code_directory` is where the code is read from: its content is
+in the image, whose new id rolls a new deployment already."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ No network, no Docker: the roll runs over a recording client.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest

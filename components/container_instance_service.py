@@ -224,13 +224,16 @@ class ContainerInstanceService(pulumi.ComponentResource):
         super().__init__(f"{PACKAGE}:index:ContainerInstanceService", resource_name, None, opts)
         entries = [m.service_entry() for m in args.models]
         pulled: list[pulumi.Resource] = []
-        if target_for(args.target).pulls_images:
+        pulls = target_for(args.target).pulls_images
+        if pulls:
             creds = registry_credentials_for(settings, f"{resource_name}-registry-credentials", self)
-            images = self._create_registry_images(resource_name, args, settings, image, entries, creds)
-            own_inputs = {**own_inputs, "image_ref": images[0].image_ref, "front_image_ref": images[1].image_ref}
-            if creds is not None:  # the target pulls with them (ACI: imageRegistryCredentials)
-                own_inputs.update(registry_server=creds.server, registry_username=creds.username,
-                                  registry_password=pulumi.Output.secret(creds.password))
+            images = self._create_registry_images(resource_name, args, settings, image, entries, creds, front=pulls == "with_front")
+            own_inputs = {**own_inputs, "image_ref": images[0].image_ref}
+            if pulls == "with_front":
+                own_inputs["front_image_ref"] = images[1].image_ref
+                if creds is not None:  # the target pulls with them (ACI: imageRegistryCredentials)
+                    own_inputs.update(registry_server=creds.server, registry_username=creds.username,
+                                      registry_password=pulumi.Output.secret(creds.password))
             pulled = list(images)
         self._service = Service(
             f"{resource_name}-service",
@@ -277,9 +280,10 @@ class ContainerInstanceService(pulumi.ComponentResource):
 
     def _create_registry_images(
         self, resource_name: str, args: ContainerInstanceServiceSpec, settings: Settings, image: InferenceImage, entries: list[Any],
-        creds: RegistryCredentials | None = None,
-    ) -> tuple[RegistryImage, RegistryImage]:
-        """For targets that pull: the inference image plus a model layer, and the front end's nginx image."""
+        creds: RegistryCredentials | None = None, front: bool = True,
+    ) -> tuple[RegistryImage, ...]:
+        """For targets that pull: the inference image plus a model layer, and the front end's nginx
+        image; without `front`, the inference image alone (the target mounts the model itself)."""
         registry = f"{settings.image_registry}/mldeploy-{slug(settings.project)}-{slug(settings.stack)}"
         labels = {"mldeploy.managed": "true", "mldeploy.project": settings.project, "mldeploy.stack": settings.stack}
         # Pushes to a registry that wants credentials get them as a secret input.
@@ -292,12 +296,14 @@ class ContainerInstanceService(pulumi.ComponentResource):
                 "source_image": image.image_name,
                 "source_image_id": image.image_id,
                 "repository": f"{registry}/{args.service_name}",
-                "models": entries,
+                "models": entries if front else [],
                 "labels": labels,
                 **auth,
             },
             pulumi.ResourceOptions(parent=self, depends_on=[m._version for m in args.models] + [image._image]),
         )
+        if not front:
+            return (model_image,)
         front_image = RegistryImage(
             f"{resource_name}-front-image",
             {

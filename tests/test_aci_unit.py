@@ -29,7 +29,7 @@ def props(**over):
 
 
 def test_registered_and_pulls_images():
-    assert target_for("aci") is aci.TARGET and aci.TARGET.pulls_images
+    assert target_for("aci") is aci.TARGET and aci.TARGET.pulls_images == "with_front"
 
 
 def test_service_inputs_from_settings():

@@ -309,11 +309,13 @@ def test_bad_service_inputs_name_the_field(fake: FakeAzureML):
         target.service_inputs({}, service_name="churn", resource_name="churn",
                               settings=stack_settings(project="p", stack="dev", azure_subscription_id="00000000-0000-0000-0000-000000000000",
                                                       azure_resource_group="rg", azure_location="westeurope"))
-    assert [f.property for f in err.value.failures] == ["workspace"] and "mldeploy:azureMlWorkspace" in str(err.value)
+    # Every missing or unusable setting at once: the workspace, and a registry Azure cannot pull from.
+    assert [f.property for f in err.value.failures] == ["workspace", "image_registry"] and "mldeploy:azureMlWorkspace" in str(err.value)
     with pytest.raises(ArgsInvalid, match="port"):
         target.service_inputs({"port": 8080}, service_name="churn", resource_name="churn",
                               settings=stack_settings(project="p", stack="dev", azure_subscription_id="00000000-0000-0000-0000-000000000000",
-                                                      azure_resource_group="rg", azure_location="westeurope", azure_ml_workspace="ws"))
+                                                      azure_resource_group="rg", azure_location="westeurope", azure_ml_workspace="ws",
+                                                      image_registry="mlws.azurecr.io"))
     two = service_props(fake, models=[{"name": "a", "version": 1}, {"name": "b", "version": 1}])
     assert [f.property for f in ServiceProvider().check({}, two).failures] == ["models"]
     bad = service_props(fake, instance_count=0, endpoint_name="9-bad")

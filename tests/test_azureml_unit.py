@@ -231,13 +231,14 @@ def _declare(config: dict[str, str], **kw: Any) -> Any:
 
 
 AZ = {"mldeploy:azureSubscriptionId": SUB, "mldeploy:azureResourceGroup": "rg-ml", "mldeploy:azureLocation": "westeurope",
-      "mldeploy:azureMlWorkspace": "ws-ml"}
+      "mldeploy:azureMlWorkspace": "ws-ml", "mldeploy:imageRegistry": "mlws.azurecr.io"}
 
 
 @pytest.mark.parametrize("config, kw, field", [
     ({**AZ, "mldeploy:azureMlWorkspace": ""}, {}, "workspace: missing: set stack config mldeploy:azureMlWorkspace"),
     ({**AZ, "mldeploy:azureMlWorkspace": "w"}, {}, "workspace"),
     ({**AZ, "mldeploy:azureLocation": "atlantis"}, {}, "location"),
+    ({**AZ, "mldeploy:imageRegistry": "127.0.0.1:5000/team"}, {}, "image_registry: 127.0.0.1:5000/team is on this machine, which Azure cannot pull from"),
     (AZ, {"port": 8080}, "port"),
 ])
 def test_bad_input_fails_in_the_program_naming_the_field(project, config, kw, field):
@@ -296,6 +297,21 @@ def test_online_endpoint_service_sends_its_arguments(project):
     assert inputs["target"] == "azureml" and inputs["instance_type"] == "Standard_F4s_v2" and inputs["instance_count"] == 2
     assert inputs["auth_mode"] == "aml_token" and inputs["traffic_steps"] == [20, 100]
     assert inputs["liveness_probe"]["initial_delay"] == 30 and inputs["liveness_probe"]["failure_threshold"] == 30
+
+
+def test_online_endpoint_service_pushes_the_scoring_image_alone_and_names_its_code_folder(project):
+    """Azure pulls the environment's image from a registry with the endpoint's identity and mounts
+    the model asset: the component pushes the inference image without a model layer, no front
+    image, and hands the service no registry credentials."""
+    mocks = _declare_endpoint({**AZ, "mldeploy:acrName": "mldeployacr", "mldeploy:imageRegistry": "mldeployacr.azurecr.io"})
+    pushed = {name: inputs for name, (kind, inputs) in mocks.resources.items() if kind.endswith("RegistryImage")}
+    assert list(pushed) == ["churn-image"] and pushed["churn-image"]["models"] == []
+    assert pushed["churn-image"]["repository"].startswith("mldeployacr.azurecr.io/")
+    assert "registry_auth" in pushed["churn-image"]  # pushed with the ACR's credentials (listCredentials at up)
+    inputs = mocks.resources["churn-service"][1]
+    assert "image_ref" in inputs and "front_image_ref" not in inputs
+    assert not {"registry_server", "registry_username", "registry_password"} & set(inputs)
+    assert inputs["code_directory"] == "sample/src" or inputs["code_directory"].endswith("src")
 
 
 # ------------------------------------------------------------------ the client's transport seam

@@ -159,9 +159,13 @@ class Target:
     """Inputs that hold a path, relative to the project (`mldeploy.providers.core.paths`): diffs compare
     them as places, so where a checkout lives changes nothing; backends find them with
     `mldeploy.providers.core.paths.local`."""
-    pulls_images: ClassVar[bool] = False
-    """True: the component pushes the scoring image (with its model layer) and the front
-    end's image to the stack's registry and passes `image_ref` and `front_image_ref`."""
+    pulls_images: ClassVar[str | None] = None
+    """How the target's platform gets the images. None: from this machine's Docker.
+    "with_front" (ACI): the component pushes the scoring image with its model layer and the front
+    end's image to the stack's registry, and passes `image_ref`, `front_image_ref` and the
+    registry's credentials, which the platform pulls with. "image_only" (Azure ML): the scoring
+    image alone, without a model layer (the platform mounts the model asset) and without
+    credentials (the platform pulls from its own registry with its own identity); `image_ref` only."""
     sample_gate: ClassVar[bool] = False
     """True: a new backend must answer a sample before it gets traffic (`mldeploy.providers.gate.sample_check`)."""
     mirrors_itself: ClassVar[bool] = False

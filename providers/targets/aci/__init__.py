@@ -278,7 +278,7 @@ class AciTarget(Target):
 
     name = "aci"
     Args = AciArgs
-    pulls_images = True
+    pulls_images = "with_front"
     # A new group (container-instances-update.md: delete and recreate), or a new place.
     REPLACE_ON = (
         "cpu_cores", "memory_gb", "os_type", "restart_policy", "ip_address_type",

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from pulumi.dynamic import CheckFailure
 
 from mldeploy.providers.core.progress import say
-from mldeploy.providers.core.settings import Settings
+from mldeploy.providers.core.settings import DEFAULT_ARM_ENDPOINT, Settings
 from mldeploy.providers.targets import ArgsInvalid, Target, validate_args
 from mldeploy.providers.targets.azureml import bodies, rules
 from mldeploy.providers.targets.azureml.args import AzureMLArgs, endpoint_name
@@ -76,6 +76,9 @@ class AzureMLTarget(Target):
     Args = AzureMLArgs
     sample_gate = True
     mirrors_itself = True
+    # Azure pulls the environment's image from the workspace's registry with the endpoint's
+    # identity, and mounts the model asset: the scoring image alone is pushed.
+    pulls_images = "image_only"
     REPLACE_ON = rules.REPLACE_ON
     ROLL_ON = rules.ROLL_ON
     ROUTE_ON = rules.PATCH_ON
@@ -108,6 +111,12 @@ class AzureMLTarget(Target):
                                ("workspace", "azureMlWorkspace"), ("location", "azureLocation"))
             if not data[field]
         ]
+        registry_host = settings.image_registry.split("/", 1)[0].rsplit(":", 1)[0]
+        if data["arm_endpoint"].rstrip("/") == DEFAULT_ARM_ENDPOINT.rstrip("/") and registry_host in ("127.0.0.1", "localhost"):
+            # Azure pulls the environment's image itself: a registry on this machine cannot serve it.
+            missing.append(CheckFailure("image_registry", f"{settings.image_registry} is on this machine, which Azure cannot pull from: "
+                                        "set stack config mldeploy:imageRegistry to the workspace's registry (<name>.azurecr.io) "
+                                        "and mldeploy:acrName to its name"))
         if missing:
             raise ArgsInvalid(missing)
         return validate_args(AzureMLArgs, data).model_dump()

@@ -86,6 +86,10 @@ class AzureMLArgs(BaseModel):
     readiness_probe: ProbeArgs = Field(default_factory=ProbeArgs)
     traffic_steps: list[WholeNumber] = Field(default_factory=lambda: [100])
     """The new deployment's share at each step of a roll, rising to 100 (the default: all at once)."""
+    image_ref: str = ""
+    """The scoring image in the workspace's container registry, by digest: pushed there by the
+    component (stack config `mldeploy:imageRegistry`, with `mldeploy:acrName` for its credentials)
+    and named by the environment, so Azure can pull it. Empty: the local image's name (tests only)."""
     code_directory: str = ""
     """The image's source folder (project-relative), uploaded whole as the deployment's code; set by
     `OnlineEndpointService` from its `InferenceImage`. Empty: the entry script's own folder."""

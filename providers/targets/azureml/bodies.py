@@ -65,9 +65,10 @@ def model_asset(p: Mapping[str, Any], model: Mapping[str, Any]) -> tuple[str, st
 
 
 def environment_asset(p: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    """(name, version, body): the inference image, versioned by its digest."""
+    """(name, version, body): the inference image, versioned by its registry reference (which holds the
+    pushed manifest's digest), or by the local image's id when it was not pushed."""
     name = f"{p['service_name']}-env"
-    version = short_digest(str(p["image_id"]))
+    version = short_digest(str(p.get("image_ref") or p["image_id"]))
     body = {"properties": {"image": str(p.get("image_ref") or p.get("image_name") or ""), "osType": "Linux",
                            "description": "the scoring image built by mldeploy", "tags": tags(p)}}
     return name, version, body

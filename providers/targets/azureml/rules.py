@@ -18,7 +18,7 @@ from typing import Any, Mapping
 REPLACE_ON = ("subscription_id", "resource_group", "workspace", "location", "arm_endpoint", "endpoint_name", "auth_mode")
 """A new endpoint. `auth_mode` is treated as a new endpoint: whether Azure changes it in place was not checked here."""
 ROLL_ON = ("instance_type", "request_timeout_ms", "max_concurrent_requests_per_instance", "liveness_probe",
-           "readiness_probe", "environment_variables")
+           "readiness_probe", "environment_variables", "image_ref")
 """A new deployment (the shared rule adds `image_id` and `models`)."""
 ROLL_SHARED = ("image_id", "models")
 PATCH_ON = ("instance_count", "primary_key_version", "secondary_key_version")

@@ -225,7 +225,7 @@ class FakeHub:
                 return self._answer(204)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)  # shutdown() waits one poll
 
     version = 0
     """Makes each configuration write's etag new, as the hub's are."""

@@ -302,7 +302,7 @@ class Backend:
         self.server = make_server(Handler) if make_server else ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1] if isinstance(self.server.server_address, tuple) else 0
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)  # shutdown() waits one poll
         self.thread.start()
 
     def stop(self) -> None:

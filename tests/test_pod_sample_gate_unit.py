@@ -58,7 +58,7 @@ def backend() -> Iterator[tuple[Backend, str]]:
             self._send(*state.answer)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)  # shutdown() waits one poll
     thread.start()
     try:
         yield state, str(server.server_address[1])

@@ -98,6 +98,8 @@ class Results:
         self.errors: list[str] = []
         self.serving: dict[str, dict[str, list[float]]] = {}
         self.kserving: dict[str, dict[str, list[float]]] = {}
+        self.paced: dict[str, dict[str, list[float]]] = {}
+        """Serving below saturation (`--paced-connections`): CPU per request without the cores oversubscribed."""
         self.loads: list[tuple[str, str, str]] = []  # (section, load at start, load at end)
 
     def add(self, section: str, metric: str, unit: str, value: float) -> None:
@@ -798,6 +800,7 @@ class Bench:
         if shutil.which("wrk") is None:
             raise RuntimeError("wrk is missing: bench/run.sh installs it (apt-get install wrk)")
         S = f"serving (wrk, {a.wrk_threads} threads, {a.concurrency} connections, {a.serve_seconds:g} s per run)"
+        S2 = f"serving below saturation (wrk, 1 thread, {a.paced_connections} connections, {a.serve_seconds:g} s per run)"
         model_dir = self.tmp / "baseline-model"
         model_dir.mkdir(exist_ok=True)
         shutil.copy2(self.model_path, model_dir / MODEL_FILE)
@@ -838,6 +841,16 @@ class Bench:
                     if m["errors"]:
                         R.add(S, f"{SERVING_LABELS[name]}: failed requests (non-2xx, socket errors)", "requests", m["errors"])
                         R.note(f"serving run {i + 1} ({SERVING_LABELS[name]}): {m['errors']:.0f} failed requests")
+                # Below saturation: wrk's one thread, nginx and the workers leave the cores room, so CPU per
+                # request is the work itself, not the cost of sharing 2 cores among 4 busy processes.
+                for name, (uri, key) in targets.items():
+                    log(f"serving run {i + 1}/{a.runs}, below saturation ({a.paced_connections} connections): {SERVING_LABELS[name]}")
+                    m = wrk_load(uri, key, 1, a.paced_connections, a.serve_seconds, a.serve_warmup, self.tmp, cpu_probe=probes[name])
+                    for k, unit, what in SERVING_METRICS:
+                        R.add(S2, f"{SERVING_LABELS[name]}: {what}", unit, m[k])
+                        R.paced.setdefault(name, {}).setdefault(k, []).append(m[k])
+                    if m["errors"]:
+                        R.note(f"serving below saturation, run {i + 1} ({SERVING_LABELS[name]}): {m['errors']:.0f} failed requests")
         finally:
             self.stop_baseline()
             st.run("destroy")
@@ -1380,15 +1393,18 @@ def render(bench: Bench, facts: dict[str, str], started: datetime, wall: float, 
         lines += ["", "## Load average per section", "", "1, 5 and 15 minutes, at the start and the end of each section.",
                   "", "| section | at start | at end |", "|---|---|---|"]
         lines += [f"| {sec} | {l0} | {l1} |" for sec, l0, l1 in R.loads]
-    for title, data, ours in (("Serving: bare azmlinfsrv and mldeploy side by side (local target)", R.serving,
-                               ["ours1", "ours2"]),
-                              ("Serving on Kubernetes: bare azmlinfsrv and one replica through the NodePort",
-                               R.kserving, ["k8s1"])):
+    for title, data, ours, threads, conns in (
+            ("Serving: bare azmlinfsrv and mldeploy side by side (local target)", R.serving, ["ours1", "ours2"],
+             a.wrk_threads, a.concurrency),
+            ("Serving below saturation (local target): the same, with room on the cores", R.paced, ["ours1", "ours2"],
+             1, a.paced_connections),
+            ("Serving on Kubernetes: bare azmlinfsrv and one replica through the NodePort", R.kserving, ["k8s1"],
+             a.wrk_threads, a.concurrency)):
         if not (data.get("bare") and len(data) > 1):
             continue
         ours = [n for n in ours if n in data]
         lines += ["", f"## {title}", "",
-                  f"Load generator: **{wrk_version()}**, {a.wrk_threads} threads, {a.concurrency} keep-alive "
+                  f"Load generator: **{wrk_version()}**, {threads} thread{'s' if threads > 1 else ''}, {conns} keep-alive "
                   f"connections (closed loop), {a.serve_warmup:g} s warm-up then {a.serve_seconds:g} s measured, "
                   "runs alternating. Same model file, entry script and request body (one row of 10 features). "
                   "Each figure is the median over the runs; ratio = ours / bare single-worker azmlinfsrv (above 1: "
@@ -1414,7 +1430,7 @@ def render(bench: Bench, facts: dict[str, str], started: datetime, wall: float, 
                 cells += [fmt(mo, unit) if unit != "load" else f"{mo:.2f}",
                           "" if unit == "load" else (f"{mo / mb:.2f}" if mb else "n/a")]
             lines.append(f"| {label} | {unit} | {runs} | " + " | ".join(cells) + " |")
-    goals = cpu_goals(R.serving, R.kserving)
+    goals = cpu_goals(R.serving, R.kserving, R.paced)
     if goals:
         lines += ["", "## CPU per request against the goals (issue 22)", "",
                   "| goal | measured | met |", "|---|---:|---|"] + goals
@@ -1431,13 +1447,21 @@ def median_of(data: dict[str, dict[str, list[float]]], name: str, key: str) -> f
     return statistics.median(vals) if vals else float("nan")
 
 
-def cpu_goals(local: dict[str, dict[str, list[float]]], k8s: dict[str, dict[str, list[float]]]) -> list[str]:
-    """Table rows: each CPU-per-request goal, the measured ratio of medians, and whether it is met. Pure."""
+def cpu_goals(local: dict[str, dict[str, list[float]]], k8s: dict[str, dict[str, list[float]]],
+              paced: dict[str, dict[str, list[float]]] | None = None) -> list[str]:
+    """Table rows: each CPU-per-request goal, the measured ratio of medians, and whether it is met. Pure.
+
+    The two-workers goal is judged below saturation (`paced`) where measured: at saturation the load
+    generator, nginx and two workers share 2 cores, and the CPU each request takes grows with that
+    sharing whatever the workers do; the saturated ratio stays in the table beside it."""
+    paced = paced or {}
     rows = []
     for label, num, den, limit in (
             ("ours (`cpu_cores=1`) / bare, CPU per request", (local, "ours1"), (local, "bare"), 1.10),
             ("ours on Kubernetes (1 replica) / bare, CPU per request", (k8s, "k8s1"), (k8s, "bare"), 1.10),
-            ("2 workers / 1 worker (`cpu_cores` 2 / 1), CPU per request", (local, "ours2"), (local, "ours1"), 1.05)):
+            ("2 workers / 1 worker (`cpu_cores` 2 / 1), CPU per request, below saturation", (paced, "ours2"), (paced, "ours1"), 1.05),
+            ("2 workers / 1 worker (`cpu_cores` 2 / 1), CPU per request, at saturation (bound by 2 cores)",
+             (local, "ours2"), (local, "ours1"), 1.05)):
         n, d = median_of(num[0], num[1], "cpu_per_1k"), median_of(den[0], den[1], "cpu_per_1k")
         if math.isnan(n) or math.isnan(d) or not d:
             continue
@@ -1523,6 +1547,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="limit the engine's parallelism (`parallel=N`) in the scale stacks; default: the engine's")
     p.add_argument("--concurrency", type=int, default=8, help="wrk connections while serving (default 8)")
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads while serving (default 2)")
+    p.add_argument("--paced-connections", type=int, default=2,
+                   help="wrk connections (1 thread) of the below-saturation serving runs (default 2: one per worker)")
     p.add_argument("--serve-seconds", type=float, default=10, help="measured seconds per serving run (default 10)")
     p.add_argument("--serve-warmup", type=float, default=2, help="warm-up seconds before each serving run (default 2)")
     p.add_argument("--update-rate", type=float, default=20, help="requests/s of the client during a model update")

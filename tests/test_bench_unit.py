@@ -88,6 +88,11 @@ def test_cpu_goals_compare_medians(bench) -> None:
     assert rows[0] == "| ours (`cpu_cores=1`) / bare, CPU per request ≤ 1.10× | 1.080× | yes |"
     assert rows[1].endswith("| 1.204× | **no** |") and "2 workers / 1 worker" in rows[1]
     assert len(rows) == 2, "no Kubernetes figures, no Kubernetes row"
+    # Below saturation the two-workers goal is judged on its own figures, and the saturated one stays beside it.
+    paced = {"ours1": {"cpu_per_1k": [100.0, 102.0, 98.0]}, "ours2": {"cpu_per_1k": [103.0, 104.0, 99.0]}}
+    rows = bench.cpu_goals(local, {}, paced)
+    assert rows[1] == "| 2 workers / 1 worker (`cpu_cores` 2 / 1), CPU per request, below saturation ≤ 1.05× | 1.030× | yes |"
+    assert "at saturation" in rows[2] and rows[2].endswith("| 1.204× | **no** |") and len(rows) == 3
 
 
 def test_kubernetes_sections_can_be_picked(bench) -> None:

@@ -15,7 +15,11 @@ real containers, on 127.0.0.1 only:
   generator, so the clients are not the bottleneck), of bare single-worker
   `azmlinfsrv` on the host and of the deployed service at `cpu_cores` 1 and 2,
   side by side with their ratios and the load average of each run;
-- scale: preview/up/no-op/destroy of stacks with 1, 5 and 10 services.
+- scale: preview/up/no-op/destroy of stacks with 1, 5 and 10 services;
+- rollouts (`rollout` on the local target, `krollout` on the local cluster): a
+  canary's `up` to full promotion against its declared step time, the latency
+  of a held split and of a mirror against the plain route, failed requests
+  during a promoted canary and during a rollback.
 
 The project is copied into a temporary folder with its own state backend,
 registry and stack names (`bench-...`), so the developer's dev stack is never
@@ -198,6 +202,21 @@ def dir_size(path: Path) -> int:
 
 def close_to(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
+
+
+def loopback_uri(uri: str) -> str:
+    """`uri` itself when it is on 127.0.0.1 (or localhost); the bench's clients send nothing anywhere else. Pure."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(uri).hostname
+    if host not in ("127.0.0.1", "localhost"):
+        raise ValueError(f"not a loopback address: {uri!r} (the bench sends requests to 127.0.0.1 only)")
+    return uri
+
+
+def first_mark(marks: list[tuple[float, str]], text: str) -> float:
+    """Seconds from an operation's start to its first engine line containing `text`; NaN when none does. Pure."""
+    return next((at for at, line in marks if text in line), float("nan"))
 
 
 class PacedClient(threading.Thread):
@@ -399,11 +418,19 @@ class BenchStack:
 
         self.bench, self.name = bench, name
         self.stack = stack_cli.select_stack(name, program=program, root=bench.work)
+        self.marks: list[tuple[float, str]] = []
+        """The last operation's engine lines (output and diagnostics), each with its seconds since the call."""
         bench.stacks.append(self)
 
     def run(self, op: str, **kw: Any) -> tuple[Any, float, list[tuple[str, str]]]:
         lines: list[str] = []
         events: list[tuple[str, str]] = []
+        marks: list[tuple[float, str]] = []
+        self.marks = marks
+
+        def on_output(line: str) -> None:
+            lines.append(line)
+            marks.append((time.perf_counter() - t, line))
 
         timeline: list[str] = []  # when each engine event reached us, after the call: where the time goes
 
@@ -419,11 +446,12 @@ class BenchStack:
             diag = getattr(ev, "diagnostic_event", None)
             if diag is not None:
                 timeline.append(f"+{at:6.2f}s {diag.message.strip()[:160]}")
+                marks.append((at, diag.message))
 
         self.bench.last_op = f"`{op}` of {self.name}"
         t = time.perf_counter()
         try:
-            res = getattr(self.stack, op)(on_output=lines.append, on_event=on_event, color="never", **kw)
+            res = getattr(self.stack, op)(on_output=on_output, on_event=on_event, color="never", **kw)
         except BaseException:
             self.bench.engine_log(self.name, op, lines + ["--- timeline ---", *timeline])
             raise
@@ -1084,79 +1112,144 @@ class Bench:
         recs = list(client.records)
         return [r[1] * 1000 for r in recs if r[2]], sum(1 for r in recs if not r[2])
 
+    def canary_source(self) -> None:
+        """`bench_rollout_src/score.py`: the sample plus the switches the canary tests use
+        (tests/fixtures/canary_run.py): an environment variable makes a version fail or slow down."""
+        src = self.work / ROLLOUT_SRC
+        src.mkdir(exist_ok=True)
+        (src / "score.py").write_text((self.work / "sample" / "src" / "score.py").read_text() + "\n\n"
+                                      + (self.work / "tests" / "fixtures" / "canary_run.py").read_text())
+
     def phase_rollout(self) -> None:
         """The local target's rollouts: a canary's time to promotion against its declared steps, the latency a
         held split and a mirror add against the plain route, and the requests that fail while one rolls back."""
-        R, a = self.results, self.args
+        a = self.args
         S = (f"rollout (local target; canary {' → '.join(f'{x} %' for x in ROLLOUT_STEPS)}, "
              f"{ROLLOUT_STEP_SECONDS:g} s a step; client at {a.update_rate:g} req/s)")
-        src = self.work / "bench_rollout_src"
-        src.mkdir(exist_ok=True)
-        # The sample plus the switches the canary tests use (tests/fixtures/canary_run.py).
-        (src / "score.py").write_text((self.work / "sample" / "src" / "score.py").read_text() + "\n\n"
-                                      + (self.work / "tests" / "fixtures" / "canary_run.py").read_text())
+        self.canary_source()
         model = self.work / "bench_models" / "rollout" / MODEL_FILE
         self.train(0.1, model)
-        st = BenchStack(self, f"bench-rollout-{self.run_id}", rollout_program(model, {}))
+
+        def declare(env: dict[str, str], canary: bool = False, traffic: int | None = None,
+                    mirror: int | None = None) -> Callable[[], None]:
+            return rollout_program(model, env, canary=canary, traffic=traffic, mirror=mirror)
+
+        st = BenchStack(self, f"bench-rollout-{self.run_id}", declare({}))
         st.run("up")
-        out = st.outputs()
-        uri, key = out["scoring_uri"], out.get("primary_key")
-        measure = max(5.0, a.serve_seconds)
-        for i in range(a.runs):
-            log(f"rollout run {i + 1}/{a.runs}: plain, held split 50/50, mirror 50 %, promote, canary, rollback")
-            lat, _ = self.steady_latency(uri, key, measure)
-            R.add(S, "plain route: latency p50", "ms", percentile(lat, 50))
-            R.add(S, "plain route: latency p99", "ms", percentile(lat, 99))
-            self.train(1.0 + i, model)
-            st.run("up", program=rollout_program(model, {}, traffic=50))
-            lat, failed = self.steady_latency(uri, key, measure)
-            R.add(S, "held split 50/50: latency p50", "ms", percentile(lat, 50))
-            R.add(S, "held split 50/50: latency p99", "ms", percentile(lat, 99))
-            st.run("up", program=rollout_program(model, {}, mirror=50))
-            lat, failed2 = self.steady_latency(uri, key, measure)
-            R.add(S, "mirror 50 % (answers discarded): latency p50", "ms", percentile(lat, 50))
-            R.add(S, "mirror 50 % (answers discarded): latency p99", "ms", percentile(lat, 99))
-            R.add(S, "failed requests while split or mirrored", "requests", failed + failed2)
-            # The same mirror to a candidate that takes 1.5 s per request: live answers must not wait for it.
-            self.train(2.0 + i, model)
-            st.run("up", program=rollout_program(model, {"CANARY_SLOW_EVERY": "1"}, mirror=50))
-            lat, failed3 = self.steady_latency(uri, key, measure)
-            R.add(S, "mirror 50 % to a candidate taking 1.5 s a request: latency p50", "ms", percentile(lat, 50))
-            R.add(S, "mirror 50 % to a candidate taking 1.5 s a request: latency p99", "ms", percentile(lat, 99))
-            R.add(S, "mirror 50 % to a slow candidate: failed requests", "requests", failed3)
-            self.train(3.0 + i, model)
-            st.run("up", program=rollout_program(model, {}))  # dropped: the held version takes everything
-            # A canary to promotion, timed against its declared steps.
-            self.train(50.0 * 4**i, model)
-            client = PacedClient(uri, key, a.update_rate, max_seconds=a.update_timeout, max_requests=int(a.update_rate * a.update_timeout) + 1)
-            client.start()
-            t0 = time.perf_counter()
-            try:
-                _, dt, _ = st.run("up", program=rollout_program(model, {}, canary=True))
-            finally:
-                client.finish()
-            R.add(S, f"canary `up` to promotion (its steps declare {len(ROLLOUT_STEPS) * ROLLOUT_STEP_SECONDS:g} s)", "s", dt)
-            R.add(S, "failed requests during a promoted canary", "requests", sum(1 for r in client.records if r[0] >= t0 and not r[2]))
-            # A version failing one request in three, rolled back at its first step.
-            client = PacedClient(uri, key, a.update_rate, max_seconds=a.update_timeout, max_requests=int(a.update_rate * a.update_timeout) + 1)
-            client.start()
-            t0 = time.perf_counter()
-            try:
-                st.run("up", program=rollout_program(model, {"CANARY_FAIL_EVERY": "3"}, canary=True))
-                R.note(f"{S}, run {i + 1}: the failing version was promoted, not rolled back")
-            except Exception:  # noqa: BLE001 - the rollback fails `up`, as it should
-                pass
-            finally:
-                dt = time.perf_counter() - t0
-                client.finish()
-            recs = [r for r in client.records if r[0] >= t0]
-            R.add(S, "rollback: `up` start to failing (rolled back)", "s", dt)
-            R.add(S, "rollback: failed requests (the candidate's share of its first step)", "requests", sum(1 for r in recs if not r[2]))
-            R.add(S, "rollback: requests sent meanwhile", "requests", len(recs))
+        self.rollout_runs(st, S, model, declare)
         st.run("destroy")
-        R.note(f"{S}: each latency figure is {measure:g} s of one client at {a.update_rate:g} req/s through the gateway; "
-               "the split and the mirror cost what nginx adds per request plus, for the mirror, the candidate's work on "
-               "the same 2 cores.")
+        self.results.note(f"{S}: each latency figure is {self.rollout_measure():g} s of one client at {a.update_rate:g} "
+                          "req/s through the gateway; the split and the mirror cost what nginx adds per request plus, "
+                          "for the mirror, the candidate's work on the same 2 cores.")
+
+    def phase_krollout(self) -> None:
+        """The same rollouts on the local cluster (`AksService`): the canary's `up` to full promotion (candidate
+        Deployment gated on the sample, the steps, then the service's Deployment rolled to it), the held split's
+        and the mirror's latency against the plain route through the NodePort, failed requests in both canaries."""
+        a = self.args
+        S = (f"rollout on Kubernetes (1 replica, local cluster; canary {' → '.join(f'{x} %' for x in ROLLOUT_STEPS)}, "
+             f"{ROLLOUT_STEP_SECONDS:g} s a step; client at {a.update_rate:g} req/s on the NodePort)")
+        os.environ["MLDEPLOY_CACHE"] = self.machine_cache  # the cluster and its registry's credentials live there
+        self.canary_source()
+        model = self.work / "bench_models" / "krollout" / MODEL_FILE
+        self.train(0.1, model)
+        ns = f"bench-krollout-{self.run_id}"
+
+        def declare(env: dict[str, str], canary: bool = False, traffic: int | None = None,
+                    mirror: int | None = None) -> Callable[[], None]:
+            return k8s_program(model, ns, replicas=1, source_directory=ROLLOUT_SRC, env=env,
+                               **k8s_rollout_declaration(canary, traffic, mirror))
+
+        st = BenchStack(self, f"bench-krollout-{self.run_id}", declare({}))
+        with self.cluster_lock():
+            self.cluster_up()
+            log(f"kubernetes rollout: up (1 replica, the canary declared; untimed), namespace {ns}")
+            st.run("up")
+        self.rollout_runs(st, S, model, declare, hold=self.cluster_lock)
+        with self.cluster_lock():
+            st.run("destroy")
+        self.results.note(
+            f"{S}: each latency figure is {self.rollout_measure():g} s of one client at {a.update_rate:g} req/s on the "
+            "service's NodePort on 127.0.0.1 (kube-proxy, then the pod's front end, nginx, which splits or mirrors; the "
+            "candidate is a second Deployment reached through its ClusterIP). The *plain route* is the same pods with "
+            "the canary declared and no candidate. A canary's `up` is its full promotion: the candidate Deployment "
+            "created and gated on the sample, the steps, then the service's Deployment rolled to the new version and "
+            "the candidate removed; *to the promotion decision* is when the last step passed (the engine's progress "
+            "line, as the Automation API streamed it).")
+
+    def rollout_measure(self) -> float:
+        return max(5.0, self.args.serve_seconds)
+
+    def rollout_runs(self, st: BenchStack, S: str, model: Path, declare: Callable[..., Callable[[], None]],
+                     hold: Callable[[], Any] = contextlib.nullcontext) -> None:
+        """One target's rollout figures, `runs` times, on a stack whose service `declare(env, canary=, traffic=,
+        mirror=)` describes: the plain route, a 50 % mirror to a slow candidate, a held 50/50 split and a 50 %
+        mirror to a newer version (latency, failures), that version released (it takes every request), a canary
+        to promotion (timed against its declared steps), and a version failing one request in three rolled back.
+        `hold()` is taken around each run (the cluster's lock)."""
+        R, a = self.results, self.args
+        out = st.outputs()
+        uri, key = loopback_uri(out["scoring_uri"]), out.get("primary_key")
+        measure = self.rollout_measure()
+        bound = int(a.update_rate * a.update_timeout) + 1
+        for i in range(a.runs):
+            with hold():
+                log(f"{S} run {i + 1}/{a.runs}: plain, slow mirror, held split 50/50, mirror 50 %, release, canary, rollback")
+                lat, _ = self.steady_latency(uri, key, measure)
+                R.add(S, "plain route: latency p50", "ms", percentile(lat, 50))
+                R.add(S, "plain route: latency p99", "ms", percentile(lat, 99))
+                # A 50 % mirror to a candidate that takes 1.5 s a request: live answers must not wait for it.
+                self.train(1.0 + i, model)
+                st.run("up", program=declare({"CANARY_SLOW_EVERY": "1"}, mirror=50))
+                lat, failed3 = self.steady_latency(uri, key, measure)
+                R.add(S, "mirror 50 % to a candidate taking 1.5 s a request: latency p50", "ms", percentile(lat, 50))
+                R.add(S, "mirror 50 % to a candidate taking 1.5 s a request: latency p99", "ms", percentile(lat, 99))
+                R.add(S, "mirror 50 % to a slow candidate: failed requests", "requests", failed3)
+                # A newer version held beside the current one (it replaces the slow one), then mirrored instead.
+                self.train(2.0 + i, model)
+                st.run("up", program=declare({}, traffic=50))
+                lat, failed = self.steady_latency(uri, key, measure)
+                R.add(S, "held split 50/50: latency p50", "ms", percentile(lat, 50))
+                R.add(S, "held split 50/50: latency p99", "ms", percentile(lat, 99))
+                st.run("up", program=declare({}, mirror=50))  # the same version: only the routes change
+                lat, failed2 = self.steady_latency(uri, key, measure)
+                R.add(S, "mirror 50 % (answers discarded): latency p50", "ms", percentile(lat, 50))
+                R.add(S, "mirror 50 % (answers discarded): latency p99", "ms", percentile(lat, 99))
+                R.add(S, "failed requests while split or mirrored", "requests", failed + failed2)
+                st.run("up", program=declare({}))  # dropped: the held version takes every request
+                # A canary to promotion, timed against its declared steps.
+                self.train(50.0 * 4**i, model)
+                client = PacedClient(uri, key, a.update_rate, max_seconds=a.update_timeout, max_requests=bound)
+                client.start()
+                t0 = time.perf_counter()
+                try:
+                    _, dt, _ = st.run("up", program=declare({}, canary=True))
+                finally:
+                    client.finish()
+                recs = [r for r in client.records if r[0] >= t0]
+                R.add(S, f"canary `up` to promotion (its steps declare {len(ROLLOUT_STEPS) * ROLLOUT_STEP_SECONDS:g} s)", "s", dt)
+                R.add(S, "canary `up` start to its promotion decision (last step passed)", "s",
+                      first_mark(st.marks, "canary: promoted"))
+                R.add(S, "failed requests during a promoted canary", "requests", sum(1 for r in recs if not r[2]))
+                R.add(S, "requests sent during a promoted canary", "requests", len(recs))
+                for r in [r for r in recs if not r[2]][:3]:
+                    R.note(f"{S}, run {i + 1}: a request failed during the promoted canary at +{r[0] - t0:.2f} s: {r[4]}")
+                # A version failing one request in three, rolled back at its first step.
+                client = PacedClient(uri, key, a.update_rate, max_seconds=a.update_timeout, max_requests=bound)
+                client.start()
+                t0 = time.perf_counter()
+                try:
+                    st.run("up", program=declare({"CANARY_FAIL_EVERY": "3"}, canary=True))
+                    R.note(f"{S}, run {i + 1}: the failing version was promoted, not rolled back")
+                except Exception:  # noqa: BLE001 - the rollback fails `up`, as it should
+                    pass
+                finally:
+                    dt = time.perf_counter() - t0
+                    client.finish()
+                recs = [r for r in client.records if r[0] >= t0]
+                R.add(S, "rollback: `up` start to failing (rolled back)", "s", dt)
+                R.add(S, "rollback: failed requests (the candidate's share of its first step)", "requests", sum(1 for r in recs if not r[2]))
+                R.add(S, "rollback: requests sent meanwhile", "requests", len(recs))
 
     def scale_step(self, st: BenchStack, n: int) -> None:
         R, a = self.results, self.args
@@ -1268,9 +1361,12 @@ def serve_program(model_path: Path, cores: list[int]) -> Callable[[], None]:
 
 
 def k8s_program(model_path: Path, namespace: str, replicas: int = 2, cpu_cores: float = 0.25,
-                memory_gb: float = 0.5) -> Callable[[], None]:
+                memory_gb: float = 0.5, source_directory: str = "sample/src", env: dict[str, str] | None = None,
+                **rollout: Any) -> Callable[[], None]:
     """`__main__.py`'s Kubernetes branch with stacks/Pulumi.prod.yaml's settings (DevTest, 2 replicas,
-    0.25 cores, 0.5 GB), in the bench's own namespace, so the shared cluster's `default` is never touched."""
+    0.25 cores, 0.5 GB), in the bench's own namespace, so the shared cluster's `default` is never touched.
+    `env` and `rollout` (`rollout_declaration`'s keywords), when given, go to the service as they are."""
+    extra = {**({"environment_variables": env} if env is not None else {}), **rollout}
 
     def program() -> None:
         import pulumi
@@ -1278,11 +1374,11 @@ def k8s_program(model_path: Path, namespace: str, replicas: int = 2, cpu_cores: 
         from mldeploy.components import AksCluster, AksService, InferenceImage, RegisteredModel
 
         model = RegisteredModel("ridge", model_name="sklearn_regression_model", model_path=str(model_path))
-        image = InferenceImage("scoring", entry_script="score.py", source_directory="sample/src",
+        image = InferenceImage("scoring", entry_script="score.py", source_directory=source_directory,
                                conda_file="sample/env/myenv.yml")
         cluster = AksCluster("aks", cluster_purpose="DevTest")
         service = AksService("aksservice", cluster=cluster, models=[model], image=image, num_replicas=replicas,
-                             cpu_cores=cpu_cores, memory_gb=memory_gb, auth_enabled=True, namespace=namespace)
+                             cpu_cores=cpu_cores, memory_gb=memory_gb, auth_enabled=True, namespace=namespace, **extra)
         pulumi.export("model_version", model.version)
         pulumi.export("image_name", image.image_name)
         pulumi.export("scoring_uri", service.scoring_uri)
@@ -1313,6 +1409,26 @@ def aci_program(model_path: Path) -> Callable[[], None]:
 
 
 ROLLOUT_STEPS, ROLLOUT_STEP_SECONDS = [25, 100], 5.0
+ROLLOUT_SRC = "bench_rollout_src"  # in the project copy: the sample's score.py with tests/fixtures/canary_run.py
+
+
+def rollout_declaration(canary: bool = False, traffic: int | None = None, mirror: int | None = None) -> dict[str, Any]:
+    """The rollout keywords of a bench service, the same on every target: the bench's canary
+    (`ROLLOUT_STEPS`, `ROLLOUT_STEP_SECONDS`, at least 10 requests a step, ≤ 5 % errors), a held split with
+    `traffic` % to the candidate, and/or `mirror` % mirrored. Pure."""
+    from mldeploy.components import Canary
+
+    return {"rollout": Canary(steps=ROLLOUT_STEPS, step_seconds=ROLLOUT_STEP_SECONDS, min_requests=10, max_error_rate=0.05,
+                              max_wait_seconds=30) if canary else None,
+            "traffic": {"current": 100 - traffic, "candidate": traffic} if traffic is not None else None,
+            "mirror_percent": mirror}
+
+
+def k8s_rollout_declaration(canary: bool = False, traffic: int | None = None, mirror: int | None = None) -> dict[str, Any]:
+    """`rollout_declaration` for `AksService`: the canary stays declared whenever nothing is held, so the pods
+    start with a front end that can split (the first `up`: a first `traffic=` on pods without one is refused)
+    and dropping a held split hands every request to the held version (docs/rollouts.md, "On Kubernetes"). Pure."""
+    return rollout_declaration(canary or (traffic is None and mirror is None), traffic, mirror)
 
 
 def rollout_program(model_path: Path, env: dict[str, str], canary: bool = False, traffic: int | None = None,
@@ -1321,17 +1437,14 @@ def rollout_program(model_path: Path, env: dict[str, str], canary: bool = False,
     def program() -> None:
         import pulumi
 
-        from mldeploy.components import Canary, ContainerInstanceService, InferenceImage, RegisteredModel
+        from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
 
         model = RegisteredModel("ridge", model_name="bench_rollout_model", model_path=str(model_path))
-        image = InferenceImage("scoring", entry_script="score.py", source_directory="bench_rollout_src",
+        image = InferenceImage("scoring", entry_script="score.py", source_directory=ROLLOUT_SRC,
                                conda_file="sample/env/myenv.yml")
         svc = ContainerInstanceService(
             "rollout", models=[model], image=image, cpu_cores=1, memory_gb=0.5, auth_enabled=True, environment_variables=env,
-            rollout=Canary(steps=ROLLOUT_STEPS, step_seconds=ROLLOUT_STEP_SECONDS, min_requests=10, max_error_rate=0.05,
-                           max_wait_seconds=30) if canary else None,
-            traffic={"current": 100 - traffic, "candidate": traffic} if traffic is not None else None,
-            mirror_percent=mirror)
+            **rollout_declaration(canary, traffic, mirror))
         pulumi.export("scoring_uri", svc.scoring_uri)
         pulumi.export("primary_key", svc.primary_key)
 
@@ -1529,13 +1642,27 @@ def DEFINITIONS(a: argparse.Namespace) -> list[str]:  # noqa: N802 - reads like 
         "wrk through the service's NodePort on 127.0.0.1 (kube-proxy, the pod's key-checking front end, the "
         "scoring server on the pod's loopback), alternating with the bare server, same load as the local "
         "serving section.",
+        "**rollouts** (local target, and on Kubernetes `krollout`: `AksService`, 1 replica, `cpu_cores` 0.25, in a "
+        "namespace of the bench's own, the cluster's lock held for each run): one service whose score.py is the "
+        "sample's plus `tests/fixtures/canary_run.py` (an environment variable makes a version fail every third "
+        "request or take 1.5 s a request, as the canary tests do). Per run, with one client at "
+        f"{a.update_rate:g} req/s on 127.0.0.1 (fixed schedule, keep-alive): latency through the plain route, a held "
+        "50/50 split to a newer model, a 50 % mirror to it, and a 50 % mirror to a candidate taking 1.5 s a request; "
+        "the held version released; a canary of a newer model (steps "
+        f"{' → '.join(f'{x} %' for x in ROLLOUT_STEPS)}, {ROLLOUT_STEP_SECONDS:g} s each, ≥ 10 requests, ≤ 5 % errors) "
+        "timed from `up` start to `up` returning, against the steps' declared time, with the failed requests from "
+        "`up` start to its end; a version failing one request in three, rolled back at its first step, with the "
+        "failed requests meanwhile (only the candidate's share of that step can fail). On Kubernetes the plain route "
+        "is the same pods with the canary declared (their front end can split) and no candidate, and a canary's "
+        "`up` includes the candidate Deployment's start and sample gate and, after the steps, the service's "
+        "Deployment rolling to the new version.",
     ]
 
 
 # --- main ----------------------------------------------------------------------
 
 
-PHASES = ("deploy", "noop", "update", "serve", "scale", "rollout", "kubernetes", "kserve", "iotedge", "aci")
+PHASES = ("deploy", "noop", "update", "serve", "scale", "rollout", "kubernetes", "kserve", "krollout", "iotedge", "aci")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -98,3 +98,49 @@ def test_cpu_goals_compare_medians(bench) -> None:
 def test_kubernetes_sections_can_be_picked(bench) -> None:
     a = bench.parse_args(["--only", "kubernetes,kserve", "--runs", "1"])
     assert a.only == ["kubernetes", "kserve"]
+
+
+def test_rollout_sections_can_be_picked(bench) -> None:
+    a = bench.parse_args(["--only", "rollout,krollout", "--runs", "3"])
+    assert a.only == ["rollout", "krollout"]
+    assert bench.PHASES.index("krollout") > bench.PHASES.index("kserve"), "after the cluster's other sections"
+
+
+def test_clients_send_to_loopback_only(bench) -> None:
+    uri = "http://127.0.0.1:31234/api/v1/service/aksservice/score"
+    assert bench.loopback_uri(uri) == uri
+    assert bench.loopback_uri("http://localhost:8080/score") == "http://localhost:8080/score"
+    for elsewhere in ("http://10.42.0.17:5001/score", "http://172.17.0.2/score", "http://svc.default.svc:80/score"):
+        with pytest.raises(ValueError, match="127.0.0.1 only"):
+            bench.loopback_uri(elsewhere)
+
+
+def test_first_mark_is_the_first_matching_engine_line(bench) -> None:
+    marks = [(0.4, "Updating (bench-krollout)"), (12.5, "[mldeploy] aksservice: canary step 1: 75 % current / 25 % candidate"),
+             (18.25, "[mldeploy] aksservice: canary: promoted after 2 steps"), (19.0, "canary: promoted (again)")]
+    assert bench.first_mark(marks, "canary: promoted") == 18.25
+    assert bench.first_mark(marks, "rolled back") != bench.first_mark(marks, "rolled back")  # NaN: never said
+    assert bench.first_mark([], "anything") != bench.first_mark([], "anything")
+
+
+def test_rollout_declaration_is_the_same_on_every_target(bench) -> None:
+    from mldeploy.components import Canary
+
+    d = bench.rollout_declaration(canary=True)
+    assert isinstance(d["rollout"], Canary) and d["traffic"] is None and d["mirror_percent"] is None
+    assert (list(d["rollout"].steps), d["rollout"].step_seconds) == (bench.ROLLOUT_STEPS, bench.ROLLOUT_STEP_SECONDS)
+    assert bench.rollout_declaration(traffic=50) == {"rollout": None, "traffic": {"current": 50, "candidate": 50},
+                                                     "mirror_percent": None}
+    assert bench.rollout_declaration(mirror=50) == {"rollout": None, "traffic": None, "mirror_percent": 50}
+    assert bench.rollout_declaration() == {"rollout": None, "traffic": None, "mirror_percent": None}
+
+
+def test_kubernetes_keeps_the_canary_declared_unless_a_split_is_held(bench) -> None:
+    # Nothing held: the canary is declared (the pods' front end can split; a dropped split goes to the candidate).
+    assert bench.k8s_rollout_declaration()["rollout"] is not None
+    assert bench.k8s_rollout_declaration(canary=True)["rollout"] is not None
+    # A held split or a mirror alone, as tests/test_kubernetes_canary_e2e.py declares them.
+    held = bench.k8s_rollout_declaration(traffic=50)
+    assert held["rollout"] is None and held["traffic"] == {"current": 50, "candidate": 50}
+    mirrored = bench.k8s_rollout_declaration(mirror=50)
+    assert mirrored["rollout"] is None and mirrored["mirror_percent"] == 50

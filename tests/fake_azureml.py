@@ -55,6 +55,8 @@ DATASTORE = re.compile(r"^/datastores/(?P<name>[^/]+)(?P<rest>/listSecrets)?$")
 ASSET = re.compile(r"^/(?P<kind>models|environments|codes)/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
 ENDPOINT = re.compile(r"^/onlineEndpoints/(?P<ep>[^/]+)(?P<rest>/.*)?$")
 DEPLOYMENT = re.compile(r"^/deployments/(?P<d>[^/]+)$")
+NAME = r"[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]"
+"""Endpoint and deployment names, as azure-ai-ml 1.35.2 checks them (3-32 characters, a letter first, a letter or digit last)."""
 OPERATION = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.MachineLearningServices/locations/[^/]+/"
                        r"(?P<kind>mfeOperationsStatus|mfeOperationResults)/(?P<op>[^/]+)$")
 SCORE = re.compile(r"^/inference/(?P<ep>[^/]+)/(?P<what>score|swagger\.json)$")
@@ -506,6 +508,11 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
                     self._send(200, fake.deployment_view(e, name))
                 return
             if self.command == "PUT":
+                if not re.fullmatch(NAME, name):
+                    # Azure ML's SDK refuses such a name before sending (validate_endpoint_or_deployment_name).
+                    self._error(400, "UserError", "The name for a deployment must be 3 to 32 characters, start with a letter, "
+                                "end with a letter or digit, and hold only letters, digits and '-'.")
+                    return
                 if not self._valid("OnlineDeploymentTrackedResource", body):
                     return
                 if body["properties"].get("endpointComputeType") == "Managed" and not self._valid("ManagedOnlineDeployment", body["properties"]):

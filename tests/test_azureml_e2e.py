@@ -1,12 +1,13 @@
 """A Service with `target="azureml"` through the real Pulumi engine, against the local fake of
 Azure ML (tests/fake_azureml.py). The fake is not Azure; nothing here deploys to Azure.
 
-The program declares the `Service` resource as `ContainerInstanceService` does (its shared
-inputs plus the target's own from stack config). In the first test the fake's deployments
-answer with the test's scorer (failures on demand, no Docker); in the second each deployment
-is a container of the sample's real image with the real model, fetched back from the
-datastore. While a roll runs, a client scores through the endpoint's URI at 20 requests a
-second and must see no failed request.
+The first test's program declares the `Service` resource as `ContainerInstanceService` does
+(its shared inputs plus the target's own from stack config), and the fake's deployments answer
+with the test's scorer (failures on demand, no Docker). The second is the program a user writes
+(`RegisteredModel`, `InferenceImage`, `OnlineEndpointService`): the image is pushed to the local
+registry, the source folder goes up as the code asset, and each deployment is a container of the
+pushed image with the real model, fetched back from the datastore. While a roll runs, a client
+scores through the endpoint's URI at 20 requests a second and must see no failed request.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def test_azureml_target_creates_rolls_under_load_refuses_a_bad_sample_and_conver
     up = st.up()
     assert up.summary.result == "succeeded", st.log[-40:]
     out = outputs(up)
-    assert out["deployment"] == "v1" and out["state"] == "Healthy" and out["model_versions"] == {"ridge": 1}
+    assert out["deployment"] == "v01" and out["state"] == "Healthy" and out["model_versions"] == {"ridge": 1}
     assert out["scoring_uri"] == f"{fake_ml.url}/inference/{endpoint}/score"
     assert up.outputs["primary_key"].secret and out["primary_key"] == fake_ml.endpoint(endpoint).keys["primaryKey"]
 
@@ -150,33 +151,33 @@ def test_azureml_target_creates_rolls_under_load_refuses_a_bad_sample_and_conver
     version["model"] = 2
     preview = st.preview(diff=True)
     assert preview.change_summary.get("update") == 1
-    said = (f"endpoint `{endpoint}`: deployment `v2` created at 0 %, sample checked, "
-            f"traffic v1 100 % → v2 100 %, v1 deleted")
+    said = (f"endpoint `{endpoint}`: deployment `v02` created at 0 %, sample checked, "
+            f"traffic v01 100 % → v02 100 %, v01 deleted")
     assert said in preview.stdout, preview.stdout[-3000:]  # the engine's own preview shows the roll's sentence
     with Load(out["scoring_uri"], out["primary_key"], str(fake_ml.ca_path)) as load:
         time.sleep(0.5)
         up = st.up()
         time.sleep(0.5)
     assert up.summary.result == "succeeded", st.log[-40:]
-    assert outputs(up)["deployment"] == "v2"
+    assert outputs(up)["deployment"] == "v02"
     failed = [r for r in load.results if r[0] != 200]
     assert len(load.results) >= 10 and not failed, failed[:5]
-    assert {d for _, d in load.results} <= {"v1", "v2"} and load.results[-1][1] == "v2"
+    assert {d for _, d in load.results} <= {"v01", "v02"} and load.results[-1][1] == "v02"
     assert fake_ml.asset_puts[puts:] == [("models", "ridge", "2")]  # the environment and the code did not change
 
-    # The sample gate refuses v3: up fails naming the step, the request and the answer; traffic stays on v2.
-    fake_ml.scorer.bad.add("v3")
+    # The sample gate refuses v03: up fails naming the step, the request and the answer; traffic stays on v02.
+    fake_ml.scorer.bad.add("v03")
     version["model"] = 3
     with pytest.raises(auto.CommandError):
         st.up()
     said = "\n".join(st.log[-80:])
-    assert "sample checked' failed" in said and "azureml-model-deployment: v3" in said and "the model did not load" in said
+    assert "sample checked' failed" in said and "azureml-model-deployment: v03" in said and "the model did not load" in said
     e = fake_ml.endpoint(endpoint)
-    assert e.body["properties"]["traffic"] == {"v2": 100} and sorted(e.deployments) == ["v2"]
-    # Fixed: the next up converges to v3.
+    assert e.body["properties"]["traffic"] == {"v02": 100} and sorted(e.deployments) == ["v02"]
+    # Fixed: the next up converges to v03.
     fake_ml.scorer.bad.clear()
     up = st.up()
-    assert up.summary.result == "succeeded" and outputs(up)["deployment"] == "v3"
+    assert up.summary.result == "succeeded" and outputs(up)["deployment"] == "v03"
 
     # An expired ARM token: up fails in ARM's words and changes nothing; a fresh token converges.
     good = os.environ["MLDEPLOY_ARM_TOKEN"]
@@ -185,10 +186,10 @@ def test_azureml_target_creates_rolls_under_load_refuses_a_bad_sample_and_conver
     with pytest.raises(auto.CommandError):
         st.up()
     assert "401 ExpiredAuthenticationToken" in "\n".join(st.log[-60:])
-    assert fake_ml.endpoint(endpoint).body["properties"]["traffic"] == {"v3": 100}
+    assert fake_ml.endpoint(endpoint).body["properties"]["traffic"] == {"v03": 100}
     monkeypatch.setenv("MLDEPLOY_ARM_TOKEN", good)
     up = st.up()
-    assert up.summary.result == "succeeded" and outputs(up)["deployment"] == "v4" and outputs(up)["model_versions"] == {"ridge": 1}
+    assert up.summary.result == "succeeded" and outputs(up)["deployment"] == "v04" and outputs(up)["model_versions"] == {"ridge": 1}
 
     # Deleted behind our back: refresh says Missing, up makes it again.
     fake_ml.endpoints.clear()
@@ -204,35 +205,22 @@ def test_azureml_target_creates_rolls_under_load_refuses_a_bad_sample_and_conver
 SEED_REQUEST = {"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]]}
 
 
-@pytest.fixture
-def sample_image() -> Any:
-    """The sample's scoring image, built as InferenceImage builds it (the environment layer comes from this machine's cache)."""
-    import subprocess
-    import uuid
-
-    from mldeploy.providers.images import build as images
-
-    root = Path(__file__).resolve().parent.parent
-    base = subprocess.run(["bash", str(root / "scripts" / "base-image.sh")], capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-    tag = f"mldeploy-test/azureml-sample:{uuid.uuid4().hex[:8]}"
-    image_id = images.build_inference_image(tag, base, str(root / "sample" / "src"), "score.py", str(root / "sample" / "env" / "myenv.yml"),
-                                            {"mldeploy.test": "test_azureml_e2e"})
-    yield tag, image_id
-    images.remove_image(tag)
-
-
 @pytest.mark.docker
-def test_azureml_fake_runs_each_deployment_as_a_container_of_the_real_image_with_the_real_model(
+def test_azureml_components_push_the_image_upload_the_code_folder_and_the_fake_runs_the_real_model(
     tmp_path: Path, workdir: Path, engine_stack, monkeypatch: pytest.MonkeyPatch, azurite: dict[str, str], blob_container: str,
-    sample_image: tuple[str, str],
+    local_registry: str,
 ):
-    """The fake's data plane with real containers: real predictions through the scoring URI, and a
-    blue/green roll under 20 req/s with no failed request, every answer the model's own."""
+    """The program a user writes (RegisteredModel, InferenceImage, OnlineEndpointService) against the
+    fake, whose data plane runs each deployment as a container of the environment's image, pulled by
+    its registry reference, with the model asset's files: the image is pushed to the registry, the
+    code asset is the image's source folder, predictions are real, and a blue/green roll under
+    20 req/s fails no request, every answer the model of the deployment that sent it."""
     import subprocess
     import sys
 
     import joblib
     import numpy as np
+    from azure.storage.blob import ContainerClient
 
     from fake_azureml import DockerDeployments
     from mldeploy.providers.core import containers as core_containers
@@ -244,41 +232,72 @@ def test_azureml_fake_runs_each_deployment_as_a_container_of_the_real_image_with
     fake_ml = FakeAzureML(tmp_path / "azureml", op_seconds=0.1, retry_after=0, blob=blob, containers=docker_deployments)
     for k, v in {**fake_ml.env(), "MLDEPLOY_ARM_POLL_SECONDS": "0.2", "MLDEPLOY_BLOB_ACCOUNT_URL": azurite["service_url"]}.items():
         monkeypatch.setenv(k, v)
+
+    def program() -> None:
+        from mldeploy.components import InferenceImage, OnlineEndpointService, RegisteredModel
+
+        model = RegisteredModel("ridge", model_name="ridge", model_path="models/ridge/sklearn_regression_model.pkl")
+        image = InferenceImage("scoring", entry_script="score.py", source_directory="sample/src", conda_file="sample/env/myenv.yml")
+        svc = OnlineEndpointService("churn", models=[model], image=image)
+        for k in ("scoring_uri", "primary_key", "model_versions"):
+            pulumi.export(k, getattr(svc, k))
+
+    pkl = workdir / "models" / "ridge" / "sklearn_regression_model.pkl"
+    pkl.parent.mkdir(parents=True, exist_ok=True)
+
+    def train(alpha: float, seed: int) -> Any:  # two real models that predict differently
+        subprocess.run([sys.executable, str(workdir / "sample" / "train.py"), "--out", str(pkl), "--alpha", str(alpha), "--seed", str(seed)],
+                       check=True, capture_output=True)
+        return joblib.load(pkl).predict(np.array(SEED_REQUEST["data"], dtype=float))
+
     try:
-        models = {}
-        for n, alpha in ((1, 0.1), (2, 5.0)):  # two real models that predict differently
-            folder = workdir / "reg" / "ridge" / str(n)
-            folder.mkdir(parents=True)
-            pkl = folder / "sklearn_regression_model.pkl"
-            subprocess.run([sys.executable, str(workdir / "sample" / "train.py"), "--out", str(pkl), "--alpha", str(alpha), "--seed", str(n)],
-                           check=True, capture_output=True)
-            models[n] = joblib.load(pkl).predict(np.array(SEED_REQUEST["data"], dtype=float))
-        assert not np.allclose(models[1], models[2])
-        version = {"model": 1}
-        st = engine_stack(program_for(version, sample_image))
-        for key, value in {"target": "azureml", "azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureMlWorkspace": "ws-ml",
-                           "azureLocation": "westeurope", "armEndpoint": fake_ml.url}.items():
+        models = {1: train(0.1, 1)}
+        st = engine_stack(program)
+        for key, value in {"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureMlWorkspace": "ws-ml",
+                           "azureLocation": "westeurope", "armEndpoint": fake_ml.url, "imageRegistry": local_registry}.items():
             st.stack.set_config(f"mldeploy:{key}", auto.ConfigValue(value))
         up = st.up()
         assert up.summary.result == "succeeded", st.log[-40:]
         out = outputs(up)
         headers = {"Authorization": f"Bearer {out['primary_key']}"}
         r = requests.post(out["scoring_uri"], json=SEED_REQUEST, headers=headers, verify=str(fake_ml.ca_path), timeout=30)
-        assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "v1", r.text
+        assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "v01", r.text
         assert np.allclose(r.json(), models[1])  # the model's own prediction, from the container
 
-        version["model"] = 2
+        # The environment names the image in the registry, by digest, and the registry has it.
+        env = next(a for a in fake_ml.assets.values() if "/environments/" in str(a["id"]))
+        ref = env["properties"]["image"]
+        repo, digest = ref.split("@", 1)
+        assert repo.startswith(f"{local_registry}/") and digest.startswith("sha256:"), ref
+        manifest = requests.head(f"http://{local_registry}/v2/{repo.split('/', 1)[1]}/manifests/{digest}", timeout=10,
+                                 headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"})
+        assert manifest.status_code == 200, (ref, manifest.status_code)
+        # The code asset is the image's whole source folder; the deployment runs score.py from it.
+        code = next(a for a in fake_ml.assets.values() if "/codes/" in str(a["id"]))
+        prefix = code["properties"]["codeUri"].split("/paths/", 1)[1]
+        uploaded = {b.name[len(prefix):] for b in ContainerClient(blob["service_url"], blob["container"], credential={
+            "account_name": blob["account"], "account_key": blob["key"]}).list_blobs(name_starts_with=prefix)}
+        source = {p.relative_to(workdir / "sample" / "src").as_posix() for p in (workdir / "sample" / "src").rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts}
+        assert uploaded == source and "score.py" in uploaded, (uploaded, source)
+        deployment = fake_ml.endpoint(f"{st.name}-churn").deployments["v01"]
+        assert deployment["body"]["properties"]["codeConfiguration"]["scoringScript"] == "score.py"
+
+        models[2] = train(5.0, 2)
+        assert not np.allclose(models[1], models[2])
+        puts = len(fake_ml.asset_puts)
         with Load(out["scoring_uri"], out["primary_key"], str(fake_ml.ca_path), body=SEED_REQUEST) as load:
             time.sleep(0.5)
             up = st.up()
             time.sleep(0.5)
         assert up.summary.result == "succeeded", st.log[-40:]
+        assert [kind for kind, _, _ in fake_ml.asset_puts[puts:]] == ["models"]  # image and code unchanged: not registered again
         failed = [x for x in load.results if x[0] != 200]
         assert len(load.results) >= 10 and not failed, failed[:5]
-        for deployment, answer in load.answers:
-            assert np.allclose(answer, models[1 if deployment == "v1" else 2]), (deployment, answer)
-        assert load.answers[-1][0] == "v2"
-        assert [k for k in docker_deployments.running] == [(f"{st.name}-churn", "v2")]  # v1's container is gone with v1
+        for name, answer in load.answers:
+            assert np.allclose(answer, models[1 if name == "v01" else 2]), (name, answer)
+        assert load.answers[-1][0] == "v02"
+        assert [k for k in docker_deployments.running] == [(f"{st.name}-churn", "v02")]  # v01's container is gone with v01
         st.destroy()
         assert not docker_deployments.running
     finally:

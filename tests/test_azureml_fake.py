@@ -91,7 +91,7 @@ def test_our_bodies_pass_the_specification():
     p = props()
     for kind, name, version, body, *_ in assets(p):
         arm_spec.check(*ML, {"models": "ModelVersionResource", "environments": "EnvironmentVersionResource", "codes": "CodeVersionResource"}[kind], body)
-    arm_spec.check(*ML, "OnlineEndpointTrackedResource", bodies.endpoint_body(p, {"v1": 100}, {"v2": 10}))
+    arm_spec.check(*ML, "OnlineEndpointTrackedResource", bodies.endpoint_body(p, {"v01": 100}, {"v02": 10}))
     dep = bodies.deployment_body(p, "m", "e", "c", "score.py")
     arm_spec.check(*ML, "OnlineDeploymentTrackedResource", dep)
     arm_spec.check(*ML, "ManagedOnlineDeployment", dep["properties"])
@@ -100,14 +100,14 @@ def test_our_bodies_pass_the_specification():
 
 def test_create_then_blue_green_roll(fake: FakeAzureML):
     p = props()
-    roll(fake, p, None, "v1")
+    roll(fake, p, None, "v01")
     e = fake.endpoint("churn")
-    assert e.state == "Succeeded" and e.body["properties"]["traffic"] == {"v1": 100}
+    assert e.state == "Succeeded" and e.body["properties"]["traffic"] == {"v01": 100}
     assert len(fake.asset_puts) == 3
-    # A new model version: a new deployment beside v1, gated, then all traffic, then v1 gone.
+    # A new model version: a new deployment beside v01, gated, then all traffic, then v01 gone.
     p2 = props(models=[{"name": "ridge", "version": 4, "model_dir": "reg/ridge/4"}])
-    roll(fake, p2, "v1", "v2")
-    assert e.body["properties"]["traffic"] == {"v2": 100} and sorted(e.deployments) == ["v2"]
+    roll(fake, p2, "v01", "v02")
+    assert e.body["properties"]["traffic"] == {"v02": 100} and sorted(e.deployments) == ["v02"]
     assert fake.asset_puts[3:] == [("models", "ridge", "4")]  # environment and code unchanged: nothing registered
     # The files went to the workspace's default datastore first (the fake refuses an asset without them).
     from azure.storage.blob import ContainerClient
@@ -118,61 +118,61 @@ def test_create_then_blue_green_roll(fake: FakeAzureML):
     # The whole code folder, without the interpreter's cache, under a version that follows its content.
     code = "mldeploy/code/churn-code/" + CODE.version + "/"
     assert names == [code + "helpers.py", code + "score.py", "mldeploy/models/ridge/3/model.pkl", "mldeploy/models/ridge/4/model.pkl"]
-    gate_calls = [r for r in fake.scored if r[1] == "v2"]
+    gate_calls = [r for r in fake.scored if r[1] == "v02"]
     assert gate_calls and all(s == 200 for _, _, s in gate_calls)
     # Every ARM request was a long-running operation where the specification says so.
     assert any(m == "GET" and "mfeOperationsStatus" in path for m, path, _ in fake.requests)
 
 
 def test_canary_steps_score_through_the_endpoint(fake: FakeAzureML):
-    roll(fake, props(), None, "v1")
-    roll(fake, props(image_id="sha256:" + "b" * 64), "v1", "v2", steps=[10, 50, 100])
-    assert fake.endpoint("churn").body["properties"]["traffic"] == {"v2": 100}
+    roll(fake, props(), None, "v01")
+    roll(fake, props(image_id="sha256:" + "b" * 64), "v01", "v02", steps=[10, 50, 100])
+    assert fake.endpoint("churn").body["properties"]["traffic"] == {"v02": 100}
     puts = [json.loads(json.dumps(x)) for x in fake.requests if x[0] == "PUT" and x[1].split("?")[0].endswith("/onlineEndpoints/churn")]
     assert len(puts) == 1 + 3 + 1  # created, the three steps (and the first roll's 100 %)
 
 
 def test_a_refused_sample_leaves_traffic_on_the_old_deployment(fake: FakeAzureML):
-    roll(fake, props(), None, "v1")
-    fake.scorer = scorer({"v2"})
+    roll(fake, props(), None, "v01")
+    fake.scorer = scorer({"v02"})
     with pytest.raises(RolloutFailed) as err:
-        roll(fake, props(image_id="sha256:" + "c" * 64), "v1", "v2")
+        roll(fake, props(image_id="sha256:" + "c" * 64), "v01", "v02")
     e = fake.endpoint("churn")
-    assert e.body["properties"]["traffic"] == {"v1": 100} and sorted(e.deployments) == ["v1"]
+    assert e.body["properties"]["traffic"] == {"v01": 100} and sorted(e.deployments) == ["v01"]
     text = str(err.value)
-    assert "sample checked' failed" in text and "azureml-model-deployment: v2" in text
+    assert "sample checked' failed" in text and "azureml-model-deployment: v02" in text
     assert '{"data": [[1, 2]]}' in text and "model load failed" in text
-    # Clients of the endpoint never saw v2.
+    # Clients of the endpoint never saw v02.
     key = e.keys["primaryKey"]
     r = requests.post(f"{fake.url}/inference/churn/score", json={"data": [[1, 2]]},
                       headers={"Authorization": f"Bearer {key}"}, verify=str(fake.ca_path))
-    assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "v1"
+    assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "v01"
 
 
 def test_a_failed_deployment_fails_the_roll_and_is_removed(fake: FakeAzureML):
-    roll(fake, props(), None, "v1")
-    fake.fail_deployment("v2", message="User container has crashed or terminated: exit code 1")
-    with pytest.raises(RolloutFailed, match="deployment `v2` created at 0 %' failed: .*User container has crashed"):
-        roll(fake, props(image_id="sha256:" + "d" * 64), "v1", "v2")
+    roll(fake, props(), None, "v01")
+    fake.fail_deployment("v02", message="User container has crashed or terminated: exit code 1")
+    with pytest.raises(RolloutFailed, match="deployment `v02` created at 0 %' failed: .*User container has crashed"):
+        roll(fake, props(image_id="sha256:" + "d" * 64), "v01", "v02")
     e = fake.endpoint("churn")
-    assert e.body["properties"]["traffic"] == {"v1": 100}
+    assert e.body["properties"]["traffic"] == {"v01": 100}
     # The next up converges: the same roll goes through.
-    roll(fake, props(image_id="sha256:" + "d" * 64), "v1", "v2")
-    assert fake.endpoint("churn").body["properties"]["traffic"] == {"v2": 100}
+    roll(fake, props(image_id="sha256:" + "d" * 64), "v01", "v02")
+    assert fake.endpoint("churn").body["properties"]["traffic"] == {"v02": 100}
 
 
 def test_arm_errors_in_arms_words(fake: FakeAzureML):
-    roll(fake, props(), None, "v1")
-    fake.inject("PUT", "/deployments/v2", 409, "QuotaExceeded",
+    roll(fake, props(), None, "v01")
+    fake.inject("PUT", "/deployments/v02", 409, "QuotaExceeded",
                 "Not enough quota available for Standard_DS3_v2 in SubscriptionId 00000000-0000-0000-0000-000000000000.")
     with pytest.raises(RolloutFailed, match="409 QuotaExceeded: Not enough quota available for Standard_DS3_v2"):
-        roll(fake, props(image_id="sha256:" + "e" * 64), "v1", "v2")
-    assert fake.endpoint("churn").body["properties"]["traffic"] == {"v1": 100}
-    roll(fake, props(image_id="sha256:" + "e" * 64), "v1", "v2")  # quota granted: the same roll converges
-    assert fake.endpoint("churn").body["properties"]["traffic"] == {"v2": 100}
+        roll(fake, props(image_id="sha256:" + "e" * 64), "v01", "v02")
+    assert fake.endpoint("churn").body["properties"]["traffic"] == {"v01": 100}
+    roll(fake, props(image_id="sha256:" + "e" * 64), "v01", "v02")  # quota granted: the same roll converges
+    assert fake.endpoint("churn").body["properties"]["traffic"] == {"v02": 100}
     # A 429 with Retry-After is retried by azure-core's policy, honouring the header.
     fake.inject("GET", "/onlineEndpoints/churn", 429, "TooManyRequests", "throttled", {"Retry-After": "1"})
-    assert client(fake).get_endpoint("churn")["properties"]["traffic"] == {"v2": 100}
+    assert client(fake).get_endpoint("churn")["properties"]["traffic"] == {"v02": 100}
     # An expired token: ARM's own 401.
     with pytest.raises(ArmError, match="401 ExpiredAuthenticationToken"):
         client(fake, token=fake.issue_token(ttl=-10)).get_endpoint("churn")
@@ -182,29 +182,29 @@ def test_the_fake_enforces_azures_rules(fake: FakeAzureML):
     c = client(fake)
     p = props()
     c.put_endpoint("churn", bodies.endpoint_body(p, {}))
-    with pytest.raises(ArmError, match="deployment 'v9' was not found"):
-        c.set_traffic("churn", {"v9": 100})
+    with pytest.raises(ArmError, match="deployment 'v09' was not found"):
+        c.set_traffic("churn", {"v09": 100})
     dep = bodies.deployment_body(p, "m", "e", None, None)
-    c.put_deployment("churn", "v1", dep)
-    c.put_deployment("churn", "v2", dep)
+    c.put_deployment("churn", "v01", dep)
+    c.put_deployment("churn", "v02", dep)
     with pytest.raises(ArmError, match="sum to 0 or 100"):
-        c.set_traffic("churn", {"v1": 60, "v2": 30})
+        c.set_traffic("churn", {"v01": 60, "v02": 30})
     with pytest.raises(ArmError, match="cannot exceed 50"):
-        c.set_traffic("churn", {"v1": 100}, {"v2": 60})
-    c.set_traffic("churn", {"v1": 100}, {"v2": 50})
-    with pytest.raises(ArmError, match="v1 has 100 % traffic"):
-        c.delete_deployment("churn", "v1")
+        c.set_traffic("churn", {"v01": 100}, {"v02": 60})
+    c.set_traffic("churn", {"v01": 100}, {"v02": 50})
+    with pytest.raises(ArmError, match="v01 has 100 % traffic"):
+        c.delete_deployment("churn", "v01")
     with pytest.raises(ArmError, match="400 UserError: The request is invalid: body.properties.authMode"):
         c.put_endpoint("other", {"location": "westeurope", "properties": {"authMode": "Basic"}})
     with pytest.raises(ArmError, match="could not find member 'replicas'"):
-        c.put_deployment("churn", "v3", {**dep, "properties": {**dep["properties"], "replicas": 2}})
+        c.put_deployment("churn", "v03", {**dep, "properties": {**dep["properties"], "replicas": 2}})
     # An endpoint name is unique within its region, across workspaces.
     with pytest.raises(ArmError, match="409 UserError: An endpoint named 'churn' already exists in region westeurope"):
         client(fake, props(workspace="ws-other")).put_endpoint("churn", bodies.endpoint_body(p, {}))
 
 
 def test_keys_rotate_one_at_a_time_and_scoring_checks_them(fake: FakeAzureML):
-    roll(fake, props(), None, "v1")
+    roll(fake, props(), None, "v01")
     c = client(fake)
     before = c.list_keys("churn")
     c.regenerate_key("churn", "Primary")
@@ -214,17 +214,17 @@ def test_keys_rotate_one_at_a_time_and_scoring_checks_them(fake: FakeAzureML):
     ca = str(fake.ca_path)
     assert requests.post(url, json={}, headers={"Authorization": f"Bearer {before['primary_key']}"}, verify=ca).status_code == 401
     assert requests.post(url, json={}, headers={"Authorization": f"Bearer {after['secondary_key']}"}, verify=ca).status_code == 200
-    ok = requests.post(url, json={}, headers={"Authorization": f"Bearer {after['primary_key']}", "azureml-model-deployment": "v9"}, verify=ca)
+    ok = requests.post(url, json={}, headers={"Authorization": f"Bearer {after['primary_key']}", "azureml-model-deployment": "v09"}, verify=ca)
     assert ok.status_code == 404
 
 
 def test_aml_token_endpoints_score_with_a_token(fake: FakeAzureML):
     p = props(auth_mode="aml_token", endpoint_name="churn-tok")
-    roll(fake, p, None, "v1")
+    roll(fake, p, None, "v01")
     c = client(fake, p)
     with pytest.raises(ArmError, match="Keys are only for endpoints with authMode Key"):
         c.list_keys("churn-tok")
-    check = c.gate("churn-tok", "v1")
+    check = c.gate("churn-tok", "v01")
     assert check.ok and check.gated
 
 
@@ -257,7 +257,7 @@ def test_a_service_with_target_azureml_creates_rolls_rotates_and_deletes(fake: F
     assert not checked.failures
     created = provider.create(checked.inputs)
     outs = created.outs
-    assert created.id == "dev/churn" and outs["deployment"] == "v1" and outs["state"] == "Healthy"
+    assert created.id == "dev/churn" and outs["deployment"] == "v01" and outs["state"] == "Healthy"
     assert outs["scoring_uri"] == f"{fake.url}/inference/dev-churn/score"
     assert outs["primary_key"] == fake.endpoint("dev-churn").keys["primaryKey"]
     # A new model version: the diff rolls, the review says the roll in Azure's words, up does it.
@@ -266,33 +266,33 @@ def test_a_service_with_target_azureml_creates_rolls_rotates_and_deletes(fake: F
     assert diff.changes and not diff.replaces
     from mldeploy.providers.targets import target_for
     assert target_for("azureml").change_words(outs, news2, False) == [
-        "endpoint `dev-churn`: deployment `v2` created at 0 %, sample checked, traffic v1 100 % → v2 100 %, v1 deleted"]
+        "endpoint `dev-churn`: deployment `v02` created at 0 %, sample checked, traffic v01 100 % → v02 100 %, v01 deleted"]
     outs2 = provider.update("dev/churn", outs, provider.check(outs, news2).inputs).outs
-    assert outs2["deployment"] == "v2" and fake.endpoint("dev-churn").body["properties"]["traffic"] == {"v2": 100}
+    assert outs2["deployment"] == "v02" and fake.endpoint("dev-churn").body["properties"]["traffic"] == {"v02": 100}
     # A key version bump regenerates that key only, in place.
     news3 = {**news2, "primary_key_version": 2}
     assert target_for("azureml").change_words(outs2, news3, False)[0].startswith("Azure ML: endpoint `dev-churn` changed in place")
     outs3 = provider.update("dev/churn", outs2, news3).outs
     assert outs3["primary_key"] != outs2["primary_key"] and outs3["secondary_key"] == outs2["secondary_key"]
-    assert outs3["deployment"] == "v2"
+    assert outs3["deployment"] == "v02"
     # A roll and a key bump in the same up: both happen.
     news_both = {**news3, "image_id": "sha256:" + "f" * 64, "secondary_key_version": 2}
     outs_both = provider.update("dev/churn", outs3, news_both).outs
-    assert outs_both["deployment"] == "v3" and outs_both["secondary_key"] != outs3["secondary_key"]
+    assert outs_both["deployment"] == "v03" and outs_both["secondary_key"] != outs3["secondary_key"]
     assert outs_both["primary_key"] == outs3["primary_key"]
     outs3, news3 = outs_both, news_both
     # Scale in place: the same deployment, a new capacity.
     outs4 = provider.update("dev/churn", outs3, {**news3, "instance_count": 2}).outs
-    assert outs4["deployment"] == "v3" and fake.endpoint("dev-churn").deployments["v3"]["body"]["sku"]["capacity"] == 2
+    assert outs4["deployment"] == "v03" and fake.endpoint("dev-churn").deployments["v03"]["body"]["sku"]["capacity"] == 2
     # Refresh: a leftover deployment with no traffic (an interrupted roll) reads as Orphaned; up removes it.
     assert provider.read("dev/churn", outs4).outs["state"] == "Healthy"
     c = client(fake, outs4)
-    c.put_deployment("dev-churn", "v9", {k: v for k, v in fake.deployment_view(fake.endpoint("dev-churn"), "v3").items()
-                                         if k in ("location", "tags", "sku")} | {"properties": fake.endpoint("dev-churn").deployments["v3"]["body"]["properties"]})
+    c.put_deployment("dev-churn", "v09", {k: v for k, v in fake.deployment_view(fake.endpoint("dev-churn"), "v03").items()
+                                         if k in ("location", "tags", "sku")} | {"properties": fake.endpoint("dev-churn").deployments["v03"]["body"]["properties"]})
     orphaned = provider.read("dev/churn", outs4).outs
     assert orphaned["state"] == "Orphaned" and provider.diff("dev/churn", orphaned, news3 | {"instance_count": 2}).changes
     outs4 = provider.update("dev/churn", orphaned, {**news3, "instance_count": 2}).outs
-    assert sorted(fake.endpoint("dev-churn").deployments) == ["v3"] and outs4["state"] == "Healthy"
+    assert sorted(fake.endpoint("dev-churn").deployments) == ["v03"] and outs4["state"] == "Healthy"
     # Deleted behind our back reads as Missing (the next up restores it).
     provider.delete("dev/churn", outs4)
     assert fake.endpoint("dev-churn") is None

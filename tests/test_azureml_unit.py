@@ -139,7 +139,7 @@ class Recorder:
         return call
 
 
-def roll(old: str | None = "v3", **kw: Any):
+def roll(old: str | None = "v03", **kw: Any):
     new = next_deployment(old)
     return plan_roll("churn", old, new, [("models", "ridge", "4", {})], None if old else {"loc": 1}, {}, **{"steps": [100], **kw})
 
@@ -149,23 +149,23 @@ def test_blue_green_order():
     rec = Recorder()
     execute(plan, rec, progress=lambda s: None)
     assert [c[0] for c in rec.calls] == ["ensure_asset", "put_deployment", "gate", "set_traffic", "delete_deployment"]
-    assert rec.calls[3] == ("set_traffic", "churn", {"v4": 100}, {})
-    assert plan.words() == "endpoint `churn`: deployment `v4` created at 0 %, sample checked, traffic v3 100 % → v4 100 %, v3 deleted"
+    assert rec.calls[3] == ("set_traffic", "churn", {"v04": 100}, {})
+    assert plan.words() == "endpoint `churn`: deployment `v04` created at 0 %, sample checked, traffic v03 100 % → v04 100 %, v03 deleted"
 
 
 def test_canary_steps_and_a_new_endpoint():
     plan = roll(steps=[10, 50, 100])
     traffic = [s.args[1] for s in plan.steps if s.op == "set_traffic"]
-    assert traffic == [{"v3": 90, "v4": 10}, {"v3": 50, "v4": 50}, {"v4": 100}]
+    assert traffic == [{"v03": 90, "v04": 10}, {"v03": 50, "v04": 50}, {"v04": 100}]
     first = roll(old=None)
     assert [s.op for s in first.steps] == ["ensure_asset", "put_endpoint", "put_deployment", "gate", "set_traffic"]
-    assert first.new == "v1" and first.steps[-1].args[1] == {"v1": 100}
+    assert first.new == "v01" and first.steps[-1].args[1] == {"v01": 100}
 
 
 def test_mirror_goes_before_any_live_traffic():
     plan = roll(mirror_percent=20)
     ops = [(s.op, s.args[1:]) for s in plan.steps if s.op == "set_traffic"]
-    assert ops[0] == ("set_traffic", ({"v3": 100}, {"v4": 20})) and ops[-1][1] == ({"v4": 100}, {})
+    assert ops[0] == ("set_traffic", ({"v03": 100}, {"v04": 20})) and ops[-1][1] == ({"v04": 100}, {})
 
 
 def test_a_refused_sample_leaves_traffic_on_the_old_deployment():
@@ -173,34 +173,40 @@ def test_a_refused_sample_leaves_traffic_on_the_old_deployment():
     with pytest.raises(RolloutFailed) as err:
         execute(roll(), rec, progress=lambda s: None)
     assert [c[0] for c in rec.calls] == ["ensure_asset", "put_deployment", "gate", "set_traffic", "delete_deployment"]
-    assert rec.calls[3] == ("set_traffic", "churn", {"v3": 100}, {}) and rec.calls[4] == ("delete_deployment", "churn", "v4")
+    assert rec.calls[3] == ("set_traffic", "churn", {"v03": 100}, {}) and rec.calls[4] == ("delete_deployment", "churn", "v04")
     text = str(err.value)
-    assert "sample checked" in text and "azureml-model-deployment: v4" in text and "answered 500" in text
-    assert "traffic is back on `v3`" in text
+    assert "sample checked" in text and "azureml-model-deployment: v04" in text and "answered 500" in text
+    assert "traffic is back on `v03`" in text
 
 
 def test_a_failed_deployment_is_removed_and_named():
     rec = Recorder(fail="put_deployment")
-    with pytest.raises(RolloutFailed, match="deployment `v4` created at 0 %' failed: 409 Conflict"):
+    with pytest.raises(RolloutFailed, match="deployment `v04` created at 0 %' failed: 409 Conflict"):
         execute(roll(), rec, progress=lambda s: None)
     assert [c[0] for c in rec.calls] == ["ensure_asset", "put_deployment"]  # nothing was created: nothing to undo
 
 
 def test_a_failure_after_all_traffic_moved_does_not_undo():
     rec = Recorder(fail="delete_deployment")
-    with pytest.raises(RolloutFailed, match="v3 deleted' failed"):
+    with pytest.raises(RolloutFailed, match="v03 deleted' failed"):
         execute(roll(), rec, progress=lambda s: None)
-    assert [c[0] for c in rec.calls][-1] == "delete_deployment" and ("set_traffic", "churn", {"v3": 100}, {}) not in rec.calls
+    assert [c[0] for c in rec.calls][-1] == "delete_deployment" and ("set_traffic", "churn", {"v03": 100}, {}) not in rec.calls
 
 
 def test_numbers_as_providers_get_them():
     plan = roll(steps=[10.0, 100.0], mirror_percent=0.0)
-    assert [s.args[1] for s in plan.steps if s.op == "set_traffic"] == [{"v3": 90, "v4": 10}, {"v4": 100}]
-    assert "v4 10 %" in plan.words() and "10.0" not in plan.words()
+    assert [s.args[1] for s in plan.steps if s.op == "set_traffic"] == [{"v03": 90, "v04": 10}, {"v04": 100}]
+    assert "v04 10 %" in plan.words() and "10.0" not in plan.words()
 
 
 def test_next_deployment():
-    assert next_deployment(None) == "v1" and next_deployment("v9") == "v10" and next_deployment("blue") == "v1"
+    assert next_deployment(None) == "v01" and next_deployment("v09") == "v10" and next_deployment("blue") == "v01"
+    # Azure ML's SDK refuses deployment names under 3 characters: a state from before keeps counting.
+    assert next_deployment("v1") == "v02" and next_deployment("v99") == "v100"
+    import re
+
+    from mldeploy.providers.targets.azureml.args import DEPLOYMENT_NAME_RE
+    assert all(re.match(DEPLOYMENT_NAME_RE, next_deployment(f"v{n}")) for n in (None, 1, 9, 99, 998))
 
 
 # ------------------------------------------------------------------ bad input through the component, at program time
@@ -278,7 +284,8 @@ def _declare_endpoint(config: dict[str, str], **kw: Any) -> Any:
 
 
 @pytest.mark.parametrize("kw, field", [
-    ({"endpoint_name": "9-churn"}, "endpoint_name"), ({"instance_type": "Standard_Q1"}, "instance_type"),
+    ({"endpoint_name": "9-churn"}, "endpoint_name"), ({"endpoint_name": "churn-"}, "endpoint_name"),
+    ({"instance_type": "Standard_Q1"}, "instance_type"),
     ({"instance_count": 0}, "instance_count"), ({"request_timeout_ms": 200_000}, "request_timeout_ms"),
     ({"auth_mode": "aad_token"}, "auth_mode"), ({"mirror_percent": 60}, "mirror_percent"),
     ({"mirror_percent": 10, "traffic_steps": [10, 100]}, "mirror_percent cannot go with canary traffic_steps"),
@@ -360,17 +367,17 @@ def test_the_client_sends_the_pinned_api_version_and_a_bearer_token_through_any_
     p = props()
     ep = bodies.endpoint_id(p)
     transport = RecordingTransport({
-        ("GET", ep): (200, {"id": ep, "location": "westeurope", "properties": {"authMode": "Key", "traffic": {"v1": 100}}}),
+        ("GET", ep): (200, {"id": ep, "location": "westeurope", "properties": {"authMode": "Key", "traffic": {"v01": 100}}}),
         ("POST", ep + "/listKeys"): (200, {"primaryKey": "k1", "secondaryKey": "k2"}),
-        ("GET", ep + "/deployments/v9"): (404, {"error": {"code": "UserError", "message": "deployment v9 not found"}}),
-        ("PUT", ep + "/deployments/v2"): (409, {"error": {"code": "QuotaExceeded", "message": "Not enough quota"}}),
+        ("GET", ep + "/deployments/v09"): (404, {"error": {"code": "UserError", "message": "deployment v09 not found"}}),
+        ("PUT", ep + "/deployments/v02"): (409, {"error": {"code": "QuotaExceeded", "message": "Not enough quota"}}),
     })
     c = WorkspaceClient({**p, "arm_endpoint": "https://arm.example"}, cred=StaticToken("t0k"), transport=transport)
-    assert c.get_endpoint("churn")["properties"]["traffic"] == {"v1": 100}
+    assert c.get_endpoint("churn")["properties"]["traffic"] == {"v01": 100}
     assert c.list_keys("churn") == {"primary_key": "k1", "secondary_key": "k2"}
-    assert c.get_deployment("churn", "v9") is None
-    with pytest.raises(ArmError, match="PUT deployment churn/v2: 409 QuotaExceeded: Not enough quota"):
-        c.put_deployment("churn", "v2", {"location": "westeurope"})
+    assert c.get_deployment("churn", "v09") is None
+    with pytest.raises(ArmError, match="PUT deployment churn/v02: 409 QuotaExceeded: Not enough quota"):
+        c.put_deployment("churn", "v02", {"location": "westeurope"})
     assert all(r.url.startswith("https://arm.example/subscriptions/") and r.url.endswith("?api-version=2024-04-01") for r in transport.sent)
     assert all(r.headers["Authorization"] == "Bearer t0k" for r in transport.sent)
 
@@ -421,26 +428,26 @@ def test_mirror_percent_is_the_endpoints_mirror_traffic_checked_at_preview():
     assert bad and "mirror_percent cannot go with canary traffic_steps" in bad[0].reason
     # ... and it reaches the endpoint's mirrorTraffic during the roll, before live traffic moves.
     plan = roll(mirror_percent=20)
-    assert ("set_traffic", ("churn", {"v3": 100}, {"v4": 20})) in [(s.op, s.args) for s in plan.steps]
+    assert ("set_traffic", ("churn", {"v03": 100}, {"v04": 20})) in [(s.op, s.args) for s in plan.steps]
 
 
 def test_the_preview_says_the_roll_in_azures_words():
     """`rollout_plan` is an input the preview's diff shows: the roll's sentence, in Azure's words."""
-    olds = {**props(), "live_deployment": "v3"}  # what check carried in the inputs at the last up
+    olds = {**props(), "live_deployment": "v03"}  # what check carried in the inputs at the last up
     news = props(models=[{"name": "ridge", "version": 4, "model_dir": "reg/ridge/4"}])
     checked = _checked(olds, news)
     assert not checked.failures
-    assert checked.inputs["rollout_plan"] == ("endpoint `churn`: deployment `v4` created at 0 %, sample checked, "
-                                              "traffic v3 100 % → v4 100 %, v3 deleted")
+    assert checked.inputs["rollout_plan"] == ("endpoint `churn`: deployment `v04` created at 0 %, sample checked, "
+                                              "traffic v03 100 % → v04 100 %, v03 deleted")
     mirrored = _checked(olds, {**news, "mirror_percent": 20}).inputs["rollout_plan"]
-    assert "20 % mirrored to v4" in mirrored and mirrored.endswith("v3 deleted")
+    assert "20 % mirrored to v04" in mirrored and mirrored.endswith("v03 deleted")
     # An unchanged service and a new endpoint (replace) carry no roll sentence.
-    assert checked.inputs["live_deployment"] == "v4"
+    assert checked.inputs["live_deployment"] == "v04"
     same = _checked(olds, props()).inputs
-    assert "rollout_plan" not in same and same["live_deployment"] == "v3"
+    assert "rollout_plan" not in same and same["live_deployment"] == "v03"
     remade = _checked(olds, {**news, "endpoint_name": "churn2"}).inputs
-    assert "rollout_plan" not in remade and remade["live_deployment"] == "v1"
-    assert _checked({}, props()).inputs["live_deployment"] == "v1"
+    assert "rollout_plan" not in remade and remade["live_deployment"] == "v01"
+    assert _checked({}, props()).inputs["live_deployment"] == "v01"
 
 
 # ------------------------------------------------------------------ the code folder

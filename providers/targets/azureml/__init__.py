@@ -4,7 +4,7 @@ What maps to what:
 - `RegisteredModel` -> a workspace model asset, version = our version (which follows content);
 - `InferenceImage` -> a workspace environment, version = the image digest's first 12 hex digits;
 - the entry script -> a code asset (version from its text) and the deployment's `codeConfiguration`;
-- the service -> one endpoint (`<stack>-<service>`) and one live deployment (`v1`, `v2`, ...).
+- the service -> one endpoint (`<stack>-<service>`) and one live deployment (`v01`, `v02`, ...).
 
 A new model or image is a blue/green roll (`rollout.py`): new deployment at 0 %, the sample
 through the endpoint to it alone, traffic moved, old deployment deleted. An asset version
@@ -123,10 +123,10 @@ class AzureMLTarget(Target):
 
     def roll_plan(self, olds: Mapping[str, Any], news: Mapping[str, Any], rolls: bool) -> tuple[str | None, dict[str, Any]]:
         # Check sees the old inputs, not the deployment the state holds, so the live deployment's
-        # name is carried as an (inert) input: v1 on create and on a new endpoint, one more on a roll.
+        # name is carried as an (inert) input: v01 on create and on a new endpoint, one more on a roll.
         # If the endpoint was remade behind our back it can be off until then (words only; up reads the state).
         if not olds or rules.diff(olds, news).kind == "replace":
-            return None, {"live_deployment": "v1"}
+            return None, {"live_deployment": "v01"}
         live = olds.get("live_deployment")
         if not live:
             return None, {}
@@ -219,7 +219,7 @@ class AzureMLTarget(Target):
         change = rules.diff(olds, news)
         exists = client.get_endpoint(news["endpoint_name"]) is not None
         if roll or change.rolls or not deployment or not exists:
-            # Gone behind our back (refresh said Missing): make it again, from v1.
+            # Gone behind our back (refresh said Missing): make it again, from v01.
             plan = self._plan(olds if deployment and exists else None, news, endpoint_exists=exists)
             execute(plan, client)
             deployment = plan.new

@@ -18,9 +18,10 @@ API_VERSION = "2024-04-01"
 """The Microsoft.MachineLearningServices api-version every request sends (a stable version; pinned)."""
 
 # Online endpoint names: "begin with a letter, 3 to 32 characters, letters, digits and '-'"
-# (learn.microsoft.com, how-to-deploy-online-endpoints, "endpoint name" rules).
-ENDPOINT_NAME_RE = r"^[a-zA-Z][a-zA-Z0-9-]{2,31}$"
-# Deployment names follow the same rule; ours are v1, v2, ... (see rollout.py).
+# (learn.microsoft.com, how-to-deploy-online-endpoints, "endpoint name" rules), and end with a letter
+# or digit (azure-ai-ml 1.35.2, entities/_endpoint/_endpoint_helpers.py, validate_endpoint_or_deployment_name).
+ENDPOINT_NAME_RE = r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$"
+# Deployment names follow the same rule; ours are v01, v02, ... (see rollout.py).
 DEPLOYMENT_NAME_RE = ENDPOINT_NAME_RE
 # Workspace names: 3-33 characters, letters, digits, '-' and '_', a letter or digit first (ARM's pattern).
 WORKSPACE_RE = r"^[a-zA-Z0-9][a-zA-Z0-9_-]{2,32}$"

@@ -3,7 +3,7 @@
 A plan is data (a list of steps), so its order is tested without Azure and the
 preview can say it in Azure's words before anything runs:
 
-    endpoint `churn`: deployment `v4` created at 0 %, sample checked, traffic v3 100 % → v4 100 %, v3 deleted
+    endpoint `churn`: deployment `v04` created at 0 %, sample checked, traffic v03 100 % → v04 100 %, v03 deleted
 
 Order, as Azure's safe-rollout guide has it: the new deployment is created
 outside the traffic map (0 %), the entry script's sample goes to it alone through
@@ -60,9 +60,11 @@ class RolloutFailed(RuntimeError):
 
 
 def next_deployment(old: str | None) -> str:
-    """v1, v2, ...: the deployment after `old` (its number plus one)."""
+    """v01, v02, ...: the deployment after `old` (its number plus one). At least 3 characters, as
+    Azure ML's own SDK requires of a deployment name (`validate_endpoint_or_deployment_name`);
+    an older state's `v1` is followed by `v02`."""
     m = re.fullmatch(r"v(\d+)", old or "")
-    return f"v{int(m.group(1)) + 1}" if m else "v1"
+    return f"v{int(m.group(1)) + 1:02d}" if m else "v01"
 
 
 def plan_roll(endpoint: str, old: str | None, new: str, assets: list[tuple[Any, ...]],

@@ -237,6 +237,28 @@ class TestLocalTarget:
         assert first == in_fresh_context(lambda: local.default_port("proj", "dev", "a"))
         assert second != in_fresh_context(lambda: local.default_port("proj", "dev", "b"))
 
+    def test_default_port_never_lands_on_the_cluster_s_etcd(self) -> None:
+        """A name whose hash lands on a port the local cluster's etcd listens on gets the next one
+        (seen in CI: `port 23790 on 127.0.0.1 is already in use` while the cluster ran)."""
+        import hashlib
+        import re
+
+        lo, hi = local.PORT_RANGE
+        cluster = (Path(__file__).resolve().parents[1] / "scripts" / "k8s" / "cluster.sh").read_text()
+        in_range = {int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", cluster) if lo <= int(p) <= hi}
+        assert in_range and in_range <= local.RESERVED_PORTS, in_range  # the script's ports, declared in one place here
+        hits = {}
+        for i in range(200_000):
+            raw = lo + int(hashlib.sha256(f"proj/dev/svc{i}".encode()).hexdigest(), 16) % (hi - lo + 1)
+            if raw in local.RESERVED_PORTS:
+                hits[raw] = f"svc{i}"
+            if len(hits) == len(local.RESERVED_PORTS):
+                break
+        assert hits, "no name hashed onto a reserved port"
+        for raw, name in hits.items():
+            port = in_fresh_context(lambda name=name: local.default_port("proj", "dev", name))
+            assert port not in local.RESERVED_PORTS and port == raw + 1 - (raw + 1 > hi) * (hi - lo + 1)
+
     def test_explicit_port_is_claimed_once(self) -> None:
         def run() -> None:
             assert self.inputs({"port": 25000}, resource_name="first")["port"] == 25000

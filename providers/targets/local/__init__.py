@@ -53,6 +53,9 @@ from mldeploy.providers.core.naming import MODELS_ROOT
 from mldeploy.providers.core.settings import Settings
 
 PORT_RANGE = (20000, 29999)
+RESERVED_PORTS = frozenset({23790, 23800, 23810})
+"""Inside PORT_RANGE but the local cluster's etcd listens there (client, peer, metrics;
+scripts/k8s/cluster.sh): a service is never given one, or its create would fail whenever the cluster runs."""
 # Ports claimed by services of this program run, so two services never share one.
 # A context variable: the Automation API runs each program in a fresh context of
 # the same process, so a second run starts with no claims.
@@ -120,7 +123,7 @@ def default_port(project: str, stack: str, service_name: str) -> int:
     digest = int(hashlib.sha256(f"{project}/{stack}/{service_name}".encode()).hexdigest(), 16)
     lo, hi = PORT_RANGE
     port = lo + digest % (hi - lo + 1)
-    while port in _claimed_ports():
+    while port in _claimed_ports() or port in RESERVED_PORTS:
         port = lo + (port - lo + 1) % (hi - lo + 1)
     return port
 

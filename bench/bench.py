@@ -151,6 +151,16 @@ def _cmd(args: list[str]) -> str:
         return "?"
 
 
+def checkout_words(head: str, porcelain: str) -> str:
+    """The measured checkout: its commit, and how many files differed from it (others' work in progress is
+    copied with the tree). Pure."""
+    changed = [ln for ln in porcelain.splitlines() if ln.strip()]
+    if not changed:
+        return f"{head}, nothing uncommitted"
+    return f"{head} with {len(changed)} uncommitted file{'s' if len(changed) > 1 else ''} ({', '.join(ln.split(None, 1)[-1] for ln in changed[:6])}" + (
+        ", …)" if len(changed) > 6 else ")")
+
+
 def machine_facts() -> dict[str, str]:
     cpu = "?"
     with contextlib.suppress(OSError):
@@ -178,6 +188,8 @@ def machine_facts() -> dict[str, str]:
         "Python": platform.python_version(),
         "azmlinfsrv": aml,
         "scikit-learn": sk,
+        "checkout": checkout_words(_cmd(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+                                   _cmd(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])),
     }
 
 
@@ -212,6 +224,16 @@ def loopback_uri(uri: str) -> str:
     if host not in ("127.0.0.1", "localhost"):
         raise ValueError(f"not a loopback address: {uri!r} (the bench sends requests to 127.0.0.1 only)")
     return uri
+
+
+def answered_by(answers: list[float], prediction: float) -> int:
+    """How many answers are `prediction` (one version's answer to the bench's row). Pure."""
+    return sum(1 for a in answers if close_to(a, prediction))
+
+
+def share_percent(answers: list[float], prediction: float) -> float:
+    """The share (%) of answers that are `prediction`; NaN for no answers. Pure."""
+    return 100.0 * answered_by(answers, prediction) / len(answers) if answers else float("nan")
 
 
 def first_mark(marks: list[tuple[float, str]], text: str) -> float:
@@ -1103,14 +1125,16 @@ class Bench:
                "base, wheels and source, so that build reuses Docker's layer cache: the scale figures are about "
                "services, not image builds.")
 
-    def steady_latency(self, uri: str, key: str | None, seconds: float) -> tuple[list[float], int]:
-        """Latencies (ms) of a client at the update rate for `seconds`, and its failed requests."""
+    def steady_latency(self, uri: str, key: str | None, seconds: float) -> tuple[list[float], int, list[float]]:
+        """Latencies (ms) of a client at the update rate for `seconds`, its failed requests, and the
+        predictions it was answered with (which version answered)."""
         client = PacedClient(uri, key, self.args.update_rate, max_seconds=seconds, max_requests=int(self.args.update_rate * seconds) + 1)
         client.start()
         client.join(timeout=seconds + 30)
         client.finish()
         recs = list(client.records)
-        return [r[1] * 1000 for r in recs if r[2]], sum(1 for r in recs if not r[2])
+        return ([r[1] * 1000 for r in recs if r[2]], sum(1 for r in recs if not r[2]),
+                [r[3] for r in recs if r[2] and r[3] is not None])
 
     def canary_source(self) -> None:
         """`bench_rollout_src/score.py`: the sample plus the switches the canary tests use
@@ -1175,7 +1199,11 @@ class Bench:
             "the canary declared and no candidate. A canary's `up` is its full promotion: the candidate Deployment "
             "created and gated on the sample, the steps, then the service's Deployment rolled to the new version and "
             "the candidate removed; *to the promotion decision* is when the last step passed (the engine's progress "
-            "line, as the Automation API streamed it).")
+            "line, as the Automation API streamed it). Each held step (slow mirror, mirror, held split) declares a newer "
+            "model, so each starts its own candidate Deployment: when this section was written, a changed `traffic` or "
+            "`mirror_percent` alone, with the same version, left the running split as it was on Kubernetes (the "
+            "`KubernetesCanary` resource's diff watches neither), and the *answers from* rows check from the client's "
+            "side which version answered.")
 
     def rollout_measure(self) -> float:
         return max(5.0, self.args.serve_seconds)
@@ -1183,8 +1211,9 @@ class Bench:
     def rollout_runs(self, st: BenchStack, S: str, model: Path, declare: Callable[..., Callable[[], None]],
                      hold: Callable[[], Any] = contextlib.nullcontext) -> None:
         """One target's rollout figures, `runs` times, on a stack whose service `declare(env, canary=, traffic=,
-        mirror=)` describes: the plain route, a 50 % mirror to a slow candidate, a held 50/50 split and a 50 %
-        mirror to a newer version (latency, failures), that version released (it takes every request), a canary
+        mirror=)` describes: the plain route, a 50 % mirror to a slow candidate, a 50 % mirror to a newer version
+        and a held 50/50 split to a newer one still (latency, failures, which version answered), the held version
+        released (it takes every request), a canary
         to promotion (timed against its declared steps), and a version failing one request in three rolled back.
         `hold()` is taken around each run (the cluster's lock)."""
         R, a = self.results, self.args
@@ -1194,27 +1223,35 @@ class Bench:
         bound = int(a.update_rate * a.update_timeout) + 1
         for i in range(a.runs):
             with hold():
-                log(f"{S} run {i + 1}/{a.runs}: plain, slow mirror, held split 50/50, mirror 50 %, release, canary, rollback")
-                lat, _ = self.steady_latency(uri, key, measure)
+                log(f"{S} run {i + 1}/{a.runs}: plain, slow mirror, mirror 50 %, held split 50/50, release, canary, rollback")
+                lat, _, _ = self.steady_latency(uri, key, measure)
                 R.add(S, "plain route: latency p50", "ms", percentile(lat, 50))
                 R.add(S, "plain route: latency p99", "ms", percentile(lat, 99))
+                # Each held step declares a newer version, so each starts its own candidate: on Kubernetes a
+                # changed `traffic` or `mirror_percent` alone, with the same version, is not applied (see the note).
                 # A 50 % mirror to a candidate that takes 1.5 s a request: live answers must not wait for it.
-                self.train(1.0 + i, model)
+                cand = self.train(1.0 + i, model)
                 st.run("up", program=declare({"CANARY_SLOW_EVERY": "1"}, mirror=50))
-                lat, failed3 = self.steady_latency(uri, key, measure)
+                lat, failed3, answers = self.steady_latency(uri, key, measure)
                 R.add(S, "mirror 50 % to a candidate taking 1.5 s a request: latency p50", "ms", percentile(lat, 50))
                 R.add(S, "mirror 50 % to a candidate taking 1.5 s a request: latency p99", "ms", percentile(lat, 99))
                 R.add(S, "mirror 50 % to a slow candidate: failed requests", "requests", failed3)
-                # A newer version held beside the current one (it replaces the slow one), then mirrored instead.
-                self.train(2.0 + i, model)
-                st.run("up", program=declare({}, traffic=50))
-                lat, failed = self.steady_latency(uri, key, measure)
-                R.add(S, "held split 50/50: latency p50", "ms", percentile(lat, 50))
-                R.add(S, "held split 50/50: latency p99", "ms", percentile(lat, 99))
-                st.run("up", program=declare({}, mirror=50))  # the same version: only the routes change
-                lat, failed2 = self.steady_latency(uri, key, measure)
+                R.add(S, "mirror 50 % to a slow candidate: answers from the candidate (discarded: 0 expected)", "requests",
+                      answered_by(answers, cand))
+                # A 50 % mirror to a newer version.
+                cand = self.train(2.0 + i, model)
+                st.run("up", program=declare({}, mirror=50))
+                lat, failed2, answers = self.steady_latency(uri, key, measure)
                 R.add(S, "mirror 50 % (answers discarded): latency p50", "ms", percentile(lat, 50))
                 R.add(S, "mirror 50 % (answers discarded): latency p99", "ms", percentile(lat, 99))
+                R.add(S, "mirror 50 %: answers from the candidate (discarded: 0 expected)", "requests", answered_by(answers, cand))
+                # A newer version held beside the current one, taking half the requests.
+                cand = self.train(3.0 + i, model)
+                st.run("up", program=declare({}, traffic=50))
+                lat, failed, answers = self.steady_latency(uri, key, measure)
+                R.add(S, "held split 50/50: latency p50", "ms", percentile(lat, 50))
+                R.add(S, "held split 50/50: latency p99", "ms", percentile(lat, 99))
+                R.add(S, "held split 50/50: answers from the held version", "%", share_percent(answers, cand))
                 R.add(S, "failed requests while split or mirrored", "requests", failed + failed2)
                 st.run("up", program=declare({}))  # dropped: the held version takes every request
                 # A canary to promotion, timed against its declared steps.
@@ -1647,8 +1684,9 @@ def DEFINITIONS(a: argparse.Namespace) -> list[str]:  # noqa: N802 - reads like 
         "sample's plus `tests/fixtures/canary_run.py` (an environment variable makes a version fail every third "
         "request or take 1.5 s a request, as the canary tests do). Per run, with one client at "
         f"{a.update_rate:g} req/s on 127.0.0.1 (fixed schedule, keep-alive): latency through the plain route, a held "
-        "50/50 split to a newer model, a 50 % mirror to it, and a 50 % mirror to a candidate taking 1.5 s a request; "
-        "the held version released; a canary of a newer model (steps "
+        "50 % mirror to a candidate taking 1.5 s a request, a 50 % mirror to a newer model, and a held 50/50 split to a "
+        "newer one still (each its own candidate), with how many answers came from the candidate (a mirror's: 0; the "
+        "held split's: about half); the held version released; a canary of a newer model (steps "
         f"{' → '.join(f'{x} %' for x in ROLLOUT_STEPS)}, {ROLLOUT_STEP_SECONDS:g} s each, ≥ 10 requests, ≤ 5 % errors) "
         "timed from `up` start to `up` returning, against the steps' declared time, with the failed requests from "
         "`up` start to its end; a version failing one request in three, rolled back at its first step, with the "

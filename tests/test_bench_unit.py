@@ -144,3 +144,21 @@ def test_kubernetes_keeps_the_canary_declared_unless_a_split_is_held(bench) -> N
     assert held["rollout"] is None and held["traffic"] == {"current": 50, "candidate": 50}
     mirrored = bench.k8s_rollout_declaration(mirror=50)
     assert mirrored["rollout"] is None and mirrored["mirror_percent"] == 50
+
+
+def test_which_version_answered_is_counted_from_the_answers(bench) -> None:
+    current, candidate = 186.2718, 171.0047
+    answers = [current, candidate, current + 1e-9, candidate, candidate]
+    assert bench.answered_by(answers, candidate) == 3 and bench.answered_by(answers, current) == 2
+    assert bench.share_percent(answers, candidate) == pytest.approx(60.0)
+    assert bench.answered_by([current] * 4, candidate) == 0  # a mirror's answers never reach the client
+    assert bench.share_percent([], candidate) != bench.share_percent([], candidate)  # NaN: nothing answered
+
+
+def test_the_record_names_the_checkout_it_measured(bench) -> None:
+    assert bench.checkout_words("9762f3b", "") == "9762f3b, nothing uncommitted"
+    assert bench.checkout_words("9762f3b", " M bench/bench.py\n") == "9762f3b with 1 uncommitted file (bench/bench.py)"
+    # `git status --porcelain` read through a stripped command output: the first line lost its leading space.
+    assert bench.checkout_words("9762f3b", "M a.py\n M b.py") == "9762f3b with 2 uncommitted files (a.py, b.py)"
+    many = "".join(f" M f{i}.py\n" for i in range(8))
+    assert bench.checkout_words("abc", many) == "abc with 8 uncommitted files (f0.py, f1.py, f2.py, f3.py, f4.py, f5.py, …)"

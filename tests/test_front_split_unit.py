@@ -107,3 +107,39 @@ def test_a_split_beside_a_port_backend_takes_the_candidate_s_address() -> None:
     assert "upstream mldeploy_svc_a_candidate {\n    server 10.96.0.7:5001 max_fails=0;" in conf
     with pytest.raises(ValueError, match="sockets.candidate"):
         render_service_conf("svc-a", 21000, 21001, None, split=SplitRoute("candidate-host:5001", 10, "/tmp/x.log"))
+
+
+def test_a_candidate_front_end_gets_the_key_and_nothing_else_does() -> None:
+    """`candidate_front`: the candidate's share and the mirrored copies carry the client's key to the candidate's
+    own front end (which checks it again); the current scoring server, and every keyless route, never get it."""
+    from mldeploy.providers.front.gateway_config import PROXY_HEADERS, SplitRoute, render_service_conf
+
+    key = "k" * 43
+    route = render_service_conf("svc", 8080, 5001, [key], listen_host="0.0.0.0", runtime_dir="/tmp/fe",
+                                split=SplitRoute("10.96.0.7:8080", 10, "/tmp/fe/split.log", 20,
+                                                 candidate_front="/api/v1/service/svc/score", candidate_tls=True))
+    assert ("map $mldeploy_svc_version $mldeploy_svc_pass {\n    candidate https://mldeploy_svc_candidate/api/v1/service/svc/score;\n"
+            "    default http://mldeploy_svc_current/score;\n}") in route
+    assert "map $mldeploy_svc_version $mldeploy_svc_upstream_key {\n    candidate $http_authorization;\n    default \"\";\n}" in route
+    score = route.split("location = /api/v1/service/svc/score {")[1].split("\n    }\n")[0]
+    assert "proxy_set_header Authorization $mldeploy_svc_upstream_key;" in score and "proxy_pass $mldeploy_svc_pass;" in score
+    # A location that sets a header drops all of the server's: every one is said again.
+    assert [ln.split()[1] for ln in score.splitlines() if "proxy_set_header" in ln] == [n for n, _ in PROXY_HEADERS]
+    assert score.index("return 401") < score.index("proxy_pass"), "the serving front end checks the key first"
+    mirror = route.split("location = /_mldeploy_mirror_svc {")[1].split("\n    }\n")[0]
+    assert "proxy_set_header Authorization $http_authorization;" in mirror  # to the relay, its own socket
+    relay = route.split("location = /_mldeploy_relay_svc {")[1].split("\n    }\n")[0]
+    assert "proxy_pass https://mldeploy_svc_candidate/api/v1/service/svc/score;" in relay and "proxy_set_header" not in relay
+    # The server's own line still strips the key; no keyless route sets a header of its own.
+    assert route.count('proxy_set_header Authorization "";') == 1
+    for path in ("/swagger.json", "", "/", "/health"):
+        keyless = route.split(f"location = /api/v1/service/svc{path} {{")[1].split("\n    }\n")[0]
+        assert "proxy_set_header" not in keyless and "$mldeploy_svc_pass" not in keyless, path
+    # A bare candidate (the local target's socket): the route is what it was, no key goes anywhere.
+    bare = render_service_conf("svc", 18080, None, [key], backend_socket="/run/x/current.sock",
+                               split=SplitRoute("/run/x/candidate.sock", 10, "/tmp/s.log", 20))
+    assert "proxy_set_header Authorization $" not in bare and "upstream_key" not in bare and "candidate_front" not in bare
+    with pytest.raises(ValueError, match="front.scheme"):
+        split.CandidateFront("/score", "ftp")
+    with pytest.raises(ValueError, match="backend_path"):
+        split.CandidateFront("/../score")

@@ -114,7 +114,8 @@ def test_a_passing_canary_splits_in_every_serving_pod_then_leaves_the_candidate_
     assert calls[12:14] == [("read-log", "svc-a"), ("read-log", "svc-b")]
     assert calls[14:16] == [("route", "svc-a", "* candidate;"), ("route", "svc-b", "* candidate;")]
     assert not [c for c in calls[9:] if c[0] == "delete"], "promotion keeps the candidate until the Deployment rolled"
-    assert "upstream mldeploy_svc_candidate {\n    server 10.96.0.7:5001 max_fails=0;" in cluster.routes["svc-a"]
+    # The candidate's front end, on its own port, not its scoring server.
+    assert "upstream mldeploy_svc_candidate {\n    server 10.96.0.7:8080 max_fails=0;" in cluster.routes["svc-a"]
     assert lines[0].startswith("canary step 1: 50 % current / 50 % candidate; 40 requests")
 
 
@@ -167,15 +168,24 @@ def test_the_candidate_is_selected_by_nothing_of_the_service_and_reachable_only_
     assert dep["replicas"] == 1 and dep["selector"] == {"matchLabels": {target.LABEL_APP: "svc-canary"}}
     labels = dep["template"]["metadata"]["labels"]
     assert labels[target.LABEL_APP] == "svc-canary", "the NodePort, HPA and PDB select the service's label only"
-    scoring = next(c for c in dep["template"]["spec"]["containers"] if c["name"] == "scoring")
-    assert {e["name"]: e["value"] for e in scoring["env"]}["MLDEPLOY_BIND_HOST"] == "0.0.0.0"
+    containers = {c["name"]: c for c in dep["template"]["spec"]["containers"]}
+    scoring = containers["scoring"]
     assert "startupProbe" in scoring, "the candidate is gated on the sample like any pod"
+    # Its pod serves as any serving pod does: the scoring server on 127.0.0.1 only, behind its own front end,
+    # which checks the service's keys (the same Secret) and owns the pod's one port.
+    assert scoring == next(c for c in spec()["template"]["spec"]["containers"] if c["name"] == "scoring")
+    assert {e["name"]: e["value"] for e in scoring["env"]}["MLDEPLOY_BIND_HOST"] == "127.0.0.1" and "ports" not in scoring
+    assert containers["front"] == next(c for c in spec()["template"]["spec"]["containers"] if c["name"] == "front")
+    assert dep["template"]["spec"]["volumes"] == spec()["template"]["spec"]["volumes"]
+    assert {"name": "front-conf", "secret": {"secretName": f"{NAME}-front", "defaultMode": 0o440}} in dep["template"]["spec"]["volumes"]
     assert objs["services"]["spec"]["selector"] == {target.LABEL_APP: "svc-canary"}
     assert objs["services"]["spec"]["type"] == "ClusterIP"
+    assert objs["services"]["spec"]["ports"] == [{"name": "front", "port": target.FRONT_PORT, "targetPort": target.FRONT_PORT,
+                                                  "protocol": "TCP"}]
     policy = objs["networkpolicies"]["spec"]
     assert policy["podSelector"] == {"matchLabels": target.selector(NAME)}
     assert policy["egress"] == [{"to": [{"podSelector": {"matchLabels": {target.LABEL_APP: "svc-canary"}}}],
-                                 "ports": [{"protocol": "TCP", "port": target.SCORING_PORT}]}]
+                                 "ports": [{"protocol": "TCP", "port": target.FRONT_PORT}]}]
     # The service's own pods without a canary are what they always were.
     front = next(c for c in spec(canary=False)["template"]["spec"]["containers"] if c["name"] == "front")
     assert front["command"][0] == "nginx"
@@ -267,9 +277,13 @@ def test_the_split_route_is_the_pod_s_own_route_plus_the_split() -> None:
     missing = [ln for ln in plain.splitlines() if ln not in routed.splitlines()]
     assert all("mldeploy-route" in ln or "X-Mldeploy-Backend" in ln or "proxy_pass http://mldeploy_backend_svc/score" in ln
                for ln in missing), missing
+    # The candidate's share goes to its own front end, which checks the key it is sent (HTTPS, as the pod serves).
+    assert "candidate https://mldeploy_svc_candidate/api/v1/service/svc/score;" in routed
+    assert "proxy_set_header Authorization $mldeploy_svc_upstream_key;" in routed
     keyless = target.split_route(target.KubernetesServiceArgs(service_name=NAME, auth_enabled=False), KEYS,
-                                 "10.96.0.7:5001", 10, "/tmp/mldeploy-fe/split-x.log")
+                                 "10.96.0.7:8080", 10, "/tmp/mldeploy-fe/split-x.log")
     assert KEYS[0] not in keyless and "if=$mldeploy_authorized" not in keyless
+    assert "candidate http://mldeploy_svc_candidate/api/v1/service/svc/score;" in keyless
 
 
 def test_an_interrupted_canary_puts_the_routes_back_and_removes_the_candidate() -> None:
@@ -311,7 +325,7 @@ def test_a_held_split_starts_once_moves_its_weights_by_routes_only_and_hands_ove
     assert kcanary.held_plan(current, held_news) == "start"
     outs = provider.update("id", current, held_news).outs
     held = outs["held"]
-    assert held["weights"] == [90, 10, 0] and held["address"] == "10.96.0.7:5001" and held["candidate_spec"] == spec()
+    assert held["weights"] == [90, 10, 0] and held["address"] == "10.96.0.7:8080" and held["candidate_spec"] == spec()
     assert held["current"]["spec"] == spec(env="0"), "the current version's own route is what the split is rendered from"
     assert ("wait", "svc-canary") in cluster.calls
     assert [c for c in cluster.calls if c[0] == "route"] == [("route", "svc-a", "10% candidate;"), ("route", "svc-b", "10% candidate;")]

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from mldeploy.providers.front.headers import PROXY_HEADERS, proxy_headers
+
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "runtime" / "nginx"
 DEFAULT_IMAGE = "mldeploy/base:bookworm-py3.11"
 
@@ -96,8 +98,9 @@ _PLACEHOLDER_RE = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 __all__ = [
     "CONTAINER_BACKENDS_DIR", "CONTAINER_CONF_DIR", "CONTAINER_RUNTIME_DIR", "CURRENT_LINK", "DEFAULT_IMAGE",
     "KEY_RE", "LABEL_PREFIX", "MAIN_CONF", "MARKER_HEADER", "MAX_BODY_LIMIT", "MAX_KEYS", "ROUTES_SUBDIR",
-    "RUN_SUBDIR", "SCOPE_RE", "SCORING_SOCKET_DIR", "SERVICE_NAME_RE", "SOCKET_GROUP", "SplitRoute", "TEMPLATE_DIR",
-    "backend_socket", "parse_route_meta", "render_nginx_conf", "render_service_conf", "upgrade_route",
+    "PROXY_HEADERS", "RUN_SUBDIR", "SCOPE_RE", "SCORING_SOCKET_DIR", "SERVICE_NAME_RE", "SOCKET_GROUP", "SplitRoute",
+    "TEMPLATE_DIR", "backend_socket", "parse_route_meta", "proxy_headers", "render_nginx_conf", "render_service_conf",
+    "upgrade_route",
     "validate_service_name",
 ]
 
@@ -207,16 +210,27 @@ def render_nginx_conf(
 
 @dataclass(frozen=True)
 class SplitRoute:
-    """A canary's place in one route: the candidate's socket, its share, the mirrored share, the log."""
+    """A canary's place in one route: the candidate's socket, its share, the mirrored share, the log.
+
+    `candidate_front`: the candidate is reached through a front end of its own that checks the key again
+    (a Kubernetes candidate pod's, which anything in the cluster may reach): its score route's path there,
+    and `candidate_tls` when that front end serves HTTPS. Its share and its mirrored copies then carry the
+    key they came with; the current version's never do. None: the candidate is a bare scoring server (the
+    local target's, on a socket only the gateway reaches)."""
 
     candidate_socket: str
     candidate: int
     log_path: str
     mirror_percent: int = 0
+    candidate_front: str | None = None
+    candidate_tls: bool = False
 
     def facts(self) -> dict[str, object]:
-        return {"candidate_socket": self.candidate_socket, "candidate": self.candidate,
-                "mirror_percent": self.mirror_percent, "log_path": self.log_path}
+        facts: dict[str, object] = {"candidate_socket": self.candidate_socket, "candidate": self.candidate,
+                                    "mirror_percent": self.mirror_percent, "log_path": self.log_path}
+        if self.candidate_front is not None:
+            facts.update(candidate_front=self.candidate_front, candidate_tls=self.candidate_tls)
+        return facts
 
 
 def render_service_conf(
@@ -298,11 +312,15 @@ def render_service_conf(
         # A port backend (a Kubernetes pod's own scoring server) is 127.0.0.1:<port>; its candidate an address:port.
         sockets = {"current": backend_socket or f"127.0.0.1:{backend_port}", "candidate": split.candidate_socket}
         relay_socket = f"{runtime_dir}/mirror-{ident}.sock"  # the mirror's relay: in the front end's own runtime folder
-        relay = front_split.MirrorRelay(relay_socket, split.log_path, max_body_bytes)
-        split_http = front_split.render_split(ident, sockets, split.candidate, split.mirror_percent, relay)  # type: ignore[arg-type]
+        front = None
+        if split.candidate_front is not None:
+            front = front_split.CandidateFront(split.candidate_front, "https" if split.candidate_tls else "http")
+        relay = front_split.MirrorRelay(relay_socket, split.log_path, max_body_bytes, front=front)
+        split_http = front_split.render_split(ident, sockets, split.candidate, split.mirror_percent, relay,  # type: ignore[arg-type]
+                                              front=front)
         log_if = f"$mldeploy_authorized_{ident}" if checked_keys else None  # a refused key reached no version
-        score_pass = front_split.render_score_location(ident, split.log_path, log_if=log_if).rstrip("\n")
-        split_locations = front_split.render_mirror_location(ident, relay_socket)
+        score_pass = front_split.render_score_location(ident, split.log_path, log_if=log_if, front=front).rstrip("\n")
+        split_locations = front_split.render_mirror_location(ident, relay_socket, front=front)
         meta["split"] = split.facts()
         # The marker names the split too, so a weight's reload is confirmed.
         marker = "r" + hashlib.sha256(json.dumps([marker, split.facts()], sort_keys=True).encode()).hexdigest()[:12]
@@ -326,6 +344,7 @@ def render_service_conf(
         listen_host=listen_host,
         read_timeout_s=read_timeout_s,
         upstream=upstream,
+        proxy_headers=proxy_headers(),
         marker=marker,
         max_body_bytes=max_body_bytes,
         auth_map=auth_map + split_http,

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
+from mldeploy.providers.front.headers import proxy_headers
+
 VERSIONS = ("current", "candidate")
 MIRROR_LOCATION = "/_mldeploy_mirror"
 _IDENT_RE = re.compile(r"^[a-z0-9_]{1,32}$")
@@ -43,14 +45,39 @@ def log_format(ident: str, mirror: bool = False) -> str:
     return f"mldeploy_{ident}_{'mirror' if mirror else 'split'}"
 
 
+@dataclass(frozen=True)
+class CandidateFront:
+    """A candidate reached through a front end of its own that checks the key again (a Kubernetes candidate
+    pod's): the path of its score route there, and its scheme. Its share of requests, and the mirrored
+    copies, carry the key they came with; the current version's requests never do."""
+
+    path: str
+    scheme: str = "http"
+
+    def __post_init__(self) -> None:
+        _check_backend_path(self.path)
+        if self.scheme not in ("http", "https"):
+            raise ValueError(f"front.scheme: must be http or https, got {self.scheme!r}")
+
+
+def key_variable(ident: str) -> str:
+    """The key a request passes on: the client's Authorization to a candidate's front end, nothing otherwise."""
+    return f"$mldeploy_{ident}_upstream_key"
+
+
+def pass_variable(ident: str) -> str:
+    return f"$mldeploy_{ident}_pass"
+
+
 def render_split(ident: str, sockets: dict[str, str], candidate: int, mirror_percent: int = 0,
-                 relay: MirrorRelay | None = None) -> str:
+                 relay: MirrorRelay | None = None, front: CandidateFront | None = None) -> str:
     """The http-level part: one upstream per version, the split, the mirror share, the log format.
 
     `sockets`: each version's Unix socket as the gateway sees it, or its IPv4 `address:port`; `candidate`: its percentage of live
     requests (the current version takes the rest); `mirror_percent`: the share of live requests
     whose copy also goes to the candidate (answers discarded). nginx refuses a 0 % line in
-    `split_clients`, so 0 % and 100 % are written as one catch-all line.
+    `split_clients`, so 0 % and 100 % are written as one catch-all line. `front`: the candidate checks
+    the key itself (`CandidateFront`): each version's URL, and the key for the candidate's share only.
     """
     if not _IDENT_RE.match(ident):
         raise ValueError(f"ident: must be [a-z0-9_], 1-32 characters, got {ident!r}")
@@ -73,6 +100,13 @@ def render_split(ident: str, sockets: dict[str, str], candidate: int, mirror_per
     # variables, so a variable set in the mirror location would relabel the live request's line.
     parts.append(f"log_format {log_format(ident)} '$msec {split_variable(ident)} $status $request_time';\n")
     parts.append(f"log_format {log_format(ident, mirror=True)} '$msec mirror $status $request_time';\n")
+    if front is not None:
+        # Per version: where its share goes, and whether the key goes with it (to the candidate's front only).
+        parts.append(f"map {split_variable(ident)} {pass_variable(ident)} {{\n"
+                     f"    candidate {front.scheme}://{upstream_name(ident, 'candidate')}{front.path};\n"
+                     f"    default http://{upstream_name(ident, 'current')}/score;\n}}\n")
+        parts.append(f"map {split_variable(ident)} {key_variable(ident)} {{\n"
+                     "    candidate $http_authorization;\n    default \"\";\n}\n")
     if mirror_percent and relay is not None:
         parts.append(render_mirror_relay(ident, relay))
     return "".join(parts)
@@ -99,7 +133,8 @@ def _check_backend_path(backend_path: str) -> str:
     return backend_path
 
 
-def render_score_location(ident: str, log_path: str, backend_path: str = "/score", log_if: str | None = None) -> str:
+def render_score_location(ident: str, log_path: str, backend_path: str = "/score", log_if: str | None = None,
+                          front: CandidateFront | None = None) -> str:
     """The lines inside the score location: proxy to the request's version, mirror, log each version.
 
     The mirror location is internal; a request not chosen for mirroring ends there at once (204, never
@@ -107,7 +142,9 @@ def render_score_location(ident: str, log_path: str, backend_path: str = "/score
     answers. `backend_path`: the scoring server's route (with a variable in `proxy_pass`, nginx sends
     the URI written there, never the client's own). `log_if`: an nginx variable that is "0" or empty
     for requests the front end refused itself (a wrong key), which never reached either version
-    and so are not logged against it.
+    and so are not logged against it. `front`: the candidate checks the key itself (`CandidateFront`), so
+    its share carries it (the route's other headers said again: one set here drops all of the server's),
+    and the candidate front end's own marker header is hidden (the client sees this front end's).
     """
     if log_if is not None and not re.match(r"^\$[a-z0-9_]{1,64}$", log_if):
         raise ValueError(f"log_if: must be an nginx variable ($name), got {log_if!r}")
@@ -116,12 +153,17 @@ def render_score_location(ident: str, log_path: str, backend_path: str = "/score
     if not _PATH_RE.match(log_path) or ".." in log_path:
         raise ValueError(f"log_path: must be an absolute path of [A-Za-z0-9_./-], got {log_path!r}")
     var = split_variable(ident)
-    return (
+    head = (
         f"        access_log {log_path} {log_format(ident)}{f' if={log_if}' if log_if else ''};\n"
         f"        mirror {MIRROR_LOCATION}_{ident};\n"
         "        mirror_request_body on;\n"
-        f"        proxy_pass http://mldeploy_{ident}_{var}{_check_backend_path(backend_path)};\n"
     )
+    if front is None:
+        return head + f"        proxy_pass http://mldeploy_{ident}_{var}{_check_backend_path(backend_path)};\n"
+    return (head + "        # The candidate's share carries the key: its own front end checks it again.\n"
+            + proxy_headers(key_variable(ident), indent="        ") + "\n"
+            + "        proxy_hide_header X-Mldeploy-Backend;\n"
+            + f"        proxy_pass {pass_variable(ident)};\n")
 
 
 MIRROR_BUDGET_MS = 300
@@ -144,6 +186,8 @@ class MirrorRelay:
     log_path: str
     max_body_bytes: int
     backend_path: str = "/score"
+    front: CandidateFront | None = None
+    """The candidate checks the key itself: the copies go to its front end's score route, key included."""
 
 
 def render_mirror_relay(ident: str, relay: MirrorRelay) -> str:
@@ -154,6 +198,10 @@ def render_mirror_relay(ident: str, relay: MirrorRelay) -> str:
         raise ValueError(f"relay.log_path: must be an absolute path of [A-Za-z0-9_./-], got {relay.log_path!r}")
     if isinstance(relay.max_body_bytes, bool) or not isinstance(relay.max_body_bytes, int) or relay.max_body_bytes < 1:
         raise ValueError(f"relay.max_body_bytes: must be a positive integer, got {relay.max_body_bytes!r}")
+    if relay.front is None:
+        target = f"http://{upstream_name(ident, 'candidate')}{_check_backend_path(relay.backend_path)}"
+    else:
+        target = f"{relay.front.scheme}://{upstream_name(ident, 'candidate')}{relay.front.path}"
     return (
         "server {\n"
         f"    listen unix:{relay.socket};\n"
@@ -170,17 +218,22 @@ def render_mirror_relay(ident: str, relay: MirrorRelay) -> str:
         "        internal;\n"
         "        log_subrequest on;\n"
         f"        access_log {relay.log_path} {log_format(ident, mirror=True)};\n"
-        f"        proxy_pass http://{upstream_name(ident, 'candidate')}{_check_backend_path(relay.backend_path)};\n"
+        # No header is set here: the copy goes on with the headers it came with (with `front`, the key).
+        f"        proxy_pass {target};\n"
         "    }\n"
         "}\n"
     )
 
 
-def render_mirror_location(ident: str, relay_socket: str) -> str:
+def render_mirror_location(ident: str, relay_socket: str, front: CandidateFront | None = None) -> str:
     """The internal location a live request's copy goes through: to the relay, or nowhere (204) when the
-    request was not chosen; its answer never reaches a client."""
+    request was not chosen; its answer never reaches a client. `front`: the copy takes the key to the relay
+    (this front end's own socket), which sends it on to the candidate's front end."""
     if not _PATH_RE.match(relay_socket) or ".." in relay_socket or not relay_socket.endswith(".sock"):
         raise ValueError(f"relay_socket: must be an absolute path of [A-Za-z0-9_./-] ending in .sock, got {relay_socket!r}")
+    headers = ""
+    if front is not None:
+            headers = proxy_headers("$http_authorization", indent="        ") + "\n"
     return (
         f"    location = {MIRROR_LOCATION}_{ident} {{\n"
         "        internal;\n"
@@ -189,6 +242,7 @@ def render_mirror_location(ident: str, relay_socket: str) -> str:
         f"        proxy_connect_timeout {MIRROR_BUDGET_MS}ms;\n"
         f"        proxy_send_timeout {MIRROR_BUDGET_MS}ms;\n"
         f"        proxy_read_timeout {MIRROR_BUDGET_MS}ms;\n"
+        + headers +
         f"        proxy_pass http://unix:{relay_socket}:/relay;\n"
         "    }\n"
     )

@@ -509,8 +509,10 @@ def canary_name(service_name: str) -> str:
 
 def candidate_deployment_spec(spec: dict[str, Any], service_name: str) -> dict[str, Any]:
     """The candidate's Deployment: the new pod template, one replica, labelled so that neither the service's
-    NodePort, HPA nor PodDisruptionBudget selects it; its scoring server listens on the pod's address, so the
-    current pods' front ends can send it their share (no key: they checked it; only they may reach it)."""
+    NodePort, HPA nor PodDisruptionBudget selects it. Its pod is a serving pod like any other: its own front
+    container checks the service's keys (the same Secret), and its scoring server listens on 127.0.0.1 only,
+    so the current pods' split reaches it through that front end with the key it received, and a request
+    without one gets 401 wherever it comes from (a NetworkPolicy guards it only where one is enforced)."""
     import copy
 
     cand = canary_name(service_name)
@@ -519,38 +521,35 @@ def candidate_deployment_spec(spec: dict[str, Any], service_name: str) -> dict[s
     out["selector"] = {"matchLabels": {LABEL_APP: cand}}
     template = out["template"]
     template["metadata"]["labels"] = {**template["metadata"]["labels"], LABEL_APP: cand, CANARY_ROLE_LABEL: "candidate"}
-    scoring = next(c for c in template["spec"]["containers"] if c["name"] == "scoring")
-    scoring["env"] = [e for e in scoring["env"] if e["name"] != "MLDEPLOY_BIND_HOST"] + [
-        {"name": "MLDEPLOY_BIND_HOST", "value": "0.0.0.0"}]
-    scoring["ports"] = [{"name": "scoring", "containerPort": SCORING_PORT}]
     return out
 
 
 def candidate_service_spec(service_name: str) -> dict[str, Any]:
-    """A ClusterIP in front of the candidate's scoring servers: the split's second upstream."""
+    """A ClusterIP in front of the candidate's front end (which checks the key): the split's second upstream."""
     return {
         "type": "ClusterIP",
         "selector": {LABEL_APP: canary_name(service_name)},
-        "ports": [{"name": "scoring", "port": SCORING_PORT, "targetPort": SCORING_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "front", "port": FRONT_PORT, "targetPort": FRONT_PORT, "protocol": "TCP"}],
     }
 
 
 def canary_egress_policy(service_name: str) -> dict[str, Any]:
     """The one way out of the namespace's deny-egress policy during a canary: the service's own pods to its
-    candidate's scoring port, nothing else."""
+    candidate's front end, nothing else."""
     return {
         "podSelector": {"matchLabels": selector(service_name)},
         "policyTypes": ["Egress"],
         "egress": [{"to": [{"podSelector": {"matchLabels": {LABEL_APP: canary_name(service_name)}}}],
-                    "ports": [{"protocol": "TCP", "port": SCORING_PORT}]}],
+                    "ports": [{"protocol": "TCP", "port": FRONT_PORT}]}],
     }
 
 
 def split_route(args: KubernetesServiceArgs, keys: list[str] | None, candidate_address: str, candidate: int,
                 log_path: str, mirror_percent: int = 0) -> str:
-    """The current pods' route during a canary: their own scoring server and the candidate's address, split by
-    request, each answer logged with its version (`providers/front/split.py`). Rendered from the current
-    version's own arguments and keys, so nothing else about the route changes."""
+    """The current pods' route during a canary: their own scoring server and the candidate's front end (its
+    address), split by request, each answer logged with its version (`providers/front/split.py`). The
+    candidate's share carries the client's key, which the candidate's front end checks again. Rendered from the
+    current version's own arguments and keys, so nothing else about the route changes."""
     from mldeploy.providers.front.gateway_config import SplitRoute, render_service_conf
 
     service = render_service_conf(
@@ -561,7 +560,8 @@ def split_route(args: KubernetesServiceArgs, keys: list[str] | None, candidate_a
         args.max_request_bytes,
         listen_host="0.0.0.0",
         read_timeout_s=max(1, -(-(args.scoring_timeout_ms + args.max_request_wait_time) // 1000)),
-        split=SplitRoute(candidate_address, candidate, log_path, mirror_percent),
+        split=SplitRoute(candidate_address, candidate, log_path, mirror_percent,
+                         candidate_front=f"{scoring_path(args.service_name)}/score", candidate_tls=args.ssl_enabled),
         runtime_dir=FRONT_RUNTIME_DIR,
     )
     return tls.with_tls(service, FRONT_TLS_DIR) if args.ssl_enabled else service

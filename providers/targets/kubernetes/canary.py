@@ -2,8 +2,8 @@
 
 Real Kubernetes objects a user can inspect with kubectl: the service's own Deployment (the current
 version), and during a canary a candidate Deployment `<service>-canary` of the new pod template (one
-replica, gated on the sample like any pod), its ClusterIP Service, and a NetworkPolicy letting the
-service's pods reach the candidate's scoring port and nothing else.
+replica, gated on the sample like any pod, its own front end checking the service's keys), its ClusterIP
+Service, and a NetworkPolicy letting the service's pods reach the candidate's front end and nothing else.
 
 The split is per request, in the front container (nginx) of each CURRENT pod, rendered by the same
 `providers/front/split.py` as the local gateway: each weight is the route rewritten in the pod's
@@ -202,7 +202,7 @@ class KubeTrafficControl:
             for kind in ("networkpolicies", "services", "deployments"):
                 created = self._create(kind, objects[kind])
             service = self.ops.get(self.paths["services"][1])
-            self.address = f"{service['spec']['clusterIP']}:{target.SCORING_PORT}"
+            self.address = f"{service['spec']['clusterIP']}:{target.FRONT_PORT}"
             cand = target.canary_name(self.name)
             say(f"{self.ns}/{self.name}: candidate Deployment {cand} created; waiting for its pod to answer the sample")
             self.wait(self.ops, {"namespace": self.ns, "name": cand, "generation": int(created["metadata"].get("generation") or 1),

@@ -66,7 +66,8 @@ class TokenRegistry:
         self._x5c = base64.b64encode(x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)).decode()
         self._token_server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._token_server.daemon_threads = True
-        threading.Thread(target=self._token_server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)  # shutdown() waits one poll.start()
+        # shutdown() waits one poll.
+        threading.Thread(target=self._token_server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         self.realm = f"http://127.0.0.1:{self._token_server.server_address[1]}/oauth2/token"  # ACR's paths
         port = _free_port()
         self.address = f"127.0.0.1:{port}"

@@ -264,9 +264,8 @@ def test_drift_found_by_refresh_and_restored_by_up(workdir: Path, engine_stack) 
         r = score(uri, key)
         assert r.status_code == 200, (how, r.text)
         assert len(_service_containers(st.name)) == 1
-        # Refresh now finds nothing to change.
-        st.refresh()
-        assert st.preview().change_summary.get("update") is None, how
+        # Refresh now finds nothing to change (a preview that refreshes first: one engine run, not two).
+        assert st.preview(refresh=True).change_summary.get("update") is None, how
 
 
 # --- secrets and rotation --------------------------------------------------------------------

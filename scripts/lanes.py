@@ -2,14 +2,15 @@
 
 Three pytest sessions run side by side:
 - lane cluster: the Kubernetes tests (they spend most of their time waiting on the cluster:
-  pods starting, rollouts settling), then `BESIDE_THE_CLUSTER`;
+  pods starting, rollouts settling), then `BESIDE_THE_CLUSTER`, then (under .ci/run) the
+  cluster's restart, which only the cluster's own tests could notice;
 - lane rest: the unit tests and most end-to-end files;
 - lane rest2: `SECOND_REST`, end-to-end files that mostly wait (containers starting, canary
   steps, paced clients).
 The suite then takes about as long as its longest lane instead of the sum. What the lanes share
 (the local registry, the cluster, Azurite) is started here first, so no lane's session stops it
 under another, and is stopped at the end if started here. Tests that stop or change what the
-lanes share (`alone`, `restarts_cluster`, `restarts_docker`) run last, by themselves.
+lanes share (`alone`: the registry; `restarts_docker`) run last, by themselves.
 
     python scripts/lanes.py [pytest options]    # what scripts/test.sh runs for the whole suite
 
@@ -21,6 +22,7 @@ is kept in files and printed when they end, so lanes never interleave.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +34,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 EXCLUSIVE = "alone or restarts_cluster or restarts_docker"
 # The tests that stop dockerd or the cluster run only when asked for (.ci/run), as in a plain run.
-LAST = EXCLUSIVE if os.environ.get("MLDEPLOY_ALL_TESTS") == "1" else "alone"
+ALL_TESTS = os.environ.get("MLDEPLOY_ALL_TESTS") == "1"
+# Restarting the cluster disturbs only the cluster's tests, and they all run in the cluster's lane:
+# it runs there, after them (a session of its own), beside the other lanes. The upgrade tests swap
+# the registry every lane pulls from, and a dockerd restart stops every lane's containers: those
+# run last, by themselves.
+LAST = "alone or restarts_docker" if ALL_TESTS else "alone"
 LANES = {
     "cluster": f"k8s and not ({EXCLUSIVE})",
     "rest": f"not k8s and not ({EXCLUSIVE})",
@@ -72,8 +79,35 @@ def shared_up() -> list[list[str]]:
     return stops
 
 
-def pytest(markexpr: str, args: list[str], **kw: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pytest", "-m", markexpr, *args], cwd=ROOT, **kw)  # type: ignore[call-overload]
+REPORTS = Path(tempfile.mkdtemp(prefix="mldeploy-lanes-"))
+"""Each session's JUnit report (its tests' times), summed per file at the end: the figures to balance the lanes by."""
+
+
+def pytest(markexpr: str, args: list[str], lane: str = "rest", **kw: object) -> subprocess.Popen:
+    report = REPORTS / f"{lane}-{len(list(REPORTS.iterdir()))}.xml"
+    return subprocess.Popen([sys.executable, "-m", "pytest", "-m", markexpr, f"--junitxml={report}", *args],  # type: ignore[call-overload]
+                            cwd=ROOT, **kw)
+
+
+def file_times() -> str:
+    """Seconds per test file in each lane (setup, call and teardown), slowest first, from the sessions' reports."""
+    import xml.etree.ElementTree as ET
+
+    lanes: dict[str, dict[str, float]] = {}
+    for report in sorted(REPORTS.glob("*.xml")):
+        files = lanes.setdefault(report.stem.rsplit("-", 1)[0], {})
+        try:
+            cases = ET.parse(report).getroot().iter("testcase")
+        except (ET.ParseError, OSError):
+            continue
+        for case in cases:
+            path = "/".join(case.get("classname", "?").split(".")[:2]) + ".py"
+            files[path] = files.get(path, 0.0) + float(case.get("time") or 0)
+    lines = []
+    for lane, files in lanes.items():
+        ranked = sorted(files.items(), key=lambda kv: -kv[1])
+        lines.append(f"lane {lane}: {sum(files.values()):.0f} s in tests; " + ", ".join(f"{f.removeprefix('tests/')} {s:.0f}" for f, s in ranked if s >= 1))
+    return "\n".join(lines)
 
 
 class ClusterLane(threading.Thread):
@@ -85,9 +119,12 @@ class ClusterLane(threading.Thread):
 
     def run(self) -> None:
         moved = [f for f in BESIDE_THE_CLUSTER if (ROOT / f).exists()]
-        codes = [pytest(LANES["cluster"], self.args, stdout=self.log, stderr=subprocess.STDOUT).wait()]
+        codes = [pytest(LANES["cluster"], self.args, "cluster", stdout=self.log, stderr=subprocess.STDOUT).wait()]
         if moved:
-            codes.append(pytest(LANES["rest"], [*self.args, *moved], stdout=self.log, stderr=subprocess.STDOUT).wait())
+            codes.append(pytest(LANES["rest"], [*self.args, *moved], "cluster", stdout=self.log, stderr=subprocess.STDOUT).wait())
+        if ALL_TESTS:  # no other lane uses the cluster: its restart disturbs nobody's test
+            codes.append(pytest("restarts_cluster and not (alone or restarts_docker)", self.args, "cluster",
+                                stdout=self.log, stderr=subprocess.STDOUT).wait())
         failed = [c for c in codes if c not in (0, NO_TESTS)]
         self.code = max(failed) if failed else (NO_TESTS if all(c == NO_TESTS for c in codes) else 0)
         self.ended = time.monotonic()
@@ -101,7 +138,7 @@ class LoggedLane(threading.Thread):
         self.markexpr, self.args, self.log, self.code, self.ended = markexpr, args, log, 0, 0.0
 
     def run(self) -> None:
-        self.code = pytest(self.markexpr, self.args, stdout=self.log, stderr=subprocess.STDOUT).wait()
+        self.code = pytest(self.markexpr, self.args, "rest2", stdout=self.log, stderr=subprocess.STDOUT).wait()
         self.ended = time.monotonic()
 
 
@@ -133,11 +170,13 @@ def main(args: list[str]) -> int:
                 sys.stdout.write(lane_log.read())
                 sys.stdout.flush()
                 say(f"lane {name} ended ({codes[name]}) after {lane.ended - t0:.0f} s")
-        codes["last"] = pytest(LAST, args).wait()
+        codes["last"] = pytest(LAST, args, "last").wait()
         say(f"lane last ({LAST}) ended ({codes['last']}) after {time.monotonic() - t0:.0f} s")
+        say("seconds per file:\n" + file_times())
     finally:
         for stop in stops:
             subprocess.run(stop, check=False)
+        shutil.rmtree(REPORTS, ignore_errors=True)
     if all(c == NO_TESTS for c in codes.values()):
         return NO_TESTS
     failed = {k: c for k, c in codes.items() if c not in (0, NO_TESTS)}

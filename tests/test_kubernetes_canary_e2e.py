@@ -9,8 +9,13 @@ requests with a candidate Deployment and judge it on their own split log.
    naming the metric, the candidate's objects are gone, the service's Deployment was never changed,
    and the clients saw only the candidate's own failures during that step.
 2. A version whose every fourth run() takes 1.5 s is rolled back on p99, with no failed request.
-3. A good new model is promoted: 0 failed requests, the new model answers, the candidate is removed
-   once the Deployment has rolled, and `scripts/stack.py rollout` shows the steps and the decision.
+3. A good new model, its canary stopped mid-step by Ctrl-C twice (SIGINT to the process group of an `up`
+   in a process of its own) while the candidate takes half the requests: the candidate's own front end
+   answers 401 without the key (asked from inside a serving pod), and the split's requests carry it. The
+   next `up` converges: the canary runs again and promotes, with 0 failed requests from before the
+   interruption to the end; the service answers one version on its NodePort; no candidate Deployment,
+   pod, Service or NetworkPolicy, no split in any serving pod's route, no orphaned provider process; and
+   `scripts/stack.py rollout` shows the steps and the decision.
 4. A held split (`traffic=`): a newer model answers beside the current one, the Deployment unchanged.
 5. The split dropped: the held version takes all traffic and the Deployment rolls to it.
 6. A mirror (`mirror_percent=`) to a failing version: clients get only live answers; the candidate's
@@ -19,10 +24,15 @@ requests with a candidate Deployment and judge it on their own split log.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import joblib
 import numpy as np
@@ -31,6 +41,8 @@ import pytest
 from pulumi import automation as auto
 
 from conftest import train_model
+from mldeploy.providers.targets import kubernetes as target
+from mldeploy.providers.targets.kubernetes.canary import serving_pods
 from test_deploy_e2e import ScoringLoop
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.k8s]
@@ -38,6 +50,106 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.k8s]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 KUBECTL = os.path.join(os.environ.get("MLDEPLOY_K8S_HOME", ""), "bin", "kubectl")
 CANDIDATE_KINDS = "deployments,services,networkpolicies"
+CANDIDATE = f"{target.CANARY_ROLE_LABEL}=candidate"
+SLOW_CANARY = {"steps": [50, 100], "step_seconds": 120, "min_requests": 10, "max_error_rate": 0.05, "max_p99_ms": 1000}
+"""The interrupted up's canary: a step long enough to be stopped in."""
+
+
+def canary_program(ns: str, env: dict[str, str], split: dict[str, Any]) -> Callable[[], None]:
+    """The test's program; `env` and `split` are read at each up. `tests/fixtures/run_k8s_canary.py` runs it in a
+    process of its own, so an up there declares exactly what one here does."""
+    from mldeploy.components import AksCluster, AksService, InferenceImage, RegisteredModel
+
+    def program() -> None:
+        model = RegisteredModel("model-m", model_name="model_m", model_path="models/m/sklearn_regression_model.pkl")
+        image = InferenceImage("scoring", entry_script="score.py", source_directory="canary_src", conda_file="sample/env/myenv.yml")
+        cluster = AksCluster("aks", cluster_purpose="DevTest")
+        svc = AksService("svc", cluster=cluster, models=[model], image=image, namespace=ns, num_replicas=1,
+                         environment_variables=dict(env), startup_timeout_seconds=120, initial_delay_seconds=30, **split)
+        pulumi.export("uri", svc.scoring_uri)
+        pulumi.export("key", svc.primary_key)
+
+    return program
+
+
+def kubectl(kubeconfig: str, *args: str, stdin: str | None = None) -> str:
+    out = subprocess.run([KUBECTL, "--kubeconfig", kubeconfig, *args], input=stdin, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def routes(kubeconfig: str, ns: str, name: str) -> dict[str, tuple[str, str]]:
+    """Each serving pod's live route and the one it started with, read in its front container."""
+    pods = serving_pods(json.loads(kubectl(kubeconfig, "get", "pods", "-n", ns, "-l", f"{target.LABEL_APP}={name}", "-o", "json"))["items"])
+    found = {}
+    for pod in pods:
+        text = kubectl(kubeconfig, "exec", "-n", ns, pod, "-c", "front", "--", "sh", "-c",
+                       f"cat {target.ROUTE_DIR}/service.conf; printf '\\0'; cat {target.ROUTE_DIR}/{target.ROUTE_BEFORE}")
+        live, before = text.split("\0")
+        found[pod] = (live, before)
+    return found
+
+
+ASK = r"""
+import sys, urllib.error, urllib.request
+url, key = sys.argv[1], sys.stdin.read().strip()
+for auth in ("", "Bearer " + "x" * 43, "Bearer " + key):
+    headers = {"Content-Type": "application/json", **({"Authorization": auth} if auth else {})}
+    req = urllib.request.Request(url, data=b'{"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}', headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            print(r.status)
+    except urllib.error.HTTPError as e:
+        print(e.code)
+"""
+
+
+def ask_candidate(kubeconfig: str, ns: str, pod: str, name: str, key: str) -> list[int]:
+    """From inside a serving pod (never from the host): the statuses the candidate's ClusterIP answers a scoring
+    request with no key, a wrong key and the service's key (sent on stdin, never on a command line)."""
+    address = kubectl(kubeconfig, "get", "service", target.canary_name(name), "-n", ns, "-o", "jsonpath={.spec.clusterIP}")
+    url = f"http://{address}:{target.FRONT_PORT}{target.scoring_path(name)}/score"
+    out = kubectl(kubeconfig, "exec", "-i", "-n", ns, pod, "-c", "front", "--", "python3", "-c", ASK, url, stdin=key)
+    return [int(line) for line in out.split()]
+
+
+class EngineOutput(threading.Thread):
+    """An engine's output, line by line as it comes, so a test waits for a line rather than for a time."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.lines, self.ended = stream, [], False
+        self.changed = threading.Condition()
+
+    def run(self) -> None:
+        for line in self.stream:
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+        with self.changed:
+            self.ended = True
+            self.changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        """Whether `text` was printed within `timeout` seconds (False at once when the output ends without it)."""
+        seen = lambda: any(text in line for line in self.lines)  # noqa: E731
+        with self.changed:
+            self.changed.wait_for(lambda: self.ended or seen(), timeout)
+            return seen()
+
+
+def live_in_group(pgid: int) -> list[int]:
+    """Processes of a process group that have not exited (zombies not counted), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split() if stat else []
+        if fields and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
 
 
 def candidate_objects(kubeconfig: str, ns: str) -> str:
@@ -55,7 +167,8 @@ def generation(kubeconfig: str, ns: str, name: str) -> str:
 
 
 def test_a_failing_version_is_rolled_back_and_a_good_one_promoted(workdir: Path, engine_stack, k8s_cluster: str) -> None:
-    from mldeploy.components import AksCluster, AksService, Canary, InferenceImage, RegisteredModel
+    import stack as stack_cli
+    from mldeploy.components import Canary
 
     ns = f"c-{workdir.parent.name[-8:].lower().replace('_', '-')}".rstrip("-")
     src = workdir / "canary_src"
@@ -66,16 +179,7 @@ def test_a_failing_version_is_rolled_back_and_a_good_one_promoted(workdir: Path,
     canary = Canary(steps=[50, 100], step_seconds=3, min_requests=10, max_error_rate=0.05, max_p99_ms=1000, max_wait_seconds=30)
     split: dict = {"rollout": canary}
 
-    def program() -> None:
-        model = RegisteredModel("model-m", model_name="model_m", model_path="models/m/sklearn_regression_model.pkl")
-        image = InferenceImage("scoring", entry_script="score.py", source_directory="canary_src", conda_file="sample/env/myenv.yml")
-        cluster = AksCluster("aks", cluster_purpose="DevTest")
-        svc = AksService("svc", cluster=cluster, models=[model], image=image, namespace=ns, num_replicas=1,
-                         environment_variables=dict(env), startup_timeout_seconds=120, initial_delay_seconds=30, **split)
-        pulumi.export("uri", svc.scoring_uri)
-        pulumi.export("key", svc.primary_key)
-
-    st = engine_stack(program)
+    st = engine_stack(canary_program(ns, env, split))
     started = time.monotonic()
     up = st.up()
     assert up.summary.result == "succeeded", st.log[-40:]
@@ -121,25 +225,81 @@ def test_a_failing_version_is_rolled_back_and_a_good_one_promoted(workdir: Path,
     assert generation(k8s_cluster, ns, "svc") == first
     assert candidate_objects(k8s_cluster, ns) == ""
 
-    # 3. A good new model: promoted, no failed request, the candidate removed after the roll.
+    # 3. A good new model, its canary stopped by Ctrl-C twice while the candidate takes half the requests.
     env.clear()
     train_model(model_path, alpha=50.0)
     v2 = round(float(joblib.load(model_path).predict(np.array([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]))[0]), 6)
-    loop = ScoringLoop(uri, key, rate=20, max_seconds=150)
+    loop = ScoringLoop(uri, key, rate=20, max_seconds=420, max_requests=8400)  # from before Ctrl-C to the end
     loop.start()
     started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(FIXTURES / "run_k8s_canary.py"), str(workdir), st.name, ns, json.dumps(env),
+                             json.dumps({"rollout": SLOW_CANARY})],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    engine = EngineOutput(proc.stdout)
+    engine.start()
+    try:
+        assert engine.wait_for("now split 50 % current / 50 % candidate", timeout=300), "\n".join(engine.lines[-40:])
+        deadline = time.monotonic() + 30
+        while v2 not in loop.answers and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert v2 in loop.answers, "the candidate answers its share of the NodePort's requests, with the key the split sent"
+        live = routes(k8s_cluster, ns, "svc")
+        assert live and all("50% candidate;" in route and route != before for route, before in live.values()), live.keys()
+        # The candidate checks the key itself: asked from inside a serving pod, no key and a wrong one get 401.
+        assert ask_candidate(k8s_cluster, ns, next(iter(live)), "svc", key) == [401, 401, 200]
+        print(f"canary step live after {time.monotonic() - started:.0f} s; Ctrl-C twice")
+        os.killpg(proc.pid, signal.SIGINT)
+        engine.wait_for("^C received", timeout=30)  # the engine says it cancels, or its output ends
+        try:
+            os.killpg(proc.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass  # the whole group has stopped already
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    engine.join(timeout=30)
+    assert proc.returncode != 0, "\n".join(engine.lines[-40:])
+    deadline = time.monotonic() + 60  # the engine the wrapper started may still be stopping
+    while live_in_group(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert live_in_group(proc.pid) == [], "the interrupted up's processes should have stopped"
+    left = candidate_objects(k8s_cluster, ns)
+    split_left = [pod for pod, (route, before) in routes(k8s_cluster, ns, "svc").items() if route != before]
+    print(f"interrupted: {time.monotonic() - started:.0f} s; left {left.split() or 'no candidate object'}, "
+          f"{len(split_left)} pods still split; {len(loop.failures)} failed so far")
+
+    # The next up, as a user would run it (the stack selected again): the canary runs again and promotes.
+    st.stack = stack_cli.select_stack(st.name, program=canary_program(ns, env, split), root=workdir)
+    again = time.monotonic()
     up = st.up()
-    took = time.monotonic() - started
-    time.sleep(1.0)
+    took = time.monotonic() - again
+    loop.answers.clear()
+    after = loop.ok
+    deadline = time.monotonic() + 30
+    while loop.ok < after + 20 and time.monotonic() < deadline:
+        time.sleep(0.2)
     loop.finish()
-    print(f"promoting up: {took:.0f} s, {loop.ok} ok, {len(loop.failures)} failed")
+    print(f"converging up: {took:.0f} s, {loop.ok} ok, {len(loop.failures)} failed")
     assert up.summary.result == "succeeded"
     assert loop.failures == [], loop.failures[:5]
-    assert v2 in loop.answers, loop.answers
+    assert loop.answers == {v2}, loop.answers  # one version, through the NodePort on 127.0.0.1
     log = "\n".join(st.log)
     assert "canary step 2: 0 % current / 100 % candidate" in log and "canary: promoted after 2 steps" in log, log[-4000:]
+    if split_left:  # the provider was stopped before it could put the routes back: the next canary does, first
+        assert f"{len(split_left)} serving pod{'s' if len(split_left) > 1 else ''} still split by an interrupted up" in log
     assert generation(k8s_cluster, ns, "svc") != first
+    pods = json.loads(kubectl(k8s_cluster, "get", "pods", "-n", ns, "-l", f"{target.LABEL_APP}=svc", "-o", "json"))["items"]
+    assert {p["metadata"]["annotations"].get("mldeploy.azureml.net/model.model_m") for p in pods} == {"2"}, "one version"
     assert candidate_objects(k8s_cluster, ns) == ""
+    gone = subprocess.run([KUBECTL, "--kubeconfig", k8s_cluster, "wait", "--for=delete", "pod", "-n", ns, "-l", CANDIDATE,
+                           "--timeout=60s"], capture_output=True, text=True, timeout=90)
+    assert gone.returncode == 0 or "no matching resources" in gone.stderr, gone.stderr
+    assert kubectl(k8s_cluster, "get", "pods", "-n", ns, "-l", CANDIDATE, "-o", "name").strip() == ""
+    now = routes(k8s_cluster, ns, "svc")
+    assert now and all(route == before and "split_clients" not in route for route, before in now.values()), now.keys()
+    assert stack_cli.orphaned_providers(workdir) == []
 
     out = subprocess.run(["python", str(workdir / "scripts" / "stack.py"), "rollout", st.name, "svc"],
                          capture_output=True, text=True, timeout=120, cwd=workdir)

@@ -74,9 +74,12 @@ class FakeCluster:
 
     def exec(self, namespace: str, pod: str, container: str, argv: list[str], stdin: str | None = None) -> str:
         assert container == "front"
-        if argv[0] == "cat":
+        if argv[0] == "cat" and argv[1].endswith(target.ROUTE_BEFORE):
             self.calls.append(("read-before", pod))
             return "BEFORE ROUTE"
+        if argv[0] == "cat":
+            self.calls.append(("read-route", pod))
+            return self.routes.get(pod, "BEFORE ROUTE")
         if "service.next" in argv[-1]:
             self.routes[pod] = stdin or ""
             lines = [ln.strip() for ln in (stdin or "").splitlines() if ln.strip().endswith(("% candidate;", "* candidate;", "* current;"))]
@@ -103,17 +106,18 @@ def test_a_passing_canary_splits_in_every_serving_pod_then_leaves_the_candidate_
     record, lines = run(cluster, Canary(steps=[50, 100], step_seconds=3, min_requests=10))
     assert record.decision == "promoted after 2 steps"
     calls = cluster.calls
-    assert calls[:6] == [("pods", NAME), ("read-before", "svc-a"), ("delete", "deployments", "svc-canary"),
-                         ("delete", "services", "svc-canary"), ("delete", "networkpolicies", "svc-canary"),
-                         ("create", "networkpolicies", "svc-canary")]
-    assert calls[6:9] == [("create", "services", "svc-canary"), ("create", "deployments", "svc-canary"),
-                          ("get", f"/api/v1/namespaces/{NS}/services/svc-canary")]
+    # Each serving pod's live route is read first: it is already the one it started with, so nothing is written.
+    assert calls[:8] == [("pods", NAME), ("read-before", "svc-a"), ("read-route", "svc-a"), ("read-route", "svc-b"),
+                         ("delete", "deployments", "svc-canary"), ("delete", "services", "svc-canary"),
+                         ("delete", "networkpolicies", "svc-canary"), ("create", "networkpolicies", "svc-canary")]
+    assert calls[8:11] == [("create", "services", "svc-canary"), ("create", "deployments", "svc-canary"),
+                           ("get", f"/api/v1/namespaces/{NS}/services/svc-canary")]
     # The candidate's own rollout (its sample gate) before any weight moves; then both serving pods, each step.
-    assert calls[9] == ("wait", "svc-canary")
-    assert calls[10:12] == [("route", "svc-a", "50% candidate;"), ("route", "svc-b", "50% candidate;")]
-    assert calls[12:14] == [("read-log", "svc-a"), ("read-log", "svc-b")]
-    assert calls[14:16] == [("route", "svc-a", "* candidate;"), ("route", "svc-b", "* candidate;")]
-    assert not [c for c in calls[9:] if c[0] == "delete"], "promotion keeps the candidate until the Deployment rolled"
+    assert calls[11] == ("wait", "svc-canary")
+    assert calls[12:14] == [("route", "svc-a", "50% candidate;"), ("route", "svc-b", "50% candidate;")]
+    assert calls[14:16] == [("read-log", "svc-a"), ("read-log", "svc-b")]
+    assert calls[16:18] == [("route", "svc-a", "* candidate;"), ("route", "svc-b", "* candidate;")]
+    assert not [c for c in calls[11:] if c[0] == "delete"], "promotion keeps the candidate until the Deployment rolled"
     # The candidate's front end, on its own port, not its scoring server.
     assert "upstream mldeploy_svc_candidate {\n    server 10.96.0.7:8080 max_fails=0;" in cluster.routes["svc-a"]
     assert lines[0].startswith("canary step 1: 50 % current / 50 % candidate; 40 requests")
@@ -284,6 +288,21 @@ def test_the_split_route_is_the_pod_s_own_route_plus_the_split() -> None:
                                  "10.96.0.7:8080", 10, "/tmp/mldeploy-fe/split-x.log")
     assert KEYS[0] not in keyless and "if=$mldeploy_authorized" not in keyless
     assert "candidate http://mldeploy_svc_candidate/api/v1/service/svc/score;" in keyless
+
+
+def test_a_split_left_by_an_up_stopped_hard_is_put_back_before_its_candidate_goes() -> None:
+    """Ctrl-C twice can stop the provider before it puts the routes back: the next canary first writes every
+    pod still split back to the route it started with, then removes the leftover candidate, then starts anew."""
+    cluster = FakeCluster()
+    cluster.routes = {"svc-b": "A SPLIT ROUTE LEFT BEHIND"}
+    control = kcanary.KubeTrafficControl(cluster, props(spec=spec(env="0")), props(),
+                                         wait=lambda ops, p: None, sleep=lambda s: None)
+    control.start_candidate()
+    assert cluster.calls[:8] == [("pods", NAME), ("read-before", "svc-a"), ("read-route", "svc-a"), ("read-route", "svc-b"),
+                                 ("route", "svc-b", "before"), ("delete", "deployments", "svc-canary"),
+                                 ("delete", "services", "svc-canary"), ("delete", "networkpolicies", "svc-canary")]
+    assert cluster.routes["svc-b"] == "BEFORE ROUTE"
+    assert ("create", "deployments", "svc-canary") in cluster.calls[8:]
 
 
 def test_an_interrupted_canary_puts_the_routes_back_and_removes_the_candidate() -> None:

@@ -98,6 +98,10 @@ def serving_pods(pods: list[dict[str, Any]]) -> list[str]:
     return sorted(names)
 
 
+def pods_words(pods: list[str]) -> str:
+    return f"{len(pods)} serving pod{'' if len(pods) == 1 else 's'}"
+
+
 def can_split(spec: dict[str, Any] | None) -> bool:
     """Whether pods of this Deployment spec start from a writable route (the front's start script). Pure."""
     try:
@@ -196,7 +200,9 @@ class KubeTrafficControl:
     def start_candidate(self) -> None:
         """The candidate's objects, then its rollout (every pod answers the sample first); on failure none remain."""
         self.attach()
-        self.remove_candidate()  # a candidate left by an interrupted up
+        # What an up stopped hard (Ctrl-C twice) left: the split in the pods first, then the candidate it names.
+        self.put_routes_back()
+        self.remove_candidate()
         objects = candidate_objects(self.ns, self.name, self.news["spec"], self.news.get("labels") or {})
         try:
             for kind in ("networkpolicies", "services", "deployments"):
@@ -223,6 +229,23 @@ class KubeTrafficControl:
         for pod in self.pods:
             self._exec(pod, ["sh", "-c", target.route_write_script()], stdin=route)
         self.sleep(RELOAD_SETTLE_SECONDS)
+        if candidate == 0 and not mirror_percent:
+            say(f"{self.ns}/{self.name}: {pods_words(self.pods)} back on the route they started with")
+        else:
+            copies = f", copies of {mirror_percent} % to the candidate" if mirror_percent else ""
+            say(f"{self.ns}/{self.name}: {pods_words(self.pods)} now split {current} % current / {candidate} % candidate{copies}")
+
+    def put_routes_back(self) -> list[str]:
+        """Serving pods whose live route is not the one they started with (the split of an up stopped before it
+        could put it back) get that route again, before the candidate it names goes: no request is sent to a
+        candidate being removed. The pods it was written to."""
+        moved = [pod for pod in self.pods if self._exec(pod, ["cat", f"{target.ROUTE_DIR}/service.conf"]) != self.before]
+        for pod in moved:
+            self._exec(pod, ["sh", "-c", target.route_write_script()], stdin=self.before)
+        if moved:
+            self.sleep(RELOAD_SETTLE_SECONDS)
+            say(f"{self.ns}/{self.name}: {pods_words(moved)} still split by an interrupted up, back on the route they started with")
+        return moved
 
     def candidate_metrics(self, since: float) -> Metrics:
         lines: list[str] = []

@@ -140,11 +140,13 @@ def _proc_stat(pid: int) -> tuple[str, int]:
 
 
 def orphaned_providers(root: Path) -> list[int]:
-    """Dynamic provider processes of this project whose engine is gone.
+    """Provider processes of this project whose engine is gone: the dynamic providers, and resource
+    plugins such as pulumi-kubernetes.
 
     An engine stopped hard (Ctrl-C twice) cannot stop the provider processes it
-    started; they would otherwise wait for it forever. Ours run in the project's
-    folder; a live engine's are its descendants and are left alone. Linux only.
+    started; a dynamic provider would otherwise wait for it forever, a resource
+    plugin up to its five-minute health check. They run in the project's folder;
+    a live engine's are its descendants and are left alone. Linux only.
     """
     found = []
     proc = Path("/proc")
@@ -159,7 +161,7 @@ def orphaned_providers(root: Path) -> list[int]:
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if not any(m in cmdline for m in (b"pulumi.dynamic", b"pulumi-resource-pulumi-python", b"mldeploy.providers.host")):
+        if not any(m in cmdline for m in (b"pulumi.dynamic", b"pulumi-resource-", b"mldeploy.providers.host")):
             continue
         if cwd.removesuffix(" (deleted)") != want:
             continue

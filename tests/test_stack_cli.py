@@ -143,21 +143,24 @@ def test_providers_of_a_gone_engine_are_stopped_and_a_live_engines_kept(tmp_path
     )
     engine = _spawn([str(engine_bin), "-c", engine_code], project)
     orphan = _spawn(provider, project)  # its parent (this test) is no engine: as if the engine were gone
+    # A resource plugin of a gone engine (pulumi-kubernetes), which would wait for its health check.
+    plugin = _spawn([sys.executable, "-c", "import time; time.sleep(120)", "/plugins/pulumi-resource-kubernetes", "127.0.0.1:1"],
+                    project)
     elsewhere = _spawn(provider, tmp_path)  # another project's
     kept_pid = None
     try:
         assert _wait_for(lambda: child_of_engine.exists() and child_of_engine.read_text())
         kept_pid = int(child_of_engine.read_text())
-        assert _wait_for(lambda: orphan.pid in stack_cli.orphaned_providers(project))
+        assert _wait_for(lambda: {orphan.pid, plugin.pid} <= set(stack_cli.orphaned_providers(project)))
         assert kept_pid not in stack_cli.orphaned_providers(project)
         assert elsewhere.pid not in stack_cli.orphaned_providers(project)
 
-        assert stack_cli.end_orphaned_providers(project) == [orphan.pid]
-        assert orphan.wait(timeout=10) is not None
+        assert sorted(stack_cli.end_orphaned_providers(project)) == sorted([orphan.pid, plugin.pid])
+        assert orphan.wait(timeout=10) is not None and plugin.wait(timeout=10) is not None
         assert engine.poll() is None and elsewhere.poll() is None
         assert not stack_cli._gone(kept_pid)
     finally:
-        for proc in (engine, orphan, elsewhere):
+        for proc in (engine, orphan, plugin, elsewhere):
             proc.kill()
             proc.wait(timeout=10)
         if kept_pid is not None and not stack_cli._gone(kept_pid):

@@ -305,6 +305,45 @@ def test_a_split_left_by_an_up_stopped_hard_is_put_back_before_its_candidate_goe
     assert ("create", "deployments", "svc-canary") in cluster.calls[8:]
 
 
+def test_a_refresh_finds_a_leftover_candidate_and_the_next_up_removes_it_even_when_it_rolls_nothing(monkeypatch) -> None:
+    """After Ctrl-C twice the user may declare the old version again: no template change, no canary. The refresh
+    the next run does first marks the candidate nothing holds; that up puts the split back and removes it."""
+    class Settled(FakeCluster):  # no old pod draining: the candidate goes at once
+        def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+            return [p for p in super().pods(namespace, selector) if not p["metadata"].get("deletionTimestamp")]
+
+    monkeypatch.setattr(kcanary.KubeTrafficControl.__init__, "__defaults__", (lambda ops, p: None, lambda s: None, kcanary.time.monotonic))
+    cluster = Settled()
+    cluster.routes = {"svc-a": "A SPLIT ROUTE LEFT BEHIND"}
+    provider = kcanary.CanaryProvider(ops=lambda kubeconfig: Opened(cluster))
+    state = props(spec=spec(env="0"))
+    read = provider.read("id", state).outs
+    assert read[kcanary.LEFTOVER] is True and kcanary.diff_canary(read, state).changes
+    assert provider.read("id", {**state, "held": {"weights": [90, 10, 0]}}).outs.get(kcanary.LEFTOVER) is None, "held: expected"
+    words = provider.check(read, state).inputs["rollout_plan"]
+    assert words == kcanary.LEFTOVER_WORDS and "the candidate is removed" in words
+    cluster.calls.clear()
+    outs = provider.update("id", read, state).outs
+    assert kcanary.LEFTOVER not in outs
+    routes = [c for c in cluster.calls if c[0] == "route"]
+    assert routes == [("route", "svc-a", "before")] and cluster.routes["svc-a"] == "BEFORE ROUTE"
+    assert cluster.calls[-3:] == [("delete", "deployments", "svc-canary"), ("delete", "services", "svc-canary"),
+                                  ("delete", "networkpolicies", "svc-canary")]
+    assert cluster.calls.index(routes[0]) < cluster.calls.index(("delete", "deployments", "svc-canary"))
+
+    class Empty(FakeCluster):
+        def get(self, path: str) -> Any:
+            return {"items": []}
+
+    class Unreachable(FakeCluster):
+        def get(self, path: str) -> Any:
+            raise ConnectionError("the API server does not answer")
+
+    for other in (Empty(), Unreachable()):
+        quiet = kcanary.CanaryProvider(ops=lambda kubeconfig, c=other: Opened(c)).read("id", {**state, kcanary.LEFTOVER: True})
+        assert kcanary.LEFTOVER not in quiet.outs and not kcanary.diff_canary(quiet.outs, state).changes
+
+
 def test_an_interrupted_canary_puts_the_routes_back_and_removes_the_candidate() -> None:
     """Ctrl-C mid-step: run_canary's rollback runs before the interruption goes on, so no route or object is left."""
     cluster = FakeCluster()

@@ -29,7 +29,7 @@ import time
 import uuid
 from typing import Any, Callable, Protocol
 
-from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ResourceProvider, UpdateResult
+from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
 from mldeploy.providers.core.progress import say
 from mldeploy.providers.front.split import metrics_from_log
@@ -37,7 +37,7 @@ from mldeploy.providers.rollouts.engine import Metrics, RolledBack, RolloutRecor
 from mldeploy.providers.rollouts.spec import Canary, TrafficSplit
 from mldeploy.providers.rollouts.words import canary_words, held_words
 from mldeploy.providers.targets import kubernetes as target
-from mldeploy.providers.targets.kubernetes.rollout import RolloutFailed, candidate_paths as paths, wait_for_rollout
+from mldeploy.providers.targets.kubernetes.rollout import RolloutFailed, candidate_paths as paths, remove_after_roll, wait_for_rollout
 
 RELOAD_SETTLE_SECONDS = 0.5
 """After `nginx -s reload` the old workers finish what they hold; new requests meet the new route."""
@@ -306,10 +306,23 @@ class Ops:
 WATCHED = ("spec", "rollout", "keys", "front", "namespace", "name")
 
 
+LEFTOVER = "leftover"
+"""Set by a refresh that finds a candidate nothing holds: an up stopped mid-canary (Ctrl-C twice) left it."""
+LEFTOVER_WORDS = ("an interrupted up left a candidate and its split: the serving pods go back to their own route "
+                  "and the candidate is removed")
+
+
 def diff_canary(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-    """Pure: any watched input that changed is an update, never a replacement."""
-    changed = [k for k in WATCHED if olds.get(k) != news.get(k)]
+    """Pure: any watched input that changed is an update, never a replacement; so is a leftover candidate."""
+    changed = [k for k in WATCHED if olds.get(k) != news.get(k)] + ([LEFTOVER] if olds.get(LEFTOVER) else [])
     return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+
+def starts_candidate(olds: dict[str, Any], news: dict[str, Any]) -> bool:
+    """Whether this update starts a candidate (which clears any leftover first). Pure."""
+    if news.get("traffic") or news.get("mirror_percent"):
+        return held_plan(olds, news) == "start"
+    return not olds.get("held") and plan(olds, news)[0]
 
 
 class CanaryProvider(ResourceProvider):
@@ -333,6 +346,8 @@ class CanaryProvider(ResourceProvider):
                 failures.append(CheckFailure("traffic" if news.get("traffic") else "rollout", str(exc)))
             else:
                 words = check_words(olds, news, canary)
+                if olds.get(LEFTOVER) and not starts_candidate(olds, news):
+                    words = f"{words}; {LEFTOVER_WORDS}" if words else LEFTOVER_WORDS
                 if words:
                     news = {**news, "rollout_plan": words}  # for the Markdown review (scripts/preview_markdown.py)
                     if olds:
@@ -346,7 +361,26 @@ class CanaryProvider(ResourceProvider):
         # The first version, or one whose pods are not yet ready to split: nothing to compare it with.
         return CreateResult(f"{props['namespace']}/{target.canary_name(props['name'])}", {**props, "last": "created"})
 
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """A refresh (the next run after an interrupted up does one first) looks for a candidate that nothing
+        holds: an up stopped mid-canary left it, its split still live. It is marked `leftover`, so the next up
+        removes it even when it rolls nothing. Whatever goes wrong here leaves the state as it was: a refresh
+        never fails on it."""
+        props = {k: v for k, v in props.items() if k != LEFTOVER}
+        if props.get("held") or not props.get("kubeconfig") or not props.get("namespace") or not props.get("name"):
+            return ReadResult(id_, props)
+        ns, name = props["namespace"], props["name"]
+        try:
+            with self._open(str(props["kubeconfig"])) as ops:
+                found = ops.get(f"/apis/apps/v1/namespaces/{ns}/deployments?labelSelector="
+                                f"{target.LABEL_APP}={target.canary_name(name)}").get("items")
+        except Exception:  # noqa: BLE001 - an unreachable cluster is the next up's to report
+            return ReadResult(id_, props)
+        return ReadResult(id_, {**props, LEFTOVER: True} if found else props)
+
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        if olds.get(LEFTOVER) and not starts_candidate(olds, news):
+            self._clean(olds, news)
         if news.get("traffic") or news.get("mirror_percent"):
             return UpdateResult({**news, "last": "held", "held": self._hold(olds, news)})
         if olds.get("held"):
@@ -431,6 +465,19 @@ class CanaryProvider(ResourceProvider):
         with self._open(str(news.get("kubeconfig") or "")) as ops:
             self._held_control(ops, olds, news).set_weights(0, 100)
         say(f"{news['name']}: the held version takes all traffic; the Deployment rolls to it next")
+
+    def _clean(self, olds: dict[str, Any], news: dict[str, Any]) -> None:
+        """What an up stopped mid-canary left, when this up starts no candidate of its own (which would clear it):
+        every serving pod back on its own route, then the candidate, once no old pod still drains into it."""
+        with self._open(str(news.get("kubeconfig") or "")) as ops:
+            control = KubeTrafficControl(ops, olds, news)
+            try:
+                control.attach()
+            except RolloutFailed:
+                pass  # no serving pod: no route to put back
+            else:
+                control.put_routes_back()
+            remove_after_roll(ops, news["namespace"], news["name"])
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         """A candidate left by an interrupted up goes with the service."""

@@ -8,9 +8,10 @@ Three pytest sessions run side by side:
 - lane rest2: `SECOND_REST`, end-to-end files that mostly wait (containers starting, canary
   steps, paced clients).
 The suite then takes about as long as its longest lane instead of the sum. What the lanes share
-(the local registry, the cluster, Azurite) is started here first, so no lane's session stops it
-under another, and is stopped at the end if started here. Tests that stop or change what the
-lanes share (`alone`: the registry; `restarts_docker`) run last, by themselves.
+(the local registry, the cluster, Azurite) is started here first (the cluster by its own lane,
+while the others begin), so no lane's session stops it under another, and is stopped at the end
+if started here. Tests that stop or change what the lanes share (`alone`: the registry;
+`restarts_docker`) run last, by themselves.
 
     python scripts/lanes.py [pytest options]    # what scripts/test.sh runs for the whole suite
 
@@ -65,18 +66,20 @@ def say(msg: str) -> None:
     print(f"[lanes] {msg}", file=sys.stderr, flush=True)
 
 
-def shared_up() -> list[list[str]]:
-    """Start the registry, the cluster and Azurite when not running; returns how to stop what was started."""
-    stops: list[list[str]] = []
-    registry, cluster, azurite = (str(ROOT / "scripts" / p) for p in ("k8s/registry.sh", "k8s/cluster.sh", "azurite.sh"))
-    for name, script in (("registry", registry), ("cluster", cluster), ("azurite", azurite)):
+SHARED = {name: str(ROOT / "scripts" / p) for name, p in
+          (("registry", "k8s/registry.sh"), ("cluster", "k8s/cluster.sh"), ("azurite", "azurite.sh"))}
+
+
+def shared_up(names: tuple[str, ...], stops: list[list[str]], out: Any = None) -> None:
+    """Start these shared services when not running; how to stop what was started goes first in `stops`."""
+    for name in names:
+        script = SHARED[name]
         if subprocess.run([script, "status"], capture_output=True).returncode == 0:
             continue
         t0 = time.monotonic()
-        subprocess.run([script, "up"], check=True)
+        subprocess.run([script, "up"], check=True, stdout=out, stderr=out and subprocess.STDOUT)
         say(f"{name} started in {time.monotonic() - t0:.0f} s (stopped at the end)")
         stops.insert(0, [script, "down"])
-    return stops
 
 
 REPORTS = Path(tempfile.mkdtemp(prefix="mldeploy-lanes-"))
@@ -113,11 +116,18 @@ def file_times() -> str:
 class ClusterLane(threading.Thread):
     """The cluster's tests, then the files moved beside them: two pytest sessions, one after the other, one log."""
 
-    def __init__(self, args: list[str], log: Any):
+    def __init__(self, args: list[str], log: Any, stops: list[list[str]]):
         super().__init__(daemon=True)
-        self.args, self.log, self.code, self.ended = args, log, 0, 0.0
+        self.args, self.log, self.stops, self.code, self.ended = args, log, stops, 0, 0.0
 
     def run(self) -> None:
+        # The cluster starts here (about 10 s), while the other lanes, which never use it, have begun.
+        try:
+            shared_up(("cluster",), self.stops, self.log)
+        except subprocess.CalledProcessError as exc:
+            self.log.write(f"[lanes] the cluster did not start: {exc}\n")
+            self.code, self.ended = 1, time.monotonic()
+            return
         moved = [f for f in BESIDE_THE_CLUSTER if (ROOT / f).exists()]
         codes = [pytest(LANES["cluster"], self.args, "cluster", stdout=self.log, stderr=subprocess.STDOUT).wait()]
         if moved:
@@ -142,9 +152,28 @@ class LoggedLane(threading.Thread):
         self.ended = time.monotonic()
 
 
+class LoadSampler(threading.Thread):
+    """The machine's 1-minute load average every 15 s while the lanes run (other work on the machine counts too)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[float] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(15):
+            self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> str:
+        self.stopped.set()
+        s = self.samples or [os.getloadavg()[0]]
+        return f"load average (1 min) while the lanes ran: mean {sum(s) / len(s):.1f}, max {max(s):.1f}, {len(s)} samples"
+
+
 def main(args: list[str]) -> int:
     t0 = time.monotonic()
-    stops = shared_up()
+    stops: list[list[str]] = []
+    shared_up(("registry", "azurite"), stops)  # the cluster's lane starts the cluster (after the registry)
     codes: dict[str, int] = {}
     second = [f for f in SECOND_REST if (ROOT / f).exists()]
     named = [a for a in args if a.startswith("tests/") or a.startswith(str(ROOT / "tests"))]
@@ -152,7 +181,9 @@ def main(args: list[str]) -> int:
         with tempfile.NamedTemporaryFile("w+", prefix="mldeploy-lane-cluster-", suffix=".log") as log, \
                 tempfile.NamedTemporaryFile("w+", prefix="mldeploy-lane-rest2-", suffix=".log") as log2:
             say(f"lane cluster ({LANES['cluster']}), lane rest and lane rest2 ({len(second)} files of the rest) side by side")
-            cluster = ClusterLane(args, log)
+            load = LoadSampler()
+            load.start()
+            cluster = ClusterLane(args, log, stops)
             cluster.start()
             rest2 = LoggedLane(LANES["rest"], [*args, *second], log2) if second and not named else None
             if rest2 is not None:
@@ -170,6 +201,7 @@ def main(args: list[str]) -> int:
                 sys.stdout.write(lane_log.read())
                 sys.stdout.flush()
                 say(f"lane {name} ended ({codes[name]}) after {lane.ended - t0:.0f} s")
+            say(load.summary())
         codes["last"] = pytest(LAST, args, "last").wait()
         say(f"lane last ({LAST}) ended ({codes['last']}) after {time.monotonic() - t0:.0f} s")
         say("seconds per file:\n" + file_times())

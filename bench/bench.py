@@ -1185,13 +1185,16 @@ class Bench:
                                **k8s_rollout_declaration(canary, traffic, mirror))
 
         st = BenchStack(self, f"bench-krollout-{self.run_id}", declare({}))
+        # The lock for the whole section, destroy included: released between runs, the bench's namespace stayed
+        # on the cluster while others' cluster tests ran, and the destroy queued behind a whole CI run.
         with self.cluster_lock():
             self.cluster_up()
             log(f"kubernetes rollout: up (1 replica, the canary declared; untimed), namespace {ns}")
             st.run("up")
-        self.rollout_runs(st, S, model, declare, hold=self.cluster_lock)
-        with self.cluster_lock():
-            st.run("destroy")
+            try:
+                self.rollout_runs(st, S, model, declare)
+            finally:
+                st.run("destroy")
         self.results.note(
             f"{S}: each latency figure is {self.rollout_measure():g} s of one client at {a.update_rate:g} req/s on the "
             "service's NodePort on 127.0.0.1 (kube-proxy, then the pod's front end, nginx, which splits or mirrors; the "
@@ -1208,85 +1211,82 @@ class Bench:
     def rollout_measure(self) -> float:
         return max(5.0, self.args.serve_seconds)
 
-    def rollout_runs(self, st: BenchStack, S: str, model: Path, declare: Callable[..., Callable[[], None]],
-                     hold: Callable[[], Any] = contextlib.nullcontext) -> None:
+    def rollout_runs(self, st: BenchStack, S: str, model: Path, declare: Callable[..., Callable[[], None]]) -> None:
         """One target's rollout figures, `runs` times, on a stack whose service `declare(env, canary=, traffic=,
         mirror=)` describes: the plain route, a 50 % mirror to a slow candidate, a 50 % mirror to a newer version
         and a held 50/50 split to a newer one still (latency, failures, which version answered), the held version
-        released (it takes every request), a canary
-        to promotion (timed against its declared steps), and a version failing one request in three rolled back.
-        `hold()` is taken around each run (the cluster's lock)."""
+        released (it takes every request), a canary to promotion (timed against its declared steps), and a version
+        failing one request in three rolled back."""
         R, a = self.results, self.args
         out = st.outputs()
         uri, key = loopback_uri(out["scoring_uri"]), out.get("primary_key")
         measure = self.rollout_measure()
         bound = int(a.update_rate * a.update_timeout) + 1
         for i in range(a.runs):
-            with hold():
-                log(f"{S} run {i + 1}/{a.runs}: plain, slow mirror, mirror 50 %, held split 50/50, release, canary, rollback")
-                lat, _, _ = self.steady_latency(uri, key, measure)
-                R.add(S, "plain route: latency p50", "ms", percentile(lat, 50))
-                R.add(S, "plain route: latency p99", "ms", percentile(lat, 99))
-                # Each held step declares a newer version, so each starts its own candidate: on Kubernetes a
-                # changed `traffic` or `mirror_percent` alone, with the same version, is not applied (see the note).
-                # A 50 % mirror to a candidate that takes 1.5 s a request: live answers must not wait for it.
-                cand = self.train(1.0 + i, model)
-                st.run("up", program=declare({"CANARY_SLOW_EVERY": "1"}, mirror=50))
-                lat, failed3, answers = self.steady_latency(uri, key, measure)
-                R.add(S, "mirror 50 % to a candidate taking 1.5 s a request: latency p50", "ms", percentile(lat, 50))
-                R.add(S, "mirror 50 % to a candidate taking 1.5 s a request: latency p99", "ms", percentile(lat, 99))
-                R.add(S, "mirror 50 % to a slow candidate: failed requests", "requests", failed3)
-                R.add(S, "mirror 50 % to a slow candidate: answers from the candidate (discarded: 0 expected)", "requests",
-                      answered_by(answers, cand))
-                # A 50 % mirror to a newer version.
-                cand = self.train(2.0 + i, model)
-                st.run("up", program=declare({}, mirror=50))
-                lat, failed2, answers = self.steady_latency(uri, key, measure)
-                R.add(S, "mirror 50 % (answers discarded): latency p50", "ms", percentile(lat, 50))
-                R.add(S, "mirror 50 % (answers discarded): latency p99", "ms", percentile(lat, 99))
-                R.add(S, "mirror 50 %: answers from the candidate (discarded: 0 expected)", "requests", answered_by(answers, cand))
-                # A newer version held beside the current one, taking half the requests.
-                cand = self.train(3.0 + i, model)
-                st.run("up", program=declare({}, traffic=50))
-                lat, failed, answers = self.steady_latency(uri, key, measure)
-                R.add(S, "held split 50/50: latency p50", "ms", percentile(lat, 50))
-                R.add(S, "held split 50/50: latency p99", "ms", percentile(lat, 99))
-                R.add(S, "held split 50/50: answers from the held version", "%", share_percent(answers, cand))
-                R.add(S, "failed requests while split or mirrored", "requests", failed + failed2)
-                st.run("up", program=declare({}))  # dropped: the held version takes every request
-                # A canary to promotion, timed against its declared steps.
-                self.train(50.0 * 4**i, model)
-                client = PacedClient(uri, key, a.update_rate, max_seconds=a.update_timeout, max_requests=bound)
-                client.start()
-                t0 = time.perf_counter()
-                try:
-                    _, dt, _ = st.run("up", program=declare({}, canary=True))
-                finally:
-                    client.finish()
-                recs = [r for r in client.records if r[0] >= t0]
-                R.add(S, f"canary `up` to promotion (its steps declare {len(ROLLOUT_STEPS) * ROLLOUT_STEP_SECONDS:g} s)", "s", dt)
-                R.add(S, "canary `up` start to its promotion decision (last step passed)", "s",
-                      first_mark(st.marks, "canary: promoted"))
-                R.add(S, "failed requests during a promoted canary", "requests", sum(1 for r in recs if not r[2]))
-                R.add(S, "requests sent during a promoted canary", "requests", len(recs))
-                for r in [r for r in recs if not r[2]][:3]:
-                    R.note(f"{S}, run {i + 1}: a request failed during the promoted canary at +{r[0] - t0:.2f} s: {r[4]}")
-                # A version failing one request in three, rolled back at its first step.
-                client = PacedClient(uri, key, a.update_rate, max_seconds=a.update_timeout, max_requests=bound)
-                client.start()
-                t0 = time.perf_counter()
-                try:
-                    st.run("up", program=declare({"CANARY_FAIL_EVERY": "3"}, canary=True))
-                    R.note(f"{S}, run {i + 1}: the failing version was promoted, not rolled back")
-                except Exception:  # noqa: BLE001 - the rollback fails `up`, as it should
-                    pass
-                finally:
-                    dt = time.perf_counter() - t0
-                    client.finish()
-                recs = [r for r in client.records if r[0] >= t0]
-                R.add(S, "rollback: `up` start to failing (rolled back)", "s", dt)
-                R.add(S, "rollback: failed requests (the candidate's share of its first step)", "requests", sum(1 for r in recs if not r[2]))
-                R.add(S, "rollback: requests sent meanwhile", "requests", len(recs))
+            log(f"{S} run {i + 1}/{a.runs}: plain, slow mirror, mirror 50 %, held split 50/50, release, canary, rollback")
+            lat, _, _ = self.steady_latency(uri, key, measure)
+            R.add(S, "plain route: latency p50", "ms", percentile(lat, 50))
+            R.add(S, "plain route: latency p99", "ms", percentile(lat, 99))
+            # Each held step declares a newer version, so each starts its own candidate: on Kubernetes a
+            # changed `traffic` or `mirror_percent` alone, with the same version, is not applied (see the note).
+            # A 50 % mirror to a candidate that takes 1.5 s a request: live answers must not wait for it.
+            cand = self.train(1.0 + i, model)
+            st.run("up", program=declare({"CANARY_SLOW_EVERY": "1"}, mirror=50))
+            lat, failed3, answers = self.steady_latency(uri, key, measure)
+            R.add(S, "mirror 50 % to a candidate taking 1.5 s a request: latency p50", "ms", percentile(lat, 50))
+            R.add(S, "mirror 50 % to a candidate taking 1.5 s a request: latency p99", "ms", percentile(lat, 99))
+            R.add(S, "mirror 50 % to a slow candidate: failed requests", "requests", failed3)
+            R.add(S, "mirror 50 % to a slow candidate: answers from the candidate (discarded: 0 expected)", "requests",
+                  answered_by(answers, cand))
+            # A 50 % mirror to a newer version.
+            cand = self.train(2.0 + i, model)
+            st.run("up", program=declare({}, mirror=50))
+            lat, failed2, answers = self.steady_latency(uri, key, measure)
+            R.add(S, "mirror 50 % (answers discarded): latency p50", "ms", percentile(lat, 50))
+            R.add(S, "mirror 50 % (answers discarded): latency p99", "ms", percentile(lat, 99))
+            R.add(S, "mirror 50 %: answers from the candidate (discarded: 0 expected)", "requests", answered_by(answers, cand))
+            # A newer version held beside the current one, taking half the requests.
+            cand = self.train(3.0 + i, model)
+            st.run("up", program=declare({}, traffic=50))
+            lat, failed, answers = self.steady_latency(uri, key, measure)
+            R.add(S, "held split 50/50: latency p50", "ms", percentile(lat, 50))
+            R.add(S, "held split 50/50: latency p99", "ms", percentile(lat, 99))
+            R.add(S, "held split 50/50: answers from the held version", "%", share_percent(answers, cand))
+            R.add(S, "failed requests while split or mirrored", "requests", failed + failed2)
+            st.run("up", program=declare({}))  # dropped: the held version takes every request
+            # A canary to promotion, timed against its declared steps.
+            self.train(50.0 * 4**i, model)
+            client = PacedClient(uri, key, a.update_rate, max_seconds=a.update_timeout, max_requests=bound)
+            client.start()
+            t0 = time.perf_counter()
+            try:
+                _, dt, _ = st.run("up", program=declare({}, canary=True))
+            finally:
+                client.finish()
+            recs = [r for r in client.records if r[0] >= t0]
+            R.add(S, f"canary `up` to promotion (its steps declare {len(ROLLOUT_STEPS) * ROLLOUT_STEP_SECONDS:g} s)", "s", dt)
+            R.add(S, "canary `up` start to its promotion decision (last step passed)", "s",
+                  first_mark(st.marks, "canary: promoted"))
+            R.add(S, "failed requests during a promoted canary", "requests", sum(1 for r in recs if not r[2]))
+            R.add(S, "requests sent during a promoted canary", "requests", len(recs))
+            for r in [r for r in recs if not r[2]][:3]:
+                R.note(f"{S}, run {i + 1}: a request failed during the promoted canary at +{r[0] - t0:.2f} s: {r[4]}")
+            # A version failing one request in three, rolled back at its first step.
+            client = PacedClient(uri, key, a.update_rate, max_seconds=a.update_timeout, max_requests=bound)
+            client.start()
+            t0 = time.perf_counter()
+            try:
+                st.run("up", program=declare({"CANARY_FAIL_EVERY": "3"}, canary=True))
+                R.note(f"{S}, run {i + 1}: the failing version was promoted, not rolled back")
+            except Exception:  # noqa: BLE001 - the rollback fails `up`, as it should
+                pass
+            finally:
+                dt = time.perf_counter() - t0
+                client.finish()
+            recs = [r for r in client.records if r[0] >= t0]
+            R.add(S, "rollback: `up` start to failing (rolled back)", "s", dt)
+            R.add(S, "rollback: failed requests (the candidate's share of its first step)", "requests", sum(1 for r in recs if not r[2]))
+            R.add(S, "rollback: requests sent meanwhile", "requests", len(recs))
 
     def scale_step(self, st: BenchStack, n: int) -> None:
         R, a = self.results, self.args
@@ -1680,7 +1680,7 @@ def DEFINITIONS(a: argparse.Namespace) -> list[str]:  # noqa: N802 - reads like 
         "scoring server on the pod's loopback), alternating with the bare server, same load as the local "
         "serving section.",
         "**rollouts** (local target, and on Kubernetes `krollout`: `AksService`, 1 replica, `cpu_cores` 0.25, in a "
-        "namespace of the bench's own, the cluster's lock held for each run): one service whose score.py is the "
+        "namespace of the bench's own, the cluster's lock held for the whole section): one service whose score.py is the "
         "sample's plus `tests/fixtures/canary_run.py` (an environment variable makes a version fail every third "
         "request or take 1.5 s a request, as the canary tests do). Per run, with one client at "
         f"{a.update_rate:g} req/s on 127.0.0.1 (fixed schedule, keep-alive): latency through the plain route, a held "

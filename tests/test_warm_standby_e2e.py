@@ -9,6 +9,7 @@ keeps serving), and `destroy` leaves nothing.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,12 @@ def test_a_model_update_hands_the_new_version_to_the_waiting_standby(workdir: Pa
     assert not any(d.startswith("/var/azureml-app/azureml-models/") and d != "/var/azureml-app/azureml-models/sklearn_regression_model"
                    for d in binds)
     assert not (Path(svc["backend_socket"]).parent / standby["socket"]).exists()  # no socket before it has a model
+    # `up` returns once the standby is started, not once it has imported its libraries (seconds more on a
+    # busy machine): wait for its line, bounded in time and count.
+    for _ in range(300):
+        if "modules imported" in waiting.logs().decode():
+            break
+        time.sleep(0.2)
     assert "modules imported" in waiting.logs().decode(), waiting.logs().decode()[-2000:]
 
     # A model-only update: the standby is handed version 2 and serves it; a new standby waits.

@@ -128,7 +128,7 @@ class FakeAzureML:
         self.server.daemon_threads = True
         self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()  # shutdown() waits one poll
 
     # -- what tests use ---------------------------------------------------------
     def issue_token(self, ttl: float = 3600) -> str:

@@ -80,6 +80,8 @@ def _service_inputs(target: str, **kw: Any) -> dict[str, Any]:
         config.update({"mldeploy:azureSubscriptionId": "00000000-0000-0000-0000-000000000000",
                        "mldeploy:azureResourceGroup": "rg-ml", "mldeploy:azureLocation": "westeurope",
                        "mldeploy:azureMlWorkspace": "ws-ml"})
+    if target == "azureml":  # Azure pulls the environment's image from the workspace's registry
+        config["mldeploy:imageRegistry"] = "mlws.azurecr.io"
     pulumi.runtime.set_all_config(config, [])
 
     @pulumi.runtime.test

@@ -391,6 +391,9 @@ def test_a_held_split_starts_once_moves_its_weights_by_routes_only_and_hands_ove
     cluster.calls.clear()
     moved = props(rollout=None, traffic={"current": 50, "candidate": 50})
     assert kcanary.held_plan(outs, moved) == "weights"
+    # New weights alone, on the same version, are a change the engine must apply (found by the bench: it was ignored).
+    assert kcanary.diff_canary(outs, moved).changes
+    assert kcanary.diff_canary(outs, props(rollout=None, traffic={"current": 90, "candidate": 10}, mirror_percent=20)).changes
     assert "was 90 % / 10 % / 0 %" in kcanary.held_plan_words(outs, moved)
     outs2 = provider.update("id", outs, moved).outs
     assert outs2["held"]["weights"] == [50, 50, 0]

@@ -303,7 +303,9 @@ class Ops:
         return self._kube.exec_in(self._kubeconfig, namespace, pod, container, argv, stdin)
 
 
-WATCHED = ("spec", "rollout", "keys", "front", "namespace", "name")
+WATCHED = ("spec", "rollout", "keys", "front", "namespace", "name", "traffic", "mirror_percent")
+"""An input whose change is an update. A held split's new weights or mirror share alone are one
+(`held_plan` "weights": the routes change, nothing rolls)."""
 
 
 LEFTOVER = "leftover"

@@ -1205,7 +1205,7 @@ class Bench:
             "line, as the Automation API streamed it). Each held step (slow mirror, mirror, held split) declares a newer "
             "model, so each starts its own candidate Deployment: when this section was written, a changed `traffic` or "
             "`mirror_percent` alone, with the same version, left the running split as it was on Kubernetes (the "
-            "`KubernetesCanary` resource's diff watches neither), and the *answers from* rows check from the client's "
+            "`KubernetesCanary` resource's diff watched neither; fixed since), and the *answers from* rows check from the client's "
             "side which version answered.")
 
     def rollout_measure(self) -> float:
@@ -1227,8 +1227,8 @@ class Bench:
             lat, _, _ = self.steady_latency(uri, key, measure)
             R.add(S, "plain route: latency p50", "ms", percentile(lat, 50))
             R.add(S, "plain route: latency p99", "ms", percentile(lat, 99))
-            # Each held step declares a newer version, so each starts its own candidate: on Kubernetes a
-            # changed `traffic` or `mirror_percent` alone, with the same version, is not applied (see the note).
+            # Each held step declares a newer version, so each starts its own candidate (when this was written a
+            # changed `traffic` or `mirror_percent` alone was not applied on Kubernetes; fixed since, kept comparable).
             # A 50 % mirror to a candidate that takes 1.5 s a request: live answers must not wait for it.
             cand = self.train(1.0 + i, model)
             st.run("up", program=declare({"CANARY_SLOW_EVERY": "1"}, mirror=50))

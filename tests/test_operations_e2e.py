@@ -180,7 +180,9 @@ def test_interrupted_up_converges_and_destroy_cleans(workdir: Path) -> None:
         os.killpg(proc.pid, signal.SIGINT)
         log, _ = proc.communicate(timeout=120)
         assert proc.returncode != 0
-        assert "terminating" in log or "cancel" in log
+        # Stopped by the interrupt, not by some other failure: the engine says it cancels, or (when the second
+        # Ctrl-C reaches stack.py before the engine's words are relayed, as under load) Python's KeyboardInterrupt.
+        assert any(w in log for w in ("terminating", "cancel", "KeyboardInterrupt")), log[-3000:]
 
         # The next up converges: one backend, the declared version, no orphans.
         again = _stack_process(workdir, name, "up", "0")

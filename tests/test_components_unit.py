@@ -869,13 +869,13 @@ def test_conda_file_not_an_environment(mocks: RecordingMocks, project: Path) -> 
 
 @pulumi.runtime.test
 def test_conda_file_missing(mocks: RecordingMocks) -> None:
-    _raises(lambda: make_image("img8", conda_file="env/nope.yml"), "InferenceImage 'img8'", "conda_file")
+    _raises(lambda: make_image("img8", conda_file="env/nope.yml"), "InferenceImage 'img8'", "conda_file", "does not exist")
 
 
 @pytest.mark.parametrize("field,value", [("cpu_cores", 0), ("memory_gb", -1)])
 @pulumi.runtime.test
 def test_service_resources_must_be_positive(mocks: RecordingMocks, field: str, value: float) -> None:
-    _raises(lambda: make_service("svc1", **{field: value}), "ContainerInstanceService 'svc1'", field)
+    _raises(lambda: make_service("svc1", **{field: value}), "ContainerInstanceService 'svc1'", field, "greater than 0")
 
 
 @pulumi.runtime.test
@@ -1005,6 +1005,7 @@ def test_service_environment_cannot_override_server_settings(mocks: RecordingMoc
         "ContainerInstanceService 'svc-env'",
         "environment_variables",
         name,
+        "cannot be overridden",
     )
     assert not [n for n in mocks.resources if n.startswith("svc-env")]
 
@@ -1046,3 +1047,74 @@ def test_bad_sample_request_names_the_field(mocks: RecordingMocks, project: Path
     _raises(lambda: make_service("a4", sample_response=[1.0]), "sample_response: needs sample_request")
     _raises(lambda: make_service("a5", sample_request={"x": float("nan")}), "sample_request: not JSON-serialisable")
     _raises(lambda: make_service("a6", sample_request={"x": 1}, sample_response="gone.json"), "sample_response: cannot read")
+
+
+# ---------------------------------------------------------------- the project's own program and its stack config
+
+
+@pytest.fixture
+def sample_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingMocks]:
+    """The repository's sample (its entry script and environment, a stand-in model file) as the project,
+    under mocks named like the project (`mldeploy`), so `pulumi.Config()` in __main__.py reads `mldeploy:*`."""
+    import shutil
+
+    from conftest import ROOT
+
+    proj = tmp_path / "sample-project"
+    shutil.copytree(ROOT / "sample" / "src", proj / "sample" / "src")
+    shutil.copytree(ROOT / "sample" / "env", proj / "sample" / "env")
+    (proj / "sample" / "models").mkdir()
+    (proj / "sample" / "models" / "sklearn_regression_model.pkl").write_bytes(b"ridge-weights")
+    monkeypatch.setenv("MLDEPLOY_PROJECT_DIR", str(proj))
+    monkeypatch.setenv("MLDEPLOY_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.chdir(proj)
+    for var in ("MLDEPLOY_REGISTRY_PATH", "MLDEPLOY_BASE_IMAGE", "MLDEPLOY_GATEWAY_IMAGE", "PULUMI_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    mocks = RecordingMocks()
+    mocks.monitor = RecordingMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project="mldeploy", stack=STACK, preview=True, monitor=mocks.monitor)
+    pulumi.runtime.set_all_config({})
+    yield mocks
+    pulumi.runtime.set_all_config({})
+
+
+def _run_project_program() -> dict[str, Any]:
+    import runpy
+
+    from conftest import ROOT
+
+    return runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
+
+# Each bad setting in a stack's config file fails the project's program at preview, naming the file or the
+# resource and field it reached. (Moved from tests/test_operations_e2e.py, which keeps one of them through
+# `scripts/stack.py up` to prove the wiring: the CLI fails and nothing is created.)
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("mldeploy:target", "gpu-cluster", [f"stacks/Pulumi.{STACK}.yaml", "mldeploy:target", "gpu-cluster"]),
+        ("mldeploy:cpuCores", "0", ["ContainerInstanceService 'aciservice'", "cpu_cores", "greater than 0"]),
+        ("mldeploy:memoryGb", "-1", ["ContainerInstanceService 'aciservice'", "memory_gb", "greater than 0"]),
+        ("mldeploy:modelPath", "nope/model.pkl", ["RegisteredModel 'ridge'", "model_path", "does not exist"]),
+    ],
+)
+@pulumi.runtime.test
+def test_bad_stack_config_fails_the_project_program_naming_where(sample_project: RecordingMocks, key: str, value: str,
+                                                                  expected: list[str]) -> None:
+    pulumi.runtime.set_all_config({key: value})
+    _raises(_run_project_program, *expected)
+    assert not [n for n in sample_project.resources if n.startswith("aciservice")], "nothing of the service may be registered"
+
+
+@pulumi.runtime.test
+def test_the_project_program_declares_the_sample_with_good_config(sample_project: RecordingMocks) -> Any:
+    """The same program and config keys, set to good values: the service is declared with them (so the
+    failures above come from the values, not from a program that cannot run here)."""
+    pulumi.runtime.set_all_config({"mldeploy:cpuCores": "1", "mldeploy:memoryGb": "0.5"})
+    declared = _run_project_program()
+
+    def check(_: Any) -> None:
+        service = sample_project.resources["aciservice-service"]
+        assert (service["target"], service["cpu_cores"], service["memory_gb"]) == ("local", 1.0, 0.5), service
+
+    return declared["service"].scoring_uri.apply(check)

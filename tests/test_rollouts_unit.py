@@ -132,6 +132,7 @@ def test_errors_roll_back_at_once_naming_metric_value_limit_and_step() -> None:
 def test_a_slow_version_rolls_back_on_p99() -> None:
     control, _, exc = run([Metrics(requests=250, errors=0, p99_ms=900.0)])
     assert isinstance(exc, RolledBack) and (exc.step, exc.metric, exc.value, exc.limit) == (1, "p99", 900.0, 250)
+    assert str(exc).startswith("canary rolled back at step 1 (10 %): p99 900 ms is over its limit 250 ms")
     assert control.calls == [("start",), ("weights", 90, 10), ("weights", 100, 0), ("remove",)]
 
 

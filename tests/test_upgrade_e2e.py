@@ -17,7 +17,10 @@ The edge and Kubernetes stacks push images, and the previous release pushed to
 the local registry's 127.0.0.1:5000, which this release serves read-only. So
 those two deploy against the previous release's own registry (its
 scripts/k8s/registry.sh), and the pull brings this release's, whose `up`
-restarts it read-only: the migration a user makes.
+restarts it read-only: the migration a user makes. They make one test (marked
+`alone`: it swaps the registry every other test pulls from): both stacks are
+deployed by the previous release side by side under one swap, then both are
+pulled, the registry is migrated once, and each is checked in turn.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
@@ -120,29 +124,31 @@ def pull_this_release(project: Path) -> None:
         shutil.copytree(item, dest, ignore=COPY_IGNORE) if item.is_dir() else shutil.copy2(item, dest)
 
 
-@pytest.mark.parametrize("target", ["local", pytest.param("iotedge", marks=pytest.mark.alone),
-                                    pytest.param("kubernetes", marks=[pytest.mark.k8s, pytest.mark.alone])])
-def test_a_stack_of_the_previous_release_previews_and_applies_no_change(
-    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-) -> None:
-    import stack as stack_cli
+@dataclass
+class OldStack:
+    """A stack the previous release deployed from its own checkout (`project`)."""
 
-    if target == "iotedge":
-        request.getfixturevalue("local_registry")  # the edge device pulls its module from it
-    if target == "kubernetes":
-        request.getfixturevalue("k8s_cluster")  # the prod program's cluster, with its registry
-    project = checkout_of(PREVIOUS_RELEASE, tmp_path / "team" / "mldeploy")
-    pushes = target != "local"
-    if pushes:  # the previous release's registry, which took its anonymous pushes on 5000
-        stop_pull_listener()
-        registry_up(project)
-        assert pull_listener_takes_uploads()
+    target: str
+    project: Path
+    name: str
+    env: dict[str, str]
+    outputs: dict = field(default_factory=dict)
+    before: dict[str, str] = field(default_factory=dict)
+    st: EngineStack | None = None
+
+    @property
+    def running(self) -> dict[str, str]:
+        return (pods_of if self.target == "kubernetes" else containers_of)(self.name)
+
+
+def old_stack(target: str, tmp_path: Path) -> OldStack:
+    """The previous release's checkout, with a trained model and a stack file for `target`."""
+    project = checkout_of(PREVIOUS_RELEASE, tmp_path / target / "team" / "mldeploy")
     train_model(project / MODEL)
     name = f"t{uuid.uuid4().hex[:8]}"
     (project / "stacks" / f"Pulumi.{name}.yaml").write_text(
         (project / "stacks" / {"iotedge": "Pulumi.edge.yaml", "kubernetes": "Pulumi.prod.yaml"}[target]).read_text()
         if target != "local" else "config: {}\n")
-    running = pods_of if target == "kubernetes" else containers_of
     backend = project / ".pulumi-state" / "backend"
     backend.mkdir(parents=True)
     env = {
@@ -152,54 +158,113 @@ def test_a_stack_of_the_previous_release_previews_and_applies_no_change(
         "PULUMI_BACKEND_URL": f"file://{backend}",
         "PULUMI_CONFIG_PASSPHRASE": os.environ.get("PULUMI_CONFIG_PASSPHRASE") or "mldeploy-test",
     }
-    for k in ("MLDEPLOY_PROJECT_DIR", "MLDEPLOY_STATE_DIR", "PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE"):
-        monkeypatch.setenv(k, env[k])
-    monkeypatch.delenv("MLDEPLOY_REGISTRY_PATH", raising=False)
-    st: EngineStack | None = None
-    try:
-        up = subprocess.run([sys.executable, str(project / "scripts" / "stack.py"), "up", name], cwd=project, env=env,
-                            capture_output=True, text=True, timeout=900)
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        outputs = json.loads(subprocess.run([sys.executable, str(project / "scripts" / "stack.py"), "outputs", name,
-                                             "--show-secrets"], cwd=project, env=env, capture_output=True, text=True,
-                                            timeout=300, check=True).stdout)
-        before = running(name)
-        assert before, "the previous release runs the service"
-        print(f"[upgrade] {target}: {sorted(before)}", file=sys.__stderr__)
+    return OldStack(target, project, name, env)
 
-        pull_this_release(project)
-        if pushes:  # this release's registry.sh restarts 5000 read-only, as the pull's setup does
-            assert "changed: restarting it" in registry_up(project)
-            assert not pull_listener_takes_uploads()
-        st = EngineStack(project, stack_cli.project_program(project), name)
+
+def previous_release_up(old: OldStack) -> subprocess.Popen:
+    """`scripts/stack.py up` of the previous release, in its own process (so two targets' run side by side)."""
+    return subprocess.Popen([sys.executable, str(old.project / "scripts" / "stack.py"), "up", old.name], cwd=old.project,
+                            env=old.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def previous_release_ran(old: OldStack, up: subprocess.Popen) -> None:
+    log, _ = up.communicate(timeout=900)
+    assert up.returncode == 0, f"{old.target}: " + log[-6000:]
+    old.outputs = json.loads(subprocess.run([sys.executable, str(old.project / "scripts" / "stack.py"), "outputs", old.name,
+                                             "--show-secrets"], cwd=old.project, env=old.env, capture_output=True, text=True,
+                                            timeout=300, check=True).stdout)
+    old.before = old.running
+    assert old.before, f"{old.target}: the previous release runs the service"
+    print(f"[upgrade] {old.target}: {sorted(old.before)}", file=sys.__stderr__)
+
+
+def use_env(old: OldStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This test process works on `old`'s project and state (each stack has its own backend)."""
+    for k in ("MLDEPLOY_PROJECT_DIR", "MLDEPLOY_STATE_DIR", "PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE"):
+        monkeypatch.setenv(k, old.env[k])
+    monkeypatch.delenv("MLDEPLOY_REGISTRY_PATH", raising=False)
+
+
+def this_release_applies_no_change(old: OldStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the pull (`pull_this_release`): this release previews no change (Kubernetes: one deliberate roll
+    first), `up` changes nothing, the service scores on 127.0.0.1, and `destroy` removes everything."""
+    import stack as stack_cli
+
+    target, name = old.target, old.name
+    use_env(old, monkeypatch)
+    old.st = st = EngineStack(old.project, stack_cli.project_program(old.project), name)
+    before = old.before
+    pre = st.preview(diff=True)
+    if target == "kubernetes":
+        # Issue 18 hardened the pods (restricted Pod Security: nobody, no capabilities, a read-only root) and
+        # the front end's configuration, and issue 20 gates every new pod on the entry script's sample (its
+        # ConfigMap is new): a stack of the previous release rolls its pods once, and says why.
+        assert pre.change_summary == {"same": pre.change_summary["same"], "create": 1, "update": 2, "replace": 1}, pre.text[-4000:]
+        assert "runAsNonRoot" in pre.text and "readOnlyRootFilesystem" in pre.text, pre.text[-4000:]
+        assert "startupProbe" in pre.text and "probe.py" in pre.text, pre.text[-4000:]
+        assert st.up().summary.result == "succeeded"
+        before = settled_pods(name)
         pre = st.preview(diff=True)
-        if target == "kubernetes":
-            # Issue 18 hardened the pods (restricted Pod Security: nobody, no capabilities, a read-only root) and
-            # the front end's configuration, and issue 20 gates every new pod on the entry script's sample (its
-            # ConfigMap is new): a stack of the previous release rolls its pods once, and says why.
-            assert pre.change_summary == {"same": pre.change_summary["same"], "create": 1, "update": 2, "replace": 1}, pre.text[-4000:]
-            assert "runAsNonRoot" in pre.text and "readOnlyRootFilesystem" in pre.text, pre.text[-4000:]
-            assert "startupProbe" in pre.text and "probe.py" in pre.text, pre.text[-4000:]
-            assert st.up().summary.result == "succeeded"
-            before = settled_pods(name)
-            pre = st.preview(diff=True)
-        assert set(pre.change_summary) == {"same"}, (pre.change_summary, pre.text[-4000:])
-        up2 = st.up()
-        assert set(up2.summary.resource_changes or {}) == {"same"}, (up2.summary.resource_changes, up2.text[-4000:])
-        assert running(name) == before, "no container or pod was replaced or restarted"
-        uri = outputs["scoring_uri"]
-        assert uri.startswith("http://127.0.0.1:")
-        headers = {"Authorization": f"Bearer {outputs['primary_key']}"} if outputs.get("primary_key") else {}
-        r = requests.post(uri, json=SEED_REQUEST, headers=headers, timeout=30)
-        assert r.status_code == 200, r.text
-        assert st.destroy().summary.result == "succeeded"
-        assert stack_leftovers(name)["containers"] == []
-        assert running(name) == {}, "destroy removed every pod"
+    assert set(pre.change_summary) == {"same"}, (target, pre.change_summary, pre.text[-4000:])
+    up2 = st.up()
+    assert set(up2.summary.resource_changes or {}) == {"same"}, (target, up2.summary.resource_changes, up2.text[-4000:])
+    assert old.running == before, f"{target}: no container or pod was replaced or restarted"
+    uri = old.outputs["scoring_uri"]
+    assert uri.startswith("http://127.0.0.1:")
+    headers = {"Authorization": f"Bearer {old.outputs['primary_key']}"} if old.outputs.get("primary_key") else {}
+    r = requests.post(uri, json=SEED_REQUEST, headers=headers, timeout=30)
+    assert r.status_code == 200, (target, r.text)
+    assert st.destroy().summary.result == "succeeded"
+    assert stack_leftovers(name)["containers"] == []
+    assert old.running == {}, f"{target}: destroy removed every pod"
+
+
+def clean_up(old: OldStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    if old.st is not None:
+        use_env(old, monkeypatch)
+        old.st.remove()
+    else:  # the previous release's own destroy, so nothing is left running
+        subprocess.run([sys.executable, str(old.project / "scripts" / "stack.py"), "destroy", old.name], cwd=old.project,
+                       env=old.env, capture_output=True, text=True, timeout=900)
+
+
+def test_a_stack_of_the_previous_release_previews_and_applies_no_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `dev` program on the local target: no registry involved, so beside the other tests."""
+    old = old_stack("local", tmp_path)
+    try:
+        previous_release_ran(old, previous_release_up(old))
+        pull_this_release(old.project)
+        this_release_applies_no_change(old, monkeypatch)
     finally:
-        if st is not None:
-            st.remove()
-        else:  # the previous release's own destroy, so nothing is left running
-            subprocess.run([sys.executable, str(project / "scripts" / "stack.py"), "destroy", name], cwd=project, env=env,
-                           capture_output=True, text=True, timeout=900)
-        if pushes:
-            registry_up(ROOT)  # read-only again whatever happened
+        clean_up(old, monkeypatch)
+
+
+@pytest.mark.alone
+@pytest.mark.k8s
+def test_stacks_of_the_previous_release_on_the_edge_device_and_the_cluster_take_the_registry_migration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local_registry: str, k8s_cluster: str
+) -> None:
+    """The edge device's and the cluster's stacks, both deployed by the previous release against its own
+    registry (one swap for both: they are deployed side by side), then both pulled; this release's
+    registry.sh restarts 5000 read-only once, and each stack previews and applies no change."""
+    olds = [old_stack(target, tmp_path) for target in ("iotedge", "kubernetes")]
+    try:
+        # The previous release's registry, which took its anonymous pushes on 5000.
+        stop_pull_listener()
+        registry_up(olds[0].project)
+        assert pull_listener_takes_uploads()
+        ups = [previous_release_up(old) for old in olds]
+        for old, up in zip(olds, ups):
+            previous_release_ran(old, up)
+
+        for old in olds:
+            pull_this_release(old.project)
+        # This release's registry.sh restarts 5000 read-only, as the pull's setup does.
+        assert "changed: restarting it" in registry_up(olds[0].project)
+        assert not pull_listener_takes_uploads()
+        for old in olds:
+            this_release_applies_no_change(old, monkeypatch)
+    finally:
+        for old in olds:
+            clean_up(old, monkeypatch)
+        registry_up(ROOT)  # read-only again whatever happened

@@ -46,10 +46,12 @@ def pod(name: str, ready: bool = True, deleting: bool = False) -> dict[str, Any]
 class FakeCluster:
     """Records every call in order; the front ends' split log answers what `log` holds."""
 
-    def __init__(self, log: str = "") -> None:
+    def __init__(self, log: str = "", reach: dict[str, str] | None = None) -> None:
         self.calls: list[tuple] = []
         self.log = log
         self.routes: dict[str, str] = {}
+        self.reach = reach or {}
+        """What each pod's ask of the candidate's ClusterIP prints (`canary.REACH_PROBE`); at once by default."""
 
     def get(self, path: str) -> Any:
         self.calls.append(("get", path))
@@ -80,6 +82,9 @@ class FakeCluster:
         if argv[0] == "cat":
             self.calls.append(("read-route", pod))
             return self.routes.get(pod, "BEFORE ROUTE")
+        if kcanary.REACH_PROBE in argv:
+            self.calls.append(("reach", pod, argv[argv.index(kcanary.REACH_PROBE) + 1]))
+            return self.reach.get(pod, "ok 1 0.01\n")
         if "service.next" in argv[-1]:
             self.routes[pod] = stdin or ""
             lines = [ln.strip() for ln in (stdin or "").splitlines() if ln.strip().endswith(("% candidate;", "* candidate;", "* current;"))]
@@ -114,9 +119,12 @@ def test_a_passing_canary_splits_in_every_serving_pod_then_leaves_the_candidate_
                            ("get", f"/api/v1/namespaces/{NS}/services/svc-canary")]
     # The candidate's own rollout (its sample gate) before any weight moves; then both serving pods, each step.
     assert calls[11] == ("wait", "svc-canary")
-    assert calls[12:14] == [("route", "svc-a", "50% candidate;"), ("route", "svc-b", "50% candidate;")]
-    assert calls[14:16] == [("read-log", "svc-a"), ("read-log", "svc-b")]
-    assert calls[16:18] == [("route", "svc-a", "* candidate;"), ("route", "svc-b", "* candidate;")]
+    # Then every serving pod reaches it through its ClusterIP, as its split will, before any weight moves.
+    health = f"http://10.96.0.7:8080{target.scoring_path(NAME)}/health"
+    assert calls[12:14] == [("reach", "svc-a", health), ("reach", "svc-b", health)]
+    assert calls[14:16] == [("route", "svc-a", "50% candidate;"), ("route", "svc-b", "50% candidate;")]
+    assert calls[16:18] == [("read-log", "svc-a"), ("read-log", "svc-b")]
+    assert calls[18:20] == [("route", "svc-a", "* candidate;"), ("route", "svc-b", "* candidate;")]
     assert not [c for c in calls[11:] if c[0] == "delete"], "promotion keeps the candidate until the Deployment rolled"
     # The candidate's front end, on its own port, not its scoring server.
     assert "upstream mldeploy_svc_candidate {\n    server 10.96.0.7:8080 max_fails=0;" in cluster.routes["svc-a"]
@@ -147,6 +155,34 @@ def test_a_candidate_that_fails_its_sample_gate_is_removed_and_no_route_moves() 
     assert not [c for c in cluster.calls if c[0] == "route"]
     assert cluster.calls[-3:] == [("delete", "deployments", "svc-canary"), ("delete", "services", "svc-canary"),
                                   ("delete", "networkpolicies", "svc-canary")]
+
+
+def test_no_request_is_split_to_a_candidate_before_every_serving_pod_reaches_its_cluster_ip(capsys) -> None:
+    """The krollout bench's 502 at step 1: the candidate's pod was ready, but a node's kube-proxy had not yet
+    routed its new ClusterIP, so the first split requests were refused and the current front end answered
+    "backend unreachable". Each serving pod now asks the candidate through the ClusterIP before the first weight."""
+    good = "".join(f"{1500 + i}.0 candidate 200 0.010\n" for i in range(20))
+    cluster = FakeCluster(good, reach={"svc-b": "ok 9 0.84\n"})
+    run(cluster, Canary(steps=[50, 100], step_seconds=3, min_requests=10))
+    first_route = next(i for i, c in enumerate(cluster.calls) if c[0] == "route")
+    assert {c[1] for c in cluster.calls[:first_route] if c[0] == "reach"} == {"svc-a", "svc-b"}
+    assert "not at once: svc-b after 0.84 s (9 tries)" in capsys.readouterr().err
+
+    # Never reached: the candidate goes, no route moved, and the error names the pod, the address and the last error.
+    cluster = FakeCluster(reach={"svc-b": "no 150 20.01 URLError: [Errno 111] Connection refused\n"})
+    with pytest.raises(kcanary.RolloutFailed, match=r"serving pod svc-b could not reach the candidate svc-canary "
+                       r"through its ClusterIP 10\.96\.0\.7:8080 in 20 s \(URLError: \[Errno 111\] Connection refused\)"):
+        run(cluster, Canary(steps=[50, 100], step_seconds=3, min_requests=10))
+    assert not [c for c in cluster.calls if c[0] == "route"]
+    assert cluster.calls[-3:] == [("delete", "deployments", "svc-canary"), ("delete", "services", "svc-canary"),
+                                  ("delete", "networkpolicies", "svc-canary")]
+
+    # A front image without python3 cannot ask: a fixed wait instead, said in the output.
+    cluster, slept = FakeCluster(reach={"svc-a": "none\n"}), []
+    control = kcanary.KubeTrafficControl(cluster, props(spec=spec(env="0")), props(), wait=lambda ops, p: None, sleep=slept.append)
+    control.start_candidate()
+    assert slept == [kcanary.REACH_FALLBACK_SECONDS] and ("reach", "svc-b") not in [c[:2] for c in cluster.calls]
+    assert slept[0] == kcanary.REACH_FALLBACK_SECONDS and "no python3 in its front image" in capsys.readouterr().err
 
 
 def test_plan_runs_a_canary_only_when_the_template_changes_on_pods_that_can_split_with_the_same_keys() -> None:

@@ -42,6 +42,37 @@ from mldeploy.providers.targets.kubernetes.rollout import RolloutFailed, candida
 RELOAD_SETTLE_SECONDS = 0.5
 """After `nginx -s reload` the old workers finish what they hold; new requests meet the new route."""
 CREATE_RETRY_SECONDS = 30
+REACH_SECONDS = 20
+"""How long each serving pod may wait for the candidate's ClusterIP to answer (inside one exec, whose limit is 30 s)."""
+REACH_FALLBACK_SECONDS = 5.0
+"""Without python3 in the front image the pods cannot be asked: the wait for the nodes' service routing instead."""
+REACH_PROBE = r"""
+import ssl, sys, time, urllib.error, urllib.request
+url, limit = sys.argv[1], float(sys.argv[2])
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                     urllib.request.HTTPSHandler(context=ssl._create_unverified_context()))
+start, tries, last = time.monotonic(), 0, ""
+while True:
+    tries += 1
+    try:
+        with opener.open(url, timeout=2) as answer:
+            status = answer.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except Exception as exc:
+        status, last = None, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+    if status == 200:
+        print(f"ok {tries} {time.monotonic() - start:.2f}")
+        break
+    if status is not None:
+        last = f"HTTP {status}"
+    if time.monotonic() - start >= limit:
+        print(f"no {tries} {time.monotonic() - start:.2f} {last}")
+        break
+    time.sleep(0.1)
+"""
+"""Run in a serving pod's front container: GET the candidate front end's health route (keyless) through its
+ClusterIP until it answers 200; prints `ok <tries> <seconds>` or `no <tries> <seconds> <last error>`."""
 
 
 class ClusterOps(Protocol):
@@ -213,9 +244,42 @@ class KubeTrafficControl:
             say(f"{self.ns}/{self.name}: candidate Deployment {cand} created; waiting for its pod to answer the sample")
             self.wait(self.ops, {"namespace": self.ns, "name": cand, "generation": int(created["metadata"].get("generation") or 1),
                                  "selector": {target.LABEL_APP: cand}, "timeout_seconds": self.news.get("timeout_seconds") or 600})
+            self.wait_reachable()
         except BaseException:
             self.remove_candidate()
             raise
+
+    def wait_reachable(self) -> None:
+        """Every serving pod reaches the candidate through its ClusterIP before any request is sent there.
+
+        The candidate's pod being ready (its Deployment rolled out) does not order anything on the nodes: each
+        node's kube-proxy routes the new Service's ClusterIP once it has synced the ready endpoint (at most once
+        a second), and a NetworkPolicy is applied as its enforcer gets to it. Until then a connection is refused,
+        and the current pod's front end answers a split request 502 "backend unreachable" (what the krollout
+        bench once saw at step 1). So each serving pod asks the candidate front end's health route through the
+        ClusterIP, as its split will, until it answers 200."""
+        args = target.KubernetesServiceArgs.model_validate(self.olds["front"])
+        scheme = "https" if args.ssl_enabled else "http"
+        url = f"{scheme}://{self.address}{target.scoring_path(self.name)}/health"
+        argv = ["sh", "-c", 'if command -v python3 >/dev/null 2>&1; then exec python3 -c "$1" "$2" "$3"; fi; echo none',
+                "sh", REACH_PROBE, url, str(REACH_SECONDS)]
+        waited: list[str] = []
+        for pod in self.pods:
+            answer = self._exec(pod, argv).split()
+            if answer[:1] == ["none"]:
+                say(f"{self.ns}/{self.name}: pod {pod} cannot ask the candidate (no python3 in its front image); "
+                    f"waiting {REACH_FALLBACK_SECONDS:g} s for the cluster to route its ClusterIP")
+                self.sleep(REACH_FALLBACK_SECONDS)
+                return
+            if answer[:1] != ["ok"]:
+                last = " ".join(answer[3:]) or "no answer"
+                raise RolloutFailed(f"{self.ns}/{self.name}: serving pod {pod} could not reach the candidate "
+                                    f"{target.canary_name(self.name)} through its ClusterIP {self.address} in "
+                                    f"{REACH_SECONDS} s ({last}), though its pod is ready; no request was sent to it")
+            if answer[1] != "1":
+                waited.append(f"{pod} after {answer[2]} s ({answer[1]} tries)")
+        say(f"{self.ns}/{self.name}: the candidate answers through its ClusterIP from {pods_words(self.pods)}"
+            + (f"; not at once: {', '.join(waited)}" if waited else ""))
 
     def set_weights(self, current: int, candidate: int, mirror_percent: int = 0) -> None:
         """Every current pod's route: the split at these weights (and the mirrored share), or (candidate 0,

@@ -62,12 +62,16 @@ def logs_command(work: Path, stack_name: str, service: str, monkeypatch: pytest.
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("mode, answer_words", [
+FAILING_MODES = [
     ("raise", "the sample was answered 500, not 200"),
     ("wrong_shape", "does not match the output schema"),
-])
-def test_a_roll_that_fails_the_sample_moves_no_traffic(mode: str, answer_words: str, workdir: Path, engine_stack,
-                                                       monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+]
+
+
+def test_a_roll_that_fails_the_sample_moves_no_traffic(workdir: Path, engine_stack, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys) -> None:
+    """Both ways a new version can fail the sample (its run() raises; it answers a shape the schema refuses),
+    one after the other on one stack, then the fixed version rolls."""
     gate_project(workdir)
     env: dict[str, str] = {}
     st = engine_stack(gate_program(workdir, env))
@@ -76,55 +80,56 @@ def test_a_roll_that_fails_the_sample_moves_no_traffic(mode: str, answer_words: 
     r = requests.post(uri, json={"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     assert r.status_code == 200 and r.json() == [OLD_ANSWER], r.text
 
-    # The new version's run() breaks the sample: the roll must fail with no failed request.
-    env["SAMPLE_MODE"] = mode
-    loop = ScoringLoop(uri, key)
-    loop.start()
-    time.sleep(1.0)
-    started = time.monotonic()
-    with pytest.raises(auto.CommandError) as failed:
-        st.up()
-    took = time.monotonic() - started
-    time.sleep(1.0)
-    loop.finish()
-    message = str(failed.value)
-    assert "failed the entry script's sample request" in message, message[-3000:]
-    assert 'sample request: POST /score {"data": [[10, 9, 8, 7, 6, 5, 4, 3, 2, 1]]}' in message
-    assert answer_words in message
-    if mode == "raise":
-        assert "run failed on purpose: SAMPLE_MODE=raise" in message, "the log's last lines are in the error"
-    else:
-        assert '{"predictions": [110.0]}' in message, "the answer is in the error"
-    assert not loop.failures, (len(loop.failures), loop.ok, loop.failures[:3])
-    assert loop.ok > 20
-    assert loop.answers == {OLD_ANSWER}, "the client kept getting the old version's answers"
-    print(f"[timing] failed roll ({mode}) took {took:.1f}s; client: {loop.ok} ok, 0 failed", file=sys.__stderr__)
+    for failures, (mode, answer_words) in enumerate(FAILING_MODES, start=1):
+        # The new version's run() breaks the sample: the roll must fail with no failed request.
+        env["SAMPLE_MODE"] = mode
+        loop = ScoringLoop(uri, key)
+        loop.start()
+        time.sleep(1.0)
+        started = time.monotonic()
+        with pytest.raises(auto.CommandError) as failed:
+            st.up()
+        took = time.monotonic() - started
+        time.sleep(1.0)
+        loop.finish()
+        message = str(failed.value)
+        assert "failed the entry script's sample request" in message, (mode, message[-3000:])
+        assert 'sample request: POST /score {"data": [[10, 9, 8, 7, 6, 5, 4, 3, 2, 1]]}' in message
+        assert answer_words in message, (mode, message[-3000:])
+        if mode == "raise":
+            assert "run failed on purpose: SAMPLE_MODE=raise" in message, "the log's last lines are in the error"
+        else:
+            assert '{"predictions": [110.0]}' in message, "the answer is in the error"
+        assert not loop.failures, (mode, len(loop.failures), loop.ok, loop.failures[:3])
+        assert loop.ok > 20, mode
+        assert loop.answers == {OLD_ANSWER}, "the client kept getting the old version's answers"
+        print(f"[timing] failed roll ({mode}) took {took:.1f}s; client: {loop.ok} ok, 0 failed", file=sys.__stderr__)
 
-    # The new backend is gone; the old one and the gateway remain, and still serve.
-    assert len(stack_leftovers(st.name)["containers"]) == 2
-    r = requests.post(uri, json={"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-    assert r.status_code == 200 and r.json() == [OLD_ANSWER]
+        # The new backend is gone; the old one and the gateway remain, and still serve.
+        assert len(stack_leftovers(st.name)["containers"]) == 2, mode
+        r = requests.post(uri, json={"data": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]}, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        assert r.status_code == 200 and r.json() == [OLD_ANSWER]
 
-    # Its log was kept (mode 0600), and `logs` shows it after the serving backend's.
-    kept = list((workdir / ".pulumi-state" / "logs").glob(f"*-{st.name}/gate/*.log"))
-    assert len(kept) == 1, kept
-    assert stat.S_IMODE(os.stat(kept[0]).st_mode) == 0o600
-    printed = logs_command(workdir, st.name, "gate", monkeypatch, capsys)
-    assert "==> serving backend mldeploy-" in printed
-    assert "==> failed backend, removed" in printed
-    assert "Booting worker" in printed or "init" in printed.lower()
-    if mode == "raise":
-        assert "run failed on purpose" in printed
-    tail = logs_command(workdir, st.name, "gate", monkeypatch, capsys, "--tail", "3")
-    assert len(tail.splitlines()) <= 2 * (3 + 1), tail
-    # No key in any log: the command's output, the kept files, the containers' own logs.
-    for secret in (out["primary_key"], out["secondary_key"]):
-        assert len(secret) > 20
-        assert secret not in printed and secret not in tail
-        assert all(secret not in f.read_text() for f in kept)
-        assert secret not in message
+        # Its log was kept (mode 0600), beside the earlier failure's, and `logs` shows them after the serving backend's.
+        kept = list((workdir / ".pulumi-state" / "logs").glob(f"*-{st.name}/gate/*.log"))
+        assert len(kept) == failures, (mode, kept)
+        assert all(stat.S_IMODE(os.stat(f).st_mode) == 0o600 for f in kept)
+        printed = logs_command(workdir, st.name, "gate", monkeypatch, capsys)
+        assert "==> serving backend mldeploy-" in printed
+        assert printed.count("==> failed backend, removed") == failures, printed[-3000:]
+        assert "Booting worker" in printed or "init" in printed.lower()
+        if mode == "raise":
+            assert "run failed on purpose" in printed
+        tail = logs_command(workdir, st.name, "gate", monkeypatch, capsys, "--tail", "3")
+        assert len(tail.splitlines()) <= (1 + failures) * (3 + 1), tail
+        # No key in any log: the command's output, the kept files, the containers' own logs.
+        for secret in (out["primary_key"], out["secondary_key"]):
+            assert len(secret) > 20
+            assert secret not in printed and secret not in tail
+            assert all(secret not in f.read_text() for f in kept)
+            assert secret not in message
 
-    # Fixed: the next up rolls, and the failed backend's log is dropped.
+    # Fixed: the next up rolls, and the failed backends' logs are dropped.
     env.pop("SAMPLE_MODE")
     (workdir / "gate_model" / "scale.json").write_text(json.dumps({"scale": 3}))
     st.up()

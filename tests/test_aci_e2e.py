@@ -103,25 +103,6 @@ def test_aci_target_scores_rolls_drifts_and_cleans_up(fake: FakeArm, local_regis
     print(f"aci e2e: first up {first_up:.0f} s, model bump up {bump_up:.0f} s")
 
 
-def test_bad_aci_settings_fail_at_preview(workdir: Path, engine_stack) -> None:
-    from mldeploy.components import ContainerInstanceService, InferenceImage, RegisteredModel
-
-    train_model(workdir / "models" / "ridge" / "sklearn_regression_model.pkl")
-
-    def program() -> None:
-        model = RegisteredModel("ridge", model_name="ridge", model_path="models/ridge/sklearn_regression_model.pkl")
-        image = InferenceImage("scoring", **IMAGE_ARGS)
-        ContainerInstanceService("aciservice", models=[model], image=image, target="aci")
-
-    st = engine_stack(program)
-    st.stack.set_config("mldeploy:azureSubscriptionId", pulumi.automation.ConfigValue("not-a-guid"))
-    st.stack.set_config("mldeploy:azureResourceGroup", pulumi.automation.ConfigValue("rg"))
-    st.stack.set_config("mldeploy:azureLocation", pulumi.automation.ConfigValue("westeurope"))
-    with pytest.raises(Exception) as err:
-        st.preview()
-    assert "subscription_id" in str(err.value)
-
-
 def test_credentials_that_cannot_get_a_token_fail_up_in_the_chains_words_then_up_converges(
     fake: FakeArm, local_registry: str, workdir: Path, engine_stack, monkeypatch
 ) -> None:

@@ -1118,3 +1118,14 @@ def test_the_project_program_declares_the_sample_with_good_config(sample_project
         assert (service["target"], service["cpu_cores"], service["memory_gb"]) == ("local", 1.0, 0.5), service
 
     return declared["service"].scoring_uri.apply(check)
+
+
+@pulumi.runtime.test
+def test_bad_aci_settings_from_stack_config_fail_naming_the_field(mocks: RecordingMocks) -> None:
+    """A stack's `mldeploy:azureSubscriptionId` that is not a GUID reaches the ACI target's check and fails the
+    service at preview, naming the field. (Moved from tests/test_aci_e2e.py; that file's deploy proves the
+    same settings reach ARM.)"""
+    pulumi.runtime.set_all_config({"mldeploy:azureSubscriptionId": "not-a-guid", "mldeploy:azureResourceGroup": "rg",
+                                   "mldeploy:azureLocation": "westeurope"})
+    _raises(lambda: make_service("aci-bad", target="aci"), "ContainerInstanceService 'aci-bad'", "subscription_id")
+    assert not [n for n in mocks.resources if n.startswith("aci-bad")], "nothing of the service may be registered"

@@ -24,6 +24,13 @@ SPEC_FILES = {
         "specification/containerservice/resource-manager/Microsoft.ContainerService/aks/stable/2025-10-01/managedClusters.json",
     ("Microsoft.MachineLearningServices", "2024-04-01"):
         "specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/stable/2024-04-01/mfe.json",
+    # What azure-ai-ml 1.35.2 sends: online endpoints, deployments and environments, models.
+    ("Microsoft.MachineLearningServices", "2022-02-01-preview"):
+        "specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/preview/2022-02-01-preview/mfe.json",
+    ("Microsoft.MachineLearningServices", "2023-04-01-preview"):
+        "specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/preview/2023-04-01-preview/mfe.json",
+    ("Microsoft.MachineLearningServices", "2023-08-01-preview"):
+        "specification/machinelearningservices/resource-manager/Microsoft.MachineLearningServices/preview/2023-08-01-preview/mfe.json",
 }
 
 

@@ -1,17 +1,22 @@
 """A local fake of Azure ML's online endpoints, for tests only: ARM's control plane for one or
 more workspaces, and each endpoint's scoring URI. Nothing here is Azure or a deployment in Azure.
 
-Control plane (HTTPS on 127.0.0.1, a test CA made at test time, api-version 2024-04-01 only):
+Control plane (HTTPS on 127.0.0.1, a test CA made at test time). The api-versions are those whose
+specification is kept in tests/azure-specs: 2024-04-01 (ours: code versions, the datastore) and
+the three that azure-ai-ml 1.35.2 sends for what we use (online endpoints 2022-02-01-preview,
+deployments and environments 2023-04-01-preview, models 2023-08-01-preview); the workspace GET
+also takes 2024-10-01-preview, which azure-ai-ml sends with no body:
+- the workspace (GET), which azure-ai-ml reads for its location;
 - online endpoints and their deployments: PUT and DELETE are long-running operations
   (201/202 with `Azure-AsyncOperation`, and `Location` for DELETE), `provisioningState`
   goes Creating/Updating/Deleting, then Succeeded or Failed;
 - `listKeys`, `regenerateKeys` (202, then `Location`), `token`;
-- model, environment and code versions (GET, PUT); the default datastore `workspaceblobstore`
+- model, environment and code versions (GET, list, PUT); the default datastore `workspaceblobstore`
   (GET, `listSecrets`) over a storage account the test gives (Azurite). A model or code
   version whose files are not under its datastore path yet is refused (the fake's own check,
   so tests prove the files go up first);
-- every request body is checked against Azure's REST specification of 2024-04-01, kept as
-  extracts in tests/azure-specs (`arm_spec.check`): a body the specification refuses gets
+- every request body is checked against Azure's REST specification of the api-version it was
+  sent with, kept as extracts in tests/azure-specs (`arm_spec.check`): a body the specification refuses gets
   ARM's 400. A managed deployment is also checked as `ManagedOnlineDeployment` (the
   specification's discriminator);
 - the documented rules: traffic values sum to 0 or 100 and name only existing deployments;
@@ -46,13 +51,27 @@ from urllib.parse import parse_qs, urlparse
 import arm_spec
 
 API_VERSION = "2024-04-01"
+"""What our own ARM calls send (code versions, the datastore); also the fake's operation URLs."""
 NS = "Microsoft.MachineLearningServices"
+BODYLESS_VERSIONS = ("2024-10-01-preview",)
+"""Sent by azure-ai-ml 1.35.2 for the workspace GET only: no body, so no specification is needed."""
+WORKSPACE = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/"
+                       r"workspaces/(?P<ws>[^/]+)$")
 WS = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices/"
     r"workspaces/(?P<ws>[^/]+)(?P<rest>/.*)$"
 )
 DATASTORE = re.compile(r"^/datastores/(?P<name>[^/]+)(?P<rest>/listSecrets)?$")
 ASSET = re.compile(r"^/(?P<kind>models|environments|codes)/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
+ASSET_LIST = re.compile(r"^/(?P<kind>models|environments|codes)/(?P<name>[^/]+)/versions$")
+DATASTORE_URI = re.compile(r"^azureml://(?:subscriptions/[^/]+/resource[gG]roups/[^/]+/workspaces/[^/]+/)?"
+                           r"datastores/workspaceblobstore/paths/(?P<path>.*)$")
+"""A file's place in the default datastore, short or long (azure-ai-ml writes the long form)."""
+
+
+def datastore_path(uri: str) -> str | None:
+    m = DATASTORE_URI.match(uri)
+    return m.group("path") if m else None
 ENDPOINT = re.compile(r"^/onlineEndpoints/(?P<ep>[^/]+)(?P<rest>/.*)?$")
 DEPLOYMENT = re.compile(r"^/deployments/(?P<d>[^/]+)$")
 NAME = r"[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]"
@@ -97,12 +116,13 @@ class FakeAzureML:
     """Start with `FakeAzureML(tmp_path)`; `env()` is what a client needs; `close()` stops it."""
 
     def __init__(self, tmp_dir: Path, scorer: Scorer = echo_scorer, op_seconds: float = 0.2, retry_after: int = 1,
-                 blob: dict[str, str] | None = None, containers: "DockerDeployments | None" = None):
+                 blob: dict[str, str] | None = None, containers: "DockerDeployments | None" = None, location: str = "westeurope"):
         """`blob` ({"service_url", "account", "key", "container"}): the storage account (Azurite in tests) behind
         the workspace's default datastore `workspaceblobstore`; without it the workspace has no datastore."""
         import trustme
 
         self.blob = blob
+        self.location = location  # the workspace's region
         self.scorer = scorer
         self.containers = containers  # None: deployments answer with `scorer`; else one Docker container each
         self.op_seconds = op_seconds
@@ -149,6 +169,11 @@ class FakeAzureML:
         """The next PUT of deployment `name` ends Failed (the container could not start)."""
         self.failing[name] = {"code": code, "message": message or f"User container has crashed or terminated: deployment {name}"}
 
+    def pause(self) -> dict[str, str]:
+        """The polling pause a long-running operation asks for. `retry_after=0`: 50 ms, said in the
+        millisecond header azure-core also reads (a `Retry-After: 0` makes it wait its own 5 s instead)."""
+        return {"x-ms-retry-after-ms": "50"} if self.retry_after == "0" else {"Retry-After": self.retry_after}
+
     def endpoint(self, name: str) -> Endpoint | None:
         return next((e for k, e in self.endpoints.items() if k[3] == name), None)
 
@@ -174,7 +199,8 @@ class FakeAzureML:
         view = self.endpoint_view(e)
         return {**d["body"], "id": f"{view['id']}/deployments/{name}", "name": name,
                 "type": f"{NS}/workspaces/onlineEndpoints/deployments",
-                "properties": {**d["body"]["properties"], "provisioningState": d["state"]}}
+                # Azure fills in the default scale settings when a PUT leaves them out.
+                "properties": {"scaleSettings": {"scaleType": "Default"}, **d["body"]["properties"], "provisioningState": d["state"]}}
 
     def _start(self, op: str, finish: Callable[[], dict[str, str] | None]) -> None:
         self.operations[op] = {"status": "InProgress"}
@@ -271,7 +297,7 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
 
         def _valid(self, definition: str, body: Any) -> bool:
             try:
-                arm_spec.check(NS, API_VERSION, definition, body)
+                arm_spec.check(NS, self.version, definition, body)
             except arm_spec.SpecViolation as exc:
                 self._error(400, "UserError", f"The request is invalid: {exc}")
                 return False
@@ -279,9 +305,9 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
 
         def _lro(self, status: int, view: Any, sub: str, location: str, op: str, location_header: bool = False) -> None:
             base = f"{fake.url}/subscriptions/{sub}/providers/{NS}/locations/{location}"
-            headers = {"Azure-AsyncOperation": f"{base}/mfeOperationsStatus/{op}?api-version={API_VERSION}", "Retry-After": fake.retry_after}
+            headers = {"Azure-AsyncOperation": f"{base}/mfeOperationsStatus/{op}?api-version={self.version}", **fake.pause()}
             if location_header:
-                headers["Location"] = f"{base}/mfeOperationResults/{op}?api-version={API_VERSION}"
+                headers["Location"] = f"{base}/mfeOperationResults/{op}?api-version={self.version}"
             self._send(status, view, headers)
 
         def handle_one(self) -> None:
@@ -294,11 +320,18 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
             if not self._auth() or self._fault():
                 return
             version = (parse_qs(url.query).get("api-version") or [""])[0]
-            if version != API_VERSION:
+            kept = arm_spec.api_versions(NS)
+            if version not in kept and not (version in BODYLESS_VERSIONS and body is None and self.command in ("GET", "DELETE")):
                 self._error(400, "InvalidApiVersionParameter",
-                            f"The api-version '{version}' is invalid. The supported versions are '{API_VERSION}'.")
+                            f"The api-version '{version}' is invalid. The supported versions are '{', '.join(kept)}'.")
                 return
+            self.version = version
             with fake.lock:
+                w = WORKSPACE.match(url.path)
+                if w and self.command == "GET":
+                    self._send(200, {"id": url.path, "name": w["ws"], "type": f"{NS}/workspaces", "location": fake.location,
+                                     "kind": "Default", "properties": {"friendlyName": w["ws"], "provisioningState": "Succeeded"}})
+                    return
                 m = OPERATION.match(url.path)
                 if m:
                     self._operation(m.group("kind"), m.group("op"))
@@ -315,6 +348,11 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
                 a = ASSET.match(rest)
                 if a:
                     self._asset(m, a, body)
+                    return
+                a = ASSET_LIST.match(rest)
+                if a and self.command == "GET":
+                    key = (m["sub"], m["rg"], m["ws"], a["kind"], a["name"])
+                    self._send(200, {"value": [v for k, v in fake.assets.items() if k[:5] == key]})
                     return
                 e = ENDPOINT.match(rest)
                 if e:
@@ -333,9 +371,9 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
             if state is None:
                 self._error(404, "NotFound", f"operation {op} not found")
             elif kind == "mfeOperationsStatus":
-                self._send(200, {"id": op, "name": op, **state})
+                self._send(200, {"id": op, "name": op, **state}, fake.pause() if state["status"] == "InProgress" else None)
             elif state["status"] == "InProgress":
-                self._send(202, None, {"Location": f"{fake.url}{self.path}", "Retry-After": fake.retry_after})
+                self._send(202, None, {"Location": f"{fake.url}{self.path}", **fake.pause()})
             elif state["status"] == "Failed":
                 self._send(400, {"error": state["error"]})
             else:
@@ -360,12 +398,11 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
         def _files_missing(self, uri: str) -> str | None:
             """The fake's own check (so tests prove files go up before the asset is registered): an
             `azureml://datastores/workspaceblobstore/paths/<p>` with no blob under <p> is refused."""
-            prefix = "azureml://datastores/workspaceblobstore/paths/"
-            if fake.blob is None or not uri.startswith(prefix):
+            path = datastore_path(uri)
+            if fake.blob is None or path is None:
                 return None
             from azure.storage.blob import ContainerClient
 
-            path = uri[len(prefix):]
             client = ContainerClient(fake.blob["service_url"], fake.blob["container"],
                                      credential={"account_name": fake.blob["account"], "account_key": fake.blob["key"]})
             if next(iter(client.list_blobs(name_starts_with=path)), None) is None:
@@ -390,12 +427,14 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
                     self._error(400, "UserError", missing)
                     return
                 existed = key in fake.assets
-                if existed and {k: v for k, v in fake.assets[key]["properties"].items() if k != "provisioningState"} != body["properties"]:
+                # What ARM fills in that a PUT may leave out (azure-ai-ml reads a model's `flavors` as a map).
+                defaults = {"flavors": {}} if a["kind"] == "models" else {}
+                if existed and {k: v for k, v in fake.assets[key]["properties"].items() if k != "provisioningState"} != {**defaults, **body["properties"]}:
                     # Asset versions are immutable: the same version with other content is refused.
                     self._error(409, "UserError", f"{a['kind'][:-1]} {a['name']}:{a['version']} exists with other properties; versions are immutable")
                     return
                 view = {"id": ident, "name": a["version"], "type": f"{NS}/workspaces/{a['kind']}/versions",
-                        "properties": {**body["properties"], "provisioningState": "Succeeded"}}
+                        "properties": {**defaults, **body["properties"], "provisioningState": "Succeeded"}}
                 fake.assets[key] = view
                 fake.asset_puts.append((a["kind"], a["name"], a["version"]))
                 self._send(200 if existed else 201, view)
@@ -629,10 +668,10 @@ class DockerDeployments:
     def _model_files(self, fake: FakeAzureML, uri: str, into: Path) -> None:
         from azure.storage.blob import ContainerClient
 
-        prefix = "azureml://datastores/workspaceblobstore/paths/"
-        if fake.blob is None or not uri.startswith(prefix):
+        found = datastore_path(uri)
+        if fake.blob is None or found is None:
             raise RuntimeError(f"model files at {uri} are not in the workspace's datastore")
-        path = uri[len(prefix):].rstrip("/") + "/"
+        path = found.rstrip("/") + "/"
         client = ContainerClient(fake.blob["service_url"], fake.blob["container"],
                                  credential={"account_name": fake.blob["account"], "account_key": fake.blob["key"]})
         into.mkdir(parents=True, exist_ok=True)

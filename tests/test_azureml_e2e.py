@@ -141,6 +141,9 @@ def test_azureml_target_creates_rolls_under_load_refuses_a_bad_sample_and_conver
     assert out["deployment"] == "v01" and out["state"] == "Healthy" and out["model_versions"] == {"ridge": 1}
     assert out["scoring_uri"] == f"{fake_ml.url}/inference/{endpoint}/score"
     assert up.outputs["primary_key"].secret and out["primary_key"] == fake_ml.endpoint(endpoint).keys["primaryKey"]
+    # Through Azure ML's SDK (azure-ai-ml): its api-versions reached the fake, each body checked against that version's specification.
+    sent = {(method, path.split("?api-version=")[-1]) for method, path, _ in fake_ml.requests if "/onlineEndpoints/" in path or "/models/" in path}
+    assert {("PUT", "2022-02-01-preview"), ("PUT", "2023-04-01-preview"), ("PUT", "2023-08-01-preview")} <= sent, sorted(sent)
 
     # Nothing changed: nothing to do, nothing registered again.
     puts = len(fake_ml.asset_puts)

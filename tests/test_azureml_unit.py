@@ -347,10 +347,11 @@ class RecordingTransport:
         pass
 
     def send(self, request: Any, **kwargs: Any) -> Any:
+        import io
         import json as _json
 
         import requests
-        from azure.core.pipeline.transport import RequestsTransportResponse
+        from azure.core.rest._requests_basic import RestRequestsTransportResponse
         from urllib.parse import urlparse
 
         self.sent.append(request)
@@ -358,31 +359,53 @@ class RecordingTransport:
         r = requests.Response()
         r.status_code = status
         r._content = _json.dumps(body).encode() if body is not None else b""
+        r.raw = io.BytesIO(r._content)
         r.headers["Content-Type"] = "application/json"
         r.url = request.url
-        return RequestsTransportResponse(request, r)
+        # The rest-style response: azure-ai-ml's generated operations read `.json()`.
+        return RestRequestsTransportResponse(request=request, internal_response=r)
 
 
-def test_the_client_sends_the_pinned_api_version_and_a_bearer_token_through_any_transport():
+def test_the_client_sends_the_pinned_api_versions_and_a_bearer_token_through_any_transport():
+    from urllib.parse import parse_qs, urlparse
+
     from mldeploy.providers.targets.azure.arm import ArmError, StaticToken
     from mldeploy.providers.targets.azureml.client import WorkspaceClient
 
     p = props()
     ep = bodies.endpoint_id(p)
+    ws = bodies.workspace_id(p)
     transport = RecordingTransport({
-        ("GET", ep): (200, {"id": ep, "location": "westeurope", "properties": {"authMode": "Key", "traffic": {"v01": 100}}}),
+        ("GET", ws): (200, {"id": ws, "name": "ws-ml", "location": "westeurope", "properties": {}}),
+        ("GET", ep): (200, {"id": ep, "name": "churn", "location": "westeurope", "properties": {"authMode": "Key", "traffic": {"v01": 100}}}),
+        ("GET", ep + "/deployments"): (200, {"value": []}),  # azure-ai-ml lists them with the endpoint
         ("POST", ep + "/listKeys"): (200, {"primaryKey": "k1", "secondaryKey": "k2"}),
         ("GET", ep + "/deployments/v09"): (404, {"error": {"code": "UserError", "message": "deployment v09 not found"}}),
         ("PUT", ep + "/deployments/v02"): (409, {"error": {"code": "QuotaExceeded", "message": "Not enough quota"}}),
+        ("GET", ws + "/codes/churn-code/versions/abc"): (200, {"id": ws + "/codes/churn-code/versions/abc", "properties": {}}),
     })
     c = WorkspaceClient({**p, "arm_endpoint": "https://arm.example"}, cred=StaticToken("t0k"), transport=transport)
     assert c.get_endpoint("churn")["properties"]["traffic"] == {"v01": 100}
     assert c.list_keys("churn") == {"primary_key": "k1", "secondary_key": "k2"}
     assert c.get_deployment("churn", "v09") is None
+    deployment = bodies.deployment_body(p, bodies.asset_id(p, "models", "ridge", "3"), bodies.asset_id(p, "environments", "churn-env", "e1"), None, None)
     with pytest.raises(ArmError, match="PUT deployment churn/v02: 409 QuotaExceeded: Not enough quota"):
-        c.put_deployment("churn", "v02", {"location": "westeurope"})
-    assert all(r.url.startswith("https://arm.example/subscriptions/") and r.url.endswith("?api-version=2024-04-01") for r in transport.sent)
-    assert all(r.headers["Authorization"] == "Bearer t0k" for r in transport.sent)
+        c.put_deployment("churn", "v02", deployment)
+    assert c.ensure_asset("codes", "churn-code", "abc", {}) is False
+    # azure-ai-ml (1.35.2) sends its own api-version per operation group (the endpoint group reads the
+    # endpoint and lists its deployments too); ours (code versions) send 2024-04-01.
+    for r in transport.sent:
+        url = urlparse(r.url)
+        assert url.netloc == "arm.example" and url.path.startswith("/subscriptions/")
+        version = parse_qs(url.query)["api-version"][0]
+        if "/codes/" in url.path:
+            assert version == "2024-04-01"
+        elif "/deployments/" in url.path:
+            assert version == "2023-04-01-preview", r.url
+        elif "/onlineEndpoints/" in url.path:
+            assert version in ("2022-02-01-preview", "2023-04-01-preview"), r.url
+        assert r.headers["Authorization"] == "Bearer t0k"
+    assert any("/deployments/v02" in r.url and r.method == "PUT" for r in transport.sent)
 
 
 def test_online_endpoint_service_takes_its_args_object(project):
@@ -483,3 +506,64 @@ def test_the_code_is_the_whole_source_folder_versioned_by_its_content_without_ca
     assert code_folder(src, src / "lib" / "serve.py").scoring_script == "lib/serve.py"
     with pytest.raises(ValueError, match="not inside the code folder"):
         code_folder(src / "lib", src / "score.py")
+
+
+# ------------------------------------------------------------------ bodies as azure-ai-ml entities (entities.py)
+
+
+def test_a_deployment_body_becomes_the_same_deployment_in_azure_ml_sdk_words():
+    """The one mapping from our ARM-worded body to azure-ai-ml's entity loses nothing: the REST body
+    the SDK makes from it (at its own api-version) carries our numbers, and that version's
+    specification accepts it."""
+    import arm_spec
+    from mldeploy.providers.targets.azureml import entities
+
+    p = props(request_timeout_ms=1500, instance_count=3)
+    body = bodies.deployment_body(p, bodies.asset_id(p, "models", "ridge", "3"), bodies.asset_id(p, "environments", "churn-env", "e1"),
+                                  bodies.asset_id(p, "codes", "churn-code", "c1"), "src/score.py")
+    d = entities.deployment("churn", "v02", body)
+    assert (d.instance_count, d.instance_type, d.request_settings.request_timeout_ms) == (3, p["instance_type"], 1500)
+    assert d.liveness_probe.failure_threshold == 30 and d.readiness_probe.initial_delay == 10
+    rest = d._to_rest_object(location="westeurope").as_dict()  # what the SDK sends (2023-04-01-preview)
+    sent, ours = rest["properties"], body["properties"]
+    for key in ("model", "environmentId", "instanceType", "requestSettings", "livenessProbe", "readinessProbe",
+                "environmentVariables", "codeConfiguration"):
+        assert sent[key] == ours[key], key
+    assert rest["sku"]["capacity"] == 3 and rest["tags"] == body["tags"]
+    arm_spec.check("Microsoft.MachineLearningServices", "2023-04-01-preview", "OnlineDeploymentTrackedResource", rest)
+
+
+def test_an_endpoint_body_becomes_the_same_endpoint_and_reads_back_in_arm_words():
+    from azure.ai.ml.entities import ManagedOnlineEndpoint
+
+    from mldeploy.providers.targets.azureml import entities
+
+    p = props(auth_mode="aml_token")
+    ep = entities.endpoint("churn", bodies.endpoint_body(p, {"v01": 100}, {"v02": 10}))
+    assert (ep.auth_mode, ep.location, ep.traffic, ep.mirror_traffic) == ("aml_token", "westeurope", {"v01": 100}, {"v02": 10})
+    assert ep.identity.type == "system_assigned"
+    back = ManagedOnlineEndpoint(name="churn", auth_mode="key", traffic={"v01": 100}, location="westeurope")
+    view = entities.endpoint_view(back)
+    assert view["properties"]["authMode"] == "Key" and view["properties"]["traffic"] == {"v01": 100}
+
+
+@pytest.mark.parametrize("iso,expected", [("PT5S", 5.0), ("PT0.5S", 0.5), ("PT1M30S", 90.0)])
+def test_durations_read_back(iso, expected):
+    from mldeploy.providers.targets.azureml import entities
+
+    assert entities.seconds(iso) == expected
+
+
+def test_a_duration_in_other_units_is_refused():
+    from mldeploy.providers.targets.azureml import entities
+
+    with pytest.raises(ValueError, match="PT1H"):
+        entities.seconds("PT1H")
+
+
+def test_azure_ml_sdk_refusals_come_back_without_colours_or_boilerplate():
+    from mldeploy.providers.targets.azureml.client import sdk_words
+
+    message = "\x1b[37m\n\x1b[30m\n1) At least one required parameter is missing\x1b[39m\n\nDetails: \n\n\x1b[31m(x) Version must be provided.\x1b[39m\n\nResolutions: \n1) Ensure ..."
+    assert sdk_words(message) == "Version must be provided."
+    assert sdk_words("Endpoint 'x' does not use keys for authentication.") == "Endpoint 'x' does not use keys for authentication."

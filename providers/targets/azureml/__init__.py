@@ -8,8 +8,10 @@ What maps to what:
 
 A new model or image is a blue/green roll (`rollout.py`): new deployment at 0 %, the sample
 through the endpoint to it alone, traffic moved, old deployment deleted. An asset version
-that exists is not registered again. Control plane: ARM's REST API, api-version 2024-04-01
-(`client.py`). Tested only against a local fake (tests/fake_azureml.py), never against Azure.
+that exists is not registered again. Control plane: Azure ML's SDK v2 (`azure-ai-ml`'s `MLClient`)
+for endpoints, deployments, models and environments, and ARM's REST API (api-version 2024-04-01)
+for code versions and the datastore (`client.py`). Tested only against a local fake
+(tests/fake_azureml.py), never against Azure.
 """
 
 from __future__ import annotations
@@ -225,11 +227,7 @@ class AzureMLTarget(Target):
             deployment = plan.new
         else:
             if olds.get("instance_count") != news.get("instance_count"):
-                live = client.get_deployment(news["endpoint_name"], deployment) or {}
-                body = {k: live[k] for k in ("location", "tags", "sku", "properties") if k in live}
-                body["properties"] = {k: v for k, v in body.get("properties", {}).items() if k != "provisioningState"}
-                body["sku"] = {**body.get("sku", {"name": "Default"}), "capacity": int(news["instance_count"])}
-                client.put_deployment(news["endpoint_name"], deployment, body)
+                client.scale_deployment(news["endpoint_name"], deployment, int(news["instance_count"]))
                 _progress(f"endpoint {news['endpoint_name']}: deployment {deployment} scaled to {news['instance_count']} instances in place")
         for which in ("primary", "secondary"):
             # Also after a roll: a key version bumped in the same up is rotated all the same.

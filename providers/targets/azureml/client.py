@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from mldeploy.providers.core.scoring import Answer
 from mldeploy.providers.targets.azure import arm
+from mldeploy.providers.targets.azureml import entities
 from mldeploy.providers.targets.azureml.args import API_VERSION
 from mldeploy.providers.targets.azureml.bodies import DATASTORE, workspace_id
 
@@ -27,7 +28,18 @@ MAX_WAIT_SECONDS = 30 * 60
 SCORING_TIMEOUT_SECONDS = 30.0
 
 
+def sdk_words(message: str) -> str:
+    """azure-ai-ml's own refusal without its colours and boilerplate: the `(x)` lines, else the first line."""
+    import re
+
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", message or "").splitlines() if ln.strip()]
+    details = [ln[3:].strip() for ln in lines if ln.startswith("(x)")]
+    return "; ".join(details) or (lines[0] if lines else "refused by azure-ai-ml")
+
+
 def _json(response: Any) -> Any:
+    if callable(getattr(response, "read", None)):
+        response.read()  # a rest-style response (any transport a test hands in) holds nothing until read
     text = response.text() if callable(getattr(response, "text", None)) else ""
     return json.loads(text) if text else None
 
@@ -42,6 +54,7 @@ class WorkspaceClient:
         from azure.mgmt.core import ARMPipelineClient
         from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy, ARMHttpLoggingPolicy
 
+        self.props = props
         self.endpoint = str(props.get("arm_endpoint") or arm.DEFAULT_ENDPOINT).rstrip("/")
         self.base = workspace_id(props)
         self.auth_mode = props.get("auth_mode") or "key"
@@ -50,13 +63,16 @@ class WorkspaceClient:
         self.poll_seconds = poll_seconds if poll_seconds is not None else float(os.environ.get("MLDEPLOY_ARM_POLL_SECONDS") or 5.0)
         self.ca = os.environ.get("MLDEPLOY_ARM_CA_BUNDLE") or None
         self._datastore: tuple[str, str, Any] | None = None
+        self.cred = cred or arm.credential()
+        self._transport = transport
+        self._ml: Any = None
         pipeline_policies = [
             policies.RequestIdPolicy(),
             policies.HeadersPolicy(),
             policies.UserAgentPolicy("mldeploy-azureml"),
             # azure-core's retry honours 429/503 with Retry-After; three retries keep a throttled up short.
             policies.RetryPolicy(retry_total=3, retry_backoff_max=30),
-            ARMChallengeAuthenticationPolicy(cred or arm.credential(), SCOPE),
+            ARMChallengeAuthenticationPolicy(self.cred, SCOPE),
             policies.ContentDecodePolicy(),
             ARMHttpLoggingPolicy(),
         ]
@@ -157,84 +173,162 @@ class WorkspaceClient:
             raise arm.ArmError(f"upload to {DATASTORE}/{path}: {arm.describe(exc)}") from None
         return len(files)
 
+    # -- azure-ai-ml ----------------------------------------------------------------
+    @property
+    def ml(self) -> Any:
+        """Azure ML's own SDK (`MLClient`), made on first use: importing it takes a second or two.
+
+        Pointed at `arm_endpoint` the documented sovereign-cloud way (`cloud` and `cloud_metadata`)
+        when that is not Azure's; no telemetry, no progress bars (our progress lines say it)."""
+        if self._ml is None:
+            import hashlib
+
+            from azure.ai.ml import MLClient
+
+            kw: dict[str, Any] = {"show_progress": False, "enable_telemetry": False, "retry_total": 3, "retry_backoff_max": 30}
+            if self.endpoint != arm.DEFAULT_ENDPOINT.rstrip("/"):
+                # One cloud name per ARM endpoint: azure-ai-ml keeps the first metadata given for a name.
+                kw["cloud"] = "mldeploy-" + hashlib.sha256(self.endpoint.encode()).hexdigest()[:12]
+                kw["cloud_metadata"] = {
+                    "azure_portal": "https://portal.azure.com/", "resource_manager": self.endpoint + "/",
+                    "active_directory": "https://login.microsoftonline.com/", "aml_resource_id": "https://ml.azure.com/",
+                    "storage_endpoint": "core.windows.net", "registry_discovery_endpoint": "https://eastus.api.azureml.ms/"}
+            if self._transport is not None:
+                kw["transport"] = self._transport
+            elif self.ca:
+                kw["connection_verify"] = self.ca
+            self._ml = MLClient(self.cred, str(self.props["subscription_id"]), str(self.props["resource_group"]),
+                                str(self.props["workspace"]), **kw)
+        return self._ml
+
+    def _sdk(self, what: str, fn: Any, missing_ok: bool = False) -> Any:
+        """One azure-ai-ml call; its failure in ARM's words (`arm.call`), or the SDK's own message
+        for what it refuses before sending. `missing_ok`: None for a 404."""
+        from azure.ai.ml.exceptions import MlException
+        from azure.core.exceptions import ResourceNotFoundError
+
+        def run() -> Any:
+            try:
+                return fn()
+            except ResourceNotFoundError:
+                if missing_ok:
+                    return None
+                raise
+        try:
+            return self._call(what, run)
+        except MlException as exc:
+            raise arm.ArmError(f"{what}: {sdk_words(exc.message)}") from None
+
     # -- assets --------------------------------------------------------------
     def ensure_asset(self, kind: str, name: str, version: str, body: dict[str, Any], upload: Mapping[str, Any] | None = None) -> bool:
         """Register `kind`/`name`/`version` unless it is there: versions follow content, so a
         version that exists holds this content. True when it was registered now. `upload`
-        ({"local", "path"}, and "files" to send only those): files that go to the default datastore first."""
+        ({"local", "path"}, and "files" to send only those): files that go to the default datastore first.
+
+        Models and environments go through azure-ai-ml; code versions through ARM directly,
+        since azure-ai-ml has no public operation for a code folder that is already uploaded."""
         path = f"/{kind}/{name}/versions/{version}"
-        if self._call(f"GET {kind} {name}:{version}", lambda: self._get(path)) is not None:
+        if kind == "codes":
+            exists = self._call(f"GET {kind} {name}:{version}", lambda: self._get(path)) is not None
+        else:
+            ops = self.ml.models if kind == "models" else self.ml.environments
+            exists = self._sdk(f"GET {kind} {name}:{version}", lambda: ops.get(name=name, version=version), missing_ok=True) is not None
+        if exists:
             return False
         if upload:
             count = self.upload(upload["local"], upload["path"], upload.get("files"))
             arm._progress(f"workspace: {count} file(s) of {kind} {name}:{version} uploaded to {DATASTORE}/{upload['path']}")
-        self._call(f"PUT {kind} {name}:{version}", lambda: self._lro("PUT", path, body))
+        if kind == "codes":
+            self._call(f"PUT {kind} {name}:{version}", lambda: self._lro("PUT", path, body))
+        else:
+            entity = entities.model(name, version, body) if kind == "models" else entities.environment(name, version, body)
+            self._sdk(f"PUT {kind} {name}:{version}", lambda: ops.create_or_update(entity))
         arm._progress(f"workspace: {kind} {name}:{version} registered")
         return True
 
     # -- endpoints -------------------------------------------------------------
     def get_endpoint(self, name: str) -> dict[str, Any] | None:
-        return self._call(f"GET online endpoint {name}", lambda: self._get(f"/onlineEndpoints/{name}"))
+        got = self._sdk(f"GET online endpoint {name}", lambda: self.ml.online_endpoints.get(name), missing_ok=True)
+        return None if got is None else entities.endpoint_view(got)
 
     def put_endpoint(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call(f"PUT online endpoint {name}", lambda: self._lro("PUT", f"/onlineEndpoints/{name}", body))
+        entity = entities.endpoint(name, body)
+        got = self._sdk(f"PUT online endpoint {name}", lambda: self.ml.online_endpoints.begin_create_or_update(entity).result(MAX_WAIT_SECONDS))
+        return entities.endpoint_view(got) if got is not None else {}
 
     def delete_endpoint(self, name: str) -> bool:
         if self.get_endpoint(name) is None:
             return False
-        self._call(f"DELETE online endpoint {name}", lambda: self._lro("DELETE", f"/onlineEndpoints/{name}", final="location"))
+        self._sdk(f"DELETE online endpoint {name}", lambda: self.ml.online_endpoints.begin_delete(name=name).result(MAX_WAIT_SECONDS))
         return True
 
     def set_traffic(self, endpoint: str, traffic: dict[str, int], mirror: dict[str, int] | None = None) -> dict[str, Any]:
-        """PUT the endpoint as it is with a new traffic (and mirror) map."""
-        current = self.get_endpoint(endpoint)
+        """The endpoint as it is, with a new traffic (and mirror) map."""
+        current = self._sdk(f"GET online endpoint {endpoint}", lambda: self.ml.online_endpoints.get(endpoint), missing_ok=True)
         if current is None:
             raise arm.ArmError(f"online endpoint {endpoint}: gone")
-        keep = ("authMode", "description", "properties", "publicNetworkAccess")
-        props = {k: v for k, v in (current.get("properties") or {}).items() if k in keep and v is not None}
-        props["traffic"] = dict(traffic)
-        props["mirrorTraffic"] = dict(mirror or {})
-        body = {"location": current["location"], "tags": current.get("tags") or {}, "properties": props}
-        if (current.get("identity") or {}).get("type"):
-            body["identity"] = {"type": current["identity"]["type"]}
-        return self.put_endpoint(endpoint, body)
+        current.traffic = {k: int(v) for k, v in traffic.items()}
+        current.mirror_traffic = {k: int(v) for k, v in (mirror or {}).items()}
+        got = self._sdk(f"PUT online endpoint {endpoint} (traffic)",
+                        lambda: self.ml.online_endpoints.begin_create_or_update(current).result(MAX_WAIT_SECONDS))
+        return entities.endpoint_view(got) if got is not None else {}
 
     def list_keys(self, endpoint: str) -> dict[str, str]:
-        got = self._call(f"POST listKeys {endpoint}", lambda: _json(self._run("POST", f"/onlineEndpoints/{endpoint}/listKeys", ok=(200,)).http_response))
-        return {"primary_key": got.get("primaryKey") or "", "secondary_key": got.get("secondaryKey") or ""}
+        got = self._sdk(f"POST listKeys {endpoint}", lambda: self.ml.online_endpoints.get_keys(endpoint))
+        if not hasattr(got, "primary_key"):  # get_keys answers by the endpoint's auth mode
+            raise arm.ArmError(f"POST listKeys {endpoint}: the endpoint uses an AML token, not keys")
+        return {"primary_key": getattr(got, "primary_key", None) or "", "secondary_key": getattr(got, "secondary_key", None) or ""}
 
     def regenerate_key(self, endpoint: str, which: str) -> None:
-        """`which`: Primary or Secondary; one at a time, so clients keep the other meanwhile."""
+        """`which`: Primary or Secondary; one at a time, so clients keep the other meanwhile.
+
+        Through ARM directly, not azure-ai-ml: its `begin_regenerate_keys` (1.35.2) reads the keys
+        and sends the current one as `keyValue`, which the REST specification documents as "the
+        value the key is set to", so the key would stay as it is. We send `keyType` alone."""
         self._call(f"POST regenerateKeys {endpoint} {which}",
                    lambda: self._lro("POST", f"/onlineEndpoints/{endpoint}/regenerateKeys", {"keyType": which}, final="location"))
 
     def token(self, endpoint: str) -> str:
-        got = self._call(f"POST token {endpoint}", lambda: _json(self._run("POST", f"/onlineEndpoints/{endpoint}/token", ok=(200,)).http_response))
-        return got.get("accessToken") or ""
+        """An AML token (azure-ai-ml's `get_keys` asks for one when the endpoint's auth mode is aml_token)."""
+        got = self._sdk(f"POST token {endpoint}", lambda: self.ml.online_endpoints.get_keys(endpoint))
+        return getattr(got, "access_token", None) or ""
 
     # -- deployments -------------------------------------------------------------
     def get_deployment(self, endpoint: str, name: str) -> dict[str, Any] | None:
-        return self._call(f"GET deployment {endpoint}/{name}", lambda: self._get(f"/onlineEndpoints/{endpoint}/deployments/{name}"))
+        got = self._sdk(f"GET deployment {endpoint}/{name}", lambda: self.ml.online_deployments.get(name=name, endpoint_name=endpoint),
+                        missing_ok=True)
+        return None if got is None else entities.deployment_view(got)
 
     def list_deployments(self, endpoint: str) -> list[str]:
-        got = self._call(f"GET deployments of {endpoint}", lambda: self._get(f"/onlineEndpoints/{endpoint}/deployments")) or {}
-        return sorted(d["name"] for d in got.get("value") or [])
+        got = self._sdk(f"GET deployments of {endpoint}", lambda: list(self.ml.online_deployments.list(endpoint_name=endpoint)),
+                        missing_ok=True) or []
+        return sorted(d.name for d in got)
 
-    def put_deployment(self, endpoint: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _put_deployment(self, endpoint: str, name: str, entity: Any) -> dict[str, Any]:
         start = time.monotonic()
-        got = self._call(f"PUT deployment {endpoint}/{name}",
-                         lambda: self._lro("PUT", f"/onlineEndpoints/{endpoint}/deployments/{name}", body))
-        state = ((got or {}).get("properties") or {}).get("provisioningState")
+        got = self._sdk(f"PUT deployment {endpoint}/{name}",
+                        lambda: self.ml.online_deployments.begin_create_or_update(entity, skip_script_validation=True).result(MAX_WAIT_SECONDS))
+        view = entities.deployment_view(got) if got is not None else {}
+        state = (view.get("properties") or {}).get("provisioningState")
         if state not in (None, "Succeeded"):
             raise arm.ArmError(f"deployment {endpoint}/{name}: provisioningState {state}")
         arm._progress(f"deployment {endpoint}/{name}: Succeeded after {time.monotonic() - start:.0f} s")
-        return got or {}
+        return view
+
+    def put_deployment(self, endpoint: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._put_deployment(endpoint, name, entities.deployment(endpoint, name, body))
+
+    def scale_deployment(self, endpoint: str, name: str, count: int) -> dict[str, Any]:
+        """The live deployment as it is, with `count` instances (in place: no new deployment)."""
+        live = self._sdk(f"GET deployment {endpoint}/{name}", lambda: self.ml.online_deployments.get(name=name, endpoint_name=endpoint))
+        live.instance_count = int(count)
+        return self._put_deployment(endpoint, name, live)
 
     def delete_deployment(self, endpoint: str, name: str) -> bool:
         if self.get_deployment(endpoint, name) is None:
             return False
-        self._call(f"DELETE deployment {endpoint}/{name}",
-                   lambda: self._lro("DELETE", f"/onlineEndpoints/{endpoint}/deployments/{name}", final="location"))
+        self._sdk(f"DELETE deployment {endpoint}/{name}",
+                  lambda: self.ml.online_deployments.begin_delete(name=name, endpoint_name=endpoint).result(MAX_WAIT_SECONDS))
         return True
 
     # -- the data plane ------------------------------------------------------------

@@ -7,13 +7,8 @@ service declared with `rollout=Canary(...)`:
   step with the requests the gateway saw;
 - a version that fails one request in three is rolled back at its first step:
   `up` fails naming the metric, its value, its limit and the step, the old
-  backend never stopped serving, and the next preview shows the same change.
-A rollback on p99 takes the same path (the gateway's split log, read by the
-local target, judged by the rollout engine), so it is proven in parts, not
-here: the decision and its message in tests/test_rollouts_unit.py
-(test_a_slow_version_rolls_back_on_p99), a slow candidate's own p99 read from
-a real nginx's split log in tests/test_front_split_docker.py
-(test_a_slow_candidate_shows_in_its_own_p99).
+  backend never stopped serving, and the next preview shows the same change;
+- a version that takes 1.5 s for one request in four is rolled back on p99.
 The entry script is the sample's plus tests/fixtures/canary_run.py, whose
 switches (environment variables) make run() fail or slow down, so turning one
 on rolls the service without rebuilding the image.
@@ -100,6 +95,16 @@ def test_a_good_version_is_promoted_and_a_failing_one_rolled_back_under_live_tra
     found = load_record(record)
     assert found is not None and found[0].decision.startswith("canary rolled back at step 1"), found
     assert found[0].steps[0].requests >= 15 and found[0].steps[0].error_rate > 0.05, found[0].steps
+
+    # A slow version: every fourth run() takes 1.5 s. Rolled back on p99, the old backend serving throughout.
+    loop = ScoringLoop(uri, key, rate=20, max_seconds=120)
+    loop.start()
+    with pytest.raises(Exception) as failed:
+        st.up(program=make_program(workdir, {"CANARY_SLOW_EVERY": "4"}))
+    loop.finish()
+    message = str(failed.value)
+    assert "canary rolled back at step 1 (25 %): p99" in message and "is over its limit 1000 ms" in message, message[-3000:]
+    assert service in stack_leftovers(st.name)["containers"] and loop.ok > 40
 
     # A good version (a new model, the switch off): promoted after both steps, no client request failed.
     train_model(model_path, alpha=50.0)

@@ -1271,6 +1271,7 @@ class Bench:
             R.add(S, "requests sent during a promoted canary", "requests", len(recs))
             for r in [r for r in recs if not r[2]][:3]:
                 R.note(f"{S}, run {i + 1}: a request failed during the promoted canary at +{r[0] - t0:.2f} s: {r[4]}")
+            self.note_late_candidate(st, S, i)
             # A version failing one request in three, rolled back at its first step.
             client = PacedClient(uri, key, a.update_rate, max_seconds=a.update_timeout, max_requests=bound)
             client.start()
@@ -1287,6 +1288,13 @@ class Bench:
             R.add(S, "rollback: `up` start to failing (rolled back)", "s", dt)
             R.add(S, "rollback: failed requests (the candidate's share of its first step)", "requests", sum(1 for r in recs if not r[2]))
             R.add(S, "rollback: requests sent meanwhile", "requests", len(recs))
+
+    def note_late_candidate(self, st: BenchStack, S: str, i: int) -> None:
+        """A Kubernetes canary's serving pods that reached the candidate's ClusterIP only after some tries (the
+        provider says so before the first weight; at once, it says nothing of it): a note, once per run."""
+        seen = {line.split("[mldeploy] ", 1)[-1].strip() for _, line in st.marks if "not at once:" in line}
+        for line in sorted(seen):
+            self.results.note(f"{S}, run {i + 1}, promoted canary: {line}")
 
     def scale_step(self, st: BenchStack, n: int) -> None:
         R, a = self.results, self.args
@@ -1692,7 +1700,8 @@ def DEFINITIONS(a: argparse.Namespace) -> list[str]:  # noqa: N802 - reads like 
         "`up` start to its end; a version failing one request in three, rolled back at its first step, with the "
         "failed requests meanwhile (only the candidate's share of that step can fail). On Kubernetes the plain route "
         "is the same pods with the canary declared (their front end can split) and no candidate, and a canary's "
-        "`up` includes the candidate Deployment's start and sample gate and, after the steps, the service's "
+        "`up` includes the candidate Deployment's start and sample gate, the serving pods reaching it through its "
+        "ClusterIP (a note says when one needed more than one try) and, after the steps, the service's "
         "Deployment rolling to the new version.",
     ]
 

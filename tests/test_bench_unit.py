@@ -162,3 +162,13 @@ def test_the_record_names_the_checkout_it_measured(bench) -> None:
     assert bench.checkout_words("9762f3b", "M a.py\n M b.py") == "9762f3b with 2 uncommitted files (a.py, b.py)"
     many = "".join(f" M f{i}.py\n" for i in range(8))
     assert bench.checkout_words("abc", many) == "abc with 8 uncommitted files (f0.py, f1.py, f2.py, f3.py, f4.py, f5.py, …)"
+
+
+def test_a_canary_whose_serving_pods_reached_the_candidate_late_is_noted_once(bench) -> None:
+    from types import SimpleNamespace
+
+    line = "[mldeploy] ns/svc: the candidate answers through its ClusterIP from 1 serving pod; not at once: p after 0.84 s (9 tries)"
+    runner = SimpleNamespace(results=bench.Results())
+    st = SimpleNamespace(marks=[(7.0, f"    pulumi:pulumi:Stack x running {line}"), (7.1, line), (8.0, "[mldeploy] ns/svc: other")])
+    bench.Bench.note_late_candidate(runner, st, "krollout", 1)
+    assert runner.results.notes == [f"krollout, run 2, promoted canary: {line.split('[mldeploy] ', 1)[1]}"]

@@ -202,13 +202,18 @@ class FakeAzureML:
                 # Azure fills in the default scale settings when a PUT leaves them out.
                 "properties": {"scaleSettings": {"scaleType": "Default"}, **d["body"]["properties"], "provisioningState": d["state"]}}
 
-    def _start(self, op: str, finish: Callable[[], dict[str, str] | None]) -> None:
+    def _start(self, op: str, finish: Callable[..., dict[str, str] | None],
+               work: Callable[[], dict[str, str] | None] | None = None) -> None:
+        """A long-running operation: after `op_seconds`, `work` (slow: a container starting or stopping) runs
+        outside the fake's lock, so the endpoint keeps scoring meanwhile as Azure's does; then `finish` (given
+        `work`'s problem, if there is a `work`) updates the state under the lock."""
         self.operations[op] = {"status": "InProgress"}
 
         def run() -> None:
             time.sleep(self.op_seconds)
+            problem = work() if work is not None else None
             with self.lock:
-                error = finish()
+                error = finish(problem) if work is not None else finish()
                 self.operations[op] = {"status": "Failed", "error": error} if error else {"status": "Succeeded"}
 
         threading.Thread(target=run, daemon=True).start()
@@ -526,12 +531,14 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
                     return
                 e.state = "Deleting"
                 op = uuid.uuid4().hex
-                def endpoint_gone() -> None:  # its deployments go with it, as in Azure
-                    fake.endpoints.pop(key, None)
+                def stop_all() -> None:  # its deployments go with it, as in Azure
                     if fake.containers is not None:
                         for deployment in list(e.deployments):
                             fake.containers.stop(e.key[3], deployment)
-                fake._start(op, endpoint_gone)
+
+                def endpoint_gone(_: Any) -> None:
+                    fake.endpoints.pop(key, None)
+                fake._start(op, endpoint_gone, stop_all)
                 self._lro(202, None, m["sub"], e.body["location"], op, location_header=True)
                 return
             self._error(405, "MethodNotAllowed", self.command)
@@ -562,16 +569,19 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
                 op = uuid.uuid4().hex
                 rec = e.deployments[name]
 
-                def done() -> dict[str, str] | None:
-                    problem = failure
-                    if not problem and fake.containers is not None:
-                        try:  # the real image with the real model; provisioning ends when it is healthy
-                            fake.containers.start(fake, e.key[3], name, body)
-                        except Exception as exc:  # noqa: BLE001 - the deployment ends Failed with the reason
-                            problem = {"code": "ResourceNotReady", "message": f"the deployment's container did not start: {exc}"[:4000]}
+                def start() -> dict[str, str] | None:
+                    if failure or fake.containers is None:
+                        return failure
+                    try:  # the real image with the real model; provisioning ends when it is healthy
+                        fake.containers.start(fake, e.key[3], name, body)
+                    except Exception as exc:  # noqa: BLE001 - the deployment ends Failed with the reason
+                        return {"code": "ResourceNotReady", "message": f"the deployment's container did not start: {exc}"[:4000]}
+                    return None
+
+                def done(problem: dict[str, str] | None) -> dict[str, str] | None:
                     rec["state"] = "Failed" if problem else "Succeeded"
                     return problem
-                fake._start(op, done)
+                fake._start(op, done, start)
                 self._lro(201 if created else 200, fake.deployment_view(e, name), m["sub"], body["location"], op)
                 return
             if self.command == "DELETE":
@@ -585,11 +595,13 @@ def _handler(fake: FakeAzureML) -> type[BaseHTTPRequestHandler]:
                     return
                 e.deployments[name]["state"] = "Deleting"
                 op = uuid.uuid4().hex
-                def gone() -> None:
-                    e.deployments.pop(name, None)
+                def stop() -> None:  # it holds no traffic (refused above otherwise): nothing is routed to it
                     if fake.containers is not None:
                         fake.containers.stop(e.key[3], name)
-                fake._start(op, gone)
+
+                def gone(_: Any) -> None:
+                    e.deployments.pop(name, None)
+                fake._start(op, gone, stop)
                 self._lro(202, None, m["sub"], e.body["location"], op, location_header=True)
                 return
             self._error(405, "MethodNotAllowed", self.command)
@@ -660,7 +672,9 @@ class DockerDeployments:
         self.lock = threading.Lock()
 
     def _asset(self, fake: FakeAzureML, asset_id: str) -> dict[str, Any]:
-        got = next((v for v in fake.assets.values() if str(v["id"]).lower() == asset_id.lower()), None)
+        with fake.lock:
+            assets = list(fake.assets.values())
+        got = next((v for v in assets if str(v["id"]).lower() == asset_id.lower()), None)
         if got is None:
             raise RuntimeError(f"asset {asset_id} is not registered in the workspace")
         return got

@@ -567,3 +567,19 @@ def test_azure_ml_sdk_refusals_come_back_without_colours_or_boilerplate():
     message = "\x1b[37m\n\x1b[30m\n1) At least one required parameter is missing\x1b[39m\n\nDetails: \n\n\x1b[31m(x) Version must be provided.\x1b[39m\n\nResolutions: \n1) Ensure ..."
     assert sdk_words(message) == "Version must be provided."
     assert sdk_words("Endpoint 'x' does not use keys for authentication.") == "Endpoint 'x' does not use keys for authentication."
+
+
+def test_making_the_sdk_client_leaves_the_environment_as_it_was(monkeypatch):
+    """azure-ai-ml records its cloud in os.environ; a process started later (the engine's provider) that
+    inherits a name it does not know asks Azure's public metadata URL for it. The client puts it back."""
+    import os
+
+    from mldeploy.providers.targets.azure.arm import StaticToken
+    from mldeploy.providers.targets.azureml.client import CLOUD_ENV, WorkspaceClient
+
+    monkeypatch.delenv(CLOUD_ENV, raising=False)
+    c = WorkspaceClient({**props(), "arm_endpoint": "https://arm.example"}, cred=StaticToken("t"), transport=RecordingTransport({}))
+    assert c.ml is not None and CLOUD_ENV not in os.environ
+    monkeypatch.setenv(CLOUD_ENV, "AzureCloud")
+    assert WorkspaceClient({**props(), "arm_endpoint": "https://arm2.example"}, cred=StaticToken("t"), transport=RecordingTransport({})).ml
+    assert os.environ[CLOUD_ENV] == "AzureCloud"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from typing import Any, Mapping
 
@@ -24,6 +25,8 @@ from mldeploy.providers.targets.azureml.args import API_VERSION
 from mldeploy.providers.targets.azureml.bodies import DATASTORE, workspace_id
 
 SCOPE = "https://management.azure.com/.default"
+CLOUD_ENV = "AZUREML_CURRENT_CLOUD"
+_CLOUD_ENV_LOCK = threading.Lock()
 MAX_WAIT_SECONDS = 30 * 60
 SCORING_TIMEOUT_SECONDS = 30.0
 
@@ -197,8 +200,19 @@ class WorkspaceClient:
                 kw["transport"] = self._transport
             elif self.ca:
                 kw["connection_verify"] = self.ca
-            self._ml = MLClient(self.cred, str(self.props["subscription_id"]), str(self.props["resource_group"]),
-                                str(self.props["workspace"]), **kw)
+            with _CLOUD_ENV_LOCK:
+                # MLClient records its cloud in os.environ (AZUREML_CURRENT_CLOUD), which every process started
+                # later inherits; a process that does not know that cloud's name asks Azure's public metadata URL
+                # for it. Put the variable back: the clouds this process registered stay known to it.
+                before = os.environ.get(CLOUD_ENV)
+                try:
+                    self._ml = MLClient(self.cred, str(self.props["subscription_id"]), str(self.props["resource_group"]),
+                                        str(self.props["workspace"]), **kw)
+                finally:
+                    if before is None:
+                        os.environ.pop(CLOUD_ENV, None)
+                    else:
+                        os.environ[CLOUD_ENV] = before
         return self._ml
 
     def _sdk(self, what: str, fn: Any, missing_ok: bool = False) -> Any:

@@ -19,7 +19,8 @@ requests with a candidate Deployment and judge it on their own split log.
    interruption to the end; the service answers one version on its NodePort; no candidate Deployment,
    pod, Service or NetworkPolicy, no split in any serving pod's route, no orphaned provider process; and
    `scripts/stack.py rollout` shows the steps and the decision.
-4. A held split (`traffic=`): a newer model answers beside the current one, the Deployment unchanged.
+4. A held split (`traffic=`): a newer model answers beside the current one, the Deployment unchanged; a pod
+   restarted meanwhile is found by a refresh and split again by the next up.
 5. The split dropped: the held version takes all traffic and the Deployment rolls to it.
 6. A mirror (`mirror_percent=`) to a failing version: clients get only live answers; the candidate's
    errors are recorded, and `scripts/stack.py rollout` shows them from the pods' split logs.
@@ -371,6 +372,32 @@ def test_a_failing_version_is_rolled_back_and_a_good_one_promoted(workdir: Path,
     assert "traffic held at 50 % current / 50 % candidate" in "\n".join(st.log)
     assert generation(k8s_cluster, ns, "svc") == promoted, "a held split leaves the Deployment on the current version"
     assert len(candidate_objects(k8s_cluster, ns).splitlines()) == 3
+
+    # 4b. A serving pod restarted while the split is held starts on its own route (it sends the candidate
+    # nothing): a refresh finds it (an update at preview), and the next up says so and writes the split to it.
+    held_pods = routes(k8s_cluster, ns, "svc")
+    assert held_pods and all(live != before for live, before in held_pods.values()), "every pod holds the split"
+    gone = sorted(held_pods)[0]
+    kubectl(k8s_cluster, "delete", "pod", gone, "-n", ns, "--wait=false")
+    deadline = time.monotonic() + 120
+    now = held_pods
+    while time.monotonic() < deadline:
+        now = routes(k8s_cluster, ns, "svc")
+        if gone not in now and len(now) == len(held_pods):
+            break
+        time.sleep(1)
+    fresh = sorted(set(now) - set(held_pods))
+    assert fresh and all(now[p][0] == now[p][1] for p in fresh), ("a new pod starts on its own route", now)
+    started = time.monotonic()
+    assert st.refresh().summary.result == "succeeded"
+    assert st.preview().change_summary.get("update") == 1
+    up = st.up()
+    assert up.summary.result == "succeeded"
+    assert f"{len(fresh)} serving pod started after the held split was written" in up.text, up.text[-3000:]
+    print(f"refresh, preview and up that split a restarted pod: {time.monotonic() - started:.0f} s")
+    now = routes(k8s_cluster, ns, "svc")
+    assert set(fresh) <= set(now) and all(live != before for live, before in now.values()), "every pod holds the split again"
+    assert generation(k8s_cluster, ns, "svc") == promoted and len(candidate_objects(k8s_cluster, ns).splitlines()) == 3
 
     # 5. Dropped: the held version takes all traffic, the Deployment rolls to it, the candidate goes.
     split.clear()

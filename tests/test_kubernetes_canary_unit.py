@@ -446,6 +446,39 @@ def test_a_held_split_starts_once_moves_its_weights_by_routes_only_and_hands_ove
     assert not [c for c in cluster.calls if c[0] == "delete"], "the Rollout check removes it once the Deployment rolled"
 
 
+def test_a_pod_started_after_a_held_split_was_written_is_found_by_a_refresh_and_split_by_the_next_up(monkeypatch) -> None:
+    """A restarted pod (or one the HPA adds) starts on its own route and sends the candidate nothing. A refresh
+    marks it (an update at preview), and the next up says so and writes the split to every serving pod again."""
+    cluster = FakeCluster()
+    monkeypatch.setattr(kcanary.KubeTrafficControl.__init__, "__defaults__", (lambda ops, p: None, lambda s: None, kcanary.time.monotonic))
+    provider = kcanary.CanaryProvider(ops=lambda kubeconfig: Opened(cluster))
+    held_news = props(rollout=None, traffic={"current": 50, "candidate": 50})
+    outs = provider.update("id", props(spec=spec(env="0"), rollout=None, traffic=None), held_news).outs
+    assert provider.read("id", outs).outs.get(kcanary.UNSPLIT) is None, "every pod holds the split"
+    cluster.routes["svc-a"] = "BEFORE ROUTE"  # svc-a restarted: the route it starts with
+    read = provider.read("id", outs).outs
+    assert read[kcanary.UNSPLIT] == ["svc-a"] and kcanary.diff_canary(read, held_news).changes
+    cluster.calls.clear()
+    said: list[str] = []
+    monkeypatch.setattr(kcanary, "say", said.append)
+    outs2 = provider.update("id", read, held_news).outs
+    assert any("1 serving pod started after the held split was written (a restart or the HPA)" in line for line in said), said
+    assert kcanary.UNSPLIT not in outs2 and outs2["held"]["weights"] == [50, 50, 0]
+    assert [c for c in cluster.calls if c[0] == "route"] == [("route", "svc-a", "50% candidate;"), ("route", "svc-b", "50% candidate;")]
+    assert not [c for c in cluster.calls if c[0] in ("create", "delete")], "nothing starts or goes"
+    assert provider.read("id", outs2).outs.get(kcanary.UNSPLIT) is None
+    # Nothing sent to the candidate (current 100 %, no mirror): the pods' own route is right. No cluster: nothing read.
+    cluster.routes["svc-a"] = "BEFORE ROUTE"
+    assert provider.read("id", {**outs2, "held": {**outs2["held"], "weights": [100, 0, 0]}}).outs.get(kcanary.UNSPLIT) is None
+
+    class Unreachable(FakeCluster):
+        def pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+            raise ConnectionError("the API server does not answer")
+
+    quiet = kcanary.CanaryProvider(ops=lambda kubeconfig: Opened(Unreachable())).read("id", {**outs2, kcanary.UNSPLIT: ["svc-a"]})
+    assert kcanary.UNSPLIT not in quiet.outs
+
+
 def test_a_held_split_needs_pods_that_can_split_and_the_same_keys() -> None:
     provider = kcanary.CanaryProvider(ops=lambda kubeconfig: Opened(FakeCluster()))
     held_news = props(rollout=None, traffic={"current": 90, "candidate": 10})

@@ -376,11 +376,20 @@ LEFTOVER = "leftover"
 """Set by a refresh that finds a candidate nothing holds: an up stopped mid-canary (Ctrl-C twice) left it."""
 LEFTOVER_WORDS = ("an interrupted up left a candidate and its split: the serving pods go back to their own route "
                   "and the candidate is removed")
+UNSPLIT = "unsplit_pods"
+"""Set by a refresh that finds serving pods on the route they started with while a split is held: pods that
+restarted, or that the HPA added, after the split was written. The next up writes the split to them (the
+preview shows the update; its words come with the up, since `check` sees the old inputs, not this output)."""
+
+
+def unsplit_words(pods: list[str]) -> str:
+    return (f"{pods_words(pods)} started after the held split was written (a restart or the HPA) and send the "
+            "candidate nothing: the split is written to them again")
 
 
 def diff_canary(olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
     """Pure: any watched input that changed is an update, never a replacement; so is a leftover candidate."""
-    changed = [k for k in WATCHED if olds.get(k) != news.get(k)] + ([LEFTOVER] if olds.get(LEFTOVER) else [])
+    changed = [k for k in WATCHED if olds.get(k) != news.get(k)] + [k for k in (LEFTOVER, UNSPLIT) if olds.get(k)]
     return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
 
@@ -432,9 +441,12 @@ class CanaryProvider(ResourceProvider):
         holds: an up stopped mid-canary left it, its split still live. It is marked `leftover`, so the next up
         removes it even when it rolls nothing. Whatever goes wrong here leaves the state as it was: a refresh
         never fails on it."""
-        props = {k: v for k, v in props.items() if k != LEFTOVER}
-        if props.get("held") or not props.get("kubeconfig") or not props.get("namespace") or not props.get("name"):
+        props = {k: v for k, v in props.items() if k not in (LEFTOVER, UNSPLIT)}
+        if not props.get("kubeconfig") or not props.get("namespace") or not props.get("name"):
             return ReadResult(id_, props)
+        if props.get("held"):
+            unsplit = self._unsplit_pods(props)
+            return ReadResult(id_, {**props, UNSPLIT: unsplit} if unsplit else props)
         ns, name = props["namespace"], props["name"]
         try:
             with self._open(str(props["kubeconfig"])) as ops:
@@ -443,6 +455,22 @@ class CanaryProvider(ResourceProvider):
         except Exception:  # noqa: BLE001 - an unreachable cluster is the next up's to report
             return ReadResult(id_, props)
         return ReadResult(id_, {**props, LEFTOVER: True} if found else props)
+
+    def _unsplit_pods(self, props: dict[str, Any]) -> list[str]:
+        """Serving pods still on the route they started with while the held split sends the candidate a share
+        (or a mirrored one): a pod writes its route when the split is set, so one started later has none.
+        Read only; anything that goes wrong reads as none (a refresh never fails on it)."""
+        weights = list((props["held"] or {}).get("weights") or [100, 0, 0])
+        if not any(weights[1:]):
+            return []
+        ns, name = props["namespace"], props["name"]
+        try:
+            with self._open(str(props["kubeconfig"])) as ops:
+                pods = serving_pods(ops.pods(ns, target.selector(name)))
+                return [pod for pod in pods if ops.exec(ns, pod, "front", ["cat", f"{target.ROUTE_DIR}/service.conf"])
+                        == ops.exec(ns, pod, "front", ["cat", f"{target.ROUTE_DIR}/{target.ROUTE_BEFORE}"])]
+        except Exception:  # noqa: BLE001 - an unreachable cluster is the next up's to report
+            return []
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         if olds.get(LEFTOVER) and not starts_candidate(olds, news):
@@ -498,6 +526,8 @@ class CanaryProvider(ResourceProvider):
         with self._open(str(news.get("kubeconfig") or "")) as ops:
             if what == "weights":
                 control = self._held_control(ops, olds, news)
+                if olds.get(UNSPLIT):
+                    say(f"{name}: {unsplit_words(list(olds[UNSPLIT]))}")
                 control.set_weights(*weights)
                 say(f"{name}: {held_words(news)}")
                 return {**olds["held"], "weights": weights}

@@ -22,7 +22,6 @@ import re
 import runpy
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -213,11 +212,14 @@ def end_orphaned_providers(root: Path, grace: float = 5.0) -> list[int]:
     return pids
 
 
-def select_stack(stack_name: str, program: Callable[[], None] | None = None, root: Path = ROOT, env: dict[str, str] | None = None):
+def select_stack(stack_name: str, program: Callable[[], None] | None = None, root: Path = ROOT, env: dict[str, str] | None = None,
+                 new: bool = False):
     """Create or select a stack whose program runs in this process.
 
     Stops with `PassphraseMissing` before anything is created when the stack needs
-    a passphrase that nobody chose (`passphrase_env`).
+    a passphrase that nobody chose (`passphrase_env`). `new`: the name was just made
+    up (a test's), so the stack is created without first trying to select it, and has
+    nothing to recover; the engine refuses a name that exists.
     """
     from pulumi import automation as auto
 
@@ -230,15 +232,22 @@ def select_stack(stack_name: str, program: Callable[[], None] | None = None, roo
 
     # A backend that cannot be used stops here, naming PULUMI_BACKEND_URL (BackendError).
     check_backend(os.environ.get("PULUMI_BACKEND_URL", ""))
+    from lazy_stack import LazyStack, pulumi_command
+
     opts = auto.LocalWorkspaceOptions(
-        work_dir=str(root), env_vars={**secrets_env, "MLDEPLOY_PROJECT_DIR": str(root), **(env or {})}
+        work_dir=str(root), env_vars={**secrets_env, "MLDEPLOY_PROJECT_DIR": str(root), **(env or {})},
+        pulumi_command=pulumi_command(),
     )
     import yaml
 
     project_name = yaml.safe_load((root / "Pulumi.yaml").read_text())["name"]
     stale = clear_stale_locks(project_name, stack_name)
     end_orphaned_providers(root)
-    stack = auto.create_or_select_stack(stack_name, project_name=project_name, program=program or project_program(root), opts=opts)
+    if new:
+        return LazyStack.of(auto.create_stack(stack_name, project_name=project_name,
+                                              program=program or project_program(root), opts=opts))
+    stack = LazyStack.of(auto.create_or_select_stack(stack_name, project_name=project_name,
+                                                     program=program or project_program(root), opts=opts))
     recover_if_interrupted(stack, force=bool(stale))
     return stack
 
@@ -249,8 +258,7 @@ def recover_if_interrupted(stack, force: bool = False) -> bool:
     The refresh drops pending creates (their containers carry labels, so the
     next create removes them) and finds leftover containers of interrupted rolls.
     """
-    pending = (stack.export_stack().deployment or {}).get("pending_operations") or []
-    if not (force or pending):
+    if not (force or stack.pending_operations()):
         return False
     print(f"[mldeploy] the last update of {stack.name} was interrupted; refreshing before going on", file=sys.stderr)
     stack.refresh(clear_pending_creates=True, on_output=lambda line: print(line, file=sys.stderr, flush=True))
@@ -295,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-preview", action="store_true", help="up without the preview that otherwise comes first")
     args = parser.parse_args(argv)
 
-    version = subprocess.run(["pulumi", "version"], capture_output=True, text=True, check=True).stdout.strip()
+    from lazy_stack import pulumi_command
+
     # On stderr: stdout is the engine's output and the outputs' JSON only (`outputs dev | jq` works).
-    print(f"pulumi engine {version}", file=sys.stderr, flush=True)
+    print(f"pulumi engine v{pulumi_command().version}", file=sys.stderr, flush=True)
     stack = select_stack(args.stack)
     out = lambda line: print(line, flush=True)  # noqa: E731
     if args.command == "preview":

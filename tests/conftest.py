@@ -67,7 +67,7 @@ class EngineStack:
 
         self.name = name or f"t{uuid.uuid4().hex[:8]}"
         self.work = work
-        self.stack = stack_cli.select_stack(self.name, program=program, root=work)
+        self.stack = stack_cli.select_stack(self.name, program=program, root=work, new=name is None)
         self.log: list[str] = []
 
     def _run(self, op: str, **kw):

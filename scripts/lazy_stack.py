@@ -1,0 +1,131 @@
+"""The Automation API's Stack, asking the `pulumi` CLI only for what its caller reads.
+
+Every `pulumi` CLI run costs about 0.25 CPU-seconds to start, and one that decrypts the stack's
+secrets (the passphrase's key derivation) about 0.45. After each `up`, `refresh` and `destroy`
+the SDK's Stack runs `stack output` twice and `stack history --show-secrets` once, whether or not
+the caller reads them: about 1.5 CPU-seconds after every `up`, as much as a small stack's `up`
+itself. Here they run when the result's `outputs` or `summary` is first read, and not at all
+when nobody reads them. docs/tests.md has the measurements.
+
+A deferred result belongs to its operation: read after another operation ran on the same stack,
+it would describe the later one, so it raises `StaleResult` instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from functools import lru_cache
+from typing import Any
+
+from pulumi import automation as auto
+
+
+class StaleResult(RuntimeError):
+    """An operation's outputs or summary, first read after a later operation on the same stack."""
+
+
+_UNSET = object()
+
+
+class _Deferred:
+    def __init__(self, stack: "LazyStack", what: str, load: Callable[[], Any]):
+        self._stack, self._what, self._load = stack, what, load
+        self._op = stack.operations
+        self._value: Any = _UNSET
+
+    def get(self) -> Any:
+        if self._value is _UNSET:
+            if self._stack.operations != self._op:
+                raise StaleResult(
+                    f"stack {self._stack.name}: the {self._what} of an operation were first read after a later "
+                    f"operation ran; read them before the next one (they would describe the later one)")
+            self._value = self._load()
+        return self._value
+
+
+class DeferredOutputs(Mapping[str, auto.OutputValue]):
+    """The stack's outputs (name -> OutputValue, as the SDK returns), read on first use."""
+
+    def __init__(self, deferred: _Deferred):
+        self._deferred = deferred
+
+    def __getitem__(self, key: str) -> auto.OutputValue:
+        return self._deferred.get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._deferred.get())
+
+    def __len__(self) -> int:
+        return len(self._deferred.get())
+
+    def __repr__(self) -> str:
+        return repr(self._deferred.get())
+
+
+class DeferredSummary:
+    """The operation's UpdateSummary (`stack history`), read on first use of any attribute."""
+
+    def __init__(self, deferred: _Deferred):
+        self._deferred = deferred
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._deferred.get(), name)
+
+    def __repr__(self) -> str:
+        return repr(self._deferred.get())
+
+
+class LazyStack(auto.Stack):
+    """auto.Stack whose up, refresh and destroy defer the outputs and the summary they return."""
+
+    operations = 0
+    _deferring = False
+
+    @classmethod
+    def of(cls, stack: auto.Stack) -> "LazyStack":
+        """The same stack (same name and workspace), with deferred results."""
+        lazy = cls.__new__(cls)
+        lazy.__dict__.update(stack.__dict__)
+        return lazy
+
+    def _operation(self, op: Callable[..., Any], **kw: Any) -> Any:
+        self.operations += 1
+        self._deferring = True
+        try:
+            return op(**kw)
+        finally:
+            self._deferring = False
+
+    def up(self, **kw: Any) -> auto.UpResult:  # type: ignore[override]
+        return self._operation(super().up, **kw)
+
+    def refresh(self, **kw: Any) -> auto.RefreshResult:  # type: ignore[override]
+        return self._operation(super().refresh, **kw)
+
+    def destroy(self, **kw: Any) -> auto.DestroyResult:  # type: ignore[override]
+        return self._operation(super().destroy, **kw)
+
+    def outputs(self) -> Any:
+        if self._deferring:
+            return DeferredOutputs(_Deferred(self, "outputs", super().outputs))
+        return super().outputs()
+
+    def info(self, show_secrets: bool = True) -> Any:
+        if self._deferring:
+            return DeferredSummary(_Deferred(self, "summary", lambda: super(LazyStack, self).info(show_secrets)))
+        return super().info(show_secrets)
+
+    def pending_operations(self) -> list[dict[str, Any]]:
+        """The state's pending operations, from `stack export` without decrypting the secrets."""
+        ws = self.workspace
+        env = {**({"PULUMI_HOME": ws.pulumi_home} if ws.pulumi_home else {}), **ws.env_vars}
+        result = ws.pulumi_command.run(["stack", "export", "--stack", self.name], ws.work_dir, env)
+        deployment = json.loads(result.stdout).get("deployment") or {}
+        return deployment.get("pending_operations") or []
+
+
+@lru_cache(maxsize=None)
+def pulumi_command() -> auto.PulumiCommand:
+    """One PulumiCommand per process: making one runs `pulumi version`, which every workspace would repeat."""
+    return auto.PulumiCommand()

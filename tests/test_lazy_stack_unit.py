@@ -1,0 +1,89 @@
+"""scripts/lazy_stack.py: an operation's outputs and summary cost CLI runs only when read, and never describe a later operation."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from pulumi import automation as auto
+
+from lazy_stack import DeferredOutputs, LazyStack, StaleResult
+
+
+class FakeWorkspace:
+    """Records what the stack asks the CLI for."""
+
+    def __init__(self) -> None:
+        self.calls: list[object] = []
+        self.values = {"scoring_uri": auto.OutputValue("http://127.0.0.1:1/score", False),
+                       "primary_key": auto.OutputValue("k", True)}
+
+    def stack_outputs(self, name: str) -> dict:
+        self.calls.append(("outputs", name))
+        return dict(self.values)
+
+
+class Probe(LazyStack):
+    def history(self, page_size=None, page=None, show_secrets=True):  # type: ignore[override]
+        self.workspace.calls.append(("history", show_secrets))
+        return [SimpleNamespace(result="succeeded", resource_changes={"same": 3}, op=self.operations)]
+
+
+def make() -> Probe:
+    st = Probe.__new__(Probe)
+    st.name, st.workspace = "t1", FakeWorkspace()
+    return st
+
+
+def sdk_like_op(st: LazyStack, show_secrets: bool = True):
+    """What auto.Stack.up, refresh and destroy do after the engine returns: ask for the outputs and the summary."""
+    return SimpleNamespace(outputs=st.outputs(), summary=st.info(show_secrets))
+
+
+def test_nothing_is_asked_until_read_and_each_is_asked_once():
+    st = make()
+    result = st._operation(sdk_like_op, st=st)
+    assert st.workspace.calls == []
+    assert result.outputs["scoring_uri"].value == "http://127.0.0.1:1/score"
+    assert result.outputs["primary_key"].secret and set(result.outputs) == {"scoring_uri", "primary_key"}
+    assert st.workspace.calls == [("outputs", "t1")]
+    assert result.summary.result == "succeeded" and result.summary.resource_changes == {"same": 3}
+    assert dict(result.outputs.items())["scoring_uri"].value.endswith("/score")
+    assert st.workspace.calls == [("outputs", "t1"), ("history", True)]
+
+
+def test_show_secrets_reaches_the_deferred_history():
+    st = make()
+    result = st._operation(sdk_like_op, st=st, show_secrets=False)
+    assert result.summary.op == 1
+    assert st.workspace.calls == [("history", False)]
+
+
+def test_a_result_first_read_after_a_later_operation_is_stale_and_says_so():
+    st = make()
+    first = st._operation(sdk_like_op, st=st)
+    read_in_time = first.summary.result
+    st._operation(sdk_like_op, st=st)
+    assert first.summary.result == read_in_time  # read before: kept
+    with pytest.raises(StaleResult, match="stack t1: the outputs of an operation were first read after a later"):
+        first.outputs["scoring_uri"]
+    assert st.workspace.calls == [("history", True)]
+
+
+def test_outside_an_operation_outputs_and_info_are_the_sdks():
+    st = make()
+    outputs = st.outputs()
+    assert isinstance(outputs, dict) and not isinstance(outputs, DeferredOutputs)
+    assert st.info().result == "succeeded"
+    assert st.workspace.calls == [("outputs", "t1"), ("history", True)]
+
+
+def test_an_operation_that_fails_stops_deferring():
+    st = make()
+
+    def boom():
+        raise auto.CommandError(auto.CommandResult(stdout="", stderr="engine failed", code=1))
+
+    with pytest.raises(auto.CommandError):
+        st._operation(boom)
+    assert isinstance(st.outputs(), dict) and st.operations == 1

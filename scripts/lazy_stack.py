@@ -116,13 +116,20 @@ class LazyStack(auto.Stack):
             return DeferredSummary(_Deferred(self, "summary", lambda: super(LazyStack, self).info(show_secrets)))
         return super().info(show_secrets)
 
-    def pending_operations(self) -> list[dict[str, Any]]:
-        """The state's pending operations, from `stack export` without decrypting the secrets."""
+    def _cli(self, *args: str) -> str:
+        """One `pulumi` run for this stack, in its workspace's folder and environment (as the SDK's own)."""
         ws = self.workspace
         env = {**({"PULUMI_HOME": ws.pulumi_home} if ws.pulumi_home else {}), **ws.env_vars}
-        result = ws.pulumi_command.run(["stack", "export", "--stack", self.name], ws.work_dir, env)
-        deployment = json.loads(result.stdout).get("deployment") or {}
+        return ws.pulumi_command.run([*args, "--stack", self.name], ws.work_dir, env).stdout
+
+    def pending_operations(self) -> list[dict[str, Any]]:
+        """The state's pending operations, from `stack export` without decrypting the secrets."""
+        deployment = json.loads(self._cli("stack", "export")).get("deployment") or {}
         return deployment.get("pending_operations") or []
+
+    def masked_outputs(self) -> dict[str, Any]:
+        """The outputs with every secret shown as "[secret]": one `stack output` that decrypts nothing."""
+        return json.loads(self._cli("stack", "output", "--json"))
 
 
 @lru_cache(maxsize=None)

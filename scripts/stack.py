@@ -323,8 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "rm":
         stack.workspace.remove_stack(args.stack)
     if args.command in ("up", "outputs"):
-        outputs = stack.outputs()
-        shown = {k: (v.value if (args.show_secrets or not v.secret) else "[secret]") for k, v in outputs.items()}
+        if args.show_secrets:
+            shown = {k: v.value for k, v in stack.outputs().items()}
+        else:  # the engine masks the secrets itself, and needs no passphrase for it
+            shown = stack.masked_outputs()
         print(json.dumps(shown, indent=2))
     return 0
 

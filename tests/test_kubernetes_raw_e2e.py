@@ -82,10 +82,13 @@ def test_a_raw_script_rolls_on_the_cluster_and_sample_request_refuses_a_bad_mode
     extra.update(sample_request={"data": [ROW]}, sample_response=[220.0])
     (workdir / "raw_model" / "scale.json").write_text(json.dumps({"scale": 4}))
     assert st.up().summary.result == "succeeded"
-    deadline = time.monotonic() + 30
-    while score(uri, key).json() != [220.0] and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert score(uri, key).json() == [220.0]
+    # The old pod keeps serving through its preStop drain until kube-proxy drops it: the new version
+    # has taken over when 5 answers in a row are its own.
+    deadline, answers = time.monotonic() + 30, []
+    while answers[-5:] != [[220.0]] * 5 and time.monotonic() < deadline:
+        answers.append(score(uri, key).json())
+        time.sleep(0.2)
+    assert answers[-5:] == [[220.0]] * 5, answers[-10:]
     cm = kubectl(k8s_cluster, "get", "configmap", "rawsvc-sample", "-n", ns)["data"]
     assert json.loads(cm["request.json"]) == {"data": [ROW]} and json.loads(cm["response.json"]) == [220.0]
     pods = kubectl(k8s_cluster, "get", "pods", "-n", ns, "-l", "mldeploy.azureml.net/service=rawsvc")["items"]

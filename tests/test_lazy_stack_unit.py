@@ -87,3 +87,23 @@ def test_an_operation_that_fails_stops_deferring():
     with pytest.raises(auto.CommandError):
         st._operation(boom)
     assert isinstance(st.outputs(), dict) and st.operations == 1
+
+
+def test_masked_outputs_and_pending_operations_ask_the_cli_without_decrypting():
+    runs: list[tuple] = []
+
+    class Command:
+        def run(self, args, cwd, env):
+            runs.append((tuple(args), cwd, env))
+            out = '{"scoring_uri": "http://127.0.0.1:1/score", "primary_key": "[secret]"}' if args[1] == "output" else \
+                '{"version": 3, "deployment": {"pending_operations": [{"type": "creating"}]}}'
+            return SimpleNamespace(stdout=out)
+
+    st = make()
+    st.workspace = SimpleNamespace(pulumi_home=None, env_vars={"PULUMI_CONFIG_PASSPHRASE": "p"}, work_dir="/w",
+                                   pulumi_command=Command())
+    assert st.masked_outputs() == {"scoring_uri": "http://127.0.0.1:1/score", "primary_key": "[secret]"}
+    assert st.pending_operations() == [{"type": "creating"}]
+    assert [r[0] for r in runs] == [("stack", "output", "--json", "--stack", "t1"), ("stack", "export", "--stack", "t1")]
+    assert all(r[1] == "/w" and r[2] == {"PULUMI_CONFIG_PASSPHRASE": "p"} for r in runs)
+    assert not any("--show-secrets" in r[0] for r in runs)

@@ -1632,7 +1632,10 @@ def DEFINITIONS(a: argparse.Namespace) -> list[str]:  # noqa: N802 - reads like 
     return [
         "Times are wall-clock (`time.perf_counter`) around one Automation API call (`stack.up()`, "
         "`stack.preview()`, `stack.destroy()`), as `scripts/stack.py` runs them: they include starting the "
-        "`pulumi` CLI, running the program inline and the dynamic providers. Every stack lives in a "
+        "`pulumi` CLI, running the program inline and the dynamic providers. Since 2026-12-05 23:00 they no "
+        "longer include the `stack output` (twice) and `stack history` runs the SDK's Stack made after every `up`, "
+        "`refresh` and `destroy` (`scripts/lazy_stack.py`): those run when the outputs or the summary are first "
+        "read, after the timer stopped. Every stack lives in a "
         "temporary copy of the project with its own file backend, registry and stack names (`bench-*`).",
         "**cold `pulumi up`**: first deploy of the dev program (`__main__.py`) on a new stack. The base image "
         f"(`{DEFAULT_BASE_IMAGE}`) is present; the wheelhouse is empty (`MLDEPLOY_CACHE` points at a new empty "

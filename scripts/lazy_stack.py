@@ -5,7 +5,12 @@ secrets (the passphrase's key derivation) about 0.45. After each `up`, `refresh`
 the SDK's Stack runs `stack output` twice and `stack history --show-secrets` once, whether or not
 the caller reads them: about 1.5 CPU-seconds after every `up`, as much as a small stack's `up`
 itself. Here they run when the result's `outputs` or `summary` is first read, and not at all
-when nobody reads them. docs/tests.md has the measurements.
+when nobody reads them; the masked `stack output`, which only tells which outputs are secret, runs
+when some output's `secret` is read. docs/tests.md has the measurements.
+
+The summary's `config` shows secrets as "[secret]" unless the operation is asked with
+`show_secrets=True`: reading the history with them decrypts (about 0.2 CPU-seconds more), and the
+SDK's default asks for them whether or not anyone reads the config.
 
 A deferred result belongs to its operation: read after another operation ran on the same stack,
 it would describe the later one, so it raises `StaleResult` instead.
@@ -14,11 +19,14 @@ it would describe the later one, so it raises `StaleResult` instead.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
 from pulumi import automation as auto
+from semver import VersionInfo
 
 
 class StaleResult(RuntimeError):
@@ -26,6 +34,8 @@ class StaleResult(RuntimeError):
 
 
 _UNSET = object()
+SECRET_SENTINEL = "[secret]"
+"""What a masked `stack output` shows for a secret, as the SDK compares."""
 
 
 class _Deferred:
@@ -42,6 +52,17 @@ class _Deferred:
                     f"operation ran; read them before the next one (they would describe the later one)")
             self._value = self._load()
         return self._value
+
+
+class DeferredOutputValue(auto.OutputValue):
+    """One output's value; whether it is secret asks the masked `stack output` (one run, shared) on first read."""
+
+    def __init__(self, value: Any, key: str, masked: _Deferred):
+        self.value, self._key, self._masked = value, key, masked
+
+    @property
+    def secret(self) -> bool:  # type: ignore[override]
+        return self._masked.get()[self._key] == SECRET_SENTINEL
 
 
 class DeferredOutputs(Mapping[str, auto.OutputValue]):
@@ -90,6 +111,7 @@ class LazyStack(auto.Stack):
         return lazy
 
     def _operation(self, op: Callable[..., Any], **kw: Any) -> Any:
+        kw.setdefault("show_secrets", False)  # only the summary's config would show them
         self.operations += 1
         self._deferring = True
         try:
@@ -108,7 +130,13 @@ class LazyStack(auto.Stack):
 
     def outputs(self) -> Any:
         if self._deferring:
-            return DeferredOutputs(_Deferred(self, "outputs", super().outputs))
+            masked = _Deferred(self, "outputs", self.masked_outputs)
+
+            def load() -> dict[str, auto.OutputValue]:
+                plain = json.loads(self._cli("stack", "output", "--json", "--show-secrets"))
+                return {key: DeferredOutputValue(value, key, masked) for key, value in plain.items()}
+
+            return DeferredOutputs(_Deferred(self, "outputs", load))
         return super().outputs()
 
     def info(self, show_secrets: bool = True) -> Any:
@@ -134,5 +162,17 @@ class LazyStack(auto.Stack):
 
 @lru_cache(maxsize=None)
 def pulumi_command() -> auto.PulumiCommand:
-    """One PulumiCommand per process: making one runs `pulumi version`, which every workspace would repeat."""
+    """One PulumiCommand per process: making one runs `pulumi version`, which every workspace would repeat.
+
+    When `pulumi` on PATH is the project's own engine, which scripts/setup.sh installs complete only at
+    PULUMI_VERSION (built with that version, or a found one whose `pulumi version` says so), that
+    version is known without a run. Any other `pulumi` is asked, as the SDK does."""
+    version = os.environ.get("PULUMI_VERSION", "")
+    engine_bin = os.environ.get("MLDEPLOY_ENGINE_BIN", "")
+    found = shutil.which("pulumi")
+    if version and engine_bin and found and os.path.samefile(found, os.path.join(engine_bin, "pulumi")) \
+            and os.path.isfile(os.path.join(os.path.dirname(engine_bin), ".complete")):
+        cmd = auto.PulumiCommand.__new__(auto.PulumiCommand)
+        cmd.command, cmd.version = "pulumi", VersionInfo.parse(version)
+        return cmd
     return auto.PulumiCommand()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -17,6 +18,16 @@ class FakeWorkspace:
         self.calls: list[object] = []
         self.values = {"scoring_uri": auto.OutputValue("http://127.0.0.1:1/score", False),
                        "primary_key": auto.OutputValue("k", True)}
+        self.pulumi_home, self.env_vars, self.work_dir = None, {}, "/w"
+        self.pulumi_command = SimpleNamespace(run=self.run)
+
+    def run(self, args: list[str], cwd: str, env: dict) -> SimpleNamespace:
+        """`pulumi stack output --json [--show-secrets] --stack NAME`, as the CLI answers it."""
+        assert args[:3] == ["stack", "output", "--json"] and args[-2:] == ["--stack", "t1"], args
+        plain = "--show-secrets" in args
+        self.calls.append(("output", "plain" if plain else "masked"))
+        return SimpleNamespace(stdout=json.dumps({k: v.value if plain or not v.secret else "[secret]"
+                                                  for k, v in self.values.items()}))
 
     def stack_outputs(self, name: str) -> dict:
         self.calls.append(("outputs", name))
@@ -35,7 +46,7 @@ def make() -> Probe:
     return st
 
 
-def sdk_like_op(st: LazyStack, show_secrets: bool = True):
+def sdk_like_op(st: LazyStack, show_secrets: bool = True):  # the SDK's default
     """What auto.Stack.up, refresh and destroy do after the engine returns: ask for the outputs and the summary."""
     return SimpleNamespace(outputs=st.outputs(), summary=st.info(show_secrets))
 
@@ -45,18 +56,21 @@ def test_nothing_is_asked_until_read_and_each_is_asked_once():
     result = st._operation(sdk_like_op, st=st)
     assert st.workspace.calls == []
     assert result.outputs["scoring_uri"].value == "http://127.0.0.1:1/score"
-    assert result.outputs["primary_key"].secret and set(result.outputs) == {"scoring_uri", "primary_key"}
-    assert st.workspace.calls == [("outputs", "t1")]
+    assert result.outputs["primary_key"].value == "k" and set(result.outputs) == {"scoring_uri", "primary_key"}
+    assert st.workspace.calls == [("output", "plain")]  # which is secret: not asked until read
+    assert result.outputs["primary_key"].secret and not result.outputs["scoring_uri"].secret
+    assert repr(result.outputs["primary_key"]) == "[secret]"
+    assert st.workspace.calls == [("output", "plain"), ("output", "masked")]
     assert result.summary.result == "succeeded" and result.summary.resource_changes == {"same": 3}
     assert dict(result.outputs.items())["scoring_uri"].value.endswith("/score")
-    assert st.workspace.calls == [("outputs", "t1"), ("history", True)]
+    assert st.workspace.calls == [("output", "plain"), ("output", "masked"), ("history", False)]
 
 
-def test_show_secrets_reaches_the_deferred_history():
+def test_the_deferred_history_decrypts_only_when_asked():
     st = make()
-    result = st._operation(sdk_like_op, st=st, show_secrets=False)
-    assert result.summary.op == 1
-    assert st.workspace.calls == [("history", False)]
+    assert st._operation(sdk_like_op, st=st).summary.op == 1  # the SDK's default (True) is not asked for
+    assert st._operation(sdk_like_op, st=st, show_secrets=True).summary.op == 2
+    assert st.workspace.calls == [("history", False), ("history", True)]
 
 
 def test_a_result_first_read_after_a_later_operation_is_stale_and_says_so():
@@ -67,7 +81,7 @@ def test_a_result_first_read_after_a_later_operation_is_stale_and_says_so():
     assert first.summary.result == read_in_time  # read before: kept
     with pytest.raises(StaleResult, match="stack t1: the outputs of an operation were first read after a later"):
         first.outputs["scoring_uri"]
-    assert st.workspace.calls == [("history", True)]
+    assert st.workspace.calls == [("history", False)]
 
 
 def test_outside_an_operation_outputs_and_info_are_the_sdks():
@@ -81,7 +95,7 @@ def test_outside_an_operation_outputs_and_info_are_the_sdks():
 def test_an_operation_that_fails_stops_deferring():
     st = make()
 
-    def boom():
+    def boom(**_):
         raise auto.CommandError(auto.CommandResult(stdout="", stderr="engine failed", code=1))
 
     with pytest.raises(auto.CommandError):
@@ -107,3 +121,49 @@ def test_masked_outputs_and_pending_operations_ask_the_cli_without_decrypting():
     assert [r[0] for r in runs] == [("stack", "output", "--json", "--stack", "t1"), ("stack", "export", "--stack", "t1")]
     assert all(r[1] == "/w" and r[2] == {"PULUMI_CONFIG_PASSPHRASE": "p"} for r in runs)
     assert not any("--show-secrets" in r[0] for r in runs)
+
+
+def test_which_outputs_are_secret_belongs_to_the_operation_too():
+    st = make()
+    first = st._operation(sdk_like_op, st=st)
+    assert first.outputs["primary_key"].value == "k"
+    st._operation(sdk_like_op, st=st)
+    with pytest.raises(StaleResult, match="the outputs of an operation were first read after a later"):
+        first.outputs["primary_key"].secret
+    assert st.workspace.calls == [("output", "plain")]
+
+
+def engine(tmp_path, complete: bool = True):
+    bin_dir = tmp_path / "engine" / "v3.259.0" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "pulumi").write_text("#!/bin/sh\nexit 3\n")
+    (bin_dir / "pulumi").chmod(0o755)
+    if complete:
+        (bin_dir.parent / ".complete").touch()
+    return bin_dir
+
+
+@pytest.mark.parametrize("case", ["ours", "incomplete", "another on PATH"])
+def test_the_projects_own_engine_is_not_asked_its_version_and_any_other_pulumi_is(tmp_path, monkeypatch, case):
+    import lazy_stack
+
+    ours = engine(tmp_path, complete=case != "incomplete")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "pulumi").write_text("#!/bin/sh\necho v3.1.0\n")
+    (other / "pulumi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{other if case == 'another on PATH' else ours}:/usr/bin:/bin")
+    monkeypatch.setenv("PULUMI_VERSION", "3.259.0")
+    monkeypatch.setenv("MLDEPLOY_ENGINE_BIN", str(ours))
+    asked: list[str] = []
+    monkeypatch.setattr(lazy_stack.auto, "PulumiCommand", type("Asked", (auto.PulumiCommand,), {
+        "__init__": lambda self: asked.append("pulumi version")}))
+    lazy_stack.pulumi_command.cache_clear()
+    try:
+        cmd = lazy_stack.pulumi_command()
+    finally:
+        lazy_stack.pulumi_command.cache_clear()
+    if case == "ours":
+        assert asked == [] and cmd.command == "pulumi" and str(cmd.version) == "3.259.0"
+    else:
+        assert asked == ["pulumi version"]

@@ -170,9 +170,19 @@ def pulumi_command() -> auto.PulumiCommand:
     version = os.environ.get("PULUMI_VERSION", "")
     engine_bin = os.environ.get("MLDEPLOY_ENGINE_BIN", "")
     found = shutil.which("pulumi")
-    if version and engine_bin and found and os.path.samefile(found, os.path.join(engine_bin, "pulumi")) \
+    if version and engine_bin and found and os.path.realpath(found) == os.path.realpath(os.path.join(engine_bin, "pulumi")) \
             and os.path.isfile(os.path.join(os.path.dirname(engine_bin), ".complete")):
         cmd = auto.PulumiCommand.__new__(auto.PulumiCommand)
         cmd.command, cmd.version = "pulumi", VersionInfo.parse(version)
         return cmd
     return auto.PulumiCommand()
+
+
+def cli_env() -> dict[str, str]:
+    """What the workspace adds to the environment of every `pulumi` run, and so of the plugins it starts.
+
+    GOGC=400: the CLI is a short-lived Go program that allocates much as it starts and decrypts, and
+    Go's default (100) collects garbage several times in each run. Measured here (45 runs of `stack
+    output --show-secrets`, `config get` of a secret and `stack history`, twice each): 0.35 -> 0.29
+    CPU-s a run. The heap may grow to 5 times what is live instead of twice; a GOGC the user set wins."""
+    return {"GOGC": os.environ.get("GOGC") or "400"}

@@ -232,10 +232,10 @@ def select_stack(stack_name: str, program: Callable[[], None] | None = None, roo
 
     # A backend that cannot be used stops here, naming PULUMI_BACKEND_URL (BackendError).
     check_backend(os.environ.get("PULUMI_BACKEND_URL", ""))
-    from lazy_stack import LazyStack, pulumi_command
+    from lazy_stack import LazyStack, cli_env, pulumi_command
 
     opts = auto.LocalWorkspaceOptions(
-        work_dir=str(root), env_vars={**secrets_env, "MLDEPLOY_PROJECT_DIR": str(root), **(env or {})},
+        work_dir=str(root), env_vars={**cli_env(), **secrets_env, "MLDEPLOY_PROJECT_DIR": str(root), **(env or {})},
         pulumi_command=pulumi_command(),
     )
     import yaml

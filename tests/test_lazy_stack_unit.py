@@ -143,7 +143,7 @@ def engine(tmp_path, complete: bool = True):
     return bin_dir
 
 
-@pytest.mark.parametrize("case", ["ours", "incomplete", "another on PATH"])
+@pytest.mark.parametrize("case", ["ours", "incomplete", "another on PATH", "ours not installed"])
 def test_the_projects_own_engine_is_not_asked_its_version_and_any_other_pulumi_is(tmp_path, monkeypatch, case):
     import lazy_stack
 
@@ -154,7 +154,8 @@ def test_the_projects_own_engine_is_not_asked_its_version_and_any_other_pulumi_i
     (other / "pulumi").chmod(0o755)
     monkeypatch.setenv("PATH", f"{other if case == 'another on PATH' else ours}:/usr/bin:/bin")
     monkeypatch.setenv("PULUMI_VERSION", "3.259.0")
-    monkeypatch.setenv("MLDEPLOY_ENGINE_BIN", str(ours))
+    # A fresh runner's cache may not hold the engine that PATH finds elsewhere.
+    monkeypatch.setenv("MLDEPLOY_ENGINE_BIN", str(tmp_path / "empty" / "bin") if case == "ours not installed" else str(ours))
     asked: list[str] = []
     monkeypatch.setattr(lazy_stack.auto, "PulumiCommand", type("Asked", (auto.PulumiCommand,), {
         "__init__": lambda self: asked.append("pulumi version")}))
@@ -167,3 +168,12 @@ def test_the_projects_own_engine_is_not_asked_its_version_and_any_other_pulumi_i
         assert asked == [] and cmd.command == "pulumi" and str(cmd.version) == "3.259.0"
     else:
         assert asked == ["pulumi version"]
+
+
+def test_the_cli_collects_garbage_less_often_unless_the_user_chose(monkeypatch):
+    from lazy_stack import cli_env
+
+    monkeypatch.delenv("GOGC", raising=False)
+    assert cli_env() == {"GOGC": "400"}
+    monkeypatch.setenv("GOGC", "50")
+    assert cli_env() == {"GOGC": "50"}

@@ -85,7 +85,12 @@ class DeferredOutputs(Mapping[str, auto.OutputValue]):
 
 
 class DeferredSummary:
-    """The operation's UpdateSummary (`stack history`), read on first use of any attribute."""
+    """The operation's UpdateSummary (`stack history`), read on first use of any attribute but `result`.
+
+    The SDK asks for the summary only after the CLI exited 0, which it does only for an update that
+    succeeded (any other raises CommandError first): `result` is "succeeded" without the history."""
+
+    result = "succeeded"
 
     def __init__(self, deferred: _Deferred):
         self._deferred = deferred

@@ -79,6 +79,14 @@ class EngineStack:
         result.text = "\n".join(lines)  # type: ignore[attr-defined]
         return result
 
+    def configure(self, values: dict[str, str], secrets: dict[str, str] | None = None) -> None:
+        """mldeploy:<key> config values (and secret ones), in one `config set-all` run instead of one run a key."""
+        from pulumi import automation as auto
+
+        config = {f"mldeploy:{k}": auto.ConfigValue(str(v)) for k, v in values.items()}
+        config.update({f"mldeploy:{k}": auto.ConfigValue(str(v), secret=True) for k, v in (secrets or {}).items()})
+        self.stack.set_all_config(config)
+
     def preview(self, **kw):
         return self._run("preview", **kw)
 

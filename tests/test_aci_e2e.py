@@ -48,9 +48,8 @@ def test_aci_target_scores_rolls_drifts_and_cleans_up(fake: FakeArm, local_regis
             pulumi.export(k, getattr(svc, k))
 
     st = engine_stack(program)
-    for key, value in {"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
-                       "armEndpoint": fake.url}.items():
-        st.stack.set_config(f"mldeploy:{key}", pulumi.automation.ConfigValue(value))
+    st.configure({"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
+                  "armEndpoint": fake.url})
     group = f"mldeploy-{st.name}-aciservice"
 
     t0 = time.monotonic()
@@ -116,9 +115,8 @@ def test_credentials_that_cannot_get_a_token_fail_up_in_the_chains_words_then_up
         ContainerInstanceService("aciservice", models=[model], image=image, target="aci", cpu_cores=0.5, memory_gb=1)
 
     st = engine_stack(program)
-    for key, value in {"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
-                       "armEndpoint": fake.url}.items():
-        st.stack.set_config(f"mldeploy:{key}", pulumi.automation.ConfigValue(value))
+    st.configure({"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
+                  "armEndpoint": fake.url})
     token = fake.env()["MLDEPLOY_ARM_TOKEN"]
     monkeypatch.delenv("MLDEPLOY_ARM_TOKEN")
     monkeypatch.setenv("AZURE_TOKEN_CREDENTIALS", "EnvironmentCredential")  # the chain without network sources

@@ -40,9 +40,8 @@ def test_an_aci_group_with_tls_answers_https_only(fake: FakeArm, local_registry:
             pulumi.export(k, getattr(svc, k))
 
     st = engine_stack(program)
-    for key, value in {"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
-                       "armEndpoint": fake.url}.items():
-        st.stack.set_config(f"mldeploy:{key}", pulumi.automation.ConfigValue(value))
+    st.configure({"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
+                  "armEndpoint": fake.url})
     group = f"mldeploy-{st.name}-aciservice"
     up = st.up()
     assert up.summary.result == "succeeded", st.log[-40:]

@@ -318,9 +318,8 @@ def test_bad_input_at_preview_and_a_credential_failure_at_up(fake, workdir, engi
         pulumi.export("node_count", cluster.node_count)
 
     st = engine_stack(program)
-    for key, value in {"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
-                       "armEndpoint": fake.url}.items():
-        st.stack.set_config(f"mldeploy:{key}", pulumi.automation.ConfigValue(value))
+    st.configure({"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
+                  "armEndpoint": fake.url})
     with pytest.raises(pulumi.automation.errors.CommandError) as err:
         st.preview()
     text = str(err.value)
@@ -370,9 +369,8 @@ def test_up_refresh_and_destroy_a_managed_cluster_through_the_engine(fake, workd
         pulumi.export("allocatable_vcpus", cluster.allocatable_vcpus)
 
     st = engine_stack(program)
-    for key, value in {"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
-                       "armEndpoint": fake.url}.items():
-        st.stack.set_config(f"mldeploy:{key}", pulumi.automation.ConfigValue(value))
+    st.configure({"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
+                  "armEndpoint": fake.url})
     name = f"mldeploy-{st.name}-aks"
 
     up = st.up()

@@ -130,9 +130,8 @@ def test_azureml_target_creates_rolls_under_load_refuses_a_bad_sample_and_conver
         (folder / "model.pkl").write_bytes(f"model {n}".encode())
     version = {"model": 1}
     st = engine_stack(program_for(version))
-    for key, value in {"target": "azureml", "azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureMlWorkspace": "ws-ml",
-                       "azureLocation": "westeurope", "armEndpoint": fake_ml.url}.items():
-        st.stack.set_config(f"mldeploy:{key}", auto.ConfigValue(value))
+    st.configure({"target": "azureml", "azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureMlWorkspace": "ws-ml",
+                  "azureLocation": "westeurope", "armEndpoint": fake_ml.url})
     endpoint = f"{st.name}-churn"
 
     up = st.up()
@@ -257,9 +256,8 @@ def test_azureml_components_push_the_image_upload_the_code_folder_and_the_fake_r
     try:
         models = {1: train(0.1, 1)}
         st = engine_stack(program)
-        for key, value in {"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureMlWorkspace": "ws-ml",
-                           "azureLocation": "westeurope", "armEndpoint": fake_ml.url, "imageRegistry": local_registry}.items():
-            st.stack.set_config(f"mldeploy:{key}", auto.ConfigValue(value))
+        st.configure({"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureMlWorkspace": "ws-ml",
+                      "azureLocation": "westeurope", "armEndpoint": fake_ml.url, "imageRegistry": local_registry})
         up = st.up()
         assert up.summary.result == "succeeded", st.log[-40:]
         out = outputs(up)

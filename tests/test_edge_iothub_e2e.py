@@ -106,14 +106,11 @@ def test_an_at_scale_deployment_is_a_configuration_replaced_on_a_new_manifest_an
 def test_the_sample_program_previews_an_at_scale_deployment_from_stack_config(workdir: Path, engine_stack) -> None:
     import preview_markdown
     import stack as stack_cli
-    from pulumi import automation as auto
 
     train_model(workdir / "sample" / "models" / "sklearn_regression_model.pkl", alpha=0.1)
     st = engine_stack(stack_cli.project_program(workdir))
-    for key, value in {"target": "iotedge", "edgeBackend": "iothub", "iotHubHost": HUB, "edgeDevice": "edge1",
-                       "edgeTargetCondition": "tags.environment='prod'", "edgePriority": "3"}.items():
-        st.stack.set_config(f"mldeploy:{key}", auto.ConfigValue(value))
-    st.stack.set_config("mldeploy:iotHubPolicyKey", auto.ConfigValue(KEY, secret=True))
+    st.configure({"target": "iotedge", "edgeBackend": "iothub", "iotHubHost": HUB, "edgeDevice": "edge1",
+                  "edgeTargetCondition": "tags.environment='prod'", "edgePriority": "3"}, secrets={"iotHubPolicyKey": KEY})
     review = preview_markdown.render(st.name, *preview_markdown.preview_steps(st.stack))
     assert "on the devices where `tags.environment='prod'` (an at-scale configuration, priority 3)" in review, review
     assert KEY not in review

@@ -53,9 +53,8 @@ def test_images_go_to_the_acr_with_its_credentials_and_a_model_update_adds_one_l
             pulumi.export(k, getattr(svc, k))
 
     st = engine_stack(program)
-    for key, value in {"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
-                       "armEndpoint": fake.url, "imageRegistry": acr.address, "acrName": "mldeployacr"}.items():
-        st.stack.set_config(f"mldeploy:{key}", pulumi.automation.ConfigValue(value))
+    st.configure({"azureSubscriptionId": SUB, "azureResourceGroup": "rg-ml", "azureLocation": "westeurope",
+                  "armEndpoint": fake.url, "imageRegistry": acr.address, "acrName": "mldeployacr"})
     group = f"mldeploy-{st.name}-aciservice"
 
     up = st.up()

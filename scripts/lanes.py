@@ -58,7 +58,7 @@ LANES = {
 # about half of it. The cluster's lane also takes the file below after its own tests.
 SECOND_REST = (
     "tests/test_canary_e2e.py", "tests/test_operations_e2e.py", "tests/test_aci_e2e.py", "tests/test_sample_gate_e2e.py",
-    "tests/test_azureml_e2e.py", "tests/test_engine_e2e.py", "tests/test_deploy_e2e.py",
+    "tests/test_azureml_e2e.py", "tests/test_engine_e2e.py",
     "tests/test_image_cache_e2e.py", "tests/test_package_e2e.py", "tests/test_aci_tls_e2e.py",
 )
 # Measured by one run of these lanes on 2026-12-05 (other work on the machine): lane rest 718 s,
@@ -77,7 +77,9 @@ SECOND_REST = (
 # Then (.ci/run of f648b28, the Automation API's outputs deferred, 2026-12-05 23:06: rest 661 s,
 # rest2 643, cluster 627 with a failing test cut short, about 677 with it passing) the ACI TLS file (19 s)
 # moved from beside the cluster to rest2.
-BESIDE_THE_CLUSTER = ("tests/test_aks_azure.py",)
+# Then (.ci/run of 348b478, 2026-12-06, the unit tests beside the last session: rest 570 s, rest2 622, cluster
+# 624) the AKS file (39 s) went from beside the cluster to rest, and the deploy file (29 s) from rest2 beside the cluster.
+BESIDE_THE_CLUSTER = ("tests/test_deploy_e2e.py",)
 NO_TESTS = 5  # pytest's exit code when a selection is empty
 
 

@@ -29,6 +29,28 @@ from pulumi import automation as auto
 from semver import VersionInfo
 
 
+LOCAL_SUBCHANNELS = ("grpc.use_local_subchannel_pool", 1)
+
+
+def isolate_grpc_channels() -> None:
+    """Give each of the SDK's gRPC channels its own connections, so an inline program reaches its engine.
+
+    A process that runs many inline programs (a test session, `stack.py up`'s preview then up) talks
+    to one engine after another, each on a port the kernel picks, and a port comes round again. By
+    default gRPC shares connections between channels to the same address: a channel the SDK made for
+    an engine that has gone (its late log calls fail) leaves the address backing off, and a new engine
+    on the same port is then refused at once, "failed to connect to all addresses", which the program
+    reports as "Resource monitor has terminated, shutting down" (seen twice in five CI runs). With a
+    local pool a new channel connects afresh. tests/test_lazy_stack_unit.py shows both."""
+    from pulumi.runtime import _grpc_settings
+
+    if LOCAL_SUBCHANNELS not in _grpc_settings._GRPC_CHANNEL_OPTIONS:
+        _grpc_settings._GRPC_CHANNEL_OPTIONS.append(LOCAL_SUBCHANNELS)  # the list the SDK's channels are made with
+
+
+isolate_grpc_channels()
+
+
 class StaleResult(RuntimeError):
     """An operation's outputs or summary, first read after a later operation on the same stack."""
 

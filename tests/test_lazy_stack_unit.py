@@ -184,3 +184,51 @@ def test_the_cli_collects_garbage_less_often_unless_the_user_chose(monkeypatch):
     assert cli_env() == {"GOGC": "400"}
     monkeypatch.setenv("GOGC", "50")
     assert cli_env() == {"GOGC": "50"}
+
+
+def answer_after_a_dead_channel(options: list) -> str:
+    """A channel to a 127.0.0.1 port nobody serves fails (an engine that has gone); then a server takes the port
+    (the next engine) and a new channel with `options` calls it at once: what it gets."""
+    import socket
+    from concurrent import futures
+
+    import grpc
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    # A long backoff, so a slow machine cannot outwait it (gRPC's first is about 1 s).
+    options = [*options, ("grpc.initial_reconnect_backoff_ms", 20000), ("grpc.min_reconnect_backoff_ms", 20000)]
+    gone = grpc.insecure_channel(address, options=options)
+    with pytest.raises(grpc.RpcError):
+        gone.unary_unary("/t.Engine/Log")(b"", timeout=5)
+
+    class Echo(grpc.GenericRpcHandler):
+        def service(self, details):
+            return grpc.unary_unary_rpc_method_handler(lambda request, context: b"registered")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    server.add_generic_rpc_handlers((Echo(),))
+    server.add_insecure_port(address)
+    server.start()
+    try:
+        return grpc.insecure_channel(address, options=options).unary_unary("/t.Monitor/Register")(b"", timeout=5).decode()
+    except grpc.RpcError as exc:
+        return exc.code().name
+    finally:
+        server.stop(0)
+        gone.close()
+
+
+def test_a_new_engine_on_a_port_a_gone_one_used_is_reached_with_the_sdks_channel_options():
+    from pulumi.runtime._grpc_settings import _GRPC_CHANNEL_OPTIONS
+
+    import lazy_stack
+
+    assert lazy_stack.LOCAL_SUBCHANNELS in _GRPC_CHANNEL_OPTIONS  # set when imported
+    lazy_stack.isolate_grpc_channels()
+    assert _GRPC_CHANNEL_OPTIONS.count(lazy_stack.LOCAL_SUBCHANNELS) == 1
+    assert answer_after_a_dead_channel(list(_GRPC_CHANNEL_OPTIONS)) == "registered"
+    # gRPC's default (connections shared between channels): refused at once, what the program calls
+    # "Resource monitor has terminated".
+    assert answer_after_a_dead_channel([o for o in _GRPC_CHANNEL_OPTIONS if o != lazy_stack.LOCAL_SUBCHANNELS]) == "UNAVAILABLE"

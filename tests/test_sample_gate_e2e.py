@@ -157,11 +157,14 @@ def test_preview_smoke_test_loads_the_new_model(workdir: Path, engine_stack) -> 
     (workdir / "gate_model" / "scale.json").write_text(json.dumps({"scale": 3}))
     import docker
 
-    def smoke_containers_created(since: int) -> list:
-        return list(docker.from_env().api.events(since=since, until=int(time.time()) + 1, decode=True, filters={
-            "type": "container", "event": "create", "label": [f"mldeploy.stack={st.name}", "mldeploy.managed=true"]}))
+    def smoke_containers_created(since_ns: int) -> list:
+        """Containers of this stack created from `since_ns` on (the events' own nanosecond times: a container
+        the `up` before created a second earlier is not counted)."""
+        found = docker.from_env().api.events(since=since_ns // 10**9 - 1, until=int(time.time()) + 1, decode=True, filters={
+            "type": "container", "event": "create", "label": [f"mldeploy.stack={st.name}", "mldeploy.managed=true"]})
+        return [e for e in found if e["timeNano"] >= since_ns]
 
-    started = int(time.time()) - 1
+    started = time.time_ns()
     first, pre = _timed_preview(st, diff=True)
     assert len(smoke_containers_created(started)) == 1, "the fresh smoke test ran in one throwaway container"
     assert "model `scale_model` v2 loads and scores the sample: 200 in" in pre.text, pre.text[-2000:]
@@ -170,8 +173,7 @@ def test_preview_smoke_test_loads_the_new_model(workdir: Path, engine_stack) -> 
     assert "preview smoke test: model `scale_model` v2 loads and scores the sample: 200 in" in review, review
     # Cached by image and model content: a repeat starts no throwaway container (Docker's own events say so;
     # the times are printed for the record, never asserted).
-    time.sleep(1)  # Docker's event times are whole seconds
-    since = int(time.time())
+    since = time.time_ns()
     cached, _ = _timed_preview(st)
     created = smoke_containers_created(since)
     assert created == [], [e.get("Actor", {}).get("Attributes", {}).get("name") for e in created]

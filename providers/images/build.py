@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections import deque
@@ -32,6 +31,7 @@ import docker.errors
 import yaml
 
 from mldeploy.providers.images import env_cache, wheelhouse
+from mldeploy.providers.images.lock_fetch import uv_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_DIR = ROOT / "runtime"
@@ -327,13 +327,6 @@ BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 UV_MOUNT = "/tmp/mldeploy-uv"
 """Where the host's `uv` binary is mounted, read-only, in the throwaway install container."""
-
-
-def uv_binary() -> str | None:
-    """The project environment's `uv` (requirements.lock), or None: the install then uses pip alone."""
-    beside = Path(sys.executable).with_name("uv")
-    found = str(beside) if beside.is_file() else shutil.which("uv")
-    return found if found and os.access(found, os.X_OK) else None
 
 
 # What serving never imports, so its bytecode is not compiled at install: test suites inside packages

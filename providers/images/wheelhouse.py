@@ -6,8 +6,9 @@ fetched once on the host into ${MLDEPLOY_CACHE}/wheelhouse/cp3XX, and each
 build context carries only the wheels its requirement set resolves to.
 
 Resolution is tried against the wheelhouse alone first (`--no-index`), so a
-warm cache needs no registry at all; only when that fails is pip allowed to
-fetch, and then only what is missing.
+warm cache needs no registry at all; only when that fails are the missing
+wheels fetched: by uv's resolver and parallel downloads (lock_fetch) where
+it can follow pip's settings, else by `pip wheel`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 from urllib.parse import unquote, urlparse
+
+from mldeploy.providers.images import lock_fetch
 
 TAIL_LINES = 25
 
@@ -90,8 +93,12 @@ def ensure_wheels(
                 _remember(house, memo, wheels)
                 return wheels
             log("wheelhouse: not every requirement is cached; fetching the missing wheels")
-            _fetch(req_file, house, python_version, reqs, log, only_binary)
-            ok, wheels, out = _resolve(req_file, house, python_version, Path(tmp))
+            ok = False
+            if only_binary and _same_python(python_version):
+                ok, wheels, out = _quick_fill(req_file, house, python_version, Path(tmp), log)
+            if not ok:
+                _fetch(req_file, house, python_version, reqs, log, only_binary)
+                ok, wheels, out = _resolve(req_file, house, python_version, Path(tmp))
             if ok:
                 log(f"wheelhouse: {len(wheels)} wheels resolved from {house}")
                 _remember(house, _memo_key(reqs, python_version, house), wheels)
@@ -225,6 +232,23 @@ def _resolve(req_file: Path, house: Path, python_version: str, tmp: Path) -> tup
             return False, [], out + f"\nnot a wheel in the wheelhouse: {url}"
         wheels.append(path)
     return True, sorted(wheels), out
+
+
+def _quick_fill(req_file: Path, house: Path, python_version: str, tmp: Path,
+                log: Callable[[str], None]) -> tuple[bool, list[Path], str]:
+    """uv's resolution and parallel downloads (lock_fetch), then pip's offline resolution over them.
+
+    Returns (False, ...) whenever pip should fetch instead, having logged why.
+    """
+    try:
+        lock_fetch.fill(req_file, house, _pip(python_version), _env(), cache_root() / "uv", log)
+    except lock_fetch.LockFetchError as e:
+        log(f"wheelhouse: pip fetches instead of uv ({e})")
+        return False, [], str(e)
+    ok, wheels, out = _resolve(req_file, house, python_version, tmp)
+    if not ok:
+        log("wheelhouse: pip does not resolve the requirements from uv's wheels; pip fetches the rest")
+    return ok, wheels, out
 
 
 def _fetch(req_file: Path, house: Path, python_version: str, reqs: list[str], log: Callable[[str], None],

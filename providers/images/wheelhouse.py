@@ -87,7 +87,9 @@ def ensure_wheels(
         req_file = Path(tmp) / "requirements.txt"
         req_file.write_text("\n".join(reqs) + "\n")
         with _locked(house):
-            ok, wheels, out = _resolve(req_file, house, python_version, Path(tmp))
+            ok, wheels, out = False, [], ""
+            if any(house.glob("*.whl")):  # an empty wheelhouse (a new machine) resolves nothing
+                ok, wheels, out = _resolve(req_file, house, python_version, Path(tmp))
             if ok:
                 log(f"wheelhouse: {len(wheels)} wheels resolved offline from {house}")
                 _remember(house, memo, wheels)

@@ -321,6 +321,27 @@ def parse_wrk(text: str) -> dict[str, float]:
     }
 
 
+class SplitProbe:
+    """The CPU (ns) of whole cgroups, as a cpu_probe; and, per named part (a container's cgroup
+    inside them), its share of the interval between the last two calls. What the parts leave
+    (the pause container, the pod's own cgroup) is reported as `other`."""
+
+    def __init__(self, wholes: list[Path], parts: dict[str, list[Path]]):
+        self.wholes, self.parts = wholes, parts
+        self.snaps: list[tuple[int, dict[str, int]]] = []
+
+    def __call__(self) -> int:
+        total = sum(cgroup_cpu_ns(p) for p in self.wholes)
+        self.snaps.append((total, {n: sum(cgroup_cpu_ns(p) for p in ps) for n, ps in self.parts.items()}))
+        return total
+
+    def last_split(self) -> dict[str, int]:
+        (t0, a), (t1, b) = self.snaps[-2:]
+        split = {n: b[n] - a[n] for n in b}
+        split["other"] = (t1 - t0) - sum(split.values())
+        return split
+
+
 def wrk_load(uri: str, key: str | None, threads: int, connections: int, seconds: float, warmup: float,
              script_dir: Path, cpu_probe: Callable[[], int] | None = None) -> dict[str, float]:
     """`wrk` (keep-alive, closed loop: each connection sends the next request when the last
@@ -789,8 +810,10 @@ class Bench:
                           f"{', '.join(str(p) for p in paths)}")
         return lambda: sum(cgroup_cpu_ns(p) for p in paths)
 
-    def pod_cpu_probe(self, ns: str, service: str) -> tuple[Callable[[], int], int]:
-        """Every pod of the service (front end, scoring server, pause), from the pods' cgroups; and their count."""
+    def pod_cpu_probe(self, ns: str, service: str) -> tuple["SplitProbe", int]:
+        """Every pod of the service (front end, scoring server, pause), from the pods' cgroups; and their count.
+
+        The probe also keeps each container's share, so the report can say which one costs what."""
         kubeconfig = os.environ.get("MLDEPLOY_KUBECONFIG") or str(Path.home() / ".cache/mldeploy/kubernetes/run/admin.kubeconfig")
         out = subprocess.run([KUBECTL, "--kubeconfig", kubeconfig, "get", "pods", "-n", ns, "-l",
                               f"mldeploy.azureml.net/service={service}", "-o", "json"],
@@ -799,9 +822,16 @@ class Bench:
                 and not p["metadata"].get("deletionTimestamp")]
         paths = [pod_cgroup(p["metadata"]["uid"]) for p in pods]
         names = sorted(c["name"] for c in pods[0]["spec"]["containers"]) if pods else []
+        parts: dict[str, list[Path]] = {}
+        for pod, path in zip(pods, paths):
+            for c in pod["status"].get("containerStatuses", []):
+                cid = (c.get("containerID") or "").split("://")[-1]
+                hits = [h for h in path.iterdir() if h.is_dir() and cid and h.name.endswith(cid)]
+                if hits:
+                    parts.setdefault(c["name"], []).append(hits[0])
         self.results.note(f"CPU of Kubernetes service {service}: the cgroups of {len(paths)} pod(s) (containers "
                           f"{', '.join(names)}, and the pause container): {', '.join(str(p) for p in paths)}")
-        return (lambda: sum(cgroup_cpu_ns(p) for p in paths)), len(pods)
+        return SplitProbe(paths, parts), len(pods)
 
     def start_baseline(self, model_dir: Path) -> tuple[str, float]:
         """azmlinfsrv on the host, same entry script and model file, 127.0.0.1 only."""
@@ -1003,6 +1033,11 @@ class Bench:
                         log(f"kubernetes serving run {i + 1}/{a.runs}: {SERVING_LABELS[name]}")
                         m = wrk_load(uri, key, a.wrk_threads, a.concurrency, a.serve_seconds, a.serve_warmup,
                                      self.tmp, cpu_probe=pr)
+                        if isinstance(pr, SplitProbe) and m["requests"]:
+                            split = pr.last_split()
+                            for part, ns_ in sorted(split.items()):
+                                R.add(S, f"{SERVING_LABELS[name]}: CPU per 1,000 requests, container {part}", "ms",
+                                      cpu_ms_per_1000(ns_, m["requests"]))
                         for k, unit, what in SERVING_METRICS:
                             R.add(S, f"{SERVING_LABELS[name]}: {what}", unit, m[k])
                             R.kserving.setdefault(name, {}).setdefault(k, []).append(m[k])

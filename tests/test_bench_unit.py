@@ -76,6 +76,25 @@ def test_proc_stat_gives_process_group_and_cpu_ticks(bench) -> None:
     assert bench.parse_proc_stat_cpu_ticks(stat) == (4240, 107)
 
 
+def test_a_pods_cpu_is_split_by_container_and_the_rest_is_other(bench, tmp_path) -> None:
+    pod = tmp_path / "pod1"
+    front, server = pod / "aaa111", pod / "bbb222"
+    for d in (front, server):
+        d.mkdir(parents=True)
+
+    def at(total: int, f: int, s: int) -> None:
+        (pod / "cpuacct.usage").write_text(f"{total}\n")
+        (front / "cpuacct.usage").write_text(f"{f}\n")
+        (server / "cpuacct.usage").write_text(f"{s}\n")
+
+    probe = bench.SplitProbe([pod], {"front": [front], "server": [server]})
+    at(1_000, 300, 600)
+    assert probe() == 1_000
+    at(5_000, 1_300, 3_500)
+    assert probe() == 5_000
+    assert probe.last_split() == {"front": 1_000, "server": 2_900, "other": 100}
+
+
 def test_cpu_per_thousand_requests(bench) -> None:
     assert bench.cpu_ms_per_1000(2_000_000_000, 4000) == pytest.approx(500.0)  # 2 CPU-s over 4,000 requests
     assert bench.cpu_ms_per_1000(1, 0) != bench.cpu_ms_per_1000(1, 0)  # NaN: no requests, no figure

@@ -1674,7 +1674,7 @@ def DEFINITIONS(a: argparse.Namespace) -> list[str]:  # noqa: N802 - reads like 
         "temporary copy of the project with its own file backend, registry and stack names (`bench-*`).",
         "**cold `pulumi up`**: first deploy of the dev program (`__main__.py`) on a new stack. The base image "
         f"(`{DEFAULT_BASE_IMAGE}`) is present; the wheelhouse is empty (`MLDEPLOY_CACHE` points at a new empty "
-        "folder for the provider process); the image is built on a base with the same content but a new image id "
+        "folder for the provider process, so uv's cache of resolutions in it starts empty too); the image is built on a base with the same content but a new image id "
         "(one `LABEL` on top of the base, made before the timer starts), so no Docker layer cache can match. "
         "Ends when `up` returns, which is after the service answered its health probe.",
         "**warm `pulumi up`**: the same program after `pulumi destroy`, with the wheelhouse filled and the same "

@@ -215,15 +215,22 @@ def test_download_checks_each_digest_and_leaves_nothing_partial(index: Index, tm
 
 
 @pytest.mark.skipif(lock_fetch.uv_binary() is None, reason="uv is in requirements.lock; this environment lacks it")
-def test_a_cold_wheelhouse_is_filled_by_uv_and_resolved_by_pip(index: Index) -> None:
+def test_a_cold_wheelhouse_is_filled_by_uv_and_pip_agrees_offline(index: Index) -> None:
     lines: list[str] = []
     wheels = wheelhouse.ensure_wheels(["mldprobe-app==1.0"], python_version=PY, on_log=lines.append)
     assert [w.name for w in wheels] == ["mldprobe_app-1.0-py3-none-any.whl", "mldprobe_lib-2.0-py3-none-any.whl"]
+    assert all(w.is_file() for w in wheels)
     assert any(line.startswith("uv: 2 wheels resolved") for line in lines), lines
     assert not any(line.startswith("pip:") for line in lines), f"pip fetched: {lines}"
     fetched = [p for p in index.asked if p.startswith("GET /files/")]
     assert sorted(set(fetched)) == ["GET /files/mldprobe_app-1.0-py3-none-any.whl", "GET /files/mldprobe_lib-2.0-py3-none-any.whl"]
     assert sorted(p.name for p in wheels[0].parent.glob("*.whl")) == [w.name for w in wheels], "only the chosen wheels"
+    # Another spelling of the same needs is not in the memo: pip resolves it over the wheelhouse alone, to the same set.
+    asked = len(index.asked)
+    again: list[str] = []
+    assert wheelhouse.ensure_wheels(["mldprobe-app"], python_version=PY, on_log=again.append) == wheels
+    assert again == [f"wheelhouse: 2 wheels resolved offline from {wheels[0].parent}"]
+    assert len(index.asked) == asked, "the index was not asked again"
 
 
 def test_without_uv_pip_fills_the_wheelhouse_alike(index: Index, monkeypatch: pytest.MonkeyPatch) -> None:

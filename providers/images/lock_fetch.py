@@ -4,9 +4,9 @@
 trips to the package index (10.6-12.2 s for the sample's 56 wheels here, 2.5 s of it
 CPU). `uv pip compile --format pylock.toml` resolves with the same index in 2-5 s and
 writes each wheel's URL, size and SHA-256; the wheels chosen from it then come down
-on 8 connections (87 MB in about 1 s here). pip still has the last word: the
-wheelhouse's offline resolution runs after this fill, as after pip's own, and any
-failure here (no uv, a setting uv cannot follow, a refused download) falls back to
+on 8 connections (87 MB in about 1 s here). uv's resolution is the build's: the
+environment is installed from exactly those wheels with --no-deps. Any failure here
+(no uv, a setting uv cannot follow, no solution, a refused download) falls back to
 `pip wheel`, which names the requirement it cannot satisfy.
 """
 

@@ -97,7 +97,7 @@ def ensure_wheels(
             log("wheelhouse: not every requirement is cached; fetching the missing wheels")
             ok = False
             if only_binary and _same_python(python_version):
-                ok, wheels, out = _quick_fill(req_file, house, python_version, Path(tmp), log)
+                ok, wheels, out = _quick_fill(req_file, house, log)
             if not ok:
                 _fetch(req_file, house, python_version, reqs, log, only_binary)
                 ok, wheels, out = _resolve(req_file, house, python_version, Path(tmp))
@@ -198,8 +198,12 @@ def _pip(python_version: str) -> list[str]:
     return [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
 
 
+def _host_python() -> str:
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
 def _same_python(python_version: str) -> bool:
-    return f"{sys.version_info[0]}.{sys.version_info[1]}" == python_version
+    return _host_python() == python_version
 
 
 def _target_flags(python_version: str) -> list[str]:
@@ -236,21 +240,19 @@ def _resolve(req_file: Path, house: Path, python_version: str, tmp: Path) -> tup
     return True, sorted(wheels), out
 
 
-def _quick_fill(req_file: Path, house: Path, python_version: str, tmp: Path,
-                log: Callable[[str], None]) -> tuple[bool, list[Path], str]:
-    """uv's resolution and parallel downloads (lock_fetch), then pip's offline resolution over them.
+def _quick_fill(req_file: Path, house: Path, log: Callable[[str], None]) -> tuple[bool, list[Path], str]:
+    """uv's resolution and parallel downloads (lock_fetch): the wheels uv chose, now in the wheelhouse.
 
-    Returns (False, ...) whenever pip should fetch instead, having logged why.
+    uv's resolution stands as pip's would (the environment is installed with --no-deps from
+    exactly this list; a later, different requirement set is resolved by pip offline over the
+    same wheelhouse). Returns (False, ...) whenever pip should fetch instead, having logged why.
     """
     try:
-        lock_fetch.fill(req_file, house, _pip(python_version), _env(), cache_root() / "uv", log)
+        chosen = lock_fetch.fill(req_file, house, _pip(_host_python()), _env(), cache_root() / "uv", log)
     except lock_fetch.LockFetchError as e:
         log(f"wheelhouse: pip fetches instead of uv ({e})")
         return False, [], str(e)
-    ok, wheels, out = _resolve(req_file, house, python_version, tmp)
-    if not ok:
-        log("wheelhouse: pip does not resolve the requirements from uv's wheels; pip fetches the rest")
-    return ok, wheels, out
+    return True, sorted(house / w.name for w in chosen), ""
 
 
 def _fetch(req_file: Path, house: Path, python_version: str, reqs: list[str], log: Callable[[str], None],
